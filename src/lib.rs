@@ -1,0 +1,12 @@
+//! datasync: declarative, plan/apply sync of MySQL/MariaDB, PostgreSQL and SQLite tables into
+//! Google BigQuery.
+//!
+//! Module rules:
+//! - [`manifest`], [`names`] are pure: no IO, no `std::env` (the environment is passed in).
+//! - [`secret`] is a leaf every module may use.
+//! - [`cli`] is the only module that prints, reads the process environment or picks exit codes.
+
+pub mod cli;
+pub mod manifest;
+pub mod names;
+pub mod secret;

@@ -1,0 +1,126 @@
+//! Renders [`Problem`]s as miette diagnostics that point at the manifest's line and column.
+
+use std::fmt;
+use std::ops::Range;
+
+use miette::{Diagnostic, GraphicalReportHandler, GraphicalTheme, LabeledSpan, NamedSource, Severity as MietteSeverity};
+
+use super::{Problem, Severity, SourceText};
+
+/// One problem, ready for miette.
+#[derive(Debug)]
+pub struct ManifestDiagnostic {
+    problem: Problem,
+    source: Option<NamedSource<String>>,
+    range: Option<Range<usize>>,
+}
+
+impl ManifestDiagnostic {
+    /// Locates `problem` in `source`.
+    pub fn new(problem: &Problem, source: Option<&SourceText>) -> Self {
+        let range = problem.range.clone().or_else(|| {
+            let source = source?;
+            let pointer = problem.pointer.as_deref()?;
+            if problem.on_key {
+                source.spans.key_range(pointer)
+            } else {
+                source.spans.label_range(pointer)
+            }
+        });
+        Self {
+            problem: problem.clone(),
+            source: source
+                .filter(|_| range.is_some())
+                .map(|source| NamedSource::new(&source.name, source.text.clone())),
+            range,
+        }
+    }
+}
+
+impl fmt::Display for ManifestDiagnostic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.problem.message)
+    }
+}
+
+impl std::error::Error for ManifestDiagnostic {}
+
+impl Diagnostic for ManifestDiagnostic {
+    fn code<'a>(&'a self) -> Option<Box<dyn fmt::Display + 'a>> {
+        Some(Box::new(self.problem.code))
+    }
+
+    fn severity(&self) -> Option<MietteSeverity> {
+        Some(match self.problem.severity {
+            Severity::Error => MietteSeverity::Error,
+            Severity::Warning => MietteSeverity::Warning,
+        })
+    }
+
+    fn help<'a>(&'a self) -> Option<Box<dyn fmt::Display + 'a>> {
+        let mut help = self.problem.help.clone();
+        if self.range.is_none()
+            && let Some(pointer) = self.problem.pointer.as_deref()
+        {
+            let at = if pointer.is_empty() { "the manifest's top level".to_string() } else { format!("`{pointer}`") };
+            help = Some(match help {
+                Some(help) => format!("{help} (at {at})"),
+                None => format!("at {at}"),
+            });
+        }
+        help.map(|help| Box::new(help) as Box<dyn fmt::Display>)
+    }
+
+    fn source_code(&self) -> Option<&dyn miette::SourceCode> {
+        self.source.as_ref().map(|source| source as &dyn miette::SourceCode)
+    }
+
+    fn labels(&self) -> Option<Box<dyn Iterator<Item = LabeledSpan> + '_>> {
+        let range = self.range.clone()?;
+        self.source.as_ref()?;
+        let label = match self.problem.severity {
+            Severity::Error => "here",
+            Severity::Warning => "this",
+        };
+        Some(Box::new(std::iter::once(LabeledSpan::new(
+            Some(label.to_string()),
+            range.start,
+            range.end.saturating_sub(range.start),
+        ))))
+    }
+}
+
+/// Renders problems the way the CLI prints them: one diagnostic each, then a count.
+/// `color` selects ANSI colours; `width` the wrap width.
+pub fn render(problems: &[Problem], source: Option<&SourceText>, color: bool, width: usize) -> String {
+    let theme = if color { GraphicalTheme::unicode() } else { GraphicalTheme::unicode_nocolor() };
+    let handler = GraphicalReportHandler::new_themed(theme).with_width(width).with_links(false);
+    let mut out = String::new();
+    for problem in problems {
+        let diagnostic = ManifestDiagnostic::new(problem, source);
+        if handler.render_report(&mut out, &diagnostic).is_err() {
+            out.push_str(&problem.message);
+            out.push('\n');
+        }
+        out.push('\n');
+    }
+    let errors = problems.iter().filter(|problem| problem.severity == Severity::Error).count();
+    let warnings = problems.len() - errors;
+    if !problems.is_empty() {
+        out.push_str(&summary(errors, warnings));
+        out.push('\n');
+    }
+    out
+}
+
+fn plural(count: usize, word: &str) -> String {
+    if count == 1 { format!("1 {word}") } else { format!("{count} {word}s") }
+}
+
+fn summary(errors: usize, warnings: usize) -> String {
+    match (errors, warnings) {
+        (0, warnings) => plural(warnings, "warning"),
+        (errors, 0) => plural(errors, "error"),
+        (errors, warnings) => format!("{} and {}", plural(errors, "error"), plural(warnings, "warning")),
+    }
+}

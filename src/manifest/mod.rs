@@ -1,0 +1,472 @@
+//! The manifest: text (YAML or TOML) plus an environment snapshot in, a validated [`Manifest`]
+//! or every problem at once out.
+//!
+//! Pure: no IO besides what the caller hands in, no `std::env`. The pipeline is
+//! parse → `${VAR}` interpolation → env overlay (or the legacy env-only mode) → JSON Schema
+//! validation → typed deserialisation → semantic checks → defaults. Each step records problems
+//! against a JSON pointer; [`diagnostics`] turns pointers into line/column spans.
+
+pub mod diagnostics;
+pub mod document;
+pub mod env;
+pub mod raw;
+pub mod resolve;
+
+use std::sync::OnceLock;
+
+use serde_json::Value;
+
+pub use document::Format;
+pub use env::{Env, EnvMode, Origin, Origins};
+pub use raw::RawManifest;
+pub use resolve::{Manifest, SourceSpec, TableSpec};
+
+use document::SpanIndex;
+
+/// How bad a problem is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Severity {
+    /// The manifest cannot be used.
+    Error,
+    /// Worth fixing; does not stop anything.
+    Warning,
+}
+
+/// One problem found in a manifest, tied to a JSON pointer (or to an environment variable).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// Error or warning.
+    pub severity: Severity,
+    /// A stable code, e.g. `datasync::manifest::schema`.
+    pub code: &'static str,
+    /// What is wrong.
+    pub message: String,
+    /// Where in the document (JSON pointer), when it is in the file.
+    pub pointer: Option<String>,
+    /// Whether the key (rather than the value) should be underlined.
+    pub on_key: bool,
+    /// The environment variable the value came from, when it did.
+    pub env_var: Option<String>,
+    /// How to fix it.
+    pub help: Option<String>,
+    /// An exact byte range, when known without a pointer (syntax errors).
+    pub range: Option<std::ops::Range<usize>>,
+}
+
+impl Problem {
+    /// An error at a pointer.
+    pub fn error(pointer: &str, code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            severity: Severity::Error,
+            code,
+            message: message.into(),
+            pointer: Some(pointer.to_string()),
+            on_key: false,
+            env_var: None,
+            help: None,
+            range: None,
+        }
+    }
+
+    /// A warning at a pointer.
+    pub fn warning(pointer: &str, code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            severity: Severity::Warning,
+            ..Self::error(pointer, code, message)
+        }
+    }
+
+    /// An error in an environment variable.
+    pub fn env_error(var: &str, message: impl Into<String>) -> Self {
+        Self {
+            severity: Severity::Error,
+            code: "datasync::env::invalid",
+            message: format!("{var}: {}", message.into()),
+            pointer: None,
+            on_key: false,
+            env_var: Some(var.to_string()),
+            help: None,
+            range: None,
+        }
+    }
+
+    /// Adds a hint.
+    #[must_use]
+    pub fn with_help(mut self, help: impl Into<String>) -> Self {
+        self.help = Some(help.into());
+        self
+    }
+
+    /// Underlines the key rather than the value.
+    #[must_use]
+    pub fn on_key(mut self) -> Self {
+        self.on_key = true;
+        self
+    }
+}
+
+/// What to load.
+#[derive(Debug, Clone)]
+pub struct ManifestInput {
+    /// The file's name as shown in diagnostics, when there is a file.
+    pub name: Option<String>,
+    /// The file's text and format; `None` for the legacy env-only mode.
+    pub text: Option<(String, Format)>,
+    /// The environment snapshot.
+    pub env: Env,
+}
+
+/// A loaded manifest plus what is needed to explain it.
+#[derive(Debug)]
+pub struct Loaded {
+    /// The validated manifest.
+    pub manifest: Manifest,
+    /// Warnings (errors would have failed the load).
+    pub warnings: Vec<Problem>,
+    /// Where each value came from.
+    pub origins: Origins,
+    /// The merged document (file + env) before defaults.
+    pub document: Value,
+    /// The file's text and spans, for rendering warnings.
+    pub source: Option<SourceText>,
+    /// Which environment mode was used.
+    pub mode: EnvMode,
+}
+
+/// The manifest text with its span index.
+#[derive(Debug, Clone)]
+pub struct SourceText {
+    /// Name shown in diagnostics.
+    pub name: String,
+    /// The text.
+    pub text: String,
+    /// Pointer → span.
+    pub spans: SpanIndex,
+}
+
+/// A manifest that failed to load: every problem (errors and warnings), with the text.
+#[derive(Debug)]
+pub struct LoadFailure {
+    /// The problems, errors first in document order.
+    pub problems: Vec<Problem>,
+    /// The file's text and spans.
+    pub source: Option<SourceText>,
+}
+
+/// The JSON Schema of [`RawManifest`], as `datasync schema` prints it.
+pub fn json_schema() -> Value {
+    let schema = schemars::schema_for!(RawManifest);
+    serde_json::to_value(schema).expect("a schema is always valid JSON")
+}
+
+fn validator() -> &'static jsonschema::Validator {
+    static VALIDATOR: OnceLock<jsonschema::Validator> = OnceLock::new();
+    VALIDATOR.get_or_init(|| {
+        jsonschema::validator_for(&json_schema()).expect("the generated schema compiles")
+    })
+}
+
+/// Loads and validates a manifest.
+pub fn load(input: &ManifestInput) -> Result<Loaded, LoadFailure> {
+    let mut problems = Vec::new();
+    let mut origins = Origins::new();
+    let (mut document, source, mode) = match &input.text {
+        Some((text, format)) => {
+            let name = input.name.clone().unwrap_or_else(|| "manifest".into());
+            match document::parse(text, *format) {
+                Ok((value, spans)) => {
+                    record_file_origins(&value, "", &mut origins);
+                    let source = SourceText {
+                        name,
+                        text: text.clone(),
+                        spans,
+                    };
+                    (value, Some(source), EnvMode::Overlay)
+                }
+                Err(error) => {
+                    let source = SourceText {
+                        name,
+                        text: text.clone(),
+                        spans: SpanIndex::default(),
+                    };
+                    return Err(LoadFailure {
+                        problems: vec![Problem {
+                            severity: Severity::Error,
+                            code: "datasync::manifest::syntax",
+                            message: error.message,
+                            pointer: None,
+                            on_key: false,
+                            env_var: None,
+                            help: None,
+                            range: Some(error.range),
+                        }],
+                        source: Some(source),
+                    });
+                }
+            }
+        }
+        None => (Value::Object(serde_json::Map::new()), None, EnvMode::Legacy),
+    };
+    if !document.is_object() {
+        problems.push(Problem::error("", "datasync::manifest::schema", "the manifest must be a mapping of keys to values"));
+        return Err(LoadFailure { problems, source });
+    }
+
+    env::interpolate(&mut document, &input.env, "", &mut problems);
+    problems.extend(env::apply(&mut document, &input.env, mode, &mut origins));
+
+    // Tables written as `orders:` (null) mean "all defaults".
+    fill_null_tables(&mut document);
+
+    // Schema errors are reported, then the offending nodes are cut out so the semantic checks
+    // can still run on the rest: every problem is reported at once.
+    let mut repaired = document.clone();
+    let mut removed: Vec<String> = Vec::new();
+    for error in validator().iter_errors(&document) {
+        let problem = schema_problem(&error);
+        if let Some(pointer) = &problem.pointer
+            && !pointer.is_empty()
+        {
+            remove_pointer(&mut repaired, pointer);
+            removed.push(pointer.clone());
+        }
+        problems.push(problem);
+    }
+    let schema_failed = problems.iter().any(|problem| problem.severity == Severity::Error);
+
+    let manifest = match serde_json::from_value::<RawManifest>(repaired) {
+        Ok(raw) => {
+            let (manifest, found) = resolve::resolve(&raw);
+            problems.extend(found.into_iter().filter(|problem| {
+                // Skip what a schema error already explains.
+                !problem.pointer.as_deref().is_some_and(|pointer| {
+                    removed.iter().any(|cut| pointer.starts_with(cut.as_str()) || cut.starts_with(pointer) && problem.code == "datasync::manifest::missing_field")
+                })
+            }));
+            manifest.filter(|_| !schema_failed)
+        }
+        Err(error) => {
+            if !schema_failed {
+                problems.push(Problem::error("", "datasync::manifest::schema", error.to_string()));
+            }
+            None
+        }
+    };
+
+    sort_problems(&mut problems, source.as_ref());
+    let has_errors = problems.iter().any(|problem| problem.severity == Severity::Error);
+    match manifest {
+        Some(manifest) if !has_errors => Ok(Loaded {
+            manifest,
+            warnings: problems,
+            origins,
+            document,
+            source,
+            mode,
+        }),
+        _ => Err(LoadFailure { problems, source }),
+    }
+}
+
+fn fill_null_tables(document: &mut Value) {
+    let Some(sources) = document.get_mut("sources").and_then(Value::as_object_mut) else {
+        return;
+    };
+    for source in sources.values_mut() {
+        if let Some(tables) = source.get_mut("tables").and_then(Value::as_object_mut) {
+            for table in tables.values_mut() {
+                if table.is_null() {
+                    *table = Value::Object(serde_json::Map::new());
+                }
+            }
+        }
+    }
+}
+
+fn remove_pointer(document: &mut Value, pointer: &str) {
+    let Some((parent, last)) = pointer.rsplit_once('/') else {
+        return;
+    };
+    let last = last.replace("~1", "/").replace("~0", "~");
+    match document.pointer_mut(parent) {
+        Some(Value::Object(object)) => {
+            object.shift_remove(&last);
+        }
+        Some(Value::Array(items)) => {
+            if let Ok(position) = last.parse::<usize>()
+                && position < items.len()
+            {
+                // Keep positions stable for later pointers.
+                items[position] = Value::Null;
+            }
+        }
+        _ => {}
+    }
+}
+
+fn record_file_origins(value: &Value, pointer: &str, origins: &mut Origins) {
+    match value {
+        Value::Object(object) => {
+            for (key, child) in object {
+                record_file_origins(child, &format!("{pointer}/{}", document::escape_segment(key)), origins);
+            }
+        }
+        Value::Array(items) => {
+            for (position, child) in items.iter().enumerate() {
+                record_file_origins(child, &format!("{pointer}/{position}"), origins);
+            }
+        }
+        _ => {
+            origins.insert(pointer.to_string(), Origin::File);
+        }
+    }
+}
+
+fn sort_problems(problems: &mut [Problem], source: Option<&SourceText>) {
+    let position = |problem: &Problem| {
+        let start = source
+            .zip(problem.pointer.as_deref())
+            .and_then(|(source, pointer)| source.spans.label_range(pointer))
+            .map_or(usize::MAX, |range| range.start);
+        (problem.severity, problem.pointer.is_none(), start)
+    };
+    problems.sort_by_key(position);
+}
+
+fn schema_problem(error: &jsonschema::ValidationError<'_>) -> Problem {
+    use jsonschema::error::ValidationErrorKind;
+    let pointer = error.instance_path().to_string();
+    let schema_path = error.schema_path().to_string();
+    match error.kind() {
+        ValidationErrorKind::AdditionalProperties { unexpected } => {
+            let key = unexpected.first().cloned().unwrap_or_default();
+            let child = format!("{pointer}/{}", document::escape_segment(&key));
+            let allowed = allowed_keys(&schema_path);
+            let help = match did_you_mean(&key, allowed.iter().map(String::as_str)) {
+                Some(suggestion) => format!("did you mean `{suggestion}`?"),
+                None => format!(
+                    "allowed here: {}",
+                    allowed.iter().map(|key| format!("`{key}`")).collect::<Vec<_>>().join(", ")
+                ),
+            };
+            Problem::error(&child, "datasync::manifest::unknown_field", format!("unknown field `{key}`"))
+                .on_key()
+                .with_help(help)
+        }
+        ValidationErrorKind::Required { property } => {
+            let name = property.as_str().map_or_else(|| property.to_string(), str::to_string);
+            Problem::error(&pointer, "datasync::manifest::missing_field", format!("missing required field `{name}`")).on_key()
+        }
+        ValidationErrorKind::AnyOf { .. } | ValidationErrorKind::OneOfNotValid { .. } | ValidationErrorKind::Enum { .. } => {
+            let choices = choices(&schema_path);
+            let message = match (error.instance().as_str(), choices.is_empty()) {
+                (Some(value), false) => format!("`{value}` is not one of {}", choices.join(", ")),
+                (_, false) => format!("expected one of {}", choices.join(", ")),
+                _ => "invalid value".to_string(),
+            };
+            let mut problem = Problem::error(&pointer, "datasync::manifest::schema", message);
+            if let Some(description) = describe(&schema_path) {
+                problem = problem.with_help(description);
+            }
+            problem
+        }
+        ValidationErrorKind::Pattern { .. } if pointer == "/bigquery/project" || pointer == "/bigquery/dataset" => {
+            let value = error.instance().as_str().unwrap_or_default();
+            let message = if pointer.ends_with("project") {
+                crate::names::project_problem(value)
+            } else {
+                crate::names::dataset_problem(value)
+            };
+            Problem::error(&pointer, "datasync::manifest::bigquery_name", message.unwrap_or_else(|| error.masked().to_string()))
+        }
+        _ => {
+            let mut problem = Problem::error(&pointer, "datasync::manifest::schema", error.masked().to_string());
+            if let Some(description) = describe(&schema_path) {
+                problem = problem.with_help(description);
+            }
+            problem
+        }
+    }
+}
+
+fn schema_node(schema: &Value, path: &str) -> Option<Value> {
+    let node = schema.pointer(path)?;
+    match node.get("$ref").and_then(Value::as_str) {
+        Some(reference) => schema.pointer(reference.trim_start_matches('#')).cloned(),
+        None => Some(node.clone()),
+    }
+}
+
+/// The description of the schema node a failed keyword belongs to.
+fn describe(schema_path: &str) -> Option<String> {
+    let schema = json_schema();
+    let parent = schema_path.rsplit_once('/').map_or("", |(parent, _)| parent);
+    let node = schema_node(&schema, parent)?;
+    node.get("description").and_then(Value::as_str).map(|text| text.replace('\n', " "))
+}
+
+/// The allowed constants of an enum-like schema node (following `$ref`s and `anyOf` branches).
+fn choices(schema_path: &str) -> Vec<String> {
+    let schema = json_schema();
+    let parent = schema_path.rsplit_once('/').map_or("", |(parent, _)| parent);
+    let mut out = Vec::new();
+    if let Some(node) = schema_node(&schema, parent) {
+        collect_choices(&schema, &node, &mut out, 0);
+    }
+    out
+}
+
+fn collect_choices(schema: &Value, node: &Value, out: &mut Vec<String>, depth: usize) {
+    if depth > 4 {
+        return;
+    }
+    if let Some(reference) = node.get("$ref").and_then(Value::as_str)
+        && let Some(target) = schema.pointer(reference.trim_start_matches('#'))
+    {
+        collect_choices(schema, target, out, depth + 1);
+    }
+    if let Some(value) = node.get("const").and_then(Value::as_str) {
+        out.push(format!("`{value}`"));
+    }
+    if let Some(values) = node.get("enum").and_then(Value::as_array) {
+        out.extend(values.iter().filter_map(Value::as_str).map(|value| format!("`{value}`")));
+    }
+    for branch in ["oneOf", "anyOf"] {
+        for item in node.get(branch).and_then(Value::as_array).into_iter().flatten() {
+            collect_choices(schema, item, out, depth + 1);
+        }
+    }
+}
+
+/// The closest candidate to `word` by edit distance, if close enough to be a typo.
+pub fn did_you_mean<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+    candidates
+        .into_iter()
+        .map(|candidate| (edit_distance(word, candidate), candidate))
+        .filter(|(distance, candidate)| *distance <= (candidate.len().max(word.len()) / 3).max(1))
+        .min_by_key(|(distance, _)| *distance)
+        .map(|(_, candidate)| candidate)
+}
+
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut previous: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut current = vec![i + 1];
+        for (j, cb) in b.iter().enumerate() {
+            let cost = usize::from(ca != *cb);
+            current.push((previous[j] + cost).min(previous[j + 1] + 1).min(current[j] + 1));
+        }
+        previous = current;
+    }
+    previous[b.len()]
+}
+
+/// The properties the schema allows at `schema_path` (which ends in `/additionalProperties`).
+fn allowed_keys(schema_path: &str) -> Vec<String> {
+    let schema = json_schema();
+    let parent = schema_path.trim_end_matches("/additionalProperties");
+    schema_node(&schema, parent)
+        .and_then(|node| node.get("properties").and_then(Value::as_object).map(|properties| properties.keys().cloned().collect()))
+        .unwrap_or_default()
+}

@@ -1,0 +1,456 @@
+//! The manifest's wire format: what a `sync.yaml` / `sync.toml` file may contain.
+//!
+//! Every field's `///` comment is user documentation: it becomes the JSON Schema description
+//! (`datasync schema`, `schemas/sync.schema.json`). Values stay close to what the user wrote; the
+//! checks and defaults live in [`super::resolve`].
+
+use indexmap::IndexMap;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// A datasync manifest: where to read (sources), what to sync (tables) and where to write
+/// (BigQuery).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(title = "datasync manifest")]
+pub struct RawManifest {
+    /// Manifest format version. Only `1` exists.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1))]
+    pub version: Option<u32>,
+    /// The BigQuery destination.
+    #[serde(default)]
+    pub bigquery: RawBigQuery,
+    /// Settings every table inherits unless it overrides them.
+    #[serde(default, skip_serializing_if = "RawDefaults::is_empty")]
+    pub defaults: RawDefaults,
+    /// Source databases, by a name of your choice (letters, digits, `_` and `-`).
+    #[serde(default)]
+    pub sources: IndexMap<String, RawSource>,
+}
+
+/// The BigQuery destination.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawBigQuery {
+    /// Google Cloud project ID that owns the dataset and runs the jobs, e.g. `my-project`.
+    /// Legacy variable: `GCP_PROJECT_ID`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^([a-z][a-z0-9.-]*:)?[a-z][a-z0-9-]{4,28}[a-z0-9]$"))]
+    pub project: Option<String>,
+    /// Target dataset, e.g. `analytics`: letters, digits and underscores. Legacy variable:
+    /// `BQ_DATASET_ID`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[A-Za-z0-9_]{1,1024}$"))]
+    pub dataset: Option<String>,
+    /// Dataset location used for jobs, e.g. `US`, `EU` or `europe-west1`. Default: `US`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub location: Option<String>,
+    /// Base URL of a BigQuery-compatible endpoint, e.g. an emulator at `http://127.0.0.1:9050`.
+    /// No credentials are used with an endpoint. The `BIGQUERY_EMULATOR_HOST` variable sets it too.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    /// Path to a service-account JSON key. Default: Application Default Credentials
+    /// (`GOOGLE_APPLICATION_CREDENTIALS`, gcloud's ADC file, or the metadata server).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials: Option<String>,
+    /// Create the dataset when it does not exist. Default: `false`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub create_dataset: Option<bool>,
+}
+
+/// How rows are written into the target table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum WriteMode {
+    /// Replace the table's content atomically: readers see the old rows until the new ones are
+    /// all loaded. An empty source empties the table.
+    Replace,
+    /// Append every extracted row.
+    Append,
+    /// Load into a staging table, then `MERGE` on the primary key (update matches, insert the
+    /// rest).
+    Merge,
+    /// Append only rows whose `cursor` column is greater than the target's current maximum.
+    Incremental,
+}
+
+impl WriteMode {
+    /// The manifest spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Replace => "replace",
+            Self::Append => "append",
+            Self::Merge => "merge",
+            Self::Incremental => "incremental",
+        }
+    }
+}
+
+/// A duration: whole seconds (`30`) or a string with a unit (`"30s"`, `"5m"`, `"1h 30m"`).
+/// `0` disables a timeout.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum RawDuration {
+    /// Whole seconds.
+    Seconds(u64),
+    /// Text with a unit, e.g. `30s`.
+    Text(String),
+}
+
+impl JsonSchema for RawDuration {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Duration".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "description": "A duration: whole seconds (`30`) or a number with a unit (`\"30s\"`, `\"5m\"`, `\"1h 30m\"`, `\"250ms\"`). `0` disables a timeout.",
+            "oneOf": [
+                { "type": "integer", "minimum": 0 },
+                { "type": "string", "pattern": DURATION_PATTERN }
+            ]
+        })
+    }
+}
+
+/// What a duration string must look like (checked again, exactly, by humantime).
+pub const DURATION_PATTERN: &str =
+    r"^\s*[0-9]+\s*([a-zA-Z]+)?(\s*[0-9]+\s*[a-zA-Z]+)*\s*$";
+
+/// What to do with a value BigQuery cannot store as-is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum BadValuePolicy {
+    /// Write NULL and count the value (the count is reported; it also counts toward
+    /// `max_parse_failures`). A NULL is never written into a REQUIRED column: that is an error.
+    Null,
+    /// Fail the row (it counts toward `max_parse_failures`).
+    Error,
+}
+
+/// What to do with text that is not valid UTF-8.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Utf8Policy {
+    /// Replace each invalid byte sequence with U+FFFD and count the value.
+    Replace,
+    /// Fail the row (it counts toward `max_parse_failures`).
+    Error,
+}
+
+/// What to do with a DECIMAL that fits neither NUMERIC nor BIGNUMERIC.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum DecimalOverflowPolicy {
+    /// Store the exact decimal text in a STRING column.
+    String,
+    /// Refuse to plan the table.
+    Error,
+}
+
+/// Type-mapping policies. Every choice is lossless by default.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawTypePolicies {
+    /// Map MySQL `TINYINT(1)` to BOOL. Default: `true`. Set `false` when such columns hold
+    /// values other than 0 and 1 (they then map to INT64).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tinyint1_as_bool: Option<bool>,
+    /// MySQL zero dates (`0000-00-00`, `2024-00-15`). Default: `null`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub zero_dates: Option<BadValuePolicy>,
+    /// Floating-point NaN/±Infinity, PostgreSQL `NaN` numerics and `±infinity` dates and
+    /// timestamps. Default: `null`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub non_finite: Option<BadValuePolicy>,
+    /// Text that is not valid UTF-8. Default: `replace`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub invalid_utf8: Option<Utf8Policy>,
+    /// DECIMAL(p,s) too wide for BIGNUMERIC. Default: `string`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decimal_overflow: Option<DecimalOverflowPolicy>,
+    /// Geometry/geography columns: `geography` (WKT, loaded as GEOGRAPHY) or `string` (WKT
+    /// text). Default: `string` (BigQuery GEOGRAPHY only accepts WGS84 longitude/latitude).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub geometry: Option<GeometryPolicy>,
+}
+
+impl RawTypePolicies {
+    fn is_empty(&self) -> bool {
+        *self == Self::default()
+    }
+}
+
+/// How geometry columns are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum GeometryPolicy {
+    /// GEOGRAPHY from WKT.
+    Geography,
+    /// STRING holding WKT.
+    String,
+}
+
+/// Settings every table inherits.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawDefaults {
+    /// Write mode. Default: `replace`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<WriteMode>,
+    /// Rows per read batch and progress step. Loads are streamed into one load job per table
+    /// whatever this value, so it does not multiply BigQuery jobs. Default: `10000`.
+    /// Legacy variable: `DEFAULT_BATCH_SIZE`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 10_000_000))]
+    pub batch_size: Option<u64>,
+    /// Bad values tolerated per table before it fails; `-1` means unlimited. Default: `100`.
+    /// Legacy variable: `MAX_ROW_PARSE_FAILURES`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = -1))]
+    pub max_parse_failures: Option<i64>,
+    /// Deadline for a whole `apply`. `0` means none. Default: `0`. Legacy variable:
+    /// `SYNC_TIMEOUT`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<RawDuration>,
+    /// Create missing target tables and evolve their schema. Default: `true`. Legacy variable:
+    /// `AUTO_CREATE_TABLES`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auto_create: Option<bool>,
+    /// Tables synced at the same time. Default: `4`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 64))]
+    pub parallelism: Option<u32>,
+    /// Allow `apply` to drop and recreate a table whose schema changed incompatibly. Its rows are
+    /// replaced by the source's. Default: `false`. Legacy variable: `ALLOW_TABLE_RECREATION`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allow_recreate: Option<bool>,
+    /// Type-mapping policies.
+    #[serde(default, skip_serializing_if = "RawTypePolicies::is_empty")]
+    pub types: RawTypePolicies,
+}
+
+impl RawDefaults {
+    fn is_empty(&self) -> bool {
+        *self == Self::default()
+    }
+}
+
+/// A source database engine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum SourceKind {
+    /// MySQL or MariaDB.
+    Mysql,
+    /// PostgreSQL.
+    Postgres,
+    /// SQLite (a local file).
+    Sqlite,
+}
+
+impl SourceKind {
+    /// The manifest spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Mysql => "mysql",
+            Self::Postgres => "postgres",
+            Self::Sqlite => "sqlite",
+        }
+    }
+
+    /// The default TCP port.
+    pub fn default_port(self) -> Option<u16> {
+        match self {
+            Self::Mysql => Some(3306),
+            Self::Postgres => Some(5432),
+            Self::Sqlite => None,
+        }
+    }
+}
+
+/// One source database.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawSource {
+    /// The engine.
+    #[serde(rename = "type")]
+    pub kind: SourceKind,
+    /// Whether the source is synced. Default: `true`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enabled: Option<bool>,
+    /// Connection URL, e.g. `postgres://user:${PG_PASSWORD}@db:5432/app` or
+    /// `sqlite://data/app.db`. Replaces host/port/user/password/database.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// Host name or IP address. Default: `localhost`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    /// TCP port. Default: 3306 for MySQL, 5432 for PostgreSQL.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 65535))]
+    pub port: Option<u32>,
+    /// User name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// Password. Use `${VAR}` to read it from the environment; it is never printed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password: Option<String>,
+    /// Database name (MySQL: the default database for unqualified tables; SQLite: the file
+    /// path).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub database: Option<String>,
+    /// PostgreSQL schema for unqualified tables. Default: `public`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schema: Option<String>,
+    /// TLS settings.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<RawTls>,
+    /// Connection pool.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pool: Option<RawPool>,
+    /// Timeouts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeouts: Option<RawTimeouts>,
+    /// Tables to sync, by source name: `table` or `schema.table` (PostgreSQL) /
+    /// `database.table` (MySQL). An empty entry (`orders: {}` or `orders:`) uses the defaults.
+    #[serde(default)]
+    #[schemars(with = "IndexMap<String, RawTable>")]
+    pub tables: IndexMap<String, Option<RawTable>>,
+}
+
+/// TLS mode, as in libpq.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum TlsMode {
+    /// Plain TCP.
+    Disable,
+    /// TLS if the server offers it, without verification.
+    Prefer,
+    /// TLS, without certificate verification.
+    Require,
+    /// TLS, certificate checked against the CA.
+    VerifyCa,
+    /// TLS, certificate and host name checked.
+    VerifyFull,
+}
+
+impl TlsMode {
+    /// The manifest spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Disable => "disable",
+            Self::Prefer => "prefer",
+            Self::Require => "require",
+            Self::VerifyCa => "verify-ca",
+            Self::VerifyFull => "verify-full",
+        }
+    }
+}
+
+/// TLS settings of a source.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawTls {
+    /// TLS mode. Default: `prefer`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<TlsMode>,
+    /// Path to a PEM CA certificate (for `verify-ca` / `verify-full`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca: Option<String>,
+    /// Path to a PEM client certificate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert: Option<String>,
+    /// Path to the client certificate's PEM key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+}
+
+/// Connection-pool settings of a source.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawPool {
+    /// Most connections open at once. Default: `parallelism` (one per table being synced).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1000))]
+    pub max_connections: Option<u32>,
+    /// Idle connections kept. Default: `1`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_connections: Option<u32>,
+    /// Close connections older than this. `0` keeps them. Default: `0`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_lifetime: Option<RawDuration>,
+}
+
+/// Timeouts of a source.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawTimeouts {
+    /// Connect timeout. Default: `30s`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connect: Option<RawDuration>,
+    /// MySQL: `net_read_timeout` of the session. `0` leaves the server's. Default: `0`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub read: Option<RawDuration>,
+    /// MySQL: `net_write_timeout` of the session. `0` leaves the server's. Default: `0`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub write: Option<RawDuration>,
+    /// PostgreSQL `statement_timeout` / MySQL `max_statement_time` (MariaDB) of the session.
+    /// `0` disables it. Default: `0`, since one extraction query may stream a large table.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub statement: Option<RawDuration>,
+}
+
+/// One table to sync.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawTable {
+    /// Target table name in the dataset. Default: the source name, with `schema.table` becoming
+    /// `schema__table`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
+    /// Whether the table is synced. Default: `true`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enabled: Option<bool>,
+    /// Source columns to sync, in order. Default: all.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub columns: Option<Vec<String>>,
+    /// Source columns to leave out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exclude_columns: Option<Vec<String>>,
+    /// Key columns for `merge`. Default: the source table's primary key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub primary_key: Option<Vec<String>>,
+    /// Column that grows with every change (a timestamp or increasing id), for `incremental`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cursor: Option<String>,
+    /// Write mode. Default: `defaults.mode`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<WriteMode>,
+    /// Rows per read batch. Default: `defaults.batch_size`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 10_000_000))]
+    pub batch_size: Option<u64>,
+    /// Bad values tolerated; `-1` unlimited. Default: `defaults.max_parse_failures`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = -1))]
+    pub max_parse_failures: Option<i64>,
+    /// BigQuery types forcing the mapping of some source columns, e.g.
+    /// `{ amount: "BIGNUMERIC", payload: "STRING" }`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub column_types: Option<IndexMap<String, String>>,
+    /// Partitioning: a DATE/TIMESTAMP/DATETIME column, optionally with a granularity,
+    /// e.g. `created_at` or `created_at:MONTH` (DAY, HOUR, MONTH or YEAR; default DAY).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partition_by: Option<String>,
+    /// Clustering columns (at most 4).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster_by: Option<Vec<String>>,
+    /// Allow dropping and recreating this table on an incompatible schema change.
+    /// Default: `defaults.allow_recreate`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allow_recreate: Option<bool>,
+    /// Type-mapping policies for this table. Default: `defaults.types`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub types: Option<RawTypePolicies>,
+}

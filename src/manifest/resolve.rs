@@ -1,0 +1,765 @@
+//! [`RawManifest`] → [`Manifest`]: defaults applied, identifiers parsed, semantic checks run.
+//! Every problem is collected, each tied to the JSON pointer of the value at fault.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use indexmap::IndexMap;
+use serde::Serialize;
+
+use super::Problem;
+use super::document::escape_segment;
+use super::env::parse_duration;
+use super::raw::{
+    BadValuePolicy, DecimalOverflowPolicy, GeometryPolicy, RawDuration, RawManifest, RawSource,
+    RawTable, RawTypePolicies, SourceKind, TlsMode, Utf8Policy, WriteMode,
+};
+use crate::names;
+use crate::secret::Secret;
+
+/// Default rows per batch.
+pub const DEFAULT_BATCH_SIZE: u64 = 10_000;
+/// Default bad-value budget per table.
+pub const DEFAULT_MAX_PARSE_FAILURES: i64 = 100;
+/// Default number of tables synced at once.
+pub const DEFAULT_PARALLELISM: u32 = 4;
+/// Default connect timeout.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A validated manifest with every default applied.
+#[derive(Debug, Clone, Serialize)]
+pub struct Manifest {
+    /// The destination.
+    pub bigquery: BigQuerySpec,
+    /// Deadline of a whole apply, if any.
+    #[serde(with = "opt_duration")]
+    pub timeout: Option<Duration>,
+    /// Tables synced at once.
+    pub parallelism: u32,
+    /// Sources, in manifest order (disabled ones included).
+    pub sources: Vec<SourceSpec>,
+    /// Tables, in manifest order (disabled ones included).
+    pub tables: Vec<TableSpec>,
+}
+
+/// The BigQuery destination.
+#[derive(Debug, Clone, Serialize)]
+pub struct BigQuerySpec {
+    /// Project ID.
+    pub project: String,
+    /// Dataset.
+    pub dataset: String,
+    /// Job location.
+    pub location: String,
+    /// Emulator or other endpoint base URL.
+    pub endpoint: Option<String>,
+    /// Service-account key path.
+    pub credentials: Option<String>,
+    /// Create the dataset if missing.
+    pub create_dataset: bool,
+}
+
+/// One source database.
+#[derive(Debug, Clone, Serialize)]
+pub struct SourceSpec {
+    /// Name in the manifest.
+    pub name: String,
+    /// Engine.
+    pub kind: SourceKind,
+    /// Synced or not.
+    pub enabled: bool,
+    /// How to connect.
+    pub connection: Connection,
+    /// TLS.
+    pub tls: TlsSpec,
+    /// Most pool connections (defaults to the manifest's parallelism).
+    pub max_connections: u32,
+    /// Idle connections kept.
+    pub min_connections: u32,
+    /// Connection lifetime.
+    #[serde(with = "opt_duration")]
+    pub max_lifetime: Option<Duration>,
+    /// Timeouts.
+    pub timeouts: Timeouts,
+}
+
+/// Connection parameters. Either a URL or parts.
+#[derive(Debug, Clone, Serialize)]
+pub struct Connection {
+    /// Full URL (secret: it may hold a password).
+    pub url: Option<Secret>,
+    /// Host.
+    pub host: String,
+    /// Port (none for SQLite).
+    pub port: Option<u16>,
+    /// User.
+    pub user: Option<String>,
+    /// Password.
+    pub password: Option<Secret>,
+    /// Database (SQLite: file path).
+    pub database: Option<String>,
+    /// Default PostgreSQL schema.
+    pub schema: Option<String>,
+}
+
+/// TLS settings.
+#[derive(Debug, Clone, Serialize)]
+pub struct TlsSpec {
+    /// Mode.
+    pub mode: TlsMode,
+    /// CA path.
+    pub ca: Option<String>,
+    /// Client certificate path.
+    pub cert: Option<String>,
+    /// Client key path.
+    pub key: Option<String>,
+}
+
+/// Source timeouts; `None` means none.
+#[derive(Debug, Clone, Serialize)]
+pub struct Timeouts {
+    /// Connect.
+    #[serde(with = "opt_duration")]
+    pub connect: Option<Duration>,
+    /// Read (MySQL `net_read_timeout`).
+    #[serde(with = "opt_duration")]
+    pub read: Option<Duration>,
+    /// Write (MySQL `net_write_timeout`).
+    #[serde(with = "opt_duration")]
+    pub write: Option<Duration>,
+    /// Statement.
+    #[serde(with = "opt_duration")]
+    pub statement: Option<Duration>,
+}
+
+/// Type-mapping policies with defaults applied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, serde::Deserialize)]
+pub struct TypePolicies {
+    /// MySQL `TINYINT(1)` → BOOL.
+    pub tinyint1_as_bool: bool,
+    /// Zero dates.
+    pub zero_dates: BadValuePolicy,
+    /// NaN/Infinity.
+    pub non_finite: BadValuePolicy,
+    /// Invalid UTF-8.
+    pub invalid_utf8: Utf8Policy,
+    /// Decimals wider than BIGNUMERIC.
+    pub decimal_overflow: DecimalOverflowPolicy,
+    /// Geometry columns.
+    pub geometry: GeometryPolicy,
+}
+
+impl Default for TypePolicies {
+    fn default() -> Self {
+        Self {
+            tinyint1_as_bool: true,
+            zero_dates: BadValuePolicy::Null,
+            non_finite: BadValuePolicy::Null,
+            invalid_utf8: Utf8Policy::Replace,
+            decimal_overflow: DecimalOverflowPolicy::String,
+            geometry: GeometryPolicy::String,
+        }
+    }
+}
+
+impl TypePolicies {
+    fn overlay(self, raw: &RawTypePolicies) -> Self {
+        Self {
+            tinyint1_as_bool: raw.tinyint1_as_bool.unwrap_or(self.tinyint1_as_bool),
+            zero_dates: raw.zero_dates.unwrap_or(self.zero_dates),
+            non_finite: raw.non_finite.unwrap_or(self.non_finite),
+            invalid_utf8: raw.invalid_utf8.unwrap_or(self.invalid_utf8),
+            decimal_overflow: raw.decimal_overflow.unwrap_or(self.decimal_overflow),
+            geometry: raw.geometry.unwrap_or(self.geometry),
+        }
+    }
+}
+
+/// Time-unit partitioning.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct Partitioning {
+    /// The column.
+    pub column: String,
+    /// `DAY`, `HOUR`, `MONTH` or `YEAR`.
+    pub granularity: String,
+}
+
+/// One table to sync.
+#[derive(Debug, Clone, Serialize)]
+pub struct TableSpec {
+    /// Source name.
+    pub source: String,
+    /// Source engine.
+    pub source_kind: SourceKind,
+    /// The key in the manifest (`table` or `qualifier.table`).
+    pub key: String,
+    /// Schema (PostgreSQL) or database (MySQL) qualifying the table, if given or defaulted.
+    pub qualifier: Option<String>,
+    /// The table's name at the source.
+    pub name: String,
+    /// Target table in the dataset.
+    pub target: String,
+    /// Synced or not (false when its source is disabled).
+    pub enabled: bool,
+    /// Columns to sync; `None` = all.
+    pub columns: Option<Vec<String>>,
+    /// Columns to leave out.
+    pub exclude_columns: Vec<String>,
+    /// Merge key; `None` = the source's primary key.
+    pub primary_key: Option<Vec<String>>,
+    /// Incremental cursor column.
+    pub cursor: Option<String>,
+    /// Write mode.
+    pub mode: WriteMode,
+    /// Rows per batch.
+    pub batch_size: u64,
+    /// Bad values tolerated; `None` = unlimited.
+    pub max_parse_failures: Option<u64>,
+    /// Forced BigQuery types by source column.
+    pub column_types: IndexMap<String, String>,
+    /// Partitioning.
+    pub partition_by: Option<Partitioning>,
+    /// Clustering columns.
+    pub cluster_by: Vec<String>,
+    /// Drop-and-recreate allowed on incompatible changes.
+    pub allow_recreate: bool,
+    /// Create and evolve the target table.
+    pub auto_create: bool,
+    /// Type policies.
+    pub types: TypePolicies,
+}
+
+impl TableSpec {
+    /// `source.key`, as shown to users.
+    pub fn label(&self) -> String {
+        format!("{}.{}", self.source, self.key)
+    }
+}
+
+mod opt_duration {
+    use std::time::Duration;
+
+    pub(super) fn serialize<S: serde::Serializer>(value: &Option<Duration>, serializer: S) -> Result<S::Ok, S::Error> {
+        match value {
+            Some(duration) => serializer.serialize_str(&humantime::format_duration(*duration).to_string()),
+            None => serializer.serialize_none(),
+        }
+    }
+}
+
+/// Column types a `column_types` override may name.
+pub const OVERRIDE_TYPES: &[&str] = &[
+    "STRING", "BYTES", "INT64", "FLOAT64", "NUMERIC", "BIGNUMERIC", "BOOL", "DATE", "DATETIME", "TIME", "TIMESTAMP",
+    "JSON", "GEOGRAPHY", "INTERVAL",
+];
+
+/// Whether `text` is a BigQuery type an override may name (`NUMERIC(38,9)` included).
+pub fn override_type_problem(text: &str) -> Option<String> {
+    let upper = text.trim().to_ascii_uppercase();
+    let (base, params) = match upper.split_once('(') {
+        Some((base, rest)) => (base.trim().to_string(), Some(rest.trim_end_matches(')').to_string())),
+        None => (upper.clone(), None),
+    };
+    let base = match base.as_str() {
+        "INTEGER" => "INT64",
+        "FLOAT" => "FLOAT64",
+        "BOOLEAN" => "BOOL",
+        other => other,
+    };
+    if !OVERRIDE_TYPES.contains(&base) {
+        return Some(format!("`{text}` is not a BigQuery column type (one of {})", OVERRIDE_TYPES.join(", ")));
+    }
+    if let Some(params) = params {
+        let numbers: Result<Vec<u32>, _> = params.split(',').map(|part| part.trim().parse::<u32>()).collect();
+        let ok = match (base, numbers) {
+            ("NUMERIC", Ok(n)) if n.len() == 2 => n[1] <= 9 && n[0] >= n[1] && n[0] - n[1] <= 29 && n[0] >= 1,
+            ("NUMERIC", Ok(n)) if n.len() == 1 => (1..=29).contains(&n[0]),
+            ("BIGNUMERIC", Ok(n)) if n.len() == 2 => n[1] <= 38 && n[0] >= n[1] && n[0] - n[1] <= 38 && n[0] >= 1,
+            ("BIGNUMERIC", Ok(n)) if n.len() == 1 => (1..=38).contains(&n[0]),
+            ("STRING" | "BYTES", Ok(n)) => n.len() == 1 && n[0] >= 1,
+            _ => false,
+        };
+        if !ok {
+            return Some(format!("`{text}` has invalid type parameters"));
+        }
+    }
+    None
+}
+
+fn duration(value: Option<&RawDuration>, pointer: &str, problems: &mut Vec<Problem>) -> Option<Option<Duration>> {
+    let value = value?;
+    let parsed = match value {
+        RawDuration::Seconds(seconds) => Ok(Duration::from_secs(*seconds)),
+        RawDuration::Text(text) => parse_duration(text),
+    };
+    match parsed {
+        Ok(duration) if duration.is_zero() => Some(None),
+        Ok(duration) => Some(Some(duration)),
+        Err(message) => {
+            problems.push(Problem::error(pointer, "datasync::manifest::duration", message));
+            None
+        }
+    }
+}
+
+/// Resolves a schema-valid [`RawManifest`]. Returns the manifest when no error was found, and
+/// every problem (errors and warnings) either way.
+#[expect(clippy::too_many_lines, reason = "one pass over the manifest, checks in reading order")]
+pub fn resolve(raw: &RawManifest) -> (Option<Manifest>, Vec<Problem>) {
+    let mut problems = Vec::new();
+
+    let project = raw.bigquery.project.clone().unwrap_or_default();
+    if raw.bigquery.project.is_none() {
+        problems.push(
+            Problem::error("/bigquery", "datasync::manifest::missing_field", "missing `bigquery.project`")
+                .on_key()
+                .with_help("set `bigquery.project` or GCP_PROJECT_ID"),
+        );
+    } else if let Some(message) = names::project_problem(&project) {
+        problems.push(Problem::error("/bigquery/project", "datasync::manifest::bigquery_name", message));
+    }
+    let dataset = raw.bigquery.dataset.clone().unwrap_or_default();
+    if raw.bigquery.dataset.is_none() {
+        problems.push(
+            Problem::error("/bigquery", "datasync::manifest::missing_field", "missing `bigquery.dataset`")
+                .on_key()
+                .with_help("set `bigquery.dataset` or BQ_DATASET_ID"),
+        );
+    } else if let Some(message) = names::dataset_problem(&dataset) {
+        problems.push(Problem::error("/bigquery/dataset", "datasync::manifest::bigquery_name", message));
+    }
+    if let Some(endpoint) = &raw.bigquery.endpoint
+        && !(endpoint.starts_with("http://") || endpoint.starts_with("https://"))
+    {
+        problems.push(Problem::error(
+            "/bigquery/endpoint",
+            "datasync::manifest::endpoint",
+            format!("`{endpoint}` is not an http(s) URL"),
+        ));
+    }
+
+    let defaults = &raw.defaults;
+    let timeout = duration(defaults.timeout.as_ref(), "/defaults/timeout", &mut problems).flatten();
+    let parallelism = defaults.parallelism.unwrap_or(DEFAULT_PARALLELISM);
+    let default_policies = TypePolicies::default().overlay(&defaults.types);
+
+    if raw.sources.is_empty() {
+        problems.push(
+            Problem::error("", "datasync::manifest::no_sources", "the manifest has no sources")
+                .with_help("add a `sources:` entry, or set SYNC_DATABASES for env-only mode"),
+        );
+    }
+
+    let mut sources = Vec::new();
+    let mut tables = Vec::new();
+    let mut targets: HashMap<String, String> = HashMap::new();
+    for (source_name, source) in &raw.sources {
+        let base = format!("/sources/{}", escape_segment(source_name));
+        if source_name.is_empty()
+            || !source_name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        {
+            problems.push(
+                Problem::error(&base, "datasync::manifest::source_name", format!("source name `{source_name}` may only hold letters, digits, `_` and `-`"))
+                    .on_key(),
+            );
+        }
+        let spec = resolve_source(source_name, source, &base, parallelism, &mut problems);
+        if source.tables.is_empty() {
+            problems.push(Problem::warning(&base, "datasync::manifest::no_tables", format!("source `{source_name}` lists no tables")).on_key());
+        }
+        for (key, table) in &source.tables {
+            let pointer = format!("{base}/tables/{}", escape_segment(key));
+            let default_table = RawTable::default();
+            let table = table.as_ref().unwrap_or(&default_table);
+            let Some(table_spec) = resolve_table(&spec, key, table, &pointer, raw, default_policies, &mut problems) else {
+                continue;
+            };
+            if table_spec.enabled {
+                if let Some(first) = targets.get(&table_spec.target) {
+                    let target_pointer = if table.target.is_some() { format!("{pointer}/target") } else { pointer.clone() };
+                    problems.push(
+                        Problem::error(
+                            &target_pointer,
+                            "datasync::manifest::duplicate_target",
+                            format!("target table `{}` is also written by `{first}`", table_spec.target),
+                        )
+                        .on_key()
+                        .with_help("give one of them another `target`"),
+                    );
+                } else {
+                    targets.insert(table_spec.target.clone(), table_spec.label());
+                }
+            }
+            tables.push(table_spec);
+        }
+        sources.push(spec);
+    }
+
+    let has_errors = problems.iter().any(|problem| problem.severity == super::Severity::Error);
+    let manifest = (!has_errors).then(|| Manifest {
+        bigquery: BigQuerySpec {
+            project,
+            dataset,
+            location: raw.bigquery.location.clone().unwrap_or_else(|| "US".into()),
+            endpoint: raw.bigquery.endpoint.clone().map(|url| url.trim_end_matches('/').to_string()),
+            credentials: raw.bigquery.credentials.clone(),
+            create_dataset: raw.bigquery.create_dataset.unwrap_or(false),
+        },
+        timeout,
+        parallelism,
+        sources,
+        tables,
+    });
+    (manifest, problems)
+}
+
+fn resolve_source(name: &str, source: &RawSource, base: &str, parallelism: u32, problems: &mut Vec<Problem>) -> SourceSpec {
+    let kind = source.kind;
+    if let Some(url) = &source.url {
+        let scheme_ok = match kind {
+            SourceKind::Mysql => url.starts_with("mysql://") || url.starts_with("mariadb://"),
+            SourceKind::Postgres => url.starts_with("postgres://") || url.starts_with("postgresql://"),
+            SourceKind::Sqlite => url.starts_with("sqlite:"),
+        };
+        if !scheme_ok {
+            problems.push(Problem::error(
+                &format!("{base}/url"),
+                "datasync::manifest::url",
+                format!("a {} source needs a `{}://` URL", kind.as_str(), kind.as_str()),
+            ));
+        }
+        for field in ["host", "port", "user", "password", "database"] {
+            let set = match field {
+                "host" => source.host.is_some(),
+                "port" => source.port.is_some(),
+                "user" => source.user.is_some(),
+                "password" => source.password.is_some(),
+                _ => source.database.is_some(),
+            };
+            if set {
+                problems.push(
+                    Problem::warning(&format!("{base}/{field}"), "datasync::manifest::url_and_parts", format!("`{field}` is ignored because `url` is set"))
+                        .on_key(),
+                );
+            }
+        }
+    } else {
+        match kind {
+            SourceKind::Sqlite if source.database.is_none() => problems.push(
+                Problem::error(base, "datasync::manifest::missing_field", format!("sqlite source `{name}` needs `url` or `database` (the file path)")).on_key(),
+            ),
+            SourceKind::Mysql | SourceKind::Postgres if source.user.is_none() => problems.push(
+                Problem::error(base, "datasync::manifest::missing_field", format!("source `{name}` needs `url` or `user`")).on_key(),
+            ),
+            SourceKind::Postgres if source.database.is_none() => problems.push(
+                Problem::error(base, "datasync::manifest::missing_field", format!("postgres source `{name}` needs `url` or `database`")).on_key(),
+            ),
+            _ => {}
+        }
+    }
+    if source.schema.is_some() && kind != SourceKind::Postgres {
+        problems.push(
+            Problem::warning(&format!("{base}/schema"), "datasync::manifest::schema_ignored", "`schema` only applies to postgres sources; MySQL tables are qualified by database")
+                .on_key(),
+        );
+    }
+    let tls_raw = source.tls.clone().unwrap_or(super::raw::RawTls { mode: None, ca: None, cert: None, key: None });
+    let tls_mode = tls_raw.mode.unwrap_or(if kind == SourceKind::Sqlite { TlsMode::Disable } else { TlsMode::Prefer });
+    if matches!(tls_mode, TlsMode::VerifyCa) && tls_raw.ca.is_none() {
+        problems.push(Problem::warning(&format!("{base}/tls/mode"), "datasync::manifest::tls", "`verify-ca` without `tls.ca` verifies against the system roots"));
+    }
+    if tls_raw.cert.is_some() != tls_raw.key.is_some() {
+        problems.push(Problem::error(&format!("{base}/tls"), "datasync::manifest::tls", "`tls.cert` and `tls.key` go together").on_key());
+    }
+    let timeouts_raw = source.timeouts.clone().unwrap_or(super::raw::RawTimeouts { connect: None, read: None, write: None, statement: None });
+    let timeouts = Timeouts {
+        connect: duration(timeouts_raw.connect.as_ref(), &format!("{base}/timeouts/connect"), problems).unwrap_or(Some(DEFAULT_CONNECT_TIMEOUT)),
+        read: duration(timeouts_raw.read.as_ref(), &format!("{base}/timeouts/read"), problems).flatten(),
+        write: duration(timeouts_raw.write.as_ref(), &format!("{base}/timeouts/write"), problems).flatten(),
+        statement: duration(timeouts_raw.statement.as_ref(), &format!("{base}/timeouts/statement"), problems).flatten(),
+    };
+    let pool = source.pool.clone().unwrap_or(super::raw::RawPool { max_connections: None, min_connections: None, max_lifetime: None });
+    let max_lifetime = duration(pool.max_lifetime.as_ref(), &format!("{base}/pool/max_lifetime"), problems).flatten();
+    let port = source
+        .port
+        .and_then(|port| u16::try_from(port).ok())
+        .or_else(|| kind.default_port());
+    SourceSpec {
+        name: name.to_string(),
+        kind,
+        enabled: source.enabled.unwrap_or(true),
+        connection: Connection {
+            url: source.url.clone().map(Secret::new),
+            host: source.host.clone().unwrap_or_else(|| "localhost".into()),
+            port,
+            user: source.user.clone(),
+            password: source.password.clone().map(Secret::new),
+            database: source.database.clone(),
+            schema: source.schema.clone(),
+        },
+        tls: TlsSpec { mode: tls_mode, ca: tls_raw.ca, cert: tls_raw.cert, key: tls_raw.key },
+        max_connections: pool.max_connections.unwrap_or(parallelism).max(1),
+        min_connections: pool.min_connections.unwrap_or(0),
+        max_lifetime,
+        timeouts,
+    }
+}
+
+fn check_column_names(list: &[String], pointer: &str, what: &str, problems: &mut Vec<Problem>) {
+    let mut seen: Vec<&str> = Vec::new();
+    for (position, column) in list.iter().enumerate() {
+        if column.trim().is_empty() {
+            problems.push(Problem::error(&format!("{pointer}/{position}"), "datasync::manifest::column", format!("empty column name in `{what}`")));
+        } else if seen.contains(&column.as_str()) {
+            problems.push(Problem::error(&format!("{pointer}/{position}"), "datasync::manifest::column", format!("column `{column}` is listed twice in `{what}`")));
+        }
+        seen.push(column);
+    }
+}
+
+#[expect(clippy::too_many_arguments, reason = "internal helper, called once")]
+#[expect(clippy::too_many_lines, reason = "one check after another, in field order")]
+fn resolve_table(
+    source: &SourceSpec,
+    key: &str,
+    table: &RawTable,
+    pointer: &str,
+    raw: &RawManifest,
+    default_policies: TypePolicies,
+    problems: &mut Vec<Problem>,
+) -> Option<TableSpec> {
+    let defaults = &raw.defaults;
+    let parts: Vec<&str> = key.split('.').collect();
+    let (qualifier, name) = match parts.as_slice() {
+        [name] => (None, (*name).to_string()),
+        [qualifier, name] => (Some((*qualifier).to_string()), (*name).to_string()),
+        _ => {
+            problems.push(
+                Problem::error(pointer, "datasync::manifest::table_name", format!("`{key}` has too many parts: use `table` or `schema.table`"))
+                    .on_key(),
+            );
+            return None;
+        }
+    };
+    if name.is_empty() || qualifier.as_deref() == Some("") {
+        problems.push(Problem::error(pointer, "datasync::manifest::table_name", format!("`{key}` is not a table name")).on_key());
+        return None;
+    }
+    if source.kind == SourceKind::Sqlite && qualifier.is_some() {
+        problems.push(Problem::error(pointer, "datasync::manifest::table_name", "sqlite tables are not qualified").on_key());
+    }
+    let qualifier = qualifier.or_else(|| match source.kind {
+        SourceKind::Postgres => Some(source.connection.schema.clone().unwrap_or_else(|| "public".into())),
+        SourceKind::Mysql | SourceKind::Sqlite => None,
+    });
+
+    let target = table.target.clone().unwrap_or_else(|| key.replace('.', "__"));
+    if let Some(message) = names::table_problem(&target) {
+        let at = if table.target.is_some() { format!("{pointer}/target") } else { pointer.to_string() };
+        let mut problem = Problem::error(&at, "datasync::manifest::bigquery_name", message);
+        if table.target.is_none() {
+            problem = problem.on_key().with_help("set `target` to a valid BigQuery table name");
+        }
+        problems.push(problem);
+    }
+
+    let mode = table.mode.or(defaults.mode).unwrap_or(WriteMode::Replace);
+    if let Some(columns) = &table.columns {
+        if columns.is_empty() {
+            problems.push(Problem::error(&format!("{pointer}/columns"), "datasync::manifest::column", "`columns` is empty: leave it out to sync every column"));
+        }
+        check_column_names(columns, &format!("{pointer}/columns"), "columns", problems);
+    }
+    let exclude = table.exclude_columns.clone().unwrap_or_default();
+    check_column_names(&exclude, &format!("{pointer}/exclude_columns"), "exclude_columns", problems);
+    if let Some(primary_key) = &table.primary_key {
+        if primary_key.is_empty() {
+            problems.push(Problem::error(&format!("{pointer}/primary_key"), "datasync::manifest::primary_key", "`primary_key` is empty"));
+        }
+        check_column_names(primary_key, &format!("{pointer}/primary_key"), "primary_key", problems);
+    }
+
+    // Every column the table names must be selected.
+    let selected = |column: &str| {
+        table.columns.as_ref().is_none_or(|columns| columns.iter().any(|c| c == column)) && !exclude.iter().any(|c| c == column)
+    };
+    let check_selected = |column: &str, at: String, what: &str, problems: &mut Vec<Problem>| {
+        if !selected(column) {
+            let why = if exclude.iter().any(|c| c == column) { "is excluded by `exclude_columns`" } else { "is not in `columns`" };
+            problems.push(Problem::error(&at, "datasync::manifest::unknown_column", format!("{what} `{column}` {why}")));
+        }
+    };
+    if let Some(primary_key) = &table.primary_key {
+        for (position, column) in primary_key.iter().enumerate() {
+            check_selected(column, format!("{pointer}/primary_key/{position}"), "primary key column", problems);
+        }
+    }
+    if let Some(cursor) = &table.cursor {
+        check_selected(cursor, format!("{pointer}/cursor"), "cursor column", problems);
+    }
+    let column_types = table.column_types.clone().unwrap_or_default();
+    for (column, bq_type) in &column_types {
+        let at = format!("{pointer}/column_types/{}", escape_segment(column));
+        check_selected(column, at.clone(), "column_types names column", problems);
+        if let Some(message) = override_type_problem(bq_type) {
+            problems.push(Problem::error(&at, "datasync::manifest::column_type", message));
+        }
+    }
+    let partition_by = table.partition_by.as_ref().and_then(|text| {
+        let (column, granularity) = text.split_once(':').unwrap_or((text.as_str(), "DAY"));
+        let granularity = granularity.trim().to_ascii_uppercase();
+        let at = format!("{pointer}/partition_by");
+        if !["DAY", "HOUR", "MONTH", "YEAR"].contains(&granularity.as_str()) {
+            problems.push(Problem::error(&at, "datasync::manifest::partition", format!("`{granularity}` is not a partition granularity (DAY, HOUR, MONTH or YEAR)")));
+            return None;
+        }
+        check_selected(column.trim(), at, "partition column", problems);
+        Some(Partitioning { column: column.trim().to_string(), granularity })
+    });
+    let cluster_by = table.cluster_by.clone().unwrap_or_default();
+    if cluster_by.len() > 4 {
+        problems.push(Problem::error(&format!("{pointer}/cluster_by"), "datasync::manifest::cluster", format!("BigQuery clusters on at most 4 columns, not {}", cluster_by.len())));
+    }
+    for (position, column) in cluster_by.iter().enumerate() {
+        check_selected(column, format!("{pointer}/cluster_by/{position}"), "cluster column", problems);
+    }
+
+    match mode {
+        WriteMode::Merge if table.primary_key.is_none() => problems.push(
+            Problem::error(pointer, "datasync::manifest::merge_without_key", format!("table `{key}` uses mode `merge` but has no `primary_key`"))
+                .on_key()
+                .with_help("add `primary_key: [id]` (the columns that identify a row), or use mode `replace`"),
+        ),
+        WriteMode::Incremental if table.cursor.is_none() => problems.push(
+            Problem::error(pointer, "datasync::manifest::incremental_without_cursor", format!("table `{key}` uses mode `incremental` but has no `cursor`"))
+                .on_key()
+                .with_help("add `cursor: updated_at` (a column that grows with every change)"),
+        ),
+        _ => {}
+    }
+    if table.cursor.is_some() && !matches!(mode, WriteMode::Incremental | WriteMode::Merge) {
+        problems.push(Problem::warning(&format!("{pointer}/cursor"), "datasync::manifest::cursor_unused", format!("`cursor` is only used by modes `incremental` and `merge`, not `{}`", mode.as_str())).on_key());
+    }
+
+    let max_parse_failures = table.max_parse_failures.or(defaults.max_parse_failures).unwrap_or(DEFAULT_MAX_PARSE_FAILURES);
+    let types = table.types.as_ref().map_or(default_policies, |raw| default_policies.overlay(raw));
+    Some(TableSpec {
+        source: source.name.clone(),
+        source_kind: source.kind,
+        key: key.to_string(),
+        qualifier,
+        name,
+        target,
+        enabled: source.enabled && table.enabled.unwrap_or(true),
+        columns: table.columns.clone(),
+        exclude_columns: exclude,
+        primary_key: table.primary_key.clone(),
+        cursor: table.cursor.clone(),
+        mode,
+        batch_size: table.batch_size.or(defaults.batch_size).unwrap_or(DEFAULT_BATCH_SIZE),
+        max_parse_failures: u64::try_from(max_parse_failures).ok(),
+        column_types,
+        partition_by,
+        cluster_by,
+        allow_recreate: table.allow_recreate.or(defaults.allow_recreate).unwrap_or(false),
+        auto_create: defaults.auto_create.unwrap_or(true),
+        types,
+    })
+}
+
+impl Manifest {
+    /// The manifest in its file shape with every default written out: what `validate
+    /// --show-effective` prints and what `env-to-manifest` serialises.
+    pub fn to_raw(&self) -> RawManifest {
+        use super::raw::{RawBigQuery, RawDefaults, RawPool, RawTimeouts, RawTls};
+        let seconds = |duration: Option<Duration>| {
+            Some(RawDuration::Text(duration.map_or_else(|| "0s".to_string(), |d| humantime::format_duration(d).to_string())))
+        };
+        let mut sources = IndexMap::new();
+        for source in &self.sources {
+            let connection = &source.connection;
+            let tables = self
+                .tables
+                .iter()
+                .filter(|table| table.source == source.name)
+                .map(|table| {
+                    let policies = table.types;
+                    let raw = RawTable {
+                        target: Some(table.target.clone()),
+                        enabled: Some(table.enabled),
+                        columns: table.columns.clone(),
+                        exclude_columns: Some(table.exclude_columns.clone()).filter(|list| !list.is_empty()),
+                        primary_key: table.primary_key.clone(),
+                        cursor: table.cursor.clone(),
+                        mode: Some(table.mode),
+                        batch_size: Some(table.batch_size),
+                        max_parse_failures: Some(table.max_parse_failures.map_or(-1, |n| i64::try_from(n).unwrap_or(i64::MAX))),
+                        column_types: Some(table.column_types.clone()).filter(|map| !map.is_empty()),
+                        partition_by: table.partition_by.as_ref().map(|p| format!("{}:{}", p.column, p.granularity)),
+                        cluster_by: Some(table.cluster_by.clone()).filter(|list| !list.is_empty()),
+                        allow_recreate: Some(table.allow_recreate),
+                        types: Some(RawTypePolicies {
+                            tinyint1_as_bool: Some(policies.tinyint1_as_bool),
+                            zero_dates: Some(policies.zero_dates),
+                            non_finite: Some(policies.non_finite),
+                            invalid_utf8: Some(policies.invalid_utf8),
+                            decimal_overflow: Some(policies.decimal_overflow),
+                            geometry: Some(policies.geometry),
+                        }),
+                    };
+                    (table.key.clone(), Some(raw))
+                })
+                .collect();
+            sources.insert(
+                source.name.clone(),
+                RawSource {
+                    kind: source.kind,
+                    enabled: Some(source.enabled),
+                    url: connection.url.as_ref().map(|url| url.expose().to_string()),
+                    host: connection.url.is_none().then(|| connection.host.clone()),
+                    port: connection.url.is_none().then_some(connection.port).flatten().map(u32::from),
+                    user: connection.user.clone(),
+                    password: connection.password.as_ref().map(|password| password.expose().to_string()),
+                    database: connection.database.clone(),
+                    schema: connection.schema.clone().or_else(|| (source.kind == SourceKind::Postgres).then(|| "public".to_string())),
+                    tls: Some(RawTls { mode: Some(source.tls.mode), ca: source.tls.ca.clone(), cert: source.tls.cert.clone(), key: source.tls.key.clone() }),
+                    pool: Some(RawPool {
+                        max_connections: Some(source.max_connections),
+                        min_connections: Some(source.min_connections),
+                        max_lifetime: seconds(source.max_lifetime),
+                    }),
+                    timeouts: Some(RawTimeouts {
+                        connect: seconds(source.timeouts.connect),
+                        read: seconds(source.timeouts.read),
+                        write: seconds(source.timeouts.write),
+                        statement: seconds(source.timeouts.statement),
+                    }),
+                    tables,
+                },
+            );
+        }
+        let first = self.tables.first();
+        RawManifest {
+            version: Some(1),
+            bigquery: RawBigQuery {
+                project: Some(self.bigquery.project.clone()),
+                dataset: Some(self.bigquery.dataset.clone()),
+                location: Some(self.bigquery.location.clone()),
+                endpoint: self.bigquery.endpoint.clone(),
+                credentials: self.bigquery.credentials.clone(),
+                create_dataset: Some(self.bigquery.create_dataset),
+            },
+            defaults: RawDefaults {
+                mode: None,
+                batch_size: None,
+                max_parse_failures: None,
+                timeout: seconds(self.timeout),
+                auto_create: first.map(|table| table.auto_create),
+                parallelism: Some(self.parallelism),
+                allow_recreate: None,
+                types: RawTypePolicies::default(),
+            },
+            sources,
+        }
+    }
+}

@@ -9,4 +9,5 @@
 pub mod cli;
 pub mod manifest;
 pub mod names;
+pub mod schema;
 pub mod secret;

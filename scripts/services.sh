@@ -162,8 +162,7 @@ pg_configure() {
     fi
     mkdir -p "$conf/conf.d"
     if [ ! -f "$conf/conf.d/datasync.conf" ]; then
-        # 'localhost' = 127.0.0.1 and ::1
-        echo "listen_addresses = 'localhost'" >"$conf/conf.d/datasync.conf"
+        echo "listen_addresses = '127.0.0.1'" >"$conf/conf.d/datasync.conf"
         echo "port = $PG_PORT" >>"$conf/conf.d/datasync.conf"
         chown -R postgres:postgres "$conf/conf.d" 2>/dev/null || true
     fi

@@ -213,6 +213,8 @@ pub fn load(input: &ManifestInput) -> Result<Loaded, LoadFailure> {
     }
 
     env::interpolate(&mut document, &input.env, "", &mut problems);
+    // A value whose variable is missing is reported once, not again by the checks below.
+    let unresolved: Vec<String> = problems.iter().filter_map(|problem| problem.pointer.clone()).collect();
     problems.extend(env::apply(&mut document, &input.env, mode, &mut origins));
 
     // Tables written as `orders:` (null) mean "all defaults".
@@ -253,6 +255,10 @@ pub fn load(input: &ManifestInput) -> Result<Loaded, LoadFailure> {
         }
     };
 
+    problems.retain(|problem| {
+        problem.code == "datasync::manifest::env_var"
+            || !problem.pointer.as_ref().is_some_and(|pointer| unresolved.contains(pointer))
+    });
     sort_problems(&mut problems, source.as_ref());
     let has_errors = problems.iter().any(|problem| problem.severity == Severity::Error);
     match manifest {

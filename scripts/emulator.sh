@@ -200,8 +200,7 @@ do_stop() {
     if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then
         log "stopping pid $pid"
         kill -TERM "$pid" 2>/dev/null || true
-        local i
-        for i in $(seq 1 50); do
+        for _ in $(seq 1 50); do
             kill -0 "$pid" 2>/dev/null || break
             sleep 0.2
         done

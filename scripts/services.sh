@@ -94,6 +94,7 @@ wait_for() { # name probe-fn
 
 # ---------------------------------------------------------------- detection
 
+# shellcheck disable=SC2012  # version directories are plain numbers
 pg_version() { # newest configured cluster version, or newest installed server
     local v=""
     if [ -d /etc/postgresql ]; then

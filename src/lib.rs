@@ -9,5 +9,6 @@
 pub mod cli;
 pub mod manifest;
 pub mod names;
+pub mod plan;
 pub mod schema;
 pub mod secret;

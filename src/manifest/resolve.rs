@@ -185,7 +185,7 @@ pub struct Partitioning {
 }
 
 /// One table to sync.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
 pub struct TableSpec {
     /// Source name.
     pub source: String,

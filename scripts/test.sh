@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Runs every datasync test against real services: PostgreSQL and MariaDB on loopback
+# (installed and started if missing) and the BigQuery emulator in a project-local venv.
+#
+#   scripts/test.sh [extra cargo test args]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+bash scripts/services.sh
+bash scripts/emulator.sh start
+
+export DATASYNC_TEST_POSTGRES_URL="${DATASYNC_TEST_POSTGRES_URL:-postgres://postgres@127.0.0.1:5432/postgres}"
+export DATASYNC_TEST_MYSQL_URL="${DATASYNC_TEST_MYSQL_URL:-mysql://root@127.0.0.1:3306/test}"
+export DATASYNC_TEST_BIGQUERY_URL="${DATASYNC_TEST_BIGQUERY_URL:-http://127.0.0.1:${DATASYNC_EMULATOR_PORT:-9050}}"
+
+cargo test --all-targets "$@"

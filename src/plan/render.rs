@@ -1,0 +1,295 @@
+//! Plan rendering: text (Terraform-style symbols and unified schema diffs), JSON (the versioned
+//! [`Plan`] itself) and Markdown (for pull-request comments). No decisions here.
+
+use std::fmt::Write as _;
+
+use super::{FieldChange, Plan, TableAction, TablePlan};
+use crate::schema::{WarehouseField, WarehouseTable};
+
+fn schema_lines(table: &WarehouseTable) -> String {
+    table.fields.iter().map(|field| format!("{}\n", field.diff_line())).collect()
+}
+
+/// Unified diff of the existing and the future schema, one column per line.
+pub fn schema_diff(destination: &str, plan: &TablePlan) -> String {
+    let before = plan.existing.as_ref().map(schema_lines).unwrap_or_default();
+    let after = match plan.action {
+        TableAction::Blocked => plan.desired.as_ref().map(schema_lines).unwrap_or_default(),
+        _ => plan.target_schema.as_ref().map(schema_lines).unwrap_or_default(),
+    };
+    if before == after {
+        return String::new();
+    }
+    let diff = similar::TextDiff::from_lines(&before, &after);
+    let existing_header = if plan.existing.is_some() {
+        format!("bq://{destination}.{} (existing)", plan.target)
+    } else {
+        "/dev/null".to_string()
+    };
+    diff.unified_diff().context_radius(3).header(&existing_header, &format!("bq://{destination}.{} (planned)", plan.target)).to_string()
+}
+
+fn change_line(change: &FieldChange) -> String {
+    match change {
+        FieldChange::Add { field } => format!("+ add column {}", field.diff_line()),
+        FieldChange::Relax { name } => format!("~ relax {name} REQUIRED -> NULLABLE"),
+        FieldChange::Widen { from, to } => format!("~ widen {} {} -> {}", from.name, from.type_text(), to.type_text()),
+        FieldChange::Incompatible { from, to, .. } => format!("! {} {} -> {} (incompatible)", from.name, from.type_text(), to.type_text()),
+        FieldChange::Dropped { name } => format!("- {name} no longer in the source (kept)"),
+    }
+}
+
+fn rows(count: Option<u64>) -> String {
+    count.map_or_else(|| "? rows".to_string(), |count| format!("~{} rows", group_digits(count)))
+}
+
+/// `1234567` → `1,234,567`.
+pub fn group_digits(value: u64) -> String {
+    let digits = value.to_string();
+    let mut out = String::new();
+    for (position, digit) in digits.chars().enumerate() {
+        if position > 0 && (digits.len() - position) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(digit);
+    }
+    out
+}
+
+fn mode_text(plan: &TablePlan) -> String {
+    let mut text = plan.mode.as_str().to_string();
+    for step in &plan.steps {
+        if let super::Step::Load { key, cursor, .. } = step {
+            if !key.is_empty() {
+                let _ = write!(text, " on [{}]", key.join(", "));
+            }
+            if let Some(cursor) = cursor.as_ref().filter(|_| plan.mode == crate::manifest::raw::WriteMode::Incremental) {
+                let _ = write!(text, " where {cursor} > max(target.{cursor})");
+            }
+        }
+    }
+    text
+}
+
+fn action_text(action: TableAction) -> &'static str {
+    match action {
+        TableAction::Create => "create",
+        TableAction::Update => "update schema",
+        TableAction::Sync => "no schema change",
+        TableAction::Recreate => "drop and recreate",
+        TableAction::Blocked => "blocked",
+        TableAction::Error => "error",
+        TableAction::Missing => "missing target",
+    }
+}
+
+/// Counts for the closing line.
+fn summary(plan: &Plan) -> String {
+    let count = |action: TableAction| plan.tables.iter().filter(|table| table.action == action).count();
+    let runnable: Vec<&TablePlan> = plan.tables.iter().filter(|table| table.action.runs()).collect();
+    let total_rows: u64 = runnable.iter().filter_map(|table| table.estimated_rows).sum();
+    let operations: u32 = runnable.iter().map(|table| table.table_operations).sum();
+    let failing = count(TableAction::Blocked) + count(TableAction::Error) + count(TableAction::Missing);
+    let head = if plan.has_changes() {
+        format!(
+            "Plan: {} to create, {} to update, {} to recreate",
+            count(TableAction::Create),
+            count(TableAction::Update),
+            count(TableAction::Recreate)
+        )
+    } else {
+        "No schema changes".to_string()
+    };
+    let mut text = format!(
+        "{head}; {} table(s) to sync, ~{} rows to move, {operations} BigQuery table operation(s) (limit 1,500 per table per day)",
+        runnable.len(),
+        group_digits(total_rows)
+    );
+    if failing > 0 {
+        let _ = write!(text, "; {failing} table(s) cannot run");
+    }
+    text
+}
+
+/// The human-readable plan.
+pub fn text(plan: &Plan) -> String {
+    let mut out = format!("datasync plan for bq://{} ({} tables)\n\n", plan.destination, plan.tables.len());
+    for table in &plan.tables {
+        let _ = writeln!(
+            out,
+            "{} {} -> {} ({}, {}, {})",
+            table.action.symbol(),
+            table.label,
+            table.target,
+            action_text(table.action),
+            mode_text(table),
+            rows(table.estimated_rows)
+        );
+        for change in &table.changes {
+            let _ = writeln!(out, "    {}", change_line(change));
+        }
+        let diff = schema_diff(&plan.destination, table);
+        if table.action != TableAction::Sync && !diff.is_empty() {
+            for line in diff.lines() {
+                let _ = writeln!(out, "    {line}");
+            }
+        }
+        for error in &table.errors {
+            let _ = writeln!(out, "    error: {error}");
+        }
+        for warning in &table.warnings {
+            let _ = writeln!(out, "    warning: {warning}");
+        }
+        out.push('\n');
+    }
+    out.push_str(&summary(plan));
+    out.push('\n');
+    out
+}
+
+/// The plan as Markdown, for a pull-request comment.
+pub fn markdown(plan: &Plan) -> String {
+    let mut out = format!("### datasync plan for `bq://{}`\n\n", plan.destination);
+    out.push_str("| | source | target | action | mode | rows |\n|---|---|---|---|---|---|\n");
+    for table in &plan.tables {
+        let _ = writeln!(
+            out,
+            "| `{}` | `{}` | `{}` | {} | {} | {} |",
+            table.action.symbol(),
+            table.label,
+            table.target,
+            action_text(table.action),
+            mode_text(table).replace('|', "\\|"),
+            rows(table.estimated_rows)
+        );
+    }
+    out.push('\n');
+    for table in &plan.tables {
+        let diff = schema_diff(&plan.destination, table);
+        let has_notes = !table.errors.is_empty() || !table.warnings.is_empty();
+        if (table.action == TableAction::Sync || diff.is_empty()) && !has_notes {
+            continue;
+        }
+        let _ = writeln!(out, "<details><summary><code>{}</code> → <code>{}</code>: {}</summary>\n", table.label, table.target, action_text(table.action));
+        if !diff.is_empty() {
+            let _ = writeln!(out, "```diff\n{}```\n", diff);
+        }
+        for error in &table.errors {
+            let _ = writeln!(out, "- :x: {error}");
+        }
+        for warning in &table.warnings {
+            let _ = writeln!(out, "- :warning: {warning}");
+        }
+        out.push_str("\n</details>\n\n");
+    }
+    out.push_str(&format!("**{}**\n", summary(plan)));
+    out
+}
+
+/// The field list of a table as text (for logs).
+pub fn fields(fields: &[WarehouseField]) -> String {
+    fields.iter().map(WarehouseField::diff_line).collect::<Vec<_>>().join(", ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::manifest::raw::WriteMode;
+    use crate::plan::{TableInput, plan_table};
+    use crate::schema::{BqType, FieldMode, SourceTable, WarehouseField};
+
+    fn spec(key: &str, mode: WriteMode) -> crate::manifest::TableSpec {
+        let text = format!(
+            "bigquery: {{project: demo-project, dataset: ds}}\nsources:\n  shop:\n    type: postgres\n    url: postgres://u@h/db\n    tables:\n      {key}: {{mode: {}, primary_key: [id], cursor: id}}\n",
+            mode.as_str()
+        );
+        let loaded = crate::manifest::load(&crate::manifest::ManifestInput {
+            name: None,
+            text: Some((text, crate::manifest::Format::Yaml)),
+            env: crate::manifest::Env::new(),
+        })
+        .unwrap();
+        loaded.manifest.tables[0].clone()
+    }
+
+    fn source(rows: u64) -> SourceTable {
+        SourceTable { qualifier: Some("public".into()), name: "t".into(), columns: vec![], primary_key: vec!["id".into()], estimated_rows: Some(rows), comment: None }
+    }
+
+    fn table(name: &str, fields: &[(&str, BqType, FieldMode)]) -> WarehouseTable {
+        WarehouseTable {
+            name: name.into(),
+            fields: fields.iter().map(|(n, t, m)| WarehouseField::new(*n, *t, *m)).collect(),
+            partitioning: None,
+            clustering: vec![],
+        }
+    }
+
+    fn sample_plan() -> Plan {
+        use BqType::*;
+        use FieldMode::*;
+        let desired_orders = table("orders", &[("id", Int64, Required), ("amount", Numeric, Nullable), ("note", String, Nullable)]);
+        let existing_orders = table("orders", &[("id", Int64, Required), ("amount", Int64, Required), ("old", String, Nullable)]);
+        let tables = vec![
+            plan_table(TableInput {
+                spec: spec("customers", WriteMode::Replace),
+                source: Ok(source(1_250)),
+                desired: Ok(table("customers", &[("id", Int64, Required), ("name", String, Nullable)])),
+                mapping_warnings: vec!["column `e-mail` is written as `e_mail`".into()],
+                existing: None,
+                existing_rows: None,
+            }),
+            plan_table(TableInput {
+                spec: spec("orders", WriteMode::Merge),
+                source: Ok(source(40_000)),
+                desired: Ok(desired_orders),
+                mapping_warnings: vec![],
+                existing: Some(existing_orders),
+                existing_rows: Some(39_000),
+            }),
+            plan_table(TableInput {
+                spec: spec("items", WriteMode::Incremental),
+                source: Ok(source(7)),
+                desired: Ok(table("items", &[("id", Int64, Required)])),
+                mapping_warnings: vec![],
+                existing: Some(table("items", &[("id", Int64, Required)])),
+                existing_rows: Some(3),
+            }),
+            plan_table(TableInput {
+                spec: spec("events", WriteMode::Append),
+                source: Ok(source(10)),
+                desired: Ok(table("events", &[("id", String, Nullable)])),
+                mapping_warnings: vec![],
+                existing: Some(table("events", &[("id", Int64, Nullable)])),
+                existing_rows: Some(3),
+            }),
+        ];
+        Plan::new("demo-project.ds".into(), tables)
+    }
+
+    #[test]
+    fn text_rendering() {
+        insta::assert_snapshot!(text(&sample_plan()));
+    }
+
+    #[test]
+    fn markdown_rendering() {
+        insta::assert_snapshot!(markdown(&sample_plan()));
+    }
+
+    #[test]
+    fn actions_and_fingerprint() {
+        let plan = sample_plan();
+        let actions: Vec<TableAction> = plan.tables.iter().map(|table| table.action).collect();
+        assert_eq!(actions, [TableAction::Create, TableAction::Update, TableAction::Sync, TableAction::Blocked]);
+        assert!(plan.has_changes());
+        assert!(plan.has_errors());
+        assert!(plan.is_intact());
+        let mut edited = plan.clone();
+        edited.tables[0].target = "other".into();
+        assert!(!edited.is_intact());
+        let json = serde_json::to_string(&plan).unwrap();
+        let back: Plan = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, plan);
+    }
+}

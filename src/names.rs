@@ -8,7 +8,9 @@ pub fn project_problem(name: &str) -> Option<String> {
     let ok = (6..=30).contains(&id.len())
         && id.starts_with(|c: char| c.is_ascii_lowercase())
         && !id.ends_with('-')
-        && id.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+        && id
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
     (!ok).then(|| {
         format!("`{name}` is not a valid project ID: 6-30 lowercase letters, digits and hyphens, starting with a letter")
     })
@@ -75,13 +77,22 @@ pub fn column_problem(name: &str) -> Option<String> {
 pub fn sanitize_column(name: &str) -> String {
     let mut out: String = name
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '_' { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect();
     if out.is_empty() || out.starts_with(|c: char| c.is_ascii_digit()) {
         out.insert(0, '_');
     }
     let lower = out.to_ascii_lowercase();
-    if RESERVED_COLUMN_PREFIXES.iter().any(|prefix| lower.starts_with(prefix)) {
+    if RESERVED_COLUMN_PREFIXES
+        .iter()
+        .any(|prefix| lower.starts_with(prefix))
+    {
         out.insert(0, 'x');
     }
     out.truncate(300);

@@ -64,7 +64,9 @@ impl BqType {
         Some(match name.trim().to_ascii_uppercase().as_str() {
             "STRING" => Self::String,
             "BYTES" => Self::Bytes,
-            "INT64" | "INTEGER" | "INT" | "SMALLINT" | "BIGINT" | "TINYINT" | "BYTEINT" => Self::Int64,
+            "INT64" | "INTEGER" | "INT" | "SMALLINT" | "BIGINT" | "TINYINT" | "BYTEINT" => {
+                Self::Int64
+            }
             "FLOAT64" | "FLOAT" => Self::Float64,
             "NUMERIC" | "DECIMAL" => Self::Numeric,
             "BIGNUMERIC" | "BIGDECIMAL" => Self::BigNumeric,
@@ -145,7 +147,9 @@ impl WarehouseField {
     /// The type with its parameters, e.g. `NUMERIC(38, 9)` or `STRING`.
     pub fn type_text(&self) -> String {
         match (self.precision, self.scale, self.max_length) {
-            (Some(precision), Some(scale), _) => format!("{}({precision}, {scale})", self.bq_type.as_str()),
+            (Some(precision), Some(scale), _) => {
+                format!("{}({precision}, {scale})", self.bq_type.as_str())
+            }
             (Some(precision), None, _) => format!("{}({precision})", self.bq_type.as_str()),
             (_, _, Some(length)) => format!("{}({length})", self.bq_type.as_str()),
             _ => self.bq_type.as_str().to_string(),
@@ -186,7 +190,9 @@ pub struct WarehouseTable {
 impl WarehouseTable {
     /// The field called `name` (BigQuery names are case-insensitive).
     pub fn field(&self, name: &str) -> Option<&WarehouseField> {
-        self.fields.iter().find(|field| field.name.eq_ignore_ascii_case(name))
+        self.fields
+            .iter()
+            .find(|field| field.name.eq_ignore_ascii_case(name))
     }
 }
 

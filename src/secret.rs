@@ -87,7 +87,10 @@ mod tests {
             redact_url("postgres://app:p%40ss@db:5432/x?sslmode=require"),
             "postgres://app:********@db:5432/x?sslmode=require"
         );
-        assert_eq!(redact_url("mysql://root@127.0.0.1/test"), "mysql://root@127.0.0.1/test");
+        assert_eq!(
+            redact_url("mysql://root@127.0.0.1/test"),
+            "mysql://root@127.0.0.1/test"
+        );
         assert_eq!(redact_url("sqlite://data.db"), "sqlite://data.db");
         assert_eq!(redact_url("not a url"), "not a url");
     }

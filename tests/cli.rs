@@ -6,7 +6,11 @@ use assert_cmd::Command;
 
 fn datasync(dir: &Path) -> Command {
     let mut command = Command::cargo_bin("datasync").unwrap();
-    command.current_dir(dir).env_clear().env("NO_COLOR", "1").env("COLUMNS", "100");
+    command
+        .current_dir(dir)
+        .env_clear()
+        .env("NO_COLOR", "1")
+        .env("COLUMNS", "100");
     command
 }
 
@@ -35,9 +39,18 @@ sources:
 fn validate_accepts_a_good_manifest() {
     let dir = temp();
     std::fs::write(dir.path().join("sync.yaml"), GOOD).unwrap();
-    let output = datasync(dir.path()).env("SHOP_PW", "x").arg("validate").assert().success().get_output().clone();
+    let output = datasync(dir.path())
+        .env("SHOP_PW", "x")
+        .arg("validate")
+        .assert()
+        .success()
+        .get_output()
+        .clone();
     let stderr = String::from_utf8(output.stderr).unwrap();
-    assert!(stderr.contains("valid manifest: 1 source(s), 1 table(s) enabled of 1"), "{stderr}");
+    assert!(
+        stderr.contains("valid manifest: 1 source(s), 1 table(s) enabled of 1"),
+        "{stderr}"
+    );
 }
 
 #[test]
@@ -48,11 +61,26 @@ fn validate_reports_three_mistakes_with_lines_and_exits_1() {
         .replace("        primary_key: [id]\n", "")
         .replace("    database: shop\n", "    database: shop\n    bogus: 1\n");
     std::fs::write(dir.path().join("bad.yaml"), text).unwrap();
-    let output = datasync(dir.path()).env("SHOP_PW", "x").args(["-c", "bad.yaml", "validate"]).assert().code(1).get_output().clone();
+    let output = datasync(dir.path())
+        .env("SHOP_PW", "x")
+        .args(["-c", "bad.yaml", "validate"])
+        .assert()
+        .code(1)
+        .get_output()
+        .clone();
     let stderr = String::from_utf8(output.stderr).unwrap();
-    assert!(stderr.contains("bad.yaml:3:12"), "dataset at line 3: {stderr}");
-    assert!(stderr.contains("bad.yaml:11:5"), "unknown key at line 11: {stderr}");
-    assert!(stderr.contains("bad.yaml:13:7"), "merge without key at line 13: {stderr}");
+    assert!(
+        stderr.contains("bad.yaml:3:12"),
+        "dataset at line 3: {stderr}"
+    );
+    assert!(
+        stderr.contains("bad.yaml:11:5"),
+        "unknown key at line 11: {stderr}"
+    );
+    assert!(
+        stderr.contains("bad.yaml:13:7"),
+        "merge without key at line 13: {stderr}"
+    );
     assert!(stderr.contains("3 errors"), "{stderr}");
 }
 
@@ -70,8 +98,17 @@ fn validate_show_effective_lists_origins_and_redacts_secrets() {
         .clone();
     let stdout = String::from_utf8(output.stdout).unwrap();
     assert!(!stdout.contains("super-secret"), "{stdout}");
-    let line = |prefix: &str| stdout.lines().find(|l| l.starts_with(prefix)).unwrap_or_else(|| panic!("no {prefix} in {stdout}")).to_string();
-    assert!(line("bigquery.project = ").ends_with("# env GCP_PROJECT_ID"), "{stdout}");
+    let line = |prefix: &str| {
+        stdout
+            .lines()
+            .find(|l| l.starts_with(prefix))
+            .unwrap_or_else(|| panic!("no {prefix} in {stdout}"))
+            .to_string()
+    };
+    assert!(
+        line("bigquery.project = ").ends_with("# env GCP_PROJECT_ID"),
+        "{stdout}"
+    );
     assert!(line("bigquery.dataset = ").ends_with("# file"));
     assert!(line("sources.shop.port = 5432").ends_with("# default"));
     assert!(line("sources.shop.password = \"********\"").contains("# "));
@@ -81,7 +118,12 @@ fn validate_show_effective_lists_origins_and_redacts_secrets() {
 #[test]
 fn missing_manifest_and_no_legacy_env_is_a_clear_error() {
     let dir = temp();
-    let output = datasync(dir.path()).arg("validate").assert().code(1).get_output().clone();
+    let output = datasync(dir.path())
+        .arg("validate")
+        .assert()
+        .code(1)
+        .get_output()
+        .clone();
     let stderr = String::from_utf8(output.stderr).unwrap();
     assert!(stderr.contains("no manifest"), "{stderr}");
 }
@@ -99,9 +141,15 @@ fn dot_env_is_loaded_without_overriding_the_environment() {
         .get_output()
         .clone();
     let stdout = String::from_utf8(output.stdout).unwrap();
-    assert!(stdout.contains("bigquery.project = \"shell-project\""), "{stdout}");
+    assert!(
+        stdout.contains("bigquery.project = \"shell-project\""),
+        "{stdout}"
+    );
     let stderr = String::from_utf8(output.stderr).unwrap();
-    assert!(stderr.contains("valid legacy environment: 1 source(s), 2 table(s)"), "{stderr}");
+    assert!(
+        stderr.contains("valid legacy environment: 1 source(s), 2 table(s)"),
+        "{stderr}"
+    );
 }
 
 #[test]
@@ -122,7 +170,13 @@ fn env_to_manifest_round_trips_and_keeps_secrets_as_references() {
         ("PG_TABLES", "public.items"),
     ];
     for format in ["yaml", "toml"] {
-        let output = datasync(dir.path()).envs(vars).args(["env-to-manifest", "--format", format]).assert().success().get_output().clone();
+        let output = datasync(dir.path())
+            .envs(vars)
+            .args(["env-to-manifest", "--format", format])
+            .assert()
+            .success()
+            .get_output()
+            .clone();
         let text = String::from_utf8(output.stdout).unwrap();
         assert!(!text.contains("hunter2"), "{text}");
         assert!(text.contains("${MAIN_DB_PASSWORD}"), "{text}");
@@ -137,23 +191,43 @@ fn env_to_manifest_round_trips_and_keeps_secrets_as_references() {
             .get_output()
             .clone();
         let stdout = String::from_utf8(output.stdout).unwrap();
-        assert!(stdout.contains("sources.main.tables.b.target = \"bee\""), "{stdout}");
+        assert!(
+            stdout.contains("sources.main.tables.b.target = \"bee\""),
+            "{stdout}"
+        );
         assert!(stdout.contains("sources.pg.port = 5432"), "{stdout}");
-        assert!(stdout.contains("sources.pg.tables.\"public.items\".target = \"public__items\""), "{stdout}");
+        assert!(
+            stdout.contains("sources.pg.tables.\"public.items\".target = \"public__items\""),
+            "{stdout}"
+        );
     }
 }
 
 #[test]
 fn schema_command_prints_the_committed_schema() {
     let dir = temp();
-    let output = datasync(dir.path()).arg("schema").assert().success().get_output().clone();
-    let committed = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/schemas/sync.schema.json")).unwrap();
+    let output = datasync(dir.path())
+        .arg("schema")
+        .assert()
+        .success()
+        .get_output()
+        .clone();
+    let committed = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/schemas/sync.schema.json"
+    ))
+    .unwrap();
     assert_eq!(String::from_utf8(output.stdout).unwrap(), committed);
 }
 
 #[test]
 fn help_lists_every_command() {
     let dir = temp();
-    let output = datasync(dir.path()).arg("--help").assert().success().get_output().clone();
+    let output = datasync(dir.path())
+        .arg("--help")
+        .assert()
+        .success()
+        .get_output()
+        .clone();
     insta::assert_snapshot!(String::from_utf8(output.stdout).unwrap());
 }

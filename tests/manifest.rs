@@ -5,7 +5,10 @@ use datasync::manifest::raw::{SourceKind, TlsMode, WriteMode};
 use datasync::manifest::{self, Env, Format, LoadFailure, Loaded, ManifestInput, Origin, Severity};
 
 fn env(pairs: &[(&str, &str)]) -> Env {
-    pairs.iter().map(|(k, v)| ((*k).to_string(), (*v).to_string())).collect()
+    pairs
+        .iter()
+        .map(|(k, v)| ((*k).to_string(), (*v).to_string()))
+        .collect()
 }
 
 fn load_yaml(text: &str, env: Env) -> Result<Loaded, LoadFailure> {
@@ -17,7 +20,11 @@ fn load_yaml(text: &str, env: Env) -> Result<Loaded, LoadFailure> {
 }
 
 fn load_env(env: Env) -> Result<Loaded, LoadFailure> {
-    manifest::load(&ManifestInput { name: None, text: None, env })
+    manifest::load(&ManifestInput {
+        name: None,
+        text: None,
+        env,
+    })
 }
 
 fn render(failure: &LoadFailure) -> String {
@@ -60,7 +67,10 @@ fn go_readme_env() -> Env {
         ("FINANCE_DB_NAME", "finance"),
         ("FINANCE_DB_USER", "sync"),
         ("FINANCE_DB_PASSWORD", "s3cr3t with spaces"),
-        ("FINANCE_TABLES", "cache_financial_acc_income,cache_financial_acc_expense"),
+        (
+            "FINANCE_TABLES",
+            "cache_financial_acc_income,cache_financial_acc_expense",
+        ),
         ("FINANCE_CACHE_FINANCIAL_ACC_INCOME_TARGET_TABLE", "income"),
         ("FINANCE_CACHE_FINANCIAL_ACC_INCOME_BATCH_SIZE", "500"),
         ("FINANCE_CACHE_FINANCIAL_ACC_EXPENSE_ENABLED", "no"),
@@ -91,11 +101,20 @@ fn legacy_env_from_the_go_readme_validates_unchanged() {
     assert_eq!(finance.kind, SourceKind::Mysql);
     assert_eq!(finance.connection.host, "mysql.internal");
     assert_eq!(finance.connection.port, Some(3306));
-    assert_eq!(finance.connection.password.as_ref().unwrap().expose(), "s3cr3t with spaces");
+    assert_eq!(
+        finance.connection.password.as_ref().unwrap().expose(),
+        "s3cr3t with spaces"
+    );
     assert_eq!(finance.max_connections, 15);
     // The Go tool ignored the global timeouts and their `30s` form; both work here.
-    assert_eq!(finance.timeouts.connect, Some(std::time::Duration::from_secs(30)));
-    assert_eq!(finance.timeouts.read, Some(std::time::Duration::from_secs(60)));
+    assert_eq!(
+        finance.timeouts.connect,
+        Some(std::time::Duration::from_secs(30))
+    );
+    assert_eq!(
+        finance.timeouts.read,
+        Some(std::time::Duration::from_secs(60))
+    );
 
     let inventory = &m.sources[1];
     assert_eq!(inventory.kind, SourceKind::Postgres);
@@ -103,15 +122,34 @@ fn legacy_env_from_the_go_readme_validates_unchanged() {
     assert_eq!(inventory.connection.port, Some(5432));
     assert_eq!(inventory.connection.database.as_deref(), Some("inventory"));
     assert_eq!(inventory.tls.mode, TlsMode::VerifyFull);
-    assert_eq!(inventory.timeouts.statement, None, "0 disables the statement timeout");
+    assert_eq!(
+        inventory.timeouts.statement, None,
+        "0 disables the statement timeout"
+    );
 
-    let tables: Vec<_> = m.tables.iter().map(|t| (t.label(), t.target.clone(), t.enabled)).collect();
+    let tables: Vec<_> = m
+        .tables
+        .iter()
+        .map(|t| (t.label(), t.target.clone(), t.enabled))
+        .collect();
     assert_eq!(
         tables,
         vec![
-            ("finance.cache_financial_acc_income".into(), "income".into(), true),
-            ("finance.cache_financial_acc_expense".into(), "cache_financial_acc_expense".into(), false),
-            ("inventory.public.products".into(), "public__products".into(), true),
+            (
+                "finance.cache_financial_acc_income".into(),
+                "income".into(),
+                true
+            ),
+            (
+                "finance.cache_financial_acc_expense".into(),
+                "cache_financial_acc_expense".into(),
+                false
+            ),
+            (
+                "inventory.public.products".into(),
+                "public__products".into(),
+                true
+            ),
             ("inventory.stock".into(), "stock".into(), true),
         ]
     );
@@ -123,8 +161,14 @@ fn legacy_env_from_the_go_readme_validates_unchanged() {
     // PostgreSQL schema is separate from the database name.
     assert_eq!(products.qualifier.as_deref(), Some("public"));
     assert_eq!(products.name, "products");
-    assert_eq!(products.columns.as_deref(), Some(&["id".to_string(), "name".into(), "price".into()][..]));
-    assert_eq!(products.primary_key.as_deref(), Some(&["id".to_string()][..]));
+    assert_eq!(
+        products.columns.as_deref(),
+        Some(&["id".to_string(), "name".into(), "price".into()][..])
+    );
+    assert_eq!(
+        products.primary_key.as_deref(),
+        Some(&["id".to_string()][..])
+    );
     // Unqualified PostgreSQL tables live in `public`, not in a schema named like the database.
     assert_eq!(m.tables[3].qualifier.as_deref(), Some("public"));
     assert_eq!(m.tables[2].batch_size, 1000);
@@ -146,36 +190,181 @@ fn every_legacy_variable_lands_in_the_manifest() {
         ("MAIN_DB_HOST", "h2", "/sources/main/host", "h2".into()),
         ("DB_PORT", "3307", "/sources/main/port", 3307.into()),
         ("MAIN_DB_PORT", "3308", "/sources/main/port", 3308.into()),
-        ("MAIN_DB_TYPE", "postgres", "/sources/main/type", "postgres".into()),
-        ("DB_TYPE", "postgresql", "/sources/main/type", "postgres".into()),
-        ("MAIN_DB_SCHEMA", "sales", "/sources/main/schema", "sales".into()),
-        ("MAIN_DB_PASSWORD", "pw", "/sources/main/password", "pw".into()),
-        ("MAIN_ENABLED", "false", "/sources/main/enabled", false.into()),
-        ("DB_MAX_OPEN_CONNECTIONS", "7", "/sources/main/pool/max_connections", 7.into()),
-        ("DB_CONN_MAX_LIFETIME", "90", "/sources/main/pool/max_lifetime", 90.into()),
-        ("DB_SSLMODE", "require", "/sources/main/tls/mode", "require".into()),
-        ("MAIN_DB_SSLMODE", "verify-ca", "/sources/main/tls/mode", "verify-ca".into()),
-        ("DB_TLS_MODE", "disable", "/sources/main/tls/mode", "disable".into()),
-        ("MAIN_DB_TLS_CA_PATH", "/ca.pem", "/sources/main/tls/ca", "/ca.pem".into()),
-        ("DB_CONN_TIMEOUT", "5", "/sources/main/timeouts/connect", 5.into()),
-        ("MAIN_DB_CONN_TIMEOUT", "10s", "/sources/main/timeouts/connect", "10s".into()),
-        ("MAIN_DB_READ_TIMEOUT", "61", "/sources/main/timeouts/read", 61.into()),
-        ("MAIN_DB_WRITE_TIMEOUT", "62", "/sources/main/timeouts/write", 62.into()),
-        ("MAIN_DB_STATEMENT_TIMEOUT", "2m", "/sources/main/timeouts/statement", "2m".into()),
+        (
+            "MAIN_DB_TYPE",
+            "postgres",
+            "/sources/main/type",
+            "postgres".into(),
+        ),
+        (
+            "DB_TYPE",
+            "postgresql",
+            "/sources/main/type",
+            "postgres".into(),
+        ),
+        (
+            "MAIN_DB_SCHEMA",
+            "sales",
+            "/sources/main/schema",
+            "sales".into(),
+        ),
+        (
+            "MAIN_DB_PASSWORD",
+            "pw",
+            "/sources/main/password",
+            "pw".into(),
+        ),
+        (
+            "MAIN_ENABLED",
+            "false",
+            "/sources/main/enabled",
+            false.into(),
+        ),
+        (
+            "DB_MAX_OPEN_CONNECTIONS",
+            "7",
+            "/sources/main/pool/max_connections",
+            7.into(),
+        ),
+        (
+            "DB_CONN_MAX_LIFETIME",
+            "90",
+            "/sources/main/pool/max_lifetime",
+            90.into(),
+        ),
+        (
+            "DB_SSLMODE",
+            "require",
+            "/sources/main/tls/mode",
+            "require".into(),
+        ),
+        (
+            "MAIN_DB_SSLMODE",
+            "verify-ca",
+            "/sources/main/tls/mode",
+            "verify-ca".into(),
+        ),
+        (
+            "DB_TLS_MODE",
+            "disable",
+            "/sources/main/tls/mode",
+            "disable".into(),
+        ),
+        (
+            "MAIN_DB_TLS_CA_PATH",
+            "/ca.pem",
+            "/sources/main/tls/ca",
+            "/ca.pem".into(),
+        ),
+        (
+            "DB_CONN_TIMEOUT",
+            "5",
+            "/sources/main/timeouts/connect",
+            5.into(),
+        ),
+        (
+            "MAIN_DB_CONN_TIMEOUT",
+            "10s",
+            "/sources/main/timeouts/connect",
+            "10s".into(),
+        ),
+        (
+            "MAIN_DB_READ_TIMEOUT",
+            "61",
+            "/sources/main/timeouts/read",
+            61.into(),
+        ),
+        (
+            "MAIN_DB_WRITE_TIMEOUT",
+            "62",
+            "/sources/main/timeouts/write",
+            62.into(),
+        ),
+        (
+            "MAIN_DB_STATEMENT_TIMEOUT",
+            "2m",
+            "/sources/main/timeouts/statement",
+            "2m".into(),
+        ),
         ("SYNC_TIMEOUT", "10m", "/defaults/timeout", "10m".into()),
-        ("DEFAULT_BATCH_SIZE", "250", "/defaults/batch_size", 250.into()),
-        ("AUTO_CREATE_TABLES", "0", "/defaults/auto_create", false.into()),
-        ("TRUNCATE_ON_SYNC", "yes", "/defaults/mode", "replace".into()),
-        ("TRUNCATE_ON_SYNC", "false", "/defaults/mode", "append".into()),
-        ("MAX_ROW_PARSE_FAILURES", "-5", "/defaults/max_parse_failures", (-1).into()),
-        ("ALLOW_TABLE_RECREATION", "TRUE", "/defaults/allow_recreate", true.into()),
-        ("BIGQUERY_EMULATOR_HOST", "localhost:9050", "/bigquery/endpoint", "http://localhost:9050".into()),
-        ("MAIN_T1_ENABLED", "0", "/sources/main/tables/t1/enabled", false.into()),
-        ("MAIN_T1_TARGET_TABLE", "x.y", "/sources/main/tables/t1/target", "x__y".into()),
-        ("MAIN_T1_COLUMNS", "a,b,a", "/sources/main/tables/t1/columns", serde_json::json!(["a", "b"])),
-        ("MAIN_T1_BATCH_SIZE", "9", "/sources/main/tables/t1/batch_size", 9.into()),
-        ("MAIN_T1_PRIMARY_KEY", "a", "/sources/main/tables/t1/primary_key", serde_json::json!(["a"])),
-        ("MAIN_T1_TIMESTAMP_COLUMN", "a", "/sources/main/tables/t1/cursor", "a".into()),
+        (
+            "DEFAULT_BATCH_SIZE",
+            "250",
+            "/defaults/batch_size",
+            250.into(),
+        ),
+        (
+            "AUTO_CREATE_TABLES",
+            "0",
+            "/defaults/auto_create",
+            false.into(),
+        ),
+        (
+            "TRUNCATE_ON_SYNC",
+            "yes",
+            "/defaults/mode",
+            "replace".into(),
+        ),
+        (
+            "TRUNCATE_ON_SYNC",
+            "false",
+            "/defaults/mode",
+            "append".into(),
+        ),
+        (
+            "MAX_ROW_PARSE_FAILURES",
+            "-5",
+            "/defaults/max_parse_failures",
+            (-1).into(),
+        ),
+        (
+            "ALLOW_TABLE_RECREATION",
+            "TRUE",
+            "/defaults/allow_recreate",
+            true.into(),
+        ),
+        (
+            "BIGQUERY_EMULATOR_HOST",
+            "localhost:9050",
+            "/bigquery/endpoint",
+            "http://localhost:9050".into(),
+        ),
+        (
+            "MAIN_T1_ENABLED",
+            "0",
+            "/sources/main/tables/t1/enabled",
+            false.into(),
+        ),
+        (
+            "MAIN_T1_TARGET_TABLE",
+            "x.y",
+            "/sources/main/tables/t1/target",
+            "x__y".into(),
+        ),
+        (
+            "MAIN_T1_COLUMNS",
+            "a,b,a",
+            "/sources/main/tables/t1/columns",
+            serde_json::json!(["a", "b"]),
+        ),
+        (
+            "MAIN_T1_BATCH_SIZE",
+            "9",
+            "/sources/main/tables/t1/batch_size",
+            9.into(),
+        ),
+        (
+            "MAIN_T1_PRIMARY_KEY",
+            "a",
+            "/sources/main/tables/t1/primary_key",
+            serde_json::json!(["a"]),
+        ),
+        (
+            "MAIN_T1_TIMESTAMP_COLUMN",
+            "a",
+            "/sources/main/tables/t1/cursor",
+            "a".into(),
+        ),
     ];
     for (var, value, pointer, expected) in cases {
         let mut vars = env(&base);
@@ -184,9 +373,20 @@ fn every_legacy_variable_lands_in_the_manifest() {
             vars.insert("MAIN_T1_MODE".into(), "incremental".into());
         }
         let loaded = load_env(vars).unwrap_or_else(|f| panic!("{var}={value}: {}", render(&f)));
-        assert_eq!(loaded.document.pointer(pointer), Some(expected), "{var}={value}");
-        let origin = loaded.origins.get(*pointer).or_else(|| loaded.origins.get(&format!("{pointer}/0")));
-        assert_eq!(origin, Some(&Origin::Env((*var).to_string())), "{var} origin");
+        assert_eq!(
+            loaded.document.pointer(pointer),
+            Some(expected),
+            "{var}={value}"
+        );
+        let origin = loaded
+            .origins
+            .get(*pointer)
+            .or_else(|| loaded.origins.get(&format!("{pointer}/0")));
+        assert_eq!(
+            origin,
+            Some(&Origin::Env((*var).to_string())),
+            "{var} origin"
+        );
     }
 }
 
@@ -200,8 +400,17 @@ fn invalid_legacy_values_are_errors_not_silent_defaults() {
     vars.insert("DB_TYPE".into(), "oracle".into());
     let failure = load_env(vars).unwrap_err();
     let messages = errors(&failure);
-    for needle in ["DEFAULT_BATCH_SIZE", "AUTO_CREATE_TABLES", "FINANCE_DB_CONN_TIMEOUT", "INVENTORY_DB_SSLMODE", "DB_TYPE"] {
-        assert!(messages.iter().any(|m| m.starts_with(needle)), "{needle} missing from {messages:#?}");
+    for needle in [
+        "DEFAULT_BATCH_SIZE",
+        "AUTO_CREATE_TABLES",
+        "FINANCE_DB_CONN_TIMEOUT",
+        "INVENTORY_DB_SSLMODE",
+        "DB_TYPE",
+    ] {
+        assert!(
+            messages.iter().any(|m| m.starts_with(needle)),
+            "{needle} missing from {messages:#?}"
+        );
     }
 }
 
@@ -266,7 +475,10 @@ fn overlay_precedence_env_over_file_over_default() {
     let m = &loaded.manifest;
     // env > file
     assert_eq!(m.bigquery.project, "env-project");
-    assert_eq!(loaded.origins["/bigquery/project"], Origin::Env("GCP_PROJECT_ID".into()));
+    assert_eq!(
+        loaded.origins["/bigquery/project"],
+        Origin::Env("GCP_PROJECT_ID".into())
+    );
     // file > global fallback
     assert_eq!(m.sources[0].connection.host, "file-host");
     assert_eq!(loaded.origins["/sources/main/host"], Origin::File);
@@ -275,8 +487,14 @@ fn overlay_precedence_env_over_file_over_default() {
     assert_eq!(m.tables[0].batch_size, 9);
     // file default > built-in default
     assert_eq!(m.tables[1].batch_size, 100);
-    assert_eq!(m.sources[0].connection.password.as_ref().unwrap().expose(), "pw");
-    assert!(!format!("{m:?}").contains("pw\""), "password leaked in Debug");
+    assert_eq!(
+        m.sources[0].connection.password.as_ref().unwrap().expose(),
+        "pw"
+    );
+    assert!(
+        !format!("{m:?}").contains("pw\""),
+        "password leaked in Debug"
+    );
 }
 
 #[test]
@@ -289,9 +507,18 @@ fn missing_interpolated_variables_are_all_reported_with_their_lines() {
 #[test]
 fn interpolation_types_whole_references_and_escapes_dollars() {
     let text = "bigquery: {project: proj-123, dataset: ds}\nsources:\n  main:\n    type: postgres\n    user: u\n    password: a$$b${X}\n    database: db\n    port: ${PORT}\n    tables: {t: {}}\n";
-    let loaded = load_yaml(text, env(&[("PORT", "6543"), ("X", "!")])).unwrap_or_else(|f| panic!("{}", render(&f)));
+    let loaded = load_yaml(text, env(&[("PORT", "6543"), ("X", "!")]))
+        .unwrap_or_else(|f| panic!("{}", render(&f)));
     assert_eq!(loaded.manifest.sources[0].connection.port, Some(6543));
-    assert_eq!(loaded.manifest.sources[0].connection.password.as_ref().unwrap().expose(), "a$b!");
+    assert_eq!(
+        loaded.manifest.sources[0]
+            .connection
+            .password
+            .as_ref()
+            .unwrap()
+            .expose(),
+        "a$b!"
+    );
 }
 
 const THREE_MISTAKES: &str = "\
@@ -377,7 +604,11 @@ sources:
 
 #[test]
 fn syntax_errors_point_at_the_text() {
-    let failure = load_yaml("bigquery:\n  project: [unclosed\n  dataset: x\n", Env::new()).unwrap_err();
+    let failure = load_yaml(
+        "bigquery:\n  project: [unclosed\n  dataset: x\n",
+        Env::new(),
+    )
+    .unwrap_err();
     let text = render(&failure);
     assert!(text.contains("sync.yaml:"), "{text}");
     assert_eq!(failure.problems[0].code, "datasync::manifest::syntax");
@@ -385,28 +616,57 @@ fn syntax_errors_point_at_the_text() {
 
 #[test]
 fn the_example_manifest_validates_and_uses_every_option() {
-    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/sync.example.yaml")).unwrap();
-    let loaded = load_yaml(&text, env(&[("SHOP_DB_PASSWORD", "x"), ("WAREHOUSE_PG_PASSWORD", "y")]))
-        .unwrap_or_else(|f| panic!("{}", render(&f)));
+    let text =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/sync.example.yaml")).unwrap();
+    let loaded = load_yaml(
+        &text,
+        env(&[("SHOP_DB_PASSWORD", "x"), ("WAREHOUSE_PG_PASSWORD", "y")]),
+    )
+    .unwrap_or_else(|f| panic!("{}", render(&f)));
     // Every property the schema knows appears somewhere in the example.
     let schema = manifest::json_schema();
     let mut missing = Vec::new();
-    let defs = schema["$defs"].as_object().unwrap().iter().map(|(k, v)| (k.as_str(), v));
+    let defs = schema["$defs"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .map(|(k, v)| (k.as_str(), v));
     for (name, definition) in defs.chain([("RawManifest", &schema)]) {
-        for key in definition.get("properties").and_then(|p| p.as_object()).into_iter().flatten().map(|(k, _)| k) {
+        for key in definition
+            .get("properties")
+            .and_then(|p| p.as_object())
+            .into_iter()
+            .flatten()
+            .map(|(k, _)| k)
+        {
             if !text.contains(&format!("{key}:")) && !text.contains(&format!("{key} =")) {
                 missing.push(format!("{name}.{key}"));
             }
         }
     }
-    assert!(missing.is_empty(), "sync.example.yaml does not show: {missing:?}");
-    assert!(loaded.warnings.iter().all(|w| w.severity == Severity::Warning));
+    assert!(
+        missing.is_empty(),
+        "sync.example.yaml does not show: {missing:?}"
+    );
+    assert!(
+        loaded
+            .warnings
+            .iter()
+            .all(|w| w.severity == Severity::Warning)
+    );
 }
 
 #[test]
 fn committed_json_schema_is_up_to_date() {
-    let committed = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/schemas/sync.schema.json")).unwrap();
-    let fresh = format!("{}\n", serde_json::to_string_pretty(&manifest::json_schema()).unwrap());
+    let committed = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/schemas/sync.schema.json"
+    ))
+    .unwrap();
+    let fresh = format!(
+        "{}\n",
+        serde_json::to_string_pretty(&manifest::json_schema()).unwrap()
+    );
     assert!(
         committed == fresh,
         "schemas/sync.schema.json is stale: run `cargo run -- schema > schemas/sync.schema.json`"
@@ -415,11 +675,21 @@ fn committed_json_schema_is_up_to_date() {
 
 #[test]
 fn env_example_lists_every_legacy_variable() {
-    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/.env.example")).unwrap();
+    let text =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/.env.example")).unwrap();
     for var in manifest::env::vars::GLOBALS {
-        assert!(text.contains(&format!("{var}=")), ".env.example lacks {var}");
+        assert!(
+            text.contains(&format!("{var}=")),
+            ".env.example lacks {var}"
+        );
     }
-    for suffix in manifest::env::vars::SOURCE_SUFFIXES.iter().chain(manifest::env::vars::TABLE_SUFFIXES) {
-        assert!(text.contains(&format!("_{suffix}=")), ".env.example lacks a {{ID}}_..._{suffix} example");
+    for suffix in manifest::env::vars::SOURCE_SUFFIXES
+        .iter()
+        .chain(manifest::env::vars::TABLE_SUFFIXES)
+    {
+        assert!(
+            text.contains(&format!("_{suffix}=")),
+            ".env.example lacks a {{ID}}_..._{suffix} example"
+        );
     }
 }

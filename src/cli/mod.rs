@@ -147,7 +147,10 @@ fn load_env_file(path: Option<&Path>) -> Result<(), String> {
     }
 }
 
-#[expect(clippy::disallowed_methods, reason = "the CLI is where the environment is read, once")]
+#[expect(
+    clippy::disallowed_methods,
+    reason = "the CLI is where the environment is read, once"
+)]
 fn snapshot_env() -> Env {
     std::env::vars_os()
         .filter_map(|(key, value)| Some((key.into_string().ok()?, value.into_string().ok()?)))
@@ -166,11 +169,15 @@ fn init_logging(global: &GlobalArgs, env: &Env) {
         Some(format) => format == LogFormat::Json,
         None => manifest::env::get(env, "LOG_ENV") == Some("prod"),
     };
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     if json {
         let _ = builder.json().flatten_event(true).try_init();
     } else {
-        let _ = builder.with_ansi(std::io::stderr().is_terminal()).try_init();
+        let _ = builder
+            .with_ansi(std::io::stderr().is_terminal())
+            .try_init();
     }
 }
 
@@ -183,13 +190,16 @@ fn color(global: &GlobalArgs, env: &Env) -> bool {
 }
 
 fn diagnostic_width(env: &Env) -> usize {
-    env.get("COLUMNS").and_then(|columns| columns.parse().ok()).unwrap_or(100)
+    env.get("COLUMNS")
+        .and_then(|columns| columns.parse().ok())
+        .unwrap_or(100)
 }
 
 fn run(cli: &Cli, env: &Env) -> Result<u8, String> {
     match &cli.command {
         Command::Schema => {
-            let schema = serde_json::to_string_pretty(&manifest::json_schema()).map_err(|e| e.to_string())?;
+            let schema = serde_json::to_string_pretty(&manifest::json_schema())
+                .map_err(|e| e.to_string())?;
             print_stdout(&format!("{schema}\n"));
             Ok(exit::OK)
         }
@@ -226,7 +236,10 @@ fn manifest_input(global: &GlobalArgs, env: &Env) -> Result<ManifestInput, Strin
     match locate_manifest(global) {
         ManifestLocation::File(path) => {
             let format = Format::from_path(&path).ok_or_else(|| {
-                format!("cannot tell the format of `{}`: use a .yaml, .yml or .toml file", path.display())
+                format!(
+                    "cannot tell the format of `{}`: use a .yaml, .yml or .toml file",
+                    path.display()
+                )
             })?;
             let text = std::fs::read_to_string(&path)
                 .map_err(|error| format!("cannot read manifest `{}`: {error}", path.display()))?;
@@ -264,16 +277,28 @@ fn load_manifest(global: &GlobalArgs, env: &Env) -> Result<Loaded, u8> {
     match manifest::load(&input) {
         Ok(loaded) => {
             if !loaded.warnings.is_empty() {
-                let text = manifest::diagnostics::render(&loaded.warnings, loaded.source.as_ref(), color(global, env), diagnostic_width(env));
+                let text = manifest::diagnostics::render(
+                    &loaded.warnings,
+                    loaded.source.as_ref(),
+                    color(global, env),
+                    diagnostic_width(env),
+                );
                 print_stderr(&text);
             }
             if loaded.mode == manifest::EnvMode::Legacy {
-                tracing::warn!("using the legacy env-only mode; run `datasync env-to-manifest > sync.yaml` to switch to a manifest");
+                tracing::warn!(
+                    "using the legacy env-only mode; run `datasync env-to-manifest > sync.yaml` to switch to a manifest"
+                );
             }
             Ok(loaded)
         }
         Err(LoadFailure { problems, source }) => {
-            let text = manifest::diagnostics::render(&problems, source.as_ref(), color(global, env), diagnostic_width(env));
+            let text = manifest::diagnostics::render(
+                &problems,
+                source.as_ref(),
+                color(global, env),
+                diagnostic_width(env),
+            );
             print_stderr(&text);
             Err(exit::USER_ERROR)
         }
@@ -295,17 +320,30 @@ fn validate(cli: &Cli, env: &Env, args: &ValidateArgs) -> Result<u8, String> {
             }
         }
     }
-    let enabled = loaded.manifest.tables.iter().filter(|table| table.enabled).count();
+    let enabled = loaded
+        .manifest
+        .tables
+        .iter()
+        .filter(|table| table.enabled)
+        .count();
     let mode = match loaded.mode {
         manifest::EnvMode::Legacy => "legacy environment",
         manifest::EnvMode::Overlay => "manifest",
     };
-    let warnings = loaded.warnings.iter().filter(|problem| problem.severity == Severity::Warning).count();
+    let warnings = loaded
+        .warnings
+        .iter()
+        .filter(|problem| problem.severity == Severity::Warning)
+        .count();
     eprintln!(
         "valid {mode}: {} source(s), {enabled} table(s) enabled of {}{}",
         loaded.manifest.sources.len(),
         loaded.manifest.tables.len(),
-        if warnings > 0 { format!(", {warnings} warning(s)") } else { String::new() }
+        if warnings > 0 {
+            format!(", {warnings} warning(s)")
+        } else {
+            String::new()
+        }
     );
     if args.deny_warnings && warnings > 0 {
         return Ok(exit::USER_ERROR);
@@ -318,11 +356,20 @@ fn env_to_manifest(cli: &Cli, env: &Env, args: &EnvToManifestArgs) -> Result<u8,
         eprintln!("error: SYNC_DATABASES is not set: there is no legacy configuration to convert");
         return Ok(exit::USER_ERROR);
     }
-    let input = ManifestInput { name: None, text: None, env: env.clone() };
+    let input = ManifestInput {
+        name: None,
+        text: None,
+        env: env.clone(),
+    };
     let loaded = match manifest::load(&input) {
         Ok(loaded) => loaded,
         Err(LoadFailure { problems, source }) => {
-            let text = manifest::diagnostics::render(&problems, source.as_ref(), color(&cli.global, env), diagnostic_width(env));
+            let text = manifest::diagnostics::render(
+                &problems,
+                source.as_ref(),
+                color(&cli.global, env),
+                diagnostic_width(env),
+            );
             print_stderr(&text);
             return Ok(exit::USER_ERROR);
         }

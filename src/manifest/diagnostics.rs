@@ -3,7 +3,10 @@
 use std::fmt;
 use std::ops::Range;
 
-use miette::{Diagnostic, GraphicalReportHandler, GraphicalTheme, LabeledSpan, NamedSource, Severity as MietteSeverity};
+use miette::{
+    Diagnostic, GraphicalReportHandler, GraphicalTheme, LabeledSpan, NamedSource,
+    Severity as MietteSeverity,
+};
 
 use super::{Problem, Severity, SourceText};
 
@@ -62,7 +65,11 @@ impl Diagnostic for ManifestDiagnostic {
         if self.range.is_none()
             && let Some(pointer) = self.problem.pointer.as_deref()
         {
-            let at = if pointer.is_empty() { "the manifest's top level".to_string() } else { format!("`{pointer}`") };
+            let at = if pointer.is_empty() {
+                "the manifest's top level".to_string()
+            } else {
+                format!("`{pointer}`")
+            };
             help = Some(match help {
                 Some(help) => format!("{help} (at {at})"),
                 None => format!("at {at}"),
@@ -72,7 +79,9 @@ impl Diagnostic for ManifestDiagnostic {
     }
 
     fn source_code(&self) -> Option<&dyn miette::SourceCode> {
-        self.source.as_ref().map(|source| source as &dyn miette::SourceCode)
+        self.source
+            .as_ref()
+            .map(|source| source as &dyn miette::SourceCode)
     }
 
     fn labels(&self) -> Option<Box<dyn Iterator<Item = LabeledSpan> + '_>> {
@@ -92,9 +101,20 @@ impl Diagnostic for ManifestDiagnostic {
 
 /// Renders problems the way the CLI prints them: one diagnostic each, then a count.
 /// `color` selects ANSI colours; `width` the wrap width.
-pub fn render(problems: &[Problem], source: Option<&SourceText>, color: bool, width: usize) -> String {
-    let theme = if color { GraphicalTheme::unicode() } else { GraphicalTheme::unicode_nocolor() };
-    let handler = GraphicalReportHandler::new_themed(theme).with_width(width).with_links(false);
+pub fn render(
+    problems: &[Problem],
+    source: Option<&SourceText>,
+    color: bool,
+    width: usize,
+) -> String {
+    let theme = if color {
+        GraphicalTheme::unicode()
+    } else {
+        GraphicalTheme::unicode_nocolor()
+    };
+    let handler = GraphicalReportHandler::new_themed(theme)
+        .with_width(width)
+        .with_links(false);
     let mut out = String::new();
     for problem in problems {
         let diagnostic = ManifestDiagnostic::new(problem, source);
@@ -104,7 +124,10 @@ pub fn render(problems: &[Problem], source: Option<&SourceText>, color: bool, wi
         }
         out.push('\n');
     }
-    let errors = problems.iter().filter(|problem| problem.severity == Severity::Error).count();
+    let errors = problems
+        .iter()
+        .filter(|problem| problem.severity == Severity::Error)
+        .count();
     let warnings = problems.len() - errors;
     if !problems.is_empty() {
         out.push_str(&summary(errors, warnings));
@@ -114,13 +137,21 @@ pub fn render(problems: &[Problem], source: Option<&SourceText>, color: bool, wi
 }
 
 fn plural(count: usize, word: &str) -> String {
-    if count == 1 { format!("1 {word}") } else { format!("{count} {word}s") }
+    if count == 1 {
+        format!("1 {word}")
+    } else {
+        format!("{count} {word}s")
+    }
 }
 
 fn summary(errors: usize, warnings: usize) -> String {
     match (errors, warnings) {
         (0, warnings) => plural(warnings, "warning"),
         (errors, 0) => plural(errors, "error"),
-        (errors, warnings) => format!("{} and {}", plural(errors, "error"), plural(warnings, "warning")),
+        (errors, warnings) => format!(
+            "{} and {}",
+            plural(errors, "error"),
+            plural(warnings, "warning")
+        ),
     }
 }

@@ -122,7 +122,10 @@ fn parse_yaml(text: &str) -> Result<(Value, SpanIndex), SyntaxError> {
             Some(cut) => message[..cut].to_string(),
             None => message,
         };
-        SyntaxError { message, range: at..at }
+        SyntaxError {
+            message,
+            range: at..at,
+        }
     })?;
     let mut index = SpanIndex::default();
     if let Ok(documents) = <saphyr::MarkedYaml as saphyr::LoadableYamlNode>::load_from_str(text)
@@ -268,7 +271,11 @@ mod tests {
     fn line_col(text: &str, at: usize) -> (usize, usize) {
         let before = &text[..at];
         let line = before.matches('\n').count() + 1;
-        let col = before.rsplit('\n').next().map_or(0, |last| last.chars().count()) + 1;
+        let col = before
+            .rsplit('\n')
+            .next()
+            .map_or(0, |last| last.chars().count())
+            + 1;
         (line, col)
     }
 
@@ -280,25 +287,35 @@ mod tests {
         let range = index.label_range("/bigquery/project").unwrap();
         assert_eq!(&text[range.clone()], "p1");
         assert_eq!(line_col(text, range.start), (3, 12));
-        let range = index.label_range("/sources/main/tables/orders/mode").unwrap();
+        let range = index
+            .label_range("/sources/main/tables/orders/mode")
+            .unwrap();
         assert_eq!(&text[range], "merge");
         // A container is labelled by its key.
         let range = index.label_range("/sources/main").unwrap();
         assert_eq!(&text[range], "main");
         // A missing node falls back to its nearest ancestor.
-        let range = index.label_range("/sources/main/tables/orders/missing").unwrap();
+        let range = index
+            .label_range("/sources/main/tables/orders/missing")
+            .unwrap();
         assert_eq!(&text[range], "orders");
     }
 
     #[test]
     fn toml_spans_point_at_keys_and_values() {
-        let text = "[bigquery]\nproject = \"p1\"\n\n[sources.main.tables.orders]\nmode = \"merge\"\n";
+        let text =
+            "[bigquery]\nproject = \"p1\"\n\n[sources.main.tables.orders]\nmode = \"merge\"\n";
         let (value, index) = parse(text, Format::Toml).unwrap();
-        assert_eq!(value["sources"]["main"]["tables"]["orders"]["mode"], "merge");
+        assert_eq!(
+            value["sources"]["main"]["tables"]["orders"]["mode"],
+            "merge"
+        );
         let range = index.label_range("/bigquery/project").unwrap();
         assert_eq!(&text[range.clone()], "\"p1\"");
         assert_eq!(line_col(text, range.start), (2, 11));
-        let range = index.label_range("/sources/main/tables/orders/mode").unwrap();
+        let range = index
+            .label_range("/sources/main/tables/orders/mode")
+            .unwrap();
         assert_eq!(line_col(text, range.start).0, 5);
     }
 

@@ -165,7 +165,9 @@ pub mod vars {
 
 /// Reads a variable; empty counts as unset (as in the Go tool).
 pub fn get<'e>(env: &'e Env, name: &str) -> Option<&'e str> {
-    env.get(name).map(String::as_str).filter(|value| !value.trim().is_empty())
+    env.get(name)
+        .map(String::as_str)
+        .filter(|value| !value.trim().is_empty())
 }
 
 /// Parses a legacy boolean: `true`/`1`/`yes`/`on` and `false`/`0`/`no`/`off`
@@ -183,7 +185,11 @@ pub fn parse_bool(text: &str) -> Result<bool, String> {
 /// Parses a comma list: split, trim, drop empties, keep the first of duplicates.
 pub fn parse_list(text: &str) -> Vec<String> {
     let mut items: Vec<String> = Vec::new();
-    for item in text.split(',').map(str::trim).filter(|item| !item.is_empty()) {
+    for item in text
+        .split(',')
+        .map(str::trim)
+        .filter(|item| !item.is_empty())
+    {
         if !items.iter().any(|seen| seen == item) {
             items.push(item.to_string());
         }
@@ -211,7 +217,13 @@ pub fn legacy_prefix(part: &str) -> String {
 pub fn shell_safe(prefix: &str) -> String {
     prefix
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '_' { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect()
 }
 
@@ -237,7 +249,8 @@ struct Writer<'a> {
 impl Writer<'_> {
     fn set(&mut self, pointer: &str, value: Value, var: &str) {
         set_pointer(self.doc, pointer, value);
-        self.origins.insert(pointer.to_string(), Origin::Env(var.to_string()));
+        self.origins
+            .insert(pointer.to_string(), Origin::Env(var.to_string()));
     }
 
     fn set_if_absent(&mut self, pointer: &str, value: Value, var: &str) {
@@ -284,9 +297,10 @@ impl Writer<'_> {
         match parse_duration(value) {
             Ok(_) => {
                 let text = value.trim();
-                let value = text
-                    .parse::<u64>()
-                    .map_or_else(|_| Value::String(text.to_string()), |seconds| json!(seconds));
+                let value = text.parse::<u64>().map_or_else(
+                    |_| Value::String(text.to_string()),
+                    |seconds| json!(seconds),
+                );
                 if only_if_absent {
                     self.set_if_absent(pointer, value, var);
                 } else {
@@ -331,7 +345,9 @@ pub enum EnvMode {
 fn source_type(env: &Env, prefix: &str) -> Option<(String, String)> {
     get_prefixed(env, prefix, "DB_TYPE")
         .map(|(var, value)| (var, value.to_string()))
-        .or_else(|| get(env, vars::DB_TYPE).map(|value| (vars::DB_TYPE.to_string(), value.to_string())))
+        .or_else(|| {
+            get(env, vars::DB_TYPE).map(|value| (vars::DB_TYPE.to_string(), value.to_string()))
+        })
 }
 
 fn normalize_type(var: &str, text: &str, writer: &mut Writer<'_>) -> Option<&'static str> {
@@ -431,16 +447,30 @@ fn apply_globals(writer: &mut Writer<'_>, env: &Env) {
         } else {
             format!("http://{value}")
         };
-        writer.set("/bigquery/endpoint", Value::String(url), vars::BIGQUERY_EMULATOR_HOST);
+        writer.set(
+            "/bigquery/endpoint",
+            Value::String(url),
+            vars::BIGQUERY_EMULATOR_HOST,
+        );
     }
     if let Some(value) = get(env, vars::DEFAULT_BATCH_SIZE) {
-        writer.int("/defaults/batch_size", vars::DEFAULT_BATCH_SIZE, value, 1, false);
+        writer.int(
+            "/defaults/batch_size",
+            vars::DEFAULT_BATCH_SIZE,
+            value,
+            1,
+            false,
+        );
     }
     if let Some(value) = get(env, vars::MAX_ROW_PARSE_FAILURES) {
         match value.trim().parse::<i64>() {
             // The Go tool treated every negative value as unlimited.
             Ok(number) if number < 0 => {
-                writer.set("/defaults/max_parse_failures", json!(-1), vars::MAX_ROW_PARSE_FAILURES);
+                writer.set(
+                    "/defaults/max_parse_failures",
+                    json!(-1),
+                    vars::MAX_ROW_PARSE_FAILURES,
+                );
             }
             _ => writer.int(
                 "/defaults/max_parse_failures",
@@ -458,7 +488,11 @@ fn apply_globals(writer: &mut Writer<'_>, env: &Env) {
         writer.bool("/defaults/auto_create", vars::AUTO_CREATE_TABLES, value);
     }
     if let Some(value) = get(env, vars::ALLOW_TABLE_RECREATION) {
-        writer.bool("/defaults/allow_recreate", vars::ALLOW_TABLE_RECREATION, value);
+        writer.bool(
+            "/defaults/allow_recreate",
+            vars::ALLOW_TABLE_RECREATION,
+            value,
+        );
     }
     if let Some(value) = get(env, vars::TRUNCATE_ON_SYNC) {
         match parse_bool(value) {
@@ -484,7 +518,6 @@ fn apply_globals(writer: &mut Writer<'_>, env: &Env) {
     }
 }
 
-#[expect(clippy::too_many_lines, reason = "one flat list of variables, easiest to audit as is")]
 fn apply_source(writer: &mut Writer<'_>, env: &Env, mode: EnvMode, name: &str, prefix: &str) {
     let base = format!("/sources/{}", escape_segment(name));
     let legacy = mode == EnvMode::Legacy;
@@ -529,7 +562,11 @@ fn apply_source(writer: &mut Writer<'_>, env: &Env, mode: EnvMode, name: &str, p
         let pointer = format!("{base}/{field}");
         if let Some((var, value)) = get_prefixed(env, prefix, suffix) {
             // Passwords keep their spaces.
-            let value = if field == "password" { value.to_string() } else { value.trim().to_string() };
+            let value = if field == "password" {
+                value.to_string()
+            } else {
+                value.trim().to_string()
+            };
             writer.set(&pointer, Value::String(value), &var);
         } else if let Some(global) = global
             && let Some(value) = get(env, global)
@@ -558,7 +595,8 @@ fn apply_source(writer: &mut Writer<'_>, env: &Env, mode: EnvMode, name: &str, p
     }
 
     // TLS: {ID}_DB_TLS_MODE > {ID}_DB_SSLMODE > file > DB_TLS_MODE > DB_SSLMODE.
-    let tls_specific = get_prefixed(env, prefix, "DB_TLS_MODE").or_else(|| get_prefixed(env, prefix, "DB_SSLMODE"));
+    let tls_specific = get_prefixed(env, prefix, "DB_TLS_MODE")
+        .or_else(|| get_prefixed(env, prefix, "DB_SSLMODE"));
     if let Some((var, value)) = tls_specific {
         if let Some(mode) = tls_mode(&var, value, writer) {
             writer.set(&format!("{base}/tls/mode"), mode, &var);
@@ -587,7 +625,11 @@ fn apply_source(writer: &mut Writer<'_>, env: &Env, mode: EnvMode, name: &str, p
         ("DB_CONN_TIMEOUT", vars::DB_CONN_TIMEOUT, "connect"),
         ("DB_READ_TIMEOUT", vars::DB_READ_TIMEOUT, "read"),
         ("DB_WRITE_TIMEOUT", vars::DB_WRITE_TIMEOUT, "write"),
-        ("DB_STATEMENT_TIMEOUT", vars::DB_STATEMENT_TIMEOUT, "statement"),
+        (
+            "DB_STATEMENT_TIMEOUT",
+            vars::DB_STATEMENT_TIMEOUT,
+            "statement",
+        ),
     ] {
         let pointer = format!("{base}/timeouts/{field}");
         if let Some((var, value)) = get_prefixed(env, prefix, suffix) {
@@ -646,7 +688,13 @@ fn apply_source(writer: &mut Writer<'_>, env: &Env, mode: EnvMode, name: &str, p
     }
 }
 
-fn apply_table(writer: &mut Writer<'_>, env: &Env, tables_pointer: &str, source_prefix: &str, table: &str) {
+fn apply_table(
+    writer: &mut Writer<'_>,
+    env: &Env,
+    tables_pointer: &str,
+    source_prefix: &str,
+    table: &str,
+) {
     let base = format!("{tables_pointer}/{}", escape_segment(table));
     let prefix = format!("{source_prefix}_{}", legacy_prefix(table));
     if writer.doc.pointer(&base).is_none_or(Value::is_null) {
@@ -667,7 +715,11 @@ fn apply_table(writer: &mut Writer<'_>, env: &Env, tables_pointer: &str, source_
         writer.int(&format!("{base}/batch_size"), &var, value, 1, false);
     }
     if let Some((var, value)) = get_prefixed(env, &prefix, "PRIMARY_KEY") {
-        writer.set(&format!("{base}/primary_key"), json!(parse_list(value)), &var);
+        writer.set(
+            &format!("{base}/primary_key"),
+            json!(parse_list(value)),
+            &var,
+        );
     }
     if let Some((var, value)) = get_prefixed(env, &prefix, "TIMESTAMP_COLUMN") {
         writer.string(&format!("{base}/cursor"), &var, value, false);
@@ -692,7 +744,9 @@ pub fn interpolate(doc: &mut Value, env: &Env, pointer: &str, problems: &mut Vec
     match doc {
         Value::String(text) if text.contains('$') => match expand(text, env) {
             Ok(expanded) => {
-                let whole_reference = text.starts_with("${") && text.ends_with('}') && text.matches("${").count() == 1;
+                let whole_reference = text.starts_with("${")
+                    && text.ends_with('}')
+                    && text.matches("${").count() == 1;
                 *doc = if whole_reference {
                     typed_scalar(&expanded)
                 } else {
@@ -701,7 +755,11 @@ pub fn interpolate(doc: &mut Value, env: &Env, pointer: &str, problems: &mut Vec
             }
             Err(messages) => {
                 for message in messages {
-                    problems.push(Problem::error(pointer, "datasync::manifest::env_var", message));
+                    problems.push(Problem::error(
+                        pointer,
+                        "datasync::manifest::env_var",
+                        message,
+                    ));
                 }
             }
         },
@@ -712,7 +770,12 @@ pub fn interpolate(doc: &mut Value, env: &Env, pointer: &str, problems: &mut Vec
         }
         Value::Object(object) => {
             for (key, value) in object.iter_mut() {
-                interpolate(value, env, &format!("{pointer}/{}", escape_segment(key)), problems);
+                interpolate(
+                    value,
+                    env,
+                    &format!("{pointer}/{}", escape_segment(key)),
+                    problems,
+                );
             }
         }
         _ => {}
@@ -768,5 +831,9 @@ pub fn expand(text: &str, env: &Env) -> Result<String, Vec<String>> {
         }
     }
     out.push_str(rest);
-    if errors.is_empty() { Ok(out) } else { Err(errors) }
+    if errors.is_empty() {
+        Ok(out)
+    } else {
+        Err(errors)
+    }
 }

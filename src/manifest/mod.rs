@@ -208,13 +208,20 @@ pub fn load(input: &ManifestInput) -> Result<Loaded, LoadFailure> {
         None => (Value::Object(serde_json::Map::new()), None, EnvMode::Legacy),
     };
     if !document.is_object() {
-        problems.push(Problem::error("", "datasync::manifest::schema", "the manifest must be a mapping of keys to values"));
+        problems.push(Problem::error(
+            "",
+            "datasync::manifest::schema",
+            "the manifest must be a mapping of keys to values",
+        ));
         return Err(LoadFailure { problems, source });
     }
 
     env::interpolate(&mut document, &input.env, "", &mut problems);
     // A value whose variable is missing is reported once, not again by the checks below.
-    let unresolved: Vec<String> = problems.iter().filter_map(|problem| problem.pointer.clone()).collect();
+    let unresolved: Vec<String> = problems
+        .iter()
+        .filter_map(|problem| problem.pointer.clone())
+        .collect();
     problems.extend(env::apply(&mut document, &input.env, mode, &mut origins));
 
     // Tables written as `orders:` (null) mean "all defaults".
@@ -234,7 +241,9 @@ pub fn load(input: &ManifestInput) -> Result<Loaded, LoadFailure> {
         }
         problems.push(problem);
     }
-    let schema_failed = problems.iter().any(|problem| problem.severity == Severity::Error);
+    let schema_failed = problems
+        .iter()
+        .any(|problem| problem.severity == Severity::Error);
 
     let manifest = match serde_json::from_value::<RawManifest>(repaired) {
         Ok(raw) => {
@@ -242,14 +251,22 @@ pub fn load(input: &ManifestInput) -> Result<Loaded, LoadFailure> {
             problems.extend(found.into_iter().filter(|problem| {
                 // Skip what a schema error already explains.
                 !problem.pointer.as_deref().is_some_and(|pointer| {
-                    removed.iter().any(|cut| pointer.starts_with(cut.as_str()) || cut.starts_with(pointer) && problem.code == "datasync::manifest::missing_field")
+                    removed.iter().any(|cut| {
+                        pointer.starts_with(cut.as_str())
+                            || cut.starts_with(pointer)
+                                && problem.code == "datasync::manifest::missing_field"
+                    })
                 })
             }));
             manifest.filter(|_| !schema_failed)
         }
         Err(error) => {
             if !schema_failed {
-                problems.push(Problem::error("", "datasync::manifest::schema", error.to_string()));
+                problems.push(Problem::error(
+                    "",
+                    "datasync::manifest::schema",
+                    error.to_string(),
+                ));
             }
             None
         }
@@ -257,10 +274,15 @@ pub fn load(input: &ManifestInput) -> Result<Loaded, LoadFailure> {
 
     problems.retain(|problem| {
         problem.code == "datasync::manifest::env_var"
-            || !problem.pointer.as_ref().is_some_and(|pointer| unresolved.contains(pointer))
+            || !problem
+                .pointer
+                .as_ref()
+                .is_some_and(|pointer| unresolved.contains(pointer))
     });
     sort_problems(&mut problems, source.as_ref());
-    let has_errors = problems.iter().any(|problem| problem.severity == Severity::Error);
+    let has_errors = problems
+        .iter()
+        .any(|problem| problem.severity == Severity::Error);
     match manifest {
         Some(manifest) if !has_errors => Ok(Loaded {
             manifest,
@@ -314,7 +336,11 @@ fn record_file_origins(value: &Value, pointer: &str, origins: &mut Origins) {
     match value {
         Value::Object(object) => {
             for (key, child) in object {
-                record_file_origins(child, &format!("{pointer}/{}", document::escape_segment(key)), origins);
+                record_file_origins(
+                    child,
+                    &format!("{pointer}/{}", document::escape_segment(key)),
+                    origins,
+                );
             }
         }
         Value::Array(items) => {
@@ -352,18 +378,35 @@ fn schema_problem(error: &jsonschema::ValidationError<'_>) -> Problem {
                 Some(suggestion) => format!("did you mean `{suggestion}`?"),
                 None => format!(
                     "allowed here: {}",
-                    allowed.iter().map(|key| format!("`{key}`")).collect::<Vec<_>>().join(", ")
+                    allowed
+                        .iter()
+                        .map(|key| format!("`{key}`"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 ),
             };
-            Problem::error(&child, "datasync::manifest::unknown_field", format!("unknown field `{key}`"))
-                .on_key()
-                .with_help(help)
+            Problem::error(
+                &child,
+                "datasync::manifest::unknown_field",
+                format!("unknown field `{key}`"),
+            )
+            .on_key()
+            .with_help(help)
         }
         ValidationErrorKind::Required { property } => {
-            let name = property.as_str().map_or_else(|| property.to_string(), str::to_string);
-            Problem::error(&pointer, "datasync::manifest::missing_field", format!("missing required field `{name}`")).on_key()
+            let name = property
+                .as_str()
+                .map_or_else(|| property.to_string(), str::to_string);
+            Problem::error(
+                &pointer,
+                "datasync::manifest::missing_field",
+                format!("missing required field `{name}`"),
+            )
+            .on_key()
         }
-        ValidationErrorKind::AnyOf { .. } | ValidationErrorKind::OneOfNotValid { .. } | ValidationErrorKind::Enum { .. } => {
+        ValidationErrorKind::AnyOf { .. }
+        | ValidationErrorKind::OneOfNotValid { .. }
+        | ValidationErrorKind::Enum { .. } => {
             let choices = choices(&schema_path);
             let message = match (error.instance().as_str(), choices.is_empty()) {
                 (Some(value), false) => format!("`{value}` is not one of {}", choices.join(", ")),
@@ -376,17 +419,27 @@ fn schema_problem(error: &jsonschema::ValidationError<'_>) -> Problem {
             }
             problem
         }
-        ValidationErrorKind::Pattern { .. } if pointer == "/bigquery/project" || pointer == "/bigquery/dataset" => {
+        ValidationErrorKind::Pattern { .. }
+            if pointer == "/bigquery/project" || pointer == "/bigquery/dataset" =>
+        {
             let value = error.instance().as_str().unwrap_or_default();
             let message = if pointer.ends_with("project") {
                 crate::names::project_problem(value)
             } else {
                 crate::names::dataset_problem(value)
             };
-            Problem::error(&pointer, "datasync::manifest::bigquery_name", message.unwrap_or_else(|| error.masked().to_string()))
+            Problem::error(
+                &pointer,
+                "datasync::manifest::bigquery_name",
+                message.unwrap_or_else(|| error.masked().to_string()),
+            )
         }
         _ => {
-            let mut problem = Problem::error(&pointer, "datasync::manifest::schema", error.masked().to_string());
+            let mut problem = Problem::error(
+                &pointer,
+                "datasync::manifest::schema",
+                error.masked().to_string(),
+            );
             if let Some(description) = describe(&schema_path) {
                 problem = problem.with_help(description);
             }
@@ -406,15 +459,21 @@ fn schema_node(schema: &Value, path: &str) -> Option<Value> {
 /// The description of the schema node a failed keyword belongs to.
 fn describe(schema_path: &str) -> Option<String> {
     let schema = json_schema();
-    let parent = schema_path.rsplit_once('/').map_or("", |(parent, _)| parent);
+    let parent = schema_path
+        .rsplit_once('/')
+        .map_or("", |(parent, _)| parent);
     let node = schema_node(&schema, parent)?;
-    node.get("description").and_then(Value::as_str).map(|text| text.replace('\n', " "))
+    node.get("description")
+        .and_then(Value::as_str)
+        .map(|text| text.replace('\n', " "))
 }
 
 /// The allowed constants of an enum-like schema node (following `$ref`s and `anyOf` branches).
 fn choices(schema_path: &str) -> Vec<String> {
     let schema = json_schema();
-    let parent = schema_path.rsplit_once('/').map_or("", |(parent, _)| parent);
+    let parent = schema_path
+        .rsplit_once('/')
+        .map_or("", |(parent, _)| parent);
     let mut out = Vec::new();
     if let Some(node) = schema_node(&schema, parent) {
         collect_choices(&schema, &node, &mut out, 0);
@@ -435,17 +494,30 @@ fn collect_choices(schema: &Value, node: &Value, out: &mut Vec<String>, depth: u
         out.push(format!("`{value}`"));
     }
     if let Some(values) = node.get("enum").and_then(Value::as_array) {
-        out.extend(values.iter().filter_map(Value::as_str).map(|value| format!("`{value}`")));
+        out.extend(
+            values
+                .iter()
+                .filter_map(Value::as_str)
+                .map(|value| format!("`{value}`")),
+        );
     }
     for branch in ["oneOf", "anyOf"] {
-        for item in node.get(branch).and_then(Value::as_array).into_iter().flatten() {
+        for item in node
+            .get(branch)
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
             collect_choices(schema, item, out, depth + 1);
         }
     }
 }
 
 /// The closest candidate to `word` by edit distance, if close enough to be a typo.
-pub fn did_you_mean<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+pub fn did_you_mean<'a>(
+    word: &str,
+    candidates: impl IntoIterator<Item = &'a str>,
+) -> Option<&'a str> {
     candidates
         .into_iter()
         .map(|candidate| (edit_distance(word, candidate), candidate))
@@ -461,7 +533,11 @@ fn edit_distance(a: &str, b: &str) -> usize {
         let mut current = vec![i + 1];
         for (j, cb) in b.iter().enumerate() {
             let cost = usize::from(ca != *cb);
-            current.push((previous[j] + cost).min(previous[j + 1] + 1).min(current[j] + 1));
+            current.push(
+                (previous[j] + cost)
+                    .min(previous[j + 1] + 1)
+                    .min(current[j] + 1),
+            );
         }
         previous = current;
     }
@@ -473,6 +549,10 @@ fn allowed_keys(schema_path: &str) -> Vec<String> {
     let schema = json_schema();
     let parent = schema_path.trim_end_matches("/additionalProperties");
     schema_node(&schema, parent)
-        .and_then(|node| node.get("properties").and_then(Value::as_object).map(|properties| properties.keys().cloned().collect()))
+        .and_then(|node| {
+            node.get("properties")
+                .and_then(Value::as_object)
+                .map(|properties| properties.keys().cloned().collect())
+        })
         .unwrap_or_default()
 }

@@ -115,8 +115,7 @@ impl JsonSchema for RawDuration {
 }
 
 /// What a duration string must look like (checked again, exactly, by humantime).
-pub const DURATION_PATTERN: &str =
-    r"^\s*[0-9]+\s*([a-zA-Z]+)?(\s*[0-9]+\s*[a-zA-Z]+)*\s*$";
+pub const DURATION_PATTERN: &str = r"^\s*[0-9]+\s*([a-zA-Z]+)?(\s*[0-9]+\s*[a-zA-Z]+)*\s*$";
 
 /// What to do with a value BigQuery cannot store as-is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]

@@ -239,9 +239,14 @@ impl TableSpec {
 mod opt_duration {
     use std::time::Duration;
 
-    pub(super) fn serialize<S: serde::Serializer>(value: &Option<Duration>, serializer: S) -> Result<S::Ok, S::Error> {
+    pub(super) fn serialize<S: serde::Serializer>(
+        value: &Option<Duration>,
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
         match value {
-            Some(duration) => serializer.serialize_str(&humantime::format_duration(*duration).to_string()),
+            Some(duration) => {
+                serializer.serialize_str(&humantime::format_duration(*duration).to_string())
+            }
             None => serializer.serialize_none(),
         }
     }
@@ -249,15 +254,30 @@ mod opt_duration {
 
 /// Column types a `column_types` override may name.
 pub const OVERRIDE_TYPES: &[&str] = &[
-    "STRING", "BYTES", "INT64", "FLOAT64", "NUMERIC", "BIGNUMERIC", "BOOL", "DATE", "DATETIME", "TIME", "TIMESTAMP",
-    "JSON", "GEOGRAPHY", "INTERVAL",
+    "STRING",
+    "BYTES",
+    "INT64",
+    "FLOAT64",
+    "NUMERIC",
+    "BIGNUMERIC",
+    "BOOL",
+    "DATE",
+    "DATETIME",
+    "TIME",
+    "TIMESTAMP",
+    "JSON",
+    "GEOGRAPHY",
+    "INTERVAL",
 ];
 
 /// Whether `text` is a BigQuery type an override may name (`NUMERIC(38,9)` included).
 pub fn override_type_problem(text: &str) -> Option<String> {
     let upper = text.trim().to_ascii_uppercase();
     let (base, params) = match upper.split_once('(') {
-        Some((base, rest)) => (base.trim().to_string(), Some(rest.trim_end_matches(')').to_string())),
+        Some((base, rest)) => (
+            base.trim().to_string(),
+            Some(rest.trim_end_matches(')').to_string()),
+        ),
         None => (upper.clone(), None),
     };
     let base = match base.as_str() {
@@ -267,14 +287,24 @@ pub fn override_type_problem(text: &str) -> Option<String> {
         other => other,
     };
     if !OVERRIDE_TYPES.contains(&base) {
-        return Some(format!("`{text}` is not a BigQuery column type (one of {})", OVERRIDE_TYPES.join(", ")));
+        return Some(format!(
+            "`{text}` is not a BigQuery column type (one of {})",
+            OVERRIDE_TYPES.join(", ")
+        ));
     }
     if let Some(params) = params {
-        let numbers: Result<Vec<u32>, _> = params.split(',').map(|part| part.trim().parse::<u32>()).collect();
+        let numbers: Result<Vec<u32>, _> = params
+            .split(',')
+            .map(|part| part.trim().parse::<u32>())
+            .collect();
         let ok = match (base, numbers) {
-            ("NUMERIC", Ok(n)) if n.len() == 2 => n[1] <= 9 && n[0] >= n[1] && n[0] - n[1] <= 29 && n[0] >= 1,
+            ("NUMERIC", Ok(n)) if n.len() == 2 => {
+                n[1] <= 9 && n[0] >= n[1] && n[0] - n[1] <= 29 && n[0] >= 1
+            }
             ("NUMERIC", Ok(n)) if n.len() == 1 => (1..=29).contains(&n[0]),
-            ("BIGNUMERIC", Ok(n)) if n.len() == 2 => n[1] <= 38 && n[0] >= n[1] && n[0] - n[1] <= 38 && n[0] >= 1,
+            ("BIGNUMERIC", Ok(n)) if n.len() == 2 => {
+                n[1] <= 38 && n[0] >= n[1] && n[0] - n[1] <= 38 && n[0] >= 1
+            }
             ("BIGNUMERIC", Ok(n)) if n.len() == 1 => (1..=38).contains(&n[0]),
             ("STRING" | "BYTES", Ok(n)) => n.len() == 1 && n[0] >= 1,
             _ => false,
@@ -286,7 +316,11 @@ pub fn override_type_problem(text: &str) -> Option<String> {
     None
 }
 
-fn duration(value: Option<&RawDuration>, pointer: &str, problems: &mut Vec<Problem>) -> Option<Option<Duration>> {
+fn duration(
+    value: Option<&RawDuration>,
+    pointer: &str,
+    problems: &mut Vec<Problem>,
+) -> Option<Option<Duration>> {
     let value = value?;
     let parsed = match value {
         RawDuration::Seconds(seconds) => Ok(Duration::from_secs(*seconds)),
@@ -296,7 +330,11 @@ fn duration(value: Option<&RawDuration>, pointer: &str, problems: &mut Vec<Probl
         Ok(duration) if duration.is_zero() => Some(None),
         Ok(duration) => Some(Some(duration)),
         Err(message) => {
-            problems.push(Problem::error(pointer, "datasync::manifest::duration", message));
+            problems.push(Problem::error(
+                pointer,
+                "datasync::manifest::duration",
+                message,
+            ));
             None
         }
     }
@@ -304,29 +342,44 @@ fn duration(value: Option<&RawDuration>, pointer: &str, problems: &mut Vec<Probl
 
 /// Resolves a schema-valid [`RawManifest`]. Returns the manifest when no error was found, and
 /// every problem (errors and warnings) either way.
-#[expect(clippy::too_many_lines, reason = "one pass over the manifest, checks in reading order")]
 pub fn resolve(raw: &RawManifest) -> (Option<Manifest>, Vec<Problem>) {
     let mut problems = Vec::new();
 
     let project = raw.bigquery.project.clone().unwrap_or_default();
     if raw.bigquery.project.is_none() {
         problems.push(
-            Problem::error("/bigquery", "datasync::manifest::missing_field", "missing `bigquery.project`")
-                .on_key()
-                .with_help("set `bigquery.project` or GCP_PROJECT_ID"),
+            Problem::error(
+                "/bigquery",
+                "datasync::manifest::missing_field",
+                "missing `bigquery.project`",
+            )
+            .on_key()
+            .with_help("set `bigquery.project` or GCP_PROJECT_ID"),
         );
     } else if let Some(message) = names::project_problem(&project) {
-        problems.push(Problem::error("/bigquery/project", "datasync::manifest::bigquery_name", message));
+        problems.push(Problem::error(
+            "/bigquery/project",
+            "datasync::manifest::bigquery_name",
+            message,
+        ));
     }
     let dataset = raw.bigquery.dataset.clone().unwrap_or_default();
     if raw.bigquery.dataset.is_none() {
         problems.push(
-            Problem::error("/bigquery", "datasync::manifest::missing_field", "missing `bigquery.dataset`")
-                .on_key()
-                .with_help("set `bigquery.dataset` or BQ_DATASET_ID"),
+            Problem::error(
+                "/bigquery",
+                "datasync::manifest::missing_field",
+                "missing `bigquery.dataset`",
+            )
+            .on_key()
+            .with_help("set `bigquery.dataset` or BQ_DATASET_ID"),
         );
     } else if let Some(message) = names::dataset_problem(&dataset) {
-        problems.push(Problem::error("/bigquery/dataset", "datasync::manifest::bigquery_name", message));
+        problems.push(Problem::error(
+            "/bigquery/dataset",
+            "datasync::manifest::bigquery_name",
+            message,
+        ));
     }
     if let Some(endpoint) = &raw.bigquery.endpoint
         && !(endpoint.starts_with("http://") || endpoint.starts_with("https://"))
@@ -339,14 +392,23 @@ pub fn resolve(raw: &RawManifest) -> (Option<Manifest>, Vec<Problem>) {
     }
 
     let defaults = &raw.defaults;
-    let timeout = duration(defaults.timeout.as_ref(), "/defaults/timeout", &mut problems).flatten();
+    let timeout = duration(
+        defaults.timeout.as_ref(),
+        "/defaults/timeout",
+        &mut problems,
+    )
+    .flatten();
     let parallelism = defaults.parallelism.unwrap_or(DEFAULT_PARALLELISM);
     let default_policies = TypePolicies::default().overlay(&defaults.types);
 
     if raw.sources.is_empty() {
         problems.push(
-            Problem::error("", "datasync::manifest::no_sources", "the manifest has no sources")
-                .with_help("add a `sources:` entry, or set SYNC_DATABASES for env-only mode"),
+            Problem::error(
+                "",
+                "datasync::manifest::no_sources",
+                "the manifest has no sources",
+            )
+            .with_help("add a `sources:` entry, or set SYNC_DATABASES for env-only mode"),
         );
     }
 
@@ -356,32 +418,62 @@ pub fn resolve(raw: &RawManifest) -> (Option<Manifest>, Vec<Problem>) {
     for (source_name, source) in &raw.sources {
         let base = format!("/sources/{}", escape_segment(source_name));
         if source_name.is_empty()
-            || !source_name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+            || !source_name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
         {
             problems.push(
-                Problem::error(&base, "datasync::manifest::source_name", format!("source name `{source_name}` may only hold letters, digits, `_` and `-`"))
-                    .on_key(),
+                Problem::error(
+                    &base,
+                    "datasync::manifest::source_name",
+                    format!(
+                        "source name `{source_name}` may only hold letters, digits, `_` and `-`"
+                    ),
+                )
+                .on_key(),
             );
         }
         let spec = resolve_source(source_name, source, &base, parallelism, &mut problems);
         if source.tables.is_empty() {
-            problems.push(Problem::warning(&base, "datasync::manifest::no_tables", format!("source `{source_name}` lists no tables")).on_key());
+            problems.push(
+                Problem::warning(
+                    &base,
+                    "datasync::manifest::no_tables",
+                    format!("source `{source_name}` lists no tables"),
+                )
+                .on_key(),
+            );
         }
         for (key, table) in &source.tables {
             let pointer = format!("{base}/tables/{}", escape_segment(key));
             let default_table = RawTable::default();
             let table = table.as_ref().unwrap_or(&default_table);
-            let Some(table_spec) = resolve_table(&spec, key, table, &pointer, raw, default_policies, &mut problems) else {
+            let Some(table_spec) = resolve_table(
+                &spec,
+                key,
+                table,
+                &pointer,
+                raw,
+                default_policies,
+                &mut problems,
+            ) else {
                 continue;
             };
             if table_spec.enabled {
                 if let Some(first) = targets.get(&table_spec.target) {
-                    let target_pointer = if table.target.is_some() { format!("{pointer}/target") } else { pointer.clone() };
+                    let target_pointer = if table.target.is_some() {
+                        format!("{pointer}/target")
+                    } else {
+                        pointer.clone()
+                    };
                     problems.push(
                         Problem::error(
                             &target_pointer,
                             "datasync::manifest::duplicate_target",
-                            format!("target table `{}` is also written by `{first}`", table_spec.target),
+                            format!(
+                                "target table `{}` is also written by `{first}`",
+                                table_spec.target
+                            ),
                         )
                         .on_key()
                         .with_help("give one of them another `target`"),
@@ -395,13 +487,19 @@ pub fn resolve(raw: &RawManifest) -> (Option<Manifest>, Vec<Problem>) {
         sources.push(spec);
     }
 
-    let has_errors = problems.iter().any(|problem| problem.severity == super::Severity::Error);
+    let has_errors = problems
+        .iter()
+        .any(|problem| problem.severity == super::Severity::Error);
     let manifest = (!has_errors).then(|| Manifest {
         bigquery: BigQuerySpec {
             project,
             dataset,
             location: raw.bigquery.location.clone().unwrap_or_else(|| "US".into()),
-            endpoint: raw.bigquery.endpoint.clone().map(|url| url.trim_end_matches('/').to_string()),
+            endpoint: raw
+                .bigquery
+                .endpoint
+                .clone()
+                .map(|url| url.trim_end_matches('/').to_string()),
             credentials: raw.bigquery.credentials.clone(),
             create_dataset: raw.bigquery.create_dataset.unwrap_or(false),
         },
@@ -413,19 +511,31 @@ pub fn resolve(raw: &RawManifest) -> (Option<Manifest>, Vec<Problem>) {
     (manifest, problems)
 }
 
-fn resolve_source(name: &str, source: &RawSource, base: &str, parallelism: u32, problems: &mut Vec<Problem>) -> SourceSpec {
+fn resolve_source(
+    name: &str,
+    source: &RawSource,
+    base: &str,
+    parallelism: u32,
+    problems: &mut Vec<Problem>,
+) -> SourceSpec {
     let kind = source.kind;
     if let Some(url) = &source.url {
         let scheme_ok = match kind {
             SourceKind::Mysql => url.starts_with("mysql://") || url.starts_with("mariadb://"),
-            SourceKind::Postgres => url.starts_with("postgres://") || url.starts_with("postgresql://"),
+            SourceKind::Postgres => {
+                url.starts_with("postgres://") || url.starts_with("postgresql://")
+            }
             SourceKind::Sqlite => url.starts_with("sqlite:"),
         };
         if !scheme_ok {
             problems.push(Problem::error(
                 &format!("{base}/url"),
                 "datasync::manifest::url",
-                format!("a {} source needs a `{}://` URL", kind.as_str(), kind.as_str()),
+                format!(
+                    "a {} source needs a `{}://` URL",
+                    kind.as_str(),
+                    kind.as_str()
+                ),
             ));
         }
         for field in ["host", "port", "user", "password", "database"] {
@@ -438,48 +548,125 @@ fn resolve_source(name: &str, source: &RawSource, base: &str, parallelism: u32, 
             };
             if set {
                 problems.push(
-                    Problem::warning(&format!("{base}/{field}"), "datasync::manifest::url_and_parts", format!("`{field}` is ignored because `url` is set"))
-                        .on_key(),
+                    Problem::warning(
+                        &format!("{base}/{field}"),
+                        "datasync::manifest::url_and_parts",
+                        format!("`{field}` is ignored because `url` is set"),
+                    )
+                    .on_key(),
                 );
             }
         }
     } else {
         match kind {
             SourceKind::Sqlite if source.database.is_none() => problems.push(
-                Problem::error(base, "datasync::manifest::missing_field", format!("sqlite source `{name}` needs `url` or `database` (the file path)")).on_key(),
+                Problem::error(
+                    base,
+                    "datasync::manifest::missing_field",
+                    format!("sqlite source `{name}` needs `url` or `database` (the file path)"),
+                )
+                .on_key(),
             ),
             SourceKind::Mysql | SourceKind::Postgres if source.user.is_none() => problems.push(
-                Problem::error(base, "datasync::manifest::missing_field", format!("source `{name}` needs `url` or `user`")).on_key(),
+                Problem::error(
+                    base,
+                    "datasync::manifest::missing_field",
+                    format!("source `{name}` needs `url` or `user`"),
+                )
+                .on_key(),
             ),
             SourceKind::Postgres if source.database.is_none() => problems.push(
-                Problem::error(base, "datasync::manifest::missing_field", format!("postgres source `{name}` needs `url` or `database`")).on_key(),
+                Problem::error(
+                    base,
+                    "datasync::manifest::missing_field",
+                    format!("postgres source `{name}` needs `url` or `database`"),
+                )
+                .on_key(),
             ),
             _ => {}
         }
     }
     if source.schema.is_some() && kind != SourceKind::Postgres {
         problems.push(
-            Problem::warning(&format!("{base}/schema"), "datasync::manifest::schema_ignored", "`schema` only applies to postgres sources; MySQL tables are qualified by database")
-                .on_key(),
+            Problem::warning(
+                &format!("{base}/schema"),
+                "datasync::manifest::schema_ignored",
+                "`schema` only applies to postgres sources; MySQL tables are qualified by database",
+            )
+            .on_key(),
         );
     }
-    let tls_raw = source.tls.clone().unwrap_or(super::raw::RawTls { mode: None, ca: None, cert: None, key: None });
-    let tls_mode = tls_raw.mode.unwrap_or(if kind == SourceKind::Sqlite { TlsMode::Disable } else { TlsMode::Prefer });
+    let tls_raw = source.tls.clone().unwrap_or(super::raw::RawTls {
+        mode: None,
+        ca: None,
+        cert: None,
+        key: None,
+    });
+    let tls_mode = tls_raw.mode.unwrap_or(if kind == SourceKind::Sqlite {
+        TlsMode::Disable
+    } else {
+        TlsMode::Prefer
+    });
     if matches!(tls_mode, TlsMode::VerifyCa) && tls_raw.ca.is_none() {
-        problems.push(Problem::warning(&format!("{base}/tls/mode"), "datasync::manifest::tls", "`verify-ca` without `tls.ca` verifies against the system roots"));
+        problems.push(Problem::warning(
+            &format!("{base}/tls/mode"),
+            "datasync::manifest::tls",
+            "`verify-ca` without `tls.ca` verifies against the system roots",
+        ));
     }
     if tls_raw.cert.is_some() != tls_raw.key.is_some() {
-        problems.push(Problem::error(&format!("{base}/tls"), "datasync::manifest::tls", "`tls.cert` and `tls.key` go together").on_key());
+        problems.push(
+            Problem::error(
+                &format!("{base}/tls"),
+                "datasync::manifest::tls",
+                "`tls.cert` and `tls.key` go together",
+            )
+            .on_key(),
+        );
     }
-    let timeouts_raw = source.timeouts.clone().unwrap_or(super::raw::RawTimeouts { connect: None, read: None, write: None, statement: None });
+    let timeouts_raw = source.timeouts.clone().unwrap_or(super::raw::RawTimeouts {
+        connect: None,
+        read: None,
+        write: None,
+        statement: None,
+    });
     let timeouts = Timeouts {
-        connect: duration(timeouts_raw.connect.as_ref(), &format!("{base}/timeouts/connect"), problems).unwrap_or(Some(DEFAULT_CONNECT_TIMEOUT)),
-        read: duration(timeouts_raw.read.as_ref(), &format!("{base}/timeouts/read"), problems).flatten(),
-        write: duration(timeouts_raw.write.as_ref(), &format!("{base}/timeouts/write"), problems).flatten(),
-        statement: duration(timeouts_raw.statement.as_ref(), &format!("{base}/timeouts/statement"), problems).flatten(),
+        connect: duration(
+            timeouts_raw.connect.as_ref(),
+            &format!("{base}/timeouts/connect"),
+            problems,
+        )
+        .unwrap_or(Some(DEFAULT_CONNECT_TIMEOUT)),
+        read: duration(
+            timeouts_raw.read.as_ref(),
+            &format!("{base}/timeouts/read"),
+            problems,
+        )
+        .flatten(),
+        write: duration(
+            timeouts_raw.write.as_ref(),
+            &format!("{base}/timeouts/write"),
+            problems,
+        )
+        .flatten(),
+        statement: duration(
+            timeouts_raw.statement.as_ref(),
+            &format!("{base}/timeouts/statement"),
+            problems,
+        )
+        .flatten(),
     };
-    let pool = source.pool.clone().unwrap_or(super::raw::RawPool { max_connections: None, min_connections: None, max_lifetime: None });
-    let max_lifetime = duration(pool.max_lifetime.as_ref(), &format!("{base}/pool/max_lifetime"), problems).flatten();
+    let pool = source.pool.clone().unwrap_or(super::raw::RawPool {
+        max_connections: None,
+        min_connections: None,
+        max_lifetime: None,
+    });
+    let max_lifetime = duration(
+        pool.max_lifetime.as_ref(),
+        &format!("{base}/pool/max_lifetime"),
+        problems,
+    )
+    .flatten();
     let port = source
         .port
         .and_then(|port| u16::try_from(port).ok())
@@ -497,7 +684,12 @@ fn resolve_source(name: &str, source: &RawSource, base: &str, parallelism: u32, 
             database: source.database.clone(),
             schema: source.schema.clone(),
         },
-        tls: TlsSpec { mode: tls_mode, ca: tls_raw.ca, cert: tls_raw.cert, key: tls_raw.key },
+        tls: TlsSpec {
+            mode: tls_mode,
+            ca: tls_raw.ca,
+            cert: tls_raw.cert,
+            key: tls_raw.key,
+        },
         max_connections: pool.max_connections.unwrap_or(parallelism).max(1),
         min_connections: pool.min_connections.unwrap_or(0),
         max_lifetime,
@@ -509,16 +701,22 @@ fn check_column_names(list: &[String], pointer: &str, what: &str, problems: &mut
     let mut seen: Vec<&str> = Vec::new();
     for (position, column) in list.iter().enumerate() {
         if column.trim().is_empty() {
-            problems.push(Problem::error(&format!("{pointer}/{position}"), "datasync::manifest::column", format!("empty column name in `{what}`")));
+            problems.push(Problem::error(
+                &format!("{pointer}/{position}"),
+                "datasync::manifest::column",
+                format!("empty column name in `{what}`"),
+            ));
         } else if seen.contains(&column.as_str()) {
-            problems.push(Problem::error(&format!("{pointer}/{position}"), "datasync::manifest::column", format!("column `{column}` is listed twice in `{what}`")));
+            problems.push(Problem::error(
+                &format!("{pointer}/{position}"),
+                "datasync::manifest::column",
+                format!("column `{column}` is listed twice in `{what}`"),
+            ));
         }
         seen.push(column);
     }
 }
 
-#[expect(clippy::too_many_arguments, reason = "internal helper, called once")]
-#[expect(clippy::too_many_lines, reason = "one check after another, in field order")]
 fn resolve_table(
     source: &SourceSpec,
     key: &str,
@@ -535,30 +733,63 @@ fn resolve_table(
         [qualifier, name] => (Some((*qualifier).to_string()), (*name).to_string()),
         _ => {
             problems.push(
-                Problem::error(pointer, "datasync::manifest::table_name", format!("`{key}` has too many parts: use `table` or `schema.table`"))
-                    .on_key(),
+                Problem::error(
+                    pointer,
+                    "datasync::manifest::table_name",
+                    format!("`{key}` has too many parts: use `table` or `schema.table`"),
+                )
+                .on_key(),
             );
             return None;
         }
     };
     if name.is_empty() || qualifier.as_deref() == Some("") {
-        problems.push(Problem::error(pointer, "datasync::manifest::table_name", format!("`{key}` is not a table name")).on_key());
+        problems.push(
+            Problem::error(
+                pointer,
+                "datasync::manifest::table_name",
+                format!("`{key}` is not a table name"),
+            )
+            .on_key(),
+        );
         return None;
     }
     if source.kind == SourceKind::Sqlite && qualifier.is_some() {
-        problems.push(Problem::error(pointer, "datasync::manifest::table_name", "sqlite tables are not qualified").on_key());
+        problems.push(
+            Problem::error(
+                pointer,
+                "datasync::manifest::table_name",
+                "sqlite tables are not qualified",
+            )
+            .on_key(),
+        );
     }
     let qualifier = qualifier.or_else(|| match source.kind {
-        SourceKind::Postgres => Some(source.connection.schema.clone().unwrap_or_else(|| "public".into())),
+        SourceKind::Postgres => Some(
+            source
+                .connection
+                .schema
+                .clone()
+                .unwrap_or_else(|| "public".into()),
+        ),
         SourceKind::Mysql | SourceKind::Sqlite => None,
     });
 
-    let target = table.target.clone().unwrap_or_else(|| key.replace('.', "__"));
+    let target = table
+        .target
+        .clone()
+        .unwrap_or_else(|| key.replace('.', "__"));
     if let Some(message) = names::table_problem(&target) {
-        let at = if table.target.is_some() { format!("{pointer}/target") } else { pointer.to_string() };
+        let at = if table.target.is_some() {
+            format!("{pointer}/target")
+        } else {
+            pointer.to_string()
+        };
         let mut problem = Problem::error(&at, "datasync::manifest::bigquery_name", message);
         if table.target.is_none() {
-            problem = problem.on_key().with_help("set `target` to a valid BigQuery table name");
+            problem = problem
+                .on_key()
+                .with_help("set `target` to a valid BigQuery table name");
         }
         problems.push(problem);
     }
@@ -566,43 +797,87 @@ fn resolve_table(
     let mode = table.mode.or(defaults.mode).unwrap_or(WriteMode::Replace);
     if let Some(columns) = &table.columns {
         if columns.is_empty() {
-            problems.push(Problem::error(&format!("{pointer}/columns"), "datasync::manifest::column", "`columns` is empty: leave it out to sync every column"));
+            problems.push(Problem::error(
+                &format!("{pointer}/columns"),
+                "datasync::manifest::column",
+                "`columns` is empty: leave it out to sync every column",
+            ));
         }
         check_column_names(columns, &format!("{pointer}/columns"), "columns", problems);
     }
     let exclude = table.exclude_columns.clone().unwrap_or_default();
-    check_column_names(&exclude, &format!("{pointer}/exclude_columns"), "exclude_columns", problems);
+    check_column_names(
+        &exclude,
+        &format!("{pointer}/exclude_columns"),
+        "exclude_columns",
+        problems,
+    );
     if let Some(primary_key) = &table.primary_key {
         if primary_key.is_empty() {
-            problems.push(Problem::error(&format!("{pointer}/primary_key"), "datasync::manifest::primary_key", "`primary_key` is empty"));
+            problems.push(Problem::error(
+                &format!("{pointer}/primary_key"),
+                "datasync::manifest::primary_key",
+                "`primary_key` is empty",
+            ));
         }
-        check_column_names(primary_key, &format!("{pointer}/primary_key"), "primary_key", problems);
+        check_column_names(
+            primary_key,
+            &format!("{pointer}/primary_key"),
+            "primary_key",
+            problems,
+        );
     }
 
     // Every column the table names must be selected.
     let selected = |column: &str| {
-        table.columns.as_ref().is_none_or(|columns| columns.iter().any(|c| c == column)) && !exclude.iter().any(|c| c == column)
+        table
+            .columns
+            .as_ref()
+            .is_none_or(|columns| columns.iter().any(|c| c == column))
+            && !exclude.iter().any(|c| c == column)
     };
     let check_selected = |column: &str, at: String, what: &str, problems: &mut Vec<Problem>| {
         if !selected(column) {
-            let why = if exclude.iter().any(|c| c == column) { "is excluded by `exclude_columns`" } else { "is not in `columns`" };
-            problems.push(Problem::error(&at, "datasync::manifest::unknown_column", format!("{what} `{column}` {why}")));
+            let why = if exclude.iter().any(|c| c == column) {
+                "is excluded by `exclude_columns`"
+            } else {
+                "is not in `columns`"
+            };
+            problems.push(Problem::error(
+                &at,
+                "datasync::manifest::unknown_column",
+                format!("{what} `{column}` {why}"),
+            ));
         }
     };
     if let Some(primary_key) = &table.primary_key {
         for (position, column) in primary_key.iter().enumerate() {
-            check_selected(column, format!("{pointer}/primary_key/{position}"), "primary key column", problems);
+            check_selected(
+                column,
+                format!("{pointer}/primary_key/{position}"),
+                "primary key column",
+                problems,
+            );
         }
     }
     if let Some(cursor) = &table.cursor {
-        check_selected(cursor, format!("{pointer}/cursor"), "cursor column", problems);
+        check_selected(
+            cursor,
+            format!("{pointer}/cursor"),
+            "cursor column",
+            problems,
+        );
     }
     let column_types = table.column_types.clone().unwrap_or_default();
     for (column, bq_type) in &column_types {
         let at = format!("{pointer}/column_types/{}", escape_segment(column));
         check_selected(column, at.clone(), "column_types names column", problems);
         if let Some(message) = override_type_problem(bq_type) {
-            problems.push(Problem::error(&at, "datasync::manifest::column_type", message));
+            problems.push(Problem::error(
+                &at,
+                "datasync::manifest::column_type",
+                message,
+            ));
         }
     }
     let partition_by = table.partition_by.as_ref().and_then(|text| {
@@ -610,39 +885,86 @@ fn resolve_table(
         let granularity = granularity.trim().to_ascii_uppercase();
         let at = format!("{pointer}/partition_by");
         if !["DAY", "HOUR", "MONTH", "YEAR"].contains(&granularity.as_str()) {
-            problems.push(Problem::error(&at, "datasync::manifest::partition", format!("`{granularity}` is not a partition granularity (DAY, HOUR, MONTH or YEAR)")));
+            problems.push(Problem::error(
+                &at,
+                "datasync::manifest::partition",
+                format!(
+                    "`{granularity}` is not a partition granularity (DAY, HOUR, MONTH or YEAR)"
+                ),
+            ));
             return None;
         }
         check_selected(column.trim(), at, "partition column", problems);
-        Some(Partitioning { column: column.trim().to_string(), granularity })
+        Some(Partitioning {
+            column: column.trim().to_string(),
+            granularity,
+        })
     });
     let cluster_by = table.cluster_by.clone().unwrap_or_default();
     if cluster_by.len() > 4 {
-        problems.push(Problem::error(&format!("{pointer}/cluster_by"), "datasync::manifest::cluster", format!("BigQuery clusters on at most 4 columns, not {}", cluster_by.len())));
+        problems.push(Problem::error(
+            &format!("{pointer}/cluster_by"),
+            "datasync::manifest::cluster",
+            format!(
+                "BigQuery clusters on at most 4 columns, not {}",
+                cluster_by.len()
+            ),
+        ));
     }
     for (position, column) in cluster_by.iter().enumerate() {
-        check_selected(column, format!("{pointer}/cluster_by/{position}"), "cluster column", problems);
+        check_selected(
+            column,
+            format!("{pointer}/cluster_by/{position}"),
+            "cluster column",
+            problems,
+        );
     }
 
     match mode {
         WriteMode::Merge if table.primary_key.is_none() => problems.push(
-            Problem::error(pointer, "datasync::manifest::merge_without_key", format!("table `{key}` uses mode `merge` but has no `primary_key`"))
-                .on_key()
-                .with_help("add `primary_key: [id]` (the columns that identify a row), or use mode `replace`"),
+            Problem::error(
+                pointer,
+                "datasync::manifest::merge_without_key",
+                format!("table `{key}` uses mode `merge` but has no `primary_key`"),
+            )
+            .on_key()
+            .with_help(
+                "add `primary_key: [id]` (the columns that identify a row), or use mode `replace`",
+            ),
         ),
         WriteMode::Incremental if table.cursor.is_none() => problems.push(
-            Problem::error(pointer, "datasync::manifest::incremental_without_cursor", format!("table `{key}` uses mode `incremental` but has no `cursor`"))
-                .on_key()
-                .with_help("add `cursor: updated_at` (a column that grows with every change)"),
+            Problem::error(
+                pointer,
+                "datasync::manifest::incremental_without_cursor",
+                format!("table `{key}` uses mode `incremental` but has no `cursor`"),
+            )
+            .on_key()
+            .with_help("add `cursor: updated_at` (a column that grows with every change)"),
         ),
         _ => {}
     }
     if table.cursor.is_some() && !matches!(mode, WriteMode::Incremental | WriteMode::Merge) {
-        problems.push(Problem::warning(&format!("{pointer}/cursor"), "datasync::manifest::cursor_unused", format!("`cursor` is only used by modes `incremental` and `merge`, not `{}`", mode.as_str())).on_key());
+        problems.push(
+            Problem::warning(
+                &format!("{pointer}/cursor"),
+                "datasync::manifest::cursor_unused",
+                format!(
+                    "`cursor` is only used by modes `incremental` and `merge`, not `{}`",
+                    mode.as_str()
+                ),
+            )
+            .on_key(),
+        );
     }
 
-    let max_parse_failures = table.max_parse_failures.or(defaults.max_parse_failures).unwrap_or(DEFAULT_MAX_PARSE_FAILURES);
-    let types = table.types.as_ref().map_or(default_policies, |raw| default_policies.overlay(raw));
+    let max_parse_failures = table
+        .max_parse_failures
+        .or(defaults.max_parse_failures)
+        .unwrap_or(DEFAULT_MAX_PARSE_FAILURES);
+    let types = table
+        .types
+        .as_ref()
+        .map_or(default_policies, |raw| default_policies.overlay(raw));
     Some(TableSpec {
         source: source.name.clone(),
         source_kind: source.kind,
@@ -656,12 +978,18 @@ fn resolve_table(
         primary_key: table.primary_key.clone(),
         cursor: table.cursor.clone(),
         mode,
-        batch_size: table.batch_size.or(defaults.batch_size).unwrap_or(DEFAULT_BATCH_SIZE),
+        batch_size: table
+            .batch_size
+            .or(defaults.batch_size)
+            .unwrap_or(DEFAULT_BATCH_SIZE),
         max_parse_failures: u64::try_from(max_parse_failures).ok(),
         column_types,
         partition_by,
         cluster_by,
-        allow_recreate: table.allow_recreate.or(defaults.allow_recreate).unwrap_or(false),
+        allow_recreate: table
+            .allow_recreate
+            .or(defaults.allow_recreate)
+            .unwrap_or(false),
         auto_create: defaults.auto_create.unwrap_or(true),
         types,
     })
@@ -673,7 +1001,10 @@ impl Manifest {
     pub fn to_raw(&self) -> RawManifest {
         use super::raw::{RawBigQuery, RawDefaults, RawPool, RawTimeouts, RawTls};
         let seconds = |duration: Option<Duration>| {
-            Some(RawDuration::Text(duration.map_or_else(|| "0s".to_string(), |d| humantime::format_duration(d).to_string())))
+            Some(RawDuration::Text(duration.map_or_else(
+                || "0s".to_string(),
+                |d| humantime::format_duration(d).to_string(),
+            )))
         };
         let mut sources = IndexMap::new();
         for source in &self.sources {
@@ -688,14 +1019,23 @@ impl Manifest {
                         target: Some(table.target.clone()),
                         enabled: Some(table.enabled),
                         columns: table.columns.clone(),
-                        exclude_columns: Some(table.exclude_columns.clone()).filter(|list| !list.is_empty()),
+                        exclude_columns: Some(table.exclude_columns.clone())
+                            .filter(|list| !list.is_empty()),
                         primary_key: table.primary_key.clone(),
                         cursor: table.cursor.clone(),
                         mode: Some(table.mode),
                         batch_size: Some(table.batch_size),
-                        max_parse_failures: Some(table.max_parse_failures.map_or(-1, |n| i64::try_from(n).unwrap_or(i64::MAX))),
-                        column_types: Some(table.column_types.clone()).filter(|map| !map.is_empty()),
-                        partition_by: table.partition_by.as_ref().map(|p| format!("{}:{}", p.column, p.granularity)),
+                        max_parse_failures: Some(
+                            table
+                                .max_parse_failures
+                                .map_or(-1, |n| i64::try_from(n).unwrap_or(i64::MAX)),
+                        ),
+                        column_types: Some(table.column_types.clone())
+                            .filter(|map| !map.is_empty()),
+                        partition_by: table
+                            .partition_by
+                            .as_ref()
+                            .map(|p| format!("{}:{}", p.column, p.granularity)),
                         cluster_by: Some(table.cluster_by.clone()).filter(|list| !list.is_empty()),
                         allow_recreate: Some(table.allow_recreate),
                         types: Some(RawTypePolicies {
@@ -717,12 +1057,27 @@ impl Manifest {
                     enabled: Some(source.enabled),
                     url: connection.url.as_ref().map(|url| url.expose().to_string()),
                     host: connection.url.is_none().then(|| connection.host.clone()),
-                    port: connection.url.is_none().then_some(connection.port).flatten().map(u32::from),
+                    port: connection
+                        .url
+                        .is_none()
+                        .then_some(connection.port)
+                        .flatten()
+                        .map(u32::from),
                     user: connection.user.clone(),
-                    password: connection.password.as_ref().map(|password| password.expose().to_string()),
+                    password: connection
+                        .password
+                        .as_ref()
+                        .map(|password| password.expose().to_string()),
                     database: connection.database.clone(),
-                    schema: connection.schema.clone().or_else(|| (source.kind == SourceKind::Postgres).then(|| "public".to_string())),
-                    tls: Some(RawTls { mode: Some(source.tls.mode), ca: source.tls.ca.clone(), cert: source.tls.cert.clone(), key: source.tls.key.clone() }),
+                    schema: connection.schema.clone().or_else(|| {
+                        (source.kind == SourceKind::Postgres).then(|| "public".to_string())
+                    }),
+                    tls: Some(RawTls {
+                        mode: Some(source.tls.mode),
+                        ca: source.tls.ca.clone(),
+                        cert: source.tls.cert.clone(),
+                        key: source.tls.key.clone(),
+                    }),
                     pool: Some(RawPool {
                         max_connections: Some(source.max_connections),
                         min_connections: Some(source.min_connections),

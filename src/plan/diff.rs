@@ -82,29 +82,54 @@ pub fn type_fit(existing: &WarehouseField, desired: &WarehouseField) -> TypeFit 
         if desired_params == (None, None, None) {
             return TypeFit::Widen;
         }
-        let integer_digits = |field: &WarehouseField| field.precision.map(|p| p.saturating_sub(field.scale.unwrap_or(0)));
+        let integer_digits = |field: &WarehouseField| {
+            field
+                .precision
+                .map(|p| p.saturating_sub(field.scale.unwrap_or(0)))
+        };
         let grows = |a: Option<u64>, b: Option<u64>| match (a, b) {
             (Some(a), Some(b)) => b >= a,
             (None, Some(_)) => false,
             _ => true,
         };
         let wider = grows(existing.scale.map(u64::from), desired.scale.map(u64::from))
-            && grows(integer_digits(existing).map(u64::from), integer_digits(desired).map(u64::from))
+            && grows(
+                integer_digits(existing).map(u64::from),
+                integer_digits(desired).map(u64::from),
+            )
             && grows(existing.max_length, desired.max_length);
         if wider {
             // Existing bounds are the tighter ones: widening is needed.
-            return if existing_params == desired_params { TypeFit::Fits } else { TypeFit::Widen };
+            return if existing_params == desired_params {
+                TypeFit::Fits
+            } else {
+                TypeFit::Widen
+            };
         }
         let narrower = grows(desired.scale.map(u64::from), existing.scale.map(u64::from))
-            && grows(integer_digits(desired).map(u64::from), integer_digits(existing).map(u64::from))
+            && grows(
+                integer_digits(desired).map(u64::from),
+                integer_digits(existing).map(u64::from),
+            )
             && grows(desired.max_length, existing.max_length);
-        return if narrower { TypeFit::Fits } else { TypeFit::Incompatible };
+        return if narrower {
+            TypeFit::Fits
+        } else {
+            TypeFit::Incompatible
+        };
     }
-    match (numeric_rank(existing.bq_type), numeric_rank(desired.bq_type)) {
+    match (
+        numeric_rank(existing.bq_type),
+        numeric_rank(desired.bq_type),
+    ) {
         // INT64 → NUMERIC → BIGNUMERIC → FLOAT64 are BigQuery's coercions.
         (Some(from), Some(to)) if to > from => {
             // NUMERIC/BIGNUMERIC → FLOAT64 would round: never chosen silently.
-            if desired.bq_type == BqType::Float64 && from > 0 { TypeFit::Incompatible } else { TypeFit::Widen }
+            if desired.bq_type == BqType::Float64 && from > 0 {
+                TypeFit::Incompatible
+            } else {
+                TypeFit::Widen
+            }
         }
         // A narrower source type loads into the wider column.
         (Some(from), Some(to)) if to < from && !(from == 3 && to > 0) => TypeFit::Fits,
@@ -125,7 +150,8 @@ pub fn diff_table(desired: &WarehouseTable, existing: &WarehouseTable) -> Vec<Fi
             changes.push(FieldChange::Add { field });
             continue;
         };
-        let repeated_mismatch = (current.mode == FieldMode::Repeated) != (field.mode == FieldMode::Repeated);
+        let repeated_mismatch =
+            (current.mode == FieldMode::Repeated) != (field.mode == FieldMode::Repeated);
         if repeated_mismatch {
             changes.push(FieldChange::Incompatible {
                 from: current.clone(),
@@ -138,27 +164,42 @@ pub fn diff_table(desired: &WarehouseTable, existing: &WarehouseTable) -> Vec<Fi
             TypeFit::Fits => {}
             TypeFit::Widen => changes.push(FieldChange::Widen {
                 from: current.clone(),
-                to: WarehouseField { mode: current.mode, name: current.name.clone(), description: current.description.clone(), ..field.clone() },
+                to: WarehouseField {
+                    mode: current.mode,
+                    name: current.name.clone(),
+                    description: current.description.clone(),
+                    ..field.clone()
+                },
             }),
             TypeFit::Incompatible => {
                 changes.push(FieldChange::Incompatible {
                     from: current.clone(),
                     to: field.clone(),
-                    reason: format!("{} cannot become {} in place", current.type_text(), field.type_text()),
+                    reason: format!(
+                        "{} cannot become {} in place",
+                        current.type_text(),
+                        field.type_text()
+                    ),
                 });
                 continue;
             }
         }
         if current.mode == FieldMode::Required && field.mode == FieldMode::Nullable {
-            changes.push(FieldChange::Relax { name: current.name.clone() });
+            changes.push(FieldChange::Relax {
+                name: current.name.clone(),
+            });
         }
     }
     for current in &existing.fields {
         if desired.field(&current.name).is_none() {
-            changes.push(FieldChange::Dropped { name: current.name.clone() });
+            changes.push(FieldChange::Dropped {
+                name: current.name.clone(),
+            });
             // New rows carry no value for it: it must accept NULL.
             if current.mode == FieldMode::Required {
-                changes.push(FieldChange::Relax { name: current.name.clone() });
+                changes.push(FieldChange::Relax {
+                    name: current.name.clone(),
+                });
             }
         }
     }
@@ -167,18 +208,28 @@ pub fn diff_table(desired: &WarehouseTable, existing: &WarehouseTable) -> Vec<Fi
 
 /// The table as it will be after the in-place changes: existing columns in their order (widened,
 /// relaxed), then added ones. Loads use this schema.
-pub fn evolved_table(desired: &WarehouseTable, existing: &WarehouseTable, changes: &[FieldChange]) -> WarehouseTable {
+pub fn evolved_table(
+    desired: &WarehouseTable,
+    existing: &WarehouseTable,
+    changes: &[FieldChange],
+) -> WarehouseTable {
     let mut fields = existing.fields.clone();
     for change in changes {
         match change {
             FieldChange::Add { field } => fields.push(field.clone()),
             FieldChange::Relax { name } => {
-                if let Some(field) = fields.iter_mut().find(|field| field.name.eq_ignore_ascii_case(name)) {
+                if let Some(field) = fields
+                    .iter_mut()
+                    .find(|field| field.name.eq_ignore_ascii_case(name))
+                {
                     field.mode = FieldMode::Nullable;
                 }
             }
             FieldChange::Widen { to, .. } => {
-                if let Some(field) = fields.iter_mut().find(|field| field.name.eq_ignore_ascii_case(&to.name)) {
+                if let Some(field) = fields
+                    .iter_mut()
+                    .find(|field| field.name.eq_ignore_ascii_case(&to.name))
+                {
                     let mode = field.mode;
                     *field = to.clone();
                     field.mode = mode;
@@ -190,8 +241,15 @@ pub fn evolved_table(desired: &WarehouseTable, existing: &WarehouseTable, change
     WarehouseTable {
         name: existing.name.clone(),
         fields,
-        partitioning: existing.partitioning.clone().or_else(|| desired.partitioning.clone()),
-        clustering: if existing.clustering.is_empty() { desired.clustering.clone() } else { existing.clustering.clone() },
+        partitioning: existing
+            .partitioning
+            .clone()
+            .or_else(|| desired.partitioning.clone()),
+        clustering: if existing.clustering.is_empty() {
+            desired.clustering.clone()
+        } else {
+            existing.clustering.clone()
+        },
     }
 }
 
@@ -204,11 +262,20 @@ mod tests {
     }
 
     fn numeric(name: &str, precision: u32, scale: u32) -> WarehouseField {
-        WarehouseField { precision: Some(precision), scale: Some(scale), ..field(name, BqType::Numeric, FieldMode::Nullable) }
+        WarehouseField {
+            precision: Some(precision),
+            scale: Some(scale),
+            ..field(name, BqType::Numeric, FieldMode::Nullable)
+        }
     }
 
     fn table(fields: Vec<WarehouseField>) -> WarehouseTable {
-        WarehouseTable { name: "t".into(), fields, partitioning: None, clustering: vec![] }
+        WarehouseTable {
+            name: "t".into(),
+            fields,
+            partitioning: None,
+            clustering: vec![],
+        }
     }
 
     #[test]
@@ -231,13 +298,31 @@ mod tests {
             (Json, String, TypeFit::Incompatible),
         ];
         for (existing, desired, expected) in cases {
-            let fit = type_fit(&field("c", existing, FieldMode::Nullable), &field("c", desired, FieldMode::Nullable));
+            let fit = type_fit(
+                &field("c", existing, FieldMode::Nullable),
+                &field("c", desired, FieldMode::Nullable),
+            );
             assert_eq!(fit, expected, "{existing:?} -> {desired:?}");
         }
-        assert_eq!(type_fit(&numeric("c", 10, 2), &numeric("c", 12, 4)), TypeFit::Widen);
-        assert_eq!(type_fit(&numeric("c", 12, 4), &numeric("c", 10, 2)), TypeFit::Fits);
-        assert_eq!(type_fit(&numeric("c", 10, 2), &numeric("c", 10, 4)), TypeFit::Incompatible);
-        assert_eq!(type_fit(&numeric("c", 10, 2), &field("c", BqType::Numeric, FieldMode::Nullable)), TypeFit::Widen);
+        assert_eq!(
+            type_fit(&numeric("c", 10, 2), &numeric("c", 12, 4)),
+            TypeFit::Widen
+        );
+        assert_eq!(
+            type_fit(&numeric("c", 12, 4), &numeric("c", 10, 2)),
+            TypeFit::Fits
+        );
+        assert_eq!(
+            type_fit(&numeric("c", 10, 2), &numeric("c", 10, 4)),
+            TypeFit::Incompatible
+        );
+        assert_eq!(
+            type_fit(
+                &numeric("c", 10, 2),
+                &field("c", BqType::Numeric, FieldMode::Nullable)
+            ),
+            TypeFit::Widen
+        );
     }
 
     #[test]
@@ -258,16 +343,40 @@ mod tests {
         assert_eq!(
             changes,
             vec![
-                FieldChange::Widen { from: existing.fields[1].clone(), to: field("qty", BqType::Numeric, FieldMode::Nullable) },
-                FieldChange::Relax { name: "name".into() },
-                FieldChange::Add { field: field("note", BqType::String, FieldMode::Nullable) },
-                FieldChange::Dropped { name: "legacy".into() },
-                FieldChange::Relax { name: "legacy".into() },
+                FieldChange::Widen {
+                    from: existing.fields[1].clone(),
+                    to: field("qty", BqType::Numeric, FieldMode::Nullable)
+                },
+                FieldChange::Relax {
+                    name: "name".into()
+                },
+                FieldChange::Add {
+                    field: field("note", BqType::String, FieldMode::Nullable)
+                },
+                FieldChange::Dropped {
+                    name: "legacy".into()
+                },
+                FieldChange::Relax {
+                    name: "legacy".into()
+                },
             ]
         );
         let evolved = evolved_table(&desired, &existing, &changes);
-        let lines: Vec<String> = evolved.fields.iter().map(WarehouseField::diff_line).collect();
-        assert_eq!(lines, ["id INT64 REQUIRED", "qty NUMERIC NULLABLE", "legacy STRING NULLABLE", "name STRING NULLABLE", "note STRING NULLABLE"]);
+        let lines: Vec<String> = evolved
+            .fields
+            .iter()
+            .map(WarehouseField::diff_line)
+            .collect();
+        assert_eq!(
+            lines,
+            [
+                "id INT64 REQUIRED",
+                "qty NUMERIC NULLABLE",
+                "legacy STRING NULLABLE",
+                "name STRING NULLABLE",
+                "note STRING NULLABLE"
+            ]
+        );
     }
 
     #[test]
@@ -279,8 +388,14 @@ mod tests {
 
     #[test]
     fn type_and_repeated_changes_are_incompatible() {
-        let existing = table(vec![field("a", BqType::String, FieldMode::Nullable), field("b", BqType::Int64, FieldMode::Nullable)]);
-        let desired = table(vec![field("a", BqType::Int64, FieldMode::Nullable), field("b", BqType::Int64, FieldMode::Repeated)]);
+        let existing = table(vec![
+            field("a", BqType::String, FieldMode::Nullable),
+            field("b", BqType::Int64, FieldMode::Nullable),
+        ]);
+        let desired = table(vec![
+            field("a", BqType::Int64, FieldMode::Nullable),
+            field("b", BqType::Int64, FieldMode::Repeated),
+        ]);
         let changes = diff_table(&desired, &existing);
         assert_eq!(changes.len(), 2);
         assert!(changes.iter().all(FieldChange::is_incompatible));

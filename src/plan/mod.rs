@@ -56,7 +56,10 @@ impl TableAction {
 
     /// Whether apply will run this table.
     pub fn runs(self) -> bool {
-        matches!(self, Self::Create | Self::Update | Self::Sync | Self::Recreate)
+        matches!(
+            self,
+            Self::Create | Self::Update | Self::Sync | Self::Recreate
+        )
     }
 }
 
@@ -181,7 +184,14 @@ pub struct TableInput {
 
 /// Plans one table.
 pub fn plan_table(input: TableInput) -> TablePlan {
-    let TableInput { spec, source, desired, mapping_warnings, existing, existing_rows } = input;
+    let TableInput {
+        spec,
+        source,
+        desired,
+        mapping_warnings,
+        existing,
+        existing_rows,
+    } = input;
     let mut warnings = mapping_warnings;
     let mut errors = Vec::new();
     let source_table = match source {
@@ -207,7 +217,10 @@ pub fn plan_table(input: TableInput) -> TablePlan {
         _ if !errors.is_empty() => TableAction::Error,
         (None, _) => TableAction::Error,
         (Some(_), None) if !spec.auto_create => {
-            errors.push(format!("target table `{}` does not exist and `auto_create` is off", spec.target));
+            errors.push(format!(
+                "target table `{}` does not exist and `auto_create` is off",
+                spec.target
+            ));
             TableAction::Missing
         }
         (Some(desired), None) => {
@@ -219,21 +232,32 @@ pub fn plan_table(input: TableInput) -> TablePlan {
             changes = diff::diff_table(desired, existing);
             for change in &changes {
                 if let FieldChange::Dropped { name } = change {
-                    warnings.push(format!("column `{name}` is no longer synced; BigQuery keeps it (NULL in new rows)"));
+                    warnings.push(format!(
+                        "column `{name}` is no longer synced; BigQuery keeps it (NULL in new rows)"
+                    ));
                 }
             }
             let incompatible: Vec<String> = changes
                 .iter()
                 .filter_map(|change| match change {
-                    FieldChange::Incompatible { from, reason, .. } => Some(format!("`{}`: {reason}", from.name)),
+                    FieldChange::Incompatible { from, reason, .. } => {
+                        Some(format!("`{}`: {reason}", from.name))
+                    }
                     _ => None,
                 })
                 .collect();
-            let in_place: Vec<FieldChange> =
-                changes.iter().filter(|change| !matches!(change, FieldChange::Dropped { .. })).cloned().collect();
+            let in_place: Vec<FieldChange> = changes
+                .iter()
+                .filter(|change| !matches!(change, FieldChange::Dropped { .. }))
+                .cloned()
+                .collect();
             if !incompatible.is_empty() {
                 if spec.allow_recreate {
-                    warnings.push(format!("recreating `{}`: {}", spec.target, incompatible.join("; ")));
+                    warnings.push(format!(
+                        "recreating `{}`: {}",
+                        spec.target,
+                        incompatible.join("; ")
+                    ));
                     steps.push(Step::DropTable);
                     steps.push(Step::CreateTable);
                     target_schema = Some(desired.clone());
@@ -249,7 +273,10 @@ pub fn plan_table(input: TableInput) -> TablePlan {
                 target_schema = Some(diff::evolved_table(desired, existing, &changes));
                 TableAction::Sync
             } else if !spec.auto_create {
-                errors.push(format!("the schema of `{}` must change but `auto_create` is off", spec.target));
+                errors.push(format!(
+                    "the schema of `{}` must change but `auto_create` is off",
+                    spec.target
+                ));
                 TableAction::Blocked
             } else {
                 steps.push(Step::AlterTable { changes: in_place });
@@ -267,11 +294,22 @@ pub fn plan_table(input: TableInput) -> TablePlan {
                 .unwrap_or_default(),
             _ => Vec::new(),
         };
-        steps.push(Step::Load { mode: spec.mode, key, cursor: spec.cursor.clone() });
+        steps.push(Step::Load {
+            mode: spec.mode,
+            key,
+            cursor: spec.cursor.clone(),
+        });
     }
     // Staging load + one write into the target (+ DDL for create/alter/drop).
     let table_operations = if action.runs() {
-        1 + u32::try_from(steps.iter().filter(|step| !matches!(step, Step::Load { .. })).count()).unwrap_or(0) + 1
+        1 + u32::try_from(
+            steps
+                .iter()
+                .filter(|step| !matches!(step, Step::Load { .. }))
+                .count(),
+        )
+        .unwrap_or(0)
+            + 1
     } else {
         0
     };
@@ -314,7 +352,9 @@ impl Plan {
 
     /// Whether any table's schema changes (what `--detailed-exitcode` reports as 2).
     pub fn has_changes(&self) -> bool {
-        self.tables.iter().any(|table| table.action.changes_schema())
+        self.tables
+            .iter()
+            .any(|table| table.action.changes_schema())
     }
 
     /// Whether any table cannot run.

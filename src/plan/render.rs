@@ -7,7 +7,11 @@ use super::{FieldChange, Plan, TableAction, TablePlan};
 use crate::schema::{WarehouseField, WarehouseTable};
 
 fn schema_lines(table: &WarehouseTable) -> String {
-    table.fields.iter().map(|field| format!("{}\n", field.diff_line())).collect()
+    table
+        .fields
+        .iter()
+        .map(|field| format!("{}\n", field.diff_line()))
+        .collect()
 }
 
 /// Unified diff of the existing and the future schema, one column per line.
@@ -15,7 +19,11 @@ pub fn schema_diff(destination: &str, plan: &TablePlan) -> String {
     let before = plan.existing.as_ref().map(schema_lines).unwrap_or_default();
     let after = match plan.action {
         TableAction::Blocked => plan.desired.as_ref().map(schema_lines).unwrap_or_default(),
-        _ => plan.target_schema.as_ref().map(schema_lines).unwrap_or_default(),
+        _ => plan
+            .target_schema
+            .as_ref()
+            .map(schema_lines)
+            .unwrap_or_default(),
     };
     if before == after {
         return String::new();
@@ -26,21 +34,40 @@ pub fn schema_diff(destination: &str, plan: &TablePlan) -> String {
     } else {
         "/dev/null".to_string()
     };
-    diff.unified_diff().context_radius(3).header(&existing_header, &format!("bq://{destination}.{} (planned)", plan.target)).to_string()
+    diff.unified_diff()
+        .context_radius(3)
+        .header(
+            &existing_header,
+            &format!("bq://{destination}.{} (planned)", plan.target),
+        )
+        .to_string()
 }
 
 fn change_line(change: &FieldChange) -> String {
     match change {
         FieldChange::Add { field } => format!("+ add column {}", field.diff_line()),
         FieldChange::Relax { name } => format!("~ relax {name} REQUIRED -> NULLABLE"),
-        FieldChange::Widen { from, to } => format!("~ widen {} {} -> {}", from.name, from.type_text(), to.type_text()),
-        FieldChange::Incompatible { from, to, .. } => format!("! {} {} -> {} (incompatible)", from.name, from.type_text(), to.type_text()),
+        FieldChange::Widen { from, to } => format!(
+            "~ widen {} {} -> {}",
+            from.name,
+            from.type_text(),
+            to.type_text()
+        ),
+        FieldChange::Incompatible { from, to, .. } => format!(
+            "! {} {} -> {} (incompatible)",
+            from.name,
+            from.type_text(),
+            to.type_text()
+        ),
         FieldChange::Dropped { name } => format!("- {name} no longer in the source (kept)"),
     }
 }
 
 fn rows(count: Option<u64>) -> String {
-    count.map_or_else(|| "? rows".to_string(), |count| format!("~{} rows", group_digits(count)))
+    count.map_or_else(
+        || "? rows".to_string(),
+        |count| format!("~{} rows", group_digits(count)),
+    )
 }
 
 /// `1234567` → `1,234,567`.
@@ -63,7 +90,10 @@ fn mode_text(plan: &TablePlan) -> String {
             if !key.is_empty() {
                 let _ = write!(text, " on [{}]", key.join(", "));
             }
-            if let Some(cursor) = cursor.as_ref().filter(|_| plan.mode == crate::manifest::raw::WriteMode::Incremental) {
+            if let Some(cursor) = cursor
+                .as_ref()
+                .filter(|_| plan.mode == crate::manifest::raw::WriteMode::Incremental)
+            {
                 let _ = write!(text, " where {cursor} > max(target.{cursor})");
             }
         }
@@ -85,11 +115,24 @@ fn action_text(action: TableAction) -> &'static str {
 
 /// Counts for the closing line.
 fn summary(plan: &Plan) -> String {
-    let count = |action: TableAction| plan.tables.iter().filter(|table| table.action == action).count();
-    let runnable: Vec<&TablePlan> = plan.tables.iter().filter(|table| table.action.runs()).collect();
-    let total_rows: u64 = runnable.iter().filter_map(|table| table.estimated_rows).sum();
+    let count = |action: TableAction| {
+        plan.tables
+            .iter()
+            .filter(|table| table.action == action)
+            .count()
+    };
+    let runnable: Vec<&TablePlan> = plan
+        .tables
+        .iter()
+        .filter(|table| table.action.runs())
+        .collect();
+    let total_rows: u64 = runnable
+        .iter()
+        .filter_map(|table| table.estimated_rows)
+        .sum();
     let operations: u32 = runnable.iter().map(|table| table.table_operations).sum();
-    let failing = count(TableAction::Blocked) + count(TableAction::Error) + count(TableAction::Missing);
+    let failing =
+        count(TableAction::Blocked) + count(TableAction::Error) + count(TableAction::Missing);
     let head = if plan.has_changes() {
         format!(
             "Plan: {} to create, {} to update, {} to recreate",
@@ -113,7 +156,11 @@ fn summary(plan: &Plan) -> String {
 
 /// The human-readable plan.
 pub fn text(plan: &Plan) -> String {
-    let mut out = format!("datasync plan for bq://{} ({} tables)\n\n", plan.destination, plan.tables.len());
+    let mut out = format!(
+        "datasync plan for bq://{} ({} tables)\n\n",
+        plan.destination,
+        plan.tables.len()
+    );
     for table in &plan.tables {
         let _ = writeln!(
             out,
@@ -170,7 +217,13 @@ pub fn markdown(plan: &Plan) -> String {
         if (table.action == TableAction::Sync || diff.is_empty()) && !has_notes {
             continue;
         }
-        let _ = writeln!(out, "<details><summary><code>{}</code> → <code>{}</code>: {}</summary>\n", table.label, table.target, action_text(table.action));
+        let _ = writeln!(
+            out,
+            "<details><summary><code>{}</code> → <code>{}</code>: {}</summary>\n",
+            table.label,
+            table.target,
+            action_text(table.action)
+        );
         if !diff.is_empty() {
             let _ = writeln!(out, "```diff\n{}```\n", diff);
         }
@@ -188,7 +241,11 @@ pub fn markdown(plan: &Plan) -> String {
 
 /// The field list of a table as text (for logs).
 pub fn fields(fields: &[WarehouseField]) -> String {
-    fields.iter().map(WarehouseField::diff_line).collect::<Vec<_>>().join(", ")
+    fields
+        .iter()
+        .map(WarehouseField::diff_line)
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 #[cfg(test)]
@@ -213,13 +270,23 @@ mod tests {
     }
 
     fn source(rows: u64) -> SourceTable {
-        SourceTable { qualifier: Some("public".into()), name: "t".into(), columns: vec![], primary_key: vec!["id".into()], estimated_rows: Some(rows), comment: None }
+        SourceTable {
+            qualifier: Some("public".into()),
+            name: "t".into(),
+            columns: vec![],
+            primary_key: vec!["id".into()],
+            estimated_rows: Some(rows),
+            comment: None,
+        }
     }
 
     fn table(name: &str, fields: &[(&str, BqType, FieldMode)]) -> WarehouseTable {
         WarehouseTable {
             name: name.into(),
-            fields: fields.iter().map(|(n, t, m)| WarehouseField::new(*n, *t, *m)).collect(),
+            fields: fields
+                .iter()
+                .map(|(n, t, m)| WarehouseField::new(*n, *t, *m))
+                .collect(),
             partitioning: None,
             clustering: vec![],
         }
@@ -228,13 +295,30 @@ mod tests {
     fn sample_plan() -> Plan {
         use BqType::*;
         use FieldMode::*;
-        let desired_orders = table("orders", &[("id", Int64, Required), ("amount", Numeric, Nullable), ("note", String, Nullable)]);
-        let existing_orders = table("orders", &[("id", Int64, Required), ("amount", Int64, Required), ("old", String, Nullable)]);
+        let desired_orders = table(
+            "orders",
+            &[
+                ("id", Int64, Required),
+                ("amount", Numeric, Nullable),
+                ("note", String, Nullable),
+            ],
+        );
+        let existing_orders = table(
+            "orders",
+            &[
+                ("id", Int64, Required),
+                ("amount", Int64, Required),
+                ("old", String, Nullable),
+            ],
+        );
         let tables = vec![
             plan_table(TableInput {
                 spec: spec("customers", WriteMode::Replace),
                 source: Ok(source(1_250)),
-                desired: Ok(table("customers", &[("id", Int64, Required), ("name", String, Nullable)])),
+                desired: Ok(table(
+                    "customers",
+                    &[("id", Int64, Required), ("name", String, Nullable)],
+                )),
                 mapping_warnings: vec!["column `e-mail` is written as `e_mail`".into()],
                 existing: None,
                 existing_rows: None,
@@ -281,7 +365,15 @@ mod tests {
     fn actions_and_fingerprint() {
         let plan = sample_plan();
         let actions: Vec<TableAction> = plan.tables.iter().map(|table| table.action).collect();
-        assert_eq!(actions, [TableAction::Create, TableAction::Update, TableAction::Sync, TableAction::Blocked]);
+        assert_eq!(
+            actions,
+            [
+                TableAction::Create,
+                TableAction::Update,
+                TableAction::Sync,
+                TableAction::Blocked
+            ]
+        );
         assert!(plan.has_changes());
         assert!(plan.has_errors());
         assert!(plan.is_intact());

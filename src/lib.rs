@@ -11,3 +11,4 @@ pub mod manifest;
 pub mod names;
 pub mod schema;
 pub mod secret;
+pub mod warehouse;

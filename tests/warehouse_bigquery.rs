@@ -112,14 +112,13 @@ fn feed(lines: Vec<String>, piece: usize) -> mpsc::Receiver<Bytes> {
         for line in lines {
             buffer.push_str(&line);
             buffer.push('\n');
-            if buffer.len() >= piece {
-                if tx
+            if buffer.len() >= piece
+                && tx
                     .send(Bytes::from(std::mem::take(&mut buffer)))
                     .await
                     .is_err()
-                {
-                    return;
-                }
+            {
+                return;
             }
         }
         if !buffer.is_empty() {

@@ -476,3 +476,85 @@ async fn unreachable_server_is_a_retryable_transport_error() {
         "{error}"
     );
 }
+
+#[tokio::test]
+async fn query_polls_until_complete_and_reads_every_page() {
+    let (base, seen) = serve(Arc::new(|request, _| {
+        let path = request.target.split('?').next().unwrap_or_default();
+        let query = request.target.split_once('?').map(|(_, query)| query).unwrap_or_default();
+        match (request.method.as_str(), path) {
+            ("POST", "/bigquery/v2/projects/p/queries") => {
+                canned(200, r#"{"jobReference":{"projectId":"p","jobId":"q1","location":"EU"},"jobComplete":false}"#)
+            }
+            ("GET", "/bigquery/v2/projects/p/queries/q1") if query.contains("pageToken=next") => canned(
+                200,
+                r#"{"jobReference":{"jobId":"q1"},"jobComplete":true,"schema":{"fields":[{"name":"n","type":"INTEGER"},{"name":"ts","type":"TIMESTAMP"}]},"rows":[{"f":[{"v":"2"},{"v":null}]}]}"#,
+            ),
+            ("GET", "/bigquery/v2/projects/p/queries/q1") => canned(
+                200,
+                r#"{"jobReference":{"jobId":"q1"},"jobComplete":true,"schema":{"fields":[{"name":"n","type":"INTEGER"},{"name":"ts","type":"TIMESTAMP"}]},"rows":[{"f":[{"v":"1"},{"v":"1704164645123456"}]}],"pageToken":"next"}"#,
+            ),
+            _ => canned(500, "unexpected"),
+        }
+    }))
+    .await;
+    let params = [
+        datasync::warehouse::QueryParam::new("min", BqType::Int64, Some("1".into())),
+        datasync::warehouse::QueryParam::new("none", BqType::String, None),
+    ];
+    let result = client(&base)
+        .query("SELECT n, ts FROM t WHERE n >= @min", &params)
+        .await
+        .unwrap();
+    assert_eq!(
+        result.rows,
+        vec![
+            vec![
+                serde_json::json!(1),
+                serde_json::json!(1_704_164_645_123_456_i64)
+            ],
+            vec![serde_json::json!(2), serde_json::Value::Null]
+        ]
+    );
+    let seen = seen.lock().unwrap();
+    let body: serde_json::Value = serde_json::from_slice(&seen[0].body).unwrap();
+    assert_eq!(body["useLegacySql"], false);
+    assert_eq!(body["formatOptions"]["useInt64Timestamp"], true);
+    assert_eq!(body["parameterMode"], "NAMED");
+    assert_eq!(
+        body["queryParameters"],
+        serde_json::json!([
+            {"name": "min", "parameterType": {"type": "INT64"}, "parameterValue": {"value": "1"}},
+            {"name": "none", "parameterType": {"type": "STRING"}, "parameterValue": {}}
+        ])
+    );
+    assert_eq!(body["requestId"].as_str().map(str::len), Some(36));
+    // Polls and pages go to the job's location with int64 timestamps.
+    assert!(seen[1..].iter().all(|request| {
+        request.target.contains("location=EU")
+            && request
+                .target
+                .contains("formatOptions.useInt64Timestamp=true")
+    }));
+    assert_eq!(seen.len(), 3);
+}
+
+#[tokio::test]
+async fn query_errors_in_a_200_response_are_errors() {
+    let (base, _) = serve(Arc::new(|_, _| {
+        canned(
+            200,
+            r#"{"jobComplete":true,"rows":[],"errors":[{"reason":"notFound","message":"Not found: Table p:d.gone","location":"query"}]}"#,
+        )
+    }))
+    .await;
+    let error = client(&base)
+        .query("SELECT * FROM d.gone", &[])
+        .await
+        .unwrap_err();
+    assert!(error.is_not_found());
+    assert_eq!(
+        error.to_string(),
+        "query in dataset d (SELECT * FROM d.gone): BigQuery error (HTTP 200, reason notFound): Not found: Table p:d.gone"
+    );
+}

@@ -18,7 +18,8 @@ use tokio::sync::OnceCell;
 use tokio::sync::mpsc::Receiver;
 
 use super::model::{
-    JobResource, QueryResponse, TableResource, decode_row, error_from_body, query_columns,
+    JobReference, JobResource, QueryResponse, TableResource, decode_row, error_from_body,
+    query_columns,
 };
 use super::retry::{RetryPolicy, is_retryable, jitter, parse_retry_after};
 use super::upload::{DEFAULT_CHUNK_SIZE, check_chunk_size};
@@ -353,14 +354,15 @@ impl BigQuery {
         job_id: &str,
     ) -> Result<JobResource, WarehouseError> {
         let mut polls = 0;
+        // Keep the first known ID and location (jobs.get answers may omit the location).
+        let id = job.job_id().unwrap_or(job_id).to_string();
+        let location = job
+            .job_reference
+            .as_ref()
+            .and_then(|reference| reference.location.clone());
         while !job.is_done() {
             tokio::time::sleep(poll_delay(polls)).await;
             polls += 1;
-            let id = job.job_id().unwrap_or(job_id).to_string();
-            let location = job
-                .job_reference
-                .as_ref()
-                .and_then(|reference| reference.location.clone());
             job = self
                 .get_job(&id, location.as_deref())
                 .await?
@@ -430,11 +432,15 @@ impl BigQuery {
             .send_json(context, Method::POST, url, Some(&body))
             .await?;
         check_query_errors(context, &response)?;
+        // Polls and pages use the first answer's job reference (later ones may omit the location).
+        let reference = response.job_reference.clone();
         let mut polls = 0;
         while response.job_complete == Some(false) {
             tokio::time::sleep(poll_delay(polls)).await;
             polls += 1;
-            response = self.query_results(context, &response, None).await?;
+            response = self
+                .query_results(context, reference.as_ref(), None)
+                .await?;
         }
         let fields = response
             .schema
@@ -448,7 +454,9 @@ impl BigQuery {
             .collect();
         let mut page = response.page_token.clone();
         while let Some(token) = page {
-            let next = self.query_results(context, &response, Some(&token)).await?;
+            let next = self
+                .query_results(context, reference.as_ref(), Some(&token))
+                .await?;
             rows.extend(next.rows.iter().map(|row| decode_row(row, &fields)));
             page = next.page_token.clone();
         }
@@ -463,16 +471,13 @@ impl BigQuery {
     async fn query_results(
         &self,
         context: &str,
-        first: &QueryResponse,
+        reference: Option<&JobReference>,
         page_token: Option<&str>,
     ) -> Result<QueryResponse, WarehouseError> {
-        let reference = first
-            .job_reference
-            .clone()
-            .ok_or_else(|| WarehouseError::Protocol {
-                context: context.to_string(),
-                message: "query response has no jobReference".into(),
-            })?;
+        let reference = reference.ok_or_else(|| WarehouseError::Protocol {
+            context: context.to_string(),
+            message: "query response has no jobReference".into(),
+        })?;
         let mut url = self.api_url(&["queries", &reference.job_id])?;
         {
             let mut pairs = url.query_pairs_mut();

@@ -274,6 +274,17 @@ async fn alter_table_adds_columns_and_relaxes() {
         let result = client.query(&sql, &[]).await.unwrap();
         assert_eq!(result.rows[0][0], json!("x"));
         assert!(result.rows[0][1].as_str().unwrap().starts_with("12345678901234567890.123456789"));
+
+        // Widening INT64 -> FLOAT64 (stored table and catalog).
+        client.alter_table("t", &[AlterColumn::SetType(field("id", BqType::Float64, FieldMode::Nullable))]).await.unwrap();
+        let got = client.get_table("t").await.unwrap().unwrap().table;
+        assert_eq!((got.fields[0].bq_type, got.fields[0].mode), (BqType::Float64, FieldMode::Nullable));
+        let sql = format!("INSERT INTO {} (id) VALUES (1.5)", client.qualified("t"));
+        client.query(&sql, &[]).await.unwrap();
+        assert_eq!(client.max_value("t", "id").await.unwrap(), json!(1.5));
+        // A failing statement names the table.
+        let error = client.alter_table("t", &[AlterColumn::DropNotNull("nope".into())]).await.unwrap_err();
+        assert!(error.to_string().contains("alter table") && error.to_string().contains(".t"), "{error}");
     })
     .await;
 }

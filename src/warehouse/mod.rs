@@ -3,6 +3,37 @@
 //!
 //! Errors ([`WarehouseError`]) always name the dataset object (table, job) and carry BigQuery's
 //! `reason` and `message`; they never contain access tokens or upload session URLs.
+//!
+//! # Behaviour worth knowing
+//!
+//! - Every call retries 429, 5xx, transport errors and the reasons `rateLimitExceeded`,
+//!   `backendError`, `internalError` ([`RetryPolicy`]: 6 attempts, exponential backoff with
+//!   jitter, `Retry-After` honoured). `jobs.query` carries a `requestId`, so a retried DML
+//!   statement runs once.
+//! - `load` is idempotent per client job ID: an outcome is remembered in-process, an existing job
+//!   (jobs.get, or a 409 on the upload) is awaited instead of loading again.
+//! - An empty load sends no upload (a resumable upload can't be empty): a missing table is
+//!   created with the request's schema, `Truncate` runs `TRUNCATE TABLE` (the existing schema is
+//!   kept, unlike a real `WRITE_TRUNCATE` load), `Append`/`Empty` do nothing.
+//! - Query errors that arrive inside an HTTP 200 (`errors`) and job errors (`status.errorResult`)
+//!   are errors.
+//!
+//! # Emulator (bqemulator 1.4) quirks handled or tolerated
+//!
+//! - The upload endpoint ignores the client's job ID (the job gets `bqemu_…`; jobs.get on our ID
+//!   is 404, a reused ID is never 409): [`LoadOutcome::job_id`] is the server's ID, and
+//!   idempotency across processes only holds on real BigQuery.
+//! - `outputRows` is the table's total row count after the load, not the rows loaded.
+//! - `WRITE_TRUNCATE` is `DELETE` + `COPY`: a failed truncating load leaves the table empty, and
+//!   the existing schema is kept. `WRITE_APPEND` with a bad row is atomic.
+//! - `ALTER TABLE` changes the stored table only; `alter_table` then patches the catalog schema
+//!   when tables.get disagrees (never on real BigQuery, where DDL updates both).
+//! - A bare `NUMERIC` in DDL becomes DECIMAL(18,3): with an endpoint configured, DDL writes
+//!   `NUMERIC(38, 9)`. Bare decimal literals in SQL go through DOUBLE (use `NUMERIC '…'`).
+//! - BIGNUMERIC can't be created (HTTP 500), precision/scale/maxLength are dropped, JSON and
+//!   GEOGRAPHY columns made by DDL read back as STRING/BYTES, BYTES in NDJSON are not
+//!   base64-decoded. None of this can be fixed client-side.
+//! - The emulator sends no `dmlStats`, so [`MergeOutcome`] has only `affected_rows` there.
 
 mod bigquery;
 mod fake;

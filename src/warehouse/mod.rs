@@ -100,6 +100,8 @@ pub struct LoadRequest {
     /// Truncate, append or require empty.
     pub disposition: Disposition,
     /// Client-chosen, deterministic job ID (letters, digits, `_`, `-`; at most 1024 chars).
+    /// The same ID never loads twice; to retry a load whose job *failed* (even with a retryable
+    /// reason), use a new ID (e.g. with an attempt suffix), since BigQuery keeps the failed job.
     pub job_id: String,
     /// Let an append add new NULLABLE/REPEATED columns (`ALLOW_FIELD_ADDITION`).
     pub allow_field_addition: bool,
@@ -293,7 +295,8 @@ pub(crate) const RETRYABLE_REASONS: &[&str] =
     &["rateLimitExceeded", "backendError", "internalError"];
 
 impl WarehouseError {
-    /// Whether retrying the same operation (with the same job ID) may succeed.
+    /// Whether retrying may succeed. For a failed load job ([`WarehouseError::Job`]) the retry
+    /// needs a new job ID.
     pub fn retryable(&self) -> bool {
         match self {
             Self::Api { status, reason, .. } => {

@@ -19,7 +19,7 @@ use super::{
     AlterColumn, Disposition, ExistingTable, LoadOutcome, LoadRequest, MergeOutcome, MergeRequest,
     QueryParam, QueryRows, Warehouse, WarehouseError,
 };
-use crate::schema::{FieldMode, WarehouseTable};
+use crate::schema::{FieldMode, WarehouseField, WarehouseTable};
 
 /// A failure to inject into the next call of one operation.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -490,8 +490,6 @@ impl Warehouse for FakeWarehouse {
         Ok(())
     }
 }
-
-use crate::schema::WarehouseField;
 
 #[cfg(test)]
 mod tests {

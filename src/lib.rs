@@ -12,3 +12,4 @@ pub mod names;
 pub mod plan;
 pub mod schema;
 pub mod secret;
+pub mod warehouse;

@@ -1,0 +1,645 @@
+//! [`FakeWarehouse`]: an in-memory [`Warehouse`] for executor tests, with failure injection and
+//! an operation log.
+//!
+//! Supported: everything in the trait. `query` understands only `SELECT COUNT(*) FROM <table>`
+//! (anything else is an [`WarehouseError::Invalid`]); use [`Warehouse::merge`] and
+//! [`Warehouse::max_value`] for the rest. Rows are JSON objects as loaded (no type coercion);
+//! unknown keys and missing REQUIRED values fail the load, like BigQuery.
+
+use std::cmp::Ordering;
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use serde_json::{Map, Value};
+use tokio::sync::mpsc::Receiver;
+
+use super::{
+    AlterColumn, Disposition, ExistingTable, LoadOutcome, LoadRequest, MergeOutcome, MergeRequest,
+    QueryParam, QueryRows, Warehouse, WarehouseError,
+};
+use crate::schema::{FieldMode, WarehouseField, WarehouseTable};
+
+/// A failure to inject into the next call of one operation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InjectedFailure {
+    /// Operation name as in the log: `ensure_dataset`, `get_table`, `create_table`,
+    /// `alter_table`, `drop_table`, `load`, `query`, `merge`, `max_value`, `cancel_job`.
+    pub operation: String,
+    /// What [`WarehouseError::retryable`] reports.
+    pub retryable: bool,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    dataset_exists: bool,
+    tables: BTreeMap<String, (WarehouseTable, Vec<Map<String, Value>>)>,
+    log: Vec<String>,
+    fail_next: Vec<InjectedFailure>,
+    fail_load_after_bytes: Option<u64>,
+    loads: BTreeMap<String, LoadOutcome>,
+}
+
+/// An in-memory warehouse.
+#[derive(Debug, Default)]
+pub struct FakeWarehouse {
+    state: Mutex<State>,
+}
+
+impl FakeWarehouse {
+    /// An empty warehouse whose dataset does not exist yet.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// An empty warehouse with an existing dataset.
+    pub fn with_dataset() -> Self {
+        let fake = Self::default();
+        fake.lock().dataset_exists = true;
+        fake
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        // A panic while holding the lock leaves consistent data; keep going.
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Makes the next call of `operation` fail.
+    pub fn fail_next(&self, operation: &str, retryable: bool) {
+        self.lock().fail_next.push(InjectedFailure {
+            operation: operation.into(),
+            retryable,
+        });
+    }
+
+    /// Makes every load fail once it has read more than `bytes` bytes (`None` to stop).
+    pub fn fail_load_after_bytes(&self, bytes: Option<u64>) {
+        self.lock().fail_load_after_bytes = bytes;
+    }
+
+    /// The operations so far, e.g. `create_table orders`, `load orders WRITE_TRUNCATE job1`.
+    pub fn log(&self) -> Vec<String> {
+        self.lock().log.clone()
+    }
+
+    /// How many logged operations start with `prefix`.
+    pub fn count(&self, prefix: &str) -> usize {
+        self.lock()
+            .log
+            .iter()
+            .filter(|entry| entry.starts_with(prefix))
+            .count()
+    }
+
+    /// A table's rows.
+    pub fn rows(&self, table: &str) -> Option<Vec<Map<String, Value>>> {
+        self.lock().tables.get(table).map(|(_, rows)| rows.clone())
+    }
+
+    /// Puts a table with rows in place (test setup; not logged).
+    pub fn insert_table(&self, table: WarehouseTable, rows: Vec<Map<String, Value>>) {
+        let mut state = self.lock();
+        state.dataset_exists = true;
+        state.tables.insert(table.name.clone(), (table, rows));
+    }
+
+    fn begin(
+        &self,
+        operation: &str,
+        entry: String,
+    ) -> Result<std::sync::MutexGuard<'_, State>, WarehouseError> {
+        let mut state = self.lock();
+        state.log.push(entry);
+        if let Some(index) = state
+            .fail_next
+            .iter()
+            .position(|failure| failure.operation == operation)
+        {
+            let failure = state.fail_next.remove(index);
+            return Err(WarehouseError::Injected {
+                operation: failure.operation,
+                retryable: failure.retryable,
+            });
+        }
+        Ok(state)
+    }
+}
+
+fn invalid(context: &str, message: impl std::fmt::Display) -> WarehouseError {
+    WarehouseError::Api {
+        context: context.to_string(),
+        status: 400,
+        reason: "invalid".into(),
+        message: message.to_string(),
+    }
+}
+
+fn not_found(context: &str, what: &str) -> WarehouseError {
+    WarehouseError::Api {
+        context: context.to_string(),
+        status: 404,
+        reason: "notFound".into(),
+        message: format!("Not found: {what}"),
+    }
+}
+
+fn parse_rows(
+    context: &str,
+    schema: &WarehouseTable,
+    data: &[u8],
+) -> Result<Vec<Map<String, Value>>, WarehouseError> {
+    let mut rows = Vec::new();
+    for (index, line) in data.split(|byte| *byte == b'\n').enumerate() {
+        if line.iter().all(u8::is_ascii_whitespace) {
+            continue;
+        }
+        let row: Map<String, Value> = serde_json::from_slice(line).map_err(|error| {
+            invalid(
+                context,
+                format!("line {}: not a JSON object: {error}", index + 1),
+            )
+        })?;
+        if let Some(key) = row.keys().find(|key| schema.field(key).is_none()) {
+            return Err(invalid(
+                context,
+                format!("line {}: no such field: {key}", index + 1),
+            ));
+        }
+        if let Some(field) = schema.fields.iter().find(|field| {
+            field.mode == FieldMode::Required && row.get(&field.name).is_none_or(Value::is_null)
+        }) {
+            return Err(invalid(
+                context,
+                format!("line {}: missing required field {}", index + 1, field.name),
+            ));
+        }
+        rows.push(row);
+    }
+    Ok(rows)
+}
+
+/// Orders JSON scalars: numbers numerically (also numeric strings), otherwise as text.
+fn compare(a: &Value, b: &Value) -> Ordering {
+    let number = |value: &Value| match value {
+        Value::Number(number) => number.as_f64(),
+        Value::String(text) => text.parse::<f64>().ok(),
+        _ => None,
+    };
+    match (number(a), number(b)) {
+        (Some(x), Some(y)) => x.partial_cmp(&y).unwrap_or(Ordering::Equal),
+        _ => match (a, b) {
+            (Value::String(x), Value::String(y)) => x.cmp(y),
+            _ => a.to_string().cmp(&b.to_string()),
+        },
+    }
+}
+
+#[async_trait]
+impl Warehouse for FakeWarehouse {
+    async fn ensure_dataset(&self, create: bool) -> Result<(), WarehouseError> {
+        let mut state = self.begin("ensure_dataset", format!("ensure_dataset create={create}"))?;
+        if !state.dataset_exists {
+            if !create {
+                return Err(WarehouseError::DatasetMissing {
+                    project: "fake".into(),
+                    dataset: "fake".into(),
+                });
+            }
+            state.dataset_exists = true;
+        }
+        Ok(())
+    }
+
+    async fn get_table(&self, name: &str) -> Result<Option<ExistingTable>, WarehouseError> {
+        let state = self.begin("get_table", format!("get_table {name}"))?;
+        Ok(state.tables.get(name).map(|(table, rows)| ExistingTable {
+            table: table.clone(),
+            num_rows: Some(rows.len() as u64),
+            etag: None,
+            last_modified: None,
+        }))
+    }
+
+    async fn create_table(&self, table: &WarehouseTable) -> Result<(), WarehouseError> {
+        let mut state = self.begin("create_table", format!("create_table {}", table.name))?;
+        let context = format!("create table {}", table.name);
+        if !state.dataset_exists {
+            return Err(not_found(&context, "dataset"));
+        }
+        if state.tables.contains_key(&table.name) {
+            return Err(WarehouseError::Api {
+                context,
+                status: 409,
+                reason: "duplicate".into(),
+                message: format!("Already Exists: Table {}", table.name),
+            });
+        }
+        state
+            .tables
+            .insert(table.name.clone(), (table.clone(), Vec::new()));
+        Ok(())
+    }
+
+    async fn alter_table(&self, name: &str, changes: &[AlterColumn]) -> Result<(), WarehouseError> {
+        let mut state = self.begin(
+            "alter_table",
+            format!("alter_table {name} changes={}", changes.len()),
+        )?;
+        let context = format!("alter table {name}");
+        let (table, _) = state
+            .tables
+            .get_mut(name)
+            .ok_or_else(|| not_found(&context, name))?;
+        let mut fields = table.fields.clone();
+        for change in changes {
+            match change {
+                AlterColumn::Add(field) => {
+                    if fields
+                        .iter()
+                        .any(|existing| existing.name.eq_ignore_ascii_case(&field.name))
+                    {
+                        return Err(invalid(
+                            &context,
+                            format!("column {} already exists", field.name),
+                        ));
+                    }
+                    fields.push(field.clone());
+                }
+                AlterColumn::DropNotNull(column) => {
+                    let field = fields
+                        .iter_mut()
+                        .find(|field| field.name.eq_ignore_ascii_case(column))
+                        .ok_or_else(|| invalid(&context, format!("no column {column}")))?;
+                    if field.mode == FieldMode::Required {
+                        field.mode = FieldMode::Nullable;
+                    }
+                }
+                AlterColumn::SetType(new) => {
+                    let field = fields
+                        .iter_mut()
+                        .find(|field| field.name.eq_ignore_ascii_case(&new.name))
+                        .ok_or_else(|| invalid(&context, format!("no column {}", new.name)))?;
+                    *field = WarehouseField {
+                        mode: field.mode,
+                        description: field.description.clone(),
+                        ..new.clone()
+                    };
+                }
+            }
+        }
+        table.fields = fields;
+        Ok(())
+    }
+
+    async fn drop_table(&self, name: &str) -> Result<(), WarehouseError> {
+        let mut state = self.begin("drop_table", format!("drop_table {name}"))?;
+        state.tables.remove(name);
+        Ok(())
+    }
+
+    async fn load(
+        &self,
+        request: &LoadRequest,
+        mut data: Receiver<Bytes>,
+    ) -> Result<LoadOutcome, WarehouseError> {
+        let entry = format!(
+            "load {} {} {}",
+            request.table,
+            request.disposition.as_api(),
+            request.job_id
+        );
+        let (limit, done) = {
+            let state = self.begin("load", entry)?;
+            (
+                state.fail_load_after_bytes,
+                state.loads.get(&request.job_id).cloned(),
+            )
+        };
+        if let Some(outcome) = done {
+            return Ok(outcome);
+        }
+        let context = format!("load table {} (job {})", request.table, request.job_id);
+        let mut bytes = Vec::new();
+        while let Some(chunk) = data.recv().await {
+            bytes.extend_from_slice(&chunk);
+            if limit.is_some_and(|limit| bytes.len() as u64 > limit) {
+                return Err(WarehouseError::Injected {
+                    operation: "load".into(),
+                    retryable: true,
+                });
+            }
+        }
+        let mut state = self.lock();
+        if !state.dataset_exists {
+            return Err(not_found(&context, "dataset"));
+        }
+        let existing = state.tables.get(&request.table).cloned();
+        let mut schema = match (&existing, request.disposition) {
+            (Some((table, _)), Disposition::Append | Disposition::Empty) => table.clone(),
+            _ => WarehouseTable {
+                name: request.table.clone(),
+                ..request.schema.clone()
+            },
+        };
+        if request.allow_field_addition {
+            for field in &request.schema.fields {
+                if schema.field(&field.name).is_none() {
+                    schema.fields.push(field.clone());
+                }
+            }
+        }
+        let new_rows = parse_rows(&context, &schema, &bytes)?;
+        let output_rows = new_rows.len() as u64;
+        let rows = match (existing, request.disposition) {
+            (Some((_, rows)), Disposition::Empty) if !rows.is_empty() => {
+                return Err(WarehouseError::Job {
+                    context,
+                    job_id: request.job_id.clone(),
+                    reason: "duplicate".into(),
+                    message: "table is not empty (WRITE_EMPTY)".into(),
+                    details: Vec::new(),
+                });
+            }
+            (Some((_, mut rows)), Disposition::Append) => {
+                rows.extend(new_rows);
+                rows
+            }
+            _ => new_rows,
+        };
+        state.tables.insert(request.table.clone(), (schema, rows));
+        let outcome = LoadOutcome {
+            job_id: request.job_id.clone(),
+            output_rows,
+            bytes: bytes.len() as u64,
+        };
+        state.loads.insert(request.job_id.clone(), outcome.clone());
+        Ok(outcome)
+    }
+
+    async fn query(&self, sql: &str, _params: &[QueryParam]) -> Result<QueryRows, WarehouseError> {
+        let state = self.begin("query", format!("query {sql}"))?;
+        let words: Vec<&str> = sql.split_whitespace().collect();
+        let context = "fake query";
+        match words.as_slice() {
+            [select, count, from, table]
+                if select.eq_ignore_ascii_case("select")
+                    && count.eq_ignore_ascii_case("count(*)")
+                    && from.eq_ignore_ascii_case("from") =>
+            {
+                let name = table
+                    .trim_matches('`')
+                    .rsplit('.')
+                    .next()
+                    .unwrap_or_default();
+                let (_, rows) = state
+                    .tables
+                    .get(name)
+                    .ok_or_else(|| not_found(context, name))?;
+                Ok(QueryRows {
+                    columns: vec![super::QueryColumn {
+                        name: "f0_".into(),
+                        bq_type: Some(crate::schema::BqType::Int64),
+                        repeated: false,
+                    }],
+                    rows: vec![vec![Value::from(rows.len() as u64)]],
+                    num_dml_affected_rows: None,
+                })
+            }
+            _ => Err(WarehouseError::Invalid(format!(
+                "FakeWarehouse can't run this query: {sql}"
+            ))),
+        }
+    }
+
+    async fn merge(&self, request: &MergeRequest) -> Result<MergeOutcome, WarehouseError> {
+        let mut state = self.begin(
+            "merge",
+            format!("merge {} into {}", request.staging, request.target),
+        )?;
+        let context = format!("merge {} into {}", request.staging, request.target);
+        super::merge_statement(request, str::to_string)?;
+        let staging = state
+            .tables
+            .get(&request.staging)
+            .map(|(_, rows)| rows.clone())
+            .ok_or_else(|| not_found(&context, &request.staging))?;
+        let (_, target) = state
+            .tables
+            .get_mut(&request.target)
+            .ok_or_else(|| not_found(&context, &request.target))?;
+        let key_of = |row: &Map<String, Value>| {
+            request
+                .keys
+                .iter()
+                .map(|key| row.get(key).cloned().unwrap_or(Value::Null))
+                .collect::<Vec<_>>()
+        };
+        let mut outcome = MergeOutcome::default();
+        let mut inserted = 0;
+        let mut updated = 0;
+        for source in staging {
+            let key = key_of(&source);
+            let values: Map<String, Value> = request
+                .columns
+                .iter()
+                .map(|column| {
+                    (
+                        column.clone(),
+                        source.get(column).cloned().unwrap_or(Value::Null),
+                    )
+                })
+                .collect();
+            match target.iter_mut().find(|row| key_of(row) == key) {
+                Some(row) => {
+                    row.extend(values);
+                    updated += 1;
+                }
+                None => {
+                    target.push(values);
+                    inserted += 1;
+                }
+            }
+        }
+        outcome.affected_rows = inserted + updated;
+        outcome.inserted = Some(inserted);
+        outcome.updated = Some(updated);
+        Ok(outcome)
+    }
+
+    async fn max_value(&self, table: &str, column: &str) -> Result<Value, WarehouseError> {
+        let state = self.begin("max_value", format!("max_value {table}.{column}"))?;
+        let context = format!("max of {column} in table {table}");
+        let (_, rows) = state
+            .tables
+            .get(table)
+            .ok_or_else(|| not_found(&context, table))?;
+        Ok(rows
+            .iter()
+            .filter_map(|row| row.get(column))
+            .filter(|value| !value.is_null())
+            .max_by(|a, b| compare(a, b))
+            .cloned()
+            .unwrap_or(Value::Null))
+    }
+
+    async fn cancel_job(&self, job_id: &str) -> Result<(), WarehouseError> {
+        let _state = self.begin("cancel_job", format!("cancel_job {job_id}"))?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::schema::BqType;
+    use serde_json::json;
+
+    fn table() -> WarehouseTable {
+        WarehouseTable {
+            name: "t".into(),
+            fields: vec![
+                WarehouseField::new("id", BqType::Int64, FieldMode::Required),
+                WarehouseField::new("v", BqType::String, FieldMode::Nullable),
+            ],
+            partitioning: None,
+            clustering: Vec::new(),
+        }
+    }
+
+    async fn load(
+        fake: &FakeWarehouse,
+        table: &str,
+        disposition: Disposition,
+        job: &str,
+        body: &str,
+    ) -> Result<LoadOutcome, WarehouseError> {
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        tx.send(Bytes::from(body.to_string())).await.unwrap();
+        drop(tx);
+        let request = LoadRequest {
+            table: table.into(),
+            schema: table_named(table),
+            disposition,
+            job_id: job.into(),
+            allow_field_addition: false,
+        };
+        fake.load(&request, rx).await
+    }
+
+    fn table_named(name: &str) -> WarehouseTable {
+        WarehouseTable {
+            name: name.into(),
+            ..table()
+        }
+    }
+
+    #[tokio::test]
+    async fn loads_merges_and_logs() {
+        let fake = FakeWarehouse::new();
+        assert!(matches!(
+            fake.ensure_dataset(false).await,
+            Err(WarehouseError::DatasetMissing { .. })
+        ));
+        fake.ensure_dataset(true).await.unwrap();
+        let outcome = load(
+            &fake,
+            "t",
+            Disposition::Truncate,
+            "j1",
+            "{\"id\":1,\"v\":\"a\"}\n{\"id\":2}\n",
+        )
+        .await
+        .unwrap();
+        assert_eq!(outcome.output_rows, 2);
+        load(&fake, "t", Disposition::Append, "j2", "{\"id\":3}\n")
+            .await
+            .unwrap();
+        assert_eq!(fake.rows("t").unwrap().len(), 3);
+        // Same job id: no second append.
+        load(&fake, "t", Disposition::Append, "j2", "{\"id\":3}\n")
+            .await
+            .unwrap();
+        assert_eq!(fake.rows("t").unwrap().len(), 3);
+        // A bad row fails and leaves the table alone, even for a truncate.
+        let error = load(
+            &fake,
+            "t",
+            Disposition::Truncate,
+            "j3",
+            "{\"id\":9}\n{\"nope\":1}\n",
+        )
+        .await
+        .unwrap_err();
+        assert!(error.to_string().contains("no such field: nope"), "{error}");
+        assert_eq!(fake.rows("t").unwrap().len(), 3);
+
+        load(
+            &fake,
+            "s",
+            Disposition::Truncate,
+            "j4",
+            "{\"id\":2,\"v\":\"b\"}\n{\"id\":4,\"v\":\"d\"}\n",
+        )
+        .await
+        .unwrap();
+        let merged = fake
+            .merge(&MergeRequest {
+                staging: "s".into(),
+                target: "t".into(),
+                keys: vec!["id".into()],
+                columns: vec!["id".into(), "v".into()],
+            })
+            .await
+            .unwrap();
+        assert_eq!(
+            (merged.affected_rows, merged.inserted, merged.updated),
+            (2, Some(1), Some(1))
+        );
+        assert_eq!(fake.max_value("t", "id").await.unwrap(), json!(4));
+        assert_eq!(
+            fake.query("SELECT COUNT(*) FROM `p.d.t`", &[])
+                .await
+                .unwrap()
+                .scalar(),
+            Some(&json!(4))
+        );
+        assert_eq!(fake.count("load t"), 4);
+        assert_eq!(fake.log()[0], "ensure_dataset create=false");
+    }
+
+    #[tokio::test]
+    async fn injected_failures() {
+        let fake = FakeWarehouse::with_dataset();
+        fake.fail_next("create_table", true);
+        let error = fake.create_table(&table()).await.unwrap_err();
+        assert!(error.retryable());
+        fake.create_table(&table()).await.unwrap();
+        assert!(
+            fake.create_table(&table())
+                .await
+                .unwrap_err()
+                .is_duplicate()
+        );
+        fake.fail_load_after_bytes(Some(5));
+        assert!(
+            load(&fake, "t", Disposition::Truncate, "j", "{\"id\":1}\n")
+                .await
+                .is_err()
+        );
+        fake.alter_table(
+            "t",
+            &[
+                AlterColumn::Add(WarehouseField::new("x", BqType::Int64, FieldMode::Nullable)),
+                AlterColumn::DropNotNull("id".into()),
+            ],
+        )
+        .await
+        .unwrap();
+        let got = fake.get_table("t").await.unwrap().unwrap();
+        assert_eq!(got.table.fields.len(), 3);
+        assert_eq!(got.table.fields[0].mode, FieldMode::Nullable);
+    }
+}

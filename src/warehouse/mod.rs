@@ -1,0 +1,619 @@
+//! The BigQuery side of a sync: one small trait ([`Warehouse`]) that the apply executor talks to,
+//! a REST implementation ([`BigQuery`]) and an in-memory one for tests ([`FakeWarehouse`]).
+//!
+//! Errors ([`WarehouseError`]) always name the dataset object (table, job) and carry BigQuery's
+//! `reason` and `message`; they never contain access tokens or upload session URLs.
+//!
+//! # Behaviour worth knowing
+//!
+//! - Every call retries 429, 5xx, transport errors and the reasons `rateLimitExceeded`,
+//!   `backendError`, `internalError` ([`RetryPolicy`]: 6 attempts, exponential backoff with
+//!   jitter, `Retry-After` honoured). `jobs.query` carries a `requestId`, so a retried DML
+//!   statement runs once.
+//! - `load` is idempotent per client job ID: an outcome is remembered in-process, an existing job
+//!   (jobs.get, or a 409 on the upload) is awaited instead of loading again.
+//! - An empty load sends no upload (a resumable upload can't be empty): a missing table is
+//!   created with the request's schema, `Truncate` runs `TRUNCATE TABLE` (the existing schema is
+//!   kept, unlike a real `WRITE_TRUNCATE` load), `Append`/`Empty` do nothing.
+//! - Query errors that arrive inside an HTTP 200 (`errors`) and job errors (`status.errorResult`)
+//!   are errors.
+//!
+//! # Emulator (bqemulator 1.4) quirks handled or tolerated
+//!
+//! - The upload endpoint ignores the client's job ID (the job gets `bqemu_…`; jobs.get on our ID
+//!   is 404, a reused ID is never 409): [`LoadOutcome::job_id`] is the server's ID, and
+//!   idempotency across processes only holds on real BigQuery.
+//! - `outputRows` is the table's total row count after the load, not the rows loaded.
+//! - `WRITE_TRUNCATE` is `DELETE` + `COPY`: a failed truncating load leaves the table empty, and
+//!   the existing schema is kept. `WRITE_APPEND` with a bad row is atomic.
+//! - `ALTER TABLE` changes the stored table only; `alter_table` then patches the catalog schema
+//!   when tables.get disagrees (never on real BigQuery, where DDL updates both).
+//! - A bare `NUMERIC` in DDL becomes DECIMAL(18,3): with an endpoint configured, DDL writes
+//!   `NUMERIC(38, 9)`. Bare decimal literals in SQL go through DOUBLE (use `NUMERIC '…'`).
+//! - BIGNUMERIC can't be created (HTTP 500), precision/scale/maxLength are dropped, JSON and
+//!   GEOGRAPHY columns made by DDL read back as STRING/BYTES, BYTES in NDJSON are not
+//!   base64-decoded. None of this can be fixed client-side.
+//! - The emulator sends no `dmlStats`, so [`MergeOutcome`] has only `affected_rows` there.
+
+mod bigquery;
+mod fake;
+mod model;
+mod retry;
+mod upload;
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc::Receiver;
+
+pub use bigquery::BigQuery;
+pub use fake::{FakeWarehouse, InjectedFailure};
+pub use retry::RetryPolicy;
+pub use upload::{CHUNK_GRANULARITY, DEFAULT_CHUNK_SIZE, content_range, next_offset_from_range};
+
+use crate::schema::{BqType, WarehouseField, WarehouseTable};
+
+/// A table as it exists in the dataset.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExistingTable {
+    /// Its schema, partitioning and clustering.
+    pub table: WarehouseTable,
+    /// Row count from the table metadata (stale after DML on the emulator).
+    pub num_rows: Option<u64>,
+    /// Metadata etag.
+    pub etag: Option<String>,
+    /// Last modification, milliseconds since the epoch as BigQuery sends it.
+    pub last_modified: Option<String>,
+}
+
+/// What a load does with the rows already in the table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Disposition {
+    /// Replace the table's rows (`WRITE_TRUNCATE`).
+    Truncate,
+    /// Add to the table's rows (`WRITE_APPEND`).
+    Append,
+    /// Only load into an empty table (`WRITE_EMPTY`).
+    Empty,
+}
+
+impl Disposition {
+    /// The API name.
+    pub fn as_api(self) -> &'static str {
+        match self {
+            Self::Truncate => "WRITE_TRUNCATE",
+            Self::Append => "WRITE_APPEND",
+            Self::Empty => "WRITE_EMPTY",
+        }
+    }
+}
+
+/// One load job.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoadRequest {
+    /// Target table name in the dataset.
+    pub table: String,
+    /// Schema of the data (and of the table when the load creates it).
+    pub schema: WarehouseTable,
+    /// Truncate, append or require empty.
+    pub disposition: Disposition,
+    /// Client-chosen, deterministic job ID (letters, digits, `_`, `-`; at most 1024 chars).
+    /// The same ID never loads twice; to retry a load whose job *failed* (even with a retryable
+    /// reason), use a new ID (e.g. with an attempt suffix), since BigQuery keeps the failed job.
+    pub job_id: String,
+    /// Let an append add new NULLABLE/REPEATED columns (`ALLOW_FIELD_ADDITION`).
+    pub allow_field_addition: bool,
+}
+
+/// The result of a finished load job.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoadOutcome {
+    /// The job ID as the server reports it (the emulator replaces the client's ID).
+    pub job_id: String,
+    /// `statistics.load.outputRows`. Real BigQuery: rows written by this job. The emulator
+    /// reports the table's total row count after the load.
+    pub output_rows: u64,
+    /// Bytes uploaded.
+    pub bytes: u64,
+}
+
+/// One in-place schema change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AlterColumn {
+    /// `ADD COLUMN` (NULLABLE or REPEATED only; BigQuery refuses REQUIRED).
+    Add(WarehouseField),
+    /// `ALTER COLUMN c DROP NOT NULL`.
+    DropNotNull(String),
+    /// `ALTER COLUMN c SET DATA TYPE t` (coercible widenings only).
+    SetType(WarehouseField),
+}
+
+/// A named query parameter (`@name` in the SQL).
+#[derive(Debug, Clone, PartialEq)]
+pub struct QueryParam {
+    /// Name without `@`.
+    pub name: String,
+    /// Scalar type.
+    pub bq_type: BqType,
+    /// The value in BigQuery's text form (`"42"`, `"2024-01-02 03:04:05.123456+00:00"`), or
+    /// `None` for NULL.
+    pub value: Option<String>,
+}
+
+impl QueryParam {
+    /// A parameter.
+    pub fn new(name: impl Into<String>, bq_type: BqType, value: Option<String>) -> Self {
+        Self {
+            name: name.into(),
+            bq_type,
+            value,
+        }
+    }
+}
+
+/// A result column.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueryColumn {
+    /// Name.
+    pub name: String,
+    /// Type, `None` when BigQuery reports a type we don't model (RECORD, RANGE).
+    pub bq_type: Option<BqType>,
+    /// Whether the column is an array.
+    pub repeated: bool,
+}
+
+/// The rows of a finished query.
+///
+/// Cell decoding: NULL → `null`; INT64 → number; FLOAT64 → number (NaN/±Infinity stay
+/// strings); BOOL → bool; TIMESTAMP → number of microseconds since the epoch; NUMERIC,
+/// BIGNUMERIC, JSON, DATE, TIME, DATETIME, BYTES (base64), GEOGRAPHY → string as sent;
+/// REPEATED → array; RECORD → object.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct QueryRows {
+    /// Columns.
+    pub columns: Vec<QueryColumn>,
+    /// Rows, one value per column.
+    pub rows: Vec<Vec<serde_json::Value>>,
+    /// `numDmlAffectedRows` for DML.
+    pub num_dml_affected_rows: Option<u64>,
+}
+
+impl QueryRows {
+    /// The single cell of a one-row, one-column result.
+    pub fn scalar(&self) -> Option<&serde_json::Value> {
+        self.rows.first().and_then(|row| row.first())
+    }
+}
+
+/// An upsert from a staging table into a target table of the same dataset.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MergeRequest {
+    /// Staging table (source of the MERGE).
+    pub staging: String,
+    /// Target table.
+    pub target: String,
+    /// Key columns (matched with `=`; keys must not be NULL).
+    pub keys: Vec<String>,
+    /// All columns to write, keys included.
+    pub columns: Vec<String>,
+}
+
+/// The result of a MERGE.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct MergeOutcome {
+    /// Rows inserted plus rows updated.
+    pub affected_rows: u64,
+    /// Rows inserted, when the server reports `dmlStats` (the emulator doesn't).
+    pub inserted: Option<u64>,
+    /// Rows updated, when the server reports `dmlStats` (the emulator doesn't).
+    pub updated: Option<u64>,
+}
+
+/// What went wrong talking to the warehouse.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum WarehouseError {
+    /// BigQuery answered with an error (HTTP status, or `errors` in a 200 response).
+    #[error("{context}: BigQuery error (HTTP {status}, reason {reason}): {message}")]
+    Api {
+        /// The operation and object, e.g. `get table sync.orders`.
+        context: String,
+        /// HTTP status (200 when the error came inside a successful response).
+        status: u16,
+        /// BigQuery `reason`, e.g. `notFound`, `invalid`, `rateLimitExceeded`.
+        reason: String,
+        /// BigQuery message.
+        message: String,
+    },
+    /// A job finished with `status.errorResult`.
+    #[error("{context}: job {job_id} failed (reason {reason}): {message}{}", details_suffix(.details))]
+    Job {
+        /// The operation and object.
+        context: String,
+        /// Job ID.
+        job_id: String,
+        /// `errorResult.reason`.
+        reason: String,
+        /// `errorResult.message`.
+        message: String,
+        /// Further messages from `status.errors` (at most a few).
+        details: Vec<String>,
+    },
+    /// Could not reach BigQuery (connection refused, reset, timeout).
+    #[error("{context}: cannot reach BigQuery: {message}")]
+    Transport {
+        /// The operation and object.
+        context: String,
+        /// What failed (no URLs with query strings, no headers).
+        message: String,
+    },
+    /// BigQuery sent something we can't understand.
+    #[error("{context}: unexpected response from BigQuery: {message}")]
+    Protocol {
+        /// The operation and object.
+        context: String,
+        /// What was wrong.
+        message: String,
+    },
+    /// The dataset does not exist and may not be created.
+    #[error(
+        "dataset {project}.{dataset} does not exist (set bigquery.create_dataset to create it)"
+    )]
+    DatasetMissing {
+        /// Project.
+        project: String,
+        /// Dataset.
+        dataset: String,
+    },
+    /// Getting an access token failed.
+    #[error("BigQuery authentication failed: {0}")]
+    Auth(String),
+    /// The request itself is invalid (caught before calling BigQuery).
+    #[error("{0}")]
+    Invalid(String),
+    /// A failure injected by [`FakeWarehouse`].
+    #[error("injected failure in {operation} (retryable: {retryable})")]
+    Injected {
+        /// The operation that failed.
+        operation: String,
+        /// Whether [`WarehouseError::retryable`] says true.
+        retryable: bool,
+    },
+}
+
+fn details_suffix(details: &[String]) -> String {
+    if details.is_empty() {
+        String::new()
+    } else {
+        format!(" ({})", details.join("; "))
+    }
+}
+
+/// BigQuery error reasons that are worth retrying.
+pub(crate) const RETRYABLE_REASONS: &[&str] =
+    &["rateLimitExceeded", "backendError", "internalError"];
+
+impl WarehouseError {
+    /// Whether retrying may succeed. For a failed load job ([`WarehouseError::Job`]) the retry
+    /// needs a new job ID.
+    pub fn retryable(&self) -> bool {
+        match self {
+            Self::Api { status, reason, .. } => {
+                *status == 429 || *status >= 500 || RETRYABLE_REASONS.contains(&reason.as_str())
+            }
+            Self::Job { reason, .. } => RETRYABLE_REASONS.contains(&reason.as_str()),
+            Self::Transport { .. } => true,
+            Self::Injected { retryable, .. } => *retryable,
+            Self::Protocol { .. }
+            | Self::DatasetMissing { .. }
+            | Self::Auth(_)
+            | Self::Invalid(_) => false,
+        }
+    }
+
+    /// The HTTP status of an API error.
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            Self::Api { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+
+    /// The BigQuery reason of an API or job error.
+    pub fn reason(&self) -> Option<&str> {
+        match self {
+            Self::Api { reason, .. } | Self::Job { reason, .. } => Some(reason),
+            _ => None,
+        }
+    }
+
+    /// Whether this is a "not found" answer.
+    pub fn is_not_found(&self) -> bool {
+        self.status() == Some(404) || self.reason() == Some("notFound")
+    }
+
+    /// Whether this is an "already exists" answer.
+    pub fn is_duplicate(&self) -> bool {
+        self.status() == Some(409) || self.reason() == Some("duplicate")
+    }
+}
+
+/// The warehouse operations the apply executor needs. Table names are plain names inside the
+/// configured dataset.
+#[async_trait]
+pub trait Warehouse: Send + Sync {
+    /// Checks that the dataset exists; creates it when missing and `create` is true, otherwise
+    /// fails with [`WarehouseError::DatasetMissing`].
+    async fn ensure_dataset(&self, create: bool) -> Result<(), WarehouseError>;
+
+    /// The table, or `None` when it does not exist.
+    async fn get_table(&self, name: &str) -> Result<Option<ExistingTable>, WarehouseError>;
+
+    /// Creates a table (fails if it exists).
+    async fn create_table(&self, table: &WarehouseTable) -> Result<(), WarehouseError>;
+
+    /// Applies in-place schema changes, one DDL statement per change, in order.
+    async fn alter_table(&self, name: &str, changes: &[AlterColumn]) -> Result<(), WarehouseError>;
+
+    /// Drops a table if it exists.
+    async fn drop_table(&self, name: &str) -> Result<(), WarehouseError>;
+
+    /// Runs one load job fed with NDJSON chunks (each chunk holds whole lines).
+    async fn load(
+        &self,
+        request: &LoadRequest,
+        data: Receiver<Bytes>,
+    ) -> Result<LoadOutcome, WarehouseError>;
+
+    /// Runs a standard-SQL query with named parameters and returns all rows.
+    async fn query(&self, sql: &str, params: &[QueryParam]) -> Result<QueryRows, WarehouseError>;
+
+    /// Upserts `staging` into `target` on `keys`.
+    async fn merge(&self, request: &MergeRequest) -> Result<MergeOutcome, WarehouseError>;
+
+    /// `MAX(column)` over a table (`null` for an empty table), decoded like [`QueryRows`].
+    async fn max_value(
+        &self,
+        table: &str,
+        column: &str,
+    ) -> Result<serde_json::Value, WarehouseError>;
+
+    /// Asks BigQuery to cancel a job (best effort; finished jobs are left alone).
+    async fn cancel_job(&self, job_id: &str) -> Result<(), WarehouseError>;
+}
+
+/// Quotes an identifier with backticks (backticks and backslashes inside are escaped).
+pub fn quote_ident(name: &str) -> String {
+    let mut out = String::with_capacity(name.len() + 2);
+    out.push('`');
+    for c in name.chars() {
+        match c {
+            '`' => out.push_str("\\`"),
+            '\\' => out.push_str("\\\\"),
+            _ => out.push(c),
+        }
+    }
+    out.push('`');
+    out
+}
+
+/// Quotes a string literal for standard SQL (`'…'` with escapes), for the rare places where a
+/// parameter can't be used.
+pub fn quote_string(value: &str) -> String {
+    let mut out = String::with_capacity(value.len() + 2);
+    out.push('\'');
+    for c in value.chars() {
+        match c {
+            '\'' => out.push_str("\\'"),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            _ => out.push(c),
+        }
+    }
+    out.push('\'');
+    out
+}
+
+/// The DDL type of a field: `ARRAY<…>` for REPEATED, parameters included. With
+/// `explicit_numeric` a bare NUMERIC is written `NUMERIC(38, 9)` (the emulator turns a bare
+/// NUMERIC in DDL into a lossy DECIMAL(18,3)).
+pub fn ddl_type(field: &WarehouseField, explicit_numeric: bool) -> String {
+    let base = if explicit_numeric && field.bq_type == BqType::Numeric && field.precision.is_none()
+    {
+        "NUMERIC(38, 9)".to_string()
+    } else {
+        field.type_text()
+    };
+    if field.mode == crate::schema::FieldMode::Repeated {
+        format!("ARRAY<{base}>")
+    } else {
+        base
+    }
+}
+
+/// The DDL statement for one change on the fully qualified, already quoted `table`.
+pub fn alter_statement(table: &str, change: &AlterColumn, explicit_numeric: bool) -> String {
+    match change {
+        AlterColumn::Add(field) => {
+            format!(
+                "ALTER TABLE {table} ADD COLUMN {} {}",
+                quote_ident(&field.name),
+                ddl_type(field, explicit_numeric)
+            )
+        }
+        AlterColumn::DropNotNull(column) => {
+            format!(
+                "ALTER TABLE {table} ALTER COLUMN {} DROP NOT NULL",
+                quote_ident(column)
+            )
+        }
+        AlterColumn::SetType(field) => format!(
+            "ALTER TABLE {table} ALTER COLUMN {} SET DATA TYPE {}",
+            quote_ident(&field.name),
+            ddl_type(field, explicit_numeric)
+        ),
+    }
+}
+
+/// The MERGE statement for `request`; `qualify` turns a table name into a quoted full name.
+pub fn merge_statement(
+    request: &MergeRequest,
+    qualify: impl Fn(&str) -> String,
+) -> Result<String, WarehouseError> {
+    if request.keys.is_empty() {
+        return Err(WarehouseError::Invalid(format!(
+            "merge {} into {}: no key columns",
+            request.staging, request.target
+        )));
+    }
+    for key in &request.keys {
+        if !request
+            .columns
+            .iter()
+            .any(|column| column.eq_ignore_ascii_case(key))
+        {
+            return Err(WarehouseError::Invalid(format!(
+                "merge {} into {}: key column {key} is not among the columns",
+                request.staging, request.target
+            )));
+        }
+    }
+    let on = request
+        .keys
+        .iter()
+        .map(|key| format!("T.{0} = S.{0}", quote_ident(key)))
+        .collect::<Vec<_>>()
+        .join(" AND ");
+    let updates = request
+        .columns
+        .iter()
+        .filter(|column| {
+            !request
+                .keys
+                .iter()
+                .any(|key| key.eq_ignore_ascii_case(column))
+        })
+        .map(|column| format!("{0} = S.{0}", quote_ident(column)))
+        .collect::<Vec<_>>();
+    let columns = request
+        .columns
+        .iter()
+        .map(|column| quote_ident(column))
+        .collect::<Vec<_>>();
+    let values = request
+        .columns
+        .iter()
+        .map(|column| format!("S.{}", quote_ident(column)))
+        .collect::<Vec<_>>();
+    let mut sql = format!(
+        "MERGE {} T USING {} S ON {on}",
+        qualify(&request.target),
+        qualify(&request.staging)
+    );
+    if !updates.is_empty() {
+        sql.push_str(&format!(
+            " WHEN MATCHED THEN UPDATE SET {}",
+            updates.join(", ")
+        ));
+    }
+    sql.push_str(&format!(
+        " WHEN NOT MATCHED THEN INSERT ({}) VALUES ({})",
+        columns.join(", "),
+        values.join(", ")
+    ));
+    Ok(sql)
+}
+
+/// How long to wait between job polls: 0.2 s doubling to 5 s.
+pub(crate) fn poll_delay(attempt: u32) -> Duration {
+    Duration::from_millis((200u64 << attempt.min(5)).min(5_000))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::schema::FieldMode;
+
+    #[test]
+    fn quoting() {
+        assert_eq!(quote_ident("a`b"), "`a\\`b`");
+        assert_eq!(quote_string("it's\\"), "'it\\'s\\\\'");
+    }
+
+    #[test]
+    fn alter_statements() {
+        let mut numeric = WarehouseField::new("n", BqType::Numeric, FieldMode::Nullable);
+        let add = AlterColumn::Add(numeric.clone());
+        assert_eq!(
+            alter_statement("`p.d.t`", &add, false),
+            "ALTER TABLE `p.d.t` ADD COLUMN `n` NUMERIC"
+        );
+        assert_eq!(
+            alter_statement("`p.d.t`", &add, true),
+            "ALTER TABLE `p.d.t` ADD COLUMN `n` NUMERIC(38, 9)"
+        );
+        numeric.precision = Some(20);
+        numeric.scale = Some(2);
+        assert_eq!(
+            alter_statement("`p.d.t`", &AlterColumn::SetType(numeric), true),
+            "ALTER TABLE `p.d.t` ALTER COLUMN `n` SET DATA TYPE NUMERIC(20, 2)"
+        );
+        let tags = WarehouseField::new("tags", BqType::String, FieldMode::Repeated);
+        assert_eq!(
+            alter_statement("`t`", &AlterColumn::Add(tags), false),
+            "ALTER TABLE `t` ADD COLUMN `tags` ARRAY<STRING>"
+        );
+        assert_eq!(
+            alter_statement("`t`", &AlterColumn::DropNotNull("id".into()), false),
+            "ALTER TABLE `t` ALTER COLUMN `id` DROP NOT NULL"
+        );
+    }
+
+    #[test]
+    fn merge_sql() {
+        let request = MergeRequest {
+            staging: "stg".into(),
+            target: "tgt".into(),
+            keys: vec!["id".into()],
+            columns: vec!["id".into(), "v".into()],
+        };
+        let sql = merge_statement(&request, |name| format!("`p.d.{name}`")).unwrap();
+        assert_eq!(
+            sql,
+            "MERGE `p.d.tgt` T USING `p.d.stg` S ON T.`id` = S.`id` WHEN MATCHED THEN UPDATE SET `v` = S.`v` \
+             WHEN NOT MATCHED THEN INSERT (`id`, `v`) VALUES (S.`id`, S.`v`)"
+        );
+        let keys_only = MergeRequest {
+            columns: vec!["id".into()],
+            ..request.clone()
+        };
+        assert!(
+            !merge_statement(&keys_only, |name| name.to_string())
+                .unwrap()
+                .contains("WHEN MATCHED")
+        );
+        let no_keys = MergeRequest {
+            keys: vec![],
+            ..request
+        };
+        assert!(merge_statement(&no_keys, |name| name.to_string()).is_err());
+    }
+
+    #[test]
+    fn retryable_errors() {
+        let api = |status, reason: &str| WarehouseError::Api {
+            context: "x".into(),
+            status,
+            reason: reason.into(),
+            message: "m".into(),
+        };
+        assert!(api(429, "rateLimitExceeded").retryable());
+        assert!(api(503, "backendError").retryable());
+        assert!(api(403, "rateLimitExceeded").retryable());
+        assert!(!api(400, "invalid").retryable());
+        assert!(!api(404, "notFound").retryable());
+        assert!(api(404, "notFound").is_not_found());
+    }
+}

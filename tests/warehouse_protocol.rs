@@ -1,0 +1,560 @@
+//! Protocol tests of `warehouse::BigQuery` against a tiny local HTTP server with canned answers:
+//! retries, resumable-upload chunking and recovery, duplicate job IDs, job errors.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use datasync::manifest::resolve::BigQuerySpec;
+use datasync::schema::{BqType, FieldMode, WarehouseField, WarehouseTable};
+use datasync::warehouse::{
+    BigQuery, CHUNK_GRANULARITY, Disposition, LoadRequest, RetryPolicy, Warehouse, WarehouseError,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+
+/// One request as the server saw it.
+#[derive(Debug, Clone)]
+struct Seen {
+    method: String,
+    target: String,
+    headers: HashMap<String, String>,
+    body: Vec<u8>,
+}
+
+impl Seen {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).map(String::as_str)
+    }
+}
+
+struct Canned {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: String,
+}
+
+fn canned(status: u16, body: &str) -> Canned {
+    Canned {
+        status,
+        headers: Vec::new(),
+        body: body.into(),
+    }
+}
+
+type Handler = Arc<dyn Fn(&Seen, &str) -> Canned + Send + Sync>;
+
+/// Starts a server; returns its base URL and the requests it saw.
+async fn serve(handler: Handler) -> (String, Arc<Mutex<Vec<Seen>>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let (seen_task, base_task) = (seen.clone(), base.clone());
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(connection(
+                stream,
+                handler.clone(),
+                seen_task.clone(),
+                base_task.clone(),
+            ));
+        }
+    });
+    (base, seen)
+}
+
+async fn connection(
+    mut stream: TcpStream,
+    handler: Handler,
+    seen: Arc<Mutex<Vec<Seen>>>,
+    base: String,
+) {
+    let mut buffer = Vec::new();
+    loop {
+        let header_end = loop {
+            if let Some(position) = buffer.windows(4).position(|window| window == b"\r\n\r\n") {
+                break position;
+            }
+            let mut chunk = [0u8; 65536];
+            match stream.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(read) => buffer.extend_from_slice(&chunk[..read]),
+            }
+        };
+        let head = String::from_utf8_lossy(&buffer[..header_end]).to_string();
+        let mut lines = head.split("\r\n");
+        let mut request_line = lines.next().unwrap_or_default().split(' ');
+        let method = request_line.next().unwrap_or_default().to_string();
+        let target = request_line.next().unwrap_or_default().to_string();
+        let headers: HashMap<String, String> = lines
+            .filter_map(|line| line.split_once(':'))
+            .map(|(name, value)| (name.trim().to_ascii_lowercase(), value.trim().to_string()))
+            .collect();
+        let length: usize = headers
+            .get("content-length")
+            .and_then(|value| value.parse().ok())
+            .unwrap_or(0);
+        buffer.drain(..header_end + 4);
+        while buffer.len() < length {
+            let mut chunk = [0u8; 65536];
+            match stream.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(read) => buffer.extend_from_slice(&chunk[..read]),
+            }
+        }
+        let body: Vec<u8> = buffer.drain(..length).collect();
+        let request = Seen {
+            method,
+            target,
+            headers,
+            body,
+        };
+        let answer = handler(&request, &base);
+        seen.lock().unwrap().push(request);
+        let mut response = format!(
+            "HTTP/1.1 {} Canned\r\nContent-Length: {}\r\n",
+            answer.status,
+            answer.body.len()
+        );
+        for (name, value) in &answer.headers {
+            response.push_str(&format!("{name}: {value}\r\n"));
+        }
+        response.push_str("Content-Type: application/json\r\n\r\n");
+        response.push_str(&answer.body);
+        if stream.write_all(response.as_bytes()).await.is_err() {
+            return;
+        }
+    }
+}
+
+fn client(base: &str) -> BigQuery {
+    let spec = BigQuerySpec {
+        project: "p".into(),
+        dataset: "d".into(),
+        location: "US".into(),
+        endpoint: Some(base.into()),
+        credentials: None,
+        create_dataset: false,
+    };
+    BigQuery::new(&spec)
+        .unwrap()
+        .with_retry_policy(RetryPolicy {
+            max_attempts: 4,
+            base_delay: Duration::from_millis(1),
+            max_delay: Duration::from_millis(5),
+        })
+}
+
+fn load_request(job_id: &str) -> LoadRequest {
+    LoadRequest {
+        table: "t".into(),
+        schema: WarehouseTable {
+            name: "t".into(),
+            fields: vec![WarehouseField::new(
+                "id",
+                BqType::Int64,
+                FieldMode::Required,
+            )],
+            partitioning: None,
+            clustering: Vec::new(),
+        },
+        disposition: Disposition::Truncate,
+        job_id: job_id.into(),
+        allow_field_addition: false,
+    }
+}
+
+fn feed(data: Vec<u8>, piece: usize) -> mpsc::Receiver<Bytes> {
+    let (tx, rx) = mpsc::channel(2);
+    tokio::spawn(async move {
+        for chunk in data.chunks(piece) {
+            if tx.send(Bytes::copy_from_slice(chunk)).await.is_err() {
+                return;
+            }
+        }
+    });
+    rx
+}
+
+const NOT_FOUND: &str = r#"{"error":{"code":404,"message":"Not found: Job p:x","errors":[{"reason":"notFound","message":"Not found"}]}}"#;
+
+#[tokio::test]
+async fn retries_transient_errors_with_retry_after() {
+    let calls = Arc::new(Mutex::new(0));
+    let counter = calls.clone();
+    let (base, seen) = serve(Arc::new(move |_, _| {
+        let mut calls = counter.lock().unwrap();
+        *calls += 1;
+        match *calls {
+            1 => canned(503, r#"{"error":{"code":503,"message":"try later","errors":[{"reason":"backendError"}]}}"#),
+            2 => Canned {
+                status: 429,
+                headers: vec![("Retry-After".into(), "0".into())],
+                body: r#"{"error":{"code":429,"message":"slow down","errors":[{"reason":"rateLimitExceeded"}]}}"#.into(),
+            },
+            3 => canned(403, r#"{"error":{"code":403,"message":"quota","errors":[{"reason":"rateLimitExceeded"}]}}"#),
+            _ => canned(200, r#"{"datasetReference":{"projectId":"p","datasetId":"d"}}"#),
+        }
+    }))
+    .await;
+    client(&base).ensure_dataset(false).await.unwrap();
+    let seen = seen.lock().unwrap();
+    assert_eq!(seen.len(), 4);
+    assert!(
+        seen.iter()
+            .all(|request| request.target == "/bigquery/v2/projects/p/datasets/d")
+    );
+    assert!(
+        seen.iter()
+            .all(|request| request.header("authorization") == Some("Bearer emulator-dummy-token"))
+    );
+}
+
+#[tokio::test]
+async fn gives_up_after_max_attempts_and_does_not_retry_client_errors() {
+    let (base, seen) = serve(Arc::new(|request, _| {
+        if request.target.contains("/tables/") {
+            canned(500, r#"{"error":{"code":500,"message":"boom","errors":[{"reason":"internalError"}]}}"#)
+        } else {
+            canned(400, r#"{"error":{"code":400,"message":"Invalid dataset name","errors":[{"reason":"invalid"}]}}"#)
+        }
+    }))
+    .await;
+    let bq = client(&base);
+    let error = bq.get_table("orders").await.unwrap_err();
+    assert!(error.retryable());
+    assert_eq!(
+        error.to_string(),
+        "get table d.orders: BigQuery error (HTTP 500, reason internalError): boom"
+    );
+    assert_eq!(seen.lock().unwrap().len(), 4);
+    let error = bq.ensure_dataset(false).await.unwrap_err();
+    assert!(!error.retryable());
+    assert!(error.to_string().contains("reason invalid"), "{error}");
+    assert_eq!(seen.lock().unwrap().len(), 5);
+}
+
+#[tokio::test]
+async fn bad_responses_are_errors_not_panics() {
+    let (base, _) = serve(Arc::new(|request, _| {
+        if request.target.contains("/tables/") {
+            canned(200, "this is not json")
+        } else {
+            canned(200, r#"{"jobComplete":true,"schema":{"fields":[{"name":"x","type":"INTEGER"}]},"rows":[{"f":[{"v":"1"}]},{"f":[]},{}]}"#)
+        }
+    }))
+    .await;
+    let bq = client(&base);
+    let error = bq.get_table("t").await.unwrap_err();
+    assert!(matches!(error, WarehouseError::Protocol { .. }), "{error}");
+    assert!(error.to_string().contains("get table d.t"), "{error}");
+    let rows = bq.query("SELECT 1", &[]).await.unwrap();
+    assert_eq!(rows.rows.len(), 3);
+}
+
+/// A resumable-upload server: accepts only half of the second chunk, fails the third PUT with
+/// 503 once (the client then probes with `bytes */*`), finishes with a RUNNING job that jobs.get
+/// reports DONE on the second poll.
+#[tokio::test]
+async fn resumable_upload_chunks_resends_and_recovers() {
+    #[derive(Default)]
+    struct Upload {
+        data: Vec<u8>,
+        puts: usize,
+        job_gets: usize,
+    }
+    let state = Arc::new(Mutex::new(Upload::default()));
+    let server_state = state.clone();
+    let (base, seen) = serve(Arc::new(move |request, base| {
+        let mut state = server_state.lock().unwrap();
+        let path = request.target.split('?').next().unwrap_or_default();
+        match (request.method.as_str(), path) {
+            ("GET", "/bigquery/v2/projects/p/jobs/job_1") => canned(404, NOT_FOUND),
+            ("POST", "/upload/bigquery/v2/projects/p/jobs") => Canned {
+                status: 200,
+                headers: vec![("Location".into(), format!("{base}/upload/session?upload_id=secret"))],
+                body: String::new(),
+            },
+            ("PUT", "/upload/session") => {
+                state.puts += 1;
+                let range = request.header("content-range").unwrap_or_default().to_string();
+                let spec = range.strip_prefix("bytes ").unwrap();
+                let (span, total) = spec.split_once('/').unwrap();
+                let committed = |state: &Upload| {
+                    if state.data.is_empty() {
+                        Canned { status: 308, headers: Vec::new(), body: String::new() }
+                    } else {
+                        Canned {
+                            status: 308,
+                            headers: vec![("Range".into(), format!("bytes=0-{}", state.data.len() - 1))],
+                            body: String::new(),
+                        }
+                    }
+                };
+                if span == "*" {
+                    return committed(&state);
+                }
+                if state.puts == 3 {
+                    return canned(503, r#"{"error":{"code":503,"message":"flaky","errors":[{"reason":"backendError"}]}}"#);
+                }
+                let start: usize = span.split_once('-').unwrap().0.parse().unwrap();
+                assert_eq!(start, state.data.len(), "chunk must start at the committed offset");
+                let keep = if state.puts == 2 { request.body.len() / 2 } else { request.body.len() };
+                state.data.extend_from_slice(&request.body[..keep]);
+                if total == "*" {
+                    assert_eq!(request.body.len() % CHUNK_GRANULARITY, 0, "non-final chunks are 256 KiB multiples");
+                    committed(&state)
+                } else {
+                    assert_eq!(total.parse::<usize>().unwrap(), state.data.len());
+                    canned(200, r#"{"jobReference":{"projectId":"p","jobId":"srv_1","location":"US"},"status":{"state":"RUNNING"}}"#)
+                }
+            }
+            ("GET", "/bigquery/v2/projects/p/jobs/srv_1") => {
+                state.job_gets += 1;
+                if state.job_gets < 2 {
+                    canned(200, r#"{"jobReference":{"jobId":"srv_1"},"status":{"state":"RUNNING"}}"#)
+                } else {
+                    canned(
+                        200,
+                        r#"{"jobReference":{"jobId":"srv_1"},"status":{"state":"DONE"},"statistics":{"load":{"outputRows":"4242"}}}"#,
+                    )
+                }
+            }
+            _ => canned(500, "unexpected request"),
+        }
+    }))
+    .await;
+
+    let input: Vec<u8> = (0..3 * CHUNK_GRANULARITY + 1000)
+        .map(|index| (index % 251) as u8)
+        .collect();
+    let bq = client(&base).with_chunk_size(CHUNK_GRANULARITY).unwrap();
+    let outcome = bq
+        .load(&load_request("job_1"), feed(input.clone(), 100_000))
+        .await
+        .unwrap();
+    assert_eq!(outcome.job_id, "srv_1");
+    assert_eq!(outcome.output_rows, 4242);
+    assert_eq!(outcome.bytes, input.len() as u64);
+    assert_eq!(state.lock().unwrap().data, input);
+
+    let seen = seen.lock().unwrap();
+    let init = seen
+        .iter()
+        .find(|request| request.method == "POST")
+        .unwrap();
+    let job: serde_json::Value = serde_json::from_slice(&init.body).unwrap();
+    assert_eq!(job["jobReference"]["jobId"], "job_1");
+    assert_eq!(
+        job["configuration"]["load"]["writeDisposition"],
+        "WRITE_TRUNCATE"
+    );
+    assert_eq!(
+        job["configuration"]["load"]["sourceFormat"],
+        "NEWLINE_DELIMITED_JSON"
+    );
+    assert_eq!(
+        job["configuration"]["load"]["schema"]["fields"][0]["mode"],
+        "REQUIRED"
+    );
+    let ranges: Vec<&str> = seen
+        .iter()
+        .filter(|request| request.method == "PUT")
+        .map(|request| request.header("content-range").unwrap())
+        .collect();
+    let c = CHUNK_GRANULARITY;
+    let half = c / 2;
+    let total = input.len();
+    assert_eq!(
+        ranges,
+        vec![
+            format!("bytes 0-{}/*", c - 1),
+            // the server kept half of this one …
+            format!("bytes {c}-{}/*", 2 * c - 1),
+            // … so the next starts there; this PUT gets a 503 …
+            format!("bytes {}-{}/*", c + half, 2 * c + half - 1),
+            // … so the client asks for the status and resends.
+            "bytes */*".to_string(),
+            format!("bytes {}-{}/*", c + half, 2 * c + half - 1),
+            // the rest (less than a chunk) is the final PUT, with the total
+            format!("bytes {}-{}/{total}", 2 * c + half, total - 1),
+        ]
+    );
+}
+
+#[tokio::test]
+async fn duplicate_job_id_fetches_the_existing_job() {
+    let gets = Arc::new(Mutex::new(0));
+    let counter = gets.clone();
+    let (base, seen) = serve(Arc::new(move |request, _| {
+        let path = request.target.split('?').next().unwrap_or_default().to_string();
+        match (request.method.as_str(), path.as_str()) {
+            ("GET", "/bigquery/v2/projects/p/jobs/dup_1") => {
+                let mut gets = counter.lock().unwrap();
+                *gets += 1;
+                if *gets == 1 {
+                    canned(404, NOT_FOUND)
+                } else {
+                    canned(
+                        200,
+                        r#"{"jobReference":{"jobId":"dup_1"},"status":{"state":"DONE"},"statistics":{"load":{"outputRows":"7","inputFileBytes":"70"}}}"#,
+                    )
+                }
+            }
+            ("POST", "/upload/bigquery/v2/projects/p/jobs") => {
+                canned(409, r#"{"error":{"code":409,"message":"Already Exists: Job p:US.dup_1","errors":[{"reason":"duplicate"}]}}"#)
+            }
+            _ => canned(500, "unexpected"),
+        }
+    }))
+    .await;
+    let bq = client(&base);
+    let outcome = bq
+        .load(&load_request("dup_1"), feed(b"{\"id\":1}\n".to_vec(), 100))
+        .await
+        .unwrap();
+    assert_eq!(
+        (outcome.job_id.as_str(), outcome.output_rows, outcome.bytes),
+        ("dup_1", 7, 70)
+    );
+    // A second call in the same process is answered from memory.
+    let again = bq
+        .load(&load_request("dup_1"), feed(Vec::new(), 100))
+        .await
+        .unwrap();
+    assert_eq!(again, outcome);
+    assert_eq!(seen.lock().unwrap().len(), 3);
+}
+
+#[tokio::test]
+async fn existing_failed_job_reports_its_error() {
+    let (base, _) = serve(Arc::new(|_, _| {
+        canned(
+            200,
+            r#"{"jobReference":{"jobId":"old_1"},"status":{"state":"DONE","errorResult":{"reason":"invalid","message":"Error while reading data"},"errors":[{"reason":"invalid","message":"Error while reading data"}]}}"#,
+        )
+    }))
+    .await;
+    let error = client(&base)
+        .load(&load_request("old_1"), feed(b"{}\n".to_vec(), 100))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        error.to_string(),
+        "load table d.t (job old_1): job old_1 failed (reason invalid): Error while reading data"
+    );
+    assert!(!error.retryable());
+}
+
+#[tokio::test]
+async fn invalid_chunk_sizes_and_job_ids_are_rejected() {
+    let (base, seen) = serve(Arc::new(|_, _| canned(500, "unexpected"))).await;
+    assert!(client(&base).with_chunk_size(1_000_000).is_err());
+    assert!(client(&base).with_chunk_size(0).is_err());
+    let error = client(&base)
+        .load(&load_request("bad id!"), feed(Vec::new(), 1))
+        .await
+        .unwrap_err();
+    assert!(matches!(error, WarehouseError::Invalid(_)), "{error}");
+    assert!(seen.lock().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn unreachable_server_is_a_retryable_transport_error() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    drop(listener);
+    let error = client(&base).get_table("t").await.unwrap_err();
+    assert!(matches!(error, WarehouseError::Transport { .. }), "{error}");
+    assert!(error.retryable());
+    assert!(
+        error
+            .to_string()
+            .starts_with("get table d.t: cannot reach BigQuery"),
+        "{error}"
+    );
+}
+
+#[tokio::test]
+async fn query_polls_until_complete_and_reads_every_page() {
+    let (base, seen) = serve(Arc::new(|request, _| {
+        let path = request.target.split('?').next().unwrap_or_default();
+        let query = request.target.split_once('?').map(|(_, query)| query).unwrap_or_default();
+        match (request.method.as_str(), path) {
+            ("POST", "/bigquery/v2/projects/p/queries") => {
+                canned(200, r#"{"jobReference":{"projectId":"p","jobId":"q1","location":"EU"},"jobComplete":false}"#)
+            }
+            ("GET", "/bigquery/v2/projects/p/queries/q1") if query.contains("pageToken=next") => canned(
+                200,
+                r#"{"jobReference":{"jobId":"q1"},"jobComplete":true,"schema":{"fields":[{"name":"n","type":"INTEGER"},{"name":"ts","type":"TIMESTAMP"}]},"rows":[{"f":[{"v":"2"},{"v":null}]}]}"#,
+            ),
+            ("GET", "/bigquery/v2/projects/p/queries/q1") => canned(
+                200,
+                r#"{"jobReference":{"jobId":"q1"},"jobComplete":true,"schema":{"fields":[{"name":"n","type":"INTEGER"},{"name":"ts","type":"TIMESTAMP"}]},"rows":[{"f":[{"v":"1"},{"v":"1704164645123456"}]}],"pageToken":"next"}"#,
+            ),
+            _ => canned(500, "unexpected"),
+        }
+    }))
+    .await;
+    let params = [
+        datasync::warehouse::QueryParam::new("min", BqType::Int64, Some("1".into())),
+        datasync::warehouse::QueryParam::new("none", BqType::String, None),
+    ];
+    let result = client(&base)
+        .query("SELECT n, ts FROM t WHERE n >= @min", &params)
+        .await
+        .unwrap();
+    assert_eq!(
+        result.rows,
+        vec![
+            vec![
+                serde_json::json!(1),
+                serde_json::json!(1_704_164_645_123_456_i64)
+            ],
+            vec![serde_json::json!(2), serde_json::Value::Null]
+        ]
+    );
+    let seen = seen.lock().unwrap();
+    let body: serde_json::Value = serde_json::from_slice(&seen[0].body).unwrap();
+    assert_eq!(body["useLegacySql"], false);
+    assert_eq!(body["formatOptions"]["useInt64Timestamp"], true);
+    assert_eq!(body["parameterMode"], "NAMED");
+    assert_eq!(
+        body["queryParameters"],
+        serde_json::json!([
+            {"name": "min", "parameterType": {"type": "INT64"}, "parameterValue": {"value": "1"}},
+            {"name": "none", "parameterType": {"type": "STRING"}, "parameterValue": {}}
+        ])
+    );
+    assert_eq!(body["requestId"].as_str().map(str::len), Some(36));
+    // Polls and pages go to the job's location with int64 timestamps.
+    assert!(seen[1..].iter().all(|request| {
+        request.target.contains("location=EU")
+            && request
+                .target
+                .contains("formatOptions.useInt64Timestamp=true")
+    }));
+    assert_eq!(seen.len(), 3);
+}
+
+#[tokio::test]
+async fn query_errors_in_a_200_response_are_errors() {
+    let (base, _) = serve(Arc::new(|_, _| {
+        canned(
+            200,
+            r#"{"jobComplete":true,"rows":[],"errors":[{"reason":"notFound","message":"Not found: Table p:d.gone","location":"query"}]}"#,
+        )
+    }))
+    .await;
+    let error = client(&base)
+        .query("SELECT * FROM d.gone", &[])
+        .await
+        .unwrap_err();
+    assert!(error.is_not_found());
+    assert_eq!(
+        error.to_string(),
+        "query in dataset d (SELECT * FROM d.gone): BigQuery error (HTTP 200, reason notFound): Not found: Table p:d.gone"
+    );
+}

@@ -7,7 +7,10 @@
 //! - [`cli`] is the only module that prints, reads the process environment or picks exit codes.
 
 pub mod cli;
+pub mod encode;
 pub mod manifest;
+pub mod mapping;
 pub mod names;
 pub mod schema;
 pub mod secret;
+pub mod source;

@@ -360,6 +360,12 @@ fn decode<'a>(row: &'a MySqlRow, index: usize, codec: &'a Codec) -> Decoded<'a> 
         Err(error) => return Err(Bad::new(BadKind::Malformed, error.to_string())),
     };
     if raw.is_null() {
+        // sqlx reports zero dates as NULL: look at the bytes to tell them apart.
+        if matches!(codec, Codec::Date | Codec::DateTime | Codec::Timestamp)
+            && let Ok(bytes) = <&[u8] as Decode<MySql>>::decode(raw)
+        {
+            return decode_binary(bytes, codec);
+        }
         return Ok(Val::Null);
     }
     let malformed =

@@ -6,10 +6,14 @@
 //! - [`secret`] is a leaf every module may use.
 //! - [`cli`] is the only module that prints, reads the process environment or picks exit codes.
 
+pub mod apply;
 pub mod cli;
+pub mod encode;
 pub mod manifest;
+pub mod mapping;
 pub mod names;
 pub mod plan;
 pub mod schema;
 pub mod secret;
 pub mod warehouse;
+pub mod source;

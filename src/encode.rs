@@ -1,0 +1,978 @@
+//! Value encoding to NDJSON for BigQuery load jobs, shared by every source engine.
+//!
+//! Each engine decodes a column into a [`Val`] (borrowing from the row where it can) or a
+//! [`Bad`] value; [`RowEncoder`] applies the table's policies, writes one JSON object per row
+//! into a reusable line buffer and groups lines into ~1 MiB chunks.
+//!
+//! Output conventions (BigQuery JSON loading):
+//! - INT64, NUMERIC and BIGNUMERIC as JSON strings (no 2^53 loss);
+//! - FLOAT64 as JSON numbers (shortest round-trip form);
+//! - TIMESTAMP `YYYY-MM-DDTHH:MM:SS.ffffffZ`, DATETIME without `Z`, DATE `YYYY-MM-DD`,
+//!   TIME `HH:MM:SS.ffffff`;
+//! - BYTES as standard base64; JSON as embedded raw JSON (whitespace outside strings removed);
+//! - REPEATED fields as arrays (a NULL array is written `[]`).
+
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+
+use base64::Engine as _;
+use bytes::Bytes;
+use chrono::{Datelike, NaiveDate, NaiveDateTime, NaiveTime, Timelike};
+use serde::Serialize;
+
+use crate::manifest::raw::{BadValuePolicy, Utf8Policy};
+use crate::manifest::resolve::TypePolicies;
+use crate::mapping::TableMapping;
+use crate::schema::{BqType, FieldMode};
+
+/// Target chunk size sent to the sink.
+pub const CHUNK_SIZE: usize = 1 << 20;
+/// How many failure messages are kept.
+pub const MAX_FAILURE_MESSAGES: usize = 20;
+
+/// A decoded source value.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Val<'a> {
+    /// SQL NULL.
+    Null,
+    /// Boolean.
+    Bool(bool),
+    /// Signed integer.
+    Int(i64),
+    /// Unsigned integer.
+    UInt(u64),
+    /// 4-byte float (written in its own shortest form).
+    F32(f32),
+    /// 8-byte float.
+    F64(f64),
+    /// Exact decimal text, e.g. `-12.50`.
+    Decimal(Cow<'a, str>),
+    /// Text.
+    Text(Cow<'a, str>),
+    /// Binary.
+    Bytes(Cow<'a, [u8]>),
+    /// JSON document text.
+    Json(Cow<'a, [u8]>),
+    /// Date.
+    Date(NaiveDate),
+    /// Civil date-time.
+    DateTime(NaiveDateTime),
+    /// UTC instant.
+    Timestamp(NaiveDateTime),
+    /// Time of day.
+    Time(NaiveTime),
+    /// Array elements.
+    Array(Vec<Val<'a>>),
+}
+
+/// Kinds of bad values, as counted in [`ExtractStats::by_kind`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BadKind {
+    /// MySQL zero or partial-zero date.
+    ZeroDate,
+    /// NaN, ±Infinity, PostgreSQL `±infinity` dates and timestamps.
+    NonFinite,
+    /// Text that is not UTF-8.
+    InvalidUtf8,
+    /// A value the target type cannot hold.
+    OutOfRange,
+    /// A value the decoder cannot read.
+    Malformed,
+}
+
+impl BadKind {
+    /// Name used in statistics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::ZeroDate => "zero_date",
+            Self::NonFinite => "non_finite",
+            Self::InvalidUtf8 => "invalid_utf8",
+            Self::OutOfRange => "out_of_range",
+            Self::Malformed => "malformed",
+        }
+    }
+}
+
+/// A value that cannot be written as is.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Bad<'a> {
+    /// Kind.
+    pub kind: BadKind,
+    /// What was wrong.
+    pub message: String,
+    /// What to write instead when the policy allows it (invalid UTF-8 with `replace`).
+    pub replacement: Option<Val<'a>>,
+}
+
+impl Bad<'_> {
+    /// A bad value without replacement.
+    pub fn new(kind: BadKind, message: impl Into<String>) -> Self {
+        Self {
+            kind,
+            message: message.into(),
+            replacement: None,
+        }
+    }
+}
+
+/// Decoding result.
+pub type Decoded<'a> = Result<Val<'a>, Bad<'a>>;
+
+/// What an extraction did.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct ExtractStats {
+    /// Rows written.
+    pub rows: u64,
+    /// NDJSON bytes written.
+    pub bytes: u64,
+    /// Bad values met (nulled, replaced, or failing their row).
+    pub bad_values: u64,
+    /// Rows left out because a value failed them.
+    pub failed_rows: u64,
+    /// The first failure messages, each with the row's primary key.
+    pub failures: Vec<String>,
+    /// Bad values by kind.
+    pub by_kind: BTreeMap<String, u64>,
+}
+
+/// Text → [`Val::Text`], replacing invalid UTF-8 with a [`Bad`] carrying the lossy text.
+pub fn text(bytes: &[u8]) -> Decoded<'_> {
+    match std::str::from_utf8(bytes) {
+        Ok(text) => Ok(Val::Text(Cow::Borrowed(text))),
+        Err(error) => Err(Bad {
+            kind: BadKind::InvalidUtf8,
+            message: format!("invalid UTF-8 at byte {}", error.valid_up_to()),
+            replacement: Some(Val::Text(Cow::Owned(
+                String::from_utf8_lossy(bytes).into_owned(),
+            ))),
+        }),
+    }
+}
+
+/// Checks that `text` is a plain decimal (`-12.5`, `3`, `.5` is rejected) and normalizes a
+/// leading `+`.
+pub fn decimal_text(text: &str) -> Decoded<'_> {
+    let body = text.strip_prefix(['-', '+']).unwrap_or(text);
+    let (int, frac) = body.split_once('.').unwrap_or((body, ""));
+    let ok = !int.is_empty()
+        && int.bytes().all(|b| b.is_ascii_digit())
+        && frac.bytes().all(|b| b.is_ascii_digit());
+    if !ok {
+        let lower = text.to_ascii_lowercase();
+        if lower.contains("nan") || lower.contains("inf") {
+            return Err(Bad::new(
+                BadKind::NonFinite,
+                format!("non-finite decimal `{text}`"),
+            ));
+        }
+        return Err(Bad::new(
+            BadKind::Malformed,
+            format!("`{text}` is not a decimal number"),
+        ));
+    }
+    if text.starts_with('+') {
+        return Ok(Val::Decimal(Cow::Owned(text[1..].to_string())));
+    }
+    Ok(Val::Decimal(Cow::Borrowed(text)))
+}
+
+/// Integer and fraction digit counts of a decimal text, ignoring leading zeros of the integer
+/// part and trailing zeros of the fraction.
+fn decimal_digits(text: &str) -> (usize, usize) {
+    let body = text.trim_start_matches('-');
+    let (int, frac) = body.split_once('.').unwrap_or((body, ""));
+    (
+        int.trim_start_matches('0').len(),
+        frac.trim_end_matches('0').len(),
+    )
+}
+
+fn push_uint(buf: &mut Vec<u8>, mut value: u64) {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (value % 10) as u8;
+        value /= 10;
+        if value == 0 {
+            break;
+        }
+    }
+    buf.extend_from_slice(&digits[at..]);
+}
+
+fn push_int(buf: &mut Vec<u8>, value: i64) {
+    if value < 0 {
+        buf.push(b'-');
+    }
+    push_uint(buf, value.unsigned_abs());
+}
+
+fn push_padded(buf: &mut Vec<u8>, value: u32, width: usize) {
+    let mut digits = [b'0'; 10];
+    let mut rest = value;
+    for at in (0..width).rev() {
+        digits[at] = b'0' + (rest % 10) as u8;
+        rest /= 10;
+    }
+    buf.extend_from_slice(&digits[..width]);
+}
+
+fn push_date(buf: &mut Vec<u8>, date: NaiveDate) -> Result<(), Bad<'static>> {
+    let year = date.year();
+    if !(1..=9999).contains(&year) {
+        return Err(Bad::new(
+            BadKind::OutOfRange,
+            format!("date {date} is outside 0001-01-01..9999-12-31"),
+        ));
+    }
+    push_padded(buf, year.unsigned_abs(), 4);
+    buf.push(b'-');
+    push_padded(buf, date.month(), 2);
+    buf.push(b'-');
+    push_padded(buf, date.day(), 2);
+    Ok(())
+}
+
+fn push_time(buf: &mut Vec<u8>, time: NaiveTime) {
+    push_padded(buf, time.hour(), 2);
+    buf.push(b':');
+    push_padded(buf, time.minute(), 2);
+    buf.push(b':');
+    // A leap second (nanosecond >= 1e9) is written as :59.999999.
+    let nanos = time.nanosecond();
+    let (second, micros) = if nanos >= 1_000_000_000 {
+        (59, 999_999)
+    } else {
+        (time.second(), nanos / 1000)
+    };
+    push_padded(buf, second, 2);
+    buf.push(b'.');
+    push_padded(buf, micros, 6);
+}
+
+fn push_datetime(buf: &mut Vec<u8>, value: NaiveDateTime) -> Result<(), Bad<'static>> {
+    push_date(buf, value.date())?;
+    buf.push(b'T');
+    push_time(buf, value.time());
+    Ok(())
+}
+
+/// Writes `text` as a JSON string.
+pub fn push_json_str(buf: &mut Vec<u8>, text: &str) {
+    buf.push(b'"');
+    let bytes = text.as_bytes();
+    let mut start = 0;
+    for (at, &byte) in bytes.iter().enumerate() {
+        let escape: &[u8] = match byte {
+            b'"' => b"\\\"",
+            b'\\' => b"\\\\",
+            b'\n' => b"\\n",
+            b'\r' => b"\\r",
+            b'\t' => b"\\t",
+            0x00..=0x1f => b"",
+            _ => continue,
+        };
+        buf.extend_from_slice(&bytes[start..at]);
+        if escape.is_empty() {
+            buf.extend_from_slice(b"\\u00");
+            buf.push(b"0123456789abcdef"[usize::from(byte >> 4)]);
+            buf.push(b"0123456789abcdef"[usize::from(byte & 0xf)]);
+        } else {
+            buf.extend_from_slice(escape);
+        }
+        start = at + 1;
+    }
+    buf.extend_from_slice(&bytes[start..]);
+    buf.push(b'"');
+}
+
+fn push_base64(buf: &mut Vec<u8>, bytes: &[u8]) {
+    let engine = &base64::engine::general_purpose::STANDARD;
+    let start = buf.len();
+    let Some(len) = base64::encoded_len(bytes.len(), true) else {
+        return;
+    };
+    buf.resize(start + len, 0);
+    let written = engine.encode_slice(bytes, &mut buf[start..]).unwrap_or(0);
+    buf.truncate(start + written);
+}
+
+fn push_f64(buf: &mut Vec<u8>, value: f64) -> Result<(), Bad<'static>> {
+    if !value.is_finite() {
+        return Err(Bad::new(
+            BadKind::NonFinite,
+            format!("non-finite float {value}"),
+        ));
+    }
+    serde_json::to_writer(&mut *buf, &value)
+        .map_err(|error| Bad::new(BadKind::Malformed, error.to_string()))
+}
+
+fn push_f32(buf: &mut Vec<u8>, value: f32) -> Result<(), Bad<'static>> {
+    if !value.is_finite() {
+        return Err(Bad::new(
+            BadKind::NonFinite,
+            format!("non-finite float {value}"),
+        ));
+    }
+    serde_json::to_writer(&mut *buf, &value)
+        .map_err(|error| Bad::new(BadKind::Malformed, error.to_string()))
+}
+
+/// Appends `json` with the whitespace outside strings removed, after checking it parses.
+fn push_json(buf: &mut Vec<u8>, json: &[u8]) -> Result<(), Bad<'static>> {
+    if serde_json::from_slice::<serde::de::IgnoredAny>(json).is_err() {
+        return Err(Bad::new(BadKind::Malformed, "invalid JSON document"));
+    }
+    let mut in_string = false;
+    let mut escaped = false;
+    for &byte in json {
+        if in_string {
+            buf.push(byte);
+            if escaped {
+                escaped = false;
+            } else if byte == b'\\' {
+                escaped = true;
+            } else if byte == b'"' {
+                in_string = false;
+            }
+        } else if !matches!(byte, b' ' | b'\n' | b'\r' | b'\t') {
+            if byte == b'"' {
+                in_string = true;
+            }
+            buf.push(byte);
+        }
+    }
+    Ok(())
+}
+
+/// Whether a decimal text fits `NUMERIC(p,s)`/`BIGNUMERIC(p,s)` (or the unparameterised type).
+fn check_decimal_fits(
+    text: &str,
+    bq_type: BqType,
+    precision: Option<u32>,
+    scale: Option<u32>,
+) -> Result<(), Bad<'static>> {
+    let (int_digits, frac_digits) = decimal_digits(text);
+    let (max_int, max_frac) = match (bq_type, precision, scale) {
+        (_, Some(p), Some(s)) => (p.saturating_sub(s) as usize, s as usize),
+        (_, Some(p), None) => (p as usize, 0),
+        (BqType::Numeric, ..) => (29, 9),
+        _ => (38, 38),
+    };
+    if int_digits > max_int || frac_digits > max_frac {
+        return Err(Bad::new(
+            BadKind::OutOfRange,
+            format!(
+                "{text} does not fit {} (at most {max_int} integer and {max_frac} fraction digits)",
+                bq_type.as_str()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// How a field is written.
+#[derive(Debug, Clone, Copy)]
+pub struct Target {
+    /// BigQuery type.
+    pub bq_type: BqType,
+    /// Parameters.
+    pub precision: Option<u32>,
+    /// Parameters.
+    pub scale: Option<u32>,
+}
+
+fn type_error(value: &Val<'_>, target: BqType) -> Bad<'static> {
+    let what = match value {
+        Val::Null => "NULL",
+        Val::Bool(_) => "a boolean",
+        Val::Int(_) | Val::UInt(_) => "an integer",
+        Val::F32(_) | Val::F64(_) => "a float",
+        Val::Decimal(_) => "a decimal",
+        Val::Text(_) => "text",
+        Val::Bytes(_) => "bytes",
+        Val::Json(_) => "JSON",
+        Val::Date(_) => "a date",
+        Val::DateTime(_) | Val::Timestamp(_) => "a date-time",
+        Val::Time(_) => "a time",
+        Val::Array(_) => "an array",
+    };
+    Bad::new(
+        BadKind::Malformed,
+        format!("cannot write {what} into {}", target.as_str()),
+    )
+}
+
+/// Appends one scalar value (not NULL, not an array) as `target`.
+pub fn write_scalar(
+    buf: &mut Vec<u8>,
+    value: &Val<'_>,
+    target: Target,
+) -> Result<(), Bad<'static>> {
+    use BqType as T;
+    let start = buf.len();
+    let quoted = |buf: &mut Vec<u8>, f: &dyn Fn(&mut Vec<u8>)| {
+        buf.push(b'"');
+        f(buf);
+        buf.push(b'"');
+    };
+    let result = match (value, target.bq_type) {
+        (Val::Bool(b), T::Bool) => {
+            buf.extend_from_slice(if *b { b"true" } else { b"false" });
+            Ok(())
+        }
+        (Val::Bool(b), T::String | T::Int64) => {
+            let text: &[u8] = match (target.bq_type, b) {
+                (T::String, true) => b"\"true\"",
+                (T::String, false) => b"\"false\"",
+                (_, true) => b"\"1\"",
+                (_, false) => b"\"0\"",
+            };
+            buf.extend_from_slice(text);
+            Ok(())
+        }
+        (Val::Int(n), T::Int64 | T::String) => {
+            quoted(buf, &|buf| push_int(buf, *n));
+            Ok(())
+        }
+        (Val::UInt(n), T::Int64) if i64::try_from(*n).is_err() => Err(Bad::new(
+            BadKind::OutOfRange,
+            format!("{n} does not fit INT64"),
+        )),
+        (Val::UInt(n), T::Int64 | T::String) => {
+            quoted(buf, &|buf| push_uint(buf, *n));
+            Ok(())
+        }
+        (Val::Int(n), T::Numeric | T::BigNumeric) => {
+            let text = n.to_string();
+            check_decimal_fits(&text, target.bq_type, target.precision, target.scale)?;
+            push_json_str(buf, &text);
+            Ok(())
+        }
+        (Val::UInt(n), T::Numeric | T::BigNumeric) => {
+            let text = n.to_string();
+            check_decimal_fits(&text, target.bq_type, target.precision, target.scale)?;
+            push_json_str(buf, &text);
+            Ok(())
+        }
+        (Val::Int(n), T::Float64) => push_f64(buf, *n as f64),
+        (Val::UInt(n), T::Float64) => push_f64(buf, *n as f64),
+        (Val::Int(n), T::Bool) => {
+            buf.extend_from_slice(if *n != 0 { b"true" } else { b"false" });
+            Ok(())
+        }
+        (Val::F64(f), T::Float64) => push_f64(buf, *f),
+        (Val::F32(f), T::Float64) => push_f32(buf, *f),
+        (Val::F64(_) | Val::F32(_), T::String | T::Numeric | T::BigNumeric | T::Int64) => {
+            let mut text = Vec::new();
+            match value {
+                Val::F32(f) => push_f32(&mut text, *f)?,
+                Val::F64(f) => push_f64(&mut text, *f)?,
+                _ => {}
+            }
+            let text = String::from_utf8_lossy(&text).into_owned();
+            if target.bq_type == T::String {
+                push_json_str(buf, &text);
+                return Ok(());
+            }
+            let Some(decimal) = float_to_decimal(&text) else {
+                return Err(Bad::new(
+                    BadKind::OutOfRange,
+                    format!("{text} is not representable as a decimal"),
+                ));
+            };
+            if target.bq_type == T::Int64 && decimal.contains('.') {
+                return Err(Bad::new(
+                    BadKind::OutOfRange,
+                    format!("{text} is not an integer"),
+                ));
+            }
+            if target.bq_type != T::Int64 {
+                check_decimal_fits(&decimal, target.bq_type, target.precision, target.scale)?;
+            }
+            push_json_str(buf, &decimal);
+            Ok(())
+        }
+        (Val::Decimal(text), T::Numeric | T::BigNumeric) => {
+            check_decimal_fits(text, target.bq_type, target.precision, target.scale)?;
+            push_json_str(buf, text);
+            Ok(())
+        }
+        (Val::Decimal(text), T::String) => {
+            push_json_str(buf, text);
+            Ok(())
+        }
+        (Val::Decimal(text), T::Int64) => {
+            let (int, frac) = text.split_once('.').unwrap_or((text, ""));
+            if frac.bytes().any(|b| b != b'0') || int.parse::<i64>().is_err() {
+                return Err(Bad::new(
+                    BadKind::OutOfRange,
+                    format!("{text} does not fit INT64"),
+                ));
+            }
+            push_json_str(buf, int);
+            Ok(())
+        }
+        (Val::Decimal(text), T::Float64) => match text.parse::<f64>() {
+            Ok(f) => push_f64(buf, f),
+            Err(_) => Err(Bad::new(
+                BadKind::Malformed,
+                format!("`{text}` is not a number"),
+            )),
+        },
+        (Val::Text(text), T::Json) => {
+            let mut json = Vec::new();
+            push_json(&mut json, text.as_bytes())?;
+            buf.extend_from_slice(&json);
+            Ok(())
+        }
+        (Val::Text(text), T::Bytes) => {
+            quoted(buf, &|buf| push_base64(buf, text.as_bytes()));
+            Ok(())
+        }
+        (Val::Text(text), _) => {
+            push_json_str(buf, text);
+            Ok(())
+        }
+        (Val::Bytes(bytes), T::Bytes | T::String) => {
+            quoted(buf, &|buf| push_base64(buf, bytes));
+            Ok(())
+        }
+        (Val::Json(json), T::Json) => push_json(buf, json),
+        (Val::Json(json), T::String) => {
+            let mut compact = Vec::new();
+            push_json(&mut compact, json)?;
+            push_json_str(buf, &String::from_utf8_lossy(&compact));
+            Ok(())
+        }
+        (Val::Date(date), T::Date | T::String) => {
+            buf.push(b'"');
+            push_date(buf, *date)?;
+            buf.push(b'"');
+            Ok(())
+        }
+        (Val::Date(date), T::Datetime | T::Timestamp) => {
+            buf.push(b'"');
+            push_date(buf, *date)?;
+            buf.extend_from_slice(b"T00:00:00.000000");
+            if target.bq_type == T::Timestamp {
+                buf.push(b'Z');
+            }
+            buf.push(b'"');
+            Ok(())
+        }
+        (
+            Val::DateTime(moment) | Val::Timestamp(moment),
+            T::Datetime | T::Timestamp | T::String,
+        ) => {
+            buf.push(b'"');
+            push_datetime(buf, *moment)?;
+            let zoned = match target.bq_type {
+                T::Timestamp => true,
+                T::String => matches!(value, Val::Timestamp(_)),
+                _ => false,
+            };
+            if zoned {
+                buf.push(b'Z');
+            }
+            buf.push(b'"');
+            Ok(())
+        }
+        (Val::Time(time), T::Time | T::String) => {
+            buf.push(b'"');
+            push_time(buf, *time);
+            buf.push(b'"');
+            Ok(())
+        }
+        (other, target) => Err(type_error(other, target)),
+    };
+    if result.is_err() {
+        buf.truncate(start);
+    }
+    result
+}
+
+/// `1e-7` → `0.0000001`, `1.5e3` → `1500`: the exact decimal of a float's shortest text.
+fn float_to_decimal(text: &str) -> Option<String> {
+    let (mantissa, exponent) = match text.split_once(['e', 'E']) {
+        Some((m, e)) => (m, e.parse::<i32>().ok()?),
+        None => (text, 0),
+    };
+    let negative = mantissa.starts_with('-');
+    let mantissa = mantissa.trim_start_matches('-');
+    let (int, frac) = mantissa.split_once('.').unwrap_or((mantissa, ""));
+    let digits = format!("{int}{frac}");
+    let point = i64::try_from(int.len()).ok()? + i64::from(exponent);
+    if !(-400..=400).contains(&point) {
+        return None;
+    }
+    let mut out = String::new();
+    if negative {
+        out.push('-');
+    }
+    let len = i64::try_from(digits.len()).ok()?;
+    if point <= 0 {
+        out.push_str("0.");
+        out.extend(std::iter::repeat_n('0', usize::try_from(-point).ok()?));
+        out.push_str(&digits);
+    } else if point >= len {
+        out.push_str(&digits);
+        out.extend(std::iter::repeat_n('0', usize::try_from(point - len).ok()?));
+    } else {
+        let split = usize::try_from(point).ok()?;
+        out.push_str(&digits[..split]);
+        out.push('.');
+        out.push_str(&digits[split..]);
+    }
+    // Normalise: strip leading zeros of the integer part and trailing zeros of the fraction.
+    let (sign, body) = out
+        .split_once('-')
+        .map_or(("", out.as_str()), |(_, b)| ("-", b));
+    let (int, frac) = body.split_once('.').unwrap_or((body, ""));
+    let int = int.trim_start_matches('0');
+    let int = if int.is_empty() { "0" } else { int };
+    let frac = frac.trim_end_matches('0');
+    Some(if frac.is_empty() {
+        format!("{sign}{int}")
+    } else {
+        format!("{sign}{int}.{frac}")
+    })
+}
+
+/// One column as the encoder writes it.
+struct Column {
+    /// `"name":` (with a leading `,` except for the first).
+    key: Vec<u8>,
+    target: Target,
+    mode: FieldMode,
+    name: String,
+}
+
+/// Why a row could not be written.
+enum RowOutcome {
+    Written,
+    Failed(String),
+}
+
+/// Per-extraction encoder: policies, statistics, buffers.
+pub struct RowEncoder {
+    columns: Vec<Column>,
+    policies: TypePolicies,
+    max_failures: Option<u64>,
+    key_columns: Vec<usize>,
+    table: String,
+    /// Statistics so far.
+    pub stats: ExtractStats,
+    line: Vec<u8>,
+    chunk: Vec<u8>,
+    /// Bad values of the current row that were written anyway (NULL, replacement).
+    notes: Vec<String>,
+}
+
+/// Failure of a whole extraction caused by bad values.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TooManyBadValues {
+    /// Table label.
+    pub table: String,
+    /// Bad values met.
+    pub count: u64,
+    /// The budget.
+    pub max: u64,
+    /// The first failure messages.
+    pub failures: Vec<String>,
+}
+
+impl std::fmt::Display for TooManyBadValues {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "table `{}`: {} bad values, more than max_parse_failures ({}); first failures:",
+            self.table, self.count, self.max
+        )?;
+        for failure in &self.failures {
+            write!(f, "\n  - {failure}")?;
+        }
+        Ok(())
+    }
+}
+
+impl RowEncoder {
+    /// An encoder for `mapping`. `key_columns` are the primary-key column names used in
+    /// failure messages.
+    pub fn new(
+        table: String,
+        mapping: &TableMapping,
+        policies: TypePolicies,
+        max_failures: Option<u64>,
+        key_columns: &[String],
+    ) -> Self {
+        let columns = mapping
+            .columns
+            .iter()
+            .enumerate()
+            .map(|(index, column)| {
+                let mut key = Vec::new();
+                key.push(if index == 0 { b'{' } else { b',' });
+                push_json_str(&mut key, &column.target);
+                key.push(b':');
+                Column {
+                    key,
+                    target: Target {
+                        bq_type: column.field.bq_type,
+                        precision: column.field.precision,
+                        scale: column.field.scale,
+                    },
+                    mode: column.field.mode,
+                    name: column.source.name.clone(),
+                }
+            })
+            .collect();
+        let key_columns = key_columns
+            .iter()
+            .filter_map(|key| {
+                mapping
+                    .columns
+                    .iter()
+                    .position(|column| &column.source.name == key)
+            })
+            .collect();
+        Self {
+            columns,
+            policies,
+            max_failures,
+            key_columns,
+            table,
+            stats: ExtractStats::default(),
+            line: Vec::with_capacity(4096),
+            chunk: Vec::with_capacity(CHUNK_SIZE + 64 * 1024),
+            notes: Vec::new(),
+        }
+    }
+
+    fn count_bad(&mut self, kind: BadKind) {
+        self.stats.bad_values += 1;
+        *self
+            .stats
+            .by_kind
+            .entry(kind.as_str().to_string())
+            .or_default() += 1;
+    }
+
+    /// Resolves a bad value by policy: `Ok(Some(v))` write `v`, `Ok(None)` write NULL,
+    /// `Err(message)` fail the row.
+    fn resolve<'a>(&mut self, index: usize, bad: Bad<'a>) -> Result<Option<Val<'a>>, String> {
+        self.count_bad(bad.kind);
+        let column = &self.columns[index];
+        let policy = match bad.kind {
+            BadKind::ZeroDate => self.policies.zero_dates,
+            BadKind::NonFinite => self.policies.non_finite,
+            BadKind::InvalidUtf8 => {
+                return match (self.policies.invalid_utf8, bad.replacement) {
+                    (Utf8Policy::Replace, Some(replacement)) => {
+                        let note = format!(
+                            "column `{}`: {} (replaced with U+FFFD)",
+                            column.name, bad.message
+                        );
+                        self.notes.push(note);
+                        Ok(Some(replacement))
+                    }
+                    _ => Err(format!("column `{}`: {}", column.name, bad.message)),
+                };
+            }
+            BadKind::OutOfRange | BadKind::Malformed => BadValuePolicy::Error,
+        };
+        match policy {
+            BadValuePolicy::Null if column.mode != FieldMode::Required => {
+                let note = format!(
+                    "column `{}`: {} (written as NULL)",
+                    column.name, bad.message
+                );
+                self.notes.push(note);
+                Ok(None)
+            }
+            BadValuePolicy::Null => Err(format!(
+                "column `{}`: {} (and the field is REQUIRED)",
+                column.name, bad.message
+            )),
+            BadValuePolicy::Error => Err(format!("column `{}`: {}", column.name, bad.message)),
+        }
+    }
+
+    fn write_value(&mut self, index: usize, value: Val<'_>) -> Result<(), String> {
+        let column = &self.columns[index];
+        let (target, mode) = (column.target, column.mode);
+        match value {
+            Val::Null if mode == FieldMode::Repeated => {
+                self.line.extend_from_slice(b"[]");
+                Ok(())
+            }
+            Val::Null if mode == FieldMode::Required => Err(format!(
+                "column `{}`: NULL in a REQUIRED field",
+                column.name
+            )),
+            Val::Null => {
+                self.line.extend_from_slice(b"null");
+                Ok(())
+            }
+            Val::Array(items) => {
+                self.line.push(b'[');
+                for (at, item) in items.into_iter().enumerate() {
+                    if at > 0 {
+                        self.line.push(b',');
+                    }
+                    let written = match item {
+                        Val::Null => Err(Bad::new(
+                            BadKind::OutOfRange,
+                            "NULL array element (BigQuery arrays cannot hold NULL)",
+                        )),
+                        item => write_scalar(&mut self.line, &item, target),
+                    };
+                    if let Err(bad) = written {
+                        match self.resolve(index, bad)? {
+                            Some(item) => write_scalar(&mut self.line, &item, target)
+                                .map_err(|bad| bad.message)?,
+                            None => {
+                                return Err(format!(
+                                    "column `{}`: NULL array element",
+                                    self.columns[index].name
+                                ));
+                            }
+                        }
+                    }
+                }
+                self.line.push(b']');
+                Ok(())
+            }
+            value => match write_scalar(&mut self.line, &value, target) {
+                Ok(()) => Ok(()),
+                Err(bad) => match self.resolve(index, bad)? {
+                    Some(value) => {
+                        write_scalar(&mut self.line, &value, target).map_err(|bad| bad.message)
+                    }
+                    None if mode == FieldMode::Repeated => {
+                        self.line.extend_from_slice(b"[]");
+                        Ok(())
+                    }
+                    None => {
+                        self.line.extend_from_slice(b"null");
+                        Ok(())
+                    }
+                },
+            },
+        }
+    }
+
+    /// Encodes one row. `decode(i)` decodes column `i` of the mapping.
+    pub fn encode_row<'r>(
+        &mut self,
+        mut decode: impl FnMut(usize) -> Decoded<'r>,
+    ) -> Result<(), TooManyBadValues> {
+        self.line.clear();
+        self.notes.clear();
+        let mut outcome = RowOutcome::Written;
+        for index in 0..self.columns.len() {
+            let key = std::mem::take(&mut self.columns[index].key);
+            self.line.extend_from_slice(&key);
+            self.columns[index].key = key;
+            let value = match decode(index) {
+                Ok(value) => Ok(value),
+                Err(bad) => self
+                    .resolve(index, bad)
+                    .map(|value| value.unwrap_or(Val::Null)),
+            };
+            let written = value.and_then(|value| self.write_value(index, value));
+            if let Err(message) = written {
+                outcome = RowOutcome::Failed(message);
+                break;
+            }
+        }
+        match outcome {
+            RowOutcome::Written => {
+                self.line.extend_from_slice(b"}\n");
+                self.chunk.extend_from_slice(&self.line);
+                self.stats.rows += 1;
+                self.stats.bytes += self.line.len() as u64;
+            }
+            RowOutcome::Failed(message) => {
+                self.stats.failed_rows += 1;
+                self.notes.push(format!("{message} (row left out)"));
+            }
+        }
+        if !self.notes.is_empty() && self.stats.failures.len() < MAX_FAILURE_MESSAGES {
+            let key = self.describe_key(&mut decode);
+            let notes = std::mem::take(&mut self.notes);
+            for note in notes
+                .into_iter()
+                .take(MAX_FAILURE_MESSAGES - self.stats.failures.len())
+            {
+                self.stats.failures.push(format!("row {key}: {note}"));
+            }
+        }
+        match self.max_failures {
+            Some(max) if self.stats.bad_values > max => Err(TooManyBadValues {
+                table: self.table.clone(),
+                count: self.stats.bad_values,
+                max,
+                failures: self.stats.failures.clone(),
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    fn describe_key<'r>(&self, decode: &mut impl FnMut(usize) -> Decoded<'r>) -> String {
+        if self.key_columns.is_empty() {
+            return format!("#{}", self.stats.rows + self.stats.failed_rows);
+        }
+        let parts: Vec<String> = self
+            .key_columns
+            .iter()
+            .map(|&index| {
+                let column = &self.columns[index];
+                let mut text = Vec::new();
+                let shown = match decode(index) {
+                    Ok(Val::Null) => "NULL".to_string(),
+                    Ok(Val::Int(n)) => n.to_string(),
+                    Ok(Val::UInt(n)) => n.to_string(),
+                    Ok(Val::Decimal(text)) => text.into_owned(),
+                    Ok(value) => match write_scalar(
+                        &mut text,
+                        &value,
+                        Target {
+                            bq_type: BqType::String,
+                            precision: None,
+                            scale: None,
+                        },
+                    ) {
+                        Ok(()) => String::from_utf8_lossy(&text).into_owned(),
+                        Err(bad) => format!("<{}>", bad.message),
+                    },
+                    Err(bad) => format!("<{}>", bad.message),
+                };
+                format!("{}={shown}", column.name)
+            })
+            .collect();
+        format!("({})", parts.join(", "))
+    }
+
+    /// A full chunk to send, if the buffer reached [`CHUNK_SIZE`].
+    pub fn take_full_chunk(&mut self) -> Option<Bytes> {
+        (self.chunk.len() >= CHUNK_SIZE).then(|| self.take_chunk())
+    }
+
+    /// Whatever is buffered, if anything.
+    pub fn finish(&mut self) -> Option<Bytes> {
+        (!self.chunk.is_empty()).then(|| self.take_chunk())
+    }
+
+    fn take_chunk(&mut self) -> Bytes {
+        Bytes::from(std::mem::replace(
+            &mut self.chunk,
+            Vec::with_capacity(CHUNK_SIZE + 64 * 1024),
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests;

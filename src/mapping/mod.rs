@@ -1,0 +1,694 @@
+//! Source table → BigQuery table mapping. Pure: no IO.
+//!
+//! [`map_table`] picks, for every selected source column, the BigQuery field it lands in and the
+//! [`Codec`] the extractor uses to read its values. Every default choice is lossless; a lossy
+//! choice only comes from a `column_types` override and is reported in
+//! [`ColumnMapping::lossy`] and in the warnings.
+//!
+//! NULL and REQUIRED: a bad value whose policy is `null` (zero dates, NaN/±Infinity, PostgreSQL
+//! `±infinity` dates and timestamps) must never land in a REQUIRED field. So a `NOT NULL` column
+//! that can hold such values is mapped NULLABLE (with a warning) when the policy is `null`, and
+//! kept REQUIRED when the policy is `error` (the bad value then fails its row).
+
+use std::collections::HashMap;
+
+use serde::Serialize;
+
+use crate::manifest::raw::{BadValuePolicy, DecimalOverflowPolicy, GeometryPolicy, SourceKind};
+use crate::manifest::resolve::{TableSpec, TypePolicies};
+use crate::names;
+use crate::schema::{
+    BqType, FieldMode, SourceColumn, SourceTable, TimePartitioning, WarehouseField, WarehouseTable,
+};
+
+/// How the extractor reads a column's values. The BigQuery type of the field decides how they
+/// are written.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Codec {
+    /// Boolean (PostgreSQL bool, MySQL `TINYINT(1)`/`BIT(1)`, SQLite integer).
+    Bool,
+    /// Signed integer of any width.
+    Int,
+    /// Unsigned integer (MySQL `UNSIGNED`, `YEAR`).
+    UInt,
+    /// Floating point (4 or 8 bytes).
+    Float,
+    /// Exact decimal (MySQL DECIMAL text, PostgreSQL binary numeric).
+    Decimal,
+    /// UTF-8 text.
+    Text,
+    /// Binary data.
+    Bytes,
+    /// MySQL `BIT(n)`, n > 1: the raw big-endian bytes.
+    Bits,
+    /// PostgreSQL binary UUID.
+    Uuid,
+    /// A JSON document (read as text, written as raw JSON).
+    Json,
+    /// Calendar date.
+    Date,
+    /// Civil date and time, no zone.
+    DateTime,
+    /// Instant, read in UTC.
+    Timestamp,
+    /// Time of day.
+    Time,
+    /// MySQL TIME (a duration from -838:59:59 to 838:59:59), written as text.
+    MysqlTime,
+    /// PostgreSQL type read through `::text` (interval, inet, enums, timetz, …).
+    CastText,
+    /// PostgreSQL money, read through `::numeric`.
+    Money,
+    /// Geometry, read as WKT through `ST_AsText`.
+    Geometry,
+    /// One-dimensional PostgreSQL array of the element codec.
+    Array(Box<Codec>),
+}
+
+/// How one source column lands in BigQuery.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ColumnMapping {
+    /// The source column.
+    pub source: SourceColumn,
+    /// The BigQuery column name (sanitized).
+    pub target: String,
+    /// The BigQuery field.
+    pub field: WarehouseField,
+    /// How values are read.
+    pub codec: Codec,
+    /// Why the mapping may lose information (only overrides are lossy).
+    pub lossy: Option<String>,
+}
+
+/// A whole table's mapping.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TableMapping {
+    /// The desired BigQuery table.
+    pub table: WarehouseTable,
+    /// Column mappings, in the order the extractor selects them.
+    pub columns: Vec<ColumnMapping>,
+    /// Warnings (renames, relaxed modes, unconstrained numerics, lossy overrides, …).
+    pub warnings: Vec<String>,
+    /// Bad-value policies the extractor applies (the table's `types`).
+    pub policies: TypePolicies,
+    /// Bad values tolerated before the extraction fails; `None` = unlimited.
+    pub max_parse_failures: Option<u64>,
+    /// Source columns naming a row in failure messages (merge key, else primary key).
+    pub key_columns: Vec<String>,
+}
+
+impl TableMapping {
+    /// The mapping of the source column `name`.
+    pub fn column(&self, name: &str) -> Option<&ColumnMapping> {
+        self.columns
+            .iter()
+            .find(|column| column.source.name == name)
+    }
+}
+
+/// What a column's natural mapping is, before overrides.
+struct Natural {
+    codec: Codec,
+    bq_type: BqType,
+    precision: Option<u32>,
+    scale: Option<u32>,
+    repeated: bool,
+    /// The bad-value policy that can turn a value into NULL, if any.
+    null_risk: Option<(&'static str, BadValuePolicy)>,
+    warning: Option<String>,
+}
+
+impl Natural {
+    fn new(codec: Codec, bq_type: BqType) -> Self {
+        Self {
+            codec,
+            bq_type,
+            precision: None,
+            scale: None,
+            repeated: false,
+            null_risk: None,
+            warning: None,
+        }
+    }
+
+    fn risk(mut self, what: &'static str, policy: BadValuePolicy) -> Self {
+        self.null_risk = Some((what, policy));
+        self
+    }
+}
+
+/// Maps `source` for `spec`. Returns every error found, or the mapping.
+pub fn map_table(source: &SourceTable, spec: &TableSpec) -> Result<TableMapping, Vec<String>> {
+    let mut errors = Vec::new();
+    let mut warnings = Vec::new();
+    let table_label = match &source.qualifier {
+        Some(qualifier) => format!("{qualifier}.{}", source.name),
+        None => source.name.clone(),
+    };
+    let available = || {
+        source
+            .columns
+            .iter()
+            .map(|column| column.name.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let find = |name: &str| {
+        source
+            .columns
+            .iter()
+            .find(|column| column.name == name)
+            .or_else(|| {
+                source
+                    .columns
+                    .iter()
+                    .find(|column| column.name.eq_ignore_ascii_case(name))
+            })
+    };
+
+    // Column selection.
+    let mut selected: Vec<&SourceColumn> = Vec::new();
+    match &spec.columns {
+        Some(list) => {
+            for name in list {
+                match find(name) {
+                    Some(column) if selected.iter().any(|c| c.name == column.name) => {
+                        errors.push(format!("column `{name}` is listed twice in `columns`"));
+                    }
+                    Some(column) => selected.push(column),
+                    None => errors.push(format!(
+                        "`columns` names `{name}`, which table `{table_label}` does not have (available: {})",
+                        available()
+                    )),
+                }
+            }
+        }
+        None => selected.extend(source.columns.iter()),
+    }
+    for name in &spec.exclude_columns {
+        match find(name) {
+            Some(column) => selected.retain(|c| c.name != column.name),
+            None => errors.push(format!(
+                "`exclude_columns` names `{name}`, which table `{table_label}` does not have (available: {})",
+                available()
+            )),
+        }
+    }
+    let mut overrides: HashMap<&str, &str> = HashMap::new();
+    for (name, text) in &spec.column_types {
+        match find(name) {
+            Some(column) => {
+                overrides.insert(column.name.as_str(), text.as_str());
+            }
+            None => errors.push(format!(
+                "`column_types` names `{name}`, which table `{table_label}` does not have (available: {})",
+                available()
+            )),
+        }
+    }
+    if selected.is_empty() && errors.is_empty() {
+        errors.push(format!("no column of `{table_label}` is left to sync"));
+    }
+
+    let mut columns = Vec::new();
+    let mut seen: HashMap<String, String> = HashMap::new();
+    for column in selected {
+        let natural = match natural_mapping(spec, column) {
+            Ok(natural) => natural,
+            Err(message) => {
+                errors.push(format!("column `{}`: {message}", column.name));
+                continue;
+            }
+        };
+        if let Some(warning) = &natural.warning {
+            warnings.push(format!("column `{}`: {warning}", column.name));
+        }
+        let target = names::sanitize_column(&column.name);
+        if target != column.name {
+            warnings.push(format!(
+                "column `{}` is renamed `{target}` (not a valid BigQuery name)",
+                column.name
+            ));
+        }
+        if let Some(first) = seen.insert(target.to_ascii_lowercase(), column.name.clone()) {
+            errors.push(format!(
+                "columns `{first}` and `{}` both map to BigQuery column `{target}` (names are case-insensitive)",
+                column.name
+            ));
+            continue;
+        }
+        let (bq_type, precision, scale, lossy) = match overrides.get(column.name.as_str()) {
+            Some(text) => match apply_override(&natural, text) {
+                Ok((bq_type, precision, scale, lossy)) => {
+                    if let Some(reason) = &lossy {
+                        warnings.push(format!(
+                            "column `{}`: override `{text}` may lose data: {reason}",
+                            column.name
+                        ));
+                    }
+                    (bq_type, precision, scale, lossy)
+                }
+                Err(message) => {
+                    errors.push(format!("column `{}`: {message}", column.name));
+                    continue;
+                }
+            },
+            None => (natural.bq_type, natural.precision, natural.scale, None),
+        };
+        let mode = if natural.repeated {
+            FieldMode::Repeated
+        } else if column.nullable {
+            FieldMode::Nullable
+        } else {
+            match natural.null_risk {
+                Some((what, BadValuePolicy::Null)) => {
+                    warnings.push(format!(
+                        "column `{}` is NOT NULL but mapped NULLABLE: {what} become NULL (policy `null`)",
+                        column.name
+                    ));
+                    FieldMode::Nullable
+                }
+                _ => FieldMode::Required,
+            }
+        };
+        let mut field = WarehouseField::new(target.clone(), bq_type, mode);
+        field.precision = precision;
+        field.scale = scale;
+        field.description = column.comment.clone().filter(|comment| !comment.is_empty());
+        columns.push(ColumnMapping {
+            source: column.clone(),
+            target,
+            field,
+            codec: natural.codec,
+            lossy,
+        });
+    }
+
+    let target_of = |name: &str| {
+        columns
+            .iter()
+            .find(|c: &&ColumnMapping| c.source.name == name || c.target.eq_ignore_ascii_case(name))
+    };
+    let partitioning =
+        spec.partition_by
+            .as_ref()
+            .and_then(|partition| match target_of(&partition.column) {
+                Some(column)
+                    if matches!(
+                        column.field.bq_type,
+                        BqType::Date | BqType::Datetime | BqType::Timestamp
+                    ) =>
+                {
+                    Some(TimePartitioning {
+                        granularity: partition.granularity.clone(),
+                        field: column.target.clone(),
+                    })
+                }
+                Some(column) => {
+                    errors.push(format!(
+                        "`partition_by` column `{}` is {}, not DATE, DATETIME or TIMESTAMP",
+                        partition.column,
+                        column.field.bq_type.as_str()
+                    ));
+                    None
+                }
+                None => {
+                    errors.push(format!(
+                        "`partition_by` names `{}`, which is not a synced column",
+                        partition.column
+                    ));
+                    None
+                }
+            });
+    let mut clustering = Vec::new();
+    for name in &spec.cluster_by {
+        match target_of(name) {
+            Some(column) => clustering.push(column.target.clone()),
+            None => errors.push(format!(
+                "`cluster_by` names `{name}`, which is not a synced column"
+            )),
+        }
+    }
+    if let Some(keys) = &spec.primary_key {
+        for key in keys {
+            if target_of(key).is_none() {
+                errors.push(format!(
+                    "`primary_key` names `{key}`, which is not a synced column"
+                ));
+            }
+        }
+    }
+    if let Some(cursor) = &spec.cursor
+        && target_of(cursor).is_none()
+    {
+        errors.push(format!(
+            "`cursor` names `{cursor}`, which is not a synced column"
+        ));
+    }
+
+    if !errors.is_empty() {
+        return Err(errors);
+    }
+    let fields = columns.iter().map(|column| column.field.clone()).collect();
+    Ok(TableMapping {
+        table: WarehouseTable {
+            name: spec.target.clone(),
+            fields,
+            partitioning,
+            clustering,
+        },
+        columns,
+        warnings,
+        policies: spec.types,
+        max_parse_failures: spec.max_parse_failures,
+        key_columns: spec
+            .primary_key
+            .clone()
+            .unwrap_or_else(|| source.primary_key.clone()),
+    })
+}
+
+/// The BigQuery type for a DECIMAL(p,s), by the lossless rule.
+pub fn decimal_type(
+    precision: u32,
+    scale: u32,
+    policy: DecimalOverflowPolicy,
+) -> Result<(BqType, Option<u32>, Option<u32>, Option<String>), String> {
+    let integer = precision.saturating_sub(scale);
+    if scale <= 9 && integer <= 29 {
+        Ok((BqType::Numeric, Some(precision), Some(scale), None))
+    } else if scale <= 38 && integer <= 38 {
+        Ok((BqType::BigNumeric, Some(precision), Some(scale), None))
+    } else {
+        match policy {
+            DecimalOverflowPolicy::String => Ok((
+                BqType::String,
+                None,
+                None,
+                Some(format!(
+                    "DECIMAL({precision},{scale}) fits neither NUMERIC nor BIGNUMERIC: stored as exact text"
+                )),
+            )),
+            DecimalOverflowPolicy::Error => Err(format!(
+                "DECIMAL({precision},{scale}) fits neither NUMERIC nor BIGNUMERIC (policy decimal_overflow: error)"
+            )),
+        }
+    }
+}
+
+fn decimal_natural(
+    spec: &TableSpec,
+    precision: Option<u32>,
+    scale: Option<u32>,
+    codec: Codec,
+) -> Result<Natural, String> {
+    match precision {
+        Some(precision) => {
+            let (bq_type, precision, scale, warning) =
+                decimal_type(precision, scale.unwrap_or(0), spec.types.decimal_overflow)?;
+            let mut natural = Natural::new(codec, bq_type);
+            natural.precision = precision;
+            natural.scale = scale;
+            natural.warning = warning;
+            Ok(natural)
+        }
+        None => {
+            let mut natural = Natural::new(codec, BqType::BigNumeric);
+            natural.warning = Some(
+                "unconstrained numeric mapped to BIGNUMERIC: values with more than 38 integer or fraction digits fail their row"
+                    .into(),
+            );
+            Ok(natural)
+        }
+    }
+}
+
+fn geometry(spec: &TableSpec) -> Natural {
+    match spec.types.geometry {
+        GeometryPolicy::Geography => Natural::new(Codec::Geometry, BqType::Geography),
+        GeometryPolicy::String => Natural::new(Codec::Geometry, BqType::String),
+    }
+}
+
+/// `numeric(10,2)` → (10, 2).
+fn type_params(text: &str) -> Option<(u32, Option<u32>)> {
+    let inner = text.split_once('(')?.1.split_once(')')?.0;
+    let mut parts = inner.split(',').map(|part| part.trim().parse::<u32>());
+    let precision = parts.next()?.ok()?;
+    let scale = match parts.next() {
+        Some(scale) => Some(scale.ok()?),
+        None => None,
+    };
+    Some((precision, scale))
+}
+
+fn natural_mapping(spec: &TableSpec, column: &SourceColumn) -> Result<Natural, String> {
+    match spec.source_kind {
+        SourceKind::Mysql => mysql_natural(spec, column),
+        SourceKind::Postgres => postgres_natural(spec, column),
+        SourceKind::Sqlite => sqlite_natural(spec, column),
+    }
+}
+
+fn mysql_natural(spec: &TableSpec, column: &SourceColumn) -> Result<Natural, String> {
+    let data_type = column.data_type.to_ascii_lowercase();
+    let column_type = column.column_type.to_ascii_lowercase();
+    let unsigned = column_type.contains("unsigned");
+    let zero = ("zero dates", spec.types.zero_dates);
+    Ok(match data_type.as_str() {
+        "tinyint"
+            if column_type.starts_with("tinyint(1)")
+                && !unsigned
+                && spec.types.tinyint1_as_bool =>
+        {
+            Natural::new(Codec::Bool, BqType::Bool)
+        }
+        "tinyint" | "smallint" | "mediumint" | "int" | "integer" => Natural::new(
+            if unsigned { Codec::UInt } else { Codec::Int },
+            BqType::Int64,
+        ),
+        "bigint" if unsigned => {
+            let mut natural = Natural::new(Codec::UInt, BqType::Numeric);
+            natural.precision = Some(20);
+            natural.scale = Some(0);
+            natural
+        }
+        "bigint" => Natural::new(Codec::Int, BqType::Int64),
+        "year" => Natural::new(Codec::UInt, BqType::Int64),
+        "decimal" | "numeric" | "dec" | "fixed" => decimal_natural(
+            spec,
+            column.precision.or(Some(10)),
+            column.scale.or(Some(0)),
+            Codec::Decimal,
+        )?,
+        "float" | "double" | "real" | "double precision" => {
+            Natural::new(Codec::Float, BqType::Float64)
+        }
+        "bit" if column.precision.unwrap_or(1) == 1 => Natural::new(Codec::Bool, BqType::Bool),
+        "bit" => Natural::new(Codec::Bits, BqType::Bytes),
+        "date" => Natural::new(Codec::Date, BqType::Date).risk(zero.0, zero.1),
+        "datetime" => Natural::new(Codec::DateTime, BqType::Datetime).risk(zero.0, zero.1),
+        "timestamp" => Natural::new(Codec::Timestamp, BqType::Timestamp).risk(zero.0, zero.1),
+        "time" => Natural::new(Codec::MysqlTime, BqType::String),
+        "json" => Natural::new(Codec::Json, BqType::Json),
+        "char" | "varchar" | "tinytext" | "text" | "mediumtext" | "longtext" if column.is_json => {
+            Natural::new(Codec::Json, BqType::Json)
+        }
+        "char" | "varchar" | "tinytext" | "text" | "mediumtext" | "longtext" | "enum" | "set"
+        | "uuid" | "inet4" | "inet6" => Natural::new(Codec::Text, BqType::String),
+        "binary" | "varbinary" | "tinyblob" | "blob" | "mediumblob" | "longblob" => {
+            Natural::new(Codec::Bytes, BqType::Bytes)
+        }
+        "geometry" | "point" | "linestring" | "polygon" | "multipoint" | "multilinestring"
+        | "multipolygon" | "geometrycollection" | "geomcollection" => geometry(spec),
+        other => {
+            let mut natural = Natural::new(Codec::Text, BqType::String);
+            natural.warning = Some(format!("unknown MySQL type `{other}` read as text"));
+            natural
+        }
+    })
+}
+
+/// The codec and type of a PostgreSQL array element, by `udt_name` without the `_`.
+fn postgres_element(spec: &TableSpec, element: &str, column_type: &str) -> Result<Natural, String> {
+    let non_finite = ("NaN/±Infinity values", spec.types.non_finite);
+    Ok(match element {
+        "int2" | "int4" | "int8" => Natural::new(Codec::Int, BqType::Int64),
+        "float4" | "float8" => {
+            Natural::new(Codec::Float, BqType::Float64).risk(non_finite.0, non_finite.1)
+        }
+        "numeric" => {
+            let params = type_params(column_type);
+            decimal_natural(
+                spec,
+                params.map(|p| p.0),
+                params.and_then(|p| p.1).or(params.map(|_| 0)),
+                Codec::Decimal,
+            )?
+        }
+        "bool" => Natural::new(Codec::Bool, BqType::Bool),
+        "text" | "varchar" | "bpchar" | "name" | "citext" => {
+            Natural::new(Codec::Text, BqType::String)
+        }
+        "uuid" => Natural::new(Codec::Uuid, BqType::String),
+        "bytea" => Natural::new(Codec::Bytes, BqType::Bytes),
+        "date" => {
+            Natural::new(Codec::Date, BqType::Date).risk("±infinity dates", spec.types.non_finite)
+        }
+        "timestamp" => Natural::new(Codec::DateTime, BqType::Datetime)
+            .risk("±infinity timestamps", spec.types.non_finite),
+        "timestamptz" => Natural::new(Codec::Timestamp, BqType::Timestamp)
+            .risk("±infinity timestamps", spec.types.non_finite),
+        "time" => Natural::new(Codec::Time, BqType::Time),
+        "json" | "jsonb" => Natural::new(Codec::Json, BqType::Json),
+        "money" => Natural::new(Codec::Money, BqType::Numeric),
+        "geometry" | "geography" => geometry(spec),
+        _ => Natural::new(Codec::CastText, BqType::String),
+    })
+}
+
+fn postgres_natural(spec: &TableSpec, column: &SourceColumn) -> Result<Natural, String> {
+    let data_type = column.data_type.to_ascii_lowercase();
+    if let Some(element) = data_type.strip_prefix('_') {
+        let element_natural = postgres_element(spec, element, &column.column_type)?;
+        if matches!(element_natural.codec, Codec::Geometry) {
+            return Ok(Natural::new(Codec::CastText, BqType::String));
+        }
+        let mut natural = Natural::new(
+            Codec::Array(Box::new(element_natural.codec)),
+            element_natural.bq_type,
+        );
+        natural.precision = element_natural.precision;
+        natural.scale = element_natural.scale;
+        natural.repeated = true;
+        natural.warning = element_natural.warning;
+        return Ok(natural);
+    }
+    let element = match data_type.as_str() {
+        "smallint" => "int2",
+        "integer" => "int4",
+        "bigint" => "int8",
+        "real" => "float4",
+        "double precision" => "float8",
+        "boolean" => "bool",
+        "text" => "text",
+        "character varying" => "varchar",
+        "character" => "bpchar",
+        "name" => "name",
+        "uuid" => "uuid",
+        "bytea" => "bytea",
+        "date" => "date",
+        "timestamp without time zone" => "timestamp",
+        "timestamp with time zone" => "timestamptz",
+        "time without time zone" => "time",
+        "json" => "json",
+        "jsonb" => "jsonb",
+        "money" => "money",
+        "numeric" => {
+            return decimal_natural(spec, column.precision, column.scale, Codec::Decimal)
+                .map(|natural| natural.risk("NaN/±Infinity values", spec.types.non_finite));
+        }
+        other => other,
+    };
+    postgres_element(spec, element, &column.column_type)
+}
+
+fn sqlite_natural(spec: &TableSpec, column: &SourceColumn) -> Result<Natural, String> {
+    let declared = column.column_type.to_ascii_uppercase();
+    let base = declared.split('(').next().unwrap_or("").trim().to_string();
+    let non_finite = ("±Infinity values", spec.types.non_finite);
+    Ok(match base.as_str() {
+        "BOOL" | "BOOLEAN" => Natural::new(Codec::Bool, BqType::Bool),
+        "DATE" => Natural::new(Codec::Date, BqType::Date),
+        "DATETIME" => Natural::new(Codec::DateTime, BqType::Datetime),
+        "JSON" | "JSONB" => Natural::new(Codec::Json, BqType::Json),
+        "TIMESTAMP" | "TIME" => Natural::new(Codec::Text, BqType::String),
+        _ if base.contains("INT") => Natural::new(Codec::Int, BqType::Int64),
+        _ if base.contains("CHAR") || base.contains("CLOB") || base.contains("TEXT") => {
+            Natural::new(Codec::Text, BqType::String)
+        }
+        _ if base.contains("BLOB") => Natural::new(Codec::Bytes, BqType::Bytes),
+        "" => {
+            let mut natural = Natural::new(Codec::Text, BqType::String);
+            natural.warning = Some("no declared type: values are written as text".into());
+            natural
+        }
+        _ if base.contains("REAL") || base.contains("FLOA") || base.contains("DOUB") => {
+            Natural::new(Codec::Float, BqType::Float64).risk(non_finite.0, non_finite.1)
+        }
+        _ => {
+            let params = type_params(&declared);
+            decimal_natural(
+                spec,
+                params.map(|p| p.0),
+                params.map(|p| p.1.unwrap_or(0)),
+                Codec::Decimal,
+            )?
+        }
+    })
+}
+
+/// Parses an override like `NUMERIC(38, 9)`.
+fn parse_override(text: &str) -> Result<(BqType, Option<u32>, Option<u32>), String> {
+    let (base, params) = match text.split_once('(') {
+        Some((base, _)) => (base, type_params(text)),
+        None => (text, None),
+    };
+    let bq_type = BqType::parse(base).ok_or_else(|| format!("`{text}` is not a BigQuery type"))?;
+    match (bq_type, params) {
+        (BqType::Numeric | BqType::BigNumeric, Some((precision, scale))) => {
+            Ok((bq_type, Some(precision), Some(scale.unwrap_or(0))))
+        }
+        (_, Some(_)) if text.contains('(') => Err(format!(
+            "`{text}`: only NUMERIC and BIGNUMERIC take parameters here"
+        )),
+        _ => Ok((bq_type, None, None)),
+    }
+}
+
+type Override = (BqType, Option<u32>, Option<u32>, Option<String>);
+
+fn apply_override(natural: &Natural, text: &str) -> Result<Override, String> {
+    let (to, precision, scale) = parse_override(text)?;
+    let from = natural.bq_type;
+    use BqType as T;
+    let lossy: Option<&str> = match (from, to) {
+        _ if from == to => match (precision, scale, natural.precision, natural.scale) {
+            (Some(p), Some(s), Some(np), Some(ns)) if s < ns || p - s < np.saturating_sub(ns) => {
+                Some("narrower precision or scale: values that do not fit fail their row")
+            }
+            (Some(_), Some(_), None, None) => {
+                Some("values that do not fit the parameters fail their row")
+            }
+            _ => None,
+        },
+        (_, T::String) => None,
+        (T::Int64, T::Numeric | T::BigNumeric)
+        | (T::Numeric, T::BigNumeric)
+        | (T::Bool, T::Int64) => None,
+        (T::Date, T::Datetime | T::Timestamp) => None,
+        (T::String, T::Bytes) => None,
+        (T::Int64 | T::Numeric | T::BigNumeric, T::Float64) => Some("FLOAT64 rounds to 53 bits"),
+        (T::Numeric | T::BigNumeric | T::Float64, T::Int64) => {
+            Some("values with a fraction fail their row")
+        }
+        (T::BigNumeric | T::Float64, T::Numeric) | (T::Float64, T::BigNumeric) => {
+            Some("values that do not fit fail their row")
+        }
+        (T::Datetime, T::Timestamp) => Some("civil date-times are read as UTC"),
+        (T::Timestamp, T::Datetime) => Some("the UTC wall-clock time is kept, the zone is dropped"),
+        (T::String, T::Json) => Some("text that is not JSON fails its row"),
+        (T::String, T::Geography) => Some("text that is not WKT/GeoJSON is rejected by BigQuery"),
+        _ => {
+            return Err(format!(
+                "cannot write {} values into an override type `{text}`",
+                from.as_str()
+            ));
+        }
+    };
+    Ok((to, precision, scale, lossy.map(str::to_string)))
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,619 @@
+//! PostgreSQL: connect, describe, extract. Values are read in the binary protocol and parsed
+//! here from the raw bytes (no per-value allocation for scalars).
+
+use std::borrow::Cow;
+use std::str::FromStr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use chrono::{NaiveDate, NaiveDateTime, NaiveTime, TimeDelta};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow, PgSslMode};
+use sqlx::{Executor, PgPool, Row, ValueRef};
+use tokio::sync::mpsc::Sender;
+
+use super::{
+    CursorFilter, SourceError, cursor_column, drive, normalize_temporal, quote_pg, tls_is_default,
+};
+use crate::encode::{Bad, BadKind, Decoded, ExtractStats, RowEncoder, Val, decimal_text, text};
+use crate::manifest::raw::TlsMode;
+use crate::manifest::resolve::{SourceSpec, TableSpec};
+use crate::mapping::{Codec, TableMapping};
+use crate::schema::{SourceColumn, SourceTable};
+
+pub(super) async fn connect(spec: &SourceSpec) -> Result<PgPool, sqlx::Error> {
+    let connection = &spec.connection;
+    let mut options = match &connection.url {
+        Some(url) => PgConnectOptions::from_str(url.expose())?,
+        None => {
+            let mut options = PgConnectOptions::new_without_pgpass().host(&connection.host);
+            if let Some(port) = connection.port {
+                options = options.port(port);
+            }
+            if let Some(user) = &connection.user {
+                options = options.username(user);
+            }
+            if let Some(password) = &connection.password {
+                options = options.password(password.expose());
+            }
+            if let Some(database) = &connection.database {
+                options = options.database(database);
+            }
+            options
+        }
+    };
+    if connection.url.is_none() || !tls_is_default(spec.tls.mode) {
+        options = options.ssl_mode(match spec.tls.mode {
+            TlsMode::Disable => PgSslMode::Disable,
+            TlsMode::Prefer => PgSslMode::Prefer,
+            TlsMode::Require => PgSslMode::Require,
+            TlsMode::VerifyCa => PgSslMode::VerifyCa,
+            TlsMode::VerifyFull => PgSslMode::VerifyFull,
+        });
+    }
+    if let Some(ca) = &spec.tls.ca {
+        options = options.ssl_root_cert(ca);
+    }
+    if let Some(cert) = &spec.tls.cert {
+        options = options.ssl_client_cert(cert);
+    }
+    if let Some(key) = &spec.tls.key {
+        options = options.ssl_client_key(key);
+    }
+    options = options.application_name("datasync");
+    let statement_ms = spec
+        .timeouts
+        .statement
+        .map_or(0, |timeout| timeout.as_millis());
+    let setup: Arc<Vec<String>> = Arc::new(vec![
+        "SET TimeZone = 'UTC'".into(),
+        format!("SET statement_timeout = {statement_ms}"),
+        "SET extra_float_digits = 3".into(),
+    ]);
+    let mut pool = PgPoolOptions::new()
+        .max_connections(spec.max_connections.max(1))
+        .min_connections(spec.min_connections)
+        .max_lifetime(spec.max_lifetime)
+        .after_connect(move |conn, _meta| {
+            let setup = Arc::clone(&setup);
+            Box::pin(async move {
+                for statement in setup.iter() {
+                    conn.execute(sqlx::raw_sql(statement)).await?;
+                }
+                Ok(())
+            })
+        });
+    if let Some(timeout) = spec.timeouts.connect {
+        pool = pool.acquire_timeout(timeout);
+    }
+    pool.connect_with(options).await
+}
+
+fn qerr(context: &str) -> impl Fn(sqlx::Error) -> SourceError + '_ {
+    move |error| SourceError::query(context, error)
+}
+
+pub(super) async fn describe(pool: &PgPool, spec: &TableSpec) -> Result<SourceTable, SourceError> {
+    let schema: String = match &spec.qualifier {
+        Some(schema) => schema.clone(),
+        None => sqlx::query_scalar("SELECT current_schema()::text")
+            .fetch_one(pool)
+            .await
+            .map_err(qerr("reading the current schema"))?,
+    };
+    let label = format!("{schema}.{}", spec.name);
+    let context = format!("describing `{label}`");
+    let table = sqlx::query(
+        "SELECT c.oid::int8, c.reltuples::float8, obj_description(c.oid, 'pg_class')
+         FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+         WHERE n.nspname = $1 AND c.relname = $2 AND c.relkind IN ('r', 'p', 'v', 'm', 'f')",
+    )
+    .bind(&schema)
+    .bind(&spec.name)
+    .fetch_optional(pool)
+    .await
+    .map_err(qerr(&context))?;
+    let Some(table) = table else {
+        return Err(SourceError::TableNotFound {
+            table: label,
+            engine: "PostgreSQL",
+            hint: " (names are case-sensitive; check the schema and the table name)".into(),
+        });
+    };
+    let oid: i64 = table.try_get(0).map_err(qerr(&context))?;
+    let reltuples: f64 = table.try_get(1).map_err(qerr(&context))?;
+    let comment: Option<String> = table.try_get(2).map_err(qerr(&context))?;
+
+    let rows = sqlx::query(
+        "SELECT a.attname::text,
+                a.attnum::int4,
+                CASE WHEN t.typcategory = 'A' THEN t.typname::text
+                     WHEN ic.data_type = 'USER-DEFINED' THEN ic.udt_name::text
+                     ELSE COALESCE(ic.data_type::text, format_type(a.atttypid, NULL)) END,
+                format_type(a.atttypid, a.atttypmod),
+                NOT a.attnotnull,
+                ic.numeric_precision::int8,
+                ic.numeric_scale::int8,
+                ic.character_maximum_length::int8,
+                col_description(a.attrelid, a.attnum)
+         FROM pg_attribute a
+         JOIN pg_type t ON t.oid = a.atttypid
+         LEFT JOIN information_schema.columns ic
+                ON ic.table_schema = $2 AND ic.table_name = $3 AND ic.column_name = a.attname
+         WHERE a.attrelid = $1::int8::oid AND a.attnum > 0 AND NOT a.attisdropped
+         ORDER BY a.attnum",
+    )
+    .bind(oid)
+    .bind(&schema)
+    .bind(&spec.name)
+    .fetch_all(pool)
+    .await
+    .map_err(qerr(&context))?;
+    let primary_key: Vec<String> = sqlx::query_scalar(
+        "SELECT a.attname::text
+         FROM pg_index i
+         CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, position)
+         JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
+         WHERE i.indrelid = $1::int8::oid AND i.indisprimary
+         ORDER BY k.position",
+    )
+    .bind(oid)
+    .fetch_all(pool)
+    .await
+    .map_err(qerr(&context))?;
+
+    let mut columns = Vec::with_capacity(rows.len());
+    for row in rows {
+        let get_u32 = |index: usize| -> Result<Option<u32>, SourceError> {
+            let value: Option<i64> = row.try_get(index).map_err(qerr(&context))?;
+            Ok(value.and_then(|value| u32::try_from(value).ok()))
+        };
+        let name: String = row.try_get(0).map_err(qerr(&context))?;
+        let ordinal: i32 = row.try_get(1).map_err(qerr(&context))?;
+        let data_type: String = row.try_get(2).map_err(qerr(&context))?;
+        let data_type = data_type.to_lowercase();
+        let precision = if data_type == "numeric" {
+            get_u32(5)?
+        } else {
+            None
+        };
+        let scale = if data_type == "numeric" {
+            get_u32(6)?
+        } else {
+            None
+        };
+        let max_length: Option<i64> = row.try_get(7).map_err(qerr(&context))?;
+        columns.push(SourceColumn {
+            primary_key: primary_key.contains(&name),
+            name,
+            ordinal: u32::try_from(ordinal).unwrap_or(0),
+            data_type,
+            column_type: row.try_get(3).map_err(qerr(&context))?,
+            nullable: row.try_get(4).map_err(qerr(&context))?,
+            precision,
+            scale,
+            max_length: max_length.and_then(|length| u64::try_from(length).ok()),
+            comment: row.try_get(8).map_err(qerr(&context))?,
+            is_json: false,
+        });
+    }
+    Ok(SourceTable {
+        qualifier: Some(schema),
+        name: spec.name.clone(),
+        columns,
+        primary_key,
+        // reltuples is -1 for a never-analysed table (PostgreSQL 14+).
+        estimated_rows: (reltuples >= 0.0).then_some(reltuples as u64),
+        comment,
+    })
+}
+
+fn select_expr(codec: &Codec, quoted: &str) -> String {
+    match codec {
+        Codec::Json | Codec::CastText => format!("{quoted}::text"),
+        Codec::Money => format!("{quoted}::numeric"),
+        Codec::Geometry => format!("ST_AsText({quoted})"),
+        Codec::Array(element) => match element.as_ref() {
+            Codec::Json | Codec::CastText => format!("{quoted}::text[]"),
+            Codec::Money => format!("{quoted}::numeric[]"),
+            _ => quoted.to_string(),
+        },
+        _ => quoted.to_string(),
+    }
+}
+
+fn from_clause(table: &SourceTable) -> Result<String, SourceError> {
+    Ok(match &table.qualifier {
+        Some(schema) => format!("{}.{}", quote_pg(schema)?, quote_pg(&table.name)?),
+        None => quote_pg(&table.name)?,
+    })
+}
+
+/// `WHERE "c" > $1::<type>` and the bound value.
+fn cursor_clause(
+    table: &SourceTable,
+    mapping: &TableMapping,
+    filter: &CursorFilter,
+) -> Result<(String, String), SourceError> {
+    let column = cursor_column(mapping, table, filter)?;
+    let quoted = quote_pg(&column.source.name)?;
+    let cast = column.source.column_type.clone();
+    if !cast
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || " (),_[]".contains(c))
+    {
+        return Err(SourceError::Invalid(format!(
+            "cursor column `{}` has an unsupported type `{cast}`",
+            column.source.name
+        )));
+    }
+    let value = match column.codec {
+        Codec::Date | Codec::DateTime | Codec::Timestamp => normalize_temporal(&filter.value),
+        _ => filter.value.clone(),
+    };
+    let value = if matches!(column.codec, Codec::Timestamp) {
+        format!("{value}+00")
+    } else {
+        value
+    };
+    Ok((format!(" WHERE {quoted} > $1::{cast}"), value))
+}
+
+pub(super) async fn count_rows(
+    pool: &PgPool,
+    table: &SourceTable,
+    mapping: &TableMapping,
+    filter: Option<&CursorFilter>,
+) -> Result<u64, SourceError> {
+    let mut sql = format!("SELECT count(*) FROM {}", from_clause(table)?);
+    let mut bind = None;
+    if let Some(filter) = filter {
+        let (clause, value) = cursor_clause(table, mapping, filter)?;
+        sql.push_str(&clause);
+        bind = Some(value);
+    }
+    let mut query = sqlx::query_scalar::<_, i64>(&sql);
+    if let Some(value) = bind {
+        query = query.bind(value);
+    }
+    let count = query.fetch_one(pool).await.map_err(qerr("counting rows"))?;
+    Ok(u64::try_from(count).unwrap_or(0))
+}
+
+pub(super) async fn extract(
+    pool: &PgPool,
+    table: &SourceTable,
+    mapping: &TableMapping,
+    filter: Option<&CursorFilter>,
+    encoder: RowEncoder,
+    sink: Sender<Bytes>,
+    progress: &dyn Fn(u64),
+) -> Result<ExtractStats, SourceError> {
+    let mut select = Vec::with_capacity(mapping.columns.len());
+    for column in &mapping.columns {
+        select.push(select_expr(&column.codec, &quote_pg(&column.source.name)?));
+    }
+    let mut sql = format!("SELECT {} FROM {}", select.join(", "), from_clause(table)?);
+    let mut bind = None;
+    if let Some(filter) = filter {
+        let (clause, value) = cursor_clause(table, mapping, filter)?;
+        sql.push_str(&clause);
+        sql.push_str(&format!(" ORDER BY {}", quote_pg(&filter.column)?));
+        bind = Some(value);
+    }
+    let mut query = sqlx::query(&sql);
+    if let Some(value) = bind {
+        query = query.bind(value);
+    }
+    let rows = query.fetch(pool);
+    drive(rows, mapping, decode, encoder, sink, progress).await
+}
+
+fn decode<'a>(row: &'a PgRow, index: usize, codec: &'a Codec) -> Decoded<'a> {
+    let raw = match row.try_get_raw(index) {
+        Ok(raw) => raw,
+        Err(error) => return Err(Bad::new(BadKind::Malformed, error.to_string())),
+    };
+    if raw.is_null() {
+        return Ok(Val::Null);
+    }
+    match raw.as_bytes() {
+        Ok(bytes) => decode_binary(bytes, codec),
+        Err(error) => Err(Bad::new(BadKind::Malformed, error.to_string())),
+    }
+}
+
+fn malformed(what: &str, bytes: &[u8]) -> Bad<'static> {
+    Bad::new(
+        BadKind::Malformed,
+        format!("malformed {what} value ({} bytes)", bytes.len()),
+    )
+}
+
+fn be_i64(bytes: &[u8]) -> Option<i64> {
+    Some(match bytes.len() {
+        2 => i64::from(i16::from_be_bytes(bytes.try_into().ok()?)),
+        4 => i64::from(i32::from_be_bytes(bytes.try_into().ok()?)),
+        8 => i64::from_be_bytes(bytes.try_into().ok()?),
+        _ => return None,
+    })
+}
+
+const PG_EPOCH_DAYS_FROM_CE: i32 = 730_120; // 2000-01-01
+
+fn pg_epoch() -> NaiveDateTime {
+    NaiveDate::from_num_days_from_ce_opt(PG_EPOCH_DAYS_FROM_CE)
+        .unwrap_or_default()
+        .and_time(NaiveTime::MIN)
+}
+
+/// Decodes one binary value.
+pub(crate) fn decode_binary<'a>(bytes: &'a [u8], codec: &'a Codec) -> Decoded<'a> {
+    match codec {
+        Codec::Bool => match bytes {
+            [b] => Ok(Val::Bool(*b != 0)),
+            _ => Err(malformed("bool", bytes)),
+        },
+        Codec::Int | Codec::UInt => be_i64(bytes)
+            .map(Val::Int)
+            .ok_or_else(|| malformed("integer", bytes)),
+        Codec::Float => match bytes.len() {
+            4 => Ok(Val::F32(f32::from_be_bytes(
+                bytes.try_into().map_err(|_| malformed("float4", bytes))?,
+            ))),
+            8 => Ok(Val::F64(f64::from_be_bytes(
+                bytes.try_into().map_err(|_| malformed("float8", bytes))?,
+            ))),
+            _ => Err(malformed("float", bytes)),
+        },
+        Codec::Decimal | Codec::Money => {
+            numeric_text(bytes).map(|text| Val::Decimal(Cow::Owned(text)))
+        }
+        Codec::Text | Codec::CastText | Codec::Geometry | Codec::MysqlTime => text(bytes),
+        Codec::Json => Ok(Val::Json(Cow::Borrowed(bytes))),
+        Codec::Bytes | Codec::Bits => Ok(Val::Bytes(Cow::Borrowed(bytes))),
+        Codec::Uuid => match <[u8; 16]>::try_from(bytes) {
+            Ok(raw) => Ok(Val::Text(Cow::Owned(
+                uuid::Uuid::from_bytes(raw).hyphenated().to_string(),
+            ))),
+            Err(_) => Err(malformed("uuid", bytes)),
+        },
+        Codec::Date => {
+            let days = match be_i64(bytes) {
+                Some(days) if bytes.len() == 4 => days,
+                _ => return Err(malformed("date", bytes)),
+            };
+            if days == i64::from(i32::MAX) || days == i64::from(i32::MIN) {
+                let sign = if days > 0 { "" } else { "-" };
+                return Err(Bad::new(BadKind::NonFinite, format!("date {sign}infinity")));
+            }
+            pg_epoch()
+                .date()
+                .checked_add_signed(TimeDelta::days(days))
+                .map(Val::Date)
+                .ok_or_else(|| Bad::new(BadKind::OutOfRange, "date out of range"))
+        }
+        Codec::DateTime | Codec::Timestamp => {
+            let micros = match be_i64(bytes) {
+                Some(micros) if bytes.len() == 8 => micros,
+                _ => return Err(malformed("timestamp", bytes)),
+            };
+            if micros == i64::MAX || micros == i64::MIN {
+                let sign = if micros > 0 { "" } else { "-" };
+                return Err(Bad::new(
+                    BadKind::NonFinite,
+                    format!("timestamp {sign}infinity"),
+                ));
+            }
+            let value = pg_epoch()
+                .checked_add_signed(TimeDelta::microseconds(micros))
+                .ok_or_else(|| Bad::new(BadKind::OutOfRange, "timestamp out of range"))?;
+            Ok(if matches!(codec, Codec::Timestamp) {
+                Val::Timestamp(value)
+            } else {
+                Val::DateTime(value)
+            })
+        }
+        Codec::Time => {
+            let micros = match be_i64(bytes) {
+                Some(micros) if bytes.len() == 8 => micros,
+                _ => return Err(malformed("time", bytes)),
+            };
+            let seconds = u32::try_from(micros.div_euclid(1_000_000)).unwrap_or(u32::MAX);
+            let nanos = u32::try_from(micros.rem_euclid(1_000_000) * 1000).unwrap_or(0);
+            NaiveTime::from_num_seconds_from_midnight_opt(seconds, nanos)
+                .map(Val::Time)
+                .ok_or_else(|| {
+                    Bad::new(
+                        BadKind::OutOfRange,
+                        "time 24:00:00 is outside BigQuery TIME",
+                    )
+                })
+        }
+        Codec::Array(element) => decode_array(bytes, element),
+    }
+}
+
+fn decode_array<'a>(bytes: &'a [u8], element: &'a Codec) -> Decoded<'a> {
+    let read_i32 = |at: usize| -> Option<i32> {
+        Some(i32::from_be_bytes(bytes.get(at..at + 4)?.try_into().ok()?))
+    };
+    let bad = || malformed("array", bytes);
+    let dims = read_i32(0).ok_or_else(bad)?;
+    if dims == 0 {
+        return Ok(Val::Array(Vec::new()));
+    }
+    if dims != 1 {
+        return Err(Bad::new(
+            BadKind::OutOfRange,
+            format!("{dims}-dimensional array (BigQuery arrays have one dimension)"),
+        ));
+    }
+    let count = read_i32(12).ok_or_else(bad)?;
+    let mut at = 20;
+    let mut items = Vec::with_capacity(usize::try_from(count).unwrap_or(0).min(4096));
+    for _ in 0..count {
+        let len = read_i32(at).ok_or_else(bad)?;
+        at += 4;
+        if len < 0 {
+            items.push(Val::Null);
+            continue;
+        }
+        let len = usize::try_from(len).map_err(|_| bad())?;
+        let item = bytes.get(at..at + len).ok_or_else(bad)?;
+        at += len;
+        items.push(decode_binary(item, element)?);
+    }
+    Ok(Val::Array(items))
+}
+
+/// PostgreSQL binary numeric → exact decimal text with its display scale.
+pub(crate) fn numeric_text(bytes: &[u8]) -> Result<String, Bad<'static>> {
+    let read_u16 = |at: usize| -> Option<u16> {
+        Some(u16::from_be_bytes(bytes.get(at..at + 2)?.try_into().ok()?))
+    };
+    let bad = || malformed("numeric", bytes);
+    let ndigits = usize::from(read_u16(0).ok_or_else(bad)?);
+    let weight = i64::from(read_u16(2).ok_or_else(bad)? as i16);
+    let sign = read_u16(4).ok_or_else(bad)?;
+    let dscale = usize::from(read_u16(6).ok_or_else(bad)?);
+    match sign {
+        0x0000 | 0x4000 => {}
+        0xC000 => return Err(Bad::new(BadKind::NonFinite, "numeric NaN")),
+        0xD000 => return Err(Bad::new(BadKind::NonFinite, "numeric Infinity")),
+        0xF000 => return Err(Bad::new(BadKind::NonFinite, "numeric -Infinity")),
+        _ => return Err(bad()),
+    }
+    let mut digits = Vec::with_capacity(ndigits);
+    for index in 0..ndigits {
+        let digit = read_u16(8 + index * 2).ok_or_else(bad)?;
+        if digit > 9999 {
+            return Err(bad());
+        }
+        digits.push(digit);
+    }
+    let mut out = String::with_capacity(ndigits * 4 + dscale + 3);
+    if sign == 0x4000 {
+        out.push('-');
+    }
+    // Integer part: groups 0..=weight.
+    if weight < 0 {
+        out.push('0');
+    } else {
+        for group in 0..=weight {
+            let digit = usize::try_from(group)
+                .ok()
+                .and_then(|g| digits.get(g))
+                .copied()
+                .unwrap_or(0);
+            if group == 0 {
+                out.push_str(&digit.to_string());
+            } else {
+                out.push_str(&format!("{digit:04}"));
+            }
+        }
+    }
+    if dscale > 0 {
+        out.push('.');
+        let mut fraction = String::with_capacity(dscale + 4);
+        let mut group = weight + 1;
+        while fraction.len() < dscale {
+            let digit = if group < 0 {
+                0
+            } else {
+                usize::try_from(group)
+                    .ok()
+                    .and_then(|g| digits.get(g))
+                    .copied()
+                    .unwrap_or(0)
+            };
+            fraction.push_str(&format!("{digit:04}"));
+            group += 1;
+        }
+        fraction.truncate(dscale);
+        out.push_str(&fraction);
+    }
+    if out == "-0" || (out.starts_with("-0.") && out[3..].bytes().all(|b| b == b'0')) {
+        out.remove(0);
+    }
+    match decimal_text(&out) {
+        Ok(_) => Ok(out),
+        Err(bad) => Err(Bad::new(bad.kind, bad.message)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn numeric(ndigits: u16, weight: i16, sign: u16, dscale: u16, digits: &[u16]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for value in [ndigits, weight as u16, sign, dscale] {
+            out.extend_from_slice(&value.to_be_bytes());
+        }
+        for digit in digits {
+            out.extend_from_slice(&digit.to_be_bytes());
+        }
+        out
+    }
+
+    #[test]
+    fn numerics() {
+        // 12345.6789 = [1, 2345, 6789], weight 1, dscale 4
+        assert_eq!(
+            numeric_text(&numeric(3, 1, 0, 4, &[1, 2345, 6789])).unwrap(),
+            "12345.6789"
+        );
+        // -0.0001 = [1], weight -1, dscale 4
+        assert_eq!(
+            numeric_text(&numeric(1, -1, 0x4000, 4, &[1])).unwrap(),
+            "-0.0001"
+        );
+        // 0.00000001 = [1] weight -2 dscale 8
+        assert_eq!(
+            numeric_text(&numeric(1, -2, 0, 8, &[100])).unwrap(),
+            "0.00000001"
+        );
+        // 10000 = [1] weight 1 dscale 0 (trailing zero group omitted)
+        assert_eq!(numeric_text(&numeric(1, 1, 0, 0, &[1])).unwrap(), "10000");
+        // 1.50 with dscale 2
+        assert_eq!(
+            numeric_text(&numeric(2, 0, 0, 2, &[1, 5000])).unwrap(),
+            "1.50"
+        );
+        assert_eq!(numeric_text(&numeric(0, 0, 0, 3, &[])).unwrap(), "0.000");
+        assert_eq!(
+            numeric_text(&numeric(0, 0, 0xC000, 0, &[]))
+                .unwrap_err()
+                .kind,
+            BadKind::NonFinite
+        );
+        assert_eq!(
+            numeric_text(&numeric(0, 0, 0xD000, 0, &[]))
+                .unwrap_err()
+                .kind,
+            BadKind::NonFinite
+        );
+    }
+
+    #[test]
+    fn dates_and_infinity() {
+        let codec = Codec::Date;
+        assert_eq!(
+            decode_binary(&0i32.to_be_bytes(), &codec),
+            Ok(Val::Date(NaiveDate::from_ymd_opt(2000, 1, 1).unwrap()))
+        );
+        assert_eq!(
+            decode_binary(&i32::MAX.to_be_bytes(), &codec)
+                .unwrap_err()
+                .kind,
+            BadKind::NonFinite
+        );
+        let codec = Codec::Timestamp;
+        assert_eq!(
+            decode_binary(&i64::MIN.to_be_bytes(), &codec)
+                .unwrap_err()
+                .kind,
+            BadKind::NonFinite
+        );
+    }
+}

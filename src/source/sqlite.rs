@@ -1,0 +1,322 @@
+//! SQLite: declared types give the BigQuery type; each value is read by its storage class
+//! (SQLite is dynamically typed) and converted, or reported as a bad value.
+
+use std::borrow::Cow;
+use std::str::FromStr;
+
+use bytes::Bytes;
+use chrono::{NaiveDate, NaiveDateTime};
+use sqlx::sqlite::{SqliteConnectOptions, SqlitePoolOptions, SqliteRow};
+use sqlx::{Decode, Row, Sqlite, SqlitePool, TypeInfo, ValueRef};
+use tokio::sync::mpsc::Sender;
+
+use super::{CursorFilter, SourceError, cursor_column, drive, quote_pg};
+use crate::encode::{Bad, BadKind, Decoded, ExtractStats, RowEncoder, Val, decimal_text, text};
+use crate::manifest::resolve::{SourceSpec, TableSpec};
+use crate::mapping::{Codec, TableMapping};
+use crate::schema::{SourceColumn, SourceTable};
+
+pub(super) async fn connect(spec: &SourceSpec) -> Result<SqlitePool, sqlx::Error> {
+    let options = match (&spec.connection.url, &spec.connection.database) {
+        (Some(url), _) => SqliteConnectOptions::from_str(url.expose())?,
+        (None, Some(path)) => SqliteConnectOptions::new().filename(path),
+        (None, None) => {
+            return Err(sqlx::Error::Configuration(
+                "a SQLite source needs `url` or `database` (the file path)".into(),
+            ));
+        }
+    };
+    let options = options.read_only(true).create_if_missing(false);
+    let mut pool = SqlitePoolOptions::new()
+        .max_connections(spec.max_connections.max(1))
+        .min_connections(spec.min_connections)
+        .max_lifetime(spec.max_lifetime);
+    if let Some(timeout) = spec.timeouts.connect {
+        pool = pool.acquire_timeout(timeout);
+    }
+    pool.connect_with(options).await
+}
+
+fn qerr(context: &str) -> impl Fn(sqlx::Error) -> SourceError + '_ {
+    move |error| SourceError::query(context, error)
+}
+
+pub(super) async fn describe(
+    pool: &SqlitePool,
+    spec: &TableSpec,
+) -> Result<SourceTable, SourceError> {
+    let schema = spec.qualifier.clone().unwrap_or_else(|| "main".into());
+    let context = format!("describing `{}`", spec.name);
+    let rows = sqlx::query(
+        "SELECT name, type, \"notnull\", pk, cid FROM pragma_table_info(?1, ?2) ORDER BY cid",
+    )
+    .bind(&spec.name)
+    .bind(&schema)
+    .fetch_all(pool)
+    .await
+    .map_err(qerr(&context))?;
+    if rows.is_empty() {
+        return Err(SourceError::TableNotFound {
+            table: spec.name.clone(),
+            engine: "SQLite",
+            hint: String::new(),
+        });
+    }
+    let mut columns = Vec::with_capacity(rows.len());
+    let mut keys: Vec<(i64, String)> = Vec::new();
+    for row in &rows {
+        let name: String = row.try_get(0).map_err(qerr(&context))?;
+        let declared: String = row.try_get(1).map_err(qerr(&context))?;
+        let not_null: i64 = row.try_get(2).map_err(qerr(&context))?;
+        let pk: i64 = row.try_get(3).map_err(qerr(&context))?;
+        let cid: i64 = row.try_get(4).map_err(qerr(&context))?;
+        if pk > 0 {
+            keys.push((pk, name.clone()));
+        }
+        let base = declared
+            .split('(')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase();
+        let params = declared
+            .split_once('(')
+            .and_then(|(_, rest)| rest.split_once(')'))
+            .map(|(inner, _)| {
+                inner
+                    .split(',')
+                    .map(|p| p.trim().parse::<u32>().ok())
+                    .collect::<Vec<_>>()
+            })
+            .unwrap_or_default();
+        columns.push(SourceColumn {
+            name,
+            ordinal: u32::try_from(cid + 1).unwrap_or(0),
+            data_type: base,
+            column_type: declared,
+            // A rowid alias (INTEGER PRIMARY KEY) is never NULL.
+            nullable: not_null == 0 && pk == 0,
+            precision: params.first().copied().flatten(),
+            scale: params.get(1).copied().flatten(),
+            max_length: None,
+            primary_key: pk > 0,
+            comment: None,
+            is_json: false,
+        });
+    }
+    keys.sort();
+    Ok(SourceTable {
+        qualifier: spec.qualifier.clone(),
+        name: spec.name.clone(),
+        columns,
+        primary_key: keys.into_iter().map(|(_, name)| name).collect(),
+        estimated_rows: None,
+        comment: None,
+    })
+}
+
+fn from_clause(table: &SourceTable) -> Result<String, SourceError> {
+    Ok(match &table.qualifier {
+        Some(schema) => format!("{}.{}", quote_pg(schema)?, quote_pg(&table.name)?),
+        None => quote_pg(&table.name)?,
+    })
+}
+
+fn cursor_clause(
+    table: &SourceTable,
+    mapping: &TableMapping,
+    filter: &CursorFilter,
+) -> Result<String, SourceError> {
+    let column = cursor_column(mapping, table, filter)?;
+    let quoted = quote_pg(&column.source.name)?;
+    Ok(match column.codec {
+        Codec::Int => format!(" WHERE {quoted} > CAST(?1 AS INTEGER)"),
+        Codec::Float | Codec::Decimal => format!(" WHERE {quoted} > CAST(?1 AS REAL)"),
+        _ => format!(" WHERE {quoted} > ?1"),
+    })
+}
+
+pub(super) async fn count_rows(
+    pool: &SqlitePool,
+    table: &SourceTable,
+    mapping: &TableMapping,
+    filter: Option<&CursorFilter>,
+) -> Result<u64, SourceError> {
+    let mut sql = format!("SELECT count(*) FROM {}", from_clause(table)?);
+    if let Some(filter) = filter {
+        sql.push_str(&cursor_clause(table, mapping, filter)?);
+    }
+    let mut query = sqlx::query_scalar::<_, i64>(&sql);
+    if let Some(filter) = filter {
+        query = query.bind(filter.value.clone());
+    }
+    let count = query.fetch_one(pool).await.map_err(qerr("counting rows"))?;
+    Ok(u64::try_from(count).unwrap_or(0))
+}
+
+pub(super) async fn extract(
+    pool: &SqlitePool,
+    table: &SourceTable,
+    mapping: &TableMapping,
+    filter: Option<&CursorFilter>,
+    encoder: RowEncoder,
+    sink: Sender<Bytes>,
+    progress: &dyn Fn(u64),
+) -> Result<ExtractStats, SourceError> {
+    let mut select = Vec::with_capacity(mapping.columns.len());
+    for column in &mapping.columns {
+        select.push(quote_pg(&column.source.name)?);
+    }
+    let mut sql = format!("SELECT {} FROM {}", select.join(", "), from_clause(table)?);
+    if let Some(filter) = filter {
+        sql.push_str(&cursor_clause(table, mapping, filter)?);
+        sql.push_str(&format!(" ORDER BY {}", quote_pg(&filter.column)?));
+    }
+    let mut query = sqlx::query(&sql);
+    if let Some(filter) = filter {
+        query = query.bind(filter.value.clone());
+    }
+    let rows = query.fetch(pool);
+    drive(rows, mapping, decode, encoder, sink, progress).await
+}
+
+fn parse_datetime(text: &str) -> Option<NaiveDateTime> {
+    const FORMATS: &[&str] = &[
+        "%Y-%m-%d %H:%M:%S%.f",
+        "%Y-%m-%dT%H:%M:%S%.f",
+        "%Y-%m-%d %H:%M",
+        "%Y-%m-%dT%H:%M",
+    ];
+    let text = text.trim_end_matches('Z');
+    FORMATS
+        .iter()
+        .find_map(|format| NaiveDateTime::parse_from_str(text, format).ok())
+}
+
+fn decode<'a>(row: &'a SqliteRow, index: usize, codec: &'a Codec) -> Decoded<'a> {
+    let raw = match row.try_get_raw(index) {
+        Ok(raw) => raw,
+        Err(error) => return Err(Bad::new(BadKind::Malformed, error.to_string())),
+    };
+    if raw.is_null() {
+        return Ok(Val::Null);
+    }
+    let storage = raw.type_info().name().to_string();
+    let malformed =
+        |error: sqlx::error::BoxDynError| Bad::new(BadKind::Malformed, error.to_string());
+    let mismatch = |what: &str| {
+        Bad::new(
+            BadKind::Malformed,
+            format!("{what} value in a {codec:?} column"),
+        )
+    };
+    match storage.as_str() {
+        "INTEGER" => {
+            let value = <i64 as Decode<Sqlite>>::decode(raw).map_err(malformed)?;
+            match codec {
+                Codec::Bool => Ok(Val::Bool(value != 0)),
+                Codec::Float => Ok(Val::F64(value as f64)),
+                Codec::Date | Codec::DateTime | Codec::Json | Codec::Bytes => {
+                    Err(mismatch("an integer"))
+                }
+                _ => Ok(Val::Int(value)),
+            }
+        }
+        "REAL" => {
+            let value = <f64 as Decode<Sqlite>>::decode(raw).map_err(malformed)?;
+            match codec {
+                Codec::Date | Codec::DateTime | Codec::Json | Codec::Bytes | Codec::Bool => {
+                    Err(mismatch("a real"))
+                }
+                Codec::Text => {
+                    let mut buf = Vec::new();
+                    match serde_json::to_writer(&mut buf, &value) {
+                        Ok(()) if value.is_finite() => Ok(Val::Text(Cow::Owned(
+                            String::from_utf8_lossy(&buf).into_owned(),
+                        ))),
+                        _ => Err(Bad::new(
+                            BadKind::NonFinite,
+                            format!("non-finite real {value}"),
+                        )),
+                    }
+                }
+                _ => Ok(Val::F64(value)),
+            }
+        }
+        "BLOB" => {
+            let bytes = <&[u8] as Decode<Sqlite>>::decode(raw).map_err(malformed)?;
+            match codec {
+                Codec::Bytes => Ok(Val::Bytes(Cow::Borrowed(bytes))),
+                Codec::Text => text(bytes),
+                Codec::Json => Ok(Val::Json(Cow::Borrowed(bytes))),
+                _ => Err(mismatch("a blob")),
+            }
+        }
+        _ => {
+            let bytes = <&[u8] as Decode<Sqlite>>::decode(raw).map_err(malformed)?;
+            if matches!(codec, Codec::Bytes) {
+                return Ok(Val::Bytes(Cow::Borrowed(bytes)));
+            }
+            if matches!(codec, Codec::Json) {
+                return Ok(Val::Json(Cow::Borrowed(bytes)));
+            }
+            let value = match text(bytes)? {
+                Val::Text(value) => value,
+                _ => return Err(mismatch("text")),
+            };
+            let parsed: Option<Result<Val<'static>, Bad<'static>>> = {
+                let trimmed = value.trim();
+                let invalid = |what: &str| {
+                    Bad::new(
+                        BadKind::Malformed,
+                        format!("text `{trimmed}` is not {what}"),
+                    )
+                };
+                match codec {
+                    Codec::Int => Some(
+                        trimmed
+                            .parse::<i64>()
+                            .map(Val::Int)
+                            .map_err(|_| invalid("an integer")),
+                    ),
+                    Codec::Float => Some(
+                        trimmed
+                            .parse::<f64>()
+                            .map(Val::F64)
+                            .map_err(|_| invalid("a number")),
+                    ),
+                    Codec::Decimal => Some(match decimal_text(trimmed) {
+                        Ok(Val::Decimal(text)) => Ok(Val::Decimal(Cow::Owned(text.into_owned()))),
+                        Ok(_) => Err(invalid("a decimal")),
+                        Err(bad) => Err(Bad::new(bad.kind, bad.message)),
+                    }),
+                    Codec::Bool => Some(match trimmed.to_ascii_lowercase().as_str() {
+                        "1" | "true" | "t" | "yes" => Ok(Val::Bool(true)),
+                        "0" | "false" | "f" | "no" => Ok(Val::Bool(false)),
+                        _ => Err(invalid("a boolean")),
+                    }),
+                    Codec::Date => Some(
+                        NaiveDate::parse_from_str(trimmed, "%Y-%m-%d")
+                            .map(Val::Date)
+                            .map_err(|_| invalid("a date")),
+                    ),
+                    Codec::DateTime => Some(
+                        parse_datetime(trimmed)
+                            .or_else(|| {
+                                NaiveDate::parse_from_str(trimmed, "%Y-%m-%d")
+                                    .ok()
+                                    .and_then(|d| d.and_hms_opt(0, 0, 0))
+                            })
+                            .map(Val::DateTime)
+                            .ok_or_else(|| invalid("a date-time")),
+                    ),
+                    _ => None,
+                }
+            };
+            match parsed {
+                Some(result) => result,
+                None => Ok(Val::Text(value)),
+            }
+        }
+    }
+}

@@ -1,0 +1,225 @@
+//! PostgreSQL type matrix: describe + map + extract against a real server
+//! (`DATASYNC_TEST_POSTGRES_URL`, default `postgres://postgres@127.0.0.1:5432/postgres`).
+
+mod common;
+
+use common::{Extracted, connect, run, table_spec, unique, url};
+use datasync::manifest::raw::{BadValuePolicy, SourceKind};
+use datasync::source::{CursorFilter, Source, SourceError};
+use sqlx::Executor;
+
+const DEFAULT_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+
+const SETUP: &str = r#"
+CREATE TYPE {S}.mood AS ENUM ('sad', 'ok', 'happy');
+CREATE TABLE {S}."Types Table" (
+  id int8 PRIMARY KEY,
+  "order" int4,
+  "User" text,
+  "Mixed Case-Col" int2,
+  i4 int4 NOT NULL,
+  i8 int8,
+  f4 real,
+  f8 double precision NOT NULL,
+  n numeric(38,9),
+  nbig numeric(76,38),
+  nfree numeric,
+  n2 numeric(10,2),
+  b bool,
+  t text,
+  vc varchar(10),
+  ch char(5),
+  d date,
+  ts timestamp,
+  tstz timestamptz,
+  tm time,
+  tmtz timetz,
+  iv interval,
+  j json,
+  jb jsonb,
+  by bytea,
+  u uuid,
+  ip inet,
+  m money,
+  e {S}.mood,
+  bits bit(8),
+  ai int4[],
+  at text[],
+  an numeric(10,2)[],
+  ats timestamptz[],
+  ainet inet[]
+);
+COMMENT ON COLUMN {S}."Types Table".id IS 'the key';
+INSERT INTO {S}."Types Table" VALUES
+ (1, 1, 'héllo "quoted"
+new line \ tab	😀', 32767, 2147483647, 9223372036854775807, 3.4028235e38, 1.7976931348623157e308,
+  99999999999999999999999999999.999999999, 99999999999999999999999999999999999999.99999999999999999999999999999999999999,
+  123.4500, 12345678.90, true, 'plain', 'ten chars!', 'ab', '0001-01-01', '9999-12-31 23:59:59.999999',
+  '2024-06-01 12:34:56.789+05:30', '23:59:59.999999', '12:00:00+02', '1 year 2 mons 3 days 04:05:06',
+  '{"a": [1, 2, {"b": null}],
+    "big": 12345678901234567890123}', '{"a": [1, 2, {"b": null}], "s": "x\ny"}', '\x00ff10', 'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11',
+  '192.168.0.1/24', 1234.56, 'happy', B'10101010', '{1,2,3}', '{"a","b c"}', '{1.5,2.25}',
+  '{"2024-01-01 00:00:00+00","2024-01-01 10:00:00+10"}', '{10.0.0.1}'),
+ (2, NULL, NULL, -32768, -2147483648, -9223372036854775808, 'NaN', 'Infinity',
+  -99999999999999999999999999999.999999999, -0.00000000000000000000000000000000000001,
+  'NaN', -0.01, false, '', '', '', '-infinity', 'infinity', '-infinity', '00:00:00', NULL, '-1 days',
+  '[]', '"scalar"', '\x', '00000000-0000-0000-0000-000000000000', '::1', -0.5, 'sad', B'00000000', '{}', NULL, '{}',
+  '{}', '{}'),
+ (3, NULL, NULL, NULL, 0, NULL, NULL, 0, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
+  NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL),
+ (4, 4, 'x', 4, 4, 9007199254740993, 0.1, 0.1, 0.000000001, 0.00000000000000000000000000000000000001,
+  0.00000000000000000000000000000000000001000, 0, NULL, NULL, NULL, NULL, '2024-02-29', '1970-01-01 00:00:00',
+  '1970-01-01 00:00:00+00', '00:00:00.000001', NULL, NULL, 'null', '{}', NULL, NULL, NULL, NULL, NULL, NULL,
+  NULL, NULL, NULL, NULL, NULL),
+ (5, 5, 'fails: too many digits', 5, 5, 5, 5, 5, NULL, NULL,
+  1234567890123456789012345678901234567890123456789012345678901234567890123456789012345678901234567890,
+  NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
+  NULL, NULL, NULL, NULL, NULL),
+ (6, 6, 'fails: NULL array element', 6, 6, 6, -0.0, '-Infinity', NULL, NULL, '-Infinity', NULL, NULL, NULL, NULL,
+  NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, '{1,NULL}', NULL, NULL,
+  NULL, NULL);
+"#;
+
+async fn scratch(admin: &sqlx::PgPool, schema: &str) {
+    admin
+        .execute(sqlx::raw_sql(&format!("CREATE SCHEMA \"{schema}\"")))
+        .await
+        .expect("create schema");
+    admin
+        .execute(sqlx::raw_sql(
+            &SETUP.replace("{S}", &format!("\"{schema}\"")),
+        ))
+        .await
+        .expect("create and fill the table");
+}
+
+struct Outcome {
+    full: Extracted,
+    incremental: Extracted,
+    budget_error: String,
+    missing: String,
+    strict_error: String,
+}
+
+async fn body(source: &Source, schema: &str) -> Result<Outcome, SourceError> {
+    let spec = table_spec(SourceKind::Postgres, Some(schema), "Types Table");
+    let full = run(source, &spec, None).await?;
+
+    let filter = CursorFilter {
+        column: "id".into(),
+        value: "3".into(),
+    };
+    let incremental = run(source, &spec, Some(&filter)).await?;
+
+    let mut budget = spec.clone();
+    budget.max_parse_failures = Some(2);
+    let budget_error = match run(source, &budget, None).await {
+        Ok(_) => "no error".into(),
+        Err(error) => error.to_string(),
+    };
+
+    let mut strict = spec.clone();
+    strict.types.non_finite = BadValuePolicy::Error;
+    strict.columns = Some(vec!["id".into(), "f8".into(), "ts".into()]);
+    strict.max_parse_failures = Some(0);
+    let strict_error = match run(source, &strict, None).await {
+        Ok(_) => "no error".into(),
+        Err(error) => error.to_string(),
+    };
+
+    let missing = match source
+        .describe(&table_spec(
+            SourceKind::Postgres,
+            Some(schema),
+            "types table",
+        ))
+        .await
+    {
+        Ok(_) => "found".into(),
+        Err(error) => error.to_string(),
+    };
+    Ok(Outcome {
+        full,
+        incremental,
+        budget_error,
+        missing,
+        strict_error,
+    })
+}
+
+#[tokio::test]
+async fn postgres_type_matrix() {
+    let url = url("DATASYNC_TEST_POSTGRES_URL", DEFAULT_URL);
+    let source = connect(SourceKind::Postgres, &url).await;
+    let Source::Postgres(admin) = &source else {
+        unreachable!()
+    };
+    let schema = unique("DsTest");
+    scratch(admin, &schema).await;
+    let outcome = body(&source, &schema).await;
+    admin
+        .execute(sqlx::raw_sql(&format!("DROP SCHEMA \"{schema}\" CASCADE")))
+        .await
+        .expect("drop schema");
+    let outcome = outcome.expect("extraction");
+    let redact = |text: &str| text.replace(&schema, "[schema]");
+
+    let mut table = outcome.full.table.clone();
+    table.qualifier = Some("[schema]".into());
+    table.estimated_rows = None;
+    for column in &mut table.columns {
+        column.column_type = redact(&column.column_type);
+        column.data_type = redact(&column.data_type);
+    }
+    insta::assert_yaml_snapshot!("pg_describe", table);
+    insta::assert_yaml_snapshot!("pg_table", outcome.full.mapping.table);
+    let codecs: Vec<String> = outcome
+        .full
+        .mapping
+        .columns
+        .iter()
+        .map(|column| {
+            format!(
+                "{} -> {} {:?}",
+                column.source.name,
+                column.field.diff_line(),
+                column.codec
+            )
+        })
+        .collect();
+    insta::assert_yaml_snapshot!("pg_codecs", codecs);
+    insta::assert_yaml_snapshot!("pg_warnings", outcome.full.mapping.warnings);
+    insta::assert_snapshot!("pg_lines", outcome.full.lines.join("\n"));
+    insta::assert_yaml_snapshot!("pg_stats", outcome.full.stats);
+    assert_eq!(outcome.full.chunks, 1);
+    assert_eq!(
+        outcome.full.progress.last().copied(),
+        Some(outcome.full.stats.rows)
+    );
+
+    let ids: Vec<String> = outcome
+        .incremental
+        .lines
+        .iter()
+        .map(|line| serde_json::from_str::<serde_json::Value>(line).unwrap()["id"].to_string())
+        .collect();
+    assert_eq!(ids, ["\"4\""]);
+    assert_eq!(outcome.incremental.stats.failed_rows, 2);
+
+    insta::assert_snapshot!("pg_budget_error", redact(&outcome.budget_error));
+    insta::assert_snapshot!("pg_strict_error", redact(&outcome.strict_error));
+    insta::assert_snapshot!("pg_missing", redact(&outcome.missing));
+}
+
+#[tokio::test]
+async fn postgres_connect_error_hides_password() {
+    let mut spec = common::source_spec(
+        SourceKind::Postgres,
+        "postgres://nobody:Sup3rSecret@127.0.0.1:1/none",
+    );
+    spec.timeouts.connect = Some(std::time::Duration::from_secs(1));
+    let error = Source::connect(&spec).await.expect_err("port 1 refuses");
+    let text = error.to_string();
+    assert!(!text.contains("Sup3rSecret"), "{text}");
+    assert!(text.contains("source `test`"), "{text}");
+}

@@ -1,0 +1,68 @@
+//! SQLite type matrix: describe + map + extract on a scratch database file.
+
+mod common;
+
+use common::{connect, run, table_spec};
+use datasync::manifest::raw::SourceKind;
+use datasync::source::CursorFilter;
+use sqlx::Executor;
+use sqlx::sqlite::{SqliteConnectOptions, SqlitePoolOptions};
+
+const SETUP: &str = r#"
+CREATE TABLE "user" (
+  id INTEGER PRIMARY KEY,
+  "order" TEXT NOT NULL,
+  "Odd Name" VARCHAR(10),
+  i BIGINT,
+  r REAL,
+  n NUMERIC(10,2),
+  nfree DECIMAL,
+  b BOOLEAN,
+  d DATE,
+  dt DATETIME,
+  ts TIMESTAMP,
+  bl BLOB,
+  j JSON,
+  anything
+);
+INSERT INTO "user" VALUES
+ (1, 'héllo 😀 "q"', 'x', 9223372036854775807, 1.5, 12345678.9, '123.456', 1, '2024-02-29', '2024-02-29 10:11:12.5',
+  '2024-02-29T10:11:12Z', X'00FF10', '{"a": [1, {"b": null}]}', 42),
+ (2, '', NULL, -9223372036854775808, -9e999, '-0.01', 7, 0, '0001-01-01', '2024-02-29', 'whatever', NULL, '[]', X'00'),
+ (3, 'bad values', NULL, 'not a number', 9e999, NULL, NULL, 'maybe', '2024-13-01', 'never', NULL, 'text as blob', 'not json', 1.25),
+ (4, 'int in real', NULL, 4, 4, 4, 1e40, 'true', NULL, NULL, NULL, NULL, NULL, NULL);
+"#;
+
+#[tokio::test]
+async fn sqlite_type_matrix() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("source.db");
+    {
+        let options = SqliteConnectOptions::new().filename(&path).create_if_missing(true);
+        let pool = SqlitePoolOptions::new().max_connections(1).connect_with(options).await.expect("create db");
+        pool.execute(sqlx::raw_sql(SETUP)).await.expect("setup");
+        pool.close().await;
+    }
+    let url = format!("sqlite://{}", path.display());
+    let source = connect(SourceKind::Sqlite, &url).await;
+    let spec = table_spec(SourceKind::Sqlite, None, "user");
+    let full = run(&source, &spec, None).await.expect("extract");
+    insta::assert_yaml_snapshot!("sqlite_describe", full.table);
+    let codecs: Vec<String> = full
+        .mapping
+        .columns
+        .iter()
+        .map(|column| format!("{} -> {} {:?}", column.source.name, column.field.diff_line(), column.codec))
+        .collect();
+    insta::assert_yaml_snapshot!("sqlite_codecs", codecs);
+    insta::assert_yaml_snapshot!("sqlite_warnings", full.mapping.warnings);
+    insta::assert_snapshot!("sqlite_lines", full.lines.join("\n"));
+    insta::assert_yaml_snapshot!("sqlite_stats", full.stats);
+
+    let filter = CursorFilter { column: "id".into(), value: "2".into() };
+    let incremental = run(&source, &spec, Some(&filter)).await.expect("incremental");
+    assert_eq!(incremental.stats.rows + incremental.stats.failed_rows, 2);
+
+    let missing = source.describe(&table_spec(SourceKind::Sqlite, None, "nope")).await.expect_err("missing");
+    assert_eq!(missing.to_string(), "table `nope` not found in SQLite source");
+}

@@ -15,5 +15,5 @@ pub mod names;
 pub mod plan;
 pub mod schema;
 pub mod secret;
-pub mod warehouse;
 pub mod source;
+pub mod warehouse;

@@ -2,6 +2,7 @@
 //! codes. The only module that touches the process environment or prints.
 
 mod effective;
+mod sync;
 
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
@@ -74,9 +75,9 @@ enum Command {
     /// Check a manifest offline: JSON Schema plus semantic checks, every problem at once.
     Validate(ValidateArgs),
     /// Show what `apply` would do (needs the sources and BigQuery).
-    Plan,
-    /// Execute a plan.
-    Apply,
+    Plan(PlanArgs),
+    /// Execute a plan: a saved one (`apply plan.json`) or a fresh one.
+    Apply(ApplyArgs),
     /// Print the manifest's JSON Schema.
     Schema,
     /// Print the manifest equivalent to the legacy environment variables.
@@ -101,6 +102,38 @@ struct ValidateArgs {
 enum DataFormat {
     Text,
     Json,
+}
+
+#[derive(Debug, Args)]
+struct PlanArgs {
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = PlanFormat::Text)]
+    format: PlanFormat,
+    /// Save the plan (JSON, fingerprinted) for `datasync apply FILE`.
+    #[arg(long, value_name = "FILE")]
+    out: Option<PathBuf>,
+    /// Exit 0 when no schema changes, 2 when there are changes, 1 on errors.
+    #[arg(long)]
+    detailed_exitcode: bool,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+enum PlanFormat {
+    Text,
+    Json,
+    Markdown,
+}
+
+#[derive(Debug, Args)]
+struct ApplyArgs {
+    /// A plan saved by `plan --out`; apply refuses it if the sources or targets changed since.
+    plan: Option<PathBuf>,
+    /// Extract and encode every row without writing to BigQuery. Also DRY_RUN=true.
+    #[arg(long)]
+    dry_run: bool,
+    /// Format of the final report on stdout.
+    #[arg(long, value_enum, default_value_t = DataFormat::Text)]
+    format: DataFormat,
 }
 
 #[derive(Debug, Args)]
@@ -205,10 +238,8 @@ fn run(cli: &Cli, env: &Env) -> Result<u8, String> {
         }
         Command::Validate(args) => validate(cli, env, args),
         Command::EnvToManifest(args) => env_to_manifest(cli, env, args),
-        Command::Plan | Command::Apply => {
-            eprintln!("error: `plan` and `apply` are not available in this build yet");
-            Ok(exit::FAILURE)
-        }
+        Command::Plan(args) => runtime()?.block_on(plan(cli, env, args)),
+        Command::Apply(args) => runtime()?.block_on(apply(cli, env, args)),
     }
 }
 
@@ -390,4 +421,137 @@ pub fn print_stdout(text: &str) {
 pub fn print_stderr(text: &str) {
     let mut stderr = std::io::stderr().lock();
     let _ = stderr.write_all(text.as_bytes());
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, String> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|error| format!("cannot start the async runtime: {error}"))
+}
+
+async fn plan(cli: &Cli, env: &Env, args: &PlanArgs) -> Result<u8, String> {
+    let loaded = match load_manifest(&cli.global, env) {
+        Ok(loaded) => loaded,
+        Err(code) => return Ok(code),
+    };
+    let connections = sync::connect(&loaded.manifest).await?;
+    let plan = sync::build_plan(&loaded.manifest, &connections).await?;
+    let text = match args.format {
+        PlanFormat::Text => crate::plan::render::text(&plan),
+        PlanFormat::Markdown => crate::plan::render::markdown(&plan),
+        PlanFormat::Json => format!(
+            "{}\n",
+            serde_json::to_string_pretty(&plan).map_err(|e| e.to_string())?
+        ),
+    };
+    print_stdout(&text);
+    if let Some(path) = &args.out {
+        let json = serde_json::to_string_pretty(&plan).map_err(|e| e.to_string())?;
+        std::fs::write(path, json)
+            .map_err(|error| format!("cannot write `{}`: {error}", path.display()))?;
+        eprintln!(
+            "saved the plan to `{}`; run `datasync apply {}`",
+            path.display(),
+            path.display()
+        );
+    }
+    if plan.has_errors() {
+        return Ok(exit::USER_ERROR);
+    }
+    Ok(if args.detailed_exitcode && plan.has_changes() {
+        exit::CHANGES
+    } else {
+        exit::OK
+    })
+}
+
+async fn apply(cli: &Cli, env: &Env, args: &ApplyArgs) -> Result<u8, String> {
+    let loaded = match load_manifest(&cli.global, env) {
+        Ok(loaded) => loaded,
+        Err(code) => return Ok(code),
+    };
+    let dry_run_env = match manifest::env::get(env, manifest::env::vars::DRY_RUN) {
+        Some(value) => {
+            manifest::env::parse_bool(value).map_err(|message| format!("DRY_RUN: {message}"))?
+        }
+        None => false,
+    };
+    let dry_run = if args.dry_run || dry_run_env {
+        crate::apply::DryRun::Yes
+    } else {
+        crate::apply::DryRun::No
+    };
+    let connections = sync::connect(&loaded.manifest).await?;
+    let fresh = sync::build_plan(&loaded.manifest, &connections).await?;
+    let plan = match &args.plan {
+        None => fresh,
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .map_err(|error| format!("cannot read plan `{}`: {error}", path.display()))?;
+            let saved: crate::plan::Plan = match serde_json::from_str(&text) {
+                Ok(plan) => plan,
+                Err(error) => {
+                    eprintln!(
+                        "error: `{}` is not a datasync plan: {error}",
+                        path.display()
+                    );
+                    return Ok(exit::USER_ERROR);
+                }
+            };
+            if saved.format_version != crate::plan::FORMAT_VERSION || !saved.is_intact() {
+                eprintln!(
+                    "error: `{}` was edited or comes from another datasync version; run `datasync plan --out` again",
+                    path.display()
+                );
+                return Ok(exit::USER_ERROR);
+            }
+            let stale = sync::stale_tables(&saved, &fresh);
+            if !stale.is_empty() {
+                eprintln!("error: the saved plan is stale; run `datasync plan --out` again:");
+                for line in stale {
+                    eprintln!("  - {line}");
+                }
+                return Ok(exit::USER_ERROR);
+            }
+            saved
+        }
+    };
+    print_stderr(&crate::plan::render::text(&plan));
+    let run = sync::execute(&loaded.manifest, &connections, &plan, dry_run);
+    let report = tokio::select! {
+        report = async {
+            match loaded.manifest.timeout {
+                Some(limit) => tokio::time::timeout(limit, run).await.map_err(|_| format!("timed out after {}", humantime::format_duration(limit))),
+                None => Ok(run.await),
+            }
+        } => report,
+        _ = tokio::signal::ctrl_c() => Err("interrupted".to_string()),
+    };
+    let report = match report {
+        Ok(report) => report,
+        Err(reason) => {
+            // Staging tables are the only thing a cut-off run can leave behind.
+            for table in plan.tables.iter().filter(|table| table.action.runs()) {
+                let _ = connections
+                    .warehouse
+                    .drop_table(&format!("{}{}", crate::apply::STAGING_PREFIX, table.target))
+                    .await;
+            }
+            eprintln!("error: apply {reason}; every target table keeps its previous content");
+            return Ok(exit::FAILURE);
+        }
+    };
+    match args.format {
+        DataFormat::Text => print_stdout(&report.text()),
+        DataFormat::Json => print_stdout(&format!(
+            "{}\n",
+            serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?
+        )),
+    }
+    Ok(if report.succeeded() {
+        exit::OK
+    } else {
+        exit::FAILURE
+    })
 }

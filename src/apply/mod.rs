@@ -1,0 +1,433 @@
+//! Apply: executes a [`Plan`], table by table, and reports what happened. It makes no decision
+//! of its own: the steps come from the plan.
+//!
+//! Every load goes through a staging table, so the target is never partial:
+//! 1. drop a leftover staging table, run the plan's DDL steps (drop/create/alter);
+//! 2. stream rows from the source into ONE resumable load job into `_datasync_staging_<target>`;
+//! 3. check that BigQuery loaded exactly the rows extracted;
+//! 4. write the target in one atomic statement: replace = `TRUNCATE` + `INSERT` in a transaction,
+//!    append/incremental = `INSERT … SELECT`, merge = `MERGE` on the key;
+//! 5. drop the staging table.
+//!
+//! A crash or Ctrl-C before step 4 leaves the target as it was; step 4 is atomic.
+
+pub mod report;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures::StreamExt;
+use tokio::sync::mpsc;
+
+use crate::manifest::raw::WriteMode;
+use crate::mapping::{TableMapping, map_table};
+use crate::plan::{FieldChange, Plan, Step, TablePlan};
+use crate::source::{CursorFilter, ExtractStats, Source};
+use crate::warehouse::{
+    AlterColumn, Disposition, LoadRequest, MergeRequest, Warehouse, quote_ident,
+};
+pub use report::{ApplyReport, TableOutcome, TableStatus};
+
+/// Prefix of staging tables (followed by the target's name).
+pub const STAGING_PREFIX: &str = "_datasync_staging_";
+
+/// Whether rows are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DryRun {
+    /// Extract and encode only; BigQuery is not touched.
+    Yes,
+    /// Write.
+    No,
+}
+
+/// Receives progress: `(table label, rows so far)`.
+pub type Progress = Arc<dyn Fn(&str, u64) + Send + Sync>;
+
+/// Runs a plan.
+pub struct Executor {
+    /// Sources by manifest name.
+    pub sources: HashMap<String, Arc<Source>>,
+    /// The warehouse.
+    pub warehouse: Arc<dyn Warehouse>,
+    /// Tables at once.
+    pub parallelism: usize,
+    /// Dry run or not.
+    pub dry_run: DryRun,
+    /// Progress callback.
+    pub progress: Progress,
+    /// A run id that makes job ids unique per run (and deterministic within it).
+    pub run_id: String,
+}
+
+fn alter_changes(changes: &[FieldChange]) -> Vec<AlterColumn> {
+    changes
+        .iter()
+        .filter_map(|change| match change {
+            FieldChange::Add { field } => Some(AlterColumn::Add(field.clone())),
+            FieldChange::Relax { name } => Some(AlterColumn::DropNotNull(name.clone())),
+            FieldChange::Widen { to, .. } => Some(AlterColumn::SetType(to.clone())),
+            FieldChange::Incompatible { .. } | FieldChange::Dropped { .. } => None,
+        })
+        .collect()
+}
+
+/// A failure of one table, with what is known about it.
+struct TableFailure {
+    message: String,
+    stats: Option<ExtractStats>,
+}
+
+impl<E: std::fmt::Display> From<E> for TableFailure {
+    fn from(error: E) -> Self {
+        Self {
+            message: error.to_string(),
+            stats: None,
+        }
+    }
+}
+
+impl Executor {
+    /// Runs every runnable table of `plan` (at most `parallelism` at once) and reports each one,
+    /// failed or not.
+    pub async fn run(&self, plan: &Plan) -> ApplyReport {
+        let started = Instant::now();
+        let destination = plan.destination.clone();
+        let outcomes: Vec<TableOutcome> = futures::stream::iter(plan.tables.iter())
+            .map(|table| self.run_table(&destination, table))
+            .buffered(self.parallelism.max(1))
+            .collect()
+            .await;
+        ApplyReport {
+            destination,
+            dry_run: self.dry_run == DryRun::Yes,
+            tables: outcomes,
+            seconds: started.elapsed().as_secs_f64(),
+        }
+    }
+
+    async fn run_table(&self, destination: &str, table: &TablePlan) -> TableOutcome {
+        let started = Instant::now();
+        if !table.action.runs() {
+            return TableOutcome::skipped(table, table.errors.join("; "));
+        }
+        let result = self.execute(destination, table).await;
+        let seconds = started.elapsed().as_secs_f64();
+        match result {
+            Ok((stats, loaded)) => TableOutcome::done(table, &stats, loaded, seconds),
+            Err(failure) => {
+                tracing::error!(table = %table.label, error = %failure.message, "table failed");
+                TableOutcome::failed(table, failure.message, failure.stats.as_ref(), seconds)
+            }
+        }
+    }
+
+    async fn execute(
+        &self,
+        destination: &str,
+        table: &TablePlan,
+    ) -> Result<(ExtractStats, Option<u64>), TableFailure> {
+        let source_table = table
+            .source_table
+            .as_ref()
+            .ok_or("the plan has no source table")?;
+        let mapping = map_table(source_table, &table.spec).map_err(|errors| errors.join("; "))?;
+        let schema = table
+            .target_schema
+            .clone()
+            .ok_or("the plan has no target schema")?;
+        let source = self
+            .sources
+            .get(&table.spec.source)
+            .ok_or_else(|| format!("source `{}` is not connected", table.spec.source))?;
+
+        if self.dry_run == DryRun::Yes {
+            let stats = self.extract_to_sink(source, table, &mapping, None).await?;
+            return Ok((stats, None));
+        }
+
+        let warehouse = &self.warehouse;
+        let staging = format!("{STAGING_PREFIX}{}", table.target);
+        warehouse.drop_table(&staging).await?;
+        for step in &table.steps {
+            match step {
+                Step::DropTable => warehouse.drop_table(&table.target).await?,
+                Step::CreateTable => warehouse.create_table(&schema).await?,
+                Step::AlterTable { changes } => {
+                    warehouse
+                        .alter_table(&table.target, &alter_changes(changes))
+                        .await?
+                }
+                Step::Load { mode, key, cursor } => {
+                    return self
+                        .load(
+                            destination,
+                            table,
+                            source,
+                            &mapping,
+                            &schema,
+                            &staging,
+                            *mode,
+                            key,
+                            cursor.as_deref(),
+                        )
+                        .await;
+                }
+            }
+        }
+        Err(TableFailure::from("the plan has no load step"))
+    }
+
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "one call site; the arguments are the step's inputs"
+    )]
+    async fn load(
+        &self,
+        destination: &str,
+        table: &TablePlan,
+        source: &Arc<Source>,
+        mapping: &TableMapping,
+        schema: &crate::schema::WarehouseTable,
+        staging: &str,
+        mode: WriteMode,
+        key: &[String],
+        cursor: Option<&str>,
+    ) -> Result<(ExtractStats, Option<u64>), TableFailure> {
+        let warehouse = &self.warehouse;
+        let qualify = |name: &str| quote_ident(&format!("{destination}.{name}"));
+        let filter = match (mode, cursor) {
+            (WriteMode::Incremental, Some(cursor)) => {
+                let column = mapping
+                    .column(cursor)
+                    .ok_or_else(|| format!("cursor column `{cursor}` is not synced"))?;
+                let max = warehouse.max_value(&table.target, &column.target).await?;
+                cursor_text(&max, column.field.bq_type).map(|value| CursorFilter {
+                    column: cursor.to_string(),
+                    value,
+                })
+            }
+            _ => None,
+        };
+
+        // Extraction feeds the upload through a bounded channel (memory stays bounded); the
+        // first chunk is awaited before the upload starts, since an upload cannot be empty.
+        let source_table = table
+            .source_table
+            .clone()
+            .ok_or("the plan has no source table")?;
+        let (sender, mut receiver) = mpsc::channel::<Bytes>(4);
+        let progress = Arc::clone(&self.progress);
+        let label = table.label.clone();
+        let report = move |rows: u64| progress(&label, rows);
+        let extract = source.extract(&source_table, mapping, filter.as_ref(), sender, &report);
+        let request = LoadRequest {
+            table: staging.to_string(),
+            schema: crate::schema::WarehouseTable {
+                name: staging.to_string(),
+                ..schema.clone()
+            },
+            disposition: Disposition::Truncate,
+            job_id: format!(
+                "datasync_{}_{}",
+                self.run_id,
+                sanitize_job_part(&table.target)
+            ),
+            allow_field_addition: false,
+        };
+        let upload = async {
+            let first = receiver.recv().await?;
+            let (forward_sender, forward_receiver) = mpsc::channel::<Bytes>(4);
+            let forward = async move {
+                if forward_sender.send(first).await.is_err() {
+                    return;
+                }
+                while let Some(chunk) = receiver.recv().await {
+                    if forward_sender.send(chunk).await.is_err() {
+                        return;
+                    }
+                }
+            };
+            let (loaded, ()) = tokio::join!(warehouse.load(&request, forward_receiver), forward);
+            Some(loaded)
+        };
+        // If extraction fails, the upload is dropped unfinished: no load job ever starts.
+        tokio::pin!(extract, upload);
+        let mut extracted = None;
+        let mut loaded = None;
+        while extracted.is_none() || loaded.is_none() {
+            tokio::select! {
+                result = &mut extract, if extracted.is_none() => {
+                    if let Err(error) = result {
+                        return Err(TableFailure::from(format!("extraction failed (nothing was written): {error}")));
+                    }
+                    extracted = Some(result);
+                }
+                result = &mut upload, if loaded.is_none() => loaded = Some(result),
+            }
+        }
+        let (Some(extracted), Some(loaded)) = (extracted, loaded) else {
+            return Err(TableFailure::from(
+                "internal error: extraction or upload did not finish",
+            ));
+        };
+        let columns: Vec<String> = mapping
+            .columns
+            .iter()
+            .map(|column| quote_ident(&column.target))
+            .collect();
+        let column_list = columns.join(", ");
+        let Some(loaded) = loaded else {
+            let stats = extracted.map_err(|error| format!("extraction failed: {error}"))?;
+            if mode == WriteMode::Replace {
+                // An empty source empties the target (one DML statement).
+                warehouse
+                    .query(&format!("TRUNCATE TABLE {}", qualify(&table.target)), &[])
+                    .await?;
+            }
+            return Ok((stats, Some(0)));
+        };
+        let stats = match extracted {
+            Ok(stats) => stats,
+            Err(error) => {
+                let _ = warehouse.drop_table(staging).await;
+                return Err(TableFailure::from(format!("extraction failed: {error}")));
+            }
+        };
+        let outcome = match loaded {
+            Ok(outcome) => outcome,
+            Err(error) => {
+                let _ = warehouse.drop_table(staging).await;
+                return Err(TableFailure {
+                    message: format!("load into staging failed: {error}"),
+                    stats: Some(stats),
+                });
+            }
+        };
+        if outcome.output_rows != stats.rows {
+            let _ = warehouse.drop_table(staging).await;
+            return Err(TableFailure {
+                message: format!(
+                    "row count mismatch: extracted {} rows but BigQuery loaded {}; the target was not changed",
+                    stats.rows, outcome.output_rows
+                ),
+                stats: Some(stats),
+            });
+        }
+        let target = qualify(&table.target);
+        let staging_name = qualify(staging);
+        let write = match mode {
+            WriteMode::Replace => warehouse
+                .query(
+                    &format!(
+                        "BEGIN TRANSACTION;\nTRUNCATE TABLE {target};\nINSERT INTO {target} ({column_list}) SELECT {column_list} FROM {staging_name};\nCOMMIT TRANSACTION;"
+                    ),
+                    &[],
+                )
+                .await
+                .map(|_| ()),
+            WriteMode::Append | WriteMode::Incremental => warehouse
+                .query(&format!("INSERT INTO {target} ({column_list}) SELECT {column_list} FROM {staging_name}"), &[])
+                .await
+                .map(|_| ()),
+            WriteMode::Merge => {
+                let keys: Vec<String> = key
+                    .iter()
+                    .map(|column| mapping.column(column).map_or_else(|| column.clone(), |mapped| mapped.target.clone()))
+                    .collect();
+                warehouse
+                    .merge(&MergeRequest {
+                        staging: staging.to_string(),
+                        target: table.target.clone(),
+                        keys,
+                        columns: mapping.columns.iter().map(|column| column.target.clone()).collect(),
+                    })
+                    .await
+                    .map(|_| ())
+            }
+        };
+        let dropped = warehouse.drop_table(staging).await;
+        if let Err(error) = write {
+            return Err(TableFailure {
+                message: format!("writing the target failed (it was not changed): {error}"),
+                stats: Some(stats),
+            });
+        }
+        if let Err(error) = dropped {
+            tracing::warn!(table = %table.label, error = %error, "could not drop the staging table");
+        }
+        Ok((stats, Some(outcome.output_rows)))
+    }
+
+    async fn extract_to_sink(
+        &self,
+        source: &Arc<Source>,
+        table: &TablePlan,
+        mapping: &TableMapping,
+        filter: Option<CursorFilter>,
+    ) -> Result<ExtractStats, TableFailure> {
+        let (sender, mut receiver) = mpsc::channel::<Bytes>(4);
+        let bytes = Arc::new(AtomicU64::new(0));
+        let counter = Arc::clone(&bytes);
+        let drain = tokio::spawn(async move {
+            while let Some(chunk) = receiver.recv().await {
+                counter.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+            }
+        });
+        let source_table = table
+            .source_table
+            .clone()
+            .ok_or("the plan has no source table")?;
+        let progress = Arc::clone(&self.progress);
+        let label = table.label.clone();
+        let report = move |rows: u64| progress(&label, rows);
+        let stats = source
+            .extract(&source_table, mapping, filter.as_ref(), sender, &report)
+            .await?;
+        let _ = drain.await;
+        Ok(stats)
+    }
+}
+
+/// The text form of a cursor maximum read back from BigQuery, as the source compares it.
+/// TIMESTAMP cells come back as microseconds since the epoch.
+fn cursor_text(max: &serde_json::Value, bq_type: crate::schema::BqType) -> Option<String> {
+    match max {
+        serde_json::Value::Null => None,
+        serde_json::Value::Number(number) if bq_type == crate::schema::BqType::Timestamp => {
+            let micros = number.as_i64()?;
+            let instant = chrono::DateTime::from_timestamp_micros(micros)?;
+            Some(instant.format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string())
+        }
+        serde_json::Value::String(text)
+            if bq_type == crate::schema::BqType::Timestamp && text.parse::<i64>().is_ok() =>
+        {
+            let instant = chrono::DateTime::from_timestamp_micros(text.parse().ok()?)?;
+            Some(instant.format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string())
+        }
+        serde_json::Value::String(text) => Some(text.clone()),
+        other => Some(other.to_string()),
+    }
+}
+
+fn sanitize_job_part(text: &str) -> String {
+    text.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+/// A run id: time-based, job-id safe.
+pub fn new_run_id() -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or(Duration::ZERO);
+    format!("{}_{:06}", now.as_secs(), now.subsec_micros())
+}

@@ -1,0 +1,188 @@
+//! What apply did, per table: rendered as a text table or JSON.
+
+use std::fmt::Write as _;
+
+use serde::Serialize;
+
+use crate::plan::TablePlan;
+use crate::plan::render::group_digits;
+use crate::source::ExtractStats;
+
+/// A table's end state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TableStatus {
+    /// Rows written (or, in a dry run, extracted).
+    Done,
+    /// Failed; the target was left as it was.
+    Failed,
+    /// Not run: blocked or erroneous in the plan.
+    Skipped,
+}
+
+/// One table's outcome.
+#[derive(Debug, Clone, Serialize)]
+pub struct TableOutcome {
+    /// `source.table`.
+    pub table: String,
+    /// Target.
+    pub target: String,
+    /// Status.
+    pub status: TableStatus,
+    /// Rows extracted.
+    pub rows_extracted: u64,
+    /// Rows BigQuery loaded (None in a dry run).
+    pub rows_loaded: Option<u64>,
+    /// NDJSON bytes produced.
+    pub bytes: u64,
+    /// Values replaced by NULL/U+FFFD per policy.
+    pub bad_values: u64,
+    /// Seconds.
+    pub seconds: f64,
+    /// Why it failed or was skipped.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+impl TableOutcome {
+    /// A table that ran.
+    pub fn done(
+        table: &TablePlan,
+        stats: &ExtractStats,
+        loaded: Option<u64>,
+        seconds: f64,
+    ) -> Self {
+        Self {
+            table: table.label.clone(),
+            target: table.target.clone(),
+            status: TableStatus::Done,
+            rows_extracted: stats.rows,
+            rows_loaded: loaded,
+            bytes: stats.bytes,
+            bad_values: stats.bad_values,
+            seconds,
+            error: None,
+        }
+    }
+
+    /// A table that failed.
+    pub fn failed(
+        table: &TablePlan,
+        error: String,
+        stats: Option<&ExtractStats>,
+        seconds: f64,
+    ) -> Self {
+        Self {
+            table: table.label.clone(),
+            target: table.target.clone(),
+            status: TableStatus::Failed,
+            rows_extracted: stats.map_or(0, |stats| stats.rows),
+            rows_loaded: None,
+            bytes: stats.map_or(0, |stats| stats.bytes),
+            bad_values: stats.map_or(0, |stats| stats.bad_values),
+            seconds,
+            error: Some(error),
+        }
+    }
+
+    /// A table the plan does not run.
+    pub fn skipped(table: &TablePlan, error: String) -> Self {
+        Self {
+            table: table.label.clone(),
+            target: table.target.clone(),
+            status: TableStatus::Skipped,
+            rows_extracted: 0,
+            rows_loaded: None,
+            bytes: 0,
+            bad_values: 0,
+            seconds: 0.0,
+            error: Some(error),
+        }
+    }
+}
+
+/// The whole run.
+#[derive(Debug, Clone, Serialize)]
+pub struct ApplyReport {
+    /// `project.dataset`.
+    pub destination: String,
+    /// Whether nothing was written.
+    pub dry_run: bool,
+    /// Per table.
+    pub tables: Vec<TableOutcome>,
+    /// Wall time.
+    pub seconds: f64,
+}
+
+impl ApplyReport {
+    /// Whether every table ran.
+    pub fn succeeded(&self) -> bool {
+        self.tables
+            .iter()
+            .all(|table| table.status == TableStatus::Done)
+    }
+
+    /// A text table.
+    pub fn text(&self) -> String {
+        let mut out = String::new();
+        let header = [
+            "table",
+            "target",
+            "status",
+            "extracted",
+            "loaded",
+            "bad values",
+            "seconds",
+        ];
+        let mut rows: Vec<[String; 7]> = vec![header.map(str::to_string)];
+        for table in &self.tables {
+            rows.push([
+                table.table.clone(),
+                table.target.clone(),
+                format!("{:?}", table.status).to_lowercase(),
+                group_digits(table.rows_extracted),
+                table
+                    .rows_loaded
+                    .map_or_else(|| "-".to_string(), group_digits),
+                group_digits(table.bad_values),
+                format!("{:.1}", table.seconds),
+            ]);
+        }
+        let widths: Vec<usize> = (0..7)
+            .map(|column| {
+                rows.iter()
+                    .map(|row| row[column].chars().count())
+                    .max()
+                    .unwrap_or(0)
+            })
+            .collect();
+        for row in &rows {
+            let line: Vec<String> = row
+                .iter()
+                .zip(&widths)
+                .map(|(cell, width)| format!("{cell:width$}"))
+                .collect();
+            let _ = writeln!(out, "{}", line.join("  ").trim_end());
+        }
+        for table in &self.tables {
+            if let Some(error) = &table.error {
+                let _ = writeln!(out, "{}: {error}", table.table);
+            }
+        }
+        let done = self
+            .tables
+            .iter()
+            .filter(|table| table.status == TableStatus::Done)
+            .count();
+        let rows: u64 = self.tables.iter().map(|table| table.rows_extracted).sum();
+        let _ = writeln!(
+            out,
+            "{}{done} of {} table(s) synced, {} rows, {:.1}s",
+            if self.dry_run { "dry run: " } else { "" },
+            self.tables.len(),
+            group_digits(rows),
+            self.seconds
+        );
+        out
+    }
+}

@@ -1,0 +1,414 @@
+//! End to end: a real PostgreSQL source, the BigQuery emulator and the `datasync` binary.
+//! Needs `scripts/services.sh` and `scripts/emulator.sh start` (run by `scripts/test.sh`).
+
+use std::path::Path;
+use std::process::Output;
+
+use assert_cmd::Command;
+use datasync::manifest::resolve::BigQuerySpec;
+use datasync::warehouse::{BigQuery, Warehouse};
+use sqlx::Executor as _;
+
+fn postgres_url() -> String {
+    std::env::var("DATASYNC_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+fn bigquery_url() -> String {
+    std::env::var("DATASYNC_TEST_BIGQUERY_URL").unwrap_or_else(|_| "http://127.0.0.1:9050".into())
+}
+
+/// One test's world: a PostgreSQL schema and a BigQuery dataset, both unique, both dropped.
+struct World {
+    name: String,
+    pool: sqlx::PgPool,
+    warehouse: BigQuery,
+    dir: tempfile::TempDir,
+}
+
+impl World {
+    async fn new(test: &str) -> Self {
+        let name = format!("dse2e_{test}_{}", std::process::id());
+        let pool = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(2)
+            .connect(&postgres_url())
+            .await
+            .unwrap_or_else(|error| {
+                panic!(
+                    "PostgreSQL at {} is unreachable ({error}); run scripts/services.sh",
+                    postgres_url()
+                )
+            });
+        pool.execute(
+            format!("DROP SCHEMA IF EXISTS {name} CASCADE; CREATE SCHEMA {name}").as_str(),
+        )
+        .await
+        .unwrap();
+        let spec = BigQuerySpec {
+            project: "datasync-test".into(),
+            dataset: name.clone(),
+            location: "US".into(),
+            endpoint: Some(bigquery_url()),
+            credentials: None,
+            create_dataset: true,
+        };
+        let warehouse = BigQuery::new(&spec).unwrap();
+        if let Err(error) = warehouse.ensure_dataset(true).await {
+            panic!(
+                "the BigQuery emulator at {} is unreachable ({error}); run scripts/emulator.sh start",
+                bigquery_url()
+            );
+        }
+        Self {
+            name,
+            pool,
+            warehouse,
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    async fn sql(&self, statements: &str) {
+        let script = format!("SET search_path = {};\n{statements}", self.name);
+        sqlx::raw_sql(&script).execute(&self.pool).await.unwrap();
+    }
+
+    fn manifest(&self, tables: &str) -> String {
+        let text = format!(
+            "bigquery:\n  project: datasync-test\n  dataset: {name}\n  endpoint: {bq}\nsources:\n  pg:\n    type: postgres\n    url: {pg}\n    schema: {name}\n    tables:\n{tables}",
+            name = self.name,
+            bq = bigquery_url(),
+            pg = postgres_url(),
+        );
+        let path = self.dir.path().join("sync.yaml");
+        std::fs::write(&path, text).unwrap();
+        path.display().to_string()
+    }
+
+    fn datasync(&self, args: &[&str]) -> Output {
+        Command::cargo_bin("datasync")
+            .unwrap()
+            .current_dir(self.dir.path())
+            .env_clear()
+            .env("NO_COLOR", "1")
+            .args(args)
+            .output()
+            .unwrap()
+    }
+
+    /// Every row of a target table, sorted, as JSON text.
+    async fn rows(&self, table: &str, order_by: &str) -> Vec<String> {
+        self.select(table, "*", order_by).await
+    }
+
+    /// Some columns of every row, sorted, as JSON text.
+    async fn select(&self, table: &str, columns: &str, order_by: &str) -> Vec<String> {
+        let sql = format!(
+            "SELECT {columns} FROM `datasync-test.{}.{table}` ORDER BY {order_by}",
+            self.name
+        );
+        let result = self.warehouse.query(&sql, &[]).await.unwrap();
+        result
+            .rows
+            .iter()
+            .map(|row| serde_json::to_string(row).unwrap())
+            .collect()
+    }
+
+    async fn count(&self, table: &str) -> u64 {
+        let sql = format!("SELECT COUNT(*) FROM `datasync-test.{}.{table}`", self.name);
+        let result = self.warehouse.query(&sql, &[]).await.unwrap();
+        let cell = result.scalar().cloned().unwrap_or_default();
+        cell.as_u64()
+            .or_else(|| cell.as_str().and_then(|text| text.parse().ok()))
+            .unwrap()
+    }
+
+    async fn drop(self) {
+        let _ = self
+            .pool
+            .execute(format!("DROP SCHEMA IF EXISTS {} CASCADE", self.name).as_str())
+            .await;
+        let url = format!(
+            "{}/bigquery/v2/projects/datasync-test/datasets/{}?deleteContents=true",
+            bigquery_url(),
+            self.name
+        );
+        let _ = reqwest::Client::new().delete(url).send().await;
+    }
+}
+
+fn text(output: &Output) -> String {
+    format!(
+        "{}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+fn assert_code(output: &Output, code: i32) {
+    assert_eq!(output.status.code(), Some(code), "{}", text(output));
+}
+
+const SEED: &str = "
+CREATE TABLE customers (id bigint PRIMARY KEY, name text NOT NULL, balance numeric(12,2), seen timestamptz);
+INSERT INTO customers SELECT g, 'c' || g, g * 1.25, timestamptz '2024-01-01 00:00:00+00' + g * interval '1 hour' FROM generate_series(1, 300) g;
+CREATE TABLE orders (id bigint PRIMARY KEY, customer_id bigint NOT NULL, total numeric(10,2) NOT NULL, updated_at timestamp NOT NULL);
+INSERT INTO orders SELECT g, 1 + g % 300, g * 2.5, timestamp '2024-06-01 00:00:00' + g * interval '1 minute' FROM generate_series(1, 1000) g;
+CREATE TABLE events (id bigint PRIMARY KEY, kind text, at timestamptz NOT NULL);
+INSERT INTO events SELECT g, 'k' || (g % 3), timestamptz '2024-06-01 00:00:00+00' + g * interval '1 second' FROM generate_series(1, 500) g;
+";
+
+const TABLES: &str = "      customers: {}\n      orders:\n        mode: merge\n        primary_key: [id]\n      events:\n        mode: incremental\n        cursor: at\n";
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sync_twice_is_idempotent_and_second_plan_has_no_changes() {
+    let world = World::new("twice").await;
+    world.sql(SEED).await;
+    let manifest = world.manifest(TABLES);
+
+    let plan = world.datasync(&["-c", &manifest, "plan", "--detailed-exitcode"]);
+    assert_code(&plan, 2);
+    assert!(
+        text(&plan).contains("Plan: 3 to create, 0 to update, 0 to recreate"),
+        "{}",
+        text(&plan)
+    );
+
+    let apply = world.datasync(&["-c", &manifest, "apply"]);
+    assert_code(&apply, 0);
+    assert_eq!(world.count("customers").await, 300);
+    assert_eq!(world.count("orders").await, 1000);
+    assert_eq!(world.count("events").await, 500);
+    let first = (
+        world.rows("customers", "id").await,
+        world.rows("orders", "id").await,
+        world.rows("events", "id").await,
+    );
+
+    let apply = world.datasync(&["-c", &manifest, "apply"]);
+    assert_code(&apply, 0);
+    let second = (
+        world.rows("customers", "id").await,
+        world.rows("orders", "id").await,
+        world.rows("events", "id").await,
+    );
+    assert_eq!(first, second, "a second sync changed the targets");
+
+    let plan = world.datasync(&["-c", &manifest, "plan", "--detailed-exitcode"]);
+    assert_code(&plan, 0);
+    assert!(text(&plan).contains("No schema changes"), "{}", text(&plan));
+    world.drop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn merge_incremental_and_schema_evolution() {
+    let world = World::new("evolve").await;
+    world.sql(SEED).await;
+    let manifest = world.manifest(TABLES);
+    assert_code(&world.datasync(&["-c", &manifest, "apply"]), 0);
+
+    world
+        .sql(
+            "UPDATE orders SET total = 0 WHERE id <= 10;
+             INSERT INTO orders VALUES (5000, 1, 9.99, timestamp '2025-01-01 00:00:00');
+             INSERT INTO events SELECT g, 'new', timestamptz '2025-01-01 00:00:00+00' + g * interval '1 second' FROM generate_series(501, 520) g;
+             ALTER TABLE customers ADD COLUMN tier text;
+             UPDATE customers SET tier = 'gold' WHERE id = 1;",
+        )
+        .await;
+    let plan = world.datasync(&["-c", &manifest, "plan", "--detailed-exitcode"]);
+    assert_code(&plan, 2);
+    assert!(
+        text(&plan).contains("+ add column tier STRING NULLABLE"),
+        "{}",
+        text(&plan)
+    );
+
+    assert_code(&world.datasync(&["-c", &manifest, "apply"]), 0);
+    assert_eq!(
+        world.count("orders").await,
+        1001,
+        "merge inserts the new order"
+    );
+    let zeroed = world
+        .warehouse
+        .query(
+            &format!(
+                "SELECT COUNT(*) FROM `datasync-test.{}.orders` WHERE total = 0",
+                world.name
+            ),
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        zeroed.scalar().unwrap().to_string().trim_matches('"'),
+        "10",
+        "merge updates matched rows"
+    );
+    assert_eq!(
+        world.count("events").await,
+        520,
+        "incremental appends only newer rows"
+    );
+    let tier = world
+        .warehouse
+        .query(
+            &format!(
+                "SELECT tier FROM `datasync-test.{}.customers` WHERE id = 1",
+                world.name
+            ),
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(tier.scalar().unwrap(), "gold");
+    assert_code(
+        &world.datasync(&["-c", &manifest, "plan", "--detailed-exitcode"]),
+        0,
+    );
+    world.drop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn empty_source_empties_a_replace_target_and_failures_keep_the_old_content() {
+    let world = World::new("empty").await;
+    world.sql(SEED).await;
+    let manifest = world.manifest("      customers: {}\n");
+    assert_code(&world.datasync(&["-c", &manifest, "apply"]), 0);
+    let before = world
+        .select("customers", "id, name, balance, seen", "id")
+        .await;
+    assert_eq!(before.len(), 300);
+
+    // A failure in the middle of the stream (a NaN with policy `error` deep in a table large
+    // enough for several upload chunks) leaves the target as it was.
+    world
+        .sql(
+            "ALTER TABLE customers ADD COLUMN score float8;
+             INSERT INTO customers SELECT g, repeat('n', 40), 1, now(), 1.5 FROM generate_series(1000, 60000) g;
+             UPDATE customers SET score = 'NaN' WHERE id = 59000;",
+        )
+        .await;
+    let failing = world.manifest(
+        "      customers:\n        max_parse_failures: 0\n        types: {non_finite: error}\n",
+    );
+    let apply = world.datasync(&["-c", &failing, "apply"]);
+    assert_code(&apply, 3);
+    assert!(
+        text(&apply).contains("59000"),
+        "the failing row is named: {}",
+        text(&apply)
+    );
+    // The new column was added (schema changes run first), but no row changed.
+    let after = world
+        .select("customers", "id, name, balance, seen", "id")
+        .await;
+    assert!(
+        after == before,
+        "a failed load changed the target's rows ({} rows now)",
+        after.len()
+    );
+    world.sql("ALTER TABLE customers DROP COLUMN score").await;
+
+    world.sql("DELETE FROM customers").await;
+    assert_code(&world.datasync(&["-c", &manifest, "apply"]), 0);
+    assert_eq!(
+        world.count("customers").await,
+        0,
+        "an empty source empties the target"
+    );
+    world.drop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn saved_plans_are_applied_verbatim_or_refused_when_stale() {
+    let world = World::new("saved").await;
+    world.sql(SEED).await;
+    let manifest = world.manifest(TABLES);
+    let plan_path = world.dir.path().join("plan.json").display().to_string();
+    assert_code(
+        &world.datasync(&["-c", &manifest, "plan", "--out", &plan_path]),
+        0,
+    );
+    assert_code(&world.datasync(&["-c", &manifest, "apply", &plan_path]), 0);
+    assert_eq!(world.count("orders").await, 1000);
+
+    // Saved before a source change: refused.
+    assert_code(
+        &world.datasync(&["-c", &manifest, "plan", "--out", &plan_path]),
+        0,
+    );
+    world.sql("ALTER TABLE orders ADD COLUMN note text").await;
+    let apply = world.datasync(&["-c", &manifest, "apply", &plan_path]);
+    assert_code(&apply, 1);
+    assert!(
+        text(&apply).contains("the source table changed"),
+        "{}",
+        text(&apply)
+    );
+
+    // An edited plan is refused too.
+    let edited = std::fs::read_to_string(&plan_path)
+        .unwrap()
+        .replace("\"orders\"", "\"orderz\"");
+    std::fs::write(&plan_path, edited).unwrap();
+    assert_code(&world.datasync(&["-c", &manifest, "apply", &plan_path]), 1);
+    world.drop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn dry_run_writes_nothing() {
+    let world = World::new("dry").await;
+    world.sql(SEED).await;
+    let manifest = world.manifest(TABLES);
+    let apply = world.datasync(&["-c", &manifest, "apply", "--dry-run"]);
+    assert_code(&apply, 0);
+    assert!(
+        text(&apply).contains("dry run: 3 of 3 table(s) synced, 1,800 rows"),
+        "{}",
+        text(&apply)
+    );
+    assert!(
+        world
+            .warehouse
+            .get_table("customers")
+            .await
+            .unwrap()
+            .is_none()
+    );
+    world.drop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn killing_apply_leaves_every_target_old_or_new() {
+    let world = World::new("kill").await;
+    world.sql("CREATE TABLE big (id bigint PRIMARY KEY, payload text NOT NULL); INSERT INTO big SELECT g, repeat('x', 50) FROM generate_series(1, 1000) g;").await;
+    let manifest = world.manifest("      big: {}\n");
+    assert_code(&world.datasync(&["-c", &manifest, "apply"]), 0);
+    let old = world.rows("big", "id").await;
+    world.sql("TRUNCATE big; INSERT INTO big SELECT g, repeat('y', 50) FROM generate_series(1, 200000) g;").await;
+
+    for delay_ms in [300_u64, 1_500, 4_000] {
+        let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("datasync"))
+            .current_dir(world.dir.path())
+            .env_clear()
+            .args(["-c", &manifest, "apply"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(delay_ms)).await;
+        child.kill().unwrap();
+        let _ = child.wait();
+        let count = world.count("big").await;
+        assert!(
+            count == 1000 || count == 200_000,
+            "after a kill at {delay_ms} ms the target has {count} rows"
+        );
+        if count == 1000 {
+            assert_eq!(world.rows("big", "id").await, old, "old content altered");
+        }
+    }
+    world.drop().await;
+}

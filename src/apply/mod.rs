@@ -27,7 +27,7 @@ use crate::mapping::{TableMapping, map_table};
 use crate::plan::{FieldChange, Plan, Step, TablePlan};
 use crate::source::{CursorFilter, ExtractStats, Source};
 use crate::warehouse::{
-    AlterColumn, Disposition, LoadRequest, MergeRequest, Warehouse, quote_ident,
+    AlterColumn, Disposition, LoadRequest, MergeRequest, Warehouse,
 };
 pub use report::{ApplyReport, TableOutcome, TableStatus};
 
@@ -96,7 +96,7 @@ impl Executor {
         let started = Instant::now();
         let destination = plan.destination.clone();
         let outcomes: Vec<TableOutcome> = futures::stream::iter(plan.tables.iter())
-            .map(|table| self.run_table(&destination, table))
+            .map(|table| self.run_table(table))
             .buffered(self.parallelism.max(1))
             .collect()
             .await;
@@ -108,12 +108,12 @@ impl Executor {
         }
     }
 
-    async fn run_table(&self, destination: &str, table: &TablePlan) -> TableOutcome {
+    async fn run_table(&self, table: &TablePlan) -> TableOutcome {
         let started = Instant::now();
         if !table.action.runs() {
             return TableOutcome::skipped(table, table.errors.join("; "));
         }
-        let result = self.execute(destination, table).await;
+        let result = self.execute(table).await;
         let seconds = started.elapsed().as_secs_f64();
         match result {
             Ok((stats, loaded)) => TableOutcome::done(table, &stats, loaded, seconds),
@@ -126,7 +126,6 @@ impl Executor {
 
     async fn execute(
         &self,
-        destination: &str,
         table: &TablePlan,
     ) -> Result<(ExtractStats, Option<u64>), TableFailure> {
         let source_table = table
@@ -163,7 +162,6 @@ impl Executor {
                 Step::Load { mode, key, cursor } => {
                     return self
                         .load(
-                            destination,
                             table,
                             source,
                             &mapping,
@@ -186,7 +184,6 @@ impl Executor {
     )]
     async fn load(
         &self,
-        destination: &str,
         table: &TablePlan,
         source: &Arc<Source>,
         mapping: &TableMapping,
@@ -197,7 +194,6 @@ impl Executor {
         cursor: Option<&str>,
     ) -> Result<(ExtractStats, Option<u64>), TableFailure> {
         let warehouse = &self.warehouse;
-        let qualify = |name: &str| quote_ident(&format!("{destination}.{name}"));
         let filter = match (mode, cursor) {
             (WriteMode::Incremental, Some(cursor)) => {
                 let column = mapping
@@ -273,19 +269,11 @@ impl Executor {
                 "internal error: extraction or upload did not finish",
             ));
         };
-        let columns: Vec<String> = mapping
-            .columns
-            .iter()
-            .map(|column| quote_ident(&column.target))
-            .collect();
-        let column_list = columns.join(", ");
         let Some(loaded) = loaded else {
             let stats = extracted.map_err(|error| format!("extraction failed: {error}"))?;
             if mode == WriteMode::Replace {
                 // An empty source empties the target (one DML statement).
-                warehouse
-                    .query(&format!("TRUNCATE TABLE {}", qualify(&table.target)), &[])
-                    .await?;
+                warehouse.truncate(&table.target).await?;
             }
             return Ok((stats, Some(0)));
         };
@@ -316,22 +304,10 @@ impl Executor {
                 stats: Some(stats),
             });
         }
-        let target = qualify(&table.target);
-        let staging_name = qualify(staging);
+        let target_columns: Vec<String> = mapping.columns.iter().map(|column| column.target.clone()).collect();
         let write = match mode {
-            WriteMode::Replace => warehouse
-                .query(
-                    &format!(
-                        "BEGIN TRANSACTION;\nTRUNCATE TABLE {target};\nINSERT INTO {target} ({column_list}) SELECT {column_list} FROM {staging_name};\nCOMMIT TRANSACTION;"
-                    ),
-                    &[],
-                )
-                .await
-                .map(|_| ()),
-            WriteMode::Append | WriteMode::Incremental => warehouse
-                .query(&format!("INSERT INTO {target} ({column_list}) SELECT {column_list} FROM {staging_name}"), &[])
-                .await
-                .map(|_| ()),
+            WriteMode::Replace => warehouse.insert_from(staging, &table.target, &target_columns, true).await,
+            WriteMode::Append | WriteMode::Incremental => warehouse.insert_from(staging, &table.target, &target_columns, false).await,
             WriteMode::Merge => {
                 let keys: Vec<String> = key
                     .iter()
@@ -342,7 +318,7 @@ impl Executor {
                         staging: staging.to_string(),
                         target: table.target.clone(),
                         keys,
-                        columns: mapping.columns.iter().map(|column| column.target.clone()).collect(),
+                        columns: target_columns.clone(),
                     })
                     .await
                     .map(|_| ())

@@ -469,6 +469,55 @@ impl Warehouse for FakeWarehouse {
         Ok(outcome)
     }
 
+    async fn insert_from(
+        &self,
+        staging: &str,
+        target: &str,
+        columns: &[String],
+        replace: bool,
+    ) -> Result<(), WarehouseError> {
+        let mut state = self.begin(
+            "insert_from",
+            format!("insert_from {staging} into {target} replace={replace}"),
+        )?;
+        let context = format!("write {staging} into {target}");
+        let rows: Vec<Map<String, Value>> = state
+            .tables
+            .get(staging)
+            .ok_or_else(|| not_found(&context, staging))?
+            .1
+            .iter()
+            .map(|row| {
+                columns
+                    .iter()
+                    .map(|column| (column.clone(), row.get(column).cloned().unwrap_or(Value::Null)))
+                    .collect()
+            })
+            .collect();
+        let (_, existing) = state
+            .tables
+            .get_mut(target)
+            .ok_or_else(|| not_found(&context, target))?;
+        if replace {
+            *existing = rows;
+        } else {
+            existing.extend(rows);
+        }
+        Ok(())
+    }
+
+    async fn truncate(&self, table: &str) -> Result<(), WarehouseError> {
+        let mut state = self.begin("truncate", format!("truncate {table}"))?;
+        let context = format!("truncate {table}");
+        state
+            .tables
+            .get_mut(table)
+            .ok_or_else(|| not_found(&context, table))?
+            .1
+            .clear();
+        Ok(())
+    }
+
     async fn max_value(&self, table: &str, column: &str) -> Result<Value, WarehouseError> {
         let state = self.begin("max_value", format!("max_value {table}.{column}"))?;
         let context = format!("max of {column} in table {table}");

@@ -381,6 +381,20 @@ pub trait Warehouse: Send + Sync {
 
     /// Asks BigQuery to cancel a job (best effort; finished jobs are left alone).
     async fn cancel_job(&self, job_id: &str) -> Result<(), WarehouseError>;
+
+    /// Writes every row of `staging` into `target` (same dataset, `columns` in both) in one
+    /// atomic step. With `replace` the target's rows are replaced (`TRUNCATE` + `INSERT` in one
+    /// transaction: readers see the old rows or the new ones), otherwise they are appended.
+    async fn insert_from(
+        &self,
+        staging: &str,
+        target: &str,
+        columns: &[String],
+        replace: bool,
+    ) -> Result<(), WarehouseError>;
+
+    /// Removes every row of `table`, keeping its schema.
+    async fn truncate(&self, table: &str) -> Result<(), WarehouseError>;
 }
 
 /// Quotes an identifier with backticks (backticks and backslashes inside are escaped).

@@ -1,0 +1,230 @@
+//! The apply executor against the in-memory warehouse, with a real SQLite source: step order,
+//! staging, atomic writes, failures that leave targets alone, every failure reported.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use datasync::apply::{DryRun, Executor, TableStatus};
+use datasync::manifest::{self, Env, Format, ManifestInput};
+use datasync::mapping::map_table;
+use datasync::plan::{Plan, TableInput, TableAction, plan_table};
+use datasync::source::Source;
+use datasync::warehouse::{FakeWarehouse, Warehouse};
+use serde_json::Value;
+
+struct Setup {
+    _dir: tempfile::TempDir,
+    path: String,
+    pool: sqlx::SqlitePool,
+}
+
+async fn sqlite(statements: &str) -> Setup {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("source.db").display().to_string();
+    let options = sqlx::sqlite::SqliteConnectOptions::new().filename(&path).create_if_missing(true);
+    let pool = sqlx::SqlitePool::connect_with(options).await.unwrap();
+    sqlx::raw_sql(statements).execute(&pool).await.unwrap();
+    Setup { _dir: dir, path, pool }
+}
+
+fn manifest(path: &str, tables: &str) -> datasync::manifest::Manifest {
+    let text = format!(
+        "bigquery: {{project: fake-project, dataset: ds}}\nsources:\n  lite:\n    type: sqlite\n    database: {path}\n    tables:\n{tables}"
+    );
+    manifest::load(&ManifestInput { name: None, text: Some((text, Format::Yaml)), env: Env::new() })
+        .unwrap_or_else(|failure| panic!("{:?}", failure.problems))
+        .manifest
+}
+
+async fn plan(manifest: &datasync::manifest::Manifest, source: &Source, warehouse: &FakeWarehouse) -> Plan {
+    let mut tables = Vec::new();
+    for spec in &manifest.tables {
+        let source_table = source.describe(spec).await.map_err(|error| error.to_string());
+        let desired = source_table.as_ref().map_err(|_| Vec::new()).and_then(|table| map_table(table, spec).map(|mapping| mapping.table));
+        let existing = warehouse.get_table(&spec.target).await.unwrap();
+        tables.push(plan_table(TableInput {
+            spec: spec.clone(),
+            source: source_table,
+            desired,
+            mapping_warnings: vec![],
+            existing_rows: existing.as_ref().and_then(|table| table.num_rows),
+            existing: existing.map(|table| table.table),
+        }));
+    }
+    Plan::new("fake-project.ds".into(), tables)
+}
+
+async fn executor(manifest: &datasync::manifest::Manifest, warehouse: Arc<FakeWarehouse>, dry_run: DryRun) -> Executor {
+    let source = Source::connect(&manifest.sources[0]).await.unwrap();
+    Executor {
+        sources: HashMap::from([("lite".to_string(), Arc::new(source))]),
+        warehouse,
+        parallelism: 2,
+        dry_run,
+        progress: Arc::new(|_: &str, _: u64| {}),
+        run_id: "run1".into(),
+    }
+}
+
+fn ids(warehouse: &FakeWarehouse, table: &str) -> Vec<String> {
+    let mut ids: Vec<String> = warehouse
+        .rows(table)
+        .unwrap_or_default()
+        .iter()
+        .map(|row| match &row["id"] {
+            Value::String(text) => text.clone(),
+            other => other.to_string(),
+        })
+        .collect();
+    ids.sort_by_key(|id| id.parse::<i64>().unwrap_or_default());
+    ids
+}
+
+const SEED: &str = "
+CREATE TABLE items (id INTEGER PRIMARY KEY, name TEXT NOT NULL, price REAL);
+INSERT INTO items VALUES (1, 'a', 1.5), (2, 'b', 2.5), (3, 'c', NULL);
+CREATE TABLE notes (id INTEGER PRIMARY KEY, body TEXT);
+INSERT INTO notes VALUES (1, 'x'), (2, 'y');
+";
+
+#[tokio::test]
+async fn replace_creates_loads_through_staging_and_writes_atomically() {
+    let setup = sqlite(SEED).await;
+    let manifest = manifest(&setup.path, "      items: {}\n");
+    let warehouse = Arc::new(FakeWarehouse::with_dataset());
+    let executor = executor(&manifest, Arc::clone(&warehouse), DryRun::No).await;
+    let plan = plan(&manifest, &executor.sources["lite"], &warehouse).await;
+    assert_eq!(plan.tables[0].action, TableAction::Create);
+
+    let report = executor.run(&plan).await;
+    assert!(report.succeeded(), "{}", report.text());
+    assert_eq!(ids(&warehouse, "items"), ["1", "2", "3"]);
+    let log: Vec<String> = warehouse.log().into_iter().filter(|entry| !entry.starts_with("get_table")).collect();
+    assert_eq!(
+        log,
+        [
+            "drop_table _datasync_staging_items",
+            "create_table items",
+            "load _datasync_staging_items WRITE_TRUNCATE datasync_run1_items",
+            "insert_from _datasync_staging_items into items replace=true",
+            "drop_table _datasync_staging_items",
+        ]
+    );
+    assert!(warehouse.rows("_datasync_staging_items").is_none(), "staging left behind");
+    assert_eq!(report.tables[0].rows_extracted, 3);
+    assert_eq!(report.tables[0].rows_loaded, Some(3));
+}
+
+#[tokio::test]
+async fn a_failed_load_keeps_the_target_and_every_failure_is_reported() {
+    let setup = sqlite(SEED).await;
+    let manifest = manifest(&setup.path, "      items: {}\n      notes: {}\n");
+    let warehouse = Arc::new(FakeWarehouse::with_dataset());
+    let mut executor = executor(&manifest, Arc::clone(&warehouse), DryRun::No).await;
+    let first = plan(&manifest, &executor.sources["lite"], &warehouse).await;
+    assert!(executor.run(&first).await.succeeded());
+
+    sqlx::raw_sql("DELETE FROM items WHERE id = 1; INSERT INTO items VALUES (4, 'd', 4.0); INSERT INTO notes VALUES (3, 'z');")
+        .execute(&setup.pool)
+        .await
+        .unwrap();
+    // Every load fails after a few bytes: both tables fail, both are reported.
+    warehouse.fail_load_after_bytes(Some(10));
+    let second = plan(&manifest, &executor.sources["lite"], &warehouse).await;
+    executor.run_id = "run2".into();
+    let report = executor.run(&second).await;
+    assert!(!report.succeeded());
+    let statuses: Vec<TableStatus> = report.tables.iter().map(|table| table.status).collect();
+    assert_eq!(statuses, [TableStatus::Failed, TableStatus::Failed], "{}", report.text());
+    assert!(report.text().contains("load into staging failed"), "{}", report.text());
+    assert_eq!(ids(&warehouse, "items"), ["1", "2", "3"], "the target changed");
+    assert_eq!(ids(&warehouse, "notes"), ["1", "2"]);
+    assert!(warehouse.rows("_datasync_staging_items").is_none(), "staging left behind");
+
+    // The next run succeeds.
+    warehouse.fail_load_after_bytes(None);
+    executor.run_id = "run3".into();
+    assert!(executor.run(&second).await.succeeded());
+    assert_eq!(ids(&warehouse, "items"), ["2", "3", "4"]);
+}
+
+#[tokio::test]
+async fn a_failed_final_write_keeps_the_target() {
+    let setup = sqlite(SEED).await;
+    let manifest = manifest(&setup.path, "      items: {}\n");
+    let warehouse = Arc::new(FakeWarehouse::with_dataset());
+    let mut executor = executor(&manifest, Arc::clone(&warehouse), DryRun::No).await;
+    let plan1 = plan(&manifest, &executor.sources["lite"], &warehouse).await;
+    assert!(executor.run(&plan1).await.succeeded());
+    sqlx::raw_sql("DELETE FROM items").execute(&setup.pool).await.unwrap();
+    sqlx::raw_sql("INSERT INTO items VALUES (9, 'z', 0)").execute(&setup.pool).await.unwrap();
+    warehouse.fail_next("insert_from", false);
+    executor.run_id = "run2".into();
+    let report = executor.run(&plan1).await;
+    assert_eq!(report.tables[0].status, TableStatus::Failed);
+    assert_eq!(ids(&warehouse, "items"), ["1", "2", "3"]);
+}
+
+#[tokio::test]
+async fn merge_updates_and_inserts_on_the_key_and_empty_replace_truncates() {
+    let setup = sqlite(SEED).await;
+    let manifest_text = "      items:\n        mode: merge\n        primary_key: [id]\n      notes: {}\n";
+    let manifest = manifest(&setup.path, manifest_text);
+    let warehouse = Arc::new(FakeWarehouse::with_dataset());
+    let mut executor = executor(&manifest, Arc::clone(&warehouse), DryRun::No).await;
+    let first = plan(&manifest, &executor.sources["lite"], &warehouse).await;
+    assert!(executor.run(&first).await.succeeded());
+
+    sqlx::raw_sql("UPDATE items SET name = 'B' WHERE id = 2; INSERT INTO items VALUES (5, 'e', 5.0); DELETE FROM notes;")
+        .execute(&setup.pool)
+        .await
+        .unwrap();
+    let second = plan(&manifest, &executor.sources["lite"], &warehouse).await;
+    executor.run_id = "run2".into();
+    let report = executor.run(&second).await;
+    assert!(report.succeeded(), "{}", report.text());
+    assert_eq!(ids(&warehouse, "items"), ["1", "2", "3", "5"]);
+    let rows = warehouse.rows("items").unwrap();
+    let two = rows.iter().find(|row| row["id"].to_string().trim_matches('"') == "2").unwrap();
+    assert_eq!(two["name"], "B");
+    assert_eq!(ids(&warehouse, "notes"), Vec::<String>::new(), "an empty source empties a replace target");
+    assert_eq!(warehouse.count("truncate notes"), 1);
+    assert_eq!(warehouse.count("merge _datasync_staging_items into items"), 2);
+}
+
+#[tokio::test]
+async fn dry_run_touches_nothing() {
+    let setup = sqlite(SEED).await;
+    let manifest = manifest(&setup.path, "      items: {}\n");
+    let warehouse = Arc::new(FakeWarehouse::with_dataset());
+    let executor = executor(&manifest, Arc::clone(&warehouse), DryRun::Yes).await;
+    let plan = plan(&manifest, &executor.sources["lite"], &warehouse).await;
+    let before = warehouse.log().len();
+    let report = executor.run(&plan).await;
+    assert!(report.succeeded());
+    assert_eq!(report.tables[0].rows_extracted, 3);
+    assert!(report.tables[0].bytes > 0);
+    assert_eq!(warehouse.log().len(), before, "a dry run called the warehouse");
+}
+
+#[tokio::test]
+async fn blocked_tables_are_skipped_and_reported() {
+    let setup = sqlite(SEED).await;
+    let manifest = manifest(&setup.path, "      items: {}\n");
+    let warehouse = Arc::new(FakeWarehouse::with_dataset());
+    warehouse.insert_table(
+        datasync::schema::WarehouseTable {
+            name: "items".into(),
+            fields: vec![datasync::schema::WarehouseField::new("id", datasync::schema::BqType::String, datasync::schema::FieldMode::Nullable)],
+            partitioning: None,
+            clustering: vec![],
+        },
+        vec![],
+    );
+    let executor = executor(&manifest, Arc::clone(&warehouse), DryRun::No).await;
+    let plan = plan(&manifest, &executor.sources["lite"], &warehouse).await;
+    assert_eq!(plan.tables[0].action, TableAction::Blocked);
+    let report = executor.run(&plan).await;
+    assert_eq!(report.tables[0].status, TableStatus::Skipped);
+    assert!(report.text().contains("allow_recreate"), "{}", report.text());
+}

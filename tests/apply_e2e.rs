@@ -412,3 +412,48 @@ async fn killing_apply_leaves_every_target_old_or_new() {
     }
     world.drop().await;
 }
+
+fn mysql_url() -> String {
+    std::env::var("DATASYNC_TEST_MYSQL_URL").unwrap_or_else(|_| "mysql://root@127.0.0.1:3306/test".into())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn mariadb_source_replace_and_merge_twice() {
+    // A database name with a hyphen and a reserved-word table name, both quoted.
+    let world = World::new("maria").await;
+    let database = format!("ds-e2e-{}", std::process::id());
+    let server = sqlx::mysql::MySqlPoolOptions::new()
+        .max_connections(1)
+        .connect(&mysql_url())
+        .await
+        .unwrap_or_else(|error| panic!("MariaDB at {} is unreachable ({error}); run scripts/services.sh", mysql_url()));
+    sqlx::raw_sql(&format!(
+        "DROP DATABASE IF EXISTS `{database}`; CREATE DATABASE `{database}`; USE `{database}`;
+         CREATE TABLE `order` (id BIGINT UNSIGNED PRIMARY KEY, paid TINYINT(1) NOT NULL, total DECIMAL(12,2) NOT NULL, at DATETIME(6) NOT NULL, meta JSON);
+         INSERT INTO `order` VALUES (1, 1, 10.50, '2024-01-02 03:04:05.123456', '{{\"a\": 1}}'), (18446744073709551615, 0, 99999999.99, '1999-12-31 23:59:59', NULL);"
+    ))
+    .execute(&server)
+    .await
+    .unwrap();
+    let server_url = mysql_url().rsplit_once('/').map_or_else(mysql_url, |(server, _)| server.to_string());
+    let text = format!(
+        "bigquery:\n  project: datasync-test\n  dataset: {name}\n  endpoint: {bq}\nsources:\n  shop:\n    type: mysql\n    url: {server_url}/{database}\n    tables:\n      order:\n        mode: merge\n        primary_key: [id]\n",
+        name = world.name,
+        bq = bigquery_url(),
+    );
+    let path = world.dir.path().join("maria.yaml");
+    std::fs::write(&path, text).unwrap();
+    let manifest = path.display().to_string();
+
+    assert_code(&world.datasync(&["-c", &manifest, "apply"]), 0);
+    let first = world.rows("order", "id").await;
+    assert_eq!(first.len(), 2, "{first:?}");
+    assert!(first[1].contains("18446744073709551615"), "BIGINT UNSIGNED max survives: {first:?}");
+    assert!(first[0].contains("true") && first[0].contains("10.5"), "{first:?}");
+    assert_code(&world.datasync(&["-c", &manifest, "apply"]), 0);
+    assert_eq!(world.rows("order", "id").await, first, "a second merge changed the target");
+    assert_code(&world.datasync(&["-c", &manifest, "plan", "--detailed-exitcode"]), 0);
+
+    sqlx::raw_sql(&format!("DROP DATABASE IF EXISTS `{database}`")).execute(&server).await.unwrap();
+    world.drop().await;
+}

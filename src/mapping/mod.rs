@@ -24,7 +24,7 @@ use crate::schema::{
 /// How the extractor reads a column's values. The BigQuery type of the field decides how they
 /// are written.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
+#[serde(rename_all = "lowercase")]
 pub enum Codec {
     /// Boolean (PostgreSQL bool, MySQL `TINYINT(1)`/`BIT(1)`, SQLite integer).
     Bool,

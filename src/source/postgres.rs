@@ -570,7 +570,7 @@ mod tests {
         );
         // 0.00000001 = [1] weight -2 dscale 8
         assert_eq!(
-            numeric_text(&numeric(1, -2, 0, 8, &[100])).unwrap(),
+            numeric_text(&numeric(1, -2, 0, 8, &[1])).unwrap(),
             "0.00000001"
         );
         // 10000 = [1] weight 1 dscale 0 (trailing zero group omitted)

@@ -374,7 +374,7 @@ pub fn decimal_type(
     precision: u32,
     scale: u32,
     policy: DecimalOverflowPolicy,
-) -> Result<(BqType, Option<u32>, Option<u32>, Option<String>), String> {
+) -> Result<Override, String> {
     let integer = precision.saturating_sub(scale);
     if scale <= 9 && integer <= 29 {
         Ok((BqType::Numeric, Some(precision), Some(scale), None))
@@ -647,7 +647,8 @@ fn parse_override(text: &str) -> Result<(BqType, Option<u32>, Option<u32>), Stri
     }
 }
 
-type Override = (BqType, Option<u32>, Option<u32>, Option<String>);
+/// A BigQuery type with its parameters and, when lossy or notable, why.
+pub type Override = (BqType, Option<u32>, Option<u32>, Option<String>);
 
 fn apply_override(natural: &Natural, text: &str) -> Result<Override, String> {
     let (to, precision, scale) = parse_override(text)?;

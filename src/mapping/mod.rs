@@ -9,6 +9,22 @@
 //! `±infinity` dates and timestamps) must never land in a REQUIRED field. So a `NOT NULL` column
 //! that can hold such values is mapped NULLABLE (with a warning) when the policy is `null`, and
 //! kept REQUIRED when the policy is `error` (the bad value then fails its row).
+//!
+//! Other choices:
+//! - DECIMAL(p,s) → NUMERIC(p,s) if s ≤ 9 and p−s ≤ 29, else BIGNUMERIC(p,s) if s ≤ 38 and
+//!   p−s ≤ 38, else STRING (policy `decimal_overflow: string`) or an error. Unconstrained
+//!   PostgreSQL `numeric` → BIGNUMERIC with a warning; a value that does not fit fails its row.
+//! - MySQL `BIGINT UNSIGNED` → NUMERIC(20,0); other unsigned integers and YEAR → INT64.
+//! - MySQL TIME (−838:59:59..838:59:59) → STRING, exact; PostgreSQL `time` → TIME,
+//!   `timetz` → STRING.
+//! - PostgreSQL one-dimensional arrays → REPEATED of the element type. A NULL array is written
+//!   `[]`; a NULL element (BigQuery arrays cannot hold NULL) or a multi-dimensional array fails
+//!   its row (counted as `out_of_range`). Arrays of types without a native mapping are read as
+//!   `text[]` → REPEATED STRING.
+//! - PostgreSQL `bit`/`varbit`, `interval`, `inet`, enums, `xml`, … → STRING through `::text`;
+//!   `money` → NUMERIC through `::numeric`; MySQL BIT(1) → BOOL, BIT(n) → BYTES.
+//! - Values that do not fit (`out_of_range`) or cannot be read (`malformed`) always fail their
+//!   row; policies only govern zero dates, non-finite values and invalid UTF-8.
 
 use std::collections::HashMap;
 

@@ -466,6 +466,15 @@ fn decode_array<'a>(bytes: &'a [u8], element: &'a Codec) -> Decoded<'a> {
     Ok(Val::Array(items))
 }
 
+/// Appends a base-10000 digit group, zero-padded to 4 digits when `pad`.
+fn push_group(out: &mut String, digit: u16, pad: bool) {
+    let digits = [digit / 1000, digit / 100 % 10, digit / 10 % 10, digit % 10];
+    let skip = if pad { 0 } else { digits.iter().take(3).take_while(|&&d| d == 0).count() };
+    for d in &digits[skip..] {
+        out.push(char::from(b'0' + (*d % 10) as u8));
+    }
+}
+
 /// PostgreSQL binary numeric → exact decimal text with its display scale.
 pub(crate) fn numeric_text(bytes: &[u8]) -> Result<String, Bad<'static>> {
     let read_u16 = |at: usize| -> Option<u16> {
@@ -506,9 +515,9 @@ pub(crate) fn numeric_text(bytes: &[u8]) -> Result<String, Bad<'static>> {
                 .copied()
                 .unwrap_or(0);
             if group == 0 {
-                out.push_str(&digit.to_string());
+                push_group(&mut out, digit, false);
             } else {
-                out.push_str(&format!("{digit:04}"));
+                push_group(&mut out, digit, true);
             }
         }
     }
@@ -526,7 +535,7 @@ pub(crate) fn numeric_text(bytes: &[u8]) -> Result<String, Bad<'static>> {
                     .copied()
                     .unwrap_or(0)
             };
-            fraction.push_str(&format!("{digit:04}"));
+            push_group(&mut fraction, digit, true);
             group += 1;
         }
         fraction.truncate(dscale);

@@ -286,7 +286,7 @@ pub(super) async fn extract(
     filter: Option<&CursorFilter>,
     encoder: RowEncoder,
     sink: Sender<Bytes>,
-    progress: &dyn Fn(u64),
+    progress: &(dyn Fn(u64) + Send + Sync),
 ) -> Result<ExtractStats, SourceError> {
     let mut select = Vec::with_capacity(mapping.columns.len());
     for column in &mapping.columns {
@@ -469,7 +469,11 @@ fn decode_array<'a>(bytes: &'a [u8], element: &'a Codec) -> Decoded<'a> {
 /// Appends a base-10000 digit group, zero-padded to 4 digits when `pad`.
 fn push_group(out: &mut String, digit: u16, pad: bool) {
     let digits = [digit / 1000, digit / 100 % 10, digit / 10 % 10, digit % 10];
-    let skip = if pad { 0 } else { digits.iter().take(3).take_while(|&&d| d == 0).count() };
+    let skip = if pad {
+        0
+    } else {
+        digits.iter().take(3).take_while(|&&d| d == 0).count()
+    };
     for d in &digits[skip..] {
         out.push(char::from(b'0' + (*d % 10) as u8));
     }

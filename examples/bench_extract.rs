@@ -10,7 +10,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use datasync::manifest::raw::{SourceKind, TlsMode, WriteMode};
-use datasync::manifest::resolve::{Connection, SourceSpec, TableSpec, Timeouts, TlsSpec, TypePolicies};
+use datasync::manifest::resolve::{
+    Connection, SourceSpec, TableSpec, Timeouts, TlsSpec, TypePolicies,
+};
 use datasync::mapping::map_table;
 use datasync::secret::Secret;
 use datasync::source::Source;
@@ -19,36 +21,74 @@ use sqlx::Executor;
 /// (PostgreSQL type, PostgreSQL expression over `g`), (MySQL type, expression over `seq`),
 /// (SQLite type, expression over `x`).
 const KINDS: &[[(&str, &str); 3]] = &[
-    [("int8", "g + {c}"), ("BIGINT", "seq + {c}"), ("INTEGER", "x + {c}")],
-    [("text", "md5((g + {c})::text)"), ("VARCHAR(32)", "md5(seq + {c})"), ("TEXT", "hex(randomblob(16))")],
-    [("int4", "((g + {c}) % 100000)::int4"), ("INT", "(seq + {c}) % 100000"), ("INTEGER", "(x + {c}) % 100000")],
+    [
+        ("int8", "g + {c}"),
+        ("BIGINT", "seq + {c}"),
+        ("INTEGER", "x + {c}"),
+    ],
+    [
+        ("text", "md5((g + {c})::text)"),
+        ("VARCHAR(32)", "md5(seq + {c})"),
+        ("TEXT", "hex(randomblob(16))"),
+    ],
+    [
+        ("int4", "((g + {c}) % 100000)::int4"),
+        ("INT", "(seq + {c}) % 100000"),
+        ("INTEGER", "(x + {c}) % 100000"),
+    ],
     [
         ("numeric(14,4)", "((g + {c}) / 7.0)::numeric(14,4)"),
         ("DECIMAL(14,4)", "(seq + {c}) / 7"),
         ("NUMERIC(14,4)", "round((x + {c}) / 7.0, 4)"),
     ],
-    [("bool", "(g + {c}) % 2 = 0"), ("TINYINT(1)", "(seq + {c}) % 2"), ("BOOLEAN", "(x + {c}) % 2")],
     [
-        ("timestamptz", "timestamptz '2020-01-01 00:00:00+00' + (g + {c}) * interval '1 second'"),
-        ("TIMESTAMP(6) NULL", "TIMESTAMP'2020-01-01 00:00:00' + INTERVAL (seq + {c}) SECOND"),
+        ("bool", "(g + {c}) % 2 = 0"),
+        ("TINYINT(1)", "(seq + {c}) % 2"),
+        ("BOOLEAN", "(x + {c}) % 2"),
+    ],
+    [
+        (
+            "timestamptz",
+            "timestamptz '2020-01-01 00:00:00+00' + (g + {c}) * interval '1 second'",
+        ),
+        (
+            "TIMESTAMP(6) NULL",
+            "TIMESTAMP'2020-01-01 00:00:00' + INTERVAL (seq + {c}) SECOND",
+        ),
         ("DATETIME", "datetime(1577836800 + x + {c}, 'unixepoch')"),
     ],
     [
         ("date", "date '2020-01-01' + ((g + {c}) % 1000)::int"),
-        ("DATE", "DATE'2020-01-01' + INTERVAL ((seq + {c}) % 1000) DAY"),
+        (
+            "DATE",
+            "DATE'2020-01-01' + INTERVAL ((seq + {c}) % 1000) DAY",
+        ),
         ("DATE", "date(1577836800 + (x % 1000) * 86400, 'unixepoch')"),
     ],
-    [("float8", "(g + {c}) * 1.1::float8"), ("DOUBLE", "(seq + {c}) * 1.1e0"), ("REAL", "(x + {c}) * 1.1")],
     [
-        ("jsonb", "jsonb_build_object('k', g + {c}, 'v', md5(g::text))"),
+        ("float8", "(g + {c}) * 1.1::float8"),
+        ("DOUBLE", "(seq + {c}) * 1.1e0"),
+        ("REAL", "(x + {c}) * 1.1"),
+    ],
+    [
+        (
+            "jsonb",
+            "jsonb_build_object('k', g + {c}, 'v', md5(g::text))",
+        ),
         ("JSON", "JSON_OBJECT('k', seq + {c}, 'v', md5(seq))"),
         ("JSON", "json_object('k', x + {c}, 'v', hex(randomblob(8)))"),
     ],
-    [("uuid", "md5((g + {c})::text)::uuid"), ("UUID", "uuid()"), ("TEXT", "lower(hex(randomblob(16)))")],
+    [
+        ("uuid", "md5((g + {c})::text)::uuid"),
+        ("UUID", "uuid()"),
+        ("TEXT", "lower(hex(randomblob(16)))"),
+    ],
 ];
 
 fn env_or(name: &str, default: &str) -> String {
-    std::env::var_os(name).and_then(|value| value.into_string().ok()).unwrap_or_else(|| default.to_string())
+    std::env::var_os(name)
+        .and_then(|value| value.into_string().ok())
+        .unwrap_or_else(|| default.to_string())
 }
 
 fn peak_rss_mb() -> f64 {
@@ -56,7 +96,13 @@ fn peak_rss_mb() -> f64 {
     status
         .lines()
         .find_map(|line| line.strip_prefix("VmHWM:"))
-        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .and_then(|rest| {
+            rest.trim()
+                .trim_end_matches("kB")
+                .trim()
+                .parse::<f64>()
+                .ok()
+        })
         .map_or(0.0, |kb| kb / 1024.0)
 }
 
@@ -74,11 +120,21 @@ fn source_spec(kind: SourceKind, url: &str) -> SourceSpec {
             database: None,
             schema: None,
         },
-        tls: TlsSpec { mode: TlsMode::Prefer, ca: None, cert: None, key: None },
+        tls: TlsSpec {
+            mode: TlsMode::Prefer,
+            ca: None,
+            cert: None,
+            key: None,
+        },
         max_connections: 2,
         min_connections: 0,
         max_lifetime: None,
-        timeouts: Timeouts { connect: None, read: None, write: None, statement: None },
+        timeouts: Timeouts {
+            connect: None,
+            read: None,
+            write: None,
+            statement: None,
+        },
     }
 }
 
@@ -133,32 +189,55 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .map(|c| format!("c{c} {}", KINDS[c % KINDS.len()][kind_index].0))
         .collect();
     let exprs: Vec<String> = (0..columns)
-        .map(|c| KINDS[c % KINDS.len()][kind_index].1.replace("{c}", &c.to_string()))
+        .map(|c| {
+            KINDS[c % KINDS.len()][kind_index]
+                .1
+                .replace("{c}", &c.to_string())
+        })
         .collect();
     let tempdir = std::env::temp_dir().join(format!("{scratch}.db"));
 
     let setup = Instant::now();
     let (source, spec) = match engine.as_str() {
         "postgres" => {
-            let url = env_or("DATASYNC_TEST_POSTGRES_URL", "postgres://postgres@127.0.0.1:5432/postgres");
+            let url = env_or(
+                "DATASYNC_TEST_POSTGRES_URL",
+                "postgres://postgres@127.0.0.1:5432/postgres",
+            );
             let source = Source::connect(&source_spec(SourceKind::Postgres, &url)).await?;
             if let Source::Postgres(pool) = &source {
-                pool.execute(sqlx::raw_sql(&format!("CREATE SCHEMA {scratch}"))).await?;
-                pool.execute(sqlx::raw_sql(&format!("CREATE TABLE {scratch}.bench ({})", ddl.join(", ")))).await?;
+                pool.execute(sqlx::raw_sql(&format!("CREATE SCHEMA {scratch}")))
+                    .await?;
+                pool.execute(sqlx::raw_sql(&format!(
+                    "CREATE TABLE {scratch}.bench ({})",
+                    ddl.join(", ")
+                )))
+                .await?;
                 let sql = format!(
                     "INSERT INTO {scratch}.bench SELECT {} FROM generate_series(1, {rows}) g",
                     exprs.join(", ")
                 );
                 pool.execute(sqlx::raw_sql(&sql)).await?;
             }
-            (source, table_spec(SourceKind::Postgres, Some(scratch.clone())))
+            (
+                source,
+                table_spec(SourceKind::Postgres, Some(scratch.clone())),
+            )
         }
         "mysql" => {
-            let url = env_or("DATASYNC_TEST_MYSQL_URL", "mysql://root@127.0.0.1:3306/test");
+            let url = env_or(
+                "DATASYNC_TEST_MYSQL_URL",
+                "mysql://root@127.0.0.1:3306/test",
+            );
             let source = Source::connect(&source_spec(SourceKind::Mysql, &url)).await?;
             if let Source::Mysql(pool) = &source {
-                pool.execute(sqlx::raw_sql(&format!("CREATE DATABASE {scratch}"))).await?;
-                pool.execute(sqlx::raw_sql(&format!("CREATE TABLE {scratch}.bench ({})", ddl.join(", ")))).await?;
+                pool.execute(sqlx::raw_sql(&format!("CREATE DATABASE {scratch}")))
+                    .await?;
+                pool.execute(sqlx::raw_sql(&format!(
+                    "CREATE TABLE {scratch}.bench ({})",
+                    ddl.join(", ")
+                )))
+                .await?;
                 let sql = format!(
                     "INSERT INTO {scratch}.bench SELECT {} FROM seq_1_to_{rows}",
                     exprs.join(", ")
@@ -171,7 +250,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             let url = format!("sqlite://{}?mode=rwc", tempdir.display());
             {
                 let pool = sqlx::SqlitePool::connect(&url).await?;
-                pool.execute(sqlx::raw_sql(&format!("CREATE TABLE bench ({})", ddl.join(", ")))).await?;
+                pool.execute(sqlx::raw_sql(&format!(
+                    "CREATE TABLE bench ({})",
+                    ddl.join(", ")
+                )))
+                .await?;
                 let sql = format!(
                     "WITH RECURSIVE s(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM s WHERE x < {rows})
                      INSERT INTO bench SELECT {} FROM s",
@@ -208,10 +291,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     match &source {
         Source::Postgres(pool) => {
-            pool.execute(sqlx::raw_sql(&format!("DROP SCHEMA {scratch} CASCADE"))).await?;
+            pool.execute(sqlx::raw_sql(&format!("DROP SCHEMA {scratch} CASCADE")))
+                .await?;
         }
         Source::Mysql(pool) => {
-            pool.execute(sqlx::raw_sql(&format!("DROP DATABASE {scratch}"))).await?;
+            pool.execute(sqlx::raw_sql(&format!("DROP DATABASE {scratch}")))
+                .await?;
         }
         Source::Sqlite(pool) => {
             pool.close().await;

@@ -170,8 +170,8 @@ pub fn decimal_text(text: &str) -> Decoded<'_> {
             format!("`{text}` is not a decimal number"),
         ));
     }
-    if text.starts_with('+') {
-        return Ok(Val::Decimal(Cow::Owned(text[1..].to_string())));
+    if let Some(unsigned) = text.strip_prefix('+') {
+        return Ok(Val::Decimal(Cow::Owned(unsigned.to_string())));
     }
     Ok(Val::Decimal(Cow::Borrowed(text)))
 }

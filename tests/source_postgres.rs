@@ -110,6 +110,10 @@ async fn body(source: &Source, schema: &str) -> Result<Outcome, SourceError> {
         value: "3".into(),
     };
     let incremental = run(source, &spec, Some(&filter)).await?;
+    let counted = source
+        .count_rows(&incremental.table, &incremental.mapping, Some(&filter))
+        .await?;
+    assert_eq!(counted, 3);
 
     let mut budget = spec.clone();
     budget.max_parse_failures = Some(2);

@@ -38,8 +38,14 @@ async fn sqlite_type_matrix() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("source.db");
     {
-        let options = SqliteConnectOptions::new().filename(&path).create_if_missing(true);
-        let pool = SqlitePoolOptions::new().max_connections(1).connect_with(options).await.expect("create db");
+        let options = SqliteConnectOptions::new()
+            .filename(&path)
+            .create_if_missing(true);
+        let pool = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(options)
+            .await
+            .expect("create db");
         pool.execute(sqlx::raw_sql(SETUP)).await.expect("setup");
         pool.close().await;
     }
@@ -52,17 +58,35 @@ async fn sqlite_type_matrix() {
         .mapping
         .columns
         .iter()
-        .map(|column| format!("{} -> {} {:?}", column.source.name, column.field.diff_line(), column.codec))
+        .map(|column| {
+            format!(
+                "{} -> {} {:?}",
+                column.source.name,
+                column.field.diff_line(),
+                column.codec
+            )
+        })
         .collect();
     insta::assert_yaml_snapshot!("sqlite_codecs", codecs);
     insta::assert_yaml_snapshot!("sqlite_warnings", full.mapping.warnings);
     insta::assert_snapshot!("sqlite_lines", full.lines.join("\n"));
     insta::assert_yaml_snapshot!("sqlite_stats", full.stats);
 
-    let filter = CursorFilter { column: "id".into(), value: "2".into() };
-    let incremental = run(&source, &spec, Some(&filter)).await.expect("incremental");
+    let filter = CursorFilter {
+        column: "id".into(),
+        value: "2".into(),
+    };
+    let incremental = run(&source, &spec, Some(&filter))
+        .await
+        .expect("incremental");
     assert_eq!(incremental.stats.rows + incremental.stats.failed_rows, 2);
 
-    let missing = source.describe(&table_spec(SourceKind::Sqlite, None, "nope")).await.expect_err("missing");
-    assert_eq!(missing.to_string(), "table `nope` not found in SQLite source");
+    let missing = source
+        .describe(&table_spec(SourceKind::Sqlite, None, "nope"))
+        .await
+        .expect_err("missing");
+    assert_eq!(
+        missing.to_string(),
+        "table `nope` not found in SQLite source"
+    );
 }

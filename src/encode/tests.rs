@@ -1,1 +1,337 @@
 use super::*;
+use crate::manifest::raw::SourceKind;
+use crate::mapping::{Codec, ColumnMapping};
+use crate::schema::{SourceColumn, WarehouseField, WarehouseTable};
+
+fn target(bq_type: BqType) -> Target {
+    Target {
+        bq_type,
+        precision: None,
+        scale: None,
+    }
+}
+
+fn write(value: Val<'_>, bq_type: BqType) -> Result<String, BadKind> {
+    let mut buf = Vec::new();
+    write_scalar(&mut buf, &value, target(bq_type)).map_err(|bad| bad.kind)?;
+    Ok(String::from_utf8(buf).unwrap())
+}
+
+#[test]
+fn scalars() {
+    assert_eq!(
+        write(Val::Int(i64::MIN), BqType::Int64).unwrap(),
+        r#""-9223372036854775808""#
+    );
+    assert_eq!(
+        write(Val::UInt(u64::MAX), BqType::Numeric).unwrap(),
+        r#""18446744073709551615""#
+    );
+    assert_eq!(
+        write(Val::UInt(u64::MAX), BqType::Int64),
+        Err(BadKind::OutOfRange)
+    );
+    assert_eq!(
+        write(Val::F64(f64::NAN), BqType::Float64),
+        Err(BadKind::NonFinite)
+    );
+    assert_eq!(
+        write(Val::F64(f64::NEG_INFINITY), BqType::Float64),
+        Err(BadKind::NonFinite)
+    );
+    assert_eq!(write(Val::F64(1e300), BqType::Float64).unwrap(), "1e+300");
+    assert_eq!(write(Val::F32(0.1), BqType::Float64).unwrap(), "0.1");
+    assert_eq!(
+        write(Val::F64(1e-7), BqType::Numeric).unwrap(),
+        r#""0.0000001""#
+    );
+    assert_eq!(
+        write(Val::F64(1.5e3), BqType::Int64),
+        Ok(r#""1500""#.into())
+    );
+    assert_eq!(write(Val::Bool(true), BqType::Bool).unwrap(), "true");
+    assert_eq!(
+        write(Val::Bytes(Cow::Borrowed(&[0, 0xff])), BqType::Bytes).unwrap(),
+        r#""AP8=""#
+    );
+    assert_eq!(
+        write(
+            Val::Text(Cow::Borrowed("a\"b\\c\n\u{1}é😀")),
+            BqType::String
+        )
+        .unwrap(),
+        r#""a\"b\\c\n\u0001é😀""#
+    );
+    assert_eq!(
+        write(
+            Val::Json(Cow::Borrowed(
+                b"{ \"a\" :\n [1, 2],\t\"s\": \"x  y\\\"  z\" }"
+            )),
+            BqType::Json
+        )
+        .unwrap(),
+        r#"{"a":[1,2],"s":"x  y\"  z"}"#
+    );
+    assert_eq!(
+        write(Val::Json(Cow::Borrowed(b"{bad")), BqType::Json),
+        Err(BadKind::Malformed)
+    );
+    assert_eq!(
+        write(Val::Json(Cow::Borrowed(b"[1, 2]")), BqType::String).unwrap(),
+        r#""[1,2]""#
+    );
+}
+
+#[test]
+fn temporal() {
+    let date = NaiveDate::from_ymd_opt(1, 1, 1).unwrap();
+    assert_eq!(
+        write(Val::Date(date), BqType::Date).unwrap(),
+        r#""0001-01-01""#
+    );
+    let moment = NaiveDate::from_ymd_opt(2024, 2, 29)
+        .unwrap()
+        .and_hms_micro_opt(23, 59, 59, 999_999)
+        .unwrap();
+    assert_eq!(
+        write(Val::DateTime(moment), BqType::Datetime).unwrap(),
+        r#""2024-02-29T23:59:59.999999""#
+    );
+    assert_eq!(
+        write(Val::Timestamp(moment), BqType::Timestamp).unwrap(),
+        r#""2024-02-29T23:59:59.999999Z""#
+    );
+    let bc = NaiveDate::from_ymd_opt(-43, 3, 15).unwrap();
+    assert_eq!(write(Val::Date(bc), BqType::Date), Err(BadKind::OutOfRange));
+    let time = NaiveTime::from_hms_micro_opt(1, 2, 3, 4).unwrap();
+    assert_eq!(
+        write(Val::Time(time), BqType::Time).unwrap(),
+        r#""01:02:03.000004""#
+    );
+}
+
+#[test]
+fn decimals() {
+    assert_eq!(
+        decimal_text("-12.50"),
+        Ok(Val::Decimal(Cow::Borrowed("-12.50")))
+    );
+    assert_eq!(decimal_text("NaN").unwrap_err().kind, BadKind::NonFinite);
+    assert_eq!(decimal_text("1e5").unwrap_err().kind, BadKind::Malformed);
+    let numeric = Target {
+        bq_type: BqType::Numeric,
+        precision: Some(10),
+        scale: Some(2),
+    };
+    let mut buf = Vec::new();
+    assert!(
+        write_scalar(
+            &mut buf,
+            &Val::Decimal(Cow::Borrowed("12345678.90")),
+            numeric
+        )
+        .is_ok()
+    );
+    assert!(
+        write_scalar(
+            &mut buf,
+            &Val::Decimal(Cow::Borrowed("123456789.0")),
+            numeric
+        )
+        .is_err()
+    );
+    assert!(write_scalar(&mut buf, &Val::Decimal(Cow::Borrowed("1.234")), numeric).is_err());
+    // Trailing zeros beyond the scale are not digits that matter.
+    assert!(write_scalar(&mut buf, &Val::Decimal(Cow::Borrowed("1.2300000")), numeric).is_ok());
+    let wide = "1".repeat(39);
+    assert_eq!(
+        write(Val::Decimal(Cow::Owned(wide)), BqType::BigNumeric),
+        Err(BadKind::OutOfRange)
+    );
+    assert_eq!(float_to_decimal("-1.25e-3").as_deref(), Some("-0.00125"));
+    assert_eq!(
+        float_to_decimal("1e21").as_deref(),
+        Some("1000000000000000000000")
+    );
+}
+
+fn mapping(fields: &[(&str, BqType, FieldMode)]) -> TableMapping {
+    let columns: Vec<ColumnMapping> = fields
+        .iter()
+        .map(|(name, bq_type, mode)| ColumnMapping {
+            source: SourceColumn {
+                name: (*name).into(),
+                ordinal: 1,
+                data_type: "x".into(),
+                column_type: "x".into(),
+                nullable: *mode != FieldMode::Required,
+                precision: None,
+                scale: None,
+                max_length: None,
+                primary_key: *name == "id",
+                comment: None,
+                is_json: false,
+            },
+            target: (*name).into(),
+            field: WarehouseField::new(*name, *bq_type, *mode),
+            codec: Codec::Text,
+            lossy: None,
+        })
+        .collect();
+    let _ = SourceKind::Mysql;
+    TableMapping {
+        table: WarehouseTable {
+            name: "t".into(),
+            fields: columns.iter().map(|c| c.field.clone()).collect(),
+            partitioning: None,
+            clustering: Vec::new(),
+        },
+        columns,
+        warnings: Vec::new(),
+        policies: TypePolicies::default(),
+        max_parse_failures: None,
+        key_columns: vec!["id".into()],
+    }
+}
+
+#[test]
+fn rows_and_policies() {
+    let map = mapping(&[
+        ("id", BqType::Int64, FieldMode::Required),
+        ("v", BqType::Float64, FieldMode::Nullable),
+        ("r", BqType::Date, FieldMode::Required),
+    ]);
+    let mut encoder = RowEncoder::new(
+        "t".into(),
+        &map,
+        TypePolicies::default(),
+        Some(2),
+        &map.key_columns,
+    );
+    let date = NaiveDate::from_ymd_opt(2024, 1, 1).unwrap();
+    let row = |id: i64, v: f64, r: Decoded<'static>| {
+        move |index: usize| match index {
+            0 => Ok(Val::Int(id)),
+            1 => Ok(Val::F64(v)),
+            _ => r.clone(),
+        }
+    };
+    encoder
+        .encode_row(row(1, 1.5, Ok(Val::Date(date))))
+        .unwrap();
+    // NaN into a nullable field: NULL and counted.
+    encoder
+        .encode_row(row(2, f64::NAN, Ok(Val::Date(date))))
+        .unwrap();
+    // A zero date into a REQUIRED field: the row fails.
+    encoder
+        .encode_row(row(3, 0.0, Err(Bad::new(BadKind::ZeroDate, "zero date"))))
+        .unwrap();
+    let chunk = encoder.finish().unwrap();
+    assert_eq!(
+        std::str::from_utf8(&chunk).unwrap(),
+        "{\"id\":\"1\",\"v\":1.5,\"r\":\"2024-01-01\"}\n{\"id\":\"2\",\"v\":null,\"r\":\"2024-01-01\"}\n"
+    );
+    assert_eq!(encoder.stats.rows, 2);
+    assert_eq!(encoder.stats.failed_rows, 1);
+    assert_eq!(
+        encoder.stats.failures[1],
+        "row (id=3): column `r`: zero date (and the field is REQUIRED) (row left out)"
+    );
+    let error = encoder
+        .encode_row(row(4, f64::INFINITY, Ok(Val::Date(date))))
+        .unwrap_err();
+    assert_eq!(error.count, 3);
+    assert!(
+        error
+            .to_string()
+            .contains("more than max_parse_failures (2)"),
+        "{error}"
+    );
+}
+
+#[test]
+fn invalid_utf8() {
+    let map = mapping(&[
+        ("id", BqType::Int64, FieldMode::Required),
+        ("s", BqType::String, FieldMode::Nullable),
+    ]);
+    let bytes: &'static [u8] = b"caf\xe9";
+    let mut replace = RowEncoder::new(
+        "t".into(),
+        &map,
+        TypePolicies::default(),
+        None,
+        &map.key_columns,
+    );
+    replace
+        .encode_row(|index| {
+            if index == 0 {
+                Ok(Val::Int(1))
+            } else {
+                text(bytes)
+            }
+        })
+        .unwrap();
+    assert_eq!(
+        std::str::from_utf8(&replace.finish().unwrap()).unwrap(),
+        "{\"id\":\"1\",\"s\":\"caf\u{fffd}\"}\n"
+    );
+    assert_eq!(replace.stats.by_kind.get("invalid_utf8"), Some(&1));
+    let policies = TypePolicies {
+        invalid_utf8: Utf8Policy::Error,
+        ..TypePolicies::default()
+    };
+    let mut strict = RowEncoder::new("t".into(), &map, policies, None, &map.key_columns);
+    strict
+        .encode_row(|index| {
+            if index == 0 {
+                Ok(Val::Int(1))
+            } else {
+                text(bytes)
+            }
+        })
+        .unwrap();
+    assert_eq!(strict.stats.rows, 0);
+    assert_eq!(strict.stats.failed_rows, 1);
+}
+
+#[test]
+fn chunks_are_whole_lines() {
+    let map = mapping(&[
+        ("id", BqType::Int64, FieldMode::Required),
+        ("s", BqType::String, FieldMode::Nullable),
+    ]);
+    let mut encoder = RowEncoder::new(
+        "t".into(),
+        &map,
+        TypePolicies::default(),
+        None,
+        &map.key_columns,
+    );
+    let long = "x".repeat(1000);
+    let mut chunks = Vec::new();
+    for id in 0..3000 {
+        encoder
+            .encode_row(|index| {
+                if index == 0 {
+                    Ok(Val::Int(id))
+                } else {
+                    Ok(Val::Text(Cow::Borrowed(&long)))
+                }
+            })
+            .unwrap();
+        chunks.extend(encoder.take_full_chunk());
+    }
+    chunks.extend(encoder.finish());
+    assert!(chunks.len() >= 2);
+    for chunk in &chunks[..chunks.len() - 1] {
+        assert!(chunk.len() >= CHUNK_SIZE && chunk.len() < CHUNK_SIZE + 2048);
+    }
+    assert!(chunks.iter().all(|chunk| chunk.ends_with(b"\n")));
+    let lines: usize = chunks
+        .iter()
+        .map(|chunk| chunk.iter().filter(|&&b| b == b'\n').count())
+        .sum();
+    assert_eq!(lines, 3000);
+}

@@ -9,6 +9,22 @@
 //! `±infinity` dates and timestamps) must never land in a REQUIRED field. So a `NOT NULL` column
 //! that can hold such values is mapped NULLABLE (with a warning) when the policy is `null`, and
 //! kept REQUIRED when the policy is `error` (the bad value then fails its row).
+//!
+//! Other choices:
+//! - DECIMAL(p,s) → NUMERIC(p,s) if s ≤ 9 and p−s ≤ 29, else BIGNUMERIC(p,s) if s ≤ 38 and
+//!   p−s ≤ 38, else STRING (policy `decimal_overflow: string`) or an error. Unconstrained
+//!   PostgreSQL `numeric` → BIGNUMERIC with a warning; a value that does not fit fails its row.
+//! - MySQL `BIGINT UNSIGNED` → NUMERIC(20,0); other unsigned integers and YEAR → INT64.
+//! - MySQL TIME (−838:59:59..838:59:59) → STRING, exact; PostgreSQL `time` → TIME,
+//!   `timetz` → STRING.
+//! - PostgreSQL one-dimensional arrays → REPEATED of the element type. A NULL array is written
+//!   `[]`; a NULL element (BigQuery arrays cannot hold NULL) or a multi-dimensional array fails
+//!   its row (counted as `out_of_range`). Arrays of types without a native mapping are read as
+//!   `text[]` → REPEATED STRING.
+//! - PostgreSQL `bit`/`varbit`, `interval`, `inet`, enums, `xml`, … → STRING through `::text`;
+//!   `money` → NUMERIC through `::numeric`; MySQL BIT(1) → BOOL, BIT(n) → BYTES.
+//! - Values that do not fit (`out_of_range`) or cannot be read (`malformed`) always fail their
+//!   row; policies only govern zero dates, non-finite values and invalid UTF-8.
 
 use std::collections::HashMap;
 
@@ -24,7 +40,7 @@ use crate::schema::{
 /// How the extractor reads a column's values. The BigQuery type of the field decides how they
 /// are written.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
+#[serde(rename_all = "lowercase")]
 pub enum Codec {
     /// Boolean (PostgreSQL bool, MySQL `TINYINT(1)`/`BIT(1)`, SQLite integer).
     Bool,
@@ -374,7 +390,7 @@ pub fn decimal_type(
     precision: u32,
     scale: u32,
     policy: DecimalOverflowPolicy,
-) -> Result<(BqType, Option<u32>, Option<u32>, Option<String>), String> {
+) -> Result<Override, String> {
     let integer = precision.saturating_sub(scale);
     if scale <= 9 && integer <= 29 {
         Ok((BqType::Numeric, Some(precision), Some(scale), None))
@@ -647,7 +663,8 @@ fn parse_override(text: &str) -> Result<(BqType, Option<u32>, Option<u32>), Stri
     }
 }
 
-type Override = (BqType, Option<u32>, Option<u32>, Option<String>);
+/// A BigQuery type with its parameters and, when lossy or notable, why.
+pub type Override = (BqType, Option<u32>, Option<u32>, Option<String>);
 
 fn apply_override(natural: &Natural, text: &str) -> Result<Override, String> {
     let (to, precision, scale) = parse_override(text)?;

@@ -1,1 +1,524 @@
 use super::*;
+use crate::manifest::raw::WriteMode;
+use crate::manifest::resolve::Partitioning;
+
+fn spec(kind: SourceKind) -> TableSpec {
+    TableSpec {
+        source: "src".into(),
+        source_kind: kind,
+        key: "t".into(),
+        qualifier: Some("db".into()),
+        name: "t".into(),
+        target: "t_target".into(),
+        enabled: true,
+        columns: None,
+        exclude_columns: Vec::new(),
+        primary_key: None,
+        cursor: None,
+        mode: WriteMode::Replace,
+        batch_size: 10_000,
+        max_parse_failures: Some(100),
+        column_types: Default::default(),
+        partition_by: None,
+        cluster_by: Vec::new(),
+        allow_recreate: false,
+        auto_create: true,
+        types: TypePolicies::default(),
+    }
+}
+
+fn column(
+    name: &str,
+    data_type: &str,
+    column_type: &str,
+    precision: Option<u32>,
+    scale: Option<u32>,
+    nullable: bool,
+) -> SourceColumn {
+    SourceColumn {
+        name: name.into(),
+        ordinal: 1,
+        data_type: data_type.into(),
+        column_type: column_type.into(),
+        nullable,
+        precision,
+        scale,
+        max_length: None,
+        primary_key: false,
+        comment: None,
+        is_json: false,
+    }
+}
+
+fn table(columns: Vec<SourceColumn>) -> SourceTable {
+    SourceTable {
+        qualifier: Some("db".into()),
+        name: "t".into(),
+        primary_key: Vec::new(),
+        columns,
+        estimated_rows: None,
+        comment: None,
+    }
+}
+
+/// Maps one column, returns `name TYPE MODE` and the codec.
+fn one(
+    kind: SourceKind,
+    column: SourceColumn,
+    adjust: impl Fn(&mut TableSpec),
+) -> Result<(String, Codec), Vec<String>> {
+    let mut spec = spec(kind);
+    adjust(&mut spec);
+    let mapping = map_table(&table(vec![column]), &spec)?;
+    Ok((
+        mapping.columns[0].field.diff_line(),
+        mapping.columns[0].codec.clone(),
+    ))
+}
+
+#[test]
+fn type_map() {
+    use SourceKind::{Mysql, Postgres, Sqlite};
+    let none = |_: &mut TableSpec| {};
+    let cases: Vec<(SourceKind, SourceColumn, &str, Codec)> = vec![
+        (
+            Mysql,
+            column("c", "tinyint", "tinyint(1)", None, None, true),
+            "c BOOL NULLABLE",
+            Codec::Bool,
+        ),
+        (
+            Mysql,
+            column("c", "tinyint", "tinyint(4) unsigned", None, None, true),
+            "c INT64 NULLABLE",
+            Codec::UInt,
+        ),
+        (
+            Mysql,
+            column("c", "bigint", "bigint(20) unsigned", None, None, false),
+            "c NUMERIC(20, 0) REQUIRED",
+            Codec::UInt,
+        ),
+        (
+            Mysql,
+            column("c", "bigint", "bigint(20)", None, None, false),
+            "c INT64 REQUIRED",
+            Codec::Int,
+        ),
+        (
+            Mysql,
+            column("c", "year", "year(4)", None, None, true),
+            "c INT64 NULLABLE",
+            Codec::UInt,
+        ),
+        (
+            Mysql,
+            column("c", "decimal", "decimal(38,9)", Some(38), Some(9), true),
+            "c NUMERIC(38, 9) NULLABLE",
+            Codec::Decimal,
+        ),
+        (
+            Mysql,
+            column("c", "decimal", "decimal(40,10)", Some(40), Some(10), true),
+            "c BIGNUMERIC(40, 10) NULLABLE",
+            Codec::Decimal,
+        ),
+        (
+            Mysql,
+            column("c", "decimal", "decimal(65,30)", Some(65), Some(30), true),
+            "c BIGNUMERIC(65, 30) NULLABLE",
+            Codec::Decimal,
+        ),
+        (
+            Mysql,
+            column("c", "decimal", "decimal(65,0)", Some(65), Some(0), true),
+            "c STRING NULLABLE",
+            Codec::Decimal,
+        ),
+        (
+            Mysql,
+            column("c", "float", "float", None, None, true),
+            "c FLOAT64 NULLABLE",
+            Codec::Float,
+        ),
+        (
+            Mysql,
+            column("c", "bit", "bit(1)", Some(1), None, true),
+            "c BOOL NULLABLE",
+            Codec::Bool,
+        ),
+        (
+            Mysql,
+            column("c", "bit", "bit(5)", Some(5), None, true),
+            "c BYTES NULLABLE",
+            Codec::Bits,
+        ),
+        (
+            Mysql,
+            column("c", "datetime", "datetime(6)", None, None, true),
+            "c DATETIME NULLABLE",
+            Codec::DateTime,
+        ),
+        (
+            Mysql,
+            column("c", "datetime", "datetime", None, None, false),
+            "c DATETIME NULLABLE",
+            Codec::DateTime,
+        ),
+        (
+            Mysql,
+            column("c", "timestamp", "timestamp", None, None, true),
+            "c TIMESTAMP NULLABLE",
+            Codec::Timestamp,
+        ),
+        (
+            Mysql,
+            column("c", "time", "time", None, None, true),
+            "c STRING NULLABLE",
+            Codec::MysqlTime,
+        ),
+        (
+            Mysql,
+            column("c", "json", "json", None, None, true),
+            "c JSON NULLABLE",
+            Codec::Json,
+        ),
+        (
+            Mysql,
+            SourceColumn {
+                is_json: true,
+                ..column("c", "longtext", "longtext", None, None, true)
+            },
+            "c JSON NULLABLE",
+            Codec::Json,
+        ),
+        (
+            Mysql,
+            column("c", "enum", "enum('a','b')", None, None, true),
+            "c STRING NULLABLE",
+            Codec::Text,
+        ),
+        (
+            Mysql,
+            column("c", "varbinary", "varbinary(3)", None, None, true),
+            "c BYTES NULLABLE",
+            Codec::Bytes,
+        ),
+        (
+            Mysql,
+            column("c", "point", "point", None, None, true),
+            "c STRING NULLABLE",
+            Codec::Geometry,
+        ),
+        (
+            Postgres,
+            column("c", "numeric", "numeric", None, None, true),
+            "c BIGNUMERIC NULLABLE",
+            Codec::Decimal,
+        ),
+        (
+            Postgres,
+            column("c", "numeric", "numeric(10,2)", Some(10), Some(2), false),
+            "c NUMERIC(10, 2) NULLABLE",
+            Codec::Decimal,
+        ),
+        (
+            Postgres,
+            column("c", "_int4", "integer[]", None, None, true),
+            "c INT64 REPEATED",
+            Codec::Array(Box::new(Codec::Int)),
+        ),
+        (
+            Postgres,
+            column("c", "_inet", "inet[]", None, None, true),
+            "c STRING REPEATED",
+            Codec::Array(Box::new(Codec::CastText)),
+        ),
+        (
+            Postgres,
+            column(
+                "c",
+                "timestamp with time zone",
+                "timestamp with time zone",
+                None,
+                None,
+                true,
+            ),
+            "c TIMESTAMP NULLABLE",
+            Codec::Timestamp,
+        ),
+        (
+            Postgres,
+            column(
+                "c",
+                "timestamp without time zone",
+                "timestamp(3) without time zone",
+                None,
+                None,
+                true,
+            ),
+            "c DATETIME NULLABLE",
+            Codec::DateTime,
+        ),
+        (
+            Postgres,
+            column(
+                "c",
+                "time with time zone",
+                "time with time zone",
+                None,
+                None,
+                true,
+            ),
+            "c STRING NULLABLE",
+            Codec::CastText,
+        ),
+        (
+            Postgres,
+            column(
+                "c",
+                "time without time zone",
+                "time without time zone",
+                None,
+                None,
+                false,
+            ),
+            "c TIME REQUIRED",
+            Codec::Time,
+        ),
+        (
+            Postgres,
+            column("c", "interval", "interval", None, None, true),
+            "c STRING NULLABLE",
+            Codec::CastText,
+        ),
+        (
+            Postgres,
+            column("c", "money", "money", None, None, true),
+            "c NUMERIC NULLABLE",
+            Codec::Money,
+        ),
+        (
+            Postgres,
+            column("c", "uuid", "uuid", None, None, true),
+            "c STRING NULLABLE",
+            Codec::Uuid,
+        ),
+        (
+            Postgres,
+            column("c", "bytea", "bytea", None, None, true),
+            "c BYTES NULLABLE",
+            Codec::Bytes,
+        ),
+        (
+            Postgres,
+            column("c", "jsonb", "jsonb", None, None, true),
+            "c JSON NULLABLE",
+            Codec::Json,
+        ),
+        (
+            Postgres,
+            column("c", "mood", "mood", None, None, true),
+            "c STRING NULLABLE",
+            Codec::CastText,
+        ),
+        (
+            Postgres,
+            column("c", "geometry", "geometry(Point,4326)", None, None, true),
+            "c STRING NULLABLE",
+            Codec::Geometry,
+        ),
+        (
+            Sqlite,
+            column("c", "varchar", "VARCHAR(10)", Some(10), None, true),
+            "c STRING NULLABLE",
+            Codec::Text,
+        ),
+        (
+            Sqlite,
+            column("c", "decimal", "DECIMAL(10,2)", Some(10), Some(2), true),
+            "c NUMERIC(10, 2) NULLABLE",
+            Codec::Decimal,
+        ),
+        (
+            Sqlite,
+            column("c", "", "", None, None, true),
+            "c STRING NULLABLE",
+            Codec::Text,
+        ),
+        (
+            Sqlite,
+            column("c", "double", "DOUBLE", None, None, true),
+            "c FLOAT64 NULLABLE",
+            Codec::Float,
+        ),
+        (
+            Sqlite,
+            column("c", "timestamp", "TIMESTAMP", None, None, true),
+            "c STRING NULLABLE",
+            Codec::Text,
+        ),
+        (
+            Sqlite,
+            column("c", "datetime", "DATETIME", None, None, true),
+            "c DATETIME NULLABLE",
+            Codec::DateTime,
+        ),
+        (
+            Sqlite,
+            column(
+                "c",
+                "unsigned big int",
+                "UNSIGNED BIG INT",
+                None,
+                None,
+                false,
+            ),
+            "c INT64 REQUIRED",
+            Codec::Int,
+        ),
+    ];
+    for (kind, source, expected, codec) in cases {
+        let label = format!("{kind:?} {}", source.column_type);
+        assert_eq!(
+            one(kind, source, none),
+            Ok((expected.to_string(), codec)),
+            "{label}"
+        );
+    }
+}
+
+#[test]
+fn policies_change_the_map() {
+    let tinyint = column("c", "tinyint", "tinyint(1)", None, None, true);
+    let as_int = one(SourceKind::Mysql, tinyint, |spec| {
+        spec.types.tinyint1_as_bool = false
+    })
+    .unwrap();
+    assert_eq!(as_int.0, "c INT64 NULLABLE");
+    let strict = one(
+        SourceKind::Mysql,
+        column("c", "date", "date", None, None, false),
+        |spec| {
+            spec.types.zero_dates = BadValuePolicy::Error;
+        },
+    );
+    assert_eq!(strict.unwrap().0, "c DATE REQUIRED");
+    let wide = one(
+        SourceKind::Mysql,
+        column("c", "decimal", "decimal(65,0)", Some(65), Some(0), true),
+        |spec| {
+            spec.types.decimal_overflow = DecimalOverflowPolicy::Error;
+        },
+    );
+    assert!(wide.unwrap_err()[0].contains("fits neither NUMERIC nor BIGNUMERIC"));
+    let geography = one(
+        SourceKind::Postgres,
+        column("c", "geometry", "geometry", None, None, true),
+        |spec| {
+            spec.types.geometry = GeometryPolicy::Geography;
+        },
+    );
+    assert_eq!(geography.unwrap().0, "c GEOGRAPHY NULLABLE");
+}
+
+fn sample() -> SourceTable {
+    let mut id = column("id", "bigint", "bigint(20) unsigned", None, None, false);
+    id.primary_key = true;
+    id.comment = Some("row id".into());
+    let mut source = table(vec![
+        id,
+        column("order", "varchar", "varchar(20)", None, None, true),
+        column("Created At", "datetime", "datetime(6)", None, None, false),
+        column(
+            "amount",
+            "decimal",
+            "decimal(12,2)",
+            Some(12),
+            Some(2),
+            true,
+        ),
+        column("payload", "json", "json", None, None, true),
+        column("secret", "varchar", "varchar(20)", None, None, true),
+    ]);
+    source.primary_key = vec!["id".into()];
+    source
+}
+
+#[test]
+fn whole_table_snapshot() {
+    let mut spec = spec(SourceKind::Mysql);
+    spec.exclude_columns = vec!["secret".into()];
+    spec.column_types.insert("amount".into(), "FLOAT64".into());
+    spec.partition_by = Some(Partitioning {
+        column: "Created At".into(),
+        granularity: "DAY".into(),
+    });
+    spec.cluster_by = vec!["order".into()];
+    let mapping = map_table(&sample(), &spec).unwrap();
+    insta::assert_yaml_snapshot!(mapping);
+}
+
+#[test]
+fn selection_and_errors() {
+    let mut spec = spec(SourceKind::Mysql);
+    spec.columns = Some(vec!["payload".into(), "id".into()]);
+    let mapping = map_table(&sample(), &spec).unwrap();
+    let names: Vec<&str> = mapping.columns.iter().map(|c| c.target.as_str()).collect();
+    assert_eq!(names, ["payload", "id"]);
+
+    spec.columns = Some(vec!["nope".into()]);
+    spec.column_types.insert("ghost".into(), "STRING".into());
+    let errors = map_table(&sample(), &spec).unwrap_err();
+    assert_eq!(errors.len(), 2, "{errors:?}");
+    assert!(
+        errors[0].contains("`nope`") && errors[0].contains("available: id, order, Created At"),
+        "{}",
+        errors[0]
+    );
+    assert!(errors[1].contains("`ghost`"), "{}", errors[1]);
+
+    let mut spec = self::spec(SourceKind::Mysql);
+    spec.column_types.insert("payload".into(), "DATE".into());
+    let errors = map_table(&sample(), &spec).unwrap_err();
+    assert!(errors[0].contains("cannot write JSON values"), "{errors:?}");
+
+    let collide = table(vec![
+        column("a-b", "int", "int", None, None, true),
+        column("A_B", "int", "int", None, None, true),
+    ]);
+    let errors = map_table(&collide, &self::spec(SourceKind::Mysql)).unwrap_err();
+    assert!(errors[0].contains("`a-b` and `A_B`"), "{errors:?}");
+
+    let mut spec = self::spec(SourceKind::Mysql);
+    spec.partition_by = Some(Partitioning {
+        column: "order".into(),
+        granularity: "DAY".into(),
+    });
+    let errors = map_table(&sample(), &spec).unwrap_err();
+    assert!(
+        errors[0].contains("not DATE, DATETIME or TIMESTAMP"),
+        "{errors:?}"
+    );
+}
+
+#[test]
+fn overrides() {
+    let mut spec = spec(SourceKind::Mysql);
+    spec.column_types.insert("amount".into(), "STRING".into());
+    spec.column_types.insert("id".into(), "BIGNUMERIC".into());
+    let mapping = map_table(&sample(), &spec).unwrap();
+    assert_eq!(
+        mapping.column("amount").unwrap().field.diff_line(),
+        "amount STRING NULLABLE"
+    );
+    assert_eq!(mapping.column("amount").unwrap().lossy, None);
+    assert_eq!(
+        mapping.column("id").unwrap().field.diff_line(),
+        "id BIGNUMERIC REQUIRED"
+    );
+    spec.column_types
+        .insert("amount".into(), "NUMERIC(5,1)".into());
+    let mapping = map_table(&sample(), &spec).unwrap();
+    assert!(mapping.column("amount").unwrap().lossy.is_some());
+}

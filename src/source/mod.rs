@@ -203,7 +203,7 @@ impl Source {
         mapping: &TableMapping,
         filter: Option<&CursorFilter>,
         sink: Sender<Bytes>,
-        progress: &dyn Fn(u64),
+        progress: &(dyn Fn(u64) + Send + Sync),
     ) -> Result<ExtractStats, SourceError> {
         if mapping.columns.is_empty() {
             return Err(SourceError::Invalid(format!(
@@ -246,7 +246,7 @@ async fn drive<R, S>(
     decode: DecodeFn<R>,
     mut encoder: RowEncoder,
     sink: Sender<Bytes>,
-    progress: &dyn Fn(u64),
+    progress: &(dyn Fn(u64) + Send + Sync),
 ) -> Result<ExtractStats, SourceError>
 where
     S: Stream<Item = Result<R, sqlx::Error>> + Unpin,
@@ -310,6 +310,25 @@ fn normalize_temporal(value: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The futures can be spawned on a multi-threaded runtime.
+    #[test]
+    fn futures_are_send() {
+        fn assert_send<T: Send>(_: &T) {}
+        fn check(
+            source: Source,
+            spec: TableSpec,
+            table: SourceTable,
+            mapping: TableMapping,
+            sink: Sender<Bytes>,
+        ) {
+            assert_send(&async move {
+                let _ = source.describe(&spec).await;
+                let _ = source.extract(&table, &mapping, None, sink, &|_| {}).await;
+            });
+        }
+        let _ = check;
+    }
 
     #[test]
     fn quoting() {

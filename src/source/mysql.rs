@@ -328,7 +328,7 @@ pub(super) async fn extract(
     filter: Option<&CursorFilter>,
     encoder: RowEncoder,
     sink: Sender<Bytes>,
-    progress: &dyn Fn(u64),
+    progress: &(dyn Fn(u64) + Send + Sync),
 ) -> Result<ExtractStats, SourceError> {
     let mut select = Vec::with_capacity(mapping.columns.len());
     for column in &mapping.columns {

@@ -286,7 +286,7 @@ pub(super) async fn extract(
     filter: Option<&CursorFilter>,
     encoder: RowEncoder,
     sink: Sender<Bytes>,
-    progress: &dyn Fn(u64),
+    progress: &(dyn Fn(u64) + Send + Sync),
 ) -> Result<ExtractStats, SourceError> {
     let mut select = Vec::with_capacity(mapping.columns.len());
     for column in &mapping.columns {
@@ -466,6 +466,19 @@ fn decode_array<'a>(bytes: &'a [u8], element: &'a Codec) -> Decoded<'a> {
     Ok(Val::Array(items))
 }
 
+/// Appends a base-10000 digit group, zero-padded to 4 digits when `pad`.
+fn push_group(out: &mut String, digit: u16, pad: bool) {
+    let digits = [digit / 1000, digit / 100 % 10, digit / 10 % 10, digit % 10];
+    let skip = if pad {
+        0
+    } else {
+        digits.iter().take(3).take_while(|&&d| d == 0).count()
+    };
+    for d in &digits[skip..] {
+        out.push(char::from(b'0' + (*d % 10) as u8));
+    }
+}
+
 /// PostgreSQL binary numeric → exact decimal text with its display scale.
 pub(crate) fn numeric_text(bytes: &[u8]) -> Result<String, Bad<'static>> {
     let read_u16 = |at: usize| -> Option<u16> {
@@ -506,9 +519,9 @@ pub(crate) fn numeric_text(bytes: &[u8]) -> Result<String, Bad<'static>> {
                 .copied()
                 .unwrap_or(0);
             if group == 0 {
-                out.push_str(&digit.to_string());
+                push_group(&mut out, digit, false);
             } else {
-                out.push_str(&format!("{digit:04}"));
+                push_group(&mut out, digit, true);
             }
         }
     }
@@ -526,7 +539,7 @@ pub(crate) fn numeric_text(bytes: &[u8]) -> Result<String, Bad<'static>> {
                     .copied()
                     .unwrap_or(0)
             };
-            fraction.push_str(&format!("{digit:04}"));
+            push_group(&mut fraction, digit, true);
             group += 1;
         }
         fraction.truncate(dscale);
@@ -570,7 +583,7 @@ mod tests {
         );
         // 0.00000001 = [1] weight -2 dscale 8
         assert_eq!(
-            numeric_text(&numeric(1, -2, 0, 8, &[100])).unwrap(),
+            numeric_text(&numeric(1, -2, 0, 8, &[1])).unwrap(),
             "0.00000001"
         );
         // 10000 = [1] weight 1 dscale 0 (trailing zero group omitted)

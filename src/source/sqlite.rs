@@ -161,7 +161,7 @@ pub(super) async fn extract(
     filter: Option<&CursorFilter>,
     encoder: RowEncoder,
     sink: Sender<Bytes>,
-    progress: &dyn Fn(u64),
+    progress: &(dyn Fn(u64) + Send + Sync),
 ) -> Result<ExtractStats, SourceError> {
     let mut select = Vec::with_capacity(mapping.columns.len());
     for column in &mapping.columns {
@@ -201,7 +201,13 @@ fn decode<'a>(row: &'a SqliteRow, index: usize, codec: &'a Codec) -> Decoded<'a>
     if raw.is_null() {
         return Ok(Val::Null);
     }
-    let storage = raw.type_info().name().to_string();
+    // Storage class, without allocating (this runs for every value).
+    let storage = match raw.type_info().name() {
+        "INTEGER" => "INTEGER",
+        "REAL" => "REAL",
+        "BLOB" => "BLOB",
+        _ => "TEXT",
+    };
     let malformed =
         |error: sqlx::error::BoxDynError| Bad::new(BadKind::Malformed, error.to_string());
     let mismatch = |what: &str| {
@@ -210,7 +216,7 @@ fn decode<'a>(row: &'a SqliteRow, index: usize, codec: &'a Codec) -> Decoded<'a>
             format!("{what} value in a {codec:?} column"),
         )
     };
-    match storage.as_str() {
+    match storage {
         "INTEGER" => {
             let value = <i64 as Decode<Sqlite>>::decode(raw).map_err(malformed)?;
             match codec {

@@ -1,7 +1,6 @@
 //! End to end: a real PostgreSQL source, the BigQuery emulator and the `datasync` binary.
 //! Needs `scripts/services.sh` and `scripts/emulator.sh start` (run by `scripts/test.sh`).
 
-use std::path::Path;
 use std::process::Output;
 
 use assert_cmd::Command;
@@ -9,13 +8,22 @@ use datasync::manifest::resolve::BigQuerySpec;
 use datasync::warehouse::{BigQuery, Warehouse};
 use sqlx::Executor as _;
 
+/// A service URL from the environment (set by `scripts/test.sh`), or the local default.
+fn env_url(var: &str, default: &str) -> String {
+    std::env::var_os(var)
+        .and_then(|value| value.into_string().ok())
+        .unwrap_or_else(|| default.to_string())
+}
+
 fn postgres_url() -> String {
-    std::env::var("DATASYNC_TEST_POSTGRES_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+    env_url(
+        "DATASYNC_TEST_POSTGRES_URL",
+        "postgres://postgres@127.0.0.1:5432/postgres",
+    )
 }
 
 fn bigquery_url() -> String {
-    std::env::var("DATASYNC_TEST_BIGQUERY_URL").unwrap_or_else(|_| "http://127.0.0.1:9050".into())
+    env_url("DATASYNC_TEST_BIGQUERY_URL", "http://127.0.0.1:9050")
 }
 
 /// One test's world: a PostgreSQL schema and a BigQuery dataset, both unique, both dropped.
@@ -414,7 +422,10 @@ async fn killing_apply_leaves_every_target_old_or_new() {
 }
 
 fn mysql_url() -> String {
-    std::env::var("DATASYNC_TEST_MYSQL_URL").unwrap_or_else(|_| "mysql://root@127.0.0.1:3306/test".into())
+    env_url(
+        "DATASYNC_TEST_MYSQL_URL",
+        "mysql://root@127.0.0.1:3306/test",
+    )
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -426,7 +437,12 @@ async fn mariadb_source_replace_and_merge_twice() {
         .max_connections(1)
         .connect(&mysql_url())
         .await
-        .unwrap_or_else(|error| panic!("MariaDB at {} is unreachable ({error}); run scripts/services.sh", mysql_url()));
+        .unwrap_or_else(|error| {
+            panic!(
+                "MariaDB at {} is unreachable ({error}); run scripts/services.sh",
+                mysql_url()
+            )
+        });
     sqlx::raw_sql(&format!(
         "DROP DATABASE IF EXISTS `{database}`; CREATE DATABASE `{database}`; USE `{database}`;
          CREATE TABLE `order` (id BIGINT UNSIGNED PRIMARY KEY, paid TINYINT(1) NOT NULL, total DECIMAL(12,2) NOT NULL, at DATETIME(6) NOT NULL, meta JSON);
@@ -435,7 +451,9 @@ async fn mariadb_source_replace_and_merge_twice() {
     .execute(&server)
     .await
     .unwrap();
-    let server_url = mysql_url().rsplit_once('/').map_or_else(mysql_url, |(server, _)| server.to_string());
+    let server_url = mysql_url()
+        .rsplit_once('/')
+        .map_or_else(mysql_url, |(server, _)| server.to_string());
     let text = format!(
         "bigquery:\n  project: datasync-test\n  dataset: {name}\n  endpoint: {bq}\nsources:\n  shop:\n    type: mysql\n    url: {server_url}/{database}\n    tables:\n      order:\n        mode: merge\n        primary_key: [id]\n",
         name = world.name,
@@ -448,12 +466,28 @@ async fn mariadb_source_replace_and_merge_twice() {
     assert_code(&world.datasync(&["-c", &manifest, "apply"]), 0);
     let first = world.rows("order", "id").await;
     assert_eq!(first.len(), 2, "{first:?}");
-    assert!(first[1].contains("18446744073709551615"), "BIGINT UNSIGNED max survives: {first:?}");
-    assert!(first[0].contains("true") && first[0].contains("10.5"), "{first:?}");
+    assert!(
+        first[1].contains("18446744073709551615"),
+        "BIGINT UNSIGNED max survives: {first:?}"
+    );
+    assert!(
+        first[0].contains("true") && first[0].contains("10.5"),
+        "{first:?}"
+    );
     assert_code(&world.datasync(&["-c", &manifest, "apply"]), 0);
-    assert_eq!(world.rows("order", "id").await, first, "a second merge changed the target");
-    assert_code(&world.datasync(&["-c", &manifest, "plan", "--detailed-exitcode"]), 0);
+    assert_eq!(
+        world.rows("order", "id").await,
+        first,
+        "a second merge changed the target"
+    );
+    assert_code(
+        &world.datasync(&["-c", &manifest, "plan", "--detailed-exitcode"]),
+        0,
+    );
 
-    sqlx::raw_sql(&format!("DROP DATABASE IF EXISTS `{database}`")).execute(&server).await.unwrap();
+    sqlx::raw_sql(&format!("DROP DATABASE IF EXISTS `{database}`"))
+        .execute(&server)
+        .await
+        .unwrap();
     world.drop().await;
 }

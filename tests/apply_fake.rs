@@ -7,7 +7,7 @@ use std::sync::Arc;
 use datasync::apply::{DryRun, Executor, TableStatus};
 use datasync::manifest::{self, Env, Format, ManifestInput};
 use datasync::mapping::map_table;
-use datasync::plan::{Plan, TableInput, TableAction, plan_table};
+use datasync::plan::{Plan, TableAction, TableInput, plan_table};
 use datasync::source::Source;
 use datasync::warehouse::{FakeWarehouse, Warehouse};
 use serde_json::Value;
@@ -21,26 +21,46 @@ struct Setup {
 async fn sqlite(statements: &str) -> Setup {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("source.db").display().to_string();
-    let options = sqlx::sqlite::SqliteConnectOptions::new().filename(&path).create_if_missing(true);
+    let options = sqlx::sqlite::SqliteConnectOptions::new()
+        .filename(&path)
+        .create_if_missing(true);
     let pool = sqlx::SqlitePool::connect_with(options).await.unwrap();
     sqlx::raw_sql(statements).execute(&pool).await.unwrap();
-    Setup { _dir: dir, path, pool }
+    Setup {
+        _dir: dir,
+        path,
+        pool,
+    }
 }
 
 fn manifest(path: &str, tables: &str) -> datasync::manifest::Manifest {
     let text = format!(
         "bigquery: {{project: fake-project, dataset: ds}}\nsources:\n  lite:\n    type: sqlite\n    database: {path}\n    tables:\n{tables}"
     );
-    manifest::load(&ManifestInput { name: None, text: Some((text, Format::Yaml)), env: Env::new() })
-        .unwrap_or_else(|failure| panic!("{:?}", failure.problems))
-        .manifest
+    manifest::load(&ManifestInput {
+        name: None,
+        text: Some((text, Format::Yaml)),
+        env: Env::new(),
+    })
+    .unwrap_or_else(|failure| panic!("{:?}", failure.problems))
+    .manifest
 }
 
-async fn plan(manifest: &datasync::manifest::Manifest, source: &Source, warehouse: &FakeWarehouse) -> Plan {
+async fn plan(
+    manifest: &datasync::manifest::Manifest,
+    source: &Source,
+    warehouse: &FakeWarehouse,
+) -> Plan {
     let mut tables = Vec::new();
     for spec in &manifest.tables {
-        let source_table = source.describe(spec).await.map_err(|error| error.to_string());
-        let desired = source_table.as_ref().map_err(|_| Vec::new()).and_then(|table| map_table(table, spec).map(|mapping| mapping.table));
+        let source_table = source
+            .describe(spec)
+            .await
+            .map_err(|error| error.to_string());
+        let desired = source_table
+            .as_ref()
+            .map_err(|_| Vec::new())
+            .and_then(|table| map_table(table, spec).map(|mapping| mapping.table));
         let existing = warehouse.get_table(&spec.target).await.unwrap();
         tables.push(plan_table(TableInput {
             spec: spec.clone(),
@@ -54,7 +74,11 @@ async fn plan(manifest: &datasync::manifest::Manifest, source: &Source, warehous
     Plan::new("fake-project.ds".into(), tables)
 }
 
-async fn executor(manifest: &datasync::manifest::Manifest, warehouse: Arc<FakeWarehouse>, dry_run: DryRun) -> Executor {
+async fn executor(
+    manifest: &datasync::manifest::Manifest,
+    warehouse: Arc<FakeWarehouse>,
+    dry_run: DryRun,
+) -> Executor {
     let source = Source::connect(&manifest.sources[0]).await.unwrap();
     Executor {
         sources: HashMap::from([("lite".to_string(), Arc::new(source))]),
@@ -99,7 +123,11 @@ async fn replace_creates_loads_through_staging_and_writes_atomically() {
     let report = executor.run(&plan).await;
     assert!(report.succeeded(), "{}", report.text());
     assert_eq!(ids(&warehouse, "items"), ["1", "2", "3"]);
-    let log: Vec<String> = warehouse.log().into_iter().filter(|entry| !entry.starts_with("get_table")).collect();
+    let log: Vec<String> = warehouse
+        .log()
+        .into_iter()
+        .filter(|entry| !entry.starts_with("get_table"))
+        .collect();
     assert_eq!(
         log,
         [
@@ -110,7 +138,10 @@ async fn replace_creates_loads_through_staging_and_writes_atomically() {
             "drop_table _datasync_staging_items",
         ]
     );
-    assert!(warehouse.rows("_datasync_staging_items").is_none(), "staging left behind");
+    assert!(
+        warehouse.rows("_datasync_staging_items").is_none(),
+        "staging left behind"
+    );
     assert_eq!(report.tables[0].rows_extracted, 3);
     assert_eq!(report.tables[0].rows_loaded, Some(3));
 }
@@ -135,11 +166,27 @@ async fn a_failed_load_keeps_the_target_and_every_failure_is_reported() {
     let report = executor.run(&second).await;
     assert!(!report.succeeded());
     let statuses: Vec<TableStatus> = report.tables.iter().map(|table| table.status).collect();
-    assert_eq!(statuses, [TableStatus::Failed, TableStatus::Failed], "{}", report.text());
-    assert!(report.text().contains("load into staging failed"), "{}", report.text());
-    assert_eq!(ids(&warehouse, "items"), ["1", "2", "3"], "the target changed");
+    assert_eq!(
+        statuses,
+        [TableStatus::Failed, TableStatus::Failed],
+        "{}",
+        report.text()
+    );
+    assert!(
+        report.text().contains("load into staging failed"),
+        "{}",
+        report.text()
+    );
+    assert_eq!(
+        ids(&warehouse, "items"),
+        ["1", "2", "3"],
+        "the target changed"
+    );
     assert_eq!(ids(&warehouse, "notes"), ["1", "2"]);
-    assert!(warehouse.rows("_datasync_staging_items").is_none(), "staging left behind");
+    assert!(
+        warehouse.rows("_datasync_staging_items").is_none(),
+        "staging left behind"
+    );
 
     // The next run succeeds.
     warehouse.fail_load_after_bytes(None);
@@ -156,8 +203,14 @@ async fn a_failed_final_write_keeps_the_target() {
     let mut executor = executor(&manifest, Arc::clone(&warehouse), DryRun::No).await;
     let plan1 = plan(&manifest, &executor.sources["lite"], &warehouse).await;
     assert!(executor.run(&plan1).await.succeeded());
-    sqlx::raw_sql("DELETE FROM items").execute(&setup.pool).await.unwrap();
-    sqlx::raw_sql("INSERT INTO items VALUES (9, 'z', 0)").execute(&setup.pool).await.unwrap();
+    sqlx::raw_sql("DELETE FROM items")
+        .execute(&setup.pool)
+        .await
+        .unwrap();
+    sqlx::raw_sql("INSERT INTO items VALUES (9, 'z', 0)")
+        .execute(&setup.pool)
+        .await
+        .unwrap();
     warehouse.fail_next("insert_from", false);
     executor.run_id = "run2".into();
     let report = executor.run(&plan1).await;
@@ -168,7 +221,8 @@ async fn a_failed_final_write_keeps_the_target() {
 #[tokio::test]
 async fn merge_updates_and_inserts_on_the_key_and_empty_replace_truncates() {
     let setup = sqlite(SEED).await;
-    let manifest_text = "      items:\n        mode: merge\n        primary_key: [id]\n      notes: {}\n";
+    let manifest_text =
+        "      items:\n        mode: merge\n        primary_key: [id]\n      notes: {}\n";
     let manifest = manifest(&setup.path, manifest_text);
     let warehouse = Arc::new(FakeWarehouse::with_dataset());
     let mut executor = executor(&manifest, Arc::clone(&warehouse), DryRun::No).await;
@@ -185,11 +239,21 @@ async fn merge_updates_and_inserts_on_the_key_and_empty_replace_truncates() {
     assert!(report.succeeded(), "{}", report.text());
     assert_eq!(ids(&warehouse, "items"), ["1", "2", "3", "5"]);
     let rows = warehouse.rows("items").unwrap();
-    let two = rows.iter().find(|row| row["id"].to_string().trim_matches('"') == "2").unwrap();
+    let two = rows
+        .iter()
+        .find(|row| row["id"].to_string().trim_matches('"') == "2")
+        .unwrap();
     assert_eq!(two["name"], "B");
-    assert_eq!(ids(&warehouse, "notes"), Vec::<String>::new(), "an empty source empties a replace target");
+    assert_eq!(
+        ids(&warehouse, "notes"),
+        Vec::<String>::new(),
+        "an empty source empties a replace target"
+    );
     assert_eq!(warehouse.count("truncate notes"), 1);
-    assert_eq!(warehouse.count("merge _datasync_staging_items into items"), 2);
+    assert_eq!(
+        warehouse.count("merge _datasync_staging_items into items"),
+        2
+    );
 }
 
 #[tokio::test]
@@ -204,7 +268,11 @@ async fn dry_run_touches_nothing() {
     assert!(report.succeeded());
     assert_eq!(report.tables[0].rows_extracted, 3);
     assert!(report.tables[0].bytes > 0);
-    assert_eq!(warehouse.log().len(), before, "a dry run called the warehouse");
+    assert_eq!(
+        warehouse.log().len(),
+        before,
+        "a dry run called the warehouse"
+    );
 }
 
 #[tokio::test]
@@ -215,7 +283,11 @@ async fn blocked_tables_are_skipped_and_reported() {
     warehouse.insert_table(
         datasync::schema::WarehouseTable {
             name: "items".into(),
-            fields: vec![datasync::schema::WarehouseField::new("id", datasync::schema::BqType::String, datasync::schema::FieldMode::Nullable)],
+            fields: vec![datasync::schema::WarehouseField::new(
+                "id",
+                datasync::schema::BqType::String,
+                datasync::schema::FieldMode::Nullable,
+            )],
             partitioning: None,
             clustering: vec![],
         },
@@ -226,5 +298,9 @@ async fn blocked_tables_are_skipped_and_reported() {
     assert_eq!(plan.tables[0].action, TableAction::Blocked);
     let report = executor.run(&plan).await;
     assert_eq!(report.tables[0].status, TableStatus::Skipped);
-    assert!(report.text().contains("allow_recreate"), "{}", report.text());
+    assert!(
+        report.text().contains("allow_recreate"),
+        "{}",
+        report.text()
+    );
 }

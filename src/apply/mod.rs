@@ -26,9 +26,7 @@ use crate::manifest::raw::WriteMode;
 use crate::mapping::{TableMapping, map_table};
 use crate::plan::{FieldChange, Plan, Step, TablePlan};
 use crate::source::{CursorFilter, ExtractStats, Source};
-use crate::warehouse::{
-    AlterColumn, Disposition, LoadRequest, MergeRequest, Warehouse,
-};
+use crate::warehouse::{AlterColumn, Disposition, LoadRequest, MergeRequest, Warehouse};
 pub use report::{ApplyReport, TableOutcome, TableStatus};
 
 /// Prefix of staging tables (followed by the target's name).
@@ -304,14 +302,30 @@ impl Executor {
                 stats: Some(stats),
             });
         }
-        let target_columns: Vec<String> = mapping.columns.iter().map(|column| column.target.clone()).collect();
+        let target_columns: Vec<String> = mapping
+            .columns
+            .iter()
+            .map(|column| column.target.clone())
+            .collect();
         let write = match mode {
-            WriteMode::Replace => warehouse.insert_from(staging, &table.target, &target_columns, true).await,
-            WriteMode::Append | WriteMode::Incremental => warehouse.insert_from(staging, &table.target, &target_columns, false).await,
+            WriteMode::Replace => {
+                warehouse
+                    .insert_from(staging, &table.target, &target_columns, true)
+                    .await
+            }
+            WriteMode::Append | WriteMode::Incremental => {
+                warehouse
+                    .insert_from(staging, &table.target, &target_columns, false)
+                    .await
+            }
             WriteMode::Merge => {
                 let keys: Vec<String> = key
                     .iter()
-                    .map(|column| mapping.column(column).map_or_else(|| column.clone(), |mapped| mapped.target.clone()))
+                    .map(|column| {
+                        mapping
+                            .column(column)
+                            .map_or_else(|| column.clone(), |mapped| mapped.target.clone())
+                    })
                     .collect();
                 warehouse
                     .merge(&MergeRequest {

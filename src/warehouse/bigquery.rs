@@ -808,15 +808,27 @@ impl Warehouse for BigQuery {
         columns: &[String],
         replace: bool,
     ) -> Result<(), WarehouseError> {
-        let context = format!("write {}.{staging} into {}.{target}", self.dataset, self.dataset);
+        let context = format!(
+            "write {}.{staging} into {}.{target}",
+            self.dataset, self.dataset
+        );
         if columns.is_empty() {
             return Err(WarehouseError::Invalid(format!("{context}: no columns")));
         }
-        let list = columns.iter().map(|column| quote_ident(column)).collect::<Vec<_>>().join(", ");
+        let list = columns
+            .iter()
+            .map(|column| quote_ident(column))
+            .collect::<Vec<_>>()
+            .join(", ");
         let target_name = self.qualified(target);
-        let insert = format!("INSERT INTO {target_name} ({list}) SELECT {list} FROM {}", self.qualified(staging));
+        let insert = format!(
+            "INSERT INTO {target_name} ({list}) SELECT {list} FROM {}",
+            self.qualified(staging)
+        );
         let sql = if replace {
-            format!("BEGIN TRANSACTION;\nTRUNCATE TABLE {target_name};\n{insert};\nCOMMIT TRANSACTION;")
+            format!(
+                "BEGIN TRANSACTION;\nTRUNCATE TABLE {target_name};\n{insert};\nCOMMIT TRANSACTION;"
+            )
         } else {
             insert
         };
@@ -826,7 +838,12 @@ impl Warehouse for BigQuery {
 
     async fn truncate(&self, table: &str) -> Result<(), WarehouseError> {
         let context = format!("truncate table {}.{table}", self.dataset);
-        self.run_query(&context, &format!("TRUNCATE TABLE {}", self.qualified(table)), &[]).await?;
+        self.run_query(
+            &context,
+            &format!("TRUNCATE TABLE {}", self.qualified(table)),
+            &[],
+        )
+        .await?;
         Ok(())
     }
 

@@ -490,7 +490,12 @@ impl Warehouse for FakeWarehouse {
             .map(|row| {
                 columns
                     .iter()
-                    .map(|column| (column.clone(), row.get(column).cloned().unwrap_or(Value::Null)))
+                    .map(|column| {
+                        (
+                            column.clone(),
+                            row.get(column).cloned().unwrap_or(Value::Null),
+                        )
+                    })
                     .collect()
             })
             .collect();

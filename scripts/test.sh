@@ -13,4 +13,4 @@ export DATASYNC_TEST_POSTGRES_URL="${DATASYNC_TEST_POSTGRES_URL:-postgres://post
 export DATASYNC_TEST_MYSQL_URL="${DATASYNC_TEST_MYSQL_URL:-mysql://root@127.0.0.1:3306/test}"
 export DATASYNC_TEST_BIGQUERY_URL="${DATASYNC_TEST_BIGQUERY_URL:-http://127.0.0.1:${DATASYNC_EMULATOR_PORT:-9050}}"
 
-cargo test --all-targets "$@"
+cargo test --all-targets --no-fail-fast "$@"

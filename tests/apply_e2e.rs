@@ -388,6 +388,38 @@ async fn dry_run_writes_nothing() {
     world.drop().await;
 }
 
+/// Starts `datasync apply` and returns once it reports extraction progress (mid-table).
+fn apply_until_progress(world: &World, manifest: &str) -> std::process::Child {
+    use std::io::BufRead as _;
+    let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("datasync"))
+        .current_dir(world.dir.path())
+        .env_clear()
+        .env("NO_COLOR", "1")
+        .args([
+            "-c",
+            manifest,
+            "--log-level",
+            "info",
+            "--log-format",
+            "json",
+            "apply",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let mut lines = std::io::BufReader::new(stderr).lines();
+    let progressed = lines
+        .by_ref()
+        .map_while(Result::ok)
+        .any(|line| line.contains("\"extracting\""));
+    assert!(progressed, "apply finished without reporting progress");
+    // Keep draining stderr so the child never blocks on a full pipe.
+    std::thread::spawn(move || lines.for_each(drop));
+    child
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn killing_apply_leaves_every_target_old_or_new() {
     let world = World::new("kill").await;
@@ -395,9 +427,40 @@ async fn killing_apply_leaves_every_target_old_or_new() {
     let manifest = world.manifest("      big: {}\n");
     assert_code(&world.datasync(&["-c", &manifest, "apply"]), 0);
     let old = world.rows("big", "id").await;
-    world.sql("TRUNCATE big; INSERT INTO big SELECT g, repeat('y', 50) FROM generate_series(1, 200000) g;").await;
+    world.sql("TRUNCATE big; INSERT INTO big SELECT g, repeat('y', 50) FROM generate_series(1, 1000000) g;").await;
 
-    for delay_ms in [300_u64, 1_500, 4_000] {
+    // SIGKILL in the middle of the extraction: nothing reached the target.
+    let mut child = apply_until_progress(&world, &manifest);
+    child.kill().unwrap();
+    let _ = child.wait();
+    assert_eq!(
+        world.rows("big", "id").await,
+        old,
+        "a kill mid-extraction changed the target"
+    );
+
+    // SIGTERM (what a scheduler sends): a clean stop with exit 3 and no staging table left.
+    let mut child = apply_until_progress(&world, &manifest);
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(3));
+    assert_eq!(world.count("big").await, 1000);
+    assert!(
+        world
+            .warehouse
+            .get_table("_datasync_staging_big")
+            .await
+            .unwrap()
+            .is_none(),
+        "staging left behind"
+    );
+
+    // Kills at other moments (upload, load, final write): old or new, never in between.
+    for delay_ms in [1_000_u64, 2_500, 4_000] {
         let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("datasync"))
             .current_dir(world.dir.path())
             .env_clear()
@@ -411,7 +474,7 @@ async fn killing_apply_leaves_every_target_old_or_new() {
         let _ = child.wait();
         let count = world.count("big").await;
         assert!(
-            count == 1000 || count == 200_000,
+            count == 1000 || count == 1_000_000,
             "after a kill at {delay_ms} ms the target has {count} rows"
         );
         if count == 1000 {

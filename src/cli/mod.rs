@@ -526,7 +526,7 @@ async fn apply(cli: &Cli, env: &Env, args: &ApplyArgs) -> Result<u8, String> {
                 None => Ok(run.await),
             }
         } => report,
-        _ = tokio::signal::ctrl_c() => Err("interrupted".to_string()),
+        signal = shutdown_signal() => Err(format!("interrupted by {signal}")),
     };
     let report = match report {
         Ok(report) => report,
@@ -554,4 +554,28 @@ async fn apply(cli: &Cli, env: &Env, args: &ApplyArgs) -> Result<u8, String> {
     } else {
         exit::FAILURE
     })
+}
+
+/// Waits for Ctrl-C or SIGTERM (what schedulers send to stop a job); returns its name.
+async fn shutdown_signal() -> &'static str {
+    #[cfg(unix)]
+    {
+        let mut terminate =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(signal) => signal,
+                Err(_) => {
+                    let _ = tokio::signal::ctrl_c().await;
+                    return "Ctrl-C";
+                }
+            };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => "Ctrl-C",
+            _ = terminate.recv() => "SIGTERM",
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+        "Ctrl-C"
+    }
 }

@@ -35,8 +35,13 @@ pub struct TableOutcome {
     pub rows_loaded: Option<u64>,
     /// NDJSON bytes produced.
     pub bytes: u64,
-    /// Values replaced by NULL/U+FFFD per policy.
+    /// Values replaced by NULL/U+FFFD per policy, or failing their row.
     pub bad_values: u64,
+    /// Rows left out because a value failed them (within `max_parse_failures`).
+    pub rows_left_out: u64,
+    /// The first bad-value messages, each naming its row.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub bad_value_samples: Vec<String>,
     /// Seconds.
     pub seconds: f64,
     /// Why it failed or was skipped.
@@ -60,6 +65,8 @@ impl TableOutcome {
             rows_loaded: loaded,
             bytes: stats.bytes,
             bad_values: stats.bad_values,
+            rows_left_out: stats.failed_rows,
+            bad_value_samples: stats.failures.iter().take(5).cloned().collect(),
             seconds,
             error: None,
         }
@@ -80,6 +87,10 @@ impl TableOutcome {
             rows_loaded: None,
             bytes: stats.map_or(0, |stats| stats.bytes),
             bad_values: stats.map_or(0, |stats| stats.bad_values),
+            rows_left_out: stats.map_or(0, |stats| stats.failed_rows),
+            bad_value_samples: stats
+                .map(|stats| stats.failures.iter().take(5).cloned().collect())
+                .unwrap_or_default(),
             seconds,
             error: Some(error),
         }
@@ -95,6 +106,8 @@ impl TableOutcome {
             rows_loaded: None,
             bytes: 0,
             bad_values: 0,
+            rows_left_out: 0,
+            bad_value_samples: Vec::new(),
             seconds: 0.0,
             error: Some(error),
         }
@@ -167,6 +180,17 @@ impl ApplyReport {
         for table in &self.tables {
             if let Some(error) = &table.error {
                 let _ = writeln!(out, "{}: {error}", table.table);
+            }
+            if table.rows_left_out > 0 {
+                let _ = writeln!(
+                    out,
+                    "{}: warning: {} row(s) left out by bad values (max_parse_failures allows it)",
+                    table.table,
+                    group_digits(table.rows_left_out)
+                );
+            }
+            for sample in &table.bad_value_samples {
+                let _ = writeln!(out, "{}: {sample}", table.table);
             }
         }
         let done = self

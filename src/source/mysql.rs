@@ -393,7 +393,18 @@ pub(crate) fn decode_binary<'a>(bytes: &'a [u8], codec: &'a Codec) -> Decoded<'a
         )
     };
     match codec {
-        Codec::Bool => Ok(Val::Bool(bytes.iter().any(|&b| b != 0))),
+        // TINYINT(1) and BIT(1): only 0 and 1 are booleans; anything else would be lost.
+        Codec::Bool => match bytes {
+            [0] => Ok(Val::Bool(false)),
+            [1] => Ok(Val::Bool(true)),
+            _ => Err(Bad::new(
+                BadKind::OutOfRange,
+                format!(
+                    "value {} of a TINYINT(1) column is not a boolean; set `types: {{tinyint1_as_bool: false}}` to sync it as INT64",
+                    bytes.first().map_or(0, |&b| i16::from(b as i8))
+                ),
+            )),
+        },
         Codec::Int | Codec::UInt => Err(malformed("integer")),
         Codec::Float => match bytes.len() {
             4 => Ok(Val::F32(f32::from_le_bytes(
@@ -513,6 +524,21 @@ pub(crate) fn decode_binary<'a>(bytes: &'a [u8], codec: &'a Codec) -> Decoded<'a
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tinyint1_booleans_are_only_0_and_1() {
+        assert_eq!(decode_binary(&[0], &Codec::Bool).unwrap(), Val::Bool(false));
+        assert_eq!(decode_binary(&[1], &Codec::Bool).unwrap(), Val::Bool(true));
+        let two = decode_binary(&[2], &Codec::Bool).unwrap_err();
+        assert_eq!(two.kind, BadKind::OutOfRange);
+        assert!(two.message.contains("value 2 "), "{}", two.message);
+        let minus_one = decode_binary(&[0xFF], &Codec::Bool).unwrap_err();
+        assert!(
+            minus_one.message.contains("value -1 "),
+            "{}",
+            minus_one.message
+        );
+    }
 
     #[test]
     fn temporal_values() {

@@ -13,4 +13,14 @@ export DATASYNC_TEST_POSTGRES_URL="${DATASYNC_TEST_POSTGRES_URL:-postgres://post
 export DATASYNC_TEST_MYSQL_URL="${DATASYNC_TEST_MYSQL_URL:-mysql://root@127.0.0.1:3306/test}"
 export DATASYNC_TEST_BIGQUERY_URL="${DATASYNC_TEST_BIGQUERY_URL:-http://127.0.0.1:${DATASYNC_EMULATOR_PORT:-9050}}"
 
-cargo test --all-targets --no-fail-fast "$@"
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+set +e
+cargo test --all-targets --no-fail-fast "$@" 2>&1 | tee "$log"
+status=${PIPESTATUS[0]}
+set -e
+# One closing line with the totals of every test binary.
+grep -E '^test result: ' "$log" \
+  | sed -E 's/.* ([0-9]+) passed; ([0-9]+) failed.*/\1 \2/' \
+  | awk '{ passed += $1; failed += $2 } END { printf "tests: %d passed, %d failed\n", passed, failed }'
+exit "$status"

@@ -196,8 +196,9 @@ fn init_logging(global: &GlobalArgs, env: &Env) {
         .clone()
         .or_else(|| manifest::env::get(env, "LOG_LEVEL").map(str::to_string))
         .unwrap_or_else(|| "warn".into());
-    let filter = tracing_subscriber::EnvFilter::try_new(format!("datasync={level},sqlx=error,warn"))
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let filter =
+        tracing_subscriber::EnvFilter::try_new(format!("datasync={level},sqlx=error,warn"))
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
     let json = match global.log_format {
         Some(format) => format == LogFormat::Json,
         None => manifest::env::get(env, "LOG_ENV") == Some("prod"),

@@ -205,6 +205,29 @@ async fn sync_twice_is_idempotent_and_second_plan_has_no_changes() {
     let plan = world.datasync(&["-c", &manifest, "plan", "--detailed-exitcode"]);
     assert_code(&plan, 0);
     assert!(text(&plan).contains("No schema changes"), "{}", text(&plan));
+
+    // Machine-readable and pull-request formats of the same plan.
+    let json = world.datasync(&["-c", &manifest, "plan", "--format", "json"]);
+    assert_code(&json, 0);
+    let value: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    assert_eq!(value["format_version"], 1);
+    let actions: Vec<&str> = value["tables"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["action"].as_str().unwrap())
+        .collect();
+    assert_eq!(actions, ["sync", "sync", "sync"]);
+    assert_eq!(
+        value["tables"][2]["estimated_rows"], 0,
+        "no new events to move"
+    );
+    let markdown = world.datasync(&["-c", &manifest, "plan", "--format", "markdown"]);
+    let markdown = String::from_utf8(markdown.stdout).unwrap();
+    assert!(
+        markdown.contains("| `=` | `pg.orders` | `orders` | no schema change | merge on [id] |"),
+        "{markdown}"
+    );
     world.drop().await;
 }
 
@@ -228,6 +251,12 @@ async fn merge_incremental_and_schema_evolution() {
     assert_code(&plan, 2);
     assert!(
         text(&plan).contains("+ add column tier STRING NULLABLE"),
+        "{}",
+        text(&plan)
+    );
+    // Incremental: only the rows past the target's cursor maximum are to move.
+    assert!(
+        text(&plan).contains("where at > max(target.at), ~20 rows)"),
         "{}",
         text(&plan)
     );

@@ -194,14 +194,7 @@ impl Executor {
         let warehouse = &self.warehouse;
         let filter = match (mode, cursor) {
             (WriteMode::Incremental, Some(cursor)) => {
-                let column = mapping
-                    .column(cursor)
-                    .ok_or_else(|| format!("cursor column `{cursor}` is not synced"))?;
-                let max = warehouse.max_value(&table.target, &column.target).await?;
-                cursor_text(&max, column.field.bq_type).map(|value| CursorFilter {
-                    column: cursor.to_string(),
-                    value,
-                })
+                incremental_filter(warehouse.as_ref(), &table.target, mapping, cursor).await?
             }
             _ => None,
         };
@@ -379,6 +372,29 @@ impl Executor {
         let _ = drain.await;
         Ok(stats)
     }
+}
+
+/// The filter of an incremental load: rows whose `cursor` (a source column) is greater than
+/// the target's current maximum; `None` when the target is empty.
+pub async fn incremental_filter(
+    warehouse: &dyn Warehouse,
+    target: &str,
+    mapping: &TableMapping,
+    cursor: &str,
+) -> Result<Option<CursorFilter>, String> {
+    let column = mapping
+        .column(cursor)
+        .ok_or_else(|| format!("cursor column `{cursor}` is not synced"))?;
+    let max = warehouse
+        .max_value(target, &column.target)
+        .await
+        .map_err(|error| error.to_string())?;
+    Ok(
+        cursor_text(&max, column.field.bq_type).map(|value| CursorFilter {
+            column: cursor.to_string(),
+            value,
+        }),
+    )
 }
 
 /// The text form of a cursor maximum read back from BigQuery, as the source compares it.

@@ -88,23 +88,6 @@ pub(super) async fn build_plan(
                 .cloned()
                 .unwrap_or_else(|| "source not connected".into())),
         };
-        let mut source = source;
-        let (desired, mapping_warnings) = match &mut source {
-            Ok(table) => match map_table(table, spec) {
-                Ok(mapping) => {
-                    // Catalog estimates are missing for never-analyzed tables: count instead.
-                    if table.estimated_rows.is_none()
-                        && let Some(connected) = connections.sources.get(&spec.source)
-                    {
-                        table.estimated_rows =
-                            connected.count_rows(table, &mapping, None).await.ok();
-                    }
-                    (Ok(mapping.table), mapping.warnings)
-                }
-                Err(errors) => (Err(errors), Vec::new()),
-            },
-            Err(_) => (Err(Vec::new()), Vec::new()),
-        };
         let existing = if dataset_ok {
             connections
                 .warehouse
@@ -113,6 +96,18 @@ pub(super) async fn build_plan(
                 .map_err(|error| format!("target `{}`: {error}", spec.target))?
         } else {
             None
+        };
+        let mut source = source;
+        let (desired, mapping_warnings) = match &mut source {
+            Ok(table) => match map_table(table, spec) {
+                Ok(mapping) => {
+                    table.estimated_rows =
+                        rows_to_move(connections, spec, table, &mapping, existing.is_some()).await;
+                    (Ok(mapping.table), mapping.warnings)
+                }
+                Err(errors) => (Err(errors), Vec::new()),
+            },
+            Err(_) => (Err(Vec::new()), Vec::new()),
         };
         tables.push(plan_table(TableInput {
             spec: spec.clone(),
@@ -130,6 +125,36 @@ pub(super) async fn build_plan(
         ),
         tables,
     ))
+}
+
+/// Rows the table's load will move: the catalog estimate, or an exact count when the catalog
+/// has none; for `incremental` into an existing target, the rows past its cursor maximum.
+async fn rows_to_move(
+    connections: &Connections,
+    spec: &crate::manifest::TableSpec,
+    table: &crate::schema::SourceTable,
+    mapping: &crate::mapping::TableMapping,
+    target_exists: bool,
+) -> Option<u64> {
+    let source = connections.sources.get(&spec.source)?;
+    if spec.mode == crate::manifest::raw::WriteMode::Incremental
+        && target_exists
+        && let Some(cursor) = &spec.cursor
+    {
+        let warehouse = connections.warehouse.as_ref();
+        let filter = crate::apply::incremental_filter(warehouse, &spec.target, mapping, cursor)
+            .await
+            .ok()?;
+        return source
+            .count_rows(table, mapping, filter.as_ref())
+            .await
+            .ok();
+    }
+    match table.estimated_rows {
+        Some(rows) => Some(rows),
+        // Catalog estimates are missing for never-analyzed tables: count instead.
+        None => source.count_rows(table, mapping, None).await.ok(),
+    }
 }
 
 /// Differences between a saved plan and the world now, if any.

@@ -217,11 +217,7 @@ impl Executor {
                 ..schema.clone()
             },
             disposition: Disposition::Truncate,
-            job_id: format!(
-                "datasync_{}_{}",
-                self.run_id,
-                sanitize_job_part(&table.target)
-            ),
+            job_id: load_job_id(&self.run_id, &table.target),
             allow_field_addition: false,
         };
         let upload = async {
@@ -428,6 +424,12 @@ fn sanitize_job_part(text: &str) -> String {
             }
         })
         .collect()
+}
+
+/// The client-chosen id of a table's load job in a run: retries within the run reuse it (so
+/// BigQuery runs the load at most once), and an interrupted run can cancel it.
+pub fn load_job_id(run_id: &str, target: &str) -> String {
+    format!("datasync_{run_id}_{}", sanitize_job_part(target))
 }
 
 /// A run id: time-based, job-id safe.

@@ -519,7 +519,8 @@ async fn apply(cli: &Cli, env: &Env, args: &ApplyArgs) -> Result<u8, String> {
         }
     };
     print_stderr(&crate::plan::render::text(&plan));
-    let run = sync::execute(&loaded.manifest, &connections, &plan, dry_run);
+    let run_id = crate::apply::new_run_id();
+    let run = sync::execute(&loaded.manifest, &connections, &plan, dry_run, &run_id);
     let report = tokio::select! {
         report = async {
             match loaded.manifest.timeout {
@@ -532,14 +533,19 @@ async fn apply(cli: &Cli, env: &Env, args: &ApplyArgs) -> Result<u8, String> {
     let report = match report {
         Ok(report) => report,
         Err(reason) => {
-            // Staging tables are the only thing a cut-off run can leave behind.
+            // A running load only ever writes a staging table: cancel it, then drop the staging
+            // tables, the only thing a cut-off run can leave behind.
             for table in plan.tables.iter().filter(|table| table.action.runs()) {
-                let _ = connections
-                    .warehouse
-                    .drop_table(&format!("{}{}", crate::apply::STAGING_PREFIX, table.target))
+                let warehouse = &connections.warehouse;
+                let _ = warehouse
+                    .cancel_job(&crate::apply::load_job_id(&run_id, &table.target))
                     .await;
+                let staging = format!("{}{}", crate::apply::STAGING_PREFIX, table.target);
+                let _ = warehouse.drop_table(&staging).await;
             }
-            eprintln!("error: apply {reason}; every target table keeps its previous content");
+            eprintln!(
+                "error: apply {reason}; each target table holds either its previous content or, if its write had completed, the new one — never a partial load"
+            );
             return Ok(exit::FAILURE);
         }
     };

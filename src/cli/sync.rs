@@ -241,6 +241,7 @@ pub(super) async fn execute(
     connections: &Connections,
     plan: &Plan,
     dry_run: DryRun,
+    run_id: &str,
 ) -> crate::apply::ApplyReport {
     let labels: Vec<String> = plan
         .tables
@@ -261,7 +262,7 @@ pub(super) async fn execute(
         parallelism: usize::try_from(manifest.parallelism).unwrap_or(1),
         dry_run,
         progress,
-        run_id: crate::apply::new_run_id(),
+        run_id: run_id.to_string(),
     };
     let report = executor.run(plan).await;
     if let Some(multi) = multi {

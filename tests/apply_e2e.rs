@@ -583,3 +583,33 @@ async fn mariadb_source_replace_and_merge_twice() {
         .unwrap();
     world.drop().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn partitioned_and_clustered_tables_plan_no_changes_after_apply() {
+    let world = World::new("parts").await;
+    world.sql(SEED).await;
+    let manifest = world.manifest(
+        "      customers:\n        partition_by: seen:MONTH\n        cluster_by: [name]\n",
+    );
+    assert_code(&world.datasync(&["-c", &manifest, "apply"]), 0);
+    let table = world
+        .warehouse
+        .get_table("customers")
+        .await
+        .unwrap()
+        .unwrap()
+        .table;
+    assert_eq!(
+        table
+            .partitioning
+            .as_ref()
+            .map(|p| (p.granularity.as_str(), p.field.as_str())),
+        Some(("MONTH", "seen"))
+    );
+    assert_eq!(table.clustering, ["name"]);
+    assert_code(
+        &world.datasync(&["-c", &manifest, "plan", "--detailed-exitcode"]),
+        0,
+    );
+    world.drop().await;
+}

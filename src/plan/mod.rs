@@ -246,6 +246,28 @@ pub fn plan_table(input: TableInput) -> TablePlan {
                     _ => None,
                 })
                 .collect();
+            let mut incompatible = incompatible;
+            // BigQuery cannot change a table's partitioning in place.
+            if desired.partitioning.is_some() && desired.partitioning != existing.partitioning {
+                let describe = |partitioning: Option<&crate::schema::TimePartitioning>| {
+                    partitioning.map_or_else(
+                        || "none".to_string(),
+                        |p| format!("{}({})", p.granularity, p.field),
+                    )
+                };
+                incompatible.push(format!(
+                    "partitioning is {} but the manifest asks for {}",
+                    describe(existing.partitioning.as_ref()),
+                    describe(desired.partitioning.as_ref())
+                ));
+            }
+            if !desired.clustering.is_empty() && desired.clustering != existing.clustering {
+                warnings.push(format!(
+                    "clustering is [{}] in BigQuery, [{}] in the manifest; it is not changed",
+                    existing.clustering.join(", "),
+                    desired.clustering.join(", ")
+                ));
+            }
             let in_place: Vec<FieldChange> = changes
                 .iter()
                 .filter(|change| !matches!(change, FieldChange::Dropped { .. }))

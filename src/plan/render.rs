@@ -362,6 +362,48 @@ mod tests {
     }
 
     #[test]
+    fn partitioning_changes_block_and_clustering_changes_warn() {
+        use BqType::*;
+        use FieldMode::*;
+        let mut desired = table("t", &[("id", Int64, Required), ("at", Timestamp, Nullable)]);
+        desired.partitioning = Some(crate::schema::TimePartitioning {
+            granularity: "DAY".into(),
+            field: "at".into(),
+        });
+        desired.clustering = vec!["id".into()];
+        let existing = table("t", &[("id", Int64, Required), ("at", Timestamp, Nullable)]);
+        let input = |existing: WarehouseTable| TableInput {
+            spec: spec("t", WriteMode::Replace),
+            source: Ok(source(1)),
+            desired: Ok(desired.clone()),
+            mapping_warnings: vec![],
+            existing: Some(existing),
+            existing_rows: None,
+        };
+        let blocked = plan_table(input(existing.clone()));
+        assert_eq!(blocked.action, TableAction::Blocked);
+        assert!(
+            blocked.errors[0].contains("partitioning is none but the manifest asks for DAY(at)"),
+            "{:?}",
+            blocked.errors
+        );
+        assert!(
+            blocked
+                .warnings
+                .iter()
+                .any(|w| w.contains("clustering is []")),
+            "{:?}",
+            blocked.warnings
+        );
+        let mut same = existing;
+        same.partitioning = desired.partitioning.clone();
+        same.clustering = desired.clustering.clone();
+        let fine = plan_table(input(same));
+        assert_eq!(fine.action, TableAction::Sync);
+        assert!(fine.warnings.is_empty(), "{:?}", fine.warnings);
+    }
+
+    #[test]
     fn actions_and_fingerprint() {
         let plan = sample_plan();
         let actions: Vec<TableAction> = plan.tables.iter().map(|table| table.action).collect();

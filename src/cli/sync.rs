@@ -209,6 +209,7 @@ pub(super) fn progress(tables: &[String]) -> (Progress, Option<indicatif::MultiP
                 let bar = multi.add(indicatif::ProgressBar::new_spinner());
                 bar.set_style(style.clone());
                 bar.set_prefix(label.clone());
+                bar.enable_steady_tick(std::time::Duration::from_millis(200));
                 (label.clone(), bar)
             })
             .collect();

@@ -158,6 +158,8 @@ impl Natural {
 pub fn map_table(source: &SourceTable, spec: &TableSpec) -> Result<TableMapping, Vec<String>> {
     let mut errors = Vec::new();
     let mut warnings = Vec::new();
+    // NOT NULL columns mapped NULLABLE because a policy may write NULL: one warning per table.
+    let mut relaxed: Vec<(String, &'static str)> = Vec::new();
     let table_label = match &source.qualifier {
         Some(qualifier) => format!("{qualifier}.{}", source.name),
         None => source.name.clone(),
@@ -279,10 +281,7 @@ pub fn map_table(source: &SourceTable, spec: &TableSpec) -> Result<TableMapping,
         } else {
             match natural.null_risk {
                 Some((what, BadValuePolicy::Null)) => {
-                    warnings.push(format!(
-                        "column `{}` is NOT NULL but mapped NULLABLE: {what} become NULL (policy `null`)",
-                        column.name
-                    ));
+                    relaxed.push((column.name.clone(), what));
                     FieldMode::Nullable
                 }
                 _ => FieldMode::Required,
@@ -363,6 +362,20 @@ pub fn map_table(source: &SourceTable, spec: &TableSpec) -> Result<TableMapping,
         ));
     }
 
+    if !relaxed.is_empty() {
+        let mut kinds: Vec<&str> = relaxed.iter().map(|(_, what)| *what).collect();
+        kinds.sort_unstable();
+        kinds.dedup();
+        let names: Vec<String> = relaxed
+            .iter()
+            .map(|(name, _)| format!("`{name}`"))
+            .collect();
+        warnings.push(format!(
+            "NOT NULL column(s) {} mapped NULLABLE: {} become NULL (policy `null`; set `types.zero_dates`/`types.non_finite` to `error` to keep them REQUIRED)",
+            names.join(", "),
+            kinds.join(", ")
+        ));
+    }
     if !errors.is_empty() {
         return Err(errors);
     }

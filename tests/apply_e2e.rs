@@ -130,18 +130,35 @@ impl World {
             .or_else(|| cell.as_str().and_then(|text| text.parse().ok()))
             .unwrap()
     }
+}
 
-    async fn drop(self) {
-        let _ = self
-            .pool
-            .execute(format!("DROP SCHEMA IF EXISTS {} CASCADE", self.name).as_str())
+async fn cleanup(name: &str) {
+    if let Ok(pool) = sqlx::PgPool::connect(&postgres_url()).await {
+        let _ = pool
+            .execute(format!("DROP SCHEMA IF EXISTS {name} CASCADE").as_str())
             .await;
-        let url = format!(
-            "{}/bigquery/v2/projects/datasync-test/datasets/{}?deleteContents=true",
-            bigquery_url(),
-            self.name
-        );
-        let _ = reqwest::Client::new().delete(url).send().await;
+        pool.close().await;
+    }
+    let url = format!(
+        "{}/bigquery/v2/projects/datasync-test/datasets/{name}?deleteContents=true",
+        bigquery_url()
+    );
+    let _ = reqwest::Client::new().delete(url).send().await;
+}
+
+impl Drop for World {
+    /// Drops the schema and the dataset, also when a test panics: runs leave nothing behind.
+    fn drop(&mut self) {
+        let name = self.name.clone();
+        let _ = std::thread::spawn(move || {
+            if let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                runtime.block_on(cleanup(&name));
+            }
+        })
+        .join();
     }
 }
 
@@ -228,7 +245,6 @@ async fn sync_twice_is_idempotent_and_second_plan_has_no_changes() {
         markdown.contains("| `=` | `pg.orders` | `orders` | no schema change | merge on [id] |"),
         "{markdown}"
     );
-    world.drop().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -304,7 +320,6 @@ async fn merge_incremental_and_schema_evolution() {
         &world.datasync(&["-c", &manifest, "plan", "--detailed-exitcode"]),
         0,
     );
-    world.drop().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -355,7 +370,6 @@ async fn empty_source_empties_a_replace_target_and_failures_keep_the_old_content
         0,
         "an empty source empties the target"
     );
-    world.drop().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -391,7 +405,6 @@ async fn saved_plans_are_applied_verbatim_or_refused_when_stale() {
         .replace("\"orders\"", "\"orderz\"");
     std::fs::write(&plan_path, edited).unwrap();
     assert_code(&world.datasync(&["-c", &manifest, "apply", &plan_path]), 1);
-    world.drop().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -414,7 +427,6 @@ async fn dry_run_writes_nothing() {
             .unwrap()
             .is_none()
     );
-    world.drop().await;
 }
 
 /// Starts `datasync apply` and returns once it reports extraction progress (mid-table).
@@ -510,7 +522,6 @@ async fn killing_apply_leaves_every_target_old_or_new() {
             assert_eq!(world.rows("big", "id").await, old, "old content altered");
         }
     }
-    world.drop().await;
 }
 
 fn mysql_url() -> String {
@@ -581,7 +592,6 @@ async fn mariadb_source_replace_and_merge_twice() {
         .execute(&server)
         .await
         .unwrap();
-    world.drop().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -611,5 +621,4 @@ async fn partitioned_and_clustered_tables_plan_no_changes_after_apply() {
         &world.datasync(&["-c", &manifest, "plan", "--detailed-exitcode"]),
         0,
     );
-    world.drop().await;
 }

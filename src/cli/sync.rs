@@ -160,6 +160,12 @@ async fn rows_to_move(
 /// Differences between a saved plan and the world now, if any.
 pub(super) fn stale_tables(saved: &Plan, fresh: &Plan) -> Vec<String> {
     let mut stale = Vec::new();
+    if saved.destination != fresh.destination {
+        stale.push(format!(
+            "the destination changed from bq://{} to bq://{}",
+            saved.destination, fresh.destination
+        ));
+    }
     for table in &saved.tables {
         match fresh
             .tables

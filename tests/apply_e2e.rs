@@ -183,7 +183,7 @@ CREATE TABLE events (id bigint PRIMARY KEY, kind text, at timestamptz NOT NULL);
 INSERT INTO events SELECT g, 'k' || (g % 3), timestamptz '2024-06-01 00:00:00+00' + g * interval '1 second' FROM generate_series(1, 500) g;
 ";
 
-const TABLES: &str = "      customers: {}\n      orders:\n        mode: merge\n        primary_key: [id]\n      events:\n        mode: incremental\n        cursor: at\n";
+const TABLES: &str = "      customers: {}\n      orders:\n        mode: merge\n        primary_key: [id]\n        cursor: updated_at\n      events:\n        mode: incremental\n        cursor: at\n";
 
 #[tokio::test(flavor = "multi_thread")]
 async fn sync_twice_is_idempotent_and_second_plan_has_no_changes() {
@@ -242,7 +242,7 @@ async fn sync_twice_is_idempotent_and_second_plan_has_no_changes() {
     let markdown = world.datasync(&["-c", &manifest, "plan", "--format", "markdown"]);
     let markdown = String::from_utf8(markdown.stdout).unwrap();
     assert!(
-        markdown.contains("| `=` | `pg.orders` | `orders` | no schema change | merge on [id] |"),
+        markdown.contains("| `=` | `pg.orders` | `orders` | no schema change | merge on [id] where updated_at >= max(target.updated_at) | ~1 rows |"),
         "{markdown}"
     );
 }
@@ -256,7 +256,7 @@ async fn merge_incremental_and_schema_evolution() {
 
     world
         .sql(
-            "UPDATE orders SET total = 0 WHERE id <= 10;
+            "UPDATE orders SET total = 0, updated_at = timestamp '2025-02-01 00:00:00' WHERE id <= 10;
              INSERT INTO orders VALUES (5000, 1, 9.99, timestamp '2025-01-01 00:00:00');
              INSERT INTO events SELECT g, 'new', timestamptz '2025-01-01 00:00:00+00' + g * interval '1 second' FROM generate_series(501, 520) g;
              ALTER TABLE customers ADD COLUMN tier text;
@@ -267,6 +267,12 @@ async fn merge_incremental_and_schema_evolution() {
     assert_code(&plan, 2);
     assert!(
         text(&plan).contains("+ add column tier STRING NULLABLE"),
+        "{}",
+        text(&plan)
+    );
+    // Merge with a cursor: the 10 updated rows, the new one and the one at the old maximum.
+    assert!(
+        text(&plan).contains("merge on [id] where updated_at >= max(target.updated_at), ~12 rows)"),
         "{}",
         text(&plan)
     );

@@ -64,6 +64,7 @@ async fn body(source: &Source, database: &str) -> Result<Outcome, SourceError> {
     let filter = CursorFilter {
         column: "id".into(),
         value: "3".into(),
+        inclusive: false,
     };
     let incremental = run(source, &spec, Some(&filter)).await?;
     let missing = match source

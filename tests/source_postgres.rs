@@ -108,6 +108,7 @@ async fn body(source: &Source, schema: &str) -> Result<Outcome, SourceError> {
     let filter = CursorFilter {
         column: "id".into(),
         value: "3".into(),
+        inclusive: false,
     };
     let incremental = run(source, &spec, Some(&filter)).await?;
     let counted = source

@@ -75,6 +75,7 @@ async fn sqlite_type_matrix() {
     let filter = CursorFilter {
         column: "id".into(),
         value: "2".into(),
+        inclusive: false,
     };
     let incremental = run(&source, &spec, Some(&filter))
         .await

@@ -193,8 +193,8 @@ impl Executor {
     ) -> Result<(ExtractStats, Option<u64>), TableFailure> {
         let warehouse = &self.warehouse;
         let filter = match (mode, cursor) {
-            (WriteMode::Incremental, Some(cursor)) => {
-                incremental_filter(warehouse.as_ref(), &table.target, mapping, cursor).await?
+            (WriteMode::Incremental | WriteMode::Merge, Some(cursor)) => {
+                incremental_filter(warehouse.as_ref(), &table.target, mapping, cursor, mode).await?
             }
             _ => None,
         };
@@ -371,12 +371,14 @@ impl Executor {
 }
 
 /// The filter of an incremental load: rows whose `cursor` (a source column) is greater than
-/// the target's current maximum; `None` when the target is empty.
+/// the target's current maximum (`incremental`), or greater or equal (`merge`, which upserts,
+/// so rows sharing the maximum are re-read harmlessly); `None` when the target is empty.
 pub async fn incremental_filter(
     warehouse: &dyn Warehouse,
     target: &str,
     mapping: &TableMapping,
     cursor: &str,
+    mode: WriteMode,
 ) -> Result<Option<CursorFilter>, String> {
     let column = mapping
         .column(cursor)
@@ -389,6 +391,7 @@ pub async fn incremental_filter(
         cursor_text(&max, column.field.bq_type).map(|value| CursorFilter {
             column: cursor.to_string(),
             value,
+            inclusive: mode == WriteMode::Merge,
         }),
     )
 }

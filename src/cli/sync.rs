@@ -128,7 +128,8 @@ pub(super) async fn build_plan(
 }
 
 /// Rows the table's load will move: the catalog estimate, or an exact count when the catalog
-/// has none; for `incremental` into an existing target, the rows past its cursor maximum.
+/// has none; for `incremental` (and `merge` with a `cursor`) into an existing target, the rows
+/// past its cursor maximum.
 async fn rows_to_move(
     connections: &Connections,
     spec: &crate::manifest::TableSpec,
@@ -137,14 +138,17 @@ async fn rows_to_move(
     target_exists: bool,
 ) -> Option<u64> {
     let source = connections.sources.get(&spec.source)?;
-    if spec.mode == crate::manifest::raw::WriteMode::Incremental
-        && target_exists
+    if matches!(
+        spec.mode,
+        crate::manifest::raw::WriteMode::Incremental | crate::manifest::raw::WriteMode::Merge
+    ) && target_exists
         && let Some(cursor) = &spec.cursor
     {
         let warehouse = connections.warehouse.as_ref();
-        let filter = crate::apply::incremental_filter(warehouse, &spec.target, mapping, cursor)
-            .await
-            .ok()?;
+        let filter =
+            crate::apply::incremental_filter(warehouse, &spec.target, mapping, cursor, spec.mode)
+                .await
+                .ok()?;
         return source
             .count_rows(table, mapping, filter.as_ref())
             .await

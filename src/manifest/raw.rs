@@ -420,7 +420,10 @@ pub struct RawTable {
     /// Key columns for `merge`. Default: the source table's primary key.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub primary_key: Option<Vec<String>>,
-    /// Column that grows with every change (a timestamp or increasing id), for `incremental`.
+    /// Column that grows with every change (a timestamp or increasing id). `incremental` reads
+    /// the rows whose cursor is greater than the target's maximum; `merge` reads the rows whose
+    /// cursor is greater or equal (only changed rows, re-reading the boundary harmlessly).
+    /// Without it, `merge` reads every row.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cursor: Option<String>,
     /// Write mode. Default: `defaults.mode`.

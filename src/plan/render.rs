@@ -90,11 +90,14 @@ fn mode_text(plan: &TablePlan) -> String {
             if !key.is_empty() {
                 let _ = write!(text, " on [{}]", key.join(", "));
             }
-            if let Some(cursor) = cursor
-                .as_ref()
-                .filter(|_| plan.mode == crate::manifest::raw::WriteMode::Incremental)
-            {
-                let _ = write!(text, " where {cursor} > max(target.{cursor})");
+            match (cursor, plan.mode) {
+                (Some(cursor), crate::manifest::raw::WriteMode::Incremental) => {
+                    let _ = write!(text, " where {cursor} > max(target.{cursor})");
+                }
+                (Some(cursor), crate::manifest::raw::WriteMode::Merge) => {
+                    let _ = write!(text, " where {cursor} >= max(target.{cursor})");
+                }
+                _ => {}
             }
         }
     }

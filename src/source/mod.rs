@@ -80,6 +80,16 @@ pub struct CursorFilter {
     pub column: String,
     /// Textual value of the current maximum (e.g. from BigQuery).
     pub value: String,
+    /// `>=` instead of `>`: rows at the maximum itself are read again (safe for `merge`,
+    /// which upserts, and it catches rows that share the maximum's value).
+    pub inclusive: bool,
+}
+
+impl CursorFilter {
+    /// The SQL comparison operator.
+    pub fn operator(&self) -> &'static str {
+        if self.inclusive { ">=" } else { ">" }
+    }
 }
 
 /// A connected source database.

@@ -294,7 +294,10 @@ fn cursor_clause(
         ),
         _ => ("?".to_string(), filter.value.clone()),
     };
-    Ok((format!(" WHERE {quoted} > {placeholder}"), value))
+    Ok((
+        format!(" WHERE {quoted} {} {placeholder}", filter.operator()),
+        value,
+    ))
 }
 
 pub(super) async fn count_rows(

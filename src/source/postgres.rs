@@ -255,7 +255,10 @@ fn cursor_clause(
     } else {
         value
     };
-    Ok((format!(" WHERE {quoted} > $1::{cast}"), value))
+    Ok((
+        format!(" WHERE {quoted} {} $1::{cast}", filter.operator()),
+        value,
+    ))
 }
 
 pub(super) async fn count_rows(

@@ -129,10 +129,11 @@ fn cursor_clause(
 ) -> Result<String, SourceError> {
     let column = cursor_column(mapping, table, filter)?;
     let quoted = quote_pg(&column.source.name)?;
+    let op = filter.operator();
     Ok(match column.codec {
-        Codec::Int => format!(" WHERE {quoted} > CAST(?1 AS INTEGER)"),
-        Codec::Float | Codec::Decimal => format!(" WHERE {quoted} > CAST(?1 AS REAL)"),
-        _ => format!(" WHERE {quoted} > ?1"),
+        Codec::Int => format!(" WHERE {quoted} {op} CAST(?1 AS INTEGER)"),
+        Codec::Float | Codec::Decimal => format!(" WHERE {quoted} {op} CAST(?1 AS REAL)"),
+        _ => format!(" WHERE {quoted} {op} ?1"),
     })
 }
 

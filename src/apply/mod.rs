@@ -44,7 +44,8 @@ pub enum DryRun {
 /// Receives progress: `(table label, rows so far)`.
 pub type Progress = Arc<dyn Fn(&str, u64) + Send + Sync>;
 
-/// Runs a plan.
+/// Runs a plan. Cheap to clone: every table runs on its own task with a clone.
+#[derive(Clone)]
 pub struct Executor {
     /// Sources by manifest name.
     pub sources: HashMap<String, Arc<Source>>,
@@ -93,8 +94,33 @@ impl Executor {
     pub async fn run(&self, plan: &Plan) -> ApplyReport {
         let started = Instant::now();
         let destination = plan.destination.clone();
+        // One task per table (at most `parallelism` at once), so the CPU-bound encoding of
+        // several tables uses several cores.
         let outcomes: Vec<TableOutcome> = futures::stream::iter(plan.tables.iter())
-            .map(|table| self.run_table(table))
+            .map(|table| {
+                let executor = self.clone();
+                let table = table.clone();
+                async move {
+                    let label = table.label.clone();
+                    let mut task =
+                        AbortOnDrop(tokio::spawn(
+                            async move { executor.run_table(&table).await },
+                        ));
+                    (&mut task.0).await.unwrap_or_else(|error| TableOutcome {
+                        table: label,
+                        target: String::new(),
+                        status: TableStatus::Failed,
+                        rows_extracted: 0,
+                        rows_loaded: None,
+                        bytes: 0,
+                        bad_values: 0,
+                        rows_left_out: 0,
+                        bad_value_samples: Vec::new(),
+                        seconds: 0.0,
+                        error: Some(format!("internal error: the table's task ended: {error}")),
+                    })
+                }
+            })
             .buffered(self.parallelism.max(1))
             .collect()
             .await;
@@ -367,6 +393,16 @@ impl Executor {
             .await?;
         let _ = drain.await;
         Ok(stats)
+    }
+}
+
+/// Aborts a table's task when the run is dropped (Ctrl-C, SIGTERM, timeout), so nothing keeps
+/// writing behind the interruption's clean-up.
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

@@ -667,6 +667,10 @@ pub struct RowEncoder {
     pub stats: ExtractStats,
     line: Vec<u8>,
     chunk: Vec<u8>,
+    /// Rows in `chunk`.
+    chunk_rows: u64,
+    /// Most rows per chunk (the table's `batch_size`).
+    batch_rows: u64,
     /// Bad values of the current row that were written anyway (NULL, replacement).
     notes: Vec<String>,
 }
@@ -747,6 +751,8 @@ impl RowEncoder {
             stats: ExtractStats::default(),
             line: Vec::with_capacity(4096),
             chunk: Vec::with_capacity(CHUNK_SIZE + 64 * 1024),
+            chunk_rows: 0,
+            batch_rows: mapping.batch_size.max(1),
             notes: Vec::new(),
         }
     }
@@ -893,6 +899,7 @@ impl RowEncoder {
                 self.line.extend_from_slice(b"}\n");
                 self.chunk.extend_from_slice(&self.line);
                 self.stats.rows += 1;
+                self.chunk_rows += 1;
                 self.stats.bytes += self.line.len() as u64;
             }
             RowOutcome::Failed(message) => {
@@ -956,9 +963,10 @@ impl RowEncoder {
         format!("({})", parts.join(", "))
     }
 
-    /// A full chunk to send, if the buffer reached [`CHUNK_SIZE`].
+    /// A full chunk to send, if the buffer reached [`CHUNK_SIZE`] or `batch_size` rows.
     pub fn take_full_chunk(&mut self) -> Option<Bytes> {
-        (self.chunk.len() >= CHUNK_SIZE).then(|| self.take_chunk())
+        (self.chunk.len() >= CHUNK_SIZE || self.chunk_rows >= self.batch_rows)
+            .then(|| self.take_chunk())
     }
 
     /// Whatever is buffered, if anything.
@@ -967,6 +975,7 @@ impl RowEncoder {
     }
 
     fn take_chunk(&mut self) -> Bytes {
+        self.chunk_rows = 0;
         Bytes::from(std::mem::replace(
             &mut self.chunk,
             Vec::with_capacity(CHUNK_SIZE + 64 * 1024),

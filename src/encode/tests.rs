@@ -191,6 +191,7 @@ fn mapping(fields: &[(&str, BqType, FieldMode)]) -> TableMapping {
         policies: TypePolicies::default(),
         max_parse_failures: None,
         key_columns: vec!["id".into()],
+        batch_size: 10_000,
     }
 }
 
@@ -334,4 +335,28 @@ fn chunks_are_whole_lines() {
         .map(|chunk| chunk.iter().filter(|&&b| b == b'\n').count())
         .sum();
     assert_eq!(lines, 3000);
+}
+
+#[test]
+fn chunks_hold_at_most_batch_size_rows() {
+    let mut map = mapping(&[("id", BqType::Int64, FieldMode::Required)]);
+    map.batch_size = 100;
+    let mut encoder = RowEncoder::new(
+        "t".into(),
+        &map,
+        TypePolicies::default(),
+        None,
+        &map.key_columns,
+    );
+    let mut chunks = Vec::new();
+    for id in 0..250 {
+        encoder.encode_row(|_| Ok(Val::Int(id))).unwrap();
+        chunks.extend(encoder.take_full_chunk());
+    }
+    chunks.extend(encoder.finish());
+    let rows: Vec<usize> = chunks
+        .iter()
+        .map(|chunk| chunk.iter().filter(|&&b| b == b'\n').count())
+        .collect();
+    assert_eq!(rows, [100, 100, 50]);
 }

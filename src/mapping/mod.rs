@@ -112,6 +112,10 @@ pub struct TableMapping {
     pub max_parse_failures: Option<u64>,
     /// Source columns naming a row in failure messages (merge key, else primary key).
     pub key_columns: Vec<String>,
+    /// Most rows per encoded chunk, which is also the progress step (the table's
+    /// `batch_size`). Chunks are cut at about 1 MiB too; either way the whole table still goes
+    /// into one load job.
+    pub batch_size: u64,
 }
 
 impl TableMapping {
@@ -391,6 +395,7 @@ pub fn map_table(source: &SourceTable, spec: &TableSpec) -> Result<TableMapping,
         warnings,
         policies: spec.types,
         max_parse_failures: spec.max_parse_failures,
+        batch_size: spec.batch_size,
         key_columns: spec
             .primary_key
             .clone()

@@ -330,6 +330,12 @@ fn every_legacy_variable_lands_in_the_manifest() {
             "http://localhost:9050".into(),
         ),
         (
+            "GOOGLE_APPLICATION_CREDENTIALS",
+            "/secrets/sa.json",
+            "/bigquery/credentials",
+            "/secrets/sa.json".into(),
+        ),
+        (
             "MAIN_T1_ENABLED",
             "0",
             "/sources/main/tables/t1/enabled",

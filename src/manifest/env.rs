@@ -102,6 +102,7 @@ pub mod vars {
         SYNC_DATABASES,
         BIGQUERY_EMULATOR_HOST,
         BQ_LOCATION,
+        GOOGLE_APPLICATION_CREDENTIALS,
         DB_HOST,
         DB_PORT,
         DB_TYPE,
@@ -436,6 +437,14 @@ fn apply_globals(writer: &mut Writer<'_>, env: &Env) {
     }
     if let Some(value) = get(env, vars::BQ_DATASET_ID) {
         writer.string("/bigquery/dataset", vars::BQ_DATASET_ID, value, false);
+    }
+    if let Some(value) = get(env, vars::GOOGLE_APPLICATION_CREDENTIALS) {
+        writer.string(
+            "/bigquery/credentials",
+            vars::GOOGLE_APPLICATION_CREDENTIALS,
+            value,
+            true,
+        );
     }
     if let Some(value) = get(env, vars::BQ_LOCATION) {
         writer.string("/bigquery/location", vars::BQ_LOCATION, value, false);

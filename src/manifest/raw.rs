@@ -50,8 +50,9 @@ pub struct RawBigQuery {
     /// No credentials are used with an endpoint. The `BIGQUERY_EMULATOR_HOST` variable sets it too.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub endpoint: Option<String>,
-    /// Path to a service-account JSON key. Default: Application Default Credentials
-    /// (`GOOGLE_APPLICATION_CREDENTIALS`, gcloud's ADC file, or the metadata server).
+    /// Path to a credentials file: a service-account JSON key, or the authorized-user file of
+    /// `gcloud auth application-default login`. Default: `GOOGLE_APPLICATION_CREDENTIALS`, then
+    /// gcloud's application-default file, then the metadata server (GCE, GKE, Cloud Run).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub credentials: Option<String>,
     /// Create the dataset when it does not exist. Default: `false`.

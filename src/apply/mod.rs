@@ -140,7 +140,18 @@ impl Executor {
         let result = self.execute(table).await;
         let seconds = started.elapsed().as_secs_f64();
         match result {
-            Ok((stats, loaded)) => TableOutcome::done(table, &stats, loaded, seconds),
+            Ok((stats, loaded)) => {
+                tracing::info!(
+                    table = %table.label,
+                    target_table = %table.target,
+                    rows = stats.rows,
+                    bytes = stats.bytes,
+                    bad_values = stats.bad_values,
+                    seconds,
+                    "table synced"
+                );
+                TableOutcome::done(table, &stats, loaded, seconds)
+            }
             Err(failure) => {
                 tracing::error!(table = %table.label, error = %failure.message, "table failed");
                 TableOutcome::failed(table, failure.message, failure.stats.as_ref(), seconds)

@@ -304,3 +304,67 @@ async fn blocked_tables_are_skipped_and_reported() {
         report.text()
     );
 }
+
+#[tokio::test]
+async fn recreate_drops_the_old_table_only_after_the_new_rows_are_verified() {
+    let setup = sqlite(SEED).await;
+    let manifest = manifest(&setup.path, "      items:\n        allow_recreate: true\n");
+    let warehouse = Arc::new(FakeWarehouse::with_dataset());
+    let old_table = datasync::schema::WarehouseTable {
+        name: "items".into(),
+        fields: vec![datasync::schema::WarehouseField::new(
+            "id",
+            datasync::schema::BqType::String,
+            datasync::schema::FieldMode::Nullable,
+        )],
+        partitioning: None,
+        clustering: vec![],
+    };
+    let old_row: serde_json::Map<String, Value> = serde_json::from_str(r#"{"id": "old"}"#).unwrap();
+    warehouse.insert_table(old_table.clone(), vec![old_row.clone()]);
+    let mut executor = executor(&manifest, Arc::clone(&warehouse), DryRun::No).await;
+    let plan = plan(&manifest, &executor.sources["lite"], &warehouse).await;
+    assert_eq!(plan.tables[0].action, TableAction::Recreate);
+
+    // The load fails: the old table, schema and rows, is untouched.
+    warehouse.fail_load_after_bytes(Some(10));
+    let report = executor.run(&plan).await;
+    assert_eq!(
+        report.tables[0].status,
+        TableStatus::Failed,
+        "{}",
+        report.text()
+    );
+    let existing = warehouse.get_table("items").await.unwrap().unwrap();
+    assert_eq!(existing.table, old_table);
+    assert_eq!(warehouse.rows("items").unwrap(), vec![old_row]);
+
+    // It succeeds: the table is rebuilt with the new schema and the source's rows.
+    warehouse.fail_load_after_bytes(None);
+    executor.run_id = "run2".into();
+    let before = warehouse.log().len();
+    let report = executor.run(&plan).await;
+    assert!(report.succeeded(), "{}", report.text());
+    assert_eq!(ids(&warehouse, "items"), ["1", "2", "3"]);
+    let rebuilt = warehouse.get_table("items").await.unwrap().unwrap();
+    assert_eq!(
+        rebuilt.table.fields[0].bq_type,
+        datasync::schema::BqType::Int64
+    );
+    let log: Vec<String> = warehouse.log()[before..]
+        .iter()
+        .filter(|entry| !entry.starts_with("get_table"))
+        .cloned()
+        .collect();
+    assert_eq!(
+        log,
+        [
+            "drop_table _datasync_staging_items",
+            "load _datasync_staging_items WRITE_TRUNCATE datasync_run2_items",
+            "drop_table items",
+            "create_table items",
+            "insert_from _datasync_staging_items into items replace=true",
+            "drop_table _datasync_staging_items",
+        ]
+    );
+}

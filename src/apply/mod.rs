@@ -185,9 +185,13 @@ impl Executor {
         let warehouse = &self.warehouse;
         let staging = format!("{STAGING_PREFIX}{}", table.target);
         warehouse.drop_table(&staging).await?;
+        // A recreate drops the target only once the new rows are verified in staging, so a
+        // failed load leaves the old table in place.
+        let mut recreate = false;
         for step in &table.steps {
             match step {
-                Step::DropTable => warehouse.drop_table(&table.target).await?,
+                Step::DropTable => recreate = true,
+                Step::CreateTable if recreate => {}
                 Step::CreateTable => warehouse.create_table(&schema).await?,
                 Step::AlterTable { changes } => {
                     warehouse
@@ -205,6 +209,7 @@ impl Executor {
                             *mode,
                             key,
                             cursor.as_deref(),
+                            recreate,
                         )
                         .await;
                 }
@@ -227,9 +232,12 @@ impl Executor {
         mode: WriteMode,
         key: &[String],
         cursor: Option<&str>,
+        recreate: bool,
     ) -> Result<(ExtractStats, Option<u64>), TableFailure> {
         let warehouse = &self.warehouse;
         let filter = match (mode, cursor) {
+            // A recreated table starts empty: every row is read.
+            _ if recreate => None,
             (WriteMode::Incremental | WriteMode::Merge, Some(cursor)) => {
                 incremental_filter(warehouse.as_ref(), &table.target, mapping, cursor, mode).await?
             }
@@ -295,7 +303,10 @@ impl Executor {
         };
         let Some(loaded) = loaded else {
             let stats = extracted.map_err(|error| format!("extraction failed: {error}"))?;
-            if mode == WriteMode::Replace {
+            if recreate {
+                warehouse.drop_table(&table.target).await?;
+                warehouse.create_table(schema).await?;
+            } else if mode == WriteMode::Replace {
                 // An empty source empties the target (one DML statement).
                 warehouse.truncate(&table.target).await?;
             }
@@ -333,6 +344,20 @@ impl Executor {
             .iter()
             .map(|column| column.target.clone())
             .collect();
+        if recreate {
+            // The new rows are verified in staging: now replace the incompatible table.
+            let rebuilt = async {
+                warehouse.drop_table(&table.target).await?;
+                warehouse.create_table(schema).await
+            };
+            if let Err(error) = rebuilt.await {
+                let _ = warehouse.drop_table(staging).await;
+                return Err(TableFailure {
+                    message: format!("recreating the target failed: {error}"),
+                    stats: Some(stats),
+                });
+            }
+        }
         let write = match mode {
             WriteMode::Replace => {
                 warehouse

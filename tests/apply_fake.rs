@@ -112,7 +112,7 @@ INSERT INTO notes VALUES (1, 'x'), (2, 'y');
 ";
 
 #[tokio::test]
-async fn replace_creates_loads_through_staging_and_writes_atomically() {
+async fn replace_loads_through_staging_then_creates_and_writes_atomically() {
     let setup = sqlite(SEED).await;
     let manifest = manifest(&setup.path, "      items: {}\n");
     let warehouse = Arc::new(FakeWarehouse::with_dataset());
@@ -132,8 +132,8 @@ async fn replace_creates_loads_through_staging_and_writes_atomically() {
         log,
         [
             "drop_table _datasync_staging_items",
-            "create_table items",
             "load _datasync_staging_items WRITE_TRUNCATE datasync_run1_items",
+            "create_table items",
             "insert_from _datasync_staging_items into items replace=true",
             "drop_table _datasync_staging_items",
         ]
@@ -366,5 +366,29 @@ async fn recreate_drops_the_old_table_only_after_the_new_rows_are_verified() {
             "insert_from _datasync_staging_items into items replace=true",
             "drop_table _datasync_staging_items",
         ]
+    );
+}
+
+#[tokio::test]
+async fn a_failed_first_load_creates_no_table() {
+    let setup = sqlite(SEED).await;
+    let manifest = manifest(&setup.path, "      items: {}\n");
+    let warehouse = Arc::new(FakeWarehouse::with_dataset());
+    let executor = executor(&manifest, Arc::clone(&warehouse), DryRun::No).await;
+    let plan = plan(&manifest, &executor.sources["lite"], &warehouse).await;
+    assert_eq!(plan.tables[0].action, TableAction::Create);
+    warehouse.fail_load_after_bytes(Some(10));
+    let report = executor.run(&plan).await;
+    assert_eq!(report.tables[0].status, TableStatus::Failed);
+    assert!(
+        warehouse.get_table("items").await.unwrap().is_none(),
+        "an empty target was left behind"
+    );
+    assert!(
+        warehouse
+            .get_table("_datasync_staging_items")
+            .await
+            .unwrap()
+            .is_none()
     );
 }

@@ -185,14 +185,14 @@ impl Executor {
         let warehouse = &self.warehouse;
         let staging = format!("{STAGING_PREFIX}{}", table.target);
         warehouse.drop_table(&staging).await?;
-        // A recreate drops the target only once the new rows are verified in staging, so a
-        // failed load leaves the old table in place.
-        let mut recreate = false;
+        // Creating (or dropping and recreating) the target waits until the new rows are verified
+        // in staging: a failed load leaves no new empty table and keeps an old one in place.
+        let mut target = Target::Existing;
         for step in &table.steps {
             match step {
-                Step::DropTable => recreate = true,
-                Step::CreateTable if recreate => {}
-                Step::CreateTable => warehouse.create_table(&schema).await?,
+                Step::DropTable => target = Target::Recreate,
+                Step::CreateTable if target == Target::Recreate => {}
+                Step::CreateTable => target = Target::Create,
                 Step::AlterTable { changes } => {
                     warehouse
                         .alter_table(&table.target, &alter_changes(changes))
@@ -209,7 +209,7 @@ impl Executor {
                             *mode,
                             key,
                             cursor.as_deref(),
-                            recreate,
+                            target,
                         )
                         .await;
                 }
@@ -232,12 +232,12 @@ impl Executor {
         mode: WriteMode,
         key: &[String],
         cursor: Option<&str>,
-        recreate: bool,
+        target: Target,
     ) -> Result<(ExtractStats, Option<u64>), TableFailure> {
         let warehouse = &self.warehouse;
         let filter = match (mode, cursor) {
-            // A recreated table starts empty: every row is read.
-            _ if recreate => None,
+            // A new or recreated table starts empty: every row is read.
+            _ if target != Target::Existing => None,
             (WriteMode::Incremental | WriteMode::Merge, Some(cursor)) => {
                 incremental_filter(warehouse.as_ref(), &table.target, mapping, cursor, mode).await?
             }
@@ -303,9 +303,8 @@ impl Executor {
         };
         let Some(loaded) = loaded else {
             let stats = extracted.map_err(|error| format!("extraction failed: {error}"))?;
-            if recreate {
-                warehouse.drop_table(&table.target).await?;
-                warehouse.create_table(schema).await?;
+            if target != Target::Existing {
+                prepare_target(warehouse.as_ref(), target, schema).await?;
             } else if mode == WriteMode::Replace {
                 // An empty source empties the target (one DML statement).
                 warehouse.truncate(&table.target).await?;
@@ -344,19 +343,13 @@ impl Executor {
             .iter()
             .map(|column| column.target.clone())
             .collect();
-        if recreate {
-            // The new rows are verified in staging: now replace the incompatible table.
-            let rebuilt = async {
-                warehouse.drop_table(&table.target).await?;
-                warehouse.create_table(schema).await
-            };
-            if let Err(error) = rebuilt.await {
-                let _ = warehouse.drop_table(staging).await;
-                return Err(TableFailure {
-                    message: format!("recreating the target failed: {error}"),
-                    stats: Some(stats),
-                });
-            }
+        // The new rows are verified in staging: now create (or replace) the target table.
+        if let Err(error) = prepare_target(warehouse.as_ref(), target, schema).await {
+            let _ = warehouse.drop_table(staging).await;
+            return Err(TableFailure {
+                message: format!("creating the target failed: {error}"),
+                stats: Some(stats),
+            });
         }
         let write = match mode {
             WriteMode::Replace => {
@@ -429,6 +422,32 @@ impl Executor {
             .await?;
         let _ = drain.await;
         Ok(stats)
+    }
+}
+
+/// What the target table needs before rows are written into it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Target {
+    /// It exists (possibly just altered).
+    Existing,
+    /// It must be created.
+    Create,
+    /// It must be dropped and created again (an allowed incompatible change).
+    Recreate,
+}
+
+async fn prepare_target(
+    warehouse: &dyn Warehouse,
+    target: Target,
+    schema: &crate::schema::WarehouseTable,
+) -> Result<(), crate::warehouse::WarehouseError> {
+    match target {
+        Target::Existing => Ok(()),
+        Target::Create => warehouse.create_table(schema).await,
+        Target::Recreate => {
+            warehouse.drop_table(&schema.name).await?;
+            warehouse.create_table(schema).await
+        }
     }
 }
 

@@ -334,10 +334,15 @@ async fn empty_source_empties_a_replace_target_and_failures_keep_the_old_content
     world.sql(SEED).await;
     let manifest = world.manifest("      customers: {}\n");
     assert_code(&world.datasync(&["-c", &manifest, "apply"]), 0);
-    let before = world
-        .select("customers", "id, name, balance, seen", "id")
-        .await;
+    let before = world.rows("customers", "id").await;
     assert_eq!(before.len(), 300);
+    let schema_before = world
+        .warehouse
+        .get_table("customers")
+        .await
+        .unwrap()
+        .unwrap()
+        .table;
 
     // A failure in the middle of the stream (a NaN with policy `error` deep in a table large
     // enough for several upload chunks) leaves the target as it was.
@@ -358,14 +363,23 @@ async fn empty_source_empties_a_replace_target_and_failures_keep_the_old_content
         "the failing row is named: {}",
         text(&apply)
     );
-    // The new column was added (schema changes run first), but no row changed.
-    let after = world
-        .select("customers", "id, name, balance, seen", "id")
-        .await;
+    // Neither the rows nor the schema changed (the new column waits for a verified load).
+    let after = world.rows("customers", "id").await;
     assert!(
         after == before,
         "a failed load changed the target's rows ({} rows now)",
         after.len()
+    );
+    let schema_after = world
+        .warehouse
+        .get_table("customers")
+        .await
+        .unwrap()
+        .unwrap()
+        .table;
+    assert_eq!(
+        schema_after, schema_before,
+        "a failed load changed the target's schema"
     );
     world.sql("ALTER TABLE customers DROP COLUMN score").await;
 

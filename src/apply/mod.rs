@@ -2,14 +2,15 @@
 //! of its own: the steps come from the plan.
 //!
 //! Every load goes through a staging table, so the target is never partial:
-//! 1. drop a leftover staging table, run the plan's DDL steps (drop/create/alter);
+//! 1. drop a leftover staging table;
 //! 2. stream rows from the source into ONE resumable load job into `_datasync_staging_<target>`;
 //! 3. check that BigQuery loaded exactly the rows extracted;
-//! 4. write the target in one atomic statement: replace = `TRUNCATE` + `INSERT` in a transaction,
+//! 4. run the plan's DDL steps (drop/create/alter) — only now, so a failed load changes nothing;
+//! 5. write the target in one atomic statement: replace = `TRUNCATE` + `INSERT` in a transaction,
 //!    append/incremental = `INSERT … SELECT`, merge = `MERGE` on the key;
-//! 5. drop the staging table.
+//! 6. drop the staging table.
 //!
-//! A crash or Ctrl-C before step 4 leaves the target as it was; step 4 is atomic.
+//! A crash or Ctrl-C before step 4 leaves the target as it was; step 5 is atomic.
 
 pub mod report;
 
@@ -185,19 +186,16 @@ impl Executor {
         let warehouse = &self.warehouse;
         let staging = format!("{STAGING_PREFIX}{}", table.target);
         warehouse.drop_table(&staging).await?;
-        // Creating (or dropping and recreating) the target waits until the new rows are verified
-        // in staging: a failed load leaves no new empty table and keeps an old one in place.
-        let mut target = Target::Existing;
+        // The plan's DDL (create, alter, drop+create) waits until the new rows are verified in
+        // staging: a failed load changes nothing at all in the target.
+        let ddl = Ddl(table
+            .steps
+            .iter()
+            .filter(|step| !matches!(step, Step::Load { .. }))
+            .collect());
         for step in &table.steps {
             match step {
-                Step::DropTable => target = Target::Recreate,
-                Step::CreateTable if target == Target::Recreate => {}
-                Step::CreateTable => target = Target::Create,
-                Step::AlterTable { changes } => {
-                    warehouse
-                        .alter_table(&table.target, &alter_changes(changes))
-                        .await?
-                }
+                Step::DropTable | Step::CreateTable | Step::AlterTable { .. } => {}
                 Step::Load { mode, key, cursor } => {
                     return self
                         .load(
@@ -209,7 +207,7 @@ impl Executor {
                             *mode,
                             key,
                             cursor.as_deref(),
-                            target,
+                            &ddl,
                         )
                         .await;
                 }
@@ -232,12 +230,16 @@ impl Executor {
         mode: WriteMode,
         key: &[String],
         cursor: Option<&str>,
-        target: Target,
+        ddl: &Ddl<'_>,
     ) -> Result<(ExtractStats, Option<u64>), TableFailure> {
         let warehouse = &self.warehouse;
+        let cursor_added = cursor
+            .and_then(|cursor| mapping.column(cursor))
+            .is_some_and(|column| ddl.adds_column(&column.target));
         let filter = match (mode, cursor) {
-            // A new or recreated table starts empty: every row is read.
-            _ if target != Target::Existing => None,
+            // A new or recreated table starts empty, and a cursor column that does not exist
+            // yet has no maximum: every row is read.
+            _ if ddl.creates() || cursor_added => None,
             (WriteMode::Incremental | WriteMode::Merge, Some(cursor)) => {
                 incremental_filter(warehouse.as_ref(), &table.target, mapping, cursor, mode).await?
             }
@@ -303,9 +305,8 @@ impl Executor {
         };
         let Some(loaded) = loaded else {
             let stats = extracted.map_err(|error| format!("extraction failed: {error}"))?;
-            if target != Target::Existing {
-                prepare_target(warehouse.as_ref(), target, schema).await?;
-            } else if mode == WriteMode::Replace {
+            ddl.run(warehouse.as_ref(), &table.target, schema).await?;
+            if mode == WriteMode::Replace && !ddl.creates() {
                 // An empty source empties the target (one DML statement).
                 warehouse.truncate(&table.target).await?;
             }
@@ -343,11 +344,11 @@ impl Executor {
             .iter()
             .map(|column| column.target.clone())
             .collect();
-        // The new rows are verified in staging: now create (or replace) the target table.
-        if let Err(error) = prepare_target(warehouse.as_ref(), target, schema).await {
+        // The new rows are verified in staging: now change the target's schema.
+        if let Err(error) = ddl.run(warehouse.as_ref(), &table.target, schema).await {
             let _ = warehouse.drop_table(staging).await;
             return Err(TableFailure {
-                message: format!("creating the target failed: {error}"),
+                message: format!("changing the target's schema failed: {error}"),
                 stats: Some(stats),
             });
         }
@@ -425,29 +426,44 @@ impl Executor {
     }
 }
 
-/// What the target table needs before rows are written into it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Target {
-    /// It exists (possibly just altered).
-    Existing,
-    /// It must be created.
-    Create,
-    /// It must be dropped and created again (an allowed incompatible change).
-    Recreate,
-}
+/// A table plan's DDL steps, in plan order, run once the new rows are verified in staging.
+struct Ddl<'a>(Vec<&'a Step>);
 
-async fn prepare_target(
-    warehouse: &dyn Warehouse,
-    target: Target,
-    schema: &crate::schema::WarehouseTable,
-) -> Result<(), crate::warehouse::WarehouseError> {
-    match target {
-        Target::Existing => Ok(()),
-        Target::Create => warehouse.create_table(schema).await,
-        Target::Recreate => {
-            warehouse.drop_table(&schema.name).await?;
-            warehouse.create_table(schema).await
+impl Ddl<'_> {
+    /// Whether the target is created (new, or dropped and created again).
+    fn creates(&self) -> bool {
+        self.0.iter().any(|step| matches!(step, Step::CreateTable))
+    }
+
+    /// Whether an alter adds the column `name`.
+    fn adds_column(&self, name: &str) -> bool {
+        self.0.iter().any(|step| match step {
+            Step::AlterTable { changes } => changes.iter().any(
+                |change| matches!(change, FieldChange::Add { field } if field.name.eq_ignore_ascii_case(name)),
+            ),
+            _ => false,
+        })
+    }
+
+    async fn run(
+        &self,
+        warehouse: &dyn Warehouse,
+        target: &str,
+        schema: &crate::schema::WarehouseTable,
+    ) -> Result<(), crate::warehouse::WarehouseError> {
+        for step in &self.0 {
+            match step {
+                Step::DropTable => warehouse.drop_table(target).await?,
+                Step::CreateTable => warehouse.create_table(schema).await?,
+                Step::AlterTable { changes } => {
+                    warehouse
+                        .alter_table(target, &alter_changes(changes))
+                        .await?;
+                }
+                Step::Load { .. } => {}
+            }
         }
+        Ok(())
     }
 }
 

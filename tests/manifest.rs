@@ -90,6 +90,20 @@ fn go_readme_env() -> Env {
 #[test]
 fn legacy_env_from_the_go_readme_validates_unchanged() {
     let loaded = load_env(go_readme_env()).unwrap_or_else(|f| panic!("{}", render(&f)));
+    let warnings: Vec<&str> = loaded.warnings.iter().map(|w| w.message.as_str()).collect();
+    assert_eq!(warnings.len(), 2, "{warnings:?}");
+    assert!(
+        warnings
+            .iter()
+            .any(|w| w.starts_with("DATE_FORMAT: ignored")),
+        "{warnings:?}"
+    );
+    assert!(
+        warnings
+            .iter()
+            .any(|w| w.starts_with("DB_MAX_IDLE_CONNECTIONS: ignored")),
+        "{warnings:?}"
+    );
     let m = &loaded.manifest;
     assert_eq!(m.bigquery.project, "my-gcp-project");
     assert_eq!(m.bigquery.dataset, "analytics");
@@ -464,6 +478,22 @@ sources:
         batch_size: 7
       customers:
 ";
+
+#[test]
+fn sync_databases_with_a_manifest_file_is_reported_as_ignored() {
+    let loaded = load_yaml(
+        FILE,
+        env(&[("MAIN_SECRET", "pw"), ("SYNC_DATABASES", "other")]),
+    )
+    .unwrap_or_else(|f| panic!("{}", render(&f)));
+    assert_eq!(loaded.manifest.sources.len(), 1);
+    assert!(
+        loaded
+            .warnings
+            .iter()
+            .any(|w| w.message.starts_with("SYNC_DATABASES: ignored"))
+    );
+}
 
 #[test]
 fn overlay_precedence_env_over_file_over_default() {

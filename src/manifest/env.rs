@@ -264,6 +264,10 @@ impl Writer<'_> {
         self.problems.push(Problem::env_error(var, message));
     }
 
+    fn warning(&mut self, var: &str, message: &str) {
+        self.problems.push(Problem::env_warning(var, message));
+    }
+
     fn string(&mut self, pointer: &str, var: &str, value: &str, only_if_absent: bool) {
         let value = Value::String(value.trim().to_string());
         if only_if_absent {
@@ -405,6 +409,12 @@ pub fn apply(doc: &mut Value, env: &Env, mode: EnvMode, origins: &mut Origins) -
         problems: &mut problems,
     };
     apply_globals(&mut writer, env);
+    if mode == EnvMode::Overlay && get(env, vars::SYNC_DATABASES).is_some() {
+        writer.warning(
+            vars::SYNC_DATABASES,
+            "ignored: the manifest file lists the sources (its `{ID}_…` variables still apply to the sources it names)",
+        );
+    }
 
     let source_ids: Vec<(String, String)> = match mode {
         EnvMode::Legacy => get(env, vars::SYNC_DATABASES)
@@ -506,7 +516,13 @@ fn apply_globals(writer: &mut Writer<'_>, env: &Env) {
     if let Some(value) = get(env, vars::TRUNCATE_ON_SYNC) {
         match parse_bool(value) {
             Ok(true) => writer.set("/defaults/mode", json!("replace"), vars::TRUNCATE_ON_SYNC),
-            Ok(false) => writer.set("/defaults/mode", json!("append"), vars::TRUNCATE_ON_SYNC),
+            Ok(false) => {
+                writer.set("/defaults/mode", json!("append"), vars::TRUNCATE_ON_SYNC);
+                writer.warning(
+                    vars::TRUNCATE_ON_SYNC,
+                    "`false` means mode `append`: every run appends a full copy of each table, as the Go tool did; set it to `true` (atomic replace) or use `merge`",
+                );
+            }
             Err(message) => writer.error(vars::TRUNCATE_ON_SYNC, message),
         }
     }
@@ -517,12 +533,23 @@ fn apply_globals(writer: &mut Writer<'_>, env: &Env) {
             writer.error(var, message);
         }
     }
-    if let Some(value) = get(env, vars::DB_MAX_IDLE_CONNECTIONS)
-        && value.trim().parse::<u32>().is_err()
-    {
-        writer.error(
-            vars::DB_MAX_IDLE_CONNECTIONS,
-            format!("`{}` is not a whole number", value.trim()),
+    if let Some(value) = get(env, vars::DB_MAX_IDLE_CONNECTIONS) {
+        if value.trim().parse::<u32>().is_err() {
+            writer.error(
+                vars::DB_MAX_IDLE_CONNECTIONS,
+                format!("`{}` is not a whole number", value.trim()),
+            );
+        } else {
+            writer.warning(
+                vars::DB_MAX_IDLE_CONNECTIONS,
+                "ignored: the pool closes idle connections itself (DB_MAX_OPEN_CONNECTIONS still applies)",
+            );
+        }
+    }
+    if get(env, vars::DATE_FORMAT).is_some() {
+        writer.warning(
+            vars::DATE_FORMAT,
+            "ignored: dates and timestamps are always written in BigQuery's own formats (the Go tool's DATE_FORMAT broke DATE columns)",
         );
     }
 }

@@ -90,6 +90,15 @@ impl Problem {
         }
     }
 
+    /// A warning about an environment variable.
+    pub fn env_warning(var: &str, message: impl Into<String>) -> Self {
+        Self {
+            severity: Severity::Warning,
+            code: "datasync::env::ignored",
+            ..Self::env_error(var, message)
+        }
+    }
+
     /// Adds a hint.
     #[must_use]
     pub fn with_help(mut self, help: impl Into<String>) -> Self {

@@ -85,6 +85,53 @@ fn validate_reports_three_mistakes_with_lines_and_exits_1() {
 }
 
 #[test]
+fn validate_json_lists_every_problem_with_its_line_and_column() {
+    let dir = temp();
+    let text = GOOD
+        .replace("dataset: analytics", "dataset: ana-lytics")
+        .replace("        primary_key: [id]\n", "")
+        .replace("    database: shop\n", "    database: shop\n    bogus: 1\n");
+    std::fs::write(dir.path().join("bad.yaml"), text).unwrap();
+    let output = datasync(dir.path())
+        .env("SHOP_PW", "x")
+        .args(["-c", "bad.yaml", "validate", "--format", "json"])
+        .assert()
+        .code(1)
+        .get_output()
+        .clone();
+    let document: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(document["valid"], false);
+    let located: Vec<(String, u64, u64)> = document["problems"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            (
+                p["code"].as_str().unwrap().to_string(),
+                p["line"].as_u64().unwrap(),
+                p["column"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        located,
+        [
+            ("datasync::manifest::bigquery_name".to_string(), 3, 12),
+            ("datasync::manifest::unknown_field".to_string(), 11, 5),
+            ("datasync::manifest::merge_without_key".to_string(), 13, 7),
+        ]
+    );
+    let output = datasync(dir.path())
+        .env("SHOP_PW", "x")
+        .args(["validate", "--format", "json", "--show-effective"])
+        .assert()
+        .code(1)
+        .get_output()
+        .clone();
+    assert!(String::from_utf8_lossy(&output.stderr).contains("no manifest"));
+}
+
+#[test]
 fn validate_show_effective_lists_origins_and_redacts_secrets() {
     let dir = temp();
     std::fs::write(dir.path().join("sync.yaml"), GOOD).unwrap();
@@ -113,6 +160,29 @@ fn validate_show_effective_lists_origins_and_redacts_secrets() {
     assert!(line("sources.shop.port = 5432").ends_with("# default"));
     assert!(line("sources.shop.password = \"********\"").contains("# "));
     assert!(line("sources.shop.tables.orders.batch_size = 10000").ends_with("# default"));
+
+    let output = datasync(dir.path())
+        .env("SHOP_PW", "super-secret")
+        .env("GCP_PROJECT_ID", "env-project")
+        .args(["validate", "--show-effective", "--format", "json"])
+        .assert()
+        .success()
+        .get_output()
+        .clone();
+    assert!(!String::from_utf8_lossy(&output.stdout).contains("super-secret"));
+    let document: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(document["valid"], true);
+    let project = document["effective"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["path"] == "bigquery.project")
+        .unwrap();
+    assert_eq!(project["value"], "env-project");
+    assert_eq!(
+        project["origin"],
+        serde_json::json!({"kind": "env", "name": "GCP_PROJECT_ID"})
+    );
 }
 
 #[test]

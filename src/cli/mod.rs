@@ -90,7 +90,8 @@ struct ValidateArgs {
     /// redacted.
     #[arg(long)]
     show_effective: bool,
-    /// Output format of `--show-effective`.
+    /// Output format: `json` prints one document on stdout with every problem (line, column,
+    /// code) and, with `--show-effective`, the effective values.
     #[arg(long, value_enum, default_value_t = DataFormat::Text)]
     format: DataFormat,
     /// Treat warnings as errors.
@@ -338,19 +339,17 @@ fn load_manifest(global: &GlobalArgs, env: &Env) -> Result<Loaded, u8> {
 }
 
 fn validate(cli: &Cli, env: &Env, args: &ValidateArgs) -> Result<u8, String> {
+    if args.format == DataFormat::Json {
+        return validate_json(cli, env, args);
+    }
     let loaded = match load_manifest(&cli.global, env) {
         Ok(loaded) => loaded,
         Err(code) => return Ok(code),
     };
     if args.show_effective {
-        let lines = effective::effective_values(&loaded);
-        match args.format {
-            DataFormat::Text => print_stdout(&effective::render_text(&lines)),
-            DataFormat::Json => {
-                let json = serde_json::to_string_pretty(&lines).map_err(|e| e.to_string())?;
-                print_stdout(&format!("{json}\n"));
-            }
-        }
+        print_stdout(&effective::render_text(&effective::effective_values(
+            &loaded,
+        )));
     }
     let enabled = loaded
         .manifest
@@ -381,6 +380,61 @@ fn validate(cli: &Cli, env: &Env, args: &ValidateArgs) -> Result<u8, String> {
         return Ok(exit::USER_ERROR);
     }
     Ok(exit::OK)
+}
+
+/// `validate --format json`: one JSON document on stdout with every problem located by line
+/// and column (and the effective values with `--show-effective`); diagnostics still go to
+/// stderr for humans.
+fn validate_json(cli: &Cli, env: &Env, args: &ValidateArgs) -> Result<u8, String> {
+    let input = match manifest_input(&cli.global, env) {
+        Ok(input) => input,
+        Err(message) => {
+            eprintln!("error: {message}");
+            return Ok(exit::USER_ERROR);
+        }
+    };
+    let (problems, source, loaded) = match manifest::load(&input) {
+        Ok(mut loaded) => (
+            std::mem::take(&mut loaded.warnings),
+            loaded.source.clone(),
+            Some(loaded),
+        ),
+        Err(LoadFailure { problems, source }) => (problems, source, None),
+    };
+    if !problems.is_empty() {
+        print_stderr(&manifest::diagnostics::render(
+            &problems,
+            source.as_ref(),
+            color(&cli.global, env),
+            diagnostic_width(env),
+        ));
+    }
+    let warnings = problems
+        .iter()
+        .filter(|problem| problem.severity == Severity::Warning)
+        .count();
+    let mut document = serde_json::json!({
+        "valid": loaded.is_some(),
+        "mode": if input.text.is_some() { "manifest" } else { "legacy environment" },
+        "problems": manifest::diagnostics::to_json(&problems, source.as_ref()),
+    });
+    if let Some(loaded) = &loaded {
+        document["sources"] = loaded.manifest.sources.len().into();
+        document["tables"] = loaded.manifest.tables.len().into();
+        if args.show_effective {
+            document["effective"] = serde_json::to_value(effective::effective_values(loaded))
+                .map_err(|e| e.to_string())?;
+        }
+    }
+    print_stdout(&format!(
+        "{}\n",
+        serde_json::to_string_pretty(&document).map_err(|e| e.to_string())?
+    ));
+    Ok(match loaded {
+        None => exit::USER_ERROR,
+        Some(_) if args.deny_warnings && warnings > 0 => exit::USER_ERROR,
+        Some(_) => exit::OK,
+    })
 }
 
 fn env_to_manifest(cli: &Cli, env: &Env, args: &EnvToManifestArgs) -> Result<u8, String> {

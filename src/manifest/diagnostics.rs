@@ -155,3 +155,43 @@ fn summary(errors: usize, warnings: usize) -> String {
         ),
     }
 }
+
+/// Problems as JSON for machines (`validate --format json`): severity, code, message, help,
+/// JSON pointer, environment variable, and the 1-based line and column in the file.
+pub fn to_json(problems: &[Problem], source: Option<&SourceText>) -> serde_json::Value {
+    let items: Vec<serde_json::Value> = problems
+        .iter()
+        .map(|problem| {
+            let diagnostic = ManifestDiagnostic::new(problem, source);
+            let position = diagnostic
+                .range
+                .as_ref()
+                .zip(source)
+                .map(|(range, source)| {
+                    let before = &source.text[..range.start.min(source.text.len())];
+                    let line = before.matches('\n').count() + 1;
+                    let column = before
+                        .rsplit('\n')
+                        .next()
+                        .map_or(0, |last| last.chars().count())
+                        + 1;
+                    (line, column)
+                });
+            serde_json::json!({
+                "severity": match problem.severity {
+                    Severity::Error => "error",
+                    Severity::Warning => "warning",
+                },
+                "code": problem.code,
+                "message": problem.message,
+                "help": problem.help,
+                "pointer": problem.pointer,
+                "env_var": problem.env_var,
+                "file": source.map(|source| source.name.clone()),
+                "line": position.map(|(line, _)| line),
+                "column": position.map(|(_, column)| column),
+            })
+        })
+        .collect();
+    serde_json::Value::Array(items)
+}

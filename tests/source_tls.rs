@@ -67,14 +67,10 @@ async fn postgres_tls_modes() {
         );
         // The test server's certificate is self-signed: full verification must refuse it.
         let verified = connect(SourceKind::Postgres, &postgres_url(), TlsMode::VerifyFull).await;
-        let error = verified
-            .err()
-            .expect("verify-full accepted a self-signed certificate");
+        let error = verified.expect_err("verify-full accepted a self-signed certificate");
         assert!(!error.contains("password"), "{error}");
     } else {
-        let error = required
-            .err()
-            .expect("require connected to a server without TLS");
+        let error = required.expect_err("require connected to a server without TLS");
         assert!(
             error.to_lowercase().contains("tls") || error.to_lowercase().contains("ssl"),
             "{error}"
@@ -121,7 +117,7 @@ async fn mysql_tls_modes() {
         assert_ne!(cipher, "", "mode require did not negotiate TLS");
     } else {
         // The server has no TLS: `require` must refuse rather than fall back to plain text.
-        let error = required.err().expect("require connected without TLS");
+        let error = required.expect_err("require connected without TLS");
         assert!(
             error.to_lowercase().contains("tls") || error.to_lowercase().contains("ssl"),
             "{error}"

@@ -1,5 +1,5 @@
-//! TLS settings reach the drivers: what the server then negotiates is checked from the
-//! server's side. Adapts to whether each test server has TLS turned on.
+//! Connection settings reach the servers: TLS modes (adapting to whether each test server has
+//! TLS on), session time zone and timeouts, all checked from the server's side.
 
 mod common;
 
@@ -123,4 +123,52 @@ async fn mysql_tls_modes() {
             "{error}"
         );
     }
+}
+
+#[tokio::test]
+async fn postgres_session_settings() {
+    let mut spec = common::source_spec(SourceKind::Postgres, &postgres_url());
+    spec.timeouts.statement = Some(std::time::Duration::from_millis(1500));
+    let source = Source::connect(&spec).await.unwrap();
+    let Source::Postgres(pool) = &source else {
+        panic!("not postgres")
+    };
+    let row = sqlx::query("SELECT current_setting('TimeZone'), current_setting('statement_timeout'), current_setting('application_name')")
+        .fetch_one(pool)
+        .await
+        .unwrap();
+    assert_eq!(row.get::<String, _>(0), "UTC");
+    assert_eq!(row.get::<String, _>(1), "1500ms");
+    assert_eq!(row.get::<String, _>(2), "datasync");
+
+    // Without a statement timeout, none is set (one query streams a whole table).
+    let source = common::connect(SourceKind::Postgres, &postgres_url()).await;
+    let Source::Postgres(pool) = &source else {
+        panic!("not postgres")
+    };
+    let timeout: String = sqlx::query_scalar("SELECT current_setting('statement_timeout')")
+        .fetch_one(pool)
+        .await
+        .unwrap();
+    assert_eq!(timeout, "0");
+}
+
+#[tokio::test]
+async fn mysql_session_settings() {
+    let mut spec = common::source_spec(SourceKind::Mysql, &mysql_url());
+    spec.timeouts.read = Some(std::time::Duration::from_secs(120));
+    spec.timeouts.write = Some(std::time::Duration::from_secs(240));
+    let source = Source::connect(&spec).await.unwrap();
+    let Source::Mysql(pool) = &source else {
+        panic!("not mysql")
+    };
+    let row = sqlx::query(
+        "SELECT @@session.time_zone, @@session.net_read_timeout, @@session.net_write_timeout",
+    )
+    .fetch_one(pool)
+    .await
+    .unwrap();
+    assert_eq!(row.get::<String, _>(0), "+00:00");
+    assert_eq!(row.get::<u64, _>(1), 120);
+    assert_eq!(row.get::<u64, _>(2), 240);
 }

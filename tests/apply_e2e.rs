@@ -447,6 +447,31 @@ async fn dry_run_writes_nothing() {
             .unwrap()
             .is_none()
     );
+
+    // `--table` narrows the run; an unknown name lists the known ones.
+    let apply = world.datasync(&[
+        "-c",
+        &manifest,
+        "apply",
+        "--dry-run",
+        "--table",
+        "pg.orders",
+    ]);
+    assert_code(&apply, 0);
+    assert!(
+        text(&apply).contains("dry run: 1 of 1 table(s) synced, 1,000 rows"),
+        "{}",
+        text(&apply)
+    );
+    let plan = world.datasync(&["-c", &manifest, "plan", "--table", "pg.nope"]);
+    assert_code(&plan, 1);
+    assert!(
+        text(&plan).contains(
+            "unknown table(s) `pg.nope`; the manifest has: pg.customers, pg.orders, pg.events"
+        ),
+        "{}",
+        text(&plan)
+    );
 }
 
 /// Starts `datasync apply` and returns once it reports extraction progress (mid-table).

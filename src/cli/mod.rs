@@ -116,6 +116,9 @@ struct PlanArgs {
     /// Exit 0 when no schema changes, 2 when there are changes, 1 on errors.
     #[arg(long)]
     detailed_exitcode: bool,
+    /// Only these tables (`source.table`, as in the plan; repeatable).
+    #[arg(long = "table", value_name = "SOURCE.TABLE")]
+    tables: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
@@ -135,6 +138,9 @@ struct ApplyArgs {
     /// Format of the final report on stdout.
     #[arg(long, value_enum, default_value_t = DataFormat::Text)]
     format: DataFormat,
+    /// Only these tables (`source.table`, as in the plan; repeatable). Not with a saved plan.
+    #[arg(long = "table", value_name = "SOURCE.TABLE", conflicts_with = "plan")]
+    tables: Vec<String>,
 }
 
 #[derive(Debug, Args)]
@@ -485,11 +491,52 @@ fn runtime() -> Result<tokio::runtime::Runtime, String> {
         .map_err(|error| format!("cannot start the async runtime: {error}"))
 }
 
+/// Keeps only the tables named with `--table`; an unknown name is an error listing the known
+/// ones.
+fn select_tables(
+    manifest: &mut crate::manifest::Manifest,
+    selected: &[String],
+) -> Result<(), String> {
+    if selected.is_empty() {
+        return Ok(());
+    }
+    let labels: Vec<String> = manifest
+        .tables
+        .iter()
+        .map(crate::manifest::TableSpec::label)
+        .collect();
+    let unknown: Vec<&String> = selected
+        .iter()
+        .filter(|name| !labels.contains(name))
+        .collect();
+    if !unknown.is_empty() {
+        return Err(format!(
+            "unknown table(s) {}; the manifest has: {}",
+            unknown
+                .iter()
+                .map(|name| format!("`{name}`"))
+                .collect::<Vec<_>>()
+                .join(", "),
+            labels.join(", ")
+        ));
+    }
+    for table in &mut manifest.tables {
+        if !selected.contains(&table.label()) {
+            table.enabled = false;
+        }
+    }
+    Ok(())
+}
+
 async fn plan(cli: &Cli, env: &Env, args: &PlanArgs) -> Result<u8, String> {
-    let loaded = match load_manifest(&cli.global, env) {
+    let mut loaded = match load_manifest(&cli.global, env) {
         Ok(loaded) => loaded,
         Err(code) => return Ok(code),
     };
+    if let Err(message) = select_tables(&mut loaded.manifest, &args.tables) {
+        eprintln!("error: {message}");
+        return Ok(exit::USER_ERROR);
+    }
     let connections = sync::connect(&loaded.manifest).await?;
     let plan = sync::build_plan(&loaded.manifest, &connections).await?;
     let text = match args.format {
@@ -522,10 +569,14 @@ async fn plan(cli: &Cli, env: &Env, args: &PlanArgs) -> Result<u8, String> {
 }
 
 async fn apply(cli: &Cli, env: &Env, args: &ApplyArgs) -> Result<u8, String> {
-    let loaded = match load_manifest(&cli.global, env) {
+    let mut loaded = match load_manifest(&cli.global, env) {
         Ok(loaded) => loaded,
         Err(code) => return Ok(code),
     };
+    if let Err(message) = select_tables(&mut loaded.manifest, &args.tables) {
+        eprintln!("error: {message}");
+        return Ok(exit::USER_ERROR);
+    }
     let dry_run_env = match manifest::env::get(env, manifest::env::vars::DRY_RUN) {
         Some(value) => {
             manifest::env::parse_bool(value).map_err(|message| format!("DRY_RUN: {message}"))?

@@ -16,7 +16,6 @@ pub mod report;
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -100,25 +99,19 @@ impl Executor {
         let outcomes: Vec<TableOutcome> = futures::stream::iter(plan.tables.iter())
             .map(|table| {
                 let executor = self.clone();
-                let table = table.clone();
+                let owned = table.clone();
                 async move {
-                    let label = table.label.clone();
                     let mut task =
                         AbortOnDrop(tokio::spawn(
-                            async move { executor.run_table(&table).await },
+                            async move { executor.run_table(&owned).await },
                         ));
-                    (&mut task.0).await.unwrap_or_else(|error| TableOutcome {
-                        table: label,
-                        target: String::new(),
-                        status: TableStatus::Failed,
-                        rows_extracted: 0,
-                        rows_loaded: None,
-                        bytes: 0,
-                        bad_values: 0,
-                        rows_left_out: 0,
-                        bad_value_samples: Vec::new(),
-                        seconds: 0.0,
-                        error: Some(format!("internal error: the table's task ended: {error}")),
+                    (&mut task.0).await.unwrap_or_else(|error| {
+                        TableOutcome::failed(
+                            table,
+                            format!("internal error: the table's task ended: {error}"),
+                            None,
+                            0.0,
+                        )
                     })
                 }
             })
@@ -179,7 +172,9 @@ impl Executor {
             .ok_or_else(|| format!("source `{}` is not connected", table.spec.source))?;
 
         if self.dry_run == DryRun::Yes {
-            let stats = self.extract_to_sink(source, table, &mapping, None).await?;
+            let stats = self
+                .extract_to_sink(source, table, source_table, &mapping)
+                .await?;
             return Ok((stats, None));
         }
 
@@ -193,27 +188,25 @@ impl Executor {
             .iter()
             .filter(|step| !matches!(step, Step::Load { .. }))
             .collect());
-        for step in &table.steps {
-            match step {
-                Step::DropTable | Step::CreateTable | Step::AlterTable { .. } => {}
-                Step::Load { mode, key, cursor } => {
-                    return self
-                        .load(
-                            table,
-                            source,
-                            &mapping,
-                            &schema,
-                            &staging,
-                            *mode,
-                            key,
-                            cursor.as_deref(),
-                            &ddl,
-                        )
-                        .await;
-                }
-            }
-        }
-        Err(TableFailure::from("the plan has no load step"))
+        let Some(Step::Load { mode, key, cursor }) = table
+            .steps
+            .iter()
+            .find(|step| matches!(step, Step::Load { .. }))
+        else {
+            return Err(TableFailure::from("the plan has no load step"));
+        };
+        self.load(
+            table,
+            source,
+            &mapping,
+            &schema,
+            &staging,
+            *mode,
+            key,
+            cursor.as_deref(),
+            &ddl,
+        )
+        .await
     }
 
     #[expect(
@@ -250,13 +243,13 @@ impl Executor {
         // first chunk is awaited before the upload starts, since an upload cannot be empty.
         let source_table = table
             .source_table
-            .clone()
+            .as_ref()
             .ok_or("the plan has no source table")?;
         let (sender, mut receiver) = mpsc::channel::<Bytes>(4);
         let progress = Arc::clone(&self.progress);
         let label = table.label.clone();
         let report = move |rows: u64| progress(&label, rows);
-        let extract = source.extract(&source_table, mapping, filter.as_ref(), sender, &report);
+        let extract = source.extract(source_table, mapping, filter.as_ref(), sender, &report);
         let request = LoadRequest {
             table: staging.to_string(),
             schema: crate::schema::WarehouseTable {
@@ -400,26 +393,17 @@ impl Executor {
         &self,
         source: &Arc<Source>,
         table: &TablePlan,
+        source_table: &crate::schema::SourceTable,
         mapping: &TableMapping,
-        filter: Option<CursorFilter>,
     ) -> Result<ExtractStats, TableFailure> {
+        // A dry run encodes every row and drops the chunks; the statistics count the bytes.
         let (sender, mut receiver) = mpsc::channel::<Bytes>(4);
-        let bytes = Arc::new(AtomicU64::new(0));
-        let counter = Arc::clone(&bytes);
-        let drain = tokio::spawn(async move {
-            while let Some(chunk) = receiver.recv().await {
-                counter.fetch_add(chunk.len() as u64, Ordering::Relaxed);
-            }
-        });
-        let source_table = table
-            .source_table
-            .clone()
-            .ok_or("the plan has no source table")?;
+        let drain = tokio::spawn(async move { while receiver.recv().await.is_some() {} });
         let progress = Arc::clone(&self.progress);
         let label = table.label.clone();
         let report = move |rows: u64| progress(&label, rows);
         let stats = source
-            .extract(&source_table, mapping, filter.as_ref(), sender, &report)
+            .extract(source_table, mapping, None, sender, &report)
             .await?;
         let _ = drain.await;
         Ok(stats)
@@ -506,21 +490,19 @@ pub async fn incremental_filter(
 /// The text form of a cursor maximum read back from BigQuery, as the source compares it.
 /// TIMESTAMP cells come back as microseconds since the epoch.
 fn cursor_text(max: &serde_json::Value, bq_type: crate::schema::BqType) -> Option<String> {
-    match max {
-        serde_json::Value::Null => None,
-        serde_json::Value::Number(number) if bq_type == crate::schema::BqType::Timestamp => {
-            let micros = number.as_i64()?;
+    let micros = match max {
+        serde_json::Value::Number(number) => number.as_i64(),
+        serde_json::Value::String(text) => text.parse::<i64>().ok(),
+        _ => None,
+    };
+    match (max, micros) {
+        (serde_json::Value::Null, _) => None,
+        (_, Some(micros)) if bq_type == crate::schema::BqType::Timestamp => {
             let instant = chrono::DateTime::from_timestamp_micros(micros)?;
             Some(instant.format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string())
         }
-        serde_json::Value::String(text)
-            if bq_type == crate::schema::BqType::Timestamp && text.parse::<i64>().is_ok() =>
-        {
-            let instant = chrono::DateTime::from_timestamp_micros(text.parse().ok()?)?;
-            Some(instant.format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string())
-        }
-        serde_json::Value::String(text) => Some(text.clone()),
-        other => Some(other.to_string()),
+        (serde_json::Value::String(text), _) => Some(text.clone()),
+        (other, _) => Some(other.to_string()),
     }
 }
 

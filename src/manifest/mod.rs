@@ -168,11 +168,16 @@ pub fn json_schema() -> Value {
     serde_json::to_value(schema).expect("a schema is always valid JSON")
 }
 
+/// The schema, generated once per process (validation and every error message read it).
+fn schema() -> &'static Value {
+    static SCHEMA: OnceLock<Value> = OnceLock::new();
+    SCHEMA.get_or_init(json_schema)
+}
+
 fn validator() -> &'static jsonschema::Validator {
     static VALIDATOR: OnceLock<jsonschema::Validator> = OnceLock::new();
-    VALIDATOR.get_or_init(|| {
-        jsonschema::validator_for(&json_schema()).expect("the generated schema compiles")
-    })
+    VALIDATOR
+        .get_or_init(|| jsonschema::validator_for(schema()).expect("the generated schema compiles"))
 }
 
 /// Loads and validates a manifest.
@@ -467,11 +472,11 @@ fn schema_node(schema: &Value, path: &str) -> Option<Value> {
 
 /// The description of the schema node a failed keyword belongs to.
 fn describe(schema_path: &str) -> Option<String> {
-    let schema = json_schema();
+    let schema = schema();
     let parent = schema_path
         .rsplit_once('/')
         .map_or("", |(parent, _)| parent);
-    let node = schema_node(&schema, parent)?;
+    let node = schema_node(schema, parent)?;
     node.get("description")
         .and_then(Value::as_str)
         .map(|text| text.replace('\n', " "))
@@ -479,13 +484,13 @@ fn describe(schema_path: &str) -> Option<String> {
 
 /// The allowed constants of an enum-like schema node (following `$ref`s and `anyOf` branches).
 fn choices(schema_path: &str) -> Vec<String> {
-    let schema = json_schema();
+    let schema = schema();
     let parent = schema_path
         .rsplit_once('/')
         .map_or("", |(parent, _)| parent);
     let mut out = Vec::new();
-    if let Some(node) = schema_node(&schema, parent) {
-        collect_choices(&schema, &node, &mut out, 0);
+    if let Some(node) = schema_node(schema, parent) {
+        collect_choices(schema, &node, &mut out, 0);
     }
     out
 }
@@ -555,9 +560,9 @@ fn edit_distance(a: &str, b: &str) -> usize {
 
 /// The properties the schema allows at `schema_path` (which ends in `/additionalProperties`).
 fn allowed_keys(schema_path: &str) -> Vec<String> {
-    let schema = json_schema();
+    let schema = schema();
     let parent = schema_path.trim_end_matches("/additionalProperties");
-    schema_node(&schema, parent)
+    schema_node(schema, parent)
         .and_then(|node| {
             node.get("properties")
                 .and_then(Value::as_object)

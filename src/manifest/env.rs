@@ -260,6 +260,15 @@ impl Writer<'_> {
         }
     }
 
+    /// Sets the value, or (fallback variables) only fills a gap the file left.
+    fn put(&mut self, pointer: &str, value: Value, var: &str, only_if_absent: bool) {
+        if only_if_absent {
+            self.set_if_absent(pointer, value, var);
+        } else {
+            self.set(pointer, value, var);
+        }
+    }
+
     fn error(&mut self, var: &str, message: String) {
         self.problems.push(Problem::env_error(var, message));
     }
@@ -269,12 +278,12 @@ impl Writer<'_> {
     }
 
     fn string(&mut self, pointer: &str, var: &str, value: &str, only_if_absent: bool) {
-        let value = Value::String(value.trim().to_string());
-        if only_if_absent {
-            self.set_if_absent(pointer, value, var);
-        } else {
-            self.set(pointer, value, var);
-        }
+        self.put(
+            pointer,
+            Value::String(value.trim().to_string()),
+            var,
+            only_if_absent,
+        );
     }
 
     fn bool(&mut self, pointer: &str, var: &str, value: &str) {
@@ -286,13 +295,7 @@ impl Writer<'_> {
 
     fn int(&mut self, pointer: &str, var: &str, value: &str, min: i64, only_if_absent: bool) {
         match value.trim().parse::<i64>() {
-            Ok(number) if number >= min => {
-                if only_if_absent {
-                    self.set_if_absent(pointer, json!(number), var);
-                } else {
-                    self.set(pointer, json!(number), var);
-                }
-            }
+            Ok(number) if number >= min => self.put(pointer, json!(number), var, only_if_absent),
             Ok(number) => self.error(var, format!("`{number}` is too small (minimum {min})")),
             Err(_) => self.error(var, format!("`{}` is not a whole number", value.trim())),
         }
@@ -306,11 +309,7 @@ impl Writer<'_> {
                     |_| Value::String(text.to_string()),
                     |seconds| json!(seconds),
                 );
-                if only_if_absent {
-                    self.set_if_absent(pointer, value, var);
-                } else {
-                    self.set(pointer, value, var);
-                }
+                self.put(pointer, value, var, only_if_absent);
             }
             Err(message) => self.error(var, message),
         }

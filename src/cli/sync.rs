@@ -77,7 +77,7 @@ pub(super) async fn build_plan(
     };
     let mut tables = Vec::new();
     for spec in manifest.tables.iter().filter(|table| table.enabled) {
-        let source = match connections.sources.get(&spec.source) {
+        let mut source = match connections.sources.get(&spec.source) {
             Some(source) => source
                 .describe(spec)
                 .await
@@ -97,7 +97,6 @@ pub(super) async fn build_plan(
         } else {
             None
         };
-        let mut source = source;
         let (desired, mapping_warnings) = match &mut source {
             Ok(table) => match map_table(table, spec) {
                 Ok(mapping) => {

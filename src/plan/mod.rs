@@ -368,7 +368,7 @@ impl Plan {
             tables,
             fingerprint: String::new(),
         };
-        plan.fingerprint = fingerprint(&(&plan.destination, &plan.tables));
+        plan.fingerprint = plan.content_fingerprint();
         plan
     }
 
@@ -384,8 +384,13 @@ impl Plan {
         self.tables.iter().any(|table| !table.action.runs())
     }
 
+    /// The fingerprint of everything but the fingerprint itself.
+    fn content_fingerprint(&self) -> String {
+        fingerprint(&(&self.destination, &self.tables))
+    }
+
     /// Whether the stored fingerprint matches the content (the file was not edited).
     pub fn is_intact(&self) -> bool {
-        self.fingerprint == fingerprint(&(&self.destination, &self.tables))
+        self.fingerprint == self.content_fingerprint()
     }
 }

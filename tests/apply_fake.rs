@@ -104,6 +104,20 @@ fn ids(warehouse: &FakeWarehouse, table: &str) -> Vec<String> {
     ids
 }
 
+/// An `items` table whose `id` is STRING: incompatible with the source's INTEGER id.
+fn string_id_items() -> datasync::schema::WarehouseTable {
+    datasync::schema::WarehouseTable {
+        name: "items".into(),
+        fields: vec![datasync::schema::WarehouseField::new(
+            "id",
+            datasync::schema::BqType::String,
+            datasync::schema::FieldMode::Nullable,
+        )],
+        partitioning: None,
+        clustering: vec![],
+    }
+}
+
 const SEED: &str = "
 CREATE TABLE items (id INTEGER PRIMARY KEY, name TEXT NOT NULL, price REAL);
 INSERT INTO items VALUES (1, 'a', 1.5), (2, 'b', 2.5), (3, 'c', NULL);
@@ -280,19 +294,7 @@ async fn blocked_tables_are_skipped_and_reported() {
     let setup = sqlite(SEED).await;
     let manifest = manifest(&setup.path, "      items: {}\n");
     let warehouse = Arc::new(FakeWarehouse::with_dataset());
-    warehouse.insert_table(
-        datasync::schema::WarehouseTable {
-            name: "items".into(),
-            fields: vec![datasync::schema::WarehouseField::new(
-                "id",
-                datasync::schema::BqType::String,
-                datasync::schema::FieldMode::Nullable,
-            )],
-            partitioning: None,
-            clustering: vec![],
-        },
-        vec![],
-    );
+    warehouse.insert_table(string_id_items(), vec![]);
     let executor = executor(&manifest, Arc::clone(&warehouse), DryRun::No).await;
     let plan = plan(&manifest, &executor.sources["lite"], &warehouse).await;
     assert_eq!(plan.tables[0].action, TableAction::Blocked);
@@ -310,16 +312,7 @@ async fn recreate_drops_the_old_table_only_after_the_new_rows_are_verified() {
     let setup = sqlite(SEED).await;
     let manifest = manifest(&setup.path, "      items:\n        allow_recreate: true\n");
     let warehouse = Arc::new(FakeWarehouse::with_dataset());
-    let old_table = datasync::schema::WarehouseTable {
-        name: "items".into(),
-        fields: vec![datasync::schema::WarehouseField::new(
-            "id",
-            datasync::schema::BqType::String,
-            datasync::schema::FieldMode::Nullable,
-        )],
-        partitioning: None,
-        clustering: vec![],
-    };
+    let old_table = string_id_items();
     let old_row: serde_json::Map<String, Value> = serde_json::from_str(r#"{"id": "old"}"#).unwrap();
     warehouse.insert_table(old_table.clone(), vec![old_row.clone()]);
     let mut executor = executor(&manifest, Arc::clone(&warehouse), DryRun::No).await;

@@ -15,7 +15,6 @@
 //! - [`secret`] is a leaf every module may use.
 //! - [`cli`] is the only module that prints, reads the process environment or picks exit codes.
 
-pub mod apply;
 pub mod cli;
 pub mod encode;
 pub mod manifest;
@@ -25,4 +24,5 @@ pub mod plan;
 pub mod schema;
 pub mod secret;
 pub mod source;
+pub mod sync;
 pub mod warehouse;

@@ -227,7 +227,7 @@ async fn sync_twice_is_idempotent_and_second_plan_has_no_changes() {
     let json = world.datasync(&["-c", &manifest, "plan", "--format", "json"]);
     assert_code(&json, 0);
     let value: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
-    assert_eq!(value["format_version"], 1);
+    assert_eq!(value["format_version"], datasync::plan::FORMAT_VERSION);
     let actions: Vec<&str> = value["tables"]
         .as_array()
         .unwrap()
@@ -424,7 +424,27 @@ async fn saved_plans_are_applied_verbatim_or_refused_when_stale() {
         .unwrap()
         .replace("\"orders\"", "\"orderz\"");
     std::fs::write(&plan_path, edited).unwrap();
-    assert_code(&world.datasync(&["-c", &manifest, "apply", &plan_path]), 1);
+    let apply = world.datasync(&["-c", &manifest, "apply", &plan_path]);
+    assert_code(&apply, 1);
+    assert!(text(&apply).contains("it was edited"), "{}", text(&apply));
+
+    // A plan saved by another datasync version is refused, naming both versions.
+    assert_code(
+        &world.datasync(&["-c", &manifest, "plan", "--out", &plan_path]),
+        0,
+    );
+    let mut saved: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&plan_path).unwrap()).unwrap();
+    saved["datasync_version"] = "0.0.1".into();
+    std::fs::write(&plan_path, saved.to_string()).unwrap();
+    let apply = world.datasync(&["-c", &manifest, "apply", &plan_path]);
+    assert_code(&apply, 1);
+    let expected = format!(
+        "it was saved by datasync 0.0.1 (plan format {}); this is datasync {}",
+        datasync::plan::FORMAT_VERSION,
+        env!("CARGO_PKG_VERSION")
+    );
+    assert!(text(&apply).contains(&expected), "{}", text(&apply));
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -4,11 +4,10 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use datasync::apply::{DryRun, Executor, TableStatus};
 use datasync::manifest::{self, Env, Format, ManifestInput};
-use datasync::mapping::map_table;
-use datasync::plan::{Plan, TableAction, TableInput, plan_table};
+use datasync::plan::{Plan, TableAction};
 use datasync::source::Source;
+use datasync::sync::{DryRun, Executor, Session, TableStatus, planner};
 use datasync::warehouse::{FakeWarehouse, Warehouse};
 use serde_json::Value;
 
@@ -46,32 +45,18 @@ fn manifest(path: &str, tables: &str) -> datasync::manifest::Manifest {
     .manifest
 }
 
+/// The real planner, over the SQLite source and the fake warehouse.
 async fn plan(
     manifest: &datasync::manifest::Manifest,
     source: &Source,
-    warehouse: &FakeWarehouse,
+    warehouse: &Arc<FakeWarehouse>,
 ) -> Plan {
-    let mut tables = Vec::new();
-    for spec in &manifest.tables {
-        let source_table = source
-            .describe(spec)
-            .await
-            .map_err(|error| error.to_string());
-        let desired = source_table
-            .as_ref()
-            .map_err(|_| Vec::new())
-            .and_then(|table| map_table(table, spec).map(|mapping| mapping.table));
-        let existing = warehouse.get_table(&spec.target).await.unwrap();
-        tables.push(plan_table(TableInput {
-            spec: spec.clone(),
-            source: source_table,
-            desired,
-            mapping_warnings: vec![],
-            existing_rows: existing.as_ref().and_then(|table| table.num_rows),
-            existing: existing.map(|table| table.table),
-        }));
-    }
-    Plan::new("fake-project.ds".into(), tables)
+    let session = Session {
+        sources: HashMap::from([("lite".to_string(), Arc::new(source.clone()))]),
+        source_errors: HashMap::new(),
+        warehouse: Arc::clone(warehouse) as Arc<dyn Warehouse>,
+    };
+    planner::plan(manifest, &session).await.unwrap()
 }
 
 async fn executor(
@@ -140,7 +125,7 @@ async fn replace_loads_through_staging_then_creates_and_writes_atomically() {
     let log: Vec<String> = warehouse
         .log()
         .into_iter()
-        .filter(|entry| !entry.starts_with("get_table"))
+        .filter(|entry| !entry.starts_with("get_table") && !entry.starts_with("ensure_dataset"))
         .collect();
     assert_eq!(
         log,
@@ -263,7 +248,12 @@ async fn merge_updates_and_inserts_on_the_key_and_empty_replace_truncates() {
         Vec::<String>::new(),
         "an empty source empties a replace target"
     );
-    assert_eq!(warehouse.count("truncate notes"), 1);
+    // The empty source staged an empty table; the replace wrote it like any other.
+    assert_eq!(warehouse.count("truncate notes"), 0);
+    assert_eq!(
+        warehouse.count("insert_from _datasync_staging_notes into notes replace=true"),
+        2
+    );
     assert_eq!(
         warehouse.count("merge _datasync_staging_items into items"),
         2
@@ -384,4 +374,85 @@ async fn a_failed_first_load_creates_no_table() {
             .unwrap()
             .is_none()
     );
+}
+
+#[tokio::test]
+async fn a_dry_run_honours_the_planned_bound_and_counts_what_a_real_run_moves() {
+    let setup = sqlite(SEED).await;
+    let manifest = manifest(
+        &setup.path,
+        "      items:\n        mode: incremental\n        cursor: id\n",
+    );
+    let warehouse = Arc::new(FakeWarehouse::with_dataset());
+    let mut executor = executor(&manifest, Arc::clone(&warehouse), DryRun::No).await;
+    let first = plan(&manifest, &executor.sources["lite"], &warehouse).await;
+    assert_eq!(
+        first.tables[0].extract().unwrap().bound,
+        datasync::plan::Bound::All,
+        "a new target is read whole"
+    );
+    assert!(executor.run(&first).await.succeeded());
+
+    sqlx::raw_sql("INSERT INTO items VALUES (4, 'd', 4.0), (5, 'e', 5.0);")
+        .execute(&setup.pool)
+        .await
+        .unwrap();
+    let second = plan(&manifest, &executor.sources["lite"], &warehouse).await;
+    let table = &second.tables[0];
+    assert!(matches!(
+        &table.extract().unwrap().bound,
+        datasync::plan::Bound::AfterTargetMax { source_column, inclusive: false, .. } if source_column == "id"
+    ));
+    assert_eq!(
+        table.estimated_rows,
+        Some(2),
+        "the plan counts rows past the maximum"
+    );
+
+    executor.dry_run = DryRun::Yes;
+    executor.run_id = "dry".into();
+    let dry = executor.run(&second).await;
+    assert!(dry.succeeded(), "{}", dry.text());
+    assert_eq!(
+        dry.tables[0].rows_extracted, 2,
+        "the dry run reads past the maximum too"
+    );
+    assert_eq!(
+        ids(&warehouse, "items"),
+        ["1", "2", "3"],
+        "a dry run writes nothing"
+    );
+
+    executor.dry_run = DryRun::No;
+    executor.run_id = "run2".into();
+    let real = executor.run(&second).await;
+    assert!(real.succeeded(), "{}", real.text());
+    assert_eq!(real.tables[0].rows_extracted, 2);
+    assert_eq!(real.tables[0].rows_loaded, Some(2));
+    assert_eq!(ids(&warehouse, "items"), ["1", "2", "3", "4", "5"]);
+}
+
+#[tokio::test]
+async fn a_missing_dataset_is_a_planned_step_and_apply_creates_it() {
+    let setup = sqlite(SEED).await;
+    let text = format!(
+        "bigquery: {{project: fake-project, dataset: ds, create_dataset: true}}\nsources:\n  lite:\n    type: sqlite\n    database: {}\n    tables:\n      items: {{}}\n",
+        setup.path
+    );
+    let manifest = manifest::load(&ManifestInput {
+        name: None,
+        text: Some((text, Format::Yaml)),
+        env: Env::new(),
+    })
+    .unwrap()
+    .manifest;
+    let warehouse = Arc::new(FakeWarehouse::new());
+    let executor = executor(&manifest, Arc::clone(&warehouse), DryRun::No).await;
+    let plan = plan(&manifest, &executor.sources["lite"], &warehouse).await;
+    assert!(plan.create_dataset);
+    assert!(plan.has_changes());
+    let report = executor.run(&plan).await;
+    assert!(report.succeeded(), "{}", report.text());
+    assert_eq!(warehouse.count("ensure_dataset create=true"), 1);
+    assert_eq!(ids(&warehouse, "items"), ["1", "2", "3"]);
 }

@@ -2,7 +2,7 @@
 //! codes. The only module that touches the process environment or prints.
 
 mod effective;
-mod sync;
+mod progress;
 
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
@@ -537,8 +537,8 @@ async fn plan(cli: &Cli, env: &Env, args: &PlanArgs) -> Result<u8, String> {
         eprintln!("error: {message}");
         return Ok(exit::USER_ERROR);
     }
-    let connections = sync::connect(&loaded.manifest).await?;
-    let plan = sync::build_plan(&loaded.manifest, &connections).await?;
+    let session = crate::sync::connect(&loaded.manifest).await?;
+    let plan = crate::sync::planner::plan(&loaded.manifest, &session).await?;
     let text = match args.format {
         PlanFormat::Text => crate::plan::render::text(&plan),
         PlanFormat::Markdown => crate::plan::render::markdown(&plan),
@@ -584,48 +584,49 @@ async fn apply(cli: &Cli, env: &Env, args: &ApplyArgs) -> Result<u8, String> {
         None => false,
     };
     let dry_run = if args.dry_run || dry_run_env {
-        crate::apply::DryRun::Yes
+        crate::sync::DryRun::Yes
     } else {
-        crate::apply::DryRun::No
+        crate::sync::DryRun::No
     };
-    let connections = sync::connect(&loaded.manifest).await?;
-    let fresh = sync::build_plan(&loaded.manifest, &connections).await?;
+    let session = crate::sync::connect(&loaded.manifest).await?;
+    let fresh = crate::sync::planner::plan(&loaded.manifest, &session).await?;
     let plan = match &args.plan {
         None => fresh,
         Some(path) => {
             let text = std::fs::read_to_string(path)
                 .map_err(|error| format!("cannot read plan `{}`: {error}", path.display()))?;
-            let saved: crate::plan::Plan = match serde_json::from_str(&text) {
-                Ok(plan) => plan,
+            let checked = crate::plan::stale::read_saved(&text)
+                .and_then(|saved| crate::plan::stale::check_fresh(&saved, &fresh).map(|()| saved));
+            match checked {
+                Ok(saved) => saved,
                 Err(error) => {
                     eprintln!(
-                        "error: `{}` is not a datasync plan: {error}",
+                        "error: cannot apply `{}`: {error}\nrun `datasync plan --out {}` again",
+                        path.display(),
                         path.display()
                     );
                     return Ok(exit::USER_ERROR);
                 }
-            };
-            if saved.format_version != crate::plan::FORMAT_VERSION || !saved.is_intact() {
-                eprintln!(
-                    "error: `{}` was edited or comes from another datasync version; run `datasync plan --out` again",
-                    path.display()
-                );
-                return Ok(exit::USER_ERROR);
             }
-            let stale = sync::stale_tables(&saved, &fresh);
-            if !stale.is_empty() {
-                eprintln!("error: the saved plan is stale; run `datasync plan --out` again:");
-                for line in stale {
-                    eprintln!("  - {line}");
-                }
-                return Ok(exit::USER_ERROR);
-            }
-            saved
         }
     };
     print_stderr(&crate::plan::render::text(&plan));
-    let run_id = crate::apply::new_run_id();
-    let run = sync::execute(&loaded.manifest, &connections, &plan, dry_run, &run_id);
+    let labels: Vec<String> = plan
+        .tables
+        .iter()
+        .filter(|table| table.action.runs())
+        .map(|table| table.label.clone())
+        .collect();
+    let (progress, bars) = progress::progress(&labels);
+    let executor = crate::sync::Executor {
+        sources: session.sources.clone(),
+        warehouse: std::sync::Arc::clone(&session.warehouse),
+        parallelism: usize::try_from(loaded.manifest.parallelism).unwrap_or(1),
+        dry_run,
+        progress,
+        run_id: crate::sync::new_run_id(),
+    };
+    let run = executor.run(&plan);
     let report = tokio::select! {
         report = async {
             match loaded.manifest.timeout {
@@ -635,19 +636,13 @@ async fn apply(cli: &Cli, env: &Env, args: &ApplyArgs) -> Result<u8, String> {
         } => report,
         signal = shutdown_signal() => Err(format!("interrupted by {signal}")),
     };
+    if let Some(bars) = bars {
+        let _ = bars.clear();
+    }
     let report = match report {
         Ok(report) => report,
         Err(reason) => {
-            // A running load only ever writes a staging table: cancel it, then drop the staging
-            // tables, the only thing a cut-off run can leave behind.
-            for table in plan.tables.iter().filter(|table| table.action.runs()) {
-                let warehouse = &connections.warehouse;
-                let _ = warehouse
-                    .cancel_job(&crate::apply::load_job_id(&run_id, &table.target))
-                    .await;
-                let staging = format!("{}{}", crate::apply::STAGING_PREFIX, table.target);
-                let _ = warehouse.drop_table(&staging).await;
-            }
+            executor.abort(&plan).await;
             eprintln!(
                 "error: apply {reason}; each target table holds either its previous content or, if its write had completed, the new one — never a partial load"
             );

@@ -28,7 +28,7 @@
 
 use std::collections::HashMap;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::manifest::raw::{BadValuePolicy, DecimalOverflowPolicy, GeometryPolicy, SourceKind};
 use crate::manifest::resolve::{TableSpec, TypePolicies};
@@ -39,7 +39,7 @@ use crate::schema::{
 
 /// How the extractor reads a column's values. The BigQuery type of the field decides how they
 /// are written.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Codec {
     /// Boolean (PostgreSQL bool, MySQL `TINYINT(1)`/`BIT(1)`, SQLite integer).
@@ -83,7 +83,7 @@ pub enum Codec {
 }
 
 /// How one source column lands in BigQuery.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ColumnMapping {
     /// The source column.
     pub source: SourceColumn,

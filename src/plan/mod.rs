@@ -3,19 +3,26 @@
 //! (desired) BigQuery tables and the existing BigQuery tables. `apply` executes a plan and
 //! nothing else.
 
+mod build;
 pub mod diff;
 pub mod render;
+pub mod stale;
+#[cfg(test)]
+mod testing;
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::manifest::TableSpec;
 use crate::manifest::raw::WriteMode;
-use crate::schema::{SourceTable, WarehouseTable};
+use crate::manifest::resolve::TypePolicies;
+use crate::mapping::ColumnMapping;
+use crate::schema::{BqType, SourceTable, WarehouseTable};
+pub use build::{TableInput, plan_table};
 pub use diff::FieldChange;
 
 /// Version of the plan's JSON format (`plan --format json`, `plan --out`).
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
 
 /// What happens to a table's schema.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -63,31 +70,103 @@ impl TableAction {
     }
 }
 
-/// One operation apply performs, in this order.
+/// One operation apply performs. The variant order is the execution order: the rows are staged
+/// and verified first, so every DDL step and the write run only on verified rows.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "step", rename_all = "snake_case")]
 pub enum Step {
-    /// Drop the target (recreate only; its rows are replaced by this run's load).
+    /// Extract the rows into the run's staging table and verify the row count. Nothing else
+    /// changes, so a failed extraction or load leaves the target as it was.
+    Stage(Box<Extract>),
+    /// Drop the target (recreate only; its rows are replaced by this run's rows).
     DropTable,
-    /// Create the target with the desired schema.
+    /// Create the target with the plan's `target_schema`.
     CreateTable,
     /// Change columns in place.
     AlterTable {
         /// The in-place changes.
         changes: Vec<FieldChange>,
     },
-    /// Extract, load into a staging table, verify the row count, then write into the target in
-    /// one statement (replace: truncate+insert in a transaction; append/incremental: insert;
-    /// merge: MERGE on the key).
-    Load {
-        /// Write mode.
-        mode: WriteMode,
-        /// Merge key.
-        #[serde(default, skip_serializing_if = "Vec::is_empty")]
-        key: Vec<String>,
-        /// Incremental cursor (BigQuery column name).
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        cursor: Option<String>,
+    /// Write the verified staging rows into the target in one atomic statement.
+    Write {
+        /// How.
+        op: WriteOp,
+    },
+}
+
+/// What to read from the source and how: every decision of the extraction, made at plan time.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Extract {
+    /// The selected columns, in select order: source column, BigQuery field, codec.
+    pub columns: Vec<ColumnMapping>,
+    /// Which rows.
+    pub bound: Bound,
+    /// The staging table's schema (the target's schema after this run).
+    pub load_schema: WarehouseTable,
+    /// Most rows per encoded chunk (the progress step).
+    pub batch_size: u64,
+    /// Bad-value policies.
+    pub policies: TypePolicies,
+    /// Bad values tolerated before the table fails; `None` = unlimited.
+    pub max_bad_values: Option<u64>,
+    /// Source columns naming a row in bad-value messages.
+    pub key_columns: Vec<String>,
+}
+
+/// Which source rows a run reads. The decision is planned; for [`Bound::AfterTargetMax`] the
+/// value (the target's current maximum) is read at apply time, like Terraform's "known after
+/// apply".
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Bound {
+    /// Every row.
+    All,
+    /// Rows whose cursor is past the target's maximum of it (every row when the target holds
+    /// none).
+    AfterTargetMax {
+        /// The cursor's source column.
+        source_column: String,
+        /// The cursor's BigQuery column.
+        target_column: String,
+        /// The BigQuery type of the cursor column (how its maximum reads back).
+        bq_type: BqType,
+        /// `>=` instead of `>`: `merge` re-reads the rows at the maximum (upserts are
+        /// idempotent, and rows sharing the maximum are not missed).
+        inclusive: bool,
+    },
+}
+
+impl Bound {
+    /// The comparison operator, for rendering.
+    pub fn operator(&self) -> Option<&'static str> {
+        match self {
+            Self::All => None,
+            Self::AfterTargetMax { inclusive, .. } => Some(if *inclusive { ">=" } else { ">" }),
+        }
+    }
+}
+
+/// How the verified staging rows are written into the target: one atomic statement.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum WriteOp {
+    /// Replace every row (`TRUNCATE` + `INSERT` in one transaction). An empty source stages an
+    /// empty table, so it empties the target.
+    Replace {
+        /// Target columns.
+        columns: Vec<String>,
+    },
+    /// Add the rows (`INSERT … SELECT`).
+    Append {
+        /// Target columns.
+        columns: Vec<String>,
+    },
+    /// Upsert on the key (`MERGE`).
+    Merge {
+        /// Key columns, target names.
+        keys: Vec<String>,
+        /// Target columns.
+        columns: Vec<String>,
     },
 }
 
@@ -96,9 +175,11 @@ pub enum Step {
 pub struct TablePlan {
     /// `source.table` as in the manifest.
     pub label: String,
+    /// The manifest name of the source the rows come from.
+    pub source: String,
     /// Target table.
     pub target: String,
-    /// Write mode.
+    /// Write mode (for display; the executor follows [`Step::Write`]).
     pub mode: WriteMode,
     /// Schema action.
     pub action: TableAction,
@@ -112,7 +193,8 @@ pub struct TablePlan {
     pub existing: Option<WarehouseTable>,
     /// The table as it will be: the load schema.
     pub target_schema: Option<WarehouseTable>,
-    /// Source rows (catalog estimate).
+    /// Rows this run will move: past the target's cursor maximum for a bounded extraction,
+    /// else the catalog estimate (or an exact count when the catalog has none).
     pub estimated_rows: Option<u64>,
     /// Rows in the target now.
     pub existing_rows: Option<u64>,
@@ -122,7 +204,7 @@ pub struct TablePlan {
     pub warnings: Vec<String>,
     /// Why the table cannot run.
     pub errors: Vec<String>,
-    /// The manifest's table spec (apply needs it to extract).
+    /// The manifest's table spec (for display and the stale-plan check).
     pub spec: TableSpec,
     /// The introspected source table.
     pub source_table: Option<SourceTable>,
@@ -132,15 +214,35 @@ pub struct TablePlan {
     pub target_fingerprint: String,
 }
 
+impl TablePlan {
+    /// The extraction step, if the table runs.
+    pub fn extract(&self) -> Option<&Extract> {
+        self.steps.iter().find_map(|step| match step {
+            Step::Stage(extract) => Some(extract.as_ref()),
+            _ => None,
+        })
+    }
+
+    /// The write step, if the table runs.
+    pub fn write_op(&self) -> Option<&WriteOp> {
+        self.steps.iter().find_map(|step| match step {
+            Step::Write { op } => Some(op),
+            _ => None,
+        })
+    }
+}
+
 /// The whole plan.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Plan {
     /// [`FORMAT_VERSION`].
     pub format_version: u32,
-    /// datasync's version.
+    /// datasync's version (a saved plan is applied only by the same version).
     pub datasync_version: String,
     /// `project.dataset`.
     pub destination: String,
+    /// Whether apply creates the dataset first (it does not exist and `create_dataset` is on).
+    pub create_dataset: bool,
     /// Tables, in manifest order (disabled tables are left out).
     pub tables: Vec<TablePlan>,
     /// Hash of everything above.
@@ -165,206 +267,19 @@ pub fn target_fingerprint(existing: Option<&WarehouseTable>) -> String {
     existing.map_or_else(|| "absent".to_string(), fingerprint)
 }
 
-/// Everything known about one table before planning.
-#[derive(Debug, Clone)]
-pub struct TableInput {
-    /// The manifest's spec.
-    pub spec: TableSpec,
-    /// Introspection result.
-    pub source: Result<SourceTable, String>,
-    /// Mapping result: the desired table, or why it cannot be mapped.
-    pub desired: Result<WarehouseTable, Vec<String>>,
-    /// Mapping warnings (renames, lossy columns).
-    pub mapping_warnings: Vec<String>,
-    /// The existing table, if any.
-    pub existing: Option<WarehouseTable>,
-    /// Rows in the existing table.
-    pub existing_rows: Option<u64>,
-}
-
-/// Plans one table.
-pub fn plan_table(input: TableInput) -> TablePlan {
-    let TableInput {
-        spec,
-        source,
-        desired,
-        mapping_warnings,
-        existing,
-        existing_rows,
-    } = input;
-    let mut warnings = mapping_warnings;
-    let mut errors = Vec::new();
-    let source_table = match source {
-        Ok(table) => Some(table),
-        Err(error) => {
-            errors.push(error);
-            None
-        }
-    };
-    let desired = match desired {
-        Ok(table) => Some(table),
-        Err(problems) => {
-            if source_table.is_some() {
-                errors.extend(problems);
-            }
-            None
-        }
-    };
-    let mut changes = Vec::new();
-    let mut steps = Vec::new();
-    let mut target_schema = None;
-    let action = match (&desired, &existing) {
-        _ if !errors.is_empty() => TableAction::Error,
-        (None, _) => TableAction::Error,
-        (Some(_), None) if !spec.auto_create => {
-            errors.push(format!(
-                "target table `{}` does not exist and `auto_create` is off",
-                spec.target
-            ));
-            TableAction::Missing
-        }
-        (Some(desired), None) => {
-            steps.push(Step::CreateTable);
-            target_schema = Some(desired.clone());
-            TableAction::Create
-        }
-        (Some(desired), Some(existing)) => {
-            changes = diff::diff_table(desired, existing);
-            for change in &changes {
-                if let FieldChange::Dropped { name } = change {
-                    warnings.push(format!(
-                        "column `{name}` is no longer synced; BigQuery keeps it (NULL in new rows)"
-                    ));
-                }
-            }
-            let incompatible: Vec<String> = changes
-                .iter()
-                .filter_map(|change| match change {
-                    FieldChange::Incompatible { from, reason, .. } => {
-                        Some(format!("`{}`: {reason}", from.name))
-                    }
-                    _ => None,
-                })
-                .collect();
-            let mut incompatible = incompatible;
-            // BigQuery cannot change a table's partitioning in place.
-            if desired.partitioning.is_some() && desired.partitioning != existing.partitioning {
-                let describe = |partitioning: Option<&crate::schema::TimePartitioning>| {
-                    partitioning.map_or_else(
-                        || "none".to_string(),
-                        |p| format!("{}({})", p.granularity, p.field),
-                    )
-                };
-                incompatible.push(format!(
-                    "partitioning is {} but the manifest asks for {}",
-                    describe(existing.partitioning.as_ref()),
-                    describe(desired.partitioning.as_ref())
-                ));
-            }
-            if !desired.clustering.is_empty() && desired.clustering != existing.clustering {
-                warnings.push(format!(
-                    "clustering is [{}] in BigQuery, [{}] in the manifest; it is not changed",
-                    existing.clustering.join(", "),
-                    desired.clustering.join(", ")
-                ));
-            }
-            let in_place: Vec<FieldChange> = changes
-                .iter()
-                .filter(|change| !matches!(change, FieldChange::Dropped { .. }))
-                .cloned()
-                .collect();
-            if !incompatible.is_empty() {
-                if spec.allow_recreate {
-                    warnings.push(format!(
-                        "recreating `{}`: {}",
-                        spec.target,
-                        incompatible.join("; ")
-                    ));
-                    steps.push(Step::DropTable);
-                    steps.push(Step::CreateTable);
-                    target_schema = Some(desired.clone());
-                    TableAction::Recreate
-                } else {
-                    errors.push(format!(
-                        "incompatible change: {}; set `allow_recreate: true` (or ALLOW_TABLE_RECREATION=true) to drop and recreate the table",
-                        incompatible.join("; ")
-                    ));
-                    TableAction::Blocked
-                }
-            } else if in_place.is_empty() {
-                target_schema = Some(diff::evolved_table(desired, existing, &changes));
-                TableAction::Sync
-            } else if !spec.auto_create {
-                errors.push(format!(
-                    "the schema of `{}` must change but `auto_create` is off",
-                    spec.target
-                ));
-                TableAction::Blocked
-            } else {
-                steps.push(Step::AlterTable { changes: in_place });
-                target_schema = Some(diff::evolved_table(desired, existing, &changes));
-                TableAction::Update
-            }
-        }
-    };
-    if action.runs() {
-        let key = match spec.mode {
-            WriteMode::Merge => spec
-                .primary_key
-                .clone()
-                .or_else(|| source_table.as_ref().map(|table| table.primary_key.clone()))
-                .unwrap_or_default(),
-            _ => Vec::new(),
-        };
-        steps.push(Step::Load {
-            mode: spec.mode,
-            key,
-            cursor: spec.cursor.clone(),
-        });
-    }
-    // Staging load + one write into the target (+ DDL for create/alter/drop).
-    let table_operations = if action.runs() {
-        1 + u32::try_from(
-            steps
-                .iter()
-                .filter(|step| !matches!(step, Step::Load { .. }))
-                .count(),
-        )
-        .unwrap_or(0)
-            + 1
-    } else {
-        0
-    };
-    let source_fingerprint = source_table.as_ref().map(source_fingerprint);
-    TablePlan {
-        label: spec.label(),
-        target: spec.target.clone(),
-        mode: spec.mode,
-        action,
-        steps,
-        changes,
-        target_fingerprint: target_fingerprint(existing.as_ref()),
-        desired,
-        existing,
-        target_schema,
-        estimated_rows: source_table.as_ref().and_then(|table| table.estimated_rows),
-        existing_rows,
-        table_operations,
-        warnings,
-        errors,
-        spec,
-        source_table,
-        source_fingerprint,
-    }
+/// This build's datasync version.
+pub fn datasync_version() -> &'static str {
+    env!("CARGO_PKG_VERSION")
 }
 
 impl Plan {
     /// Assembles a plan and fingerprints it.
-    pub fn new(destination: String, tables: Vec<TablePlan>) -> Self {
+    pub fn new(destination: String, create_dataset: bool, tables: Vec<TablePlan>) -> Self {
         let mut plan = Self {
             format_version: FORMAT_VERSION,
-            datasync_version: env!("CARGO_PKG_VERSION").to_string(),
+            datasync_version: datasync_version().to_string(),
             destination,
+            create_dataset,
             tables,
             fingerprint: String::new(),
         };
@@ -374,9 +289,11 @@ impl Plan {
 
     /// Whether any table's schema changes (what `--detailed-exitcode` reports as 2).
     pub fn has_changes(&self) -> bool {
-        self.tables
-            .iter()
-            .any(|table| table.action.changes_schema())
+        self.create_dataset
+            || self
+                .tables
+                .iter()
+                .any(|table| table.action.changes_schema())
     }
 
     /// Whether any table cannot run.
@@ -386,7 +303,17 @@ impl Plan {
 
     /// The fingerprint of everything but the fingerprint itself.
     fn content_fingerprint(&self) -> String {
-        fingerprint(&(&self.destination, &self.tables))
+        fingerprint(&(
+            &self.datasync_version,
+            &self.destination,
+            self.create_dataset,
+            &self.tables,
+        ))
+    }
+
+    /// Re-fingerprints after a change made by the planner (row counts filled in).
+    pub fn refingerprint(&mut self) {
+        self.fingerprint = self.content_fingerprint();
     }
 
     /// Whether the stored fingerprint matches the content (the file was not edited).

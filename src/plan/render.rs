@@ -85,21 +85,24 @@ pub fn group_digits(value: u64) -> String {
 
 fn mode_text(plan: &TablePlan) -> String {
     let mut text = plan.mode.as_str().to_string();
-    for step in &plan.steps {
-        if let super::Step::Load { key, cursor, .. } = step {
-            if !key.is_empty() {
-                let _ = write!(text, " on [{}]", key.join(", "));
-            }
-            match (cursor, plan.mode) {
-                (Some(cursor), crate::manifest::raw::WriteMode::Incremental) => {
-                    let _ = write!(text, " where {cursor} > max(target.{cursor})");
-                }
-                (Some(cursor), crate::manifest::raw::WriteMode::Merge) => {
-                    let _ = write!(text, " where {cursor} >= max(target.{cursor})");
-                }
-                _ => {}
-            }
-        }
+    if let Some(super::WriteOp::Merge { keys, .. }) = plan.write_op()
+        && !keys.is_empty()
+    {
+        let _ = write!(text, " on [{}]", keys.join(", "));
+    }
+    if let Some(
+        bound @ super::Bound::AfterTargetMax {
+            source_column,
+            target_column,
+            ..
+        },
+    ) = plan.extract().map(|extract| &extract.bound)
+    {
+        let operator = bound.operator().unwrap_or(">");
+        let _ = write!(
+            text,
+            " where {source_column} {operator} max(target.{target_column})"
+        );
     }
     text
 }
@@ -255,45 +258,9 @@ pub fn fields(fields: &[WarehouseField]) -> String {
 mod tests {
     use super::*;
     use crate::manifest::raw::WriteMode;
+    use crate::plan::testing::{mapped, source, spec, table};
     use crate::plan::{TableInput, plan_table};
-    use crate::schema::{BqType, FieldMode, SourceTable, WarehouseField};
-
-    fn spec(key: &str, mode: WriteMode) -> crate::manifest::TableSpec {
-        let text = format!(
-            "bigquery: {{project: demo-project, dataset: ds}}\nsources:\n  shop:\n    type: postgres\n    url: postgres://u@h/db\n    tables:\n      {key}: {{mode: {}, primary_key: [id], cursor: id}}\n",
-            mode.as_str()
-        );
-        let loaded = crate::manifest::load(&crate::manifest::ManifestInput {
-            name: None,
-            text: Some((text, crate::manifest::Format::Yaml)),
-            env: crate::manifest::Env::new(),
-        })
-        .unwrap();
-        loaded.manifest.tables[0].clone()
-    }
-
-    fn source(rows: u64) -> SourceTable {
-        SourceTable {
-            qualifier: Some("public".into()),
-            name: "t".into(),
-            columns: vec![],
-            primary_key: vec!["id".into()],
-            estimated_rows: Some(rows),
-            comment: None,
-        }
-    }
-
-    fn table(name: &str, fields: &[(&str, BqType, FieldMode)]) -> WarehouseTable {
-        WarehouseTable {
-            name: name.into(),
-            fields: fields
-                .iter()
-                .map(|(n, t, m)| WarehouseField::new(*n, *t, *m))
-                .collect(),
-            partitioning: None,
-            clustering: vec![],
-        }
-    }
+    use crate::schema::{BqType, FieldMode};
 
     fn sample_plan() -> Plan {
         use BqType::*;
@@ -318,40 +285,39 @@ mod tests {
             plan_table(TableInput {
                 spec: spec("customers", WriteMode::Replace),
                 source: Ok(source(1_250)),
-                desired: Ok(table(
-                    "customers",
-                    &[("id", Int64, Required), ("name", String, Nullable)],
-                )),
-                mapping_warnings: vec!["column `e-mail` is written as `e_mail`".into()],
+                mapping: mapped(
+                    table(
+                        "customers",
+                        &[("id", Int64, Required), ("name", String, Nullable)],
+                    ),
+                    vec!["column `e-mail` is written as `e_mail`".into()],
+                ),
                 existing: None,
                 existing_rows: None,
             }),
             plan_table(TableInput {
                 spec: spec("orders", WriteMode::Merge),
                 source: Ok(source(40_000)),
-                desired: Ok(desired_orders),
-                mapping_warnings: vec![],
+                mapping: mapped(desired_orders, vec![]),
                 existing: Some(existing_orders),
                 existing_rows: Some(39_000),
             }),
             plan_table(TableInput {
                 spec: spec("items", WriteMode::Incremental),
                 source: Ok(source(7)),
-                desired: Ok(table("items", &[("id", Int64, Required)])),
-                mapping_warnings: vec![],
+                mapping: mapped(table("items", &[("id", Int64, Required)]), vec![]),
                 existing: Some(table("items", &[("id", Int64, Required)])),
                 existing_rows: Some(3),
             }),
             plan_table(TableInput {
                 spec: spec("events", WriteMode::Append),
                 source: Ok(source(10)),
-                desired: Ok(table("events", &[("id", String, Nullable)])),
-                mapping_warnings: vec![],
+                mapping: mapped(table("events", &[("id", String, Nullable)]), vec![]),
                 existing: Some(table("events", &[("id", Int64, Nullable)])),
                 existing_rows: Some(3),
             }),
         ];
-        Plan::new("demo-project.ds".into(), tables)
+        Plan::new("demo-project.ds".into(), false, tables)
     }
 
     #[test]
@@ -378,8 +344,7 @@ mod tests {
         let input = |existing: WarehouseTable| TableInput {
             spec: spec("t", WriteMode::Replace),
             source: Ok(source(1)),
-            desired: Ok(desired.clone()),
-            mapping_warnings: vec![],
+            mapping: mapped(desired.clone(), vec![]),
             existing: Some(existing),
             existing_rows: None,
         };

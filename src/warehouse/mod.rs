@@ -397,6 +397,26 @@ pub trait Warehouse: Send + Sync {
     async fn truncate(&self, table: &str) -> Result<(), WarehouseError>;
 }
 
+/// The text form of a column maximum read back from BigQuery (see [`Warehouse::max_value`]),
+/// as a source compares it: TIMESTAMP cells come back as microseconds since the epoch and
+/// become RFC 3339 UTC text; `None` when the table holds no value.
+pub fn cursor_text(max: &serde_json::Value, bq_type: BqType) -> Option<String> {
+    let micros = match max {
+        serde_json::Value::Number(number) => number.as_i64(),
+        serde_json::Value::String(text) => text.parse::<i64>().ok(),
+        _ => None,
+    };
+    match (max, micros) {
+        (serde_json::Value::Null, _) => None,
+        (_, Some(micros)) if bq_type == BqType::Timestamp => {
+            let instant = chrono::DateTime::from_timestamp_micros(micros)?;
+            Some(instant.format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string())
+        }
+        (serde_json::Value::String(text), _) => Some(text.clone()),
+        (other, _) => Some(other.to_string()),
+    }
+}
+
 /// Quotes an identifier with backticks (backticks and backslashes inside are escaped).
 pub fn quote_ident(name: &str) -> String {
     let mut out = String::with_capacity(name.len() + 2);

@@ -1,0 +1,399 @@
+//! [`plan_table`]: one table's plan from what is known about it. Pure.
+
+use super::diff::{self, FieldChange};
+use super::{
+    Bound, Extract, Step, TableAction, TablePlan, WriteOp, source_fingerprint, target_fingerprint,
+};
+use crate::manifest::TableSpec;
+use crate::manifest::raw::WriteMode;
+use crate::mapping::TableMapping;
+use crate::schema::{SourceTable, TimePartitioning, WarehouseTable};
+
+/// Everything known about one table before planning.
+#[derive(Debug, Clone)]
+pub struct TableInput {
+    /// The manifest's spec.
+    pub spec: TableSpec,
+    /// Introspection result.
+    pub source: Result<SourceTable, String>,
+    /// Mapping result: the desired table and how each column is read, or why it cannot be
+    /// mapped.
+    pub mapping: Result<TableMapping, Vec<String>>,
+    /// The existing table, if any.
+    pub existing: Option<WarehouseTable>,
+    /// Rows in the existing table.
+    pub existing_rows: Option<u64>,
+}
+
+/// The schema part of a table's plan.
+struct SchemaPlan {
+    action: TableAction,
+    /// DDL steps, in order.
+    ddl: Vec<Step>,
+    changes: Vec<FieldChange>,
+    target_schema: Option<WarehouseTable>,
+    warnings: Vec<String>,
+    errors: Vec<String>,
+}
+
+impl SchemaPlan {
+    fn failed(action: TableAction, errors: Vec<String>) -> Self {
+        Self {
+            action,
+            ddl: Vec::new(),
+            changes: Vec::new(),
+            target_schema: None,
+            warnings: Vec::new(),
+            errors,
+        }
+    }
+}
+
+/// Plans one table: the schema action and its DDL, then, for a table that runs, the extraction
+/// (with its bound) and the write.
+pub fn plan_table(input: TableInput) -> TablePlan {
+    let TableInput {
+        spec,
+        source,
+        mapping,
+        existing,
+        existing_rows,
+    } = input;
+    let (source_table, mapping, mut schema) = match (source, mapping) {
+        (Err(error), _) => (
+            None,
+            None,
+            SchemaPlan::failed(TableAction::Error, vec![error]),
+        ),
+        (Ok(table), Err(errors)) => (
+            Some(table),
+            None,
+            SchemaPlan::failed(TableAction::Error, errors),
+        ),
+        (Ok(table), Ok(mapping)) => {
+            let schema = plan_schema(&spec, &mapping.table, existing.as_ref());
+            (Some(table), Some(mapping), schema)
+        }
+    };
+    let mut warnings = mapping
+        .as_ref()
+        .map(|mapping| mapping.warnings.clone())
+        .unwrap_or_default();
+    warnings.append(&mut schema.warnings);
+    let mut steps = Vec::new();
+    if let (Some(mapping), Some(load_schema)) = (&mapping, &schema.target_schema)
+        && schema.action.runs()
+    {
+        let bound = plan_bound(&spec, mapping, &schema.ddl);
+        steps.push(Step::Stage(Box::new(Extract {
+            columns: mapping.columns.clone(),
+            bound,
+            load_schema: load_schema.clone(),
+            batch_size: mapping.batch_size,
+            policies: mapping.policies,
+            max_bad_values: mapping.max_parse_failures,
+            key_columns: mapping.key_columns.clone(),
+        })));
+        steps.append(&mut schema.ddl);
+        steps.push(Step::Write {
+            op: plan_write(&spec, mapping, source_table.as_ref()),
+        });
+    }
+    // The staging load, the DDL and the write each use one table operation.
+    let table_operations = u32::try_from(steps.len()).unwrap_or(u32::MAX);
+    TablePlan {
+        label: spec.label(),
+        source: spec.source.clone(),
+        target: spec.target.clone(),
+        mode: spec.mode,
+        action: schema.action,
+        steps,
+        changes: schema.changes,
+        target_fingerprint: target_fingerprint(existing.as_ref()),
+        desired: mapping.map(|mapping| mapping.table),
+        existing,
+        target_schema: schema.target_schema,
+        estimated_rows: source_table.as_ref().and_then(|table| table.estimated_rows),
+        existing_rows,
+        table_operations,
+        warnings,
+        errors: schema.errors,
+        source_fingerprint: source_table.as_ref().map(source_fingerprint),
+        spec,
+        source_table,
+    }
+}
+
+/// The schema action: create, update in place, recreate, keep, or why the table is blocked.
+fn plan_schema(
+    spec: &TableSpec,
+    desired: &WarehouseTable,
+    existing: Option<&WarehouseTable>,
+) -> SchemaPlan {
+    let Some(existing) = existing else {
+        if !spec.auto_create {
+            return SchemaPlan::failed(
+                TableAction::Missing,
+                vec![format!(
+                    "target table `{}` does not exist and `auto_create` is off",
+                    spec.target
+                )],
+            );
+        }
+        return SchemaPlan {
+            action: TableAction::Create,
+            ddl: vec![Step::CreateTable],
+            changes: Vec::new(),
+            target_schema: Some(desired.clone()),
+            warnings: Vec::new(),
+            errors: Vec::new(),
+        };
+    };
+    let changes = diff::diff_table(desired, existing);
+    let mut plan = SchemaPlan {
+        action: TableAction::Sync,
+        ddl: Vec::new(),
+        changes: changes.clone(),
+        target_schema: None,
+        warnings: layout_warnings(desired, existing),
+        errors: Vec::new(),
+    };
+    for change in &changes {
+        if let FieldChange::Dropped { name } = change {
+            plan.warnings.push(format!(
+                "column `{name}` is no longer synced; BigQuery keeps it (NULL in new rows)"
+            ));
+        }
+    }
+    let incompatible = incompatibilities(desired, existing, &changes);
+    let in_place: Vec<FieldChange> = changes
+        .iter()
+        .filter(|change| !matches!(change, FieldChange::Dropped { .. }))
+        .cloned()
+        .collect();
+    if !incompatible.is_empty() {
+        if spec.allow_recreate {
+            plan.warnings.push(format!(
+                "recreating `{}`: {}",
+                spec.target,
+                incompatible.join("; ")
+            ));
+            plan.ddl = vec![Step::DropTable, Step::CreateTable];
+            plan.target_schema = Some(desired.clone());
+            plan.action = TableAction::Recreate;
+        } else {
+            plan.errors.push(format!(
+                "incompatible change: {}; set `allow_recreate: true` (or ALLOW_TABLE_RECREATION=true) to drop and recreate the table",
+                incompatible.join("; ")
+            ));
+            plan.action = TableAction::Blocked;
+        }
+    } else if in_place.is_empty() {
+        plan.target_schema = Some(diff::evolved_table(desired, existing, &changes));
+    } else if !spec.auto_create {
+        plan.errors.push(format!(
+            "the schema of `{}` must change but `auto_create` is off",
+            spec.target
+        ));
+        plan.action = TableAction::Blocked;
+    } else {
+        plan.ddl = vec![Step::AlterTable { changes: in_place }];
+        plan.target_schema = Some(diff::evolved_table(desired, existing, &changes));
+        plan.action = TableAction::Update;
+    }
+    plan
+}
+
+/// Incompatible column changes, and a partitioning change (BigQuery cannot change a table's
+/// partitioning in place).
+fn incompatibilities(
+    desired: &WarehouseTable,
+    existing: &WarehouseTable,
+    changes: &[FieldChange],
+) -> Vec<String> {
+    let mut incompatible: Vec<String> = changes
+        .iter()
+        .filter_map(|change| match change {
+            FieldChange::Incompatible { from, reason, .. } => {
+                Some(format!("`{}`: {reason}", from.name))
+            }
+            _ => None,
+        })
+        .collect();
+    if desired.partitioning.is_some() && desired.partitioning != existing.partitioning {
+        let describe = |partitioning: Option<&TimePartitioning>| {
+            partitioning.map_or_else(
+                || "none".to_string(),
+                |p| format!("{}({})", p.granularity, p.field),
+            )
+        };
+        incompatible.push(format!(
+            "partitioning is {} but the manifest asks for {}",
+            describe(existing.partitioning.as_ref()),
+            describe(desired.partitioning.as_ref())
+        ));
+    }
+    incompatible
+}
+
+/// A clustering change is not applied: a warning.
+fn layout_warnings(desired: &WarehouseTable, existing: &WarehouseTable) -> Vec<String> {
+    if !desired.clustering.is_empty() && desired.clustering != existing.clustering {
+        return vec![format!(
+            "clustering is [{}] in BigQuery, [{}] in the manifest; it is not changed",
+            existing.clustering.join(", "),
+            desired.clustering.join(", ")
+        )];
+    }
+    Vec::new()
+}
+
+/// Which rows the run reads. `incremental` and `merge` with a cursor read past the target's
+/// maximum, except when the target is new or recreated (it starts empty) or the cursor column
+/// is only being added (it holds no maximum yet).
+fn plan_bound(spec: &TableSpec, mapping: &TableMapping, ddl: &[Step]) -> Bound {
+    let Some(cursor) = spec.cursor.as_deref() else {
+        return Bound::All;
+    };
+    if !matches!(spec.mode, WriteMode::Incremental | WriteMode::Merge) {
+        return Bound::All;
+    }
+    let Some(column) = mapping.column(cursor) else {
+        return Bound::All;
+    };
+    let creates = ddl.iter().any(|step| matches!(step, Step::CreateTable));
+    let adds_cursor = ddl.iter().any(|step| match step {
+        Step::AlterTable { changes } => changes.iter().any(|change| {
+            matches!(change, FieldChange::Add { field } if field.name.eq_ignore_ascii_case(&column.target))
+        }),
+        _ => false,
+    });
+    if creates || adds_cursor {
+        return Bound::All;
+    }
+    Bound::AfterTargetMax {
+        source_column: cursor.to_string(),
+        target_column: column.target.clone(),
+        bq_type: column.field.bq_type,
+        inclusive: spec.mode == WriteMode::Merge,
+    }
+}
+
+/// The write: the mode's statement over the mapped target columns; a merge key in target
+/// names (the manifest's `primary_key`, else the source's).
+fn plan_write(spec: &TableSpec, mapping: &TableMapping, source: Option<&SourceTable>) -> WriteOp {
+    let columns: Vec<String> = mapping
+        .columns
+        .iter()
+        .map(|column| column.target.clone())
+        .collect();
+    match spec.mode {
+        WriteMode::Replace => WriteOp::Replace { columns },
+        WriteMode::Append | WriteMode::Incremental => WriteOp::Append { columns },
+        WriteMode::Merge => {
+            let key = spec
+                .primary_key
+                .clone()
+                .or_else(|| source.map(|table| table.primary_key.clone()))
+                .unwrap_or_default();
+            let keys = key
+                .iter()
+                .map(|column| {
+                    mapping
+                        .column(column)
+                        .map_or_else(|| column.clone(), |mapped| mapped.target.clone())
+                })
+                .collect();
+            WriteOp::Merge { keys, columns }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plan::testing::{mapped, source, spec, table};
+    use crate::schema::{BqType, FieldMode};
+
+    fn plan(
+        mode: WriteMode,
+        existing: Option<WarehouseTable>,
+        desired: WarehouseTable,
+    ) -> TablePlan {
+        plan_table(TableInput {
+            spec: spec("t", mode),
+            source: Ok(source(10)),
+            mapping: mapped(desired, vec![]),
+            existing_rows: existing.as_ref().map(|_| 3),
+            existing,
+        })
+    }
+
+    fn ids() -> WarehouseTable {
+        table("t", &[("id", BqType::Int64, FieldMode::Required)])
+    }
+
+    #[test]
+    fn steps_are_stage_then_ddl_then_write() {
+        let created = plan(WriteMode::Replace, None, ids());
+        let kinds: Vec<&str> = created
+            .steps
+            .iter()
+            .map(|step| match step {
+                Step::Stage(_) => "stage",
+                Step::DropTable => "drop",
+                Step::CreateTable => "create",
+                Step::AlterTable { .. } => "alter",
+                Step::Write { .. } => "write",
+            })
+            .collect();
+        assert_eq!(kinds, ["stage", "create", "write"]);
+        assert_eq!(created.table_operations, 3);
+        assert_eq!(
+            created.write_op(),
+            Some(&WriteOp::Replace {
+                columns: vec!["id".into()]
+            })
+        );
+    }
+
+    #[test]
+    fn the_bound_is_planned_per_mode_and_target() {
+        let bound = |mode, existing| plan(mode, existing, ids()).extract().unwrap().bound.clone();
+        let after = |inclusive| Bound::AfterTargetMax {
+            source_column: "id".into(),
+            target_column: "id".into(),
+            bq_type: BqType::Int64,
+            inclusive,
+        };
+        assert_eq!(bound(WriteMode::Incremental, Some(ids())), after(false));
+        assert_eq!(bound(WriteMode::Merge, Some(ids())), after(true));
+        assert_eq!(bound(WriteMode::Replace, Some(ids())), Bound::All);
+        assert_eq!(bound(WriteMode::Append, Some(ids())), Bound::All);
+        // A new target starts empty.
+        assert_eq!(bound(WriteMode::Incremental, None), Bound::All);
+    }
+
+    #[test]
+    fn a_cursor_column_being_added_has_no_maximum_yet() {
+        let existing = table("t", &[("other", BqType::String, FieldMode::Nullable)]);
+        let mut desired = ids();
+        desired.fields.push(crate::schema::WarehouseField::new(
+            "other",
+            BqType::String,
+            FieldMode::Nullable,
+        ));
+        let planned = plan(WriteMode::Incremental, Some(existing), desired);
+        assert_eq!(planned.action, TableAction::Update);
+        assert_eq!(planned.extract().unwrap().bound, Bound::All);
+    }
+
+    #[test]
+    fn a_blocked_table_has_no_steps() {
+        let existing = table("t", &[("id", BqType::String, FieldMode::Nullable)]);
+        let planned = plan(WriteMode::Replace, Some(existing), ids());
+        assert_eq!(planned.action, TableAction::Blocked);
+        assert!(planned.steps.is_empty());
+        assert_eq!(planned.table_operations, 0);
+    }
+}

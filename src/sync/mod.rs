@@ -1,0 +1,110 @@
+//! Orchestration, as a library: connect to the sources and BigQuery ([`connect`]), plan
+//! ([`planner::plan`]), execute the plan ([`executor::Executor`]) and report what happened
+//! ([`report::ApplyReport`]). The CLI only parses arguments, prints and picks exit codes.
+//!
+//! The planner makes every decision and records it in the [`crate::plan::Plan`]; the executor
+//! imports neither `manifest` nor `mapping` and only runs the plan's steps, reading at apply
+//! time nothing but run-time values (the target's cursor maximum).
+
+pub mod executor;
+pub mod planner;
+pub mod report;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::manifest::Manifest;
+use crate::source::Source;
+use crate::warehouse::{BigQuery, Warehouse};
+pub use executor::Executor;
+pub use report::{ApplyReport, TableOutcome, TableStatus};
+
+/// Connected sources and warehouse.
+pub struct Session {
+    /// Sources by manifest name.
+    pub sources: HashMap<String, Arc<Source>>,
+    /// Why a source could not be connected, by manifest name.
+    pub source_errors: HashMap<String, String>,
+    /// The warehouse.
+    pub warehouse: Arc<dyn Warehouse>,
+}
+
+/// Connects to every source that has an enabled table, and to BigQuery.
+pub async fn connect(manifest: &Manifest) -> Result<Session, String> {
+    let warehouse: Arc<dyn Warehouse> =
+        Arc::new(BigQuery::new(&manifest.bigquery).map_err(|error| format!("BigQuery: {error}"))?);
+    let mut sources = HashMap::new();
+    let mut source_errors = HashMap::new();
+    for source in &manifest.sources {
+        if !manifest
+            .tables
+            .iter()
+            .any(|table| table.enabled && table.source == source.name)
+        {
+            continue;
+        }
+        match Source::connect(source).await {
+            Ok(connected) => {
+                sources.insert(source.name.clone(), Arc::new(connected));
+            }
+            Err(error) => {
+                source_errors.insert(
+                    source.name.clone(),
+                    format!("cannot connect to source `{}`: {error}", source.name),
+                );
+            }
+        }
+    }
+    Ok(Session {
+        sources,
+        source_errors,
+        warehouse,
+    })
+}
+
+/// Whether rows are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DryRun {
+    /// Extract and encode only; nothing is written to BigQuery.
+    Yes,
+    /// Write.
+    No,
+}
+
+/// Receives progress: `(table label, rows so far)`.
+pub type Progress = Arc<dyn Fn(&str, u64) + Send + Sync>;
+
+/// Prefix of staging tables (followed by the target's name).
+pub const STAGING_PREFIX: &str = "_datasync_staging_";
+
+/// The staging table of a target.
+pub fn staging_table(target: &str) -> String {
+    format!("{STAGING_PREFIX}{target}")
+}
+
+fn sanitize_job_part(text: &str) -> String {
+    text.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+/// The client-chosen id of a table's load job in a run: retries within the run reuse it (so
+/// BigQuery runs the load at most once), and an interrupted run can cancel it.
+pub fn load_job_id(run_id: &str, target: &str) -> String {
+    format!("datasync_{run_id}_{}", sanitize_job_part(target))
+}
+
+/// A run id: time-based, job-id safe.
+pub fn new_run_id() -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or(Duration::ZERO);
+    format!("{}_{:06}", now.as_secs(), now.subsec_micros())
+}

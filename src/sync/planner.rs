@@ -1,0 +1,113 @@
+//! The planner: introspects every enabled table and its target, maps it, and records every
+//! decision in a [`Plan`] (see [`crate::plan::plan_table`]); then counts the rows each table
+//! will move, with the same bound the executor will use.
+
+use crate::manifest::{Manifest, TableSpec};
+use crate::mapping::map_table;
+use crate::plan::{Plan, TableInput, TablePlan, plan_table};
+use crate::source::Source;
+use crate::warehouse::WarehouseError;
+
+use super::Session;
+use super::executor::read_bound;
+
+/// Builds the plan of every enabled table of `manifest`.
+pub async fn plan(manifest: &Manifest, session: &Session) -> Result<Plan, String> {
+    let create_dataset = dataset_missing(manifest, session).await?;
+    let mut tables = Vec::new();
+    for spec in manifest.tables.iter().filter(|table| table.enabled) {
+        let mut table = plan_one(spec, session, create_dataset).await?;
+        table.estimated_rows = rows_to_move(session, &table).await;
+        tables.push(table);
+    }
+    Ok(Plan::new(
+        format!(
+            "{}.{}",
+            manifest.bigquery.project, manifest.bigquery.dataset
+        ),
+        create_dataset,
+        tables,
+    ))
+}
+
+/// Whether the dataset is missing and will be created (`create_dataset`); an error when it is
+/// missing and may not be created, or cannot be read.
+async fn dataset_missing(manifest: &Manifest, session: &Session) -> Result<bool, String> {
+    match session.warehouse.ensure_dataset(false).await {
+        Ok(()) => Ok(false),
+        Err(error)
+            if (error.is_not_found() || matches!(error, WarehouseError::DatasetMissing { .. }))
+                && manifest.bigquery.create_dataset =>
+        {
+            Ok(true)
+        }
+        Err(error) => Err(format!(
+            "dataset `{}.{}`: {error}",
+            manifest.bigquery.project, manifest.bigquery.dataset
+        )),
+    }
+}
+
+/// Introspects, maps and plans one table.
+async fn plan_one(
+    spec: &TableSpec,
+    session: &Session,
+    dataset_missing: bool,
+) -> Result<TablePlan, String> {
+    let source = match session.sources.get(&spec.source) {
+        Some(source) => source
+            .describe(spec)
+            .await
+            .map_err(|error| error.to_string()),
+        None => Err(session
+            .source_errors
+            .get(&spec.source)
+            .cloned()
+            .unwrap_or_else(|| "source not connected".into())),
+    };
+    let existing = if dataset_missing {
+        None
+    } else {
+        session
+            .warehouse
+            .get_table(&spec.target)
+            .await
+            .map_err(|error| format!("target `{}`: {error}", spec.target))?
+    };
+    let mapping = match &source {
+        Ok(table) => map_table(table, spec),
+        Err(_) => Err(Vec::new()),
+    };
+    Ok(plan_table(TableInput {
+        spec: spec.clone(),
+        source,
+        mapping,
+        existing_rows: existing.as_ref().and_then(|table| table.num_rows),
+        existing: existing.map(|table| table.table),
+    }))
+}
+
+/// Rows the table's run will move: for a bounded extraction, the rows past the target's cursor
+/// maximum now (counted with the bound the executor uses); else the catalog estimate, or an
+/// exact count when the catalog has none.
+async fn rows_to_move(session: &Session, table: &TablePlan) -> Option<u64> {
+    let extract = table.extract()?;
+    let source: &Source = session.sources.get(&table.source)?;
+    let source_table = table.source_table.as_ref()?;
+    let filter = read_bound(session.warehouse.as_ref(), &table.target, &extract.bound)
+        .await
+        .ok()?;
+    if filter.is_none()
+        && let Some(rows) = source_table.estimated_rows
+    {
+        return Some(rows);
+    }
+    source
+        .count_rows(
+            source_table,
+            &super::executor::mapping_of(extract),
+            filter.as_ref(),
+        )
+        .await
+        .ok()
+}

@@ -37,9 +37,6 @@
 
 mod bigquery;
 mod fake;
-mod model;
-mod retry;
-mod upload;
 
 use std::time::Duration;
 
@@ -49,9 +46,9 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc::Receiver;
 
 pub use bigquery::BigQuery;
+pub use bigquery::RetryPolicy;
+pub use bigquery::{CHUNK_GRANULARITY, DEFAULT_CHUNK_SIZE, content_range, next_offset_from_range};
 pub use fake::{FakeWarehouse, InjectedFailure};
-pub use retry::RetryPolicy;
-pub use upload::{CHUNK_GRANULARITY, DEFAULT_CHUNK_SIZE, content_range, next_offset_from_range};
 
 use crate::schema::{BqType, WarehouseField, WarehouseTable};
 

@@ -4,7 +4,7 @@
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::Value;
 
-use super::{ExistingTable, QueryColumn, WarehouseError};
+use super::super::{ExistingTable, QueryColumn, WarehouseError};
 use crate::schema::{BqType, FieldMode, TimePartitioning, WarehouseField, WarehouseTable};
 
 /// int64 values arrive as JSON strings (or, from some servers, numbers).

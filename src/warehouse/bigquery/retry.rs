@@ -3,7 +3,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use super::RETRYABLE_REASONS;
+use super::super::RETRYABLE_REASONS;
 
 /// How often and how long to retry a failed call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

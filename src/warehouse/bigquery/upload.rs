@@ -17,12 +17,13 @@ use reqwest::{Method, StatusCode, Url};
 use serde_json::{Value, json};
 use tokio::sync::mpsc::Receiver;
 
-use super::bigquery::{BigQuery, Reply, parse_json};
+use super::super::{LoadOutcome, LoadRequest, WarehouseError};
+use super::client::parse_json;
 use super::model::{
     JobResource, clustering_resource, error_from_body, partitioning_resource, schema_resource,
 };
 use super::retry::{is_retryable, jitter, parse_retry_after};
-use super::{LoadOutcome, LoadRequest, WarehouseError};
+use super::{BigQuery, Reply};
 
 /// Resumable chunks must be multiples of this (256 KiB), except the last.
 pub const CHUNK_GRANULARITY: usize = 262_144;

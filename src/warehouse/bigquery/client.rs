@@ -1,0 +1,123 @@
+//! HTTP: one request with retries, JSON bodies, transport errors.
+
+use reqwest::{Method, Url};
+use serde_json::Value;
+
+use super::model::error_from_body;
+use super::retry::{is_retryable, jitter, parse_retry_after};
+use super::{BigQuery, Reply};
+use crate::warehouse::WarehouseError;
+
+impl BigQuery {
+    /// One HTTP exchange without retries. Transport failures become [`WarehouseError::Transport`].
+    pub(super) async fn exchange(
+        &self,
+        context: &str,
+        request: reqwest::RequestBuilder,
+    ) -> Result<Reply, WarehouseError> {
+        let token = self.token().await?;
+        let response = request
+            .bearer_auth(token)
+            .send()
+            .await
+            .map_err(|error| transport(context, error))?;
+        let status = response.status();
+        let headers = response.headers().clone();
+        let body = response
+            .bytes()
+            .await
+            .map_err(|error| transport(context, error))?;
+        Ok(Reply {
+            status,
+            headers,
+            body,
+        })
+    }
+
+    /// A JSON call with retries on transport errors, 429, 5xx and retryable reasons.
+    /// Non-2xx answers become [`WarehouseError::Api`].
+    pub(super) async fn send(
+        &self,
+        context: &str,
+        method: Method,
+        url: Url,
+        body: Option<&Value>,
+    ) -> Result<Reply, WarehouseError> {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let mut request = self.http.request(method.clone(), url.clone());
+            if let Some(body) = body {
+                request = request.json(body);
+            }
+            let (error, retry_after) = match self.exchange(context, request).await {
+                Ok(reply) if reply.status.is_success() => return Ok(reply),
+                Ok(reply) => {
+                    let (reason, message) = error_from_body(&reply.body);
+                    let retry_after = parse_retry_after(
+                        reply
+                            .headers
+                            .get("retry-after")
+                            .and_then(|value| value.to_str().ok()),
+                    );
+                    let status = reply.status.as_u16();
+                    let error = WarehouseError::Api {
+                        context: context.to_string(),
+                        status,
+                        reason,
+                        message,
+                    };
+                    if !is_retryable(status, error.reason().unwrap_or_default()) {
+                        return Err(error);
+                    }
+                    (error, retry_after)
+                }
+                Err(error) if error.retryable() => (error, None),
+                Err(error) => return Err(error),
+            };
+            if !self.retry.should_retry(attempt) {
+                return Err(error);
+            }
+            let delay = self.retry.delay(attempt, retry_after, jitter());
+            tracing::debug!(%error, attempt, ?delay, "retrying BigQuery call");
+            tokio::time::sleep(delay).await;
+        }
+    }
+
+    pub(super) async fn send_json<T: serde::de::DeserializeOwned>(
+        &self,
+        context: &str,
+        method: Method,
+        url: Url,
+        body: Option<&Value>,
+    ) -> Result<T, WarehouseError> {
+        let reply = self.send(context, method, url, body).await?;
+        parse_json(context, &reply.body)
+    }
+}
+
+pub(super) fn parse_json<T: serde::de::DeserializeOwned>(
+    context: &str,
+    body: &[u8],
+) -> Result<T, WarehouseError> {
+    serde_json::from_slice(body).map_err(|error| WarehouseError::Protocol {
+        context: context.to_string(),
+        message: format!("cannot decode the response: {error}"),
+    })
+}
+
+/// A transport error without the URL (upload session URLs are capabilities).
+pub(super) fn transport(context: &str, error: reqwest::Error) -> WarehouseError {
+    let error = error.without_url();
+    let mut message = error.to_string();
+    let mut source = std::error::Error::source(&error);
+    while let Some(cause) = source {
+        message.push_str(": ");
+        message.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    WarehouseError::Transport {
+        context: context.to_string(),
+        message,
+    }
+}

@@ -1,0 +1,256 @@
+//! Jobs: get, wait, queries (paginated results), empty loads.
+
+use reqwest::Method;
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+
+use super::BigQuery;
+use super::model::{JobReference, JobResource, QueryResponse, decode_row, query_columns};
+use super::retry::jitter;
+use crate::schema::WarehouseTable;
+use crate::warehouse::Warehouse;
+use crate::warehouse::{
+    Disposition, LoadOutcome, LoadRequest, QueryParam, QueryRows, WarehouseError, poll_delay,
+};
+
+impl BigQuery {
+    /// jobs.get; `None` when the job does not exist.
+    pub(super) async fn get_job(
+        &self,
+        job_id: &str,
+        location: Option<&str>,
+    ) -> Result<Option<JobResource>, WarehouseError> {
+        let context = format!("get job {job_id}");
+        let mut url = self.api_url(&["jobs", job_id])?;
+        url.query_pairs_mut()
+            .append_pair("location", location.unwrap_or(&self.location));
+        match self.send_json(&context, Method::GET, url, None).await {
+            Ok(job) => Ok(Some(job)),
+            Err(error) if error.is_not_found() => Ok(None),
+            Err(error) => Err(error),
+        }
+    }
+
+    /// Polls jobs.get until the job is DONE (0.2 s doubling to 5 s between polls).
+    pub(super) async fn wait_for_job(
+        &self,
+        context: &str,
+        mut job: JobResource,
+        job_id: &str,
+    ) -> Result<JobResource, WarehouseError> {
+        let mut polls = 0;
+        // Keep the first known ID and location (jobs.get answers may omit the location).
+        let id = job.job_id().unwrap_or(job_id).to_string();
+        let location = job
+            .job_reference
+            .as_ref()
+            .and_then(|reference| reference.location.clone());
+        while !job.is_done() {
+            tokio::time::sleep(poll_delay(polls)).await;
+            polls += 1;
+            job = self
+                .get_job(&id, location.as_deref())
+                .await?
+                .ok_or_else(|| WarehouseError::Protocol {
+                    context: context.to_string(),
+                    message: format!("job {id} disappeared while waiting for it"),
+                })?;
+        }
+        Ok(job)
+    }
+
+    /// The outcome of a finished load job (error if it failed).
+    pub(super) fn load_outcome(
+        &self,
+        context: &str,
+        job: &JobResource,
+        job_id: &str,
+        bytes: u64,
+    ) -> Result<LoadOutcome, WarehouseError> {
+        job.check(context, job_id)?;
+        let load = job
+            .statistics
+            .as_ref()
+            .and_then(|statistics| statistics.load.as_ref());
+        Ok(LoadOutcome {
+            job_id: job.job_id().unwrap_or(job_id).to_string(),
+            output_rows: load.and_then(|load| load.output_rows).unwrap_or(0),
+            bytes: if bytes > 0 {
+                bytes
+            } else {
+                load.and_then(|load| load.input_file_bytes).unwrap_or(0)
+            },
+        })
+    }
+
+    pub(super) async fn run_query(
+        &self,
+        context: &str,
+        sql: &str,
+        params: &[QueryParam],
+    ) -> Result<(QueryRows, QueryResponse), WarehouseError> {
+        let mut body = json!({
+            "query": sql,
+            "useLegacySql": false,
+            "formatOptions": {"useInt64Timestamp": true},
+            "location": self.location,
+            "timeoutMs": 10_000,
+            "requestId": request_id(sql),
+        });
+        if !params.is_empty() {
+            body["parameterMode"] = json!("NAMED");
+            body["queryParameters"] = Value::Array(
+                params
+                    .iter()
+                    .map(|param| {
+                        json!({
+                            "name": param.name,
+                            "parameterType": {"type": param.bq_type.as_str()},
+                            "parameterValue": match &param.value { Some(value) => json!({"value": value}), None => json!({}) },
+                        })
+                    })
+                    .collect(),
+            );
+        }
+        let url = self.api_url(&["queries"])?;
+        let mut response: QueryResponse = self
+            .send_json(context, Method::POST, url, Some(&body))
+            .await?;
+        check_query_errors(context, &response)?;
+        // Polls and pages use the first answer's job reference (later ones may omit the location).
+        let reference = response.job_reference.clone();
+        let mut polls = 0;
+        while response.job_complete == Some(false) {
+            tokio::time::sleep(poll_delay(polls)).await;
+            polls += 1;
+            response = self
+                .query_results(context, reference.as_ref(), None)
+                .await?;
+        }
+        let fields = response
+            .schema
+            .as_ref()
+            .map(|schema| schema.fields.clone())
+            .unwrap_or_default();
+        let mut rows: Vec<Vec<Value>> = response
+            .rows
+            .iter()
+            .map(|row| decode_row(row, &fields))
+            .collect();
+        let mut page = response.page_token.clone();
+        while let Some(token) = page {
+            let next = self
+                .query_results(context, reference.as_ref(), Some(&token))
+                .await?;
+            rows.extend(next.rows.iter().map(|row| decode_row(row, &fields)));
+            page = next.page_token.clone();
+        }
+        let result = QueryRows {
+            columns: query_columns(response.schema.as_ref()),
+            rows,
+            num_dml_affected_rows: response.num_dml_affected_rows,
+        };
+        Ok((result, response))
+    }
+
+    pub(super) async fn query_results(
+        &self,
+        context: &str,
+        reference: Option<&JobReference>,
+        page_token: Option<&str>,
+    ) -> Result<QueryResponse, WarehouseError> {
+        let reference = reference.ok_or_else(|| WarehouseError::Protocol {
+            context: context.to_string(),
+            message: "query response has no jobReference".into(),
+        })?;
+        let mut url = self.api_url(&["queries", &reference.job_id])?;
+        {
+            let mut pairs = url.query_pairs_mut();
+            pairs.append_pair(
+                "location",
+                reference.location.as_deref().unwrap_or(&self.location),
+            );
+            pairs.append_pair("timeoutMs", "10000");
+            pairs.append_pair("formatOptions.useInt64Timestamp", "true");
+            if let Some(token) = page_token {
+                pairs.append_pair("pageToken", token);
+            }
+        }
+        let response: QueryResponse = self.send_json(context, Method::GET, url, None).await?;
+        check_query_errors(context, &response)?;
+        Ok(response)
+    }
+
+    pub(super) async fn empty_load(
+        &self,
+        context: &str,
+        request: &LoadRequest,
+    ) -> Result<LoadOutcome, WarehouseError> {
+        match self.get_table(&request.table).await? {
+            None => {
+                let table = WarehouseTable {
+                    name: request.table.clone(),
+                    ..request.schema.clone()
+                };
+                self.create_table(&table).await?;
+            }
+            Some(_) if request.disposition == Disposition::Truncate => {
+                let sql = format!("TRUNCATE TABLE {}", self.qualified(&request.table));
+                self.run_query(context, &sql, &[]).await?;
+            }
+            Some(_) => {}
+        }
+        Ok(LoadOutcome {
+            job_id: request.job_id.clone(),
+            output_rows: 0,
+            bytes: 0,
+        })
+    }
+
+    pub(super) fn check_job_id(job_id: &str) -> Result<(), WarehouseError> {
+        let valid = !job_id.is_empty()
+            && job_id.len() <= 1024
+            && job_id
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+        if valid {
+            Ok(())
+        } else {
+            Err(WarehouseError::Invalid(format!(
+                "job id {job_id:?} is invalid (letters, digits, '_' and '-' only, at most 1024)"
+            )))
+        }
+    }
+}
+
+fn check_query_errors(context: &str, response: &QueryResponse) -> Result<(), WarehouseError> {
+    match response.errors.first() {
+        None => Ok(()),
+        Some(error) => Err(WarehouseError::Api {
+            context: context.to_string(),
+            status: 200,
+            reason: error.reason(),
+            message: error.message(),
+        }),
+    }
+}
+
+/// A unique request ID (UUID form) for jobs.query idempotency.
+fn request_id(sql: &str) -> String {
+    let mut hasher = Sha256::new();
+    hasher.update(sql.as_bytes());
+    hasher.update(jitter().to_le_bytes());
+    hasher.update(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|time| time.as_nanos())
+            .unwrap_or(0)
+            .to_le_bytes(),
+    );
+    let digest = hasher.finalize();
+    let mut bytes = [0u8; 16];
+    bytes.copy_from_slice(&digest[..16]);
+    uuid::Builder::from_random_bytes(bytes)
+        .into_uuid()
+        .to_string()
+}

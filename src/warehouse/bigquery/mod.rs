@@ -1,0 +1,458 @@
+//! [`Warehouse`] over the BigQuery REST API (reqwest + our own serde structs). Access tokens
+//! come from a `gcp_bigquery_client::auth::Authenticator`.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use gcp_bigquery_client::auth::Authenticator;
+use reqwest::header::HeaderMap;
+use reqwest::{Method, StatusCode, Url};
+use serde_json::{Value, json};
+use tokio::sync::OnceCell;
+use tokio::sync::mpsc::Receiver;
+
+mod auth;
+mod client;
+mod jobs;
+mod model;
+mod retry;
+mod upload;
+
+pub use retry::RetryPolicy;
+pub use upload::{CHUNK_GRANULARITY, DEFAULT_CHUNK_SIZE, content_range, next_offset_from_range};
+
+use super::{
+    AlterColumn, ExistingTable, LoadOutcome, LoadRequest, MergeOutcome, MergeRequest, QueryParam,
+    QueryRows, Warehouse, WarehouseError, alter_statement, merge_statement, quote_ident,
+};
+use crate::manifest::resolve::BigQuerySpec;
+use crate::schema::{FieldMode, WarehouseTable};
+use auth::{StaticToken, build_authenticator};
+use model::TableResource;
+use upload::check_chunk_size;
+
+const PRODUCTION_BASE: &str = "https://bigquery.googleapis.com";
+
+/// A raw HTTP answer.
+pub(crate) struct Reply {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+/// The BigQuery warehouse of one project and dataset.
+pub struct BigQuery {
+    pub(super) http: reqwest::Client,
+    base: String,
+    pub(super) project: String,
+    pub(super) dataset: String,
+    pub(super) location: String,
+    emulator: bool,
+    credentials: Option<String>,
+    auth: OnceCell<Arc<dyn Authenticator>>,
+    pub(super) retry: RetryPolicy,
+    pub(super) chunk_size: usize,
+    completed_loads: Mutex<HashMap<String, LoadOutcome>>,
+}
+
+impl std::fmt::Debug for BigQuery {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BigQuery")
+            .field("base", &self.base)
+            .field("project", &self.project)
+            .field("dataset", &self.dataset)
+            .field("location", &self.location)
+            .field("emulator", &self.emulator)
+            .finish_non_exhaustive()
+    }
+}
+
+impl BigQuery {
+    /// A client for `spec`. With `spec.endpoint` (an emulator) no credentials are used; otherwise
+    /// tokens come from the service-account key file `spec.credentials`, or from application
+    /// default credentials (`GOOGLE_APPLICATION_CREDENTIALS`, gcloud, metadata server). No network
+    /// call happens here; credentials are loaded on first use.
+    pub fn new(spec: &BigQuerySpec) -> Result<Self, WarehouseError> {
+        let http = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .connect_timeout(Duration::from_secs(20))
+            .timeout(Duration::from_secs(600))
+            .build()
+            .map_err(|error| {
+                WarehouseError::Invalid(format!("cannot build the HTTP client: {error}"))
+            })?;
+        let (base, emulator) = match &spec.endpoint {
+            Some(endpoint) => (endpoint.trim_end_matches('/').to_string(), true),
+            None => (PRODUCTION_BASE.to_string(), false),
+        };
+        Url::parse(&base).map_err(|error| {
+            WarehouseError::Invalid(format!("bad BigQuery endpoint {base}: {error}"))
+        })?;
+        let auth = OnceCell::new();
+        if emulator {
+            let token: Arc<dyn Authenticator> = Arc::new(StaticToken);
+            // A fresh cell can't be full.
+            let _ = auth.set(token);
+        }
+        Ok(Self {
+            http,
+            base,
+            project: spec.project.clone(),
+            dataset: spec.dataset.clone(),
+            location: spec.location.clone(),
+            emulator,
+            credentials: spec.credentials.clone(),
+            auth,
+            retry: RetryPolicy::default(),
+            chunk_size: DEFAULT_CHUNK_SIZE,
+            completed_loads: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Replaces the retry policy.
+    pub fn with_retry_policy(mut self, retry: RetryPolicy) -> Self {
+        self.retry = retry;
+        self
+    }
+
+    /// Sets the resumable-upload chunk size (a positive multiple of 256 KiB).
+    pub fn with_chunk_size(mut self, chunk_size: usize) -> Result<Self, WarehouseError> {
+        check_chunk_size(chunk_size)?;
+        self.chunk_size = chunk_size;
+        Ok(self)
+    }
+
+    /// The dataset this client works in.
+    pub fn dataset(&self) -> &str {
+        &self.dataset
+    }
+
+    /// `` `project.dataset.table` ``.
+    pub fn qualified(&self, table: &str) -> String {
+        quote_ident(&format!("{}.{}.{table}", self.project, self.dataset))
+    }
+
+    /// Deletes the dataset and everything in it (tests and tooling; not part of [`Warehouse`]).
+    pub async fn delete_dataset(&self) -> Result<(), WarehouseError> {
+        let context = format!("delete dataset {}.{}", self.project, self.dataset);
+        let mut url = self.api_url(&["datasets", &self.dataset])?;
+        url.query_pairs_mut().append_pair("deleteContents", "true");
+        match self.send(&context, Method::DELETE, url, None).await {
+            Err(error) if error.is_not_found() => Ok(()),
+            other => other.map(drop),
+        }
+    }
+
+    async fn token(&self) -> Result<String, WarehouseError> {
+        let auth = self
+            .auth
+            .get_or_try_init(|| build_authenticator(self.credentials.as_deref()))
+            .await?;
+        auth.access_token()
+            .await
+            .map_err(|error| WarehouseError::Auth(error.to_string()))
+    }
+
+    /// `{base}/bigquery/v2/projects/{project}/{segments...}`, segments percent-encoded.
+    pub(super) fn api_url(&self, segments: &[&str]) -> Result<Url, WarehouseError> {
+        self.url_under(&["bigquery", "v2", "projects", &self.project], segments)
+    }
+
+    pub(super) fn upload_url(&self) -> Result<Url, WarehouseError> {
+        let mut url = self.url_under(
+            &["upload", "bigquery", "v2", "projects", &self.project],
+            &["jobs"],
+        )?;
+        url.query_pairs_mut().append_pair("uploadType", "resumable");
+        Ok(url)
+    }
+
+    fn url_under(&self, prefix: &[&str], segments: &[&str]) -> Result<Url, WarehouseError> {
+        let mut url = Url::parse(&self.base).map_err(|error| {
+            WarehouseError::Invalid(format!("bad BigQuery endpoint {}: {error}", self.base))
+        })?;
+        url.path_segments_mut()
+            .map_err(|()| WarehouseError::Invalid(format!("bad BigQuery endpoint {}", self.base)))?
+            .pop_if_empty()
+            .extend(prefix)
+            .extend(segments);
+        Ok(url)
+    }
+}
+
+#[async_trait]
+impl Warehouse for BigQuery {
+    async fn ensure_dataset(&self, create: bool) -> Result<(), WarehouseError> {
+        let context = format!("get dataset {}.{}", self.project, self.dataset);
+        let url = self.api_url(&["datasets", &self.dataset])?;
+        match self.send(&context, Method::GET, url, None).await {
+            Ok(_) => return Ok(()),
+            Err(error) if error.is_not_found() => {}
+            Err(error) => return Err(error),
+        }
+        if !create {
+            return Err(WarehouseError::DatasetMissing {
+                project: self.project.clone(),
+                dataset: self.dataset.clone(),
+            });
+        }
+        let context = format!("create dataset {}.{}", self.project, self.dataset);
+        let body = json!({
+            "datasetReference": {"projectId": self.project, "datasetId": self.dataset},
+            "location": self.location,
+        });
+        match self
+            .send(
+                &context,
+                Method::POST,
+                self.api_url(&["datasets"])?,
+                Some(&body),
+            )
+            .await
+        {
+            Err(error) if error.is_duplicate() => Ok(()),
+            other => other.map(drop),
+        }
+    }
+
+    async fn get_table(&self, name: &str) -> Result<Option<ExistingTable>, WarehouseError> {
+        let context = format!("get table {}.{name}", self.dataset);
+        let url = self.api_url(&["datasets", &self.dataset, "tables", name])?;
+        match self
+            .send_json::<TableResource>(&context, Method::GET, url, None)
+            .await
+        {
+            Ok(resource) => resource.to_existing().map(Some),
+            Err(error) if error.is_not_found() => Ok(None),
+            Err(error) => Err(error),
+        }
+    }
+
+    async fn create_table(&self, table: &WarehouseTable) -> Result<(), WarehouseError> {
+        let context = format!("create table {}.{}", self.dataset, table.name);
+        let body = serde_json::to_value(TableResource::new(&self.project, &self.dataset, table))
+            .map_err(|error| WarehouseError::Invalid(format!("{context}: {error}")))?;
+        let url = self.api_url(&["datasets", &self.dataset, "tables"])?;
+        self.send(&context, Method::POST, url, Some(&body))
+            .await
+            .map(drop)
+    }
+
+    async fn alter_table(&self, name: &str, changes: &[AlterColumn]) -> Result<(), WarehouseError> {
+        if changes.is_empty() {
+            return Ok(());
+        }
+        let context = format!("alter table {}.{name}", self.dataset);
+        let qualified = self.qualified(name);
+        for change in changes {
+            let sql = alter_statement(&qualified, change, self.emulator);
+            self.run_query(&context, &sql, &[]).await?;
+        }
+        // The emulator applies DDL to the stored table only; its catalog (tables.get) keeps the
+        // old schema. Real BigQuery updates both, so this patch only runs when they disagree.
+        let Some(existing) = self.get_table(name).await? else {
+            return Err(WarehouseError::Protocol {
+                context,
+                message: "table vanished after ALTER TABLE".into(),
+            });
+        };
+        let mut fields = existing.table.fields.clone();
+        for change in changes {
+            match change {
+                AlterColumn::Add(field) => {
+                    if !fields
+                        .iter()
+                        .any(|existing| existing.name.eq_ignore_ascii_case(&field.name))
+                    {
+                        fields.push(field.clone());
+                    }
+                }
+                AlterColumn::DropNotNull(column) => {
+                    for field in fields
+                        .iter_mut()
+                        .filter(|field| field.name.eq_ignore_ascii_case(column))
+                    {
+                        if field.mode == FieldMode::Required {
+                            field.mode = FieldMode::Nullable;
+                        }
+                    }
+                }
+                AlterColumn::SetType(new) => {
+                    for field in fields
+                        .iter_mut()
+                        .filter(|field| field.name.eq_ignore_ascii_case(&new.name))
+                    {
+                        field.bq_type = new.bq_type;
+                        field.precision = new.precision;
+                        field.scale = new.scale;
+                        field.max_length = new.max_length;
+                    }
+                }
+            }
+        }
+        if fields != existing.table.fields {
+            tracing::debug!(
+                table = name,
+                "catalog schema is stale after ALTER TABLE; patching it"
+            );
+            let table = WarehouseTable {
+                fields,
+                ..existing.table
+            };
+            let body = json!({"schema": model::schema_resource(&table)});
+            let url = self.api_url(&["datasets", &self.dataset, "tables", name])?;
+            self.send(&context, Method::PATCH, url, Some(&body)).await?;
+        }
+        Ok(())
+    }
+
+    async fn drop_table(&self, name: &str) -> Result<(), WarehouseError> {
+        let context = format!("drop table {}.{name}", self.dataset);
+        let url = self.api_url(&["datasets", &self.dataset, "tables", name])?;
+        match self.send(&context, Method::DELETE, url, None).await {
+            Err(error) if error.is_not_found() => Ok(()),
+            other => other.map(drop),
+        }
+    }
+
+    async fn load(
+        &self,
+        request: &LoadRequest,
+        mut data: Receiver<Bytes>,
+    ) -> Result<LoadOutcome, WarehouseError> {
+        Self::check_job_id(&request.job_id)?;
+        let context = format!(
+            "load table {}.{} (job {})",
+            self.dataset, request.table, request.job_id
+        );
+        if let Some(outcome) = self
+            .completed_loads
+            .lock()
+            .ok()
+            .and_then(|done| done.get(&request.job_id).cloned())
+        {
+            return Ok(outcome);
+        }
+        // Idempotency: a job with this ID may already exist (a retry after a lost answer).
+        if let Some(job) = self.get_job(&request.job_id, None).await? {
+            let job = self.wait_for_job(&context, job, &request.job_id).await?;
+            return self.load_outcome(&context, &job, &request.job_id, 0);
+        }
+        let mut first = Bytes::new();
+        while first.is_empty() {
+            match data.recv().await {
+                Some(bytes) => first = bytes,
+                None => break,
+            }
+        }
+        let outcome = if first.is_empty() {
+            self.empty_load(&context, request).await?
+        } else {
+            self.upload_load(&context, request, first, data).await?
+        };
+        if let Ok(mut done) = self.completed_loads.lock() {
+            done.insert(request.job_id.clone(), outcome.clone());
+        }
+        Ok(outcome)
+    }
+
+    async fn query(&self, sql: &str, params: &[QueryParam]) -> Result<QueryRows, WarehouseError> {
+        let short: String = sql
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ")
+            .chars()
+            .take(80)
+            .collect();
+        let context = format!("query in dataset {} ({short})", self.dataset);
+        self.run_query(&context, sql, params)
+            .await
+            .map(|(rows, _)| rows)
+    }
+
+    async fn merge(&self, request: &MergeRequest) -> Result<MergeOutcome, WarehouseError> {
+        let context = format!(
+            "merge {}.{} into {}.{}",
+            self.dataset, request.staging, self.dataset, request.target
+        );
+        let sql = merge_statement(request, |name| self.qualified(name))?;
+        let (rows, response) = self.run_query(&context, &sql, &[]).await?;
+        let stats = response.dml_stats.unwrap_or_default();
+        Ok(MergeOutcome {
+            affected_rows: rows.num_dml_affected_rows.unwrap_or_default(),
+            inserted: stats.inserted_row_count,
+            updated: stats.updated_row_count,
+        })
+    }
+
+    async fn insert_from(
+        &self,
+        staging: &str,
+        target: &str,
+        columns: &[String],
+        replace: bool,
+    ) -> Result<(), WarehouseError> {
+        let context = format!(
+            "write {}.{staging} into {}.{target}",
+            self.dataset, self.dataset
+        );
+        if columns.is_empty() {
+            return Err(WarehouseError::Invalid(format!("{context}: no columns")));
+        }
+        let list = columns
+            .iter()
+            .map(|column| quote_ident(column))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let target_name = self.qualified(target);
+        let insert = format!(
+            "INSERT INTO {target_name} ({list}) SELECT {list} FROM {}",
+            self.qualified(staging)
+        );
+        let sql = if replace {
+            format!(
+                "BEGIN TRANSACTION;\nTRUNCATE TABLE {target_name};\n{insert};\nCOMMIT TRANSACTION;"
+            )
+        } else {
+            insert
+        };
+        self.run_query(&context, &sql, &[]).await?;
+        Ok(())
+    }
+
+    async fn truncate(&self, table: &str) -> Result<(), WarehouseError> {
+        let context = format!("truncate table {}.{table}", self.dataset);
+        self.run_query(
+            &context,
+            &format!("TRUNCATE TABLE {}", self.qualified(table)),
+            &[],
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn max_value(&self, table: &str, column: &str) -> Result<Value, WarehouseError> {
+        let context = format!("max of {column} in table {}.{table}", self.dataset);
+        let sql = format!(
+            "SELECT MAX({}) AS max_value FROM {}",
+            quote_ident(column),
+            self.qualified(table)
+        );
+        let (rows, _) = self.run_query(&context, &sql, &[]).await?;
+        Ok(rows.scalar().cloned().unwrap_or(Value::Null))
+    }
+
+    async fn cancel_job(&self, job_id: &str) -> Result<(), WarehouseError> {
+        let context = format!("cancel job {job_id}");
+        let mut url = self.api_url(&["jobs", job_id, "cancel"])?;
+        url.query_pairs_mut()
+            .append_pair("location", &self.location);
+        match self.send(&context, Method::POST, url, None).await {
+            Err(error) if error.is_not_found() => Ok(()),
+            other => other.map(drop),
+        }
+    }
+}

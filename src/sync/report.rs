@@ -210,3 +210,74 @@ impl ApplyReport {
         out
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn outcome(table: &str, status: TableStatus) -> TableOutcome {
+        TableOutcome {
+            table: table.into(),
+            target: table.replace("shop.", ""),
+            status,
+            rows_extracted: 0,
+            rows_loaded: None,
+            bytes: 0,
+            bad_values: 0,
+            rows_left_out: 0,
+            bad_value_samples: Vec::new(),
+            seconds: 0.0,
+            error: None,
+        }
+    }
+
+    fn report() -> ApplyReport {
+        let mut done = outcome("shop.orders", TableStatus::Done);
+        done.rows_extracted = 1_234_567;
+        done.rows_loaded = Some(1_234_567);
+        done.bytes = 98_765_432;
+        done.bad_values = 2;
+        done.rows_left_out = 1;
+        done.bad_value_samples = vec![
+            "row id=7: column `price`: NaN written as NULL".into(),
+            "row id=9: column `born`: out of range; the row is left out".into(),
+        ];
+        done.seconds = 12.34;
+        let mut failed = outcome("shop.customers", TableStatus::Failed);
+        failed.rows_extracted = 10;
+        failed.error = Some("load into staging failed: quota exceeded".into());
+        let mut skipped = outcome("shop.items", TableStatus::Skipped);
+        skipped.error = Some("incompatible change: `id`: INT64 → STRING".into());
+        ApplyReport {
+            destination: "demo-project.shop".into(),
+            dry_run: false,
+            tables: vec![done, failed, skipped],
+            seconds: 13.0,
+        }
+    }
+
+    #[test]
+    fn the_text_report() {
+        insta::assert_snapshot!(report().text());
+    }
+
+    #[test]
+    fn the_json_report() {
+        insta::assert_json_snapshot!(report());
+    }
+
+    #[test]
+    fn a_dry_run_says_so() {
+        let mut report = report();
+        report.dry_run = true;
+        report.tables.truncate(1);
+        assert!(report.succeeded());
+        assert!(
+            report
+                .text()
+                .ends_with("dry run: 1 of 1 table(s) synced, 1,234,567 rows, 13.0s\n"),
+            "{}",
+            report.text()
+        );
+    }
+}

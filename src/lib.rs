@@ -17,6 +17,7 @@
 
 pub mod apply;
 pub mod cli;
+pub mod diagnostic;
 pub mod encode;
 pub mod manifest;
 pub mod mapping;

@@ -60,7 +60,11 @@ async fn plan(
         let desired = source_table
             .as_ref()
             .map_err(|_| Vec::new())
-            .and_then(|table| map_table(table, spec).map(|mapping| mapping.table));
+            .and_then(|table| {
+                map_table(table, spec)
+                    .map(|mapping| mapping.table)
+                    .map_err(|errors| datasync::diagnostic::messages(&errors))
+            });
         let existing = warehouse.get_table(&spec.target).await.unwrap();
         tables.push(plan_table(TableInput {
             spec: spec.clone(),

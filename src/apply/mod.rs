@@ -161,7 +161,8 @@ impl Executor {
             .source_table
             .as_ref()
             .ok_or("the plan has no source table")?;
-        let mapping = map_table(source_table, &table.spec).map_err(|errors| errors.join("; "))?;
+        let mapping = map_table(source_table, &table.spec)
+            .map_err(|errors| crate::diagnostic::messages(&errors).join("; "))?;
         let schema = table
             .target_schema
             .clone()

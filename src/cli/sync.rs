@@ -5,6 +5,7 @@ use std::io::IsTerminal;
 use std::sync::{Arc, Mutex};
 
 use crate::apply::{DryRun, Executor, Progress};
+use crate::diagnostic::messages;
 use crate::manifest::Manifest;
 use crate::mapping::map_table;
 use crate::plan::{Plan, TableInput, plan_table};
@@ -102,9 +103,10 @@ pub(super) async fn build_plan(
                 Ok(mapping) => {
                     table.estimated_rows =
                         rows_to_move(connections, spec, table, &mapping, existing.is_some()).await;
-                    (Ok(mapping.table), mapping.warnings)
+                    // TODO(merge): TablePlan keeps strings until it carries `Diagnostic`s.
+                    (Ok(mapping.table), messages(&mapping.warnings))
                 }
-                Err(errors) => (Err(errors), Vec::new()),
+                Err(errors) => (Err(messages(&errors)), Vec::new()),
             },
             Err(_) => (Err(Vec::new()), Vec::new()),
         };

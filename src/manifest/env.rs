@@ -9,8 +9,8 @@ use std::collections::BTreeMap;
 
 use serde_json::{Map, Value, json};
 
-use super::Problem;
 use super::document::escape_segment;
+use super::{Code, Diagnostic, env_error, env_warning, error_at};
 
 /// A snapshot of the process environment.
 pub type Env = BTreeMap<String, String>;
@@ -244,7 +244,7 @@ fn get_prefixed<'e>(env: &'e Env, prefix: &str, suffix: &str) -> Option<(String,
 struct Writer<'a> {
     doc: &'a mut Value,
     origins: &'a mut Origins,
-    problems: &'a mut Vec<Problem>,
+    problems: &'a mut Vec<Diagnostic>,
 }
 
 impl Writer<'_> {
@@ -270,11 +270,11 @@ impl Writer<'_> {
     }
 
     fn error(&mut self, var: &str, message: String) {
-        self.problems.push(Problem::env_error(var, message));
+        self.problems.push(env_error(var, message));
     }
 
     fn warning(&mut self, var: &str, message: &str) {
-        self.problems.push(Problem::env_warning(var, message));
+        self.problems.push(env_warning(var, message));
     }
 
     fn string(&mut self, pointer: &str, var: &str, value: &str, only_if_absent: bool) {
@@ -397,7 +397,7 @@ fn tls_mode(var: &str, text: &str, writer: &mut Writer<'_>) -> Option<Value> {
 /// In [`EnvMode::Legacy`] the sources are built from `SYNC_DATABASES`; in
 /// [`EnvMode::Overlay`] variables override the file for the sources and tables it names, and the
 /// global `DB_*` fallbacks fill only what the file leaves unset.
-pub fn apply(doc: &mut Value, env: &Env, mode: EnvMode, origins: &mut Origins) -> Vec<Problem> {
+pub fn apply(doc: &mut Value, env: &Env, mode: EnvMode, origins: &mut Origins) -> Vec<Diagnostic> {
     let mut problems = Vec::new();
     if !doc.is_object() {
         return problems;
@@ -775,7 +775,7 @@ fn apply_table(
 /// Replaces `${VAR}` references in every string of `doc`; `$$` is a literal `$`. A string that is
 /// exactly one reference takes the variable's type (`port: ${PG_PORT}` becomes a number). Every
 /// missing variable is reported, not just the first.
-pub fn interpolate(doc: &mut Value, env: &Env, pointer: &str, problems: &mut Vec<Problem>) {
+pub fn interpolate(doc: &mut Value, env: &Env, pointer: &str, problems: &mut Vec<Diagnostic>) {
     match doc {
         Value::String(text) if text.contains('$') => match expand(text, env) {
             Ok(expanded) => {
@@ -790,11 +790,7 @@ pub fn interpolate(doc: &mut Value, env: &Env, pointer: &str, problems: &mut Vec
             }
             Err(messages) => {
                 for message in messages {
-                    problems.push(Problem::error(
-                        pointer,
-                        "datasync::manifest::env_var",
-                        message,
-                    ));
+                    problems.push(error_at(pointer, Code::ManifestEnvVar, message));
                 }
             }
         },

@@ -7,14 +7,15 @@ use std::time::Duration;
 use indexmap::IndexMap;
 use serde::Serialize;
 
-use super::Problem;
 use super::document::escape_segment;
 use super::env::parse_duration;
 use super::raw::{
     BadValuePolicy, DecimalOverflowPolicy, GeometryPolicy, RawDuration, RawManifest, RawSource,
     RawTable, RawTypePolicies, SourceKind, TlsMode, Utf8Policy, WriteMode,
 };
+use super::{Code, Diagnostic, error_at, warning_at};
 use crate::names;
+use crate::schema::BqTypeSpec;
 use crate::secret::Secret;
 
 /// Default rows per batch.
@@ -252,74 +253,10 @@ mod opt_duration {
     }
 }
 
-/// Column types a `column_types` override may name.
-pub const OVERRIDE_TYPES: &[&str] = &[
-    "STRING",
-    "BYTES",
-    "INT64",
-    "FLOAT64",
-    "NUMERIC",
-    "BIGNUMERIC",
-    "BOOL",
-    "DATE",
-    "DATETIME",
-    "TIME",
-    "TIMESTAMP",
-    "JSON",
-    "GEOGRAPHY",
-    "INTERVAL",
-];
-
-/// Whether `text` is a BigQuery type an override may name (`NUMERIC(38,9)` included).
-pub fn override_type_problem(text: &str) -> Option<String> {
-    let upper = text.trim().to_ascii_uppercase();
-    let (base, params) = match upper.split_once('(') {
-        Some((base, rest)) => (
-            base.trim().to_string(),
-            Some(rest.trim_end_matches(')').to_string()),
-        ),
-        None => (upper.clone(), None),
-    };
-    let base = match base.as_str() {
-        "INTEGER" => "INT64",
-        "FLOAT" => "FLOAT64",
-        "BOOLEAN" => "BOOL",
-        other => other,
-    };
-    if !OVERRIDE_TYPES.contains(&base) {
-        return Some(format!(
-            "`{text}` is not a BigQuery column type (one of {})",
-            OVERRIDE_TYPES.join(", ")
-        ));
-    }
-    if let Some(params) = params {
-        let numbers: Result<Vec<u32>, _> = params
-            .split(',')
-            .map(|part| part.trim().parse::<u32>())
-            .collect();
-        let ok = match (base, numbers) {
-            ("NUMERIC", Ok(n)) if n.len() == 2 => {
-                n[1] <= 9 && n[0] >= n[1] && n[0] - n[1] <= 29 && n[0] >= 1
-            }
-            ("NUMERIC", Ok(n)) if n.len() == 1 => (1..=29).contains(&n[0]),
-            ("BIGNUMERIC", Ok(n)) if n.len() == 2 => {
-                n[1] <= 38 && n[0] >= n[1] && n[0] - n[1] <= 38 && n[0] >= 1
-            }
-            ("BIGNUMERIC", Ok(n)) if n.len() == 1 => (1..=38).contains(&n[0]),
-            ("STRING" | "BYTES", Ok(n)) => n.len() == 1 && n[0] >= 1,
-            _ => false,
-        };
-        if !ok {
-            return Some(format!("`{text}` has invalid type parameters"));
-        }
-    }
-    None
-}
-
 fn duration(
     value: Option<&RawDuration>,
     pointer: &str,
-    problems: &mut Vec<Problem>,
+    problems: &mut Vec<Diagnostic>,
 ) -> Option<Option<Duration>> {
     let value = value?;
     let parsed = match value {
@@ -330,11 +267,7 @@ fn duration(
         Ok(duration) if duration.is_zero() => Some(None),
         Ok(duration) => Some(Some(duration)),
         Err(message) => {
-            problems.push(Problem::error(
-                pointer,
-                "datasync::manifest::duration",
-                message,
-            ));
+            problems.push(error_at(pointer, Code::ManifestDuration, message));
             None
         }
     }
@@ -342,51 +275,51 @@ fn duration(
 
 /// Resolves a schema-valid [`RawManifest`]. Returns the manifest when no error was found, and
 /// every problem (errors and warnings) either way.
-pub fn resolve(raw: &RawManifest) -> (Option<Manifest>, Vec<Problem>) {
+pub fn resolve(raw: &RawManifest) -> (Option<Manifest>, Vec<Diagnostic>) {
     let mut problems = Vec::new();
 
     let project = raw.bigquery.project.clone().unwrap_or_default();
     if raw.bigquery.project.is_none() {
         problems.push(
-            Problem::error(
+            error_at(
                 "/bigquery",
-                "datasync::manifest::missing_field",
+                Code::ManifestMissingField,
                 "missing `bigquery.project`",
             )
             .on_key()
             .with_help("set `bigquery.project` or GCP_PROJECT_ID"),
         );
     } else if let Some(message) = names::project_problem(&project) {
-        problems.push(Problem::error(
+        problems.push(error_at(
             "/bigquery/project",
-            "datasync::manifest::bigquery_name",
+            Code::ManifestBigqueryName,
             message,
         ));
     }
     let dataset = raw.bigquery.dataset.clone().unwrap_or_default();
     if raw.bigquery.dataset.is_none() {
         problems.push(
-            Problem::error(
+            error_at(
                 "/bigquery",
-                "datasync::manifest::missing_field",
+                Code::ManifestMissingField,
                 "missing `bigquery.dataset`",
             )
             .on_key()
             .with_help("set `bigquery.dataset` or BQ_DATASET_ID"),
         );
     } else if let Some(message) = names::dataset_problem(&dataset) {
-        problems.push(Problem::error(
+        problems.push(error_at(
             "/bigquery/dataset",
-            "datasync::manifest::bigquery_name",
+            Code::ManifestBigqueryName,
             message,
         ));
     }
     if let Some(endpoint) = &raw.bigquery.endpoint
         && !(endpoint.starts_with("http://") || endpoint.starts_with("https://"))
     {
-        problems.push(Problem::error(
+        problems.push(error_at(
             "/bigquery/endpoint",
-            "datasync::manifest::endpoint",
+            Code::ManifestEndpoint,
             format!("`{endpoint}` is not an http(s) URL"),
         ));
     }
@@ -403,12 +336,8 @@ pub fn resolve(raw: &RawManifest) -> (Option<Manifest>, Vec<Problem>) {
 
     if raw.sources.is_empty() {
         problems.push(
-            Problem::error(
-                "",
-                "datasync::manifest::no_sources",
-                "the manifest has no sources",
-            )
-            .with_help("add a `sources:` entry, or set SYNC_DATABASES for env-only mode"),
+            error_at("", Code::ManifestNoSources, "the manifest has no sources")
+                .with_help("add a `sources:` entry, or set SYNC_DATABASES for env-only mode"),
         );
     }
 
@@ -423,9 +352,9 @@ pub fn resolve(raw: &RawManifest) -> (Option<Manifest>, Vec<Problem>) {
                 .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
         {
             problems.push(
-                Problem::error(
+                error_at(
                     &base,
-                    "datasync::manifest::source_name",
+                    Code::ManifestSourceName,
                     format!(
                         "source name `{source_name}` may only hold letters, digits, `_` and `-`"
                     ),
@@ -436,9 +365,9 @@ pub fn resolve(raw: &RawManifest) -> (Option<Manifest>, Vec<Problem>) {
         let spec = resolve_source(source_name, source, &base, parallelism, &mut problems);
         if source.tables.is_empty() {
             problems.push(
-                Problem::warning(
+                warning_at(
                     &base,
-                    "datasync::manifest::no_tables",
+                    Code::ManifestNoTables,
                     format!("source `{source_name}` lists no tables"),
                 )
                 .on_key(),
@@ -467,9 +396,9 @@ pub fn resolve(raw: &RawManifest) -> (Option<Manifest>, Vec<Problem>) {
                         pointer.clone()
                     };
                     problems.push(
-                        Problem::error(
+                        error_at(
                             &target_pointer,
-                            "datasync::manifest::duplicate_target",
+                            Code::ManifestDuplicateTarget,
                             format!(
                                 "target table `{}` is also written by `{first}`",
                                 table_spec.target
@@ -516,7 +445,7 @@ fn resolve_source(
     source: &RawSource,
     base: &str,
     parallelism: u32,
-    problems: &mut Vec<Problem>,
+    problems: &mut Vec<Diagnostic>,
 ) -> SourceSpec {
     let kind = source.kind;
     if let Some(url) = &source.url {
@@ -528,9 +457,9 @@ fn resolve_source(
             SourceKind::Sqlite => url.starts_with("sqlite:"),
         };
         if !scheme_ok {
-            problems.push(Problem::error(
+            problems.push(error_at(
                 &format!("{base}/url"),
-                "datasync::manifest::url",
+                Code::ManifestUrl,
                 format!(
                     "a {} source needs a `{}://` URL",
                     kind.as_str(),
@@ -548,9 +477,9 @@ fn resolve_source(
             };
             if set {
                 problems.push(
-                    Problem::warning(
+                    warning_at(
                         &format!("{base}/{field}"),
-                        "datasync::manifest::url_and_parts",
+                        Code::ManifestUrlAndParts,
                         format!("`{field}` is ignored because `url` is set"),
                     )
                     .on_key(),
@@ -560,25 +489,25 @@ fn resolve_source(
     } else {
         match kind {
             SourceKind::Sqlite if source.database.is_none() => problems.push(
-                Problem::error(
+                error_at(
                     base,
-                    "datasync::manifest::missing_field",
+                    Code::ManifestMissingField,
                     format!("sqlite source `{name}` needs `url` or `database` (the file path)"),
                 )
                 .on_key(),
             ),
             SourceKind::Mysql | SourceKind::Postgres if source.user.is_none() => problems.push(
-                Problem::error(
+                error_at(
                     base,
-                    "datasync::manifest::missing_field",
+                    Code::ManifestMissingField,
                     format!("source `{name}` needs `url` or `user`"),
                 )
                 .on_key(),
             ),
             SourceKind::Postgres if source.database.is_none() => problems.push(
-                Problem::error(
+                error_at(
                     base,
-                    "datasync::manifest::missing_field",
+                    Code::ManifestMissingField,
                     format!("postgres source `{name}` needs `url` or `database`"),
                 )
                 .on_key(),
@@ -588,9 +517,9 @@ fn resolve_source(
     }
     if source.schema.is_some() && kind != SourceKind::Postgres {
         problems.push(
-            Problem::warning(
+            warning_at(
                 &format!("{base}/schema"),
-                "datasync::manifest::schema_ignored",
+                Code::ManifestSchemaIgnored,
                 "`schema` only applies to postgres sources; MySQL tables are qualified by database",
             )
             .on_key(),
@@ -608,17 +537,17 @@ fn resolve_source(
         TlsMode::Prefer
     });
     if matches!(tls_mode, TlsMode::VerifyCa) && tls_raw.ca.is_none() {
-        problems.push(Problem::warning(
+        problems.push(warning_at(
             &format!("{base}/tls/mode"),
-            "datasync::manifest::tls",
+            Code::ManifestTls,
             "`verify-ca` without `tls.ca` verifies against the system roots",
         ));
     }
     if tls_raw.cert.is_some() != tls_raw.key.is_some() {
         problems.push(
-            Problem::error(
+            error_at(
                 &format!("{base}/tls"),
-                "datasync::manifest::tls",
+                Code::ManifestTls,
                 "`tls.cert` and `tls.key` go together",
             )
             .on_key(),
@@ -697,19 +626,19 @@ fn resolve_source(
     }
 }
 
-fn check_column_names(list: &[String], pointer: &str, what: &str, problems: &mut Vec<Problem>) {
+fn check_column_names(list: &[String], pointer: &str, what: &str, problems: &mut Vec<Diagnostic>) {
     let mut seen: Vec<&str> = Vec::new();
     for (position, column) in list.iter().enumerate() {
         if column.trim().is_empty() {
-            problems.push(Problem::error(
+            problems.push(error_at(
                 &format!("{pointer}/{position}"),
-                "datasync::manifest::column",
+                Code::ManifestColumn,
                 format!("empty column name in `{what}`"),
             ));
         } else if seen.contains(&column.as_str()) {
-            problems.push(Problem::error(
+            problems.push(error_at(
                 &format!("{pointer}/{position}"),
-                "datasync::manifest::column",
+                Code::ManifestColumn,
                 format!("column `{column}` is listed twice in `{what}`"),
             ));
         }
@@ -724,7 +653,7 @@ fn resolve_table(
     pointer: &str,
     raw: &RawManifest,
     default_policies: TypePolicies,
-    problems: &mut Vec<Problem>,
+    problems: &mut Vec<Diagnostic>,
 ) -> Option<TableSpec> {
     let defaults = &raw.defaults;
     let parts: Vec<&str> = key.split('.').collect();
@@ -733,9 +662,9 @@ fn resolve_table(
         [qualifier, name] => (Some((*qualifier).to_string()), (*name).to_string()),
         _ => {
             problems.push(
-                Problem::error(
+                error_at(
                     pointer,
-                    "datasync::manifest::table_name",
+                    Code::ManifestTableName,
                     format!("`{key}` has too many parts: use `table` or `schema.table`"),
                 )
                 .on_key(),
@@ -745,9 +674,9 @@ fn resolve_table(
     };
     if name.is_empty() || qualifier.as_deref() == Some("") {
         problems.push(
-            Problem::error(
+            error_at(
                 pointer,
-                "datasync::manifest::table_name",
+                Code::ManifestTableName,
                 format!("`{key}` is not a table name"),
             )
             .on_key(),
@@ -756,9 +685,9 @@ fn resolve_table(
     }
     if source.kind == SourceKind::Sqlite && qualifier.is_some() {
         problems.push(
-            Problem::error(
+            error_at(
                 pointer,
-                "datasync::manifest::table_name",
+                Code::ManifestTableName,
                 "sqlite tables are not qualified",
             )
             .on_key(),
@@ -785,7 +714,7 @@ fn resolve_table(
         } else {
             pointer.to_string()
         };
-        let mut problem = Problem::error(&at, "datasync::manifest::bigquery_name", message);
+        let mut problem = error_at(&at, Code::ManifestBigqueryName, message);
         if table.target.is_none() {
             problem = problem
                 .on_key()
@@ -797,9 +726,9 @@ fn resolve_table(
     let mode = table.mode.or(defaults.mode).unwrap_or(WriteMode::Replace);
     if let Some(columns) = &table.columns {
         if columns.is_empty() {
-            problems.push(Problem::error(
+            problems.push(error_at(
                 &format!("{pointer}/columns"),
-                "datasync::manifest::column",
+                Code::ManifestColumn,
                 "`columns` is empty: leave it out to sync every column",
             ));
         }
@@ -814,9 +743,9 @@ fn resolve_table(
     );
     if let Some(primary_key) = &table.primary_key {
         if primary_key.is_empty() {
-            problems.push(Problem::error(
+            problems.push(error_at(
                 &format!("{pointer}/primary_key"),
-                "datasync::manifest::primary_key",
+                Code::ManifestPrimaryKey,
                 "`primary_key` is empty",
             ));
         }
@@ -836,16 +765,16 @@ fn resolve_table(
             .is_none_or(|columns| columns.iter().any(|c| c == column))
             && !exclude.iter().any(|c| c == column)
     };
-    let check_selected = |column: &str, at: String, what: &str, problems: &mut Vec<Problem>| {
+    let check_selected = |column: &str, at: String, what: &str, problems: &mut Vec<Diagnostic>| {
         if !selected(column) {
             let why = if exclude.iter().any(|c| c == column) {
                 "is excluded by `exclude_columns`"
             } else {
                 "is not in `columns`"
             };
-            problems.push(Problem::error(
+            problems.push(error_at(
                 &at,
-                "datasync::manifest::unknown_column",
+                Code::ManifestUnknownColumn,
                 format!("{what} `{column}` {why}"),
             ));
         }
@@ -872,12 +801,8 @@ fn resolve_table(
     for (column, bq_type) in &column_types {
         let at = format!("{pointer}/column_types/{}", escape_segment(column));
         check_selected(column, at.clone(), "column_types names column", problems);
-        if let Some(message) = override_type_problem(bq_type) {
-            problems.push(Problem::error(
-                &at,
-                "datasync::manifest::column_type",
-                message,
-            ));
+        if let Err(message) = bq_type.parse::<BqTypeSpec>() {
+            problems.push(error_at(&at, Code::ManifestColumnType, message));
         }
     }
     let partition_by = table.partition_by.as_ref().and_then(|text| {
@@ -885,9 +810,9 @@ fn resolve_table(
         let granularity = granularity.trim().to_ascii_uppercase();
         let at = format!("{pointer}/partition_by");
         if !["DAY", "HOUR", "MONTH", "YEAR"].contains(&granularity.as_str()) {
-            problems.push(Problem::error(
+            problems.push(error_at(
                 &at,
-                "datasync::manifest::partition",
+                Code::ManifestPartition,
                 format!(
                     "`{granularity}` is not a partition granularity (DAY, HOUR, MONTH or YEAR)"
                 ),
@@ -902,9 +827,9 @@ fn resolve_table(
     });
     let cluster_by = table.cluster_by.clone().unwrap_or_default();
     if cluster_by.len() > 4 {
-        problems.push(Problem::error(
+        problems.push(error_at(
             &format!("{pointer}/cluster_by"),
-            "datasync::manifest::cluster",
+            Code::ManifestCluster,
             format!(
                 "BigQuery clusters on at most 4 columns, not {}",
                 cluster_by.len()
@@ -922,9 +847,9 @@ fn resolve_table(
 
     match mode {
         WriteMode::Merge if table.primary_key.is_none() => problems.push(
-            Problem::error(
+            error_at(
                 pointer,
-                "datasync::manifest::merge_without_key",
+                Code::ManifestMergeWithoutKey,
                 format!("table `{key}` uses mode `merge` but has no `primary_key`"),
             )
             .on_key()
@@ -933,9 +858,9 @@ fn resolve_table(
             ),
         ),
         WriteMode::Incremental if table.cursor.is_none() => problems.push(
-            Problem::error(
+            error_at(
                 pointer,
-                "datasync::manifest::incremental_without_cursor",
+                Code::ManifestIncrementalWithoutCursor,
                 format!("table `{key}` uses mode `incremental` but has no `cursor`"),
             )
             .on_key()
@@ -945,9 +870,9 @@ fn resolve_table(
     }
     if table.cursor.is_some() && !matches!(mode, WriteMode::Incremental | WriteMode::Merge) {
         problems.push(
-            Problem::warning(
+            warning_at(
                 &format!("{pointer}/cursor"),
-                "datasync::manifest::cursor_unused",
+                Code::ManifestCursorUnused,
                 format!(
                     "`cursor` is only used by modes `incremental` and `merge`, not `{}`",
                     mode.as_str()

@@ -116,8 +116,9 @@ pub async fn run(
     filter: Option<&CursorFilter>,
 ) -> Result<Extracted, SourceError> {
     let table = source.describe(spec).await?;
-    let mapping =
-        map_table(&table, spec).map_err(|errors| SourceError::Invalid(errors.join("; ")))?;
+    let mapping = map_table(&table, spec).map_err(|errors| {
+        SourceError::Invalid(datasync::diagnostic::messages(&errors).join("; "))
+    })?;
     let (tx, mut rx) = tokio::sync::mpsc::channel(4);
     let collector = tokio::spawn(async move {
         let mut chunks = Vec::new();

@@ -19,6 +19,7 @@ pub mod apply;
 pub mod cli;
 pub mod diagnostic;
 pub mod encode;
+pub mod error;
 pub mod manifest;
 pub mod mapping;
 pub mod names;

@@ -53,6 +53,7 @@ impl World {
         .await
         .unwrap();
         let spec = BigQuerySpec {
+            gcloud_credentials: None,
             project: "datasync-test".into(),
             dataset: name.clone(),
             location: "US".into(),

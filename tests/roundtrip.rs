@@ -65,6 +65,7 @@ struct Trip {
 async fn warehouse(prefix: &str) -> BigQuery {
     let endpoint = url("DATASYNC_TEST_BIGQUERY_URL", BQ_URL);
     let spec = BigQuerySpec {
+        gcloud_credentials: None,
         project: PROJECT.into(),
         dataset: unique(prefix),
         location: "US".into(),

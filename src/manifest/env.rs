@@ -80,6 +80,10 @@ pub mod vars {
     pub const DATE_FORMAT: &str = "DATE_FORMAT";
     /// Rows per batch.
     pub const DEFAULT_BATCH_SIZE: &str = "DEFAULT_BATCH_SIZE";
+    /// gcloud's configuration directory (where its application-default credentials live).
+    pub const CLOUDSDK_CONFIG: &str = "CLOUDSDK_CONFIG";
+    /// The home directory (gcloud's default configuration is `$HOME/.config/gcloud`).
+    pub const HOME: &str = "HOME";
     /// Extract and encode without writing (read by the CLI, not the manifest).
     pub const DRY_RUN: &str = "DRY_RUN";
     /// Create and evolve target tables.
@@ -226,6 +230,21 @@ pub fn shell_safe(prefix: &str) -> String {
             }
         })
         .collect()
+}
+
+/// Where gcloud keeps its application-default credentials file:
+/// `$CLOUDSDK_CONFIG/application_default_credentials.json`, else under `$HOME/.config/gcloud`.
+pub fn gcloud_credentials(env: &Env) -> Option<String> {
+    let config = match env.get(vars::CLOUDSDK_CONFIG).filter(|dir| !dir.is_empty()) {
+        Some(dir) => dir.trim_end_matches('/').to_string(),
+        None => format!(
+            "{}/.config/gcloud",
+            env.get(vars::HOME)
+                .filter(|home| !home.is_empty())?
+                .trim_end_matches('/')
+        ),
+    };
+    Some(format!("{config}/application_default_credentials.json"))
 }
 
 /// Looks up `{prefix}_{suffix}` in its raw form and, failing that, its shell-safe form
@@ -525,12 +544,10 @@ fn apply_globals(writer: &mut Writer<'_>, env: &Env) {
             Err(message) => writer.error(vars::TRUNCATE_ON_SYNC, message),
         }
     }
-    for var in [vars::DRY_RUN] {
-        if let Some(value) = get(env, var)
-            && let Err(message) = parse_bool(value)
-        {
-            writer.error(var, message);
-        }
+    if let Some(value) = get(env, vars::DRY_RUN)
+        && let Err(message) = parse_bool(value)
+    {
+        writer.error(vars::DRY_RUN, message);
     }
     if let Some(value) = get(env, vars::DB_MAX_IDLE_CONNECTIONS) {
         if value.trim().parse::<u32>().is_err() {

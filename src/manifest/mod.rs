@@ -68,8 +68,6 @@ pub struct Loaded {
     pub warnings: Vec<Diagnostic>,
     /// Where each value came from.
     pub origins: Origins,
-    /// The merged document (file + env) before defaults.
-    pub document: Value,
     /// The file's text and spans, for rendering warnings.
     pub source: Option<SourceText>,
     /// Which environment mode was used.
@@ -114,66 +112,120 @@ fn validator() -> &'static jsonschema::Validator {
         .get_or_init(|| jsonschema::validator_for(schema()).expect("the generated schema compiles"))
 }
 
-/// Loads and validates a manifest.
-pub fn load(input: &ManifestInput) -> Result<Loaded, LoadFailure> {
-    let mut problems = Vec::new();
+/// The document after parsing, `${VAR}` interpolation and the environment overlay: what the
+/// JSON Schema and the semantic checks see.
+#[derive(Debug)]
+pub struct Overlaid {
+    /// The merged document (file + env), before defaults.
+    pub document: Value,
+    /// Where each value came from.
+    pub origins: Origins,
+    /// Problems found so far (interpolation and the overlay).
+    pub problems: Vec<Diagnostic>,
+    /// The file's text and spans.
+    pub source: Option<SourceText>,
+    /// Which environment mode was used.
+    pub mode: EnvMode,
+}
+
+/// Parses the text (if any), interpolates `${VAR}`s and applies the environment. Fails only on
+/// text that is not a document at all.
+pub fn overlay(input: &ManifestInput) -> Result<Overlaid, LoadFailure> {
     let mut origins = Origins::new();
     let (mut document, source, mode) = match &input.text {
         Some((text, format)) => {
             let name = input.name.clone().unwrap_or_else(|| "manifest".into());
-            match document::parse(text, *format) {
-                Ok((value, spans)) => {
-                    record_file_origins(&value, "", &mut origins);
-                    let source = SourceText {
-                        name,
-                        text: text.clone(),
-                        spans,
-                    };
-                    (value, Some(source), EnvMode::Overlay)
-                }
-                Err(error) => {
-                    let source = SourceText {
-                        name,
-                        text: text.clone(),
-                        spans: SpanIndex::default(),
-                    };
-                    return Err(LoadFailure {
-                        problems: vec![
-                            Diagnostic::error(Code::ManifestSyntax, error.message)
-                                .at(Location::Span(error.range)),
-                        ],
-                        source: Some(source),
-                    });
-                }
-            }
+            let (value, spans) = document::parse(text, *format).map_err(|error| LoadFailure {
+                problems: vec![
+                    Diagnostic::error(Code::ManifestSyntax, error.message)
+                        .at(Location::Span(error.range)),
+                ],
+                source: Some(SourceText {
+                    name: name.clone(),
+                    text: text.clone(),
+                    spans: SpanIndex::default(),
+                }),
+            })?;
+            record_file_origins(&value, "", &mut origins);
+            let source = SourceText {
+                name,
+                text: text.clone(),
+                spans,
+            };
+            (value, Some(source), EnvMode::Overlay)
         }
         None => (Value::Object(serde_json::Map::new()), None, EnvMode::Legacy),
     };
     if !document.is_object() {
-        problems.push(error_at(
-            "",
-            Code::ManifestSchema,
-            "the manifest must be a mapping of keys to values",
-        ));
-        return Err(LoadFailure { problems, source });
+        return Err(LoadFailure {
+            problems: vec![error_at(
+                "",
+                Code::ManifestSchema,
+                "the manifest must be a mapping of keys to values",
+            )],
+            source,
+        });
     }
-
+    let mut problems = Vec::new();
     env::interpolate(&mut document, &input.env, "", &mut problems);
+    problems.extend(env::apply(&mut document, &input.env, mode, &mut origins));
+    // Tables written as `orders:` (null) mean "all defaults".
+    fill_null_tables(&mut document);
+    Ok(Overlaid {
+        document,
+        origins,
+        problems,
+        source,
+        mode,
+    })
+}
+
+/// Loads and validates a manifest.
+pub fn load(input: &ManifestInput) -> Result<Loaded, LoadFailure> {
+    let Overlaid {
+        document,
+        origins,
+        mut problems,
+        source,
+        mode,
+    } = overlay(input)?;
     // A value whose variable is missing is reported once, not again by the checks below.
     let unresolved: Vec<String> = problems
         .iter()
+        .filter(|problem| problem.code == Code::ManifestEnvVar)
         .filter_map(|problem| problem.pointer().map(str::to_string))
         .collect();
-    problems.extend(env::apply(&mut document, &input.env, mode, &mut origins));
+    let manifest = check(&document, &mut problems);
+    problems.retain(|problem| {
+        problem.code == Code::ManifestEnvVar
+            || !problem
+                .pointer()
+                .is_some_and(|pointer| unresolved.iter().any(|u| u == pointer))
+    });
+    sort_problems(&mut problems, source.as_ref());
+    let has_errors = problems.iter().any(Diagnostic::is_error);
+    match manifest {
+        Some(mut manifest) if !has_errors => {
+            manifest.bigquery.gcloud_credentials = env::gcloud_credentials(&input.env);
+            Ok(Loaded {
+                manifest,
+                warnings: problems,
+                origins,
+                source,
+                mode,
+            })
+        }
+        _ => Err(LoadFailure { problems, source }),
+    }
+}
 
-    // Tables written as `orders:` (null) mean "all defaults".
-    fill_null_tables(&mut document);
-
-    // Schema errors are reported, then the offending nodes are cut out so the semantic checks
-    // can still run on the rest: every problem is reported at once.
+/// Validates the merged document against the JSON Schema, then resolves it. Schema errors are
+/// reported and the offending nodes cut out, so the semantic checks still run on the rest:
+/// every problem is reported at once, none twice.
+fn check(document: &Value, problems: &mut Vec<Diagnostic>) -> Option<Manifest> {
     let mut repaired = document.clone();
     let mut removed: Vec<String> = Vec::new();
-    for error in validator().iter_errors(&document) {
+    for error in validator().iter_errors(document) {
         let problem = schema_problem(&error);
         if let Some(pointer) = problem.pointer()
             && !pointer.is_empty()
@@ -183,23 +235,15 @@ pub fn load(input: &ManifestInput) -> Result<Loaded, LoadFailure> {
         }
         problems.push(problem);
     }
-    let schema_failed = problems
-        .iter()
-        .any(|problem| problem.severity == Severity::Error);
-
-    let manifest = match serde_json::from_value::<RawManifest>(repaired) {
+    let schema_failed = problems.iter().any(Diagnostic::is_error);
+    match serde_json::from_value::<RawManifest>(repaired) {
         Ok(raw) => {
             let (manifest, found) = resolve::resolve(&raw);
-            problems.extend(found.into_iter().filter(|problem| {
-                // Skip what a schema error already explains.
-                !problem.pointer().is_some_and(|pointer| {
-                    removed.iter().any(|cut| {
-                        pointer.starts_with(cut.as_str())
-                            || cut.starts_with(pointer)
-                                && problem.code == Code::ManifestMissingField
-                    })
-                })
-            }));
+            problems.extend(
+                found
+                    .into_iter()
+                    .filter(|problem| !explained_by_schema(problem, &removed)),
+            );
             manifest.filter(|_| !schema_failed)
         }
         Err(error) => {
@@ -208,29 +252,17 @@ pub fn load(input: &ManifestInput) -> Result<Loaded, LoadFailure> {
             }
             None
         }
-    };
-
-    problems.retain(|problem| {
-        problem.code == Code::ManifestEnvVar
-            || !problem
-                .pointer()
-                .is_some_and(|pointer| unresolved.iter().any(|u| u == pointer))
-    });
-    sort_problems(&mut problems, source.as_ref());
-    let has_errors = problems
-        .iter()
-        .any(|problem| problem.severity == Severity::Error);
-    match manifest {
-        Some(manifest) if !has_errors => Ok(Loaded {
-            manifest,
-            warnings: problems,
-            origins,
-            document,
-            source,
-            mode,
-        }),
-        _ => Err(LoadFailure { problems, source }),
     }
+}
+
+/// Whether a semantic problem is about a node a schema error already cut out.
+fn explained_by_schema(problem: &Diagnostic, removed: &[String]) -> bool {
+    problem.pointer().is_some_and(|pointer| {
+        removed.iter().any(|cut| {
+            pointer.starts_with(cut.as_str())
+                || cut.starts_with(pointer) && problem.code == Code::ManifestMissingField
+        })
+    })
 }
 
 fn fill_null_tables(document: &mut Value) {

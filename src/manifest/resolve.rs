@@ -56,6 +56,10 @@ pub struct BigQuerySpec {
     pub endpoint: Option<String>,
     /// Service-account key path.
     pub credentials: Option<String>,
+    /// gcloud's application-default credentials file (`$CLOUDSDK_CONFIG`, else
+    /// `$HOME/.config/gcloud`, from the environment snapshot), used when `credentials` is unset
+    /// and the file exists. Not a manifest field.
+    pub gcloud_credentials: Option<String>,
     /// Create the dataset if missing.
     pub create_dataset: bool,
 }
@@ -430,6 +434,7 @@ pub fn resolve(raw: &RawManifest) -> (Option<Manifest>, Vec<Diagnostic>) {
                 .clone()
                 .map(|url| url.trim_end_matches('/').to_string()),
             credentials: raw.bigquery.credentials.clone(),
+            gcloud_credentials: None,
             create_dataset: raw.bigquery.create_dataset.unwrap_or(false),
         },
         timeout,

@@ -60,13 +60,9 @@ impl Authenticator for YupToken {
 
 /// The application-default credentials file gcloud writes
 /// (`gcloud auth application-default login`), if it exists.
-fn gcloud_adc_file() -> Option<std::path::PathBuf> {
-    let config = std::env::var_os("CLOUDSDK_CONFIG")
-        .map(std::path::PathBuf::from)
-        .or_else(|| {
-            std::env::var_os("HOME").map(|home| std::path::Path::new(&home).join(".config/gcloud"))
-        })?;
-    let path = config.join("application_default_credentials.json");
+/// (`BigQuerySpec::gcloud_credentials`, resolved from the environment snapshot), when it exists.
+fn gcloud_adc_file(path: Option<&str>) -> Option<std::path::PathBuf> {
+    let path = std::path::PathBuf::from(path?);
     path.is_file().then_some(path)
 }
 
@@ -76,10 +72,11 @@ fn gcloud_adc_file() -> Option<std::path::PathBuf> {
 /// the GCE/GKE metadata server.
 async fn build_authenticator(
     credentials: Option<&str>,
+    gcloud_credentials: Option<&str>,
 ) -> Result<Arc<dyn Authenticator>, WarehouseError> {
     let path = credentials
         .map(std::path::PathBuf::from)
-        .or_else(gcloud_adc_file);
+        .or_else(|| gcloud_adc_file(gcloud_credentials));
     let auth = match path {
         Some(path) => {
             let shown = path.display().to_string();
@@ -169,6 +166,7 @@ pub struct BigQuery {
     pub(super) location: String,
     emulator: bool,
     credentials: Option<String>,
+    gcloud_credentials: Option<String>,
     auth: OnceCell<Arc<dyn Authenticator>>,
     pub(super) retry: RetryPolicy,
     pub(super) chunk_size: usize,
@@ -222,6 +220,7 @@ impl BigQuery {
             location: spec.location.clone(),
             emulator,
             credentials: spec.credentials.clone(),
+            gcloud_credentials: spec.gcloud_credentials.clone(),
             auth,
             retry: RetryPolicy::default(),
             chunk_size: DEFAULT_CHUNK_SIZE,
@@ -266,7 +265,12 @@ impl BigQuery {
     async fn token(&self) -> Result<String, WarehouseError> {
         let auth = self
             .auth
-            .get_or_try_init(|| build_authenticator(self.credentials.as_deref()))
+            .get_or_try_init(|| {
+                build_authenticator(
+                    self.credentials.as_deref(),
+                    self.gcloud_credentials.as_deref(),
+                )
+            })
             .await?;
         auth.access_token()
             .await
@@ -934,7 +938,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("credentials.json");
         std::fs::write(&path, contents).unwrap();
-        build_authenticator(path.to_str()).await
+        build_authenticator(path.to_str(), None).await
     }
 
     #[tokio::test]
@@ -953,7 +957,7 @@ mod tests {
         );
         let error = build_from("not json").await.err().unwrap();
         assert!(error.to_string().contains("of type ``"), "{error}");
-        let missing = build_authenticator(Some("/nonexistent/credentials.json"))
+        let missing = build_authenticator(Some("/nonexistent/credentials.json"), None)
             .await
             .err()
             .unwrap();

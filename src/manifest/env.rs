@@ -570,18 +570,21 @@ fn apply_globals(writer: &mut Writer<'_>, env: &Env) {
     }
 }
 
-fn apply_source(writer: &mut Writer<'_>, env: &Env, mode: EnvMode, name: &str, prefix: &str) {
-    let base = format!("/sources/{}", escape_segment(name));
-    let legacy = mode == EnvMode::Legacy;
-
-    // Type: file > {ID}_DB_TYPE > DB_TYPE > mysql (legacy default).
+/// The source's type: {ID}_DB_TYPE > file > DB_TYPE > `mysql` (legacy default).
+fn apply_source_type(
+    writer: &mut Writer<'_>,
+    env: &Env,
+    legacy: bool,
+    base: &str,
+    prefix: &str,
+) -> Option<String> {
     let file_type = writer
         .doc
         .pointer(&format!("{base}/type"))
         .and_then(Value::as_str)
         .map(str::to_string);
     let specific_type = get_prefixed(env, prefix, "DB_TYPE");
-    let kind = if let Some((var, text)) = &specific_type {
+    if let Some((var, text)) = &specific_type {
         let kind = normalize_type(var, text, writer);
         if let Some(kind) = kind {
             writer.set(&format!("{base}/type"), json!(kind), var);
@@ -600,7 +603,17 @@ fn apply_source(writer: &mut Writer<'_>, env: &Env, mode: EnvMode, name: &str, p
         Some("mysql".to_string())
     } else {
         None
-    };
+    }
+}
+
+/// Host, database, schema, user, password and port, with the global fallbacks.
+fn apply_connection(
+    writer: &mut Writer<'_>,
+    env: &Env,
+    base: &str,
+    prefix: &str,
+    kind: Option<&str>,
+) {
     let global_type = get(env, vars::DB_TYPE).map(|text| text.trim().to_ascii_lowercase());
 
     let string_fields = [
@@ -634,18 +647,16 @@ fn apply_source(writer: &mut Writer<'_>, env: &Env, mode: EnvMode, name: &str, p
         // The global port belongs to the global type: a PostgreSQL source does not inherit a
         // MySQL port (the Go tool gave PostgreSQL 3306).
         let global_kind = global_type.as_deref().unwrap_or("mysql");
-        let same_kind = kind.as_deref().is_some_and(|kind| {
+        let same_kind = kind.is_some_and(|kind| {
             kind == global_kind || (kind == "postgres" && global_kind.starts_with("postgres"))
         });
         if same_kind {
             writer.int(&port_pointer, vars::DB_PORT, value, 1, true);
         }
     }
+}
 
-    if let Some((var, value)) = get_prefixed(env, prefix, "ENABLED") {
-        writer.bool(&format!("{base}/enabled"), &var, value);
-    }
-
+fn apply_tls(writer: &mut Writer<'_>, env: &Env, base: &str, prefix: &str) {
     // TLS: {ID}_DB_TLS_MODE > {ID}_DB_SSLMODE > file > DB_TLS_MODE > DB_SSLMODE.
     let tls_specific = get_prefixed(env, prefix, "DB_TLS_MODE")
         .or_else(|| get_prefixed(env, prefix, "DB_SSLMODE"));
@@ -672,7 +683,9 @@ fn apply_source(writer: &mut Writer<'_>, env: &Env, mode: EnvMode, name: &str, p
             writer.string(&pointer, global, value, true);
         }
     }
+}
 
+fn apply_timeouts_and_pool(writer: &mut Writer<'_>, env: &Env, base: &str, prefix: &str) {
     for (suffix, global, field) in [
         ("DB_CONN_TIMEOUT", vars::DB_CONN_TIMEOUT, "connect"),
         ("DB_READ_TIMEOUT", vars::DB_READ_TIMEOUT, "read"),
@@ -708,8 +721,17 @@ fn apply_source(writer: &mut Writer<'_>, env: &Env, mode: EnvMode, name: &str, p
             true,
         );
     }
+}
 
-    // Tables: legacy mode lists them in {ID}_TABLES; overlay mode adds listed ones too.
+/// Tables: legacy mode lists them in {ID}_TABLES; overlay mode adds listed ones too.
+fn apply_tables(
+    writer: &mut Writer<'_>,
+    env: &Env,
+    legacy: bool,
+    base: &str,
+    name: &str,
+    prefix: &str,
+) {
     let tables_pointer = format!("{base}/tables");
     let mut table_names: Vec<String> = writer
         .doc
@@ -738,6 +760,21 @@ fn apply_source(writer: &mut Writer<'_>, env: &Env, mode: EnvMode, name: &str, p
     for table in table_names {
         apply_table(writer, env, &tables_pointer, prefix, &table);
     }
+}
+
+fn apply_source(writer: &mut Writer<'_>, env: &Env, mode: EnvMode, name: &str, prefix: &str) {
+    let base = format!("/sources/{}", escape_segment(name));
+    let legacy = mode == EnvMode::Legacy;
+
+    let kind = apply_source_type(writer, env, legacy, &base, prefix);
+    apply_connection(writer, env, &base, prefix, kind.as_deref());
+    if let Some((var, value)) = get_prefixed(env, prefix, "ENABLED") {
+        writer.bool(&format!("{base}/enabled"), &var, value);
+    }
+
+    apply_tls(writer, env, &base, prefix);
+    apply_timeouts_and_pool(writer, env, &base, prefix);
+    apply_tables(writer, env, legacy, &base, name, prefix);
 }
 
 fn apply_table(

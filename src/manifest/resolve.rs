@@ -279,9 +279,8 @@ fn duration(
 
 /// Resolves a schema-valid [`RawManifest`]. Returns the manifest when no error was found, and
 /// every problem (errors and warnings) either way.
-pub fn resolve(raw: &RawManifest) -> (Option<Manifest>, Vec<Diagnostic>) {
-    let mut problems = Vec::new();
-
+/// The destination's names and endpoint, checked; returns the project and the dataset.
+fn check_bigquery(raw: &RawManifest, problems: &mut Vec<Diagnostic>) -> (String, String) {
     let project = raw.bigquery.project.clone().unwrap_or_default();
     if raw.bigquery.project.is_none() {
         problems.push(
@@ -328,23 +327,16 @@ pub fn resolve(raw: &RawManifest) -> (Option<Manifest>, Vec<Diagnostic>) {
         ));
     }
 
-    let defaults = &raw.defaults;
-    let timeout = duration(
-        defaults.timeout.as_ref(),
-        "/defaults/timeout",
-        &mut problems,
-    )
-    .flatten();
-    let parallelism = defaults.parallelism.unwrap_or(DEFAULT_PARALLELISM);
-    let default_policies = TypePolicies::default().overlay(&defaults.types);
+    (project, dataset)
+}
 
-    if raw.sources.is_empty() {
-        problems.push(
-            error_at("", Code::ManifestNoSources, "the manifest has no sources")
-                .with_help("add a `sources:` entry, or set SYNC_DATABASES for env-only mode"),
-        );
-    }
-
+/// Every source and its tables, with the check that no two enabled tables share a target.
+fn resolve_sources(
+    raw: &RawManifest,
+    parallelism: u32,
+    default_policies: TypePolicies,
+    problems: &mut Vec<Diagnostic>,
+) -> (Vec<SourceSpec>, Vec<TableSpec>) {
     let mut sources = Vec::new();
     let mut tables = Vec::new();
     let mut targets: HashMap<String, String> = HashMap::new();
@@ -366,7 +358,7 @@ pub fn resolve(raw: &RawManifest) -> (Option<Manifest>, Vec<Diagnostic>) {
                 .on_key(),
             );
         }
-        let spec = resolve_source(source_name, source, &base, parallelism, &mut problems);
+        let spec = resolve_source(source_name, source, &base, parallelism, problems);
         if source.tables.is_empty() {
             problems.push(
                 warning_at(
@@ -381,15 +373,9 @@ pub fn resolve(raw: &RawManifest) -> (Option<Manifest>, Vec<Diagnostic>) {
             let pointer = format!("{base}/tables/{}", escape_segment(key));
             let default_table = RawTable::default();
             let table = table.as_ref().unwrap_or(&default_table);
-            let Some(table_spec) = resolve_table(
-                &spec,
-                key,
-                table,
-                &pointer,
-                raw,
-                default_policies,
-                &mut problems,
-            ) else {
+            let Some(table_spec) =
+                resolve_table(&spec, key, table, &pointer, raw, default_policies, problems)
+            else {
                 continue;
             };
             if table_spec.enabled {
@@ -420,6 +406,32 @@ pub fn resolve(raw: &RawManifest) -> (Option<Manifest>, Vec<Diagnostic>) {
         sources.push(spec);
     }
 
+    (sources, tables)
+}
+
+pub fn resolve(raw: &RawManifest) -> (Option<Manifest>, Vec<Diagnostic>) {
+    let mut problems = Vec::new();
+
+    let (project, dataset) = check_bigquery(raw, &mut problems);
+    let defaults = &raw.defaults;
+    let timeout = duration(
+        defaults.timeout.as_ref(),
+        "/defaults/timeout",
+        &mut problems,
+    )
+    .flatten();
+    let parallelism = defaults.parallelism.unwrap_or(DEFAULT_PARALLELISM);
+    let default_policies = TypePolicies::default().overlay(&defaults.types);
+
+    if raw.sources.is_empty() {
+        problems.push(
+            error_at("", Code::ManifestNoSources, "the manifest has no sources")
+                .with_help("add a `sources:` entry, or set SYNC_DATABASES for env-only mode"),
+        );
+    }
+
+    let (sources, tables) = resolve_sources(raw, parallelism, default_policies, &mut problems);
+
     let has_errors = problems
         .iter()
         .any(|problem| problem.severity == super::Severity::Error);
@@ -445,13 +457,8 @@ pub fn resolve(raw: &RawManifest) -> (Option<Manifest>, Vec<Diagnostic>) {
     (manifest, problems)
 }
 
-fn resolve_source(
-    name: &str,
-    source: &RawSource,
-    base: &str,
-    parallelism: u32,
-    problems: &mut Vec<Diagnostic>,
-) -> SourceSpec {
+/// The URL or the connection parts: the scheme, what a URL makes useless, what is missing.
+fn check_connection(name: &str, source: &RawSource, base: &str, problems: &mut Vec<Diagnostic>) {
     let kind = source.kind;
     if let Some(url) = &source.url {
         let scheme_ok = match kind {
@@ -530,6 +537,10 @@ fn resolve_source(
             .on_key(),
         );
     }
+}
+
+fn resolve_tls(source: &RawSource, base: &str, problems: &mut Vec<Diagnostic>) -> TlsSpec {
+    let kind = source.kind;
     let tls_raw = source.tls.clone().unwrap_or(super::raw::RawTls {
         mode: None,
         ca: None,
@@ -558,13 +569,22 @@ fn resolve_source(
             .on_key(),
         );
     }
+    TlsSpec {
+        mode: tls_mode,
+        ca: tls_raw.ca,
+        cert: tls_raw.cert,
+        key: tls_raw.key,
+    }
+}
+
+fn resolve_timeouts(source: &RawSource, base: &str, problems: &mut Vec<Diagnostic>) -> Timeouts {
     let timeouts_raw = source.timeouts.clone().unwrap_or(super::raw::RawTimeouts {
         connect: None,
         read: None,
         write: None,
         statement: None,
     });
-    let timeouts = Timeouts {
+    Timeouts {
         connect: duration(
             timeouts_raw.connect.as_ref(),
             &format!("{base}/timeouts/connect"),
@@ -589,7 +609,20 @@ fn resolve_source(
             problems,
         )
         .flatten(),
-    };
+    }
+}
+
+fn resolve_source(
+    name: &str,
+    source: &RawSource,
+    base: &str,
+    parallelism: u32,
+    problems: &mut Vec<Diagnostic>,
+) -> SourceSpec {
+    let kind = source.kind;
+    check_connection(name, source, base, problems);
+    let tls = resolve_tls(source, base, problems);
+    let timeouts = resolve_timeouts(source, base, problems);
     let pool = source.pool.clone().unwrap_or(super::raw::RawPool {
         max_connections: None,
         min_connections: None,
@@ -618,12 +651,7 @@ fn resolve_source(
             database: source.database.clone(),
             schema: source.schema.clone(),
         },
-        tls: TlsSpec {
-            mode: tls_mode,
-            ca: tls_raw.ca,
-            cert: tls_raw.cert,
-            key: tls_raw.key,
-        },
+        tls,
         max_connections: pool.max_connections.unwrap_or(parallelism).max(1),
         min_connections: pool.min_connections.unwrap_or(0),
         max_lifetime,
@@ -651,16 +679,13 @@ fn check_column_names(list: &[String], pointer: &str, what: &str, problems: &mut
     }
 }
 
-fn resolve_table(
+/// `table` or `qualifier.table`, with the engine's default qualifier.
+fn table_name(
     source: &SourceSpec,
     key: &str,
-    table: &RawTable,
     pointer: &str,
-    raw: &RawManifest,
-    default_policies: TypePolicies,
     problems: &mut Vec<Diagnostic>,
-) -> Option<TableSpec> {
-    let defaults = &raw.defaults;
+) -> Option<(Option<String>, String)> {
     let parts: Vec<&str> = key.split('.').collect();
     let (qualifier, name) = match parts.as_slice() {
         [name] => (None, (*name).to_string()),
@@ -709,6 +734,16 @@ fn resolve_table(
         SourceKind::Mysql | SourceKind::Sqlite => None,
     });
 
+    Some((qualifier, name))
+}
+
+/// The target table's name, checked.
+fn table_target(
+    key: &str,
+    table: &RawTable,
+    pointer: &str,
+    problems: &mut Vec<Diagnostic>,
+) -> String {
     let target = table
         .target
         .clone()
@@ -728,7 +763,15 @@ fn resolve_table(
         problems.push(problem);
     }
 
-    let mode = table.mode.or(defaults.mode).unwrap_or(WriteMode::Replace);
+    target
+}
+
+/// The column lists: not empty, no blanks or repeats.
+fn check_column_lists(
+    table: &RawTable,
+    pointer: &str,
+    problems: &mut Vec<Diagnostic>,
+) -> Vec<String> {
     if let Some(columns) = &table.columns {
         if columns.is_empty() {
             problems.push(error_at(
@@ -762,7 +805,17 @@ fn resolve_table(
         );
     }
 
-    // Every column the table names must be selected.
+    exclude
+}
+
+/// Every column the table names (key, cursor, overrides, layout) must be selected; returns
+/// the overrides, the partitioning and the clustering.
+fn check_named_columns(
+    table: &RawTable,
+    exclude: &[String],
+    pointer: &str,
+    problems: &mut Vec<Diagnostic>,
+) -> (IndexMap<String, String>, Option<Partitioning>, Vec<String>) {
     let selected = |column: &str| {
         table
             .columns
@@ -850,6 +903,17 @@ fn resolve_table(
         );
     }
 
+    (column_types, partition_by, cluster_by)
+}
+
+/// What the write mode needs: a key for `merge`, a cursor for `incremental`.
+fn check_mode(
+    key: &str,
+    table: &RawTable,
+    mode: WriteMode,
+    pointer: &str,
+    problems: &mut Vec<Diagnostic>,
+) {
     match mode {
         WriteMode::Merge if table.primary_key.is_none() => problems.push(
             error_at(
@@ -886,7 +950,25 @@ fn resolve_table(
             .on_key(),
         );
     }
+}
 
+fn resolve_table(
+    source: &SourceSpec,
+    key: &str,
+    table: &RawTable,
+    pointer: &str,
+    raw: &RawManifest,
+    default_policies: TypePolicies,
+    problems: &mut Vec<Diagnostic>,
+) -> Option<TableSpec> {
+    let defaults = &raw.defaults;
+    let (qualifier, name) = table_name(source, key, pointer, problems)?;
+    let target = table_target(key, table, pointer, problems);
+    let mode = table.mode.or(defaults.mode).unwrap_or(WriteMode::Replace);
+    let exclude = check_column_lists(table, pointer, problems);
+    let (column_types, partition_by, cluster_by) =
+        check_named_columns(table, &exclude, pointer, problems);
+    check_mode(key, table, mode, pointer, problems);
     let max_parse_failures = table
         .max_parse_failures
         .or(defaults.max_parse_failures)

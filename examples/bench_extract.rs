@@ -85,6 +85,10 @@ const KINDS: &[[(&str, &str); 3]] = &[
     ],
 ];
 
+#[expect(
+    clippy::disallowed_methods,
+    reason = "the benchmark reads its settings from the environment"
+)]
 fn env_or(name: &str, default: &str) -> String {
     std::env::var_os(name)
         .and_then(|value| value.into_string().ok())
@@ -272,7 +276,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let result = async {
         let table = source.describe(&spec).await?;
-        let mapping = map_table(&table, &spec).map_err(|errors| errors.join("; "))?;
+        let mapping = map_table(&table, &spec)
+            .map_err(|errors| datasync::diagnostic::messages(&errors).join("; "))?;
         let (tx, mut rx) = tokio::sync::mpsc::channel::<bytes::Bytes>(4);
         let total = Arc::new(AtomicU64::new(0));
         let counter = Arc::clone(&total);

@@ -16,7 +16,9 @@
 //! - [`cli`] is the only module that prints, reads the process environment or picks exit codes.
 
 pub mod cli;
+pub mod diagnostic;
 pub mod encode;
+pub mod error;
 pub mod manifest;
 pub mod mapping;
 pub mod names;

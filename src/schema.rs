@@ -83,6 +83,152 @@ impl BqType {
     }
 }
 
+/// A BigQuery column type as written in DDL and in `column_types` overrides: a type name
+/// (standard or alias: `INTEGER`, `FLOAT`, `BOOLEAN`, `DECIMAL`, `BIGDECIMAL`, …) with the
+/// parameters BigQuery allows:
+///
+/// - `NUMERIC(P[, S])` / `DECIMAL`: 0 ≤ S ≤ 9 and max(1, S) ≤ P ≤ S + 29;
+/// - `BIGNUMERIC(P[, S])` / `BIGDECIMAL`: 0 ≤ S ≤ 38 and max(1, S) ≤ P ≤ S + 38;
+/// - `STRING(L)` and `BYTES(L)`: a maximum length L ≥ 1;
+/// - every other type takes none.
+///
+/// `NUMERIC(P)` means scale 0. The one parser both `validate` and `plan` use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct BqTypeSpec {
+    /// The type.
+    pub bq_type: BqType,
+    /// NUMERIC/BIGNUMERIC precision, when given.
+    pub precision: Option<u32>,
+    /// NUMERIC/BIGNUMERIC scale (0 when only the precision is given).
+    pub scale: Option<u32>,
+    /// STRING/BYTES maximum length, when given.
+    pub max_length: Option<u64>,
+}
+
+/// The type names a [`BqTypeSpec`] accepts, in their standard spelling.
+pub const BQ_TYPE_NAMES: &[&str] = &[
+    "STRING",
+    "BYTES",
+    "INT64",
+    "FLOAT64",
+    "NUMERIC",
+    "BIGNUMERIC",
+    "BOOL",
+    "DATE",
+    "DATETIME",
+    "TIME",
+    "TIMESTAMP",
+    "JSON",
+    "GEOGRAPHY",
+    "INTERVAL",
+];
+
+impl BqTypeSpec {
+    /// A type without parameters.
+    pub fn plain(bq_type: BqType) -> Self {
+        Self {
+            bq_type,
+            precision: None,
+            scale: None,
+            max_length: None,
+        }
+    }
+
+    fn check_parameters(self, text: &str, numbers: &[u64]) -> Result<Self, String> {
+        let invalid = |rule: &str| format!("`{text}` has invalid type parameters ({rule})");
+        let decimal = |max_scale: u64, max_integer: u64| -> Result<(u32, u32), String> {
+            let name = self.bq_type.as_str();
+            let rule = format!(
+                "{name}(P[, S]) needs 0 ≤ S ≤ {max_scale} and max(1, S) ≤ P ≤ S + {max_integer}"
+            );
+            let (precision, scale) = match numbers {
+                [precision] => (*precision, 0),
+                [precision, scale] => (*precision, *scale),
+                _ => return Err(invalid(&rule)),
+            };
+            if scale > max_scale || precision < scale.max(1) || precision > scale + max_integer {
+                return Err(invalid(&rule));
+            }
+            // Both are at most 76 here.
+            Ok((precision as u32, scale as u32))
+        };
+        let mut spec = self;
+        match self.bq_type {
+            BqType::Numeric => {
+                let (precision, scale) = decimal(9, 29)?;
+                (spec.precision, spec.scale) = (Some(precision), Some(scale));
+            }
+            BqType::BigNumeric => {
+                let (precision, scale) = decimal(38, 38)?;
+                (spec.precision, spec.scale) = (Some(precision), Some(scale));
+            }
+            BqType::String | BqType::Bytes => match numbers {
+                [length] if *length >= 1 => spec.max_length = Some(*length),
+                _ => {
+                    return Err(invalid(&format!(
+                        "{}(L) needs one maximum length L ≥ 1",
+                        self.bq_type.as_str()
+                    )));
+                }
+            },
+            other => return Err(invalid(&format!("{} takes none", other.as_str()))),
+        }
+        Ok(spec)
+    }
+}
+
+impl std::str::FromStr for BqTypeSpec {
+    type Err = String;
+
+    /// Parses `NUMERIC(38, 9)`, `bignumeric`, `STRING(10)`, `DECIMAL(12,2)`, …; the error is the
+    /// message shown to the user.
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let trimmed = text.trim();
+        let (name, params) = match trimmed.split_once('(') {
+            Some((name, rest)) => (name, Some(rest)),
+            None => (trimmed, None),
+        };
+        let bq_type = BqType::parse(name).ok_or_else(|| {
+            format!(
+                "`{text}` is not a BigQuery column type (one of {})",
+                BQ_TYPE_NAMES.join(", ")
+            )
+        })?;
+        let spec = Self::plain(bq_type);
+        let Some(params) = params else {
+            return Ok(spec);
+        };
+        let numbers: Option<Vec<u64>> = params
+            .strip_suffix(')')
+            .map(|inner| {
+                inner
+                    .split(',')
+                    .map(|part| part.trim().parse::<u64>().ok())
+                    .collect()
+            })
+            .unwrap_or(None);
+        match numbers {
+            Some(numbers) => spec.check_parameters(text, &numbers),
+            None => Err(format!(
+                "`{text}` has invalid type parameters (write them as whole numbers in parentheses)"
+            )),
+        }
+    }
+}
+
+impl std::fmt::Display for BqTypeSpec {
+    /// The standard spelling, e.g. `NUMERIC(38, 9)`, `STRING(10)` or `INT64`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let name = self.bq_type.as_str();
+        match (self.precision, self.scale, self.max_length) {
+            (Some(precision), Some(scale), _) => write!(f, "{name}({precision}, {scale})"),
+            (Some(precision), None, _) => write!(f, "{name}({precision})"),
+            (_, _, Some(length)) => write!(f, "{name}({length})"),
+            _ => f.write_str(name),
+        }
+    }
+}
+
 /// A BigQuery column mode.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "UPPERCASE")]
@@ -131,7 +277,7 @@ pub struct WarehouseField {
 }
 
 impl WarehouseField {
-    /// A NULLABLE field without parameters.
+    /// A field of `mode` without parameters or description.
     pub fn new(name: impl Into<String>, bq_type: BqType, mode: FieldMode) -> Self {
         Self {
             name: name.into(),
@@ -146,13 +292,16 @@ impl WarehouseField {
 
     /// The type with its parameters, e.g. `NUMERIC(38, 9)` or `STRING`.
     pub fn type_text(&self) -> String {
-        match (self.precision, self.scale, self.max_length) {
-            (Some(precision), Some(scale), _) => {
-                format!("{}({precision}, {scale})", self.bq_type.as_str())
-            }
-            (Some(precision), None, _) => format!("{}({precision})", self.bq_type.as_str()),
-            (_, _, Some(length)) => format!("{}({length})", self.bq_type.as_str()),
-            _ => self.bq_type.as_str().to_string(),
+        self.type_spec().to_string()
+    }
+
+    /// The type with its parameters.
+    pub fn type_spec(&self) -> BqTypeSpec {
+        BqTypeSpec {
+            bq_type: self.bq_type,
+            precision: self.precision,
+            scale: self.scale,
+            max_length: self.max_length,
         }
     }
 
@@ -241,4 +390,55 @@ pub struct SourceTable {
     pub estimated_rows: Option<u64>,
     /// Table comment.
     pub comment: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn type_specs_follow_bigquery_ddl() {
+        let ok = [
+            ("STRING", "STRING"),
+            (" string(10) ", "STRING(10)"),
+            ("BYTES(5)", "BYTES(5)"),
+            ("integer", "INT64"),
+            ("FLOAT", "FLOAT64"),
+            ("BOOLEAN", "BOOL"),
+            ("NUMERIC", "NUMERIC"),
+            ("NUMERIC(38, 9)", "NUMERIC(38, 9)"),
+            ("numeric(10)", "NUMERIC(10, 0)"),
+            ("DECIMAL(12,2)", "NUMERIC(12, 2)"),
+            ("BIGDECIMAL", "BIGNUMERIC"),
+            ("BIGNUMERIC(76, 38)", "BIGNUMERIC(76, 38)"),
+            ("NUMERIC(29)", "NUMERIC(29, 0)"),
+            ("NUMERIC(9, 9)", "NUMERIC(9, 9)"),
+        ];
+        for (text, expected) in ok {
+            let spec: BqTypeSpec = text.parse().unwrap_or_else(|e| panic!("{text}: {e}"));
+            assert_eq!(spec.to_string(), expected, "{text}");
+        }
+        let bad = [
+            "VARCHAR",
+            "NUMERIC(30)",
+            "NUMERIC(40,2)",
+            "NUMERIC(5,10)",
+            "NUMERIC(0)",
+            "NUMERIC(10,2,1)",
+            "BIGNUMERIC(77,38)",
+            "STRING(0)",
+            "STRING(1,2)",
+            "INT64(5)",
+            "NUMERIC(a)",
+            "NUMERIC(10",
+            "NUMERIC()",
+        ];
+        for text in bad {
+            assert!(text.parse::<BqTypeSpec>().is_err(), "{text} parsed");
+        }
+        assert_eq!(
+            "INT64(5)".parse::<BqTypeSpec>().unwrap_err(),
+            "`INT64(5)` has invalid type parameters (INT64 takes none)"
+        );
+    }
 }

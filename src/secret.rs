@@ -9,11 +9,17 @@ use serde::{Deserialize, Serialize};
 /// The text shown in place of a secret.
 pub const REDACTED: &str = "********";
 
-/// A string that is never shown by `Debug` or `Display`. Use [`Secret::expose`] at the one place
-/// where the value is handed to a driver.
-#[derive(Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+/// A string that is never shown by `Debug`, `Display` or `Serialize` (all write [`REDACTED`]).
+/// Use [`Secret::expose`] at the one place where the value is handed to a driver.
+#[derive(Clone, PartialEq, Eq, Default, Deserialize)]
 #[serde(transparent)]
 pub struct Secret(String);
+
+impl Serialize for Secret {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(REDACTED)
+    }
+}
 
 impl Secret {
     /// Wraps a value.
@@ -24,11 +30,6 @@ impl Secret {
     /// The real value, for handing to a driver. Never log it.
     pub fn expose(&self) -> &str {
         &self.0
-    }
-
-    /// Whether the secret is empty.
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
     }
 }
 
@@ -44,29 +45,32 @@ impl fmt::Display for Secret {
     }
 }
 
+/// The password of a `scheme://user:password@host/...` URL, if it has one (percent-encoded as
+/// written).
+pub fn url_password(url: &str) -> Option<&str> {
+    let (_, password, _) = split_password(url)?;
+    Some(password)
+}
+
+/// `url` cut around its password: (before, password, after).
+fn split_password(url: &str) -> Option<(&str, &str, &str)> {
+    let rest_start = url.find("://")? + 3;
+    let rest = &url[rest_start..];
+    let authority = &rest[..rest.find(['/', '?', '#']).unwrap_or(rest.len())];
+    let at = authority.rfind('@')?;
+    let colon = authority[..at].find(':')?;
+    let start = rest_start + colon + 1;
+    let end = rest_start + at;
+    Some((&url[..start], &url[start..end], &url[end..]))
+}
+
 /// Masks the password (and only the password) of a `scheme://user:password@host/...` URL.
 /// Strings that are not URLs are returned unchanged.
 pub fn redact_url(url: &str) -> String {
-    let Some(scheme_end) = url.find("://") else {
-        return url.to_string();
-    };
-    let rest = &url[scheme_end + 3..];
-    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    let authority = &rest[..authority_end];
-    let Some(at) = authority.rfind('@') else {
-        return url.to_string();
-    };
-    let userinfo = &authority[..at];
-    let Some(colon) = userinfo.find(':') else {
-        return url.to_string();
-    };
-    format!(
-        "{}{}:{}{}",
-        &url[..scheme_end + 3],
-        &userinfo[..colon],
-        REDACTED,
-        &rest[at..]
-    )
+    match split_password(url) {
+        Some((before, _, after)) => format!("{before}{REDACTED}{after}"),
+        None => url.to_string(),
+    }
 }
 
 #[cfg(test)]
@@ -93,5 +97,21 @@ mod tests {
         );
         assert_eq!(redact_url("sqlite://data.db"), "sqlite://data.db");
         assert_eq!(redact_url("not a url"), "not a url");
+        assert_eq!(redact_url("mysql://:pw@h/db"), "mysql://:********@h/db");
+        assert_eq!(
+            url_password("postgres://app:p%40ss@db:5432/x"),
+            Some("p%40ss")
+        );
+        assert_eq!(url_password("postgres://a:b:c@db/x"), Some("b:c"));
+        assert_eq!(url_password("mysql://root@127.0.0.1/test"), None);
+        assert_eq!(url_password("sqlite://data.db"), None);
+    }
+
+    #[test]
+    fn secrets_serialize_redacted() {
+        let secret = Secret::new("hunter2");
+        assert_eq!(serde_json::to_string(&secret).unwrap(), "\"********\"");
+        let back: Secret = serde_json::from_str("\"hunter2\"").unwrap();
+        assert_eq!(back.expose(), "hunter2");
     }
 }

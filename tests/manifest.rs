@@ -392,9 +392,15 @@ fn every_legacy_variable_lands_in_the_manifest() {
         if *var == "MAIN_T1_TIMESTAMP_COLUMN" {
             vars.insert("MAIN_T1_MODE".into(), "incremental".into());
         }
+        let input = ManifestInput {
+            name: None,
+            text: None,
+            env: vars.clone(),
+        };
+        let overlaid = manifest::overlay(&input).unwrap();
         let loaded = load_env(vars).unwrap_or_else(|f| panic!("{var}={value}: {}", render(&f)));
         assert_eq!(
-            loaded.document.pointer(pointer),
+            overlaid.document.pointer(pointer),
             Some(expected),
             "{var}={value}"
         );
@@ -728,4 +734,41 @@ fn env_example_lists_every_legacy_variable() {
             ".env.example lacks a {{ID}}_..._{suffix} example"
         );
     }
+}
+
+#[test]
+fn serializing_a_manifest_never_shows_its_secrets() {
+    let text = "bigquery: {project: my-project, dataset: d1}\nsources:\n  a:\n    type: postgres\n    url: postgres://app:url-secret@db/x\n    tables: {t: }\n  b:\n    type: mysql\n    host: db\n    user: app\n    password: ${B_PASSWORD}\n    tables: {u: }\n";
+    let loaded = load_yaml(text, env(&[("B_PASSWORD", "part-secret")])).unwrap();
+    let json = serde_json::to_string(&loaded.manifest).unwrap();
+    assert!(!json.contains("url-secret"), "{json}");
+    assert!(!json.contains("part-secret"), "{json}");
+    assert!(json.contains("\"********\""), "{json}");
+    // The driver still gets the real values.
+    let b = &loaded.manifest.sources[1];
+    assert_eq!(
+        b.connection.password.as_ref().map(|p| p.expose()),
+        Some("part-secret")
+    );
+}
+
+#[test]
+fn gcloud_credentials_come_from_the_environment_snapshot() {
+    let text = "bigquery: {project: my-project, dataset: d1}\nsources:\n  a:\n    type: sqlite\n    database: x.db\n    tables: {t: }\n";
+    let home = load_yaml(text, env(&[("HOME", "/home/me")])).unwrap();
+    assert_eq!(
+        home.manifest.bigquery.gcloud_credentials.as_deref(),
+        Some("/home/me/.config/gcloud/application_default_credentials.json")
+    );
+    let config = load_yaml(
+        text,
+        env(&[("HOME", "/home/me"), ("CLOUDSDK_CONFIG", "/etc/gcloud/")]),
+    )
+    .unwrap();
+    assert_eq!(
+        config.manifest.bigquery.gcloud_credentials.as_deref(),
+        Some("/etc/gcloud/application_default_credentials.json")
+    );
+    let none = load_yaml(text, Env::new()).unwrap();
+    assert_eq!(none.manifest.bigquery.gcloud_credentials, None);
 }

@@ -65,6 +65,7 @@ struct Trip {
 async fn warehouse(prefix: &str) -> BigQuery {
     let endpoint = url("DATASYNC_TEST_BIGQUERY_URL", BQ_URL);
     let spec = BigQuerySpec {
+        gcloud_credentials: None,
         project: PROJECT.into(),
         dataset: unique(prefix),
         location: "US".into(),
@@ -91,7 +92,8 @@ async fn round_trip(
     expected_bignumeric: &[&str],
 ) -> Result<Trip, String> {
     let table = source.describe(spec).await.map_err(|e| e.to_string())?;
-    let full = map_table(&table, spec).map_err(|errors| errors.join("; "))?;
+    let full = map_table(&table, spec)
+        .map_err(|errors| datasync::diagnostic::messages(&errors).join("; "))?;
     let bignumeric: Vec<String> = full
         .columns
         .iter()
@@ -105,7 +107,8 @@ async fn round_trip(
     }
     let mut spec = spec.clone();
     spec.exclude_columns = bignumeric;
-    let mapping = map_table(&table, &spec).map_err(|errors| errors.join("; "))?;
+    let mapping = map_table(&table, &spec)
+        .map_err(|errors| datasync::diagnostic::messages(&errors).join("; "))?;
 
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Bytes>(4);
     let collector = tokio::spawn(async move {

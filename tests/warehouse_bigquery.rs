@@ -27,6 +27,7 @@ fn emulator_url() -> String {
 
 fn spec(dataset: &str) -> BigQuerySpec {
     BigQuerySpec {
+        gcloud_credentials: None,
         project: "demo".into(),
         dataset: dataset.into(),
         location: "US".into(),

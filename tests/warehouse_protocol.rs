@@ -131,6 +131,7 @@ async fn connection(
 
 fn client(base: &str) -> BigQuery {
     let spec = BigQuerySpec {
+        gcloud_credentials: None,
         project: "p".into(),
         dataset: "d".into(),
         location: "US".into(),

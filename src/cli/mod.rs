@@ -10,19 +10,9 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::manifest::{self, Env, Format, LoadFailure, Loaded, ManifestInput, Severity};
-
-/// Exit codes.
-pub mod exit {
-    /// Success (and, with `plan --detailed-exitcode`, no changes).
-    pub const OK: u8 = 0;
-    /// The user's input is wrong: invalid manifest, blocked or stale plan.
-    pub const USER_ERROR: u8 = 1;
-    /// `plan --detailed-exitcode`: there are changes.
-    pub const CHANGES: u8 = 2;
-    /// Something failed at run time: a source, BigQuery, or a table during apply.
-    pub const FAILURE: u8 = 3;
-}
+use crate::diagnostic::{Diagnostic, Severity};
+use crate::error::{Error, ExitStatus, SavedPlanError};
+use crate::manifest::{self, Env, Format, Loaded, ManifestInput, SourceText};
 
 /// Sync MySQL/MariaDB, PostgreSQL and SQLite tables into BigQuery, Terraform-style.
 #[derive(Debug, Parser)]
@@ -159,30 +149,61 @@ enum ManifestFormat {
 /// Runs the CLI and returns the process exit code.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Err(message) = load_env_file(cli.global.env_file.as_deref()) {
-        eprintln!("error: {message}");
-        return ExitCode::from(exit::USER_ERROR);
-    }
-    let env = snapshot_env();
-    init_logging(&cli.global, &env);
-    let code = match run(&cli, &env) {
-        Ok(code) => code,
-        Err(message) => {
-            eprintln!("error: {message}");
-            exit::FAILURE
+    let status = match load_env_file(cli.global.env_file.as_deref()) {
+        Err(error) => report(&cli.global, &Env::new(), &error),
+        Ok(()) => {
+            let env = snapshot_env();
+            init_logging(&cli.global, &env);
+            match run(&cli, &env) {
+                Ok(status) => status,
+                Err(error) => report(&cli.global, &env, &error),
+            }
         }
     };
-    ExitCode::from(code)
+    status.into()
 }
 
-fn load_env_file(path: Option<&Path>) -> Result<(), String> {
+/// Prints `error` (a manifest failure as located diagnostics) and returns its exit status.
+fn report(global: &GlobalArgs, env: &Env, error: &Error) -> ExitStatus {
+    match error {
+        Error::Manifest(failure) => {
+            print_problems(global, env, &failure.problems, failure.source.as_ref());
+        }
+        other => eprintln!("error: {other}"),
+    }
+    error.exit_status()
+}
+
+/// Renders diagnostics to stderr (nothing when there are none).
+fn print_problems(
+    global: &GlobalArgs,
+    env: &Env,
+    problems: &[Diagnostic],
+    source: Option<&SourceText>,
+) {
+    if problems.is_empty() {
+        return;
+    }
+    print_stderr(&manifest::diagnostics::render(
+        problems,
+        source,
+        color(global, env),
+        diagnostic_width(env),
+    ));
+}
+
+fn load_env_file(path: Option<&Path>) -> Result<(), Error> {
     match path {
-        Some(path) => dotenvy::from_path(path)
-            .map_err(|error| format!("cannot read env file `{}`: {error}", path.display())),
+        Some(path) => dotenvy::from_path(path).map_err(|error| {
+            Error::Usage(format!(
+                "cannot read env file `{}`: {error}",
+                path.display()
+            ))
+        }),
         None => match dotenvy::dotenv() {
             Ok(_) => Ok(()),
             Err(error) if error.not_found() => Ok(()),
-            Err(error) => Err(format!("cannot read `.env`: {error}")),
+            Err(error) => Err(Error::Usage(format!("cannot read `.env`: {error}"))),
         },
     }
 }
@@ -236,13 +257,12 @@ fn diagnostic_width(env: &Env) -> usize {
         .unwrap_or(100)
 }
 
-fn run(cli: &Cli, env: &Env) -> Result<u8, String> {
+fn run(cli: &Cli, env: &Env) -> Result<ExitStatus, Error> {
     match &cli.command {
         Command::Schema => {
-            let schema = serde_json::to_string_pretty(&manifest::json_schema())
-                .map_err(|e| e.to_string())?;
+            let schema = serde_json::to_string_pretty(&manifest::json_schema())?;
             print_stdout(&format!("{schema}\n"));
-            Ok(exit::OK)
+            Ok(ExitStatus::Success)
         }
         Command::Validate(args) => validate(cli, env, args),
         Command::EnvToManifest(args) => env_to_manifest(cli, env, args),
@@ -271,17 +291,20 @@ fn locate_manifest(global: &GlobalArgs) -> ManifestLocation {
         .map_or(ManifestLocation::Env, ManifestLocation::File)
 }
 
-fn manifest_input(global: &GlobalArgs, env: &Env) -> Result<ManifestInput, String> {
+fn manifest_input(global: &GlobalArgs, env: &Env) -> Result<ManifestInput, Error> {
     match locate_manifest(global) {
         ManifestLocation::File(path) => {
             let format = Format::from_path(&path).ok_or_else(|| {
-                format!(
+                Error::Usage(format!(
                     "cannot tell the format of `{}`: use a .yaml, .yml or .toml file",
                     path.display()
-                )
+                ))
             })?;
-            let text = std::fs::read_to_string(&path)
-                .map_err(|error| format!("cannot read manifest `{}`: {error}", path.display()))?;
+            let text =
+                std::fs::read_to_string(&path).map_err(|source| Error::ManifestUnreadable {
+                    path: path.clone(),
+                    source,
+                })?;
             Ok(ManifestInput {
                 name: Some(path.display().to_string()),
                 text: Some((text, format)),
@@ -290,89 +313,106 @@ fn manifest_input(global: &GlobalArgs, env: &Env) -> Result<ManifestInput, Strin
         }
         ManifestLocation::Env => {
             if manifest::env::get(env, manifest::env::vars::SYNC_DATABASES).is_none() {
-                return Err(
+                return Err(Error::Usage(
                     "no manifest: pass `-c sync.yaml`, create `sync.yaml` here, or set SYNC_DATABASES (legacy env-only mode)"
                         .into(),
-                );
+                ));
             }
-            Ok(ManifestInput {
-                name: None,
-                text: None,
-                env: env.clone(),
-            })
+            Ok(legacy_input(env))
         }
     }
 }
 
-/// Loads the manifest, printing diagnostics. `Err` carries the exit code.
-fn load_manifest(global: &GlobalArgs, env: &Env) -> Result<Loaded, u8> {
-    let input = match manifest_input(global, env) {
-        Ok(input) => input,
-        Err(message) => {
-            eprintln!("error: {message}");
-            return Err(exit::USER_ERROR);
-        }
-    };
-    match manifest::load(&input) {
-        Ok(loaded) => {
-            if !loaded.warnings.is_empty() {
-                let text = manifest::diagnostics::render(
-                    &loaded.warnings,
-                    loaded.source.as_ref(),
-                    color(global, env),
-                    diagnostic_width(env),
-                );
-                print_stderr(&text);
-            }
-            if loaded.mode == manifest::EnvMode::Legacy {
-                tracing::warn!(
-                    "using the legacy env-only mode; run `datasync env-to-manifest > sync.yaml` to switch to a manifest"
-                );
-            }
-            Ok(loaded)
-        }
-        Err(LoadFailure { problems, source }) => {
-            let text = manifest::diagnostics::render(
-                &problems,
-                source.as_ref(),
-                color(global, env),
-                diagnostic_width(env),
-            );
-            print_stderr(&text);
-            Err(exit::USER_ERROR)
-        }
+fn legacy_input(env: &Env) -> ManifestInput {
+    ManifestInput {
+        name: None,
+        text: None,
+        env: env.clone(),
     }
 }
 
-fn validate(cli: &Cli, env: &Env, args: &ValidateArgs) -> Result<u8, String> {
-    if args.format == DataFormat::Json {
-        return validate_json(cli, env, args);
+/// Loads the manifest, printing its warnings.
+fn load_manifest(global: &GlobalArgs, env: &Env) -> Result<Loaded, Error> {
+    let input = manifest_input(global, env)?;
+    let loaded = manifest::load(&input)?;
+    print_problems(global, env, &loaded.warnings, loaded.source.as_ref());
+    warn_if_legacy(&loaded);
+    Ok(loaded)
+}
+
+fn warn_if_legacy(loaded: &Loaded) {
+    if loaded.mode == manifest::EnvMode::Legacy {
+        tracing::warn!(
+            "using the legacy env-only mode; run `datasync env-to-manifest > sync.yaml` to switch to a manifest"
+        );
     }
-    let loaded = match load_manifest(&cli.global, env) {
-        Ok(loaded) => loaded,
-        Err(code) => return Ok(code),
+}
+
+/// `validate`: every problem on stderr for humans; with `--format json` also one JSON document
+/// on stdout with every problem located by line, column and code (and the effective values
+/// with `--show-effective`).
+fn validate(cli: &Cli, env: &Env, args: &ValidateArgs) -> Result<ExitStatus, Error> {
+    let input = manifest_input(&cli.global, env)?;
+    let outcome = manifest::load(&input);
+    let (problems, source) = match &outcome {
+        Ok(loaded) => (loaded.warnings.as_slice(), loaded.source.as_ref()),
+        Err(failure) => (failure.problems.as_slice(), failure.source.as_ref()),
     };
-    if args.show_effective {
-        print_stdout(&effective::render_text(&effective::effective_values(
-            &loaded,
-        )));
+    print_problems(&cli.global, env, problems, source);
+    let warnings = problems
+        .iter()
+        .filter(|problem| problem.severity == Severity::Warning)
+        .count();
+    let mode = if input.text.is_some() {
+        "manifest"
+    } else {
+        "legacy environment"
+    };
+    let loaded = outcome.as_ref().ok();
+    match args.format {
+        DataFormat::Json => {
+            let mut document = serde_json::json!({
+                "valid": loaded.is_some(),
+                "mode": mode,
+                "problems": manifest::diagnostics::to_json(problems, source),
+            });
+            if let Some(loaded) = loaded {
+                document["sources"] = loaded.manifest.sources.len().into();
+                document["tables"] = loaded.manifest.tables.len().into();
+                if args.show_effective {
+                    document["effective"] =
+                        serde_json::to_value(effective::effective_values(loaded))?;
+                }
+            }
+            print_stdout(&format!("{}\n", serde_json::to_string_pretty(&document)?));
+        }
+        DataFormat::Text => {
+            if let Some(loaded) = loaded {
+                warn_if_legacy(loaded);
+                if args.show_effective {
+                    print_stdout(&effective::render_text(&effective::effective_values(
+                        loaded,
+                    )));
+                }
+                eprintln!("{}", validate_summary(mode, loaded, warnings));
+            }
+        }
     }
+    Ok(match loaded {
+        None => ExitStatus::UserError,
+        Some(_) if args.deny_warnings && warnings > 0 => ExitStatus::UserError,
+        Some(_) => ExitStatus::Success,
+    })
+}
+
+fn validate_summary(mode: &str, loaded: &Loaded, warnings: usize) -> String {
     let enabled = loaded
         .manifest
         .tables
         .iter()
         .filter(|table| table.enabled)
         .count();
-    let mode = match loaded.mode {
-        manifest::EnvMode::Legacy => "legacy environment",
-        manifest::EnvMode::Overlay => "manifest",
-    };
-    let warnings = loaded
-        .warnings
-        .iter()
-        .filter(|problem| problem.severity == Severity::Warning)
-        .count();
-    eprintln!(
+    format!(
         "valid {mode}: {} source(s), {enabled} table(s) enabled of {}{}",
         loaded.manifest.sources.len(),
         loaded.manifest.tables.len(),
@@ -381,94 +421,20 @@ fn validate(cli: &Cli, env: &Env, args: &ValidateArgs) -> Result<u8, String> {
         } else {
             String::new()
         }
-    );
-    if args.deny_warnings && warnings > 0 {
-        return Ok(exit::USER_ERROR);
-    }
-    Ok(exit::OK)
+    )
 }
 
-/// `validate --format json`: one JSON document on stdout with every problem located by line
-/// and column (and the effective values with `--show-effective`); diagnostics still go to
-/// stderr for humans.
-fn validate_json(cli: &Cli, env: &Env, args: &ValidateArgs) -> Result<u8, String> {
-    let input = match manifest_input(&cli.global, env) {
-        Ok(input) => input,
-        Err(message) => {
-            eprintln!("error: {message}");
-            return Ok(exit::USER_ERROR);
-        }
-    };
-    let (problems, source, loaded) = match manifest::load(&input) {
-        Ok(mut loaded) => (
-            std::mem::take(&mut loaded.warnings),
-            loaded.source.clone(),
-            Some(loaded),
-        ),
-        Err(LoadFailure { problems, source }) => (problems, source, None),
-    };
-    if !problems.is_empty() {
-        print_stderr(&manifest::diagnostics::render(
-            &problems,
-            source.as_ref(),
-            color(&cli.global, env),
-            diagnostic_width(env),
+fn env_to_manifest(_cli: &Cli, env: &Env, args: &EnvToManifestArgs) -> Result<ExitStatus, Error> {
+    if manifest::env::get(env, manifest::env::vars::SYNC_DATABASES).is_none() {
+        return Err(Error::Usage(
+            "SYNC_DATABASES is not set: there is no legacy configuration to convert".into(),
         ));
     }
-    let warnings = problems
-        .iter()
-        .filter(|problem| problem.severity == Severity::Warning)
-        .count();
-    let mut document = serde_json::json!({
-        "valid": loaded.is_some(),
-        "mode": if input.text.is_some() { "manifest" } else { "legacy environment" },
-        "problems": manifest::diagnostics::to_json(&problems, source.as_ref()),
-    });
-    if let Some(loaded) = &loaded {
-        document["sources"] = loaded.manifest.sources.len().into();
-        document["tables"] = loaded.manifest.tables.len().into();
-        if args.show_effective {
-            document["effective"] = serde_json::to_value(effective::effective_values(loaded))
-                .map_err(|e| e.to_string())?;
-        }
-    }
-    print_stdout(&format!(
-        "{}\n",
-        serde_json::to_string_pretty(&document).map_err(|e| e.to_string())?
-    ));
-    Ok(match loaded {
-        None => exit::USER_ERROR,
-        Some(_) if args.deny_warnings && warnings > 0 => exit::USER_ERROR,
-        Some(_) => exit::OK,
-    })
-}
-
-fn env_to_manifest(cli: &Cli, env: &Env, args: &EnvToManifestArgs) -> Result<u8, String> {
-    if manifest::env::get(env, manifest::env::vars::SYNC_DATABASES).is_none() {
-        eprintln!("error: SYNC_DATABASES is not set: there is no legacy configuration to convert");
-        return Ok(exit::USER_ERROR);
-    }
-    let input = ManifestInput {
-        name: None,
-        text: None,
-        env: env.clone(),
-    };
-    let loaded = match manifest::load(&input) {
-        Ok(loaded) => loaded,
-        Err(LoadFailure { problems, source }) => {
-            let text = manifest::diagnostics::render(
-                &problems,
-                source.as_ref(),
-                color(&cli.global, env),
-                diagnostic_width(env),
-            );
-            print_stderr(&text);
-            return Ok(exit::USER_ERROR);
-        }
-    };
-    let text = effective::manifest_from_env(&loaded, args.format == ManifestFormat::Toml)?;
+    let loaded = manifest::load(&legacy_input(env))?;
+    let text = effective::manifest_from_env(&loaded, args.format == ManifestFormat::Toml)
+        .map_err(Error::Internal)?;
     print_stdout(&text);
-    Ok(exit::OK)
+    Ok(ExitStatus::Success)
 }
 
 /// Writes to stdout, ignoring a closed pipe.
@@ -484,11 +450,11 @@ pub fn print_stderr(text: &str) {
     let _ = stderr.write_all(text.as_bytes());
 }
 
-fn runtime() -> Result<tokio::runtime::Runtime, String> {
+fn runtime() -> Result<tokio::runtime::Runtime, Error> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
-        .map_err(|error| format!("cannot start the async runtime: {error}"))
+        .map_err(|error| Error::Internal(format!("cannot start the async runtime: {error}")))
 }
 
 /// Keeps only the tables named with `--table`; an unknown name is an error listing the known
@@ -496,29 +462,22 @@ fn runtime() -> Result<tokio::runtime::Runtime, String> {
 fn select_tables(
     manifest: &mut crate::manifest::Manifest,
     selected: &[String],
-) -> Result<(), String> {
+) -> Result<(), Error> {
     if selected.is_empty() {
         return Ok(());
     }
-    let labels: Vec<String> = manifest
+    let known: Vec<String> = manifest
         .tables
         .iter()
         .map(crate::manifest::TableSpec::label)
         .collect();
-    let unknown: Vec<&String> = selected
+    let unknown: Vec<String> = selected
         .iter()
-        .filter(|name| !labels.contains(name))
+        .filter(|name| !known.contains(name))
+        .cloned()
         .collect();
     if !unknown.is_empty() {
-        return Err(format!(
-            "unknown table(s) {}; the manifest has: {}",
-            unknown
-                .iter()
-                .map(|name| format!("`{name}`"))
-                .collect::<Vec<_>>()
-                .join(", "),
-            labels.join(", ")
-        ));
+        return Err(Error::UnknownTables { unknown, known });
     }
     for table in &mut manifest.tables {
         if !selected.contains(&table.label()) {
@@ -528,87 +487,86 @@ fn select_tables(
     Ok(())
 }
 
-async fn plan(cli: &Cli, env: &Env, args: &PlanArgs) -> Result<u8, String> {
-    let mut loaded = match load_manifest(&cli.global, env) {
-        Ok(loaded) => loaded,
-        Err(code) => return Ok(code),
-    };
-    if let Err(message) = select_tables(&mut loaded.manifest, &args.tables) {
-        eprintln!("error: {message}");
-        return Ok(exit::USER_ERROR);
-    }
-    let session = crate::sync::connect(&loaded.manifest).await?;
-    let plan = crate::sync::planner::plan(&loaded.manifest, &session).await?;
+/// What `plan` and `apply` share: the manifest with `--table` applied, connected.
+async fn prepare(
+    cli: &Cli,
+    env: &Env,
+    tables: &[String],
+) -> Result<(Loaded, crate::sync::Session), Error> {
+    let mut loaded = load_manifest(&cli.global, env)?;
+    select_tables(&mut loaded.manifest, tables)?;
+    let session = crate::sync::connect(&loaded.manifest)
+        .await
+        .map_err(Error::Sync)?;
+    Ok((loaded, session))
+}
+
+async fn plan(cli: &Cli, env: &Env, args: &PlanArgs) -> Result<ExitStatus, Error> {
+    let (loaded, session) = prepare(cli, env, &args.tables).await?;
+    let plan = crate::sync::planner::plan(&loaded.manifest, &session)
+        .await
+        .map_err(Error::Sync)?;
     let text = match args.format {
         PlanFormat::Text => crate::plan::render::text(&plan),
         PlanFormat::Markdown => crate::plan::render::markdown(&plan),
-        PlanFormat::Json => format!(
-            "{}\n",
-            serde_json::to_string_pretty(&plan).map_err(|e| e.to_string())?
-        ),
+        PlanFormat::Json => format!("{}\n", serde_json::to_string_pretty(&plan)?),
     };
     print_stdout(&text);
     if let Some(path) = &args.out {
-        let json = serde_json::to_string_pretty(&plan).map_err(|e| e.to_string())?;
-        std::fs::write(path, json)
-            .map_err(|error| format!("cannot write `{}`: {error}", path.display()))?;
+        let json = serde_json::to_string_pretty(&plan)?;
+        std::fs::write(path, json).map_err(|source| Error::Io {
+            action: "write",
+            path: path.clone(),
+            source,
+        })?;
         eprintln!(
             "saved the plan to `{}`; run `datasync apply {}`",
             path.display(),
             path.display()
         );
     }
-    if plan.has_errors() {
-        return Ok(exit::USER_ERROR);
-    }
-    Ok(if args.detailed_exitcode && plan.has_changes() {
-        exit::CHANGES
+    Ok(if plan.has_errors() {
+        ExitStatus::UserError
+    } else if args.detailed_exitcode && plan.has_changes() {
+        ExitStatus::Changes
     } else {
-        exit::OK
+        ExitStatus::Success
     })
 }
 
-async fn apply(cli: &Cli, env: &Env, args: &ApplyArgs) -> Result<u8, String> {
-    let mut loaded = match load_manifest(&cli.global, env) {
-        Ok(loaded) => loaded,
-        Err(code) => return Ok(code),
-    };
-    if let Err(message) = select_tables(&mut loaded.manifest, &args.tables) {
-        eprintln!("error: {message}");
-        return Ok(exit::USER_ERROR);
-    }
-    let dry_run_env = match manifest::env::get(env, manifest::env::vars::DRY_RUN) {
-        Some(value) => {
-            manifest::env::parse_bool(value).map_err(|message| format!("DRY_RUN: {message}"))?
-        }
-        None => false,
-    };
+/// Reads a plan saved by `plan --out` and checks it still matches `fresh`.
+fn saved_plan(path: &Path, fresh: &crate::plan::Plan) -> Result<crate::plan::Plan, Error> {
+    let text = std::fs::read_to_string(path).map_err(|source| SavedPlanError::Unreadable {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    crate::plan::stale::read_saved(&text)
+        .and_then(|saved| crate::plan::stale::check_fresh(&saved, fresh).map(|()| saved))
+        .map_err(|reason| {
+            SavedPlanError::Rejected {
+                path: path.to_path_buf(),
+                reason,
+            }
+            .into()
+        })
+}
+
+async fn apply(cli: &Cli, env: &Env, args: &ApplyArgs) -> Result<ExitStatus, Error> {
+    let (loaded, session) = prepare(cli, env, &args.tables).await?;
+    // An invalid DRY_RUN already failed the manifest load.
+    let dry_run_env = manifest::env::get(env, manifest::env::vars::DRY_RUN)
+        .is_some_and(|value| manifest::env::parse_bool(value) == Ok(true));
     let dry_run = if args.dry_run || dry_run_env {
         crate::sync::DryRun::Yes
     } else {
         crate::sync::DryRun::No
     };
-    let session = crate::sync::connect(&loaded.manifest).await?;
-    let fresh = crate::sync::planner::plan(&loaded.manifest, &session).await?;
+    let fresh = crate::sync::planner::plan(&loaded.manifest, &session)
+        .await
+        .map_err(Error::Sync)?;
     let plan = match &args.plan {
         None => fresh,
-        Some(path) => {
-            let text = std::fs::read_to_string(path)
-                .map_err(|error| format!("cannot read plan `{}`: {error}", path.display()))?;
-            let checked = crate::plan::stale::read_saved(&text)
-                .and_then(|saved| crate::plan::stale::check_fresh(&saved, &fresh).map(|()| saved));
-            match checked {
-                Ok(saved) => saved,
-                Err(error) => {
-                    eprintln!(
-                        "error: cannot apply `{}`: {error}\nrun `datasync plan --out {}` again",
-                        path.display(),
-                        path.display()
-                    );
-                    return Ok(exit::USER_ERROR);
-                }
-            }
-        }
+        Some(path) => saved_plan(path, &fresh)?,
     };
     print_stderr(&crate::plan::render::text(&plan));
     let labels: Vec<String> = plan
@@ -630,36 +588,30 @@ async fn apply(cli: &Cli, env: &Env, args: &ApplyArgs) -> Result<u8, String> {
     let report = tokio::select! {
         report = async {
             match loaded.manifest.timeout {
-                Some(limit) => tokio::time::timeout(limit, run).await.map_err(|_| format!("timed out after {}", humantime::format_duration(limit))),
+                Some(limit) => tokio::time::timeout(limit, run).await.map_err(|_| Error::TimedOut(limit)),
                 None => Ok(run.await),
             }
         } => report,
-        signal = shutdown_signal() => Err(format!("interrupted by {signal}")),
+        signal = shutdown_signal() => Err(Error::Interrupted(signal)),
     };
     if let Some(bars) = bars {
         let _ = bars.clear();
     }
     let report = match report {
         Ok(report) => report,
-        Err(reason) => {
+        Err(error) => {
             executor.abort(&plan).await;
-            eprintln!(
-                "error: apply {reason}; each target table holds either its previous content or, if its write had completed, the new one — never a partial load"
-            );
-            return Ok(exit::FAILURE);
+            return Err(error);
         }
     };
     match args.format {
         DataFormat::Text => print_stdout(&report.text()),
-        DataFormat::Json => print_stdout(&format!(
-            "{}\n",
-            serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?
-        )),
+        DataFormat::Json => print_stdout(&format!("{}\n", serde_json::to_string_pretty(&report)?)),
     }
     Ok(if report.succeeded() {
-        exit::OK
+        ExitStatus::Success
     } else {
-        exit::FAILURE
+        ExitStatus::Failure
     })
 }
 

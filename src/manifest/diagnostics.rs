@@ -1,35 +1,38 @@
-//! Renders [`Problem`]s as miette diagnostics that point at the manifest's line and column.
+//! Renders manifest [`Diagnostic`]s as miette diagnostics that point at the manifest's line and column.
 
 use std::fmt;
 use std::ops::Range;
 
 use miette::{
-    Diagnostic, GraphicalReportHandler, GraphicalTheme, LabeledSpan, NamedSource,
-    Severity as MietteSeverity,
+    GraphicalReportHandler, GraphicalTheme, LabeledSpan, NamedSource, Severity as MietteSeverity,
 };
 
-use super::{Problem, Severity, SourceText};
+use super::SourceText;
+use super::document::line_col;
+use crate::diagnostic::{Diagnostic, Location, Severity};
 
 /// One problem, ready for miette.
 #[derive(Debug)]
 pub struct ManifestDiagnostic {
-    problem: Problem,
+    problem: Diagnostic,
     source: Option<NamedSource<String>>,
     range: Option<Range<usize>>,
 }
 
 impl ManifestDiagnostic {
     /// Locates `problem` in `source`.
-    pub fn new(problem: &Problem, source: Option<&SourceText>) -> Self {
-        let range = problem.range.clone().or_else(|| {
-            let source = source?;
-            let pointer = problem.pointer.as_deref()?;
-            if problem.on_key {
-                source.spans.key_range(pointer)
-            } else {
-                source.spans.label_range(pointer)
-            }
-        });
+    pub fn new(problem: &Diagnostic, source: Option<&SourceText>) -> Self {
+        let range = match &problem.location {
+            Location::Span(range) => Some(range.clone()),
+            Location::Manifest { pointer, on_key } => source.and_then(|source| {
+                if *on_key {
+                    source.spans.key_range(pointer)
+                } else {
+                    source.spans.label_range(pointer)
+                }
+            }),
+            _ => None,
+        };
         Self {
             problem: problem.clone(),
             source: source
@@ -48,9 +51,9 @@ impl fmt::Display for ManifestDiagnostic {
 
 impl std::error::Error for ManifestDiagnostic {}
 
-impl Diagnostic for ManifestDiagnostic {
+impl miette::Diagnostic for ManifestDiagnostic {
     fn code<'a>(&'a self) -> Option<Box<dyn fmt::Display + 'a>> {
-        Some(Box::new(self.problem.code))
+        Some(Box::new(self.problem.code.as_str()))
     }
 
     fn severity(&self) -> Option<MietteSeverity> {
@@ -63,7 +66,7 @@ impl Diagnostic for ManifestDiagnostic {
     fn help<'a>(&'a self) -> Option<Box<dyn fmt::Display + 'a>> {
         let mut help = self.problem.help.clone();
         if self.range.is_none()
-            && let Some(pointer) = self.problem.pointer.as_deref()
+            && let Some(pointer) = self.problem.pointer()
         {
             let at = if pointer.is_empty() {
                 "the manifest's top level".to_string()
@@ -102,7 +105,7 @@ impl Diagnostic for ManifestDiagnostic {
 /// Renders problems the way the CLI prints them: one diagnostic each, then a count.
 /// `color` selects ANSI colours; `width` the wrap width.
 pub fn render(
-    problems: &[Problem],
+    problems: &[Diagnostic],
     source: Option<&SourceText>,
     color: bool,
     width: usize,
@@ -158,7 +161,7 @@ fn summary(errors: usize, warnings: usize) -> String {
 
 /// Problems as JSON for machines (`validate --format json`): severity, code, message, help,
 /// JSON pointer, environment variable, and the 1-based line and column in the file.
-pub fn to_json(problems: &[Problem], source: Option<&SourceText>) -> serde_json::Value {
+pub fn to_json(problems: &[Diagnostic], source: Option<&SourceText>) -> serde_json::Value {
     let items: Vec<serde_json::Value> = problems
         .iter()
         .map(|problem| {
@@ -167,26 +170,14 @@ pub fn to_json(problems: &[Problem], source: Option<&SourceText>) -> serde_json:
                 .range
                 .as_ref()
                 .zip(source)
-                .map(|(range, source)| {
-                    let before = &source.text[..range.start.min(source.text.len())];
-                    let line = before.matches('\n').count() + 1;
-                    let column = before
-                        .rsplit('\n')
-                        .next()
-                        .map_or(0, |last| last.chars().count())
-                        + 1;
-                    (line, column)
-                });
+                .map(|(range, source)| line_col(&source.text, range.start));
             serde_json::json!({
-                "severity": match problem.severity {
-                    Severity::Error => "error",
-                    Severity::Warning => "warning",
-                },
-                "code": problem.code,
+                "severity": problem.severity.as_str(),
+                "code": problem.code.as_str(),
                 "message": problem.message,
                 "help": problem.help,
-                "pointer": problem.pointer,
-                "env_var": problem.env_var,
+                "pointer": problem.pointer(),
+                "env_var": problem.env_var(),
                 "file": source.map(|source| source.name.clone()),
                 "line": position.map(|(line, _)| line),
                 "column": position.map(|(_, column)| column),

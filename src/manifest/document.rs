@@ -76,16 +76,21 @@ impl SpanIndex {
         Some(node.key.clone().unwrap_or_else(|| node.value.clone()))
     }
 
-    /// 1-based line of the node at `pointer`, if it is in the file.
-    pub fn line_of(&self, text: &str, pointer: &str) -> Option<usize> {
-        let node = self.nodes.get(pointer)?;
-        let start = node.key.as_ref().unwrap_or(&node.value).start;
-        Some(text[..start.min(text.len())].matches('\n').count() + 1)
-    }
-
     fn insert(&mut self, pointer: String, span: NodeSpan) {
         self.nodes.insert(pointer, span);
     }
+}
+
+/// The 1-based line and column (in characters) of byte offset `at` in `text`.
+pub fn line_col(text: &str, at: usize) -> (usize, usize) {
+    let before = &text[..at.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before
+        .rsplit('\n')
+        .next()
+        .map_or(0, |last| last.chars().count())
+        + 1;
+    (line, column)
 }
 
 /// Escapes one JSON-pointer segment.
@@ -267,17 +272,6 @@ fn walk_toml_value(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn line_col(text: &str, at: usize) -> (usize, usize) {
-        let before = &text[..at];
-        let line = before.matches('\n').count() + 1;
-        let col = before
-            .rsplit('\n')
-            .next()
-            .map_or(0, |last| last.chars().count())
-            + 1;
-        (line, col)
-    }
 
     #[test]
     fn yaml_spans_point_at_keys_and_values() {

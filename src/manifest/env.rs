@@ -9,8 +9,8 @@ use std::collections::BTreeMap;
 
 use serde_json::{Map, Value, json};
 
-use super::Problem;
 use super::document::escape_segment;
+use super::{Code, Diagnostic, env_error, env_warning, error_at};
 
 /// A snapshot of the process environment.
 pub type Env = BTreeMap<String, String>;
@@ -80,6 +80,10 @@ pub mod vars {
     pub const DATE_FORMAT: &str = "DATE_FORMAT";
     /// Rows per batch.
     pub const DEFAULT_BATCH_SIZE: &str = "DEFAULT_BATCH_SIZE";
+    /// gcloud's configuration directory (where its application-default credentials live).
+    pub const CLOUDSDK_CONFIG: &str = "CLOUDSDK_CONFIG";
+    /// The home directory (gcloud's default configuration is `$HOME/.config/gcloud`).
+    pub const HOME: &str = "HOME";
     /// Extract and encode without writing (read by the CLI, not the manifest).
     pub const DRY_RUN: &str = "DRY_RUN";
     /// Create and evolve target tables.
@@ -228,6 +232,21 @@ pub fn shell_safe(prefix: &str) -> String {
         .collect()
 }
 
+/// Where gcloud keeps its application-default credentials file:
+/// `$CLOUDSDK_CONFIG/application_default_credentials.json`, else under `$HOME/.config/gcloud`.
+pub fn gcloud_credentials(env: &Env) -> Option<String> {
+    let config = match env.get(vars::CLOUDSDK_CONFIG).filter(|dir| !dir.is_empty()) {
+        Some(dir) => dir.trim_end_matches('/').to_string(),
+        None => format!(
+            "{}/.config/gcloud",
+            env.get(vars::HOME)
+                .filter(|home| !home.is_empty())?
+                .trim_end_matches('/')
+        ),
+    };
+    Some(format!("{config}/application_default_credentials.json"))
+}
+
 /// Looks up `{prefix}_{suffix}` in its raw form and, failing that, its shell-safe form
 /// (`SALES-DB_DB_HOST` → `SALES_DB_DB_HOST`, `INV_PUBLIC.PRODUCTS_…` → `INV_PUBLIC_PRODUCTS_…`).
 fn get_prefixed<'e>(env: &'e Env, prefix: &str, suffix: &str) -> Option<(String, &'e str)> {
@@ -244,7 +263,7 @@ fn get_prefixed<'e>(env: &'e Env, prefix: &str, suffix: &str) -> Option<(String,
 struct Writer<'a> {
     doc: &'a mut Value,
     origins: &'a mut Origins,
-    problems: &'a mut Vec<Problem>,
+    problems: &'a mut Vec<Diagnostic>,
 }
 
 impl Writer<'_> {
@@ -270,11 +289,11 @@ impl Writer<'_> {
     }
 
     fn error(&mut self, var: &str, message: String) {
-        self.problems.push(Problem::env_error(var, message));
+        self.problems.push(env_error(var, message));
     }
 
     fn warning(&mut self, var: &str, message: &str) {
-        self.problems.push(Problem::env_warning(var, message));
+        self.problems.push(env_warning(var, message));
     }
 
     fn string(&mut self, pointer: &str, var: &str, value: &str, only_if_absent: bool) {
@@ -397,7 +416,7 @@ fn tls_mode(var: &str, text: &str, writer: &mut Writer<'_>) -> Option<Value> {
 /// In [`EnvMode::Legacy`] the sources are built from `SYNC_DATABASES`; in
 /// [`EnvMode::Overlay`] variables override the file for the sources and tables it names, and the
 /// global `DB_*` fallbacks fill only what the file leaves unset.
-pub fn apply(doc: &mut Value, env: &Env, mode: EnvMode, origins: &mut Origins) -> Vec<Problem> {
+pub fn apply(doc: &mut Value, env: &Env, mode: EnvMode, origins: &mut Origins) -> Vec<Diagnostic> {
     let mut problems = Vec::new();
     if !doc.is_object() {
         return problems;
@@ -525,12 +544,10 @@ fn apply_globals(writer: &mut Writer<'_>, env: &Env) {
             Err(message) => writer.error(vars::TRUNCATE_ON_SYNC, message),
         }
     }
-    for var in [vars::DRY_RUN] {
-        if let Some(value) = get(env, var)
-            && let Err(message) = parse_bool(value)
-        {
-            writer.error(var, message);
-        }
+    if let Some(value) = get(env, vars::DRY_RUN)
+        && let Err(message) = parse_bool(value)
+    {
+        writer.error(vars::DRY_RUN, message);
     }
     if let Some(value) = get(env, vars::DB_MAX_IDLE_CONNECTIONS) {
         if value.trim().parse::<u32>().is_err() {
@@ -553,18 +570,21 @@ fn apply_globals(writer: &mut Writer<'_>, env: &Env) {
     }
 }
 
-fn apply_source(writer: &mut Writer<'_>, env: &Env, mode: EnvMode, name: &str, prefix: &str) {
-    let base = format!("/sources/{}", escape_segment(name));
-    let legacy = mode == EnvMode::Legacy;
-
-    // Type: file > {ID}_DB_TYPE > DB_TYPE > mysql (legacy default).
+/// The source's type: {ID}_DB_TYPE > file > DB_TYPE > `mysql` (legacy default).
+fn apply_source_type(
+    writer: &mut Writer<'_>,
+    env: &Env,
+    legacy: bool,
+    base: &str,
+    prefix: &str,
+) -> Option<String> {
     let file_type = writer
         .doc
         .pointer(&format!("{base}/type"))
         .and_then(Value::as_str)
         .map(str::to_string);
     let specific_type = get_prefixed(env, prefix, "DB_TYPE");
-    let kind = if let Some((var, text)) = &specific_type {
+    if let Some((var, text)) = &specific_type {
         let kind = normalize_type(var, text, writer);
         if let Some(kind) = kind {
             writer.set(&format!("{base}/type"), json!(kind), var);
@@ -583,7 +603,17 @@ fn apply_source(writer: &mut Writer<'_>, env: &Env, mode: EnvMode, name: &str, p
         Some("mysql".to_string())
     } else {
         None
-    };
+    }
+}
+
+/// Host, database, schema, user, password and port, with the global fallbacks.
+fn apply_connection(
+    writer: &mut Writer<'_>,
+    env: &Env,
+    base: &str,
+    prefix: &str,
+    kind: Option<&str>,
+) {
     let global_type = get(env, vars::DB_TYPE).map(|text| text.trim().to_ascii_lowercase());
 
     let string_fields = [
@@ -617,18 +647,16 @@ fn apply_source(writer: &mut Writer<'_>, env: &Env, mode: EnvMode, name: &str, p
         // The global port belongs to the global type: a PostgreSQL source does not inherit a
         // MySQL port (the Go tool gave PostgreSQL 3306).
         let global_kind = global_type.as_deref().unwrap_or("mysql");
-        let same_kind = kind.as_deref().is_some_and(|kind| {
+        let same_kind = kind.is_some_and(|kind| {
             kind == global_kind || (kind == "postgres" && global_kind.starts_with("postgres"))
         });
         if same_kind {
             writer.int(&port_pointer, vars::DB_PORT, value, 1, true);
         }
     }
+}
 
-    if let Some((var, value)) = get_prefixed(env, prefix, "ENABLED") {
-        writer.bool(&format!("{base}/enabled"), &var, value);
-    }
-
+fn apply_tls(writer: &mut Writer<'_>, env: &Env, base: &str, prefix: &str) {
     // TLS: {ID}_DB_TLS_MODE > {ID}_DB_SSLMODE > file > DB_TLS_MODE > DB_SSLMODE.
     let tls_specific = get_prefixed(env, prefix, "DB_TLS_MODE")
         .or_else(|| get_prefixed(env, prefix, "DB_SSLMODE"));
@@ -655,7 +683,9 @@ fn apply_source(writer: &mut Writer<'_>, env: &Env, mode: EnvMode, name: &str, p
             writer.string(&pointer, global, value, true);
         }
     }
+}
 
+fn apply_timeouts_and_pool(writer: &mut Writer<'_>, env: &Env, base: &str, prefix: &str) {
     for (suffix, global, field) in [
         ("DB_CONN_TIMEOUT", vars::DB_CONN_TIMEOUT, "connect"),
         ("DB_READ_TIMEOUT", vars::DB_READ_TIMEOUT, "read"),
@@ -691,8 +721,17 @@ fn apply_source(writer: &mut Writer<'_>, env: &Env, mode: EnvMode, name: &str, p
             true,
         );
     }
+}
 
-    // Tables: legacy mode lists them in {ID}_TABLES; overlay mode adds listed ones too.
+/// Tables: legacy mode lists them in {ID}_TABLES; overlay mode adds listed ones too.
+fn apply_tables(
+    writer: &mut Writer<'_>,
+    env: &Env,
+    legacy: bool,
+    base: &str,
+    name: &str,
+    prefix: &str,
+) {
     let tables_pointer = format!("{base}/tables");
     let mut table_names: Vec<String> = writer
         .doc
@@ -721,6 +760,21 @@ fn apply_source(writer: &mut Writer<'_>, env: &Env, mode: EnvMode, name: &str, p
     for table in table_names {
         apply_table(writer, env, &tables_pointer, prefix, &table);
     }
+}
+
+fn apply_source(writer: &mut Writer<'_>, env: &Env, mode: EnvMode, name: &str, prefix: &str) {
+    let base = format!("/sources/{}", escape_segment(name));
+    let legacy = mode == EnvMode::Legacy;
+
+    let kind = apply_source_type(writer, env, legacy, &base, prefix);
+    apply_connection(writer, env, &base, prefix, kind.as_deref());
+    if let Some((var, value)) = get_prefixed(env, prefix, "ENABLED") {
+        writer.bool(&format!("{base}/enabled"), &var, value);
+    }
+
+    apply_tls(writer, env, &base, prefix);
+    apply_timeouts_and_pool(writer, env, &base, prefix);
+    apply_tables(writer, env, legacy, &base, name, prefix);
 }
 
 fn apply_table(
@@ -775,7 +829,7 @@ fn apply_table(
 /// Replaces `${VAR}` references in every string of `doc`; `$$` is a literal `$`. A string that is
 /// exactly one reference takes the variable's type (`port: ${PG_PORT}` becomes a number). Every
 /// missing variable is reported, not just the first.
-pub fn interpolate(doc: &mut Value, env: &Env, pointer: &str, problems: &mut Vec<Problem>) {
+pub fn interpolate(doc: &mut Value, env: &Env, pointer: &str, problems: &mut Vec<Diagnostic>) {
     match doc {
         Value::String(text) if text.contains('$') => match expand(text, env) {
             Ok(expanded) => {
@@ -790,11 +844,7 @@ pub fn interpolate(doc: &mut Value, env: &Env, pointer: &str, problems: &mut Vec
             }
             Err(messages) => {
                 for message in messages {
-                    problems.push(Problem::error(
-                        pointer,
-                        "datasync::manifest::env_var",
-                        message,
-                    ));
+                    problems.push(error_at(pointer, Code::ManifestEnvVar, message));
                 }
             }
         },

@@ -17,101 +17,35 @@ use std::sync::OnceLock;
 use serde_json::Value;
 
 pub use document::Format;
+
 pub use env::{Env, EnvMode, Origin, Origins};
 pub use raw::RawManifest;
 pub use resolve::{Manifest, SourceSpec, TableSpec};
 
 use document::SpanIndex;
 
-/// How bad a problem is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Severity {
-    /// The manifest cannot be used.
-    Error,
-    /// Worth fixing; does not stop anything.
-    Warning,
+pub use crate::diagnostic::{Code, Diagnostic, Location, Severity};
+
+/// An error at a manifest node.
+pub(crate) fn error_at(pointer: &str, code: Code, message: impl Into<String>) -> Diagnostic {
+    Diagnostic::error(code, message).at_pointer(pointer)
 }
 
-/// One problem found in a manifest, tied to a JSON pointer (or to an environment variable).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Problem {
-    /// Error or warning.
-    pub severity: Severity,
-    /// A stable code, e.g. `datasync::manifest::schema`.
-    pub code: &'static str,
-    /// What is wrong.
-    pub message: String,
-    /// Where in the document (JSON pointer), when it is in the file.
-    pub pointer: Option<String>,
-    /// Whether the key (rather than the value) should be underlined.
-    pub on_key: bool,
-    /// The environment variable the value came from, when it did.
-    pub env_var: Option<String>,
-    /// How to fix it.
-    pub help: Option<String>,
-    /// An exact byte range, when known without a pointer (syntax errors).
-    pub range: Option<std::ops::Range<usize>>,
+/// A warning at a manifest node.
+pub(crate) fn warning_at(pointer: &str, code: Code, message: impl Into<String>) -> Diagnostic {
+    Diagnostic::warning(code, message).at_pointer(pointer)
 }
 
-impl Problem {
-    /// An error at a pointer.
-    pub fn error(pointer: &str, code: &'static str, message: impl Into<String>) -> Self {
-        Self {
-            severity: Severity::Error,
-            code,
-            message: message.into(),
-            pointer: Some(pointer.to_string()),
-            on_key: false,
-            env_var: None,
-            help: None,
-            range: None,
-        }
-    }
+/// An error in an environment variable.
+pub(crate) fn env_error(var: &str, message: impl Into<String>) -> Diagnostic {
+    Diagnostic::error(Code::EnvInvalid, format!("{var}: {}", message.into()))
+        .at(Location::Env(var.to_string()))
+}
 
-    /// A warning at a pointer.
-    pub fn warning(pointer: &str, code: &'static str, message: impl Into<String>) -> Self {
-        Self {
-            severity: Severity::Warning,
-            ..Self::error(pointer, code, message)
-        }
-    }
-
-    /// An error in an environment variable.
-    pub fn env_error(var: &str, message: impl Into<String>) -> Self {
-        Self {
-            severity: Severity::Error,
-            code: "datasync::env::invalid",
-            message: format!("{var}: {}", message.into()),
-            pointer: None,
-            on_key: false,
-            env_var: Some(var.to_string()),
-            help: None,
-            range: None,
-        }
-    }
-
-    /// A warning about an environment variable.
-    pub fn env_warning(var: &str, message: impl Into<String>) -> Self {
-        Self {
-            severity: Severity::Warning,
-            code: "datasync::env::ignored",
-            ..Self::env_error(var, message)
-        }
-    }
-
-    /// Adds a hint.
-    #[must_use]
-    pub fn with_help(mut self, help: impl Into<String>) -> Self {
-        self.help = Some(help.into());
-        self
-    }
-
-    /// Underlines the key rather than the value.
-    #[must_use]
-    pub fn on_key(mut self) -> Self {
-        self.on_key = true;
-        self
-    }
+/// A warning about an environment variable.
+pub(crate) fn env_warning(var: &str, message: impl Into<String>) -> Diagnostic {
+    Diagnostic::warning(Code::EnvIgnored, format!("{var}: {}", message.into()))
+        .at(Location::Env(var.to_string()))
 }
 
 /// What to load.
@@ -131,11 +65,9 @@ pub struct Loaded {
     /// The validated manifest.
     pub manifest: Manifest,
     /// Warnings (errors would have failed the load).
-    pub warnings: Vec<Problem>,
+    pub warnings: Vec<Diagnostic>,
     /// Where each value came from.
     pub origins: Origins,
-    /// The merged document (file + env) before defaults.
-    pub document: Value,
     /// The file's text and spans, for rendering warnings.
     pub source: Option<SourceText>,
     /// Which environment mode was used.
@@ -157,7 +89,7 @@ pub struct SourceText {
 #[derive(Debug)]
 pub struct LoadFailure {
     /// The problems, errors first in document order.
-    pub problems: Vec<Problem>,
+    pub problems: Vec<Diagnostic>,
     /// The file's text and spans.
     pub source: Option<SourceText>,
 }
@@ -180,134 +112,157 @@ fn validator() -> &'static jsonschema::Validator {
         .get_or_init(|| jsonschema::validator_for(schema()).expect("the generated schema compiles"))
 }
 
-/// Loads and validates a manifest.
-pub fn load(input: &ManifestInput) -> Result<Loaded, LoadFailure> {
-    let mut problems = Vec::new();
+/// The document after parsing, `${VAR}` interpolation and the environment overlay: what the
+/// JSON Schema and the semantic checks see.
+#[derive(Debug)]
+pub struct Overlaid {
+    /// The merged document (file + env), before defaults.
+    pub document: Value,
+    /// Where each value came from.
+    pub origins: Origins,
+    /// Problems found so far (interpolation and the overlay).
+    pub problems: Vec<Diagnostic>,
+    /// The file's text and spans.
+    pub source: Option<SourceText>,
+    /// Which environment mode was used.
+    pub mode: EnvMode,
+}
+
+/// Parses the text (if any), interpolates `${VAR}`s and applies the environment. Fails only on
+/// text that is not a document at all.
+pub fn overlay(input: &ManifestInput) -> Result<Overlaid, LoadFailure> {
     let mut origins = Origins::new();
     let (mut document, source, mode) = match &input.text {
         Some((text, format)) => {
             let name = input.name.clone().unwrap_or_else(|| "manifest".into());
-            match document::parse(text, *format) {
-                Ok((value, spans)) => {
-                    record_file_origins(&value, "", &mut origins);
-                    let source = SourceText {
-                        name,
-                        text: text.clone(),
-                        spans,
-                    };
-                    (value, Some(source), EnvMode::Overlay)
-                }
-                Err(error) => {
-                    let source = SourceText {
-                        name,
-                        text: text.clone(),
-                        spans: SpanIndex::default(),
-                    };
-                    return Err(LoadFailure {
-                        problems: vec![Problem {
-                            severity: Severity::Error,
-                            code: "datasync::manifest::syntax",
-                            message: error.message,
-                            pointer: None,
-                            on_key: false,
-                            env_var: None,
-                            help: None,
-                            range: Some(error.range),
-                        }],
-                        source: Some(source),
-                    });
-                }
-            }
+            let (value, spans) = document::parse(text, *format).map_err(|error| LoadFailure {
+                problems: vec![
+                    Diagnostic::error(Code::ManifestSyntax, error.message)
+                        .at(Location::Span(error.range)),
+                ],
+                source: Some(SourceText {
+                    name: name.clone(),
+                    text: text.clone(),
+                    spans: SpanIndex::default(),
+                }),
+            })?;
+            record_file_origins(&value, "", &mut origins);
+            let source = SourceText {
+                name,
+                text: text.clone(),
+                spans,
+            };
+            (value, Some(source), EnvMode::Overlay)
         }
         None => (Value::Object(serde_json::Map::new()), None, EnvMode::Legacy),
     };
     if !document.is_object() {
-        problems.push(Problem::error(
-            "",
-            "datasync::manifest::schema",
-            "the manifest must be a mapping of keys to values",
-        ));
-        return Err(LoadFailure { problems, source });
+        return Err(LoadFailure {
+            problems: vec![error_at(
+                "",
+                Code::ManifestSchema,
+                "the manifest must be a mapping of keys to values",
+            )],
+            source,
+        });
     }
-
+    let mut problems = Vec::new();
     env::interpolate(&mut document, &input.env, "", &mut problems);
+    problems.extend(env::apply(&mut document, &input.env, mode, &mut origins));
+    // Tables written as `orders:` (null) mean "all defaults".
+    fill_null_tables(&mut document);
+    Ok(Overlaid {
+        document,
+        origins,
+        problems,
+        source,
+        mode,
+    })
+}
+
+/// Loads and validates a manifest.
+pub fn load(input: &ManifestInput) -> Result<Loaded, LoadFailure> {
+    let Overlaid {
+        document,
+        origins,
+        mut problems,
+        source,
+        mode,
+    } = overlay(input)?;
     // A value whose variable is missing is reported once, not again by the checks below.
     let unresolved: Vec<String> = problems
         .iter()
-        .filter_map(|problem| problem.pointer.clone())
+        .filter(|problem| problem.code == Code::ManifestEnvVar)
+        .filter_map(|problem| problem.pointer().map(str::to_string))
         .collect();
-    problems.extend(env::apply(&mut document, &input.env, mode, &mut origins));
+    let manifest = check(&document, &mut problems);
+    problems.retain(|problem| {
+        problem.code == Code::ManifestEnvVar
+            || !problem
+                .pointer()
+                .is_some_and(|pointer| unresolved.iter().any(|u| u == pointer))
+    });
+    sort_problems(&mut problems, source.as_ref());
+    let has_errors = problems.iter().any(Diagnostic::is_error);
+    match manifest {
+        Some(mut manifest) if !has_errors => {
+            manifest.bigquery.gcloud_credentials = env::gcloud_credentials(&input.env);
+            Ok(Loaded {
+                manifest,
+                warnings: problems,
+                origins,
+                source,
+                mode,
+            })
+        }
+        _ => Err(LoadFailure { problems, source }),
+    }
+}
 
-    // Tables written as `orders:` (null) mean "all defaults".
-    fill_null_tables(&mut document);
-
-    // Schema errors are reported, then the offending nodes are cut out so the semantic checks
-    // can still run on the rest: every problem is reported at once.
+/// Validates the merged document against the JSON Schema, then resolves it. Schema errors are
+/// reported and the offending nodes cut out, so the semantic checks still run on the rest:
+/// every problem is reported at once, none twice.
+fn check(document: &Value, problems: &mut Vec<Diagnostic>) -> Option<Manifest> {
     let mut repaired = document.clone();
     let mut removed: Vec<String> = Vec::new();
-    for error in validator().iter_errors(&document) {
+    for error in validator().iter_errors(document) {
         let problem = schema_problem(&error);
-        if let Some(pointer) = &problem.pointer
+        if let Some(pointer) = problem.pointer()
             && !pointer.is_empty()
         {
             remove_pointer(&mut repaired, pointer);
-            removed.push(pointer.clone());
+            removed.push(pointer.to_string());
         }
         problems.push(problem);
     }
-    let schema_failed = problems
-        .iter()
-        .any(|problem| problem.severity == Severity::Error);
-
-    let manifest = match serde_json::from_value::<RawManifest>(repaired) {
+    let schema_failed = problems.iter().any(Diagnostic::is_error);
+    match serde_json::from_value::<RawManifest>(repaired) {
         Ok(raw) => {
             let (manifest, found) = resolve::resolve(&raw);
-            problems.extend(found.into_iter().filter(|problem| {
-                // Skip what a schema error already explains.
-                !problem.pointer.as_deref().is_some_and(|pointer| {
-                    removed.iter().any(|cut| {
-                        pointer.starts_with(cut.as_str())
-                            || cut.starts_with(pointer)
-                                && problem.code == "datasync::manifest::missing_field"
-                    })
-                })
-            }));
+            problems.extend(
+                found
+                    .into_iter()
+                    .filter(|problem| !explained_by_schema(problem, &removed)),
+            );
             manifest.filter(|_| !schema_failed)
         }
         Err(error) => {
             if !schema_failed {
-                problems.push(Problem::error(
-                    "",
-                    "datasync::manifest::schema",
-                    error.to_string(),
-                ));
+                problems.push(error_at("", Code::ManifestSchema, error.to_string()));
             }
             None
         }
-    };
-
-    problems.retain(|problem| {
-        problem.code == "datasync::manifest::env_var"
-            || !problem
-                .pointer
-                .as_ref()
-                .is_some_and(|pointer| unresolved.contains(pointer))
-    });
-    sort_problems(&mut problems, source.as_ref());
-    let has_errors = problems
-        .iter()
-        .any(|problem| problem.severity == Severity::Error);
-    match manifest {
-        Some(manifest) if !has_errors => Ok(Loaded {
-            manifest,
-            warnings: problems,
-            origins,
-            document,
-            source,
-            mode,
-        }),
-        _ => Err(LoadFailure { problems, source }),
     }
+}
+
+/// Whether a semantic problem is about a node a schema error already cut out.
+fn explained_by_schema(problem: &Diagnostic, removed: &[String]) -> bool {
+    problem.pointer().is_some_and(|pointer| {
+        removed.iter().any(|cut| {
+            pointer.starts_with(cut.as_str())
+                || cut.starts_with(pointer) && problem.code == Code::ManifestMissingField
+        })
+    })
 }
 
 fn fill_null_tables(document: &mut Value) {
@@ -368,18 +323,18 @@ fn record_file_origins(value: &Value, pointer: &str, origins: &mut Origins) {
     }
 }
 
-fn sort_problems(problems: &mut [Problem], source: Option<&SourceText>) {
-    let position = |problem: &Problem| {
+fn sort_problems(problems: &mut [Diagnostic], source: Option<&SourceText>) {
+    let position = |problem: &Diagnostic| {
         let start = source
-            .zip(problem.pointer.as_deref())
+            .zip(problem.pointer())
             .and_then(|(source, pointer)| source.spans.label_range(pointer))
             .map_or(usize::MAX, |range| range.start);
-        (problem.severity, problem.pointer.is_none(), start)
+        (problem.severity, problem.pointer().is_none(), start)
     };
     problems.sort_by_key(position);
 }
 
-fn schema_problem(error: &jsonschema::ValidationError<'_>) -> Problem {
+fn schema_problem(error: &jsonschema::ValidationError<'_>) -> Diagnostic {
     use jsonschema::error::ValidationErrorKind;
     let pointer = error.instance_path().to_string();
     let schema_path = error.schema_path().to_string();
@@ -399,9 +354,9 @@ fn schema_problem(error: &jsonschema::ValidationError<'_>) -> Problem {
                         .join(", ")
                 ),
             };
-            Problem::error(
+            error_at(
                 &child,
-                "datasync::manifest::unknown_field",
+                Code::ManifestUnknownField,
                 format!("unknown field `{key}`"),
             )
             .on_key()
@@ -411,9 +366,9 @@ fn schema_problem(error: &jsonschema::ValidationError<'_>) -> Problem {
             let name = property
                 .as_str()
                 .map_or_else(|| property.to_string(), str::to_string);
-            Problem::error(
+            error_at(
                 &pointer,
-                "datasync::manifest::missing_field",
+                Code::ManifestMissingField,
                 format!("missing required field `{name}`"),
             )
             .on_key()
@@ -427,7 +382,7 @@ fn schema_problem(error: &jsonschema::ValidationError<'_>) -> Problem {
                 (_, false) => format!("expected one of {}", choices.join(", ")),
                 _ => "invalid value".to_string(),
             };
-            let mut problem = Problem::error(&pointer, "datasync::manifest::schema", message);
+            let mut problem = error_at(&pointer, Code::ManifestSchema, message);
             if let Some(description) = describe(&schema_path) {
                 problem = problem.with_help(description);
             }
@@ -442,18 +397,14 @@ fn schema_problem(error: &jsonschema::ValidationError<'_>) -> Problem {
             } else {
                 crate::names::dataset_problem(value)
             };
-            Problem::error(
+            error_at(
                 &pointer,
-                "datasync::manifest::bigquery_name",
+                Code::ManifestBigqueryName,
                 message.unwrap_or_else(|| error.masked().to_string()),
             )
         }
         _ => {
-            let mut problem = Problem::error(
-                &pointer,
-                "datasync::manifest::schema",
-                error.masked().to_string(),
-            );
+            let mut problem = error_at(&pointer, Code::ManifestSchema, error.masked().to_string());
             if let Some(description) = describe(&schema_path) {
                 problem = problem.with_help(description);
             }

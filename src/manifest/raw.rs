@@ -374,7 +374,7 @@ pub struct RawPool {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 1000))]
     pub max_connections: Option<u32>,
-    /// Idle connections kept. Default: `1`.
+    /// Idle connections kept. Default: `0`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub min_connections: Option<u32>,
     /// Close connections older than this. `0` keeps them. Default: `0`.

@@ -7,14 +7,15 @@ use std::time::Duration;
 use indexmap::IndexMap;
 use serde::Serialize;
 
-use super::Problem;
 use super::document::escape_segment;
 use super::env::parse_duration;
 use super::raw::{
     BadValuePolicy, DecimalOverflowPolicy, GeometryPolicy, RawDuration, RawManifest, RawSource,
     RawTable, RawTypePolicies, SourceKind, TlsMode, Utf8Policy, WriteMode,
 };
+use super::{Code, Diagnostic, error_at, warning_at};
 use crate::names;
+use crate::schema::BqTypeSpec;
 use crate::secret::Secret;
 
 /// Default rows per batch.
@@ -55,6 +56,10 @@ pub struct BigQuerySpec {
     pub endpoint: Option<String>,
     /// Service-account key path.
     pub credentials: Option<String>,
+    /// gcloud's application-default credentials file (`$CLOUDSDK_CONFIG`, else
+    /// `$HOME/.config/gcloud`, from the environment snapshot), used when `credentials` is unset
+    /// and the file exists. Not a manifest field.
+    pub gcloud_credentials: Option<String>,
     /// Create the dataset if missing.
     pub create_dataset: bool,
 }
@@ -252,74 +257,10 @@ mod opt_duration {
     }
 }
 
-/// Column types a `column_types` override may name.
-pub const OVERRIDE_TYPES: &[&str] = &[
-    "STRING",
-    "BYTES",
-    "INT64",
-    "FLOAT64",
-    "NUMERIC",
-    "BIGNUMERIC",
-    "BOOL",
-    "DATE",
-    "DATETIME",
-    "TIME",
-    "TIMESTAMP",
-    "JSON",
-    "GEOGRAPHY",
-    "INTERVAL",
-];
-
-/// Whether `text` is a BigQuery type an override may name (`NUMERIC(38,9)` included).
-pub fn override_type_problem(text: &str) -> Option<String> {
-    let upper = text.trim().to_ascii_uppercase();
-    let (base, params) = match upper.split_once('(') {
-        Some((base, rest)) => (
-            base.trim().to_string(),
-            Some(rest.trim_end_matches(')').to_string()),
-        ),
-        None => (upper.clone(), None),
-    };
-    let base = match base.as_str() {
-        "INTEGER" => "INT64",
-        "FLOAT" => "FLOAT64",
-        "BOOLEAN" => "BOOL",
-        other => other,
-    };
-    if !OVERRIDE_TYPES.contains(&base) {
-        return Some(format!(
-            "`{text}` is not a BigQuery column type (one of {})",
-            OVERRIDE_TYPES.join(", ")
-        ));
-    }
-    if let Some(params) = params {
-        let numbers: Result<Vec<u32>, _> = params
-            .split(',')
-            .map(|part| part.trim().parse::<u32>())
-            .collect();
-        let ok = match (base, numbers) {
-            ("NUMERIC", Ok(n)) if n.len() == 2 => {
-                n[1] <= 9 && n[0] >= n[1] && n[0] - n[1] <= 29 && n[0] >= 1
-            }
-            ("NUMERIC", Ok(n)) if n.len() == 1 => (1..=29).contains(&n[0]),
-            ("BIGNUMERIC", Ok(n)) if n.len() == 2 => {
-                n[1] <= 38 && n[0] >= n[1] && n[0] - n[1] <= 38 && n[0] >= 1
-            }
-            ("BIGNUMERIC", Ok(n)) if n.len() == 1 => (1..=38).contains(&n[0]),
-            ("STRING" | "BYTES", Ok(n)) => n.len() == 1 && n[0] >= 1,
-            _ => false,
-        };
-        if !ok {
-            return Some(format!("`{text}` has invalid type parameters"));
-        }
-    }
-    None
-}
-
 fn duration(
     value: Option<&RawDuration>,
     pointer: &str,
-    problems: &mut Vec<Problem>,
+    problems: &mut Vec<Diagnostic>,
 ) -> Option<Option<Duration>> {
     let value = value?;
     let parsed = match value {
@@ -330,11 +271,7 @@ fn duration(
         Ok(duration) if duration.is_zero() => Some(None),
         Ok(duration) => Some(Some(duration)),
         Err(message) => {
-            problems.push(Problem::error(
-                pointer,
-                "datasync::manifest::duration",
-                message,
-            ));
+            problems.push(error_at(pointer, Code::ManifestDuration, message));
             None
         }
     }
@@ -342,76 +279,64 @@ fn duration(
 
 /// Resolves a schema-valid [`RawManifest`]. Returns the manifest when no error was found, and
 /// every problem (errors and warnings) either way.
-pub fn resolve(raw: &RawManifest) -> (Option<Manifest>, Vec<Problem>) {
-    let mut problems = Vec::new();
-
+/// The destination's names and endpoint, checked; returns the project and the dataset.
+fn check_bigquery(raw: &RawManifest, problems: &mut Vec<Diagnostic>) -> (String, String) {
     let project = raw.bigquery.project.clone().unwrap_or_default();
     if raw.bigquery.project.is_none() {
         problems.push(
-            Problem::error(
+            error_at(
                 "/bigquery",
-                "datasync::manifest::missing_field",
+                Code::ManifestMissingField,
                 "missing `bigquery.project`",
             )
             .on_key()
             .with_help("set `bigquery.project` or GCP_PROJECT_ID"),
         );
     } else if let Some(message) = names::project_problem(&project) {
-        problems.push(Problem::error(
+        problems.push(error_at(
             "/bigquery/project",
-            "datasync::manifest::bigquery_name",
+            Code::ManifestBigqueryName,
             message,
         ));
     }
     let dataset = raw.bigquery.dataset.clone().unwrap_or_default();
     if raw.bigquery.dataset.is_none() {
         problems.push(
-            Problem::error(
+            error_at(
                 "/bigquery",
-                "datasync::manifest::missing_field",
+                Code::ManifestMissingField,
                 "missing `bigquery.dataset`",
             )
             .on_key()
             .with_help("set `bigquery.dataset` or BQ_DATASET_ID"),
         );
     } else if let Some(message) = names::dataset_problem(&dataset) {
-        problems.push(Problem::error(
+        problems.push(error_at(
             "/bigquery/dataset",
-            "datasync::manifest::bigquery_name",
+            Code::ManifestBigqueryName,
             message,
         ));
     }
     if let Some(endpoint) = &raw.bigquery.endpoint
         && !(endpoint.starts_with("http://") || endpoint.starts_with("https://"))
     {
-        problems.push(Problem::error(
+        problems.push(error_at(
             "/bigquery/endpoint",
-            "datasync::manifest::endpoint",
+            Code::ManifestEndpoint,
             format!("`{endpoint}` is not an http(s) URL"),
         ));
     }
 
-    let defaults = &raw.defaults;
-    let timeout = duration(
-        defaults.timeout.as_ref(),
-        "/defaults/timeout",
-        &mut problems,
-    )
-    .flatten();
-    let parallelism = defaults.parallelism.unwrap_or(DEFAULT_PARALLELISM);
-    let default_policies = TypePolicies::default().overlay(&defaults.types);
+    (project, dataset)
+}
 
-    if raw.sources.is_empty() {
-        problems.push(
-            Problem::error(
-                "",
-                "datasync::manifest::no_sources",
-                "the manifest has no sources",
-            )
-            .with_help("add a `sources:` entry, or set SYNC_DATABASES for env-only mode"),
-        );
-    }
-
+/// Every source and its tables, with the check that no two enabled tables share a target.
+fn resolve_sources(
+    raw: &RawManifest,
+    parallelism: u32,
+    default_policies: TypePolicies,
+    problems: &mut Vec<Diagnostic>,
+) -> (Vec<SourceSpec>, Vec<TableSpec>) {
     let mut sources = Vec::new();
     let mut tables = Vec::new();
     let mut targets: HashMap<String, String> = HashMap::new();
@@ -423,9 +348,9 @@ pub fn resolve(raw: &RawManifest) -> (Option<Manifest>, Vec<Problem>) {
                 .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
         {
             problems.push(
-                Problem::error(
+                error_at(
                     &base,
-                    "datasync::manifest::source_name",
+                    Code::ManifestSourceName,
                     format!(
                         "source name `{source_name}` may only hold letters, digits, `_` and `-`"
                     ),
@@ -433,12 +358,12 @@ pub fn resolve(raw: &RawManifest) -> (Option<Manifest>, Vec<Problem>) {
                 .on_key(),
             );
         }
-        let spec = resolve_source(source_name, source, &base, parallelism, &mut problems);
+        let spec = resolve_source(source_name, source, &base, parallelism, problems);
         if source.tables.is_empty() {
             problems.push(
-                Problem::warning(
+                warning_at(
                     &base,
-                    "datasync::manifest::no_tables",
+                    Code::ManifestNoTables,
                     format!("source `{source_name}` lists no tables"),
                 )
                 .on_key(),
@@ -448,15 +373,9 @@ pub fn resolve(raw: &RawManifest) -> (Option<Manifest>, Vec<Problem>) {
             let pointer = format!("{base}/tables/{}", escape_segment(key));
             let default_table = RawTable::default();
             let table = table.as_ref().unwrap_or(&default_table);
-            let Some(table_spec) = resolve_table(
-                &spec,
-                key,
-                table,
-                &pointer,
-                raw,
-                default_policies,
-                &mut problems,
-            ) else {
+            let Some(table_spec) =
+                resolve_table(&spec, key, table, &pointer, raw, default_policies, problems)
+            else {
                 continue;
             };
             if table_spec.enabled {
@@ -467,9 +386,9 @@ pub fn resolve(raw: &RawManifest) -> (Option<Manifest>, Vec<Problem>) {
                         pointer.clone()
                     };
                     problems.push(
-                        Problem::error(
+                        error_at(
                             &target_pointer,
-                            "datasync::manifest::duplicate_target",
+                            Code::ManifestDuplicateTarget,
                             format!(
                                 "target table `{}` is also written by `{first}`",
                                 table_spec.target
@@ -487,6 +406,32 @@ pub fn resolve(raw: &RawManifest) -> (Option<Manifest>, Vec<Problem>) {
         sources.push(spec);
     }
 
+    (sources, tables)
+}
+
+pub fn resolve(raw: &RawManifest) -> (Option<Manifest>, Vec<Diagnostic>) {
+    let mut problems = Vec::new();
+
+    let (project, dataset) = check_bigquery(raw, &mut problems);
+    let defaults = &raw.defaults;
+    let timeout = duration(
+        defaults.timeout.as_ref(),
+        "/defaults/timeout",
+        &mut problems,
+    )
+    .flatten();
+    let parallelism = defaults.parallelism.unwrap_or(DEFAULT_PARALLELISM);
+    let default_policies = TypePolicies::default().overlay(&defaults.types);
+
+    if raw.sources.is_empty() {
+        problems.push(
+            error_at("", Code::ManifestNoSources, "the manifest has no sources")
+                .with_help("add a `sources:` entry, or set SYNC_DATABASES for env-only mode"),
+        );
+    }
+
+    let (sources, tables) = resolve_sources(raw, parallelism, default_policies, &mut problems);
+
     let has_errors = problems
         .iter()
         .any(|problem| problem.severity == super::Severity::Error);
@@ -501,6 +446,7 @@ pub fn resolve(raw: &RawManifest) -> (Option<Manifest>, Vec<Problem>) {
                 .clone()
                 .map(|url| url.trim_end_matches('/').to_string()),
             credentials: raw.bigquery.credentials.clone(),
+            gcloud_credentials: None,
             create_dataset: raw.bigquery.create_dataset.unwrap_or(false),
         },
         timeout,
@@ -511,13 +457,8 @@ pub fn resolve(raw: &RawManifest) -> (Option<Manifest>, Vec<Problem>) {
     (manifest, problems)
 }
 
-fn resolve_source(
-    name: &str,
-    source: &RawSource,
-    base: &str,
-    parallelism: u32,
-    problems: &mut Vec<Problem>,
-) -> SourceSpec {
+/// The URL or the connection parts: the scheme, what a URL makes useless, what is missing.
+fn check_connection(name: &str, source: &RawSource, base: &str, problems: &mut Vec<Diagnostic>) {
     let kind = source.kind;
     if let Some(url) = &source.url {
         let scheme_ok = match kind {
@@ -528,9 +469,9 @@ fn resolve_source(
             SourceKind::Sqlite => url.starts_with("sqlite:"),
         };
         if !scheme_ok {
-            problems.push(Problem::error(
+            problems.push(error_at(
                 &format!("{base}/url"),
-                "datasync::manifest::url",
+                Code::ManifestUrl,
                 format!(
                     "a {} source needs a `{}://` URL",
                     kind.as_str(),
@@ -548,9 +489,9 @@ fn resolve_source(
             };
             if set {
                 problems.push(
-                    Problem::warning(
+                    warning_at(
                         &format!("{base}/{field}"),
-                        "datasync::manifest::url_and_parts",
+                        Code::ManifestUrlAndParts,
                         format!("`{field}` is ignored because `url` is set"),
                     )
                     .on_key(),
@@ -560,25 +501,25 @@ fn resolve_source(
     } else {
         match kind {
             SourceKind::Sqlite if source.database.is_none() => problems.push(
-                Problem::error(
+                error_at(
                     base,
-                    "datasync::manifest::missing_field",
+                    Code::ManifestMissingField,
                     format!("sqlite source `{name}` needs `url` or `database` (the file path)"),
                 )
                 .on_key(),
             ),
             SourceKind::Mysql | SourceKind::Postgres if source.user.is_none() => problems.push(
-                Problem::error(
+                error_at(
                     base,
-                    "datasync::manifest::missing_field",
+                    Code::ManifestMissingField,
                     format!("source `{name}` needs `url` or `user`"),
                 )
                 .on_key(),
             ),
             SourceKind::Postgres if source.database.is_none() => problems.push(
-                Problem::error(
+                error_at(
                     base,
-                    "datasync::manifest::missing_field",
+                    Code::ManifestMissingField,
                     format!("postgres source `{name}` needs `url` or `database`"),
                 )
                 .on_key(),
@@ -588,14 +529,18 @@ fn resolve_source(
     }
     if source.schema.is_some() && kind != SourceKind::Postgres {
         problems.push(
-            Problem::warning(
+            warning_at(
                 &format!("{base}/schema"),
-                "datasync::manifest::schema_ignored",
+                Code::ManifestSchemaIgnored,
                 "`schema` only applies to postgres sources; MySQL tables are qualified by database",
             )
             .on_key(),
         );
     }
+}
+
+fn resolve_tls(source: &RawSource, base: &str, problems: &mut Vec<Diagnostic>) -> TlsSpec {
+    let kind = source.kind;
     let tls_raw = source.tls.clone().unwrap_or(super::raw::RawTls {
         mode: None,
         ca: None,
@@ -608,29 +553,38 @@ fn resolve_source(
         TlsMode::Prefer
     });
     if matches!(tls_mode, TlsMode::VerifyCa) && tls_raw.ca.is_none() {
-        problems.push(Problem::warning(
+        problems.push(warning_at(
             &format!("{base}/tls/mode"),
-            "datasync::manifest::tls",
+            Code::ManifestTls,
             "`verify-ca` without `tls.ca` verifies against the system roots",
         ));
     }
     if tls_raw.cert.is_some() != tls_raw.key.is_some() {
         problems.push(
-            Problem::error(
+            error_at(
                 &format!("{base}/tls"),
-                "datasync::manifest::tls",
+                Code::ManifestTls,
                 "`tls.cert` and `tls.key` go together",
             )
             .on_key(),
         );
     }
+    TlsSpec {
+        mode: tls_mode,
+        ca: tls_raw.ca,
+        cert: tls_raw.cert,
+        key: tls_raw.key,
+    }
+}
+
+fn resolve_timeouts(source: &RawSource, base: &str, problems: &mut Vec<Diagnostic>) -> Timeouts {
     let timeouts_raw = source.timeouts.clone().unwrap_or(super::raw::RawTimeouts {
         connect: None,
         read: None,
         write: None,
         statement: None,
     });
-    let timeouts = Timeouts {
+    Timeouts {
         connect: duration(
             timeouts_raw.connect.as_ref(),
             &format!("{base}/timeouts/connect"),
@@ -655,7 +609,20 @@ fn resolve_source(
             problems,
         )
         .flatten(),
-    };
+    }
+}
+
+fn resolve_source(
+    name: &str,
+    source: &RawSource,
+    base: &str,
+    parallelism: u32,
+    problems: &mut Vec<Diagnostic>,
+) -> SourceSpec {
+    let kind = source.kind;
+    check_connection(name, source, base, problems);
+    let tls = resolve_tls(source, base, problems);
+    let timeouts = resolve_timeouts(source, base, problems);
     let pool = source.pool.clone().unwrap_or(super::raw::RawPool {
         max_connections: None,
         min_connections: None,
@@ -684,12 +651,7 @@ fn resolve_source(
             database: source.database.clone(),
             schema: source.schema.clone(),
         },
-        tls: TlsSpec {
-            mode: tls_mode,
-            ca: tls_raw.ca,
-            cert: tls_raw.cert,
-            key: tls_raw.key,
-        },
+        tls,
         max_connections: pool.max_connections.unwrap_or(parallelism).max(1),
         min_connections: pool.min_connections.unwrap_or(0),
         max_lifetime,
@@ -697,19 +659,19 @@ fn resolve_source(
     }
 }
 
-fn check_column_names(list: &[String], pointer: &str, what: &str, problems: &mut Vec<Problem>) {
+fn check_column_names(list: &[String], pointer: &str, what: &str, problems: &mut Vec<Diagnostic>) {
     let mut seen: Vec<&str> = Vec::new();
     for (position, column) in list.iter().enumerate() {
         if column.trim().is_empty() {
-            problems.push(Problem::error(
+            problems.push(error_at(
                 &format!("{pointer}/{position}"),
-                "datasync::manifest::column",
+                Code::ManifestColumn,
                 format!("empty column name in `{what}`"),
             ));
         } else if seen.contains(&column.as_str()) {
-            problems.push(Problem::error(
+            problems.push(error_at(
                 &format!("{pointer}/{position}"),
-                "datasync::manifest::column",
+                Code::ManifestColumn,
                 format!("column `{column}` is listed twice in `{what}`"),
             ));
         }
@@ -717,25 +679,22 @@ fn check_column_names(list: &[String], pointer: &str, what: &str, problems: &mut
     }
 }
 
-fn resolve_table(
+/// `table` or `qualifier.table`, with the engine's default qualifier.
+fn table_name(
     source: &SourceSpec,
     key: &str,
-    table: &RawTable,
     pointer: &str,
-    raw: &RawManifest,
-    default_policies: TypePolicies,
-    problems: &mut Vec<Problem>,
-) -> Option<TableSpec> {
-    let defaults = &raw.defaults;
+    problems: &mut Vec<Diagnostic>,
+) -> Option<(Option<String>, String)> {
     let parts: Vec<&str> = key.split('.').collect();
     let (qualifier, name) = match parts.as_slice() {
         [name] => (None, (*name).to_string()),
         [qualifier, name] => (Some((*qualifier).to_string()), (*name).to_string()),
         _ => {
             problems.push(
-                Problem::error(
+                error_at(
                     pointer,
-                    "datasync::manifest::table_name",
+                    Code::ManifestTableName,
                     format!("`{key}` has too many parts: use `table` or `schema.table`"),
                 )
                 .on_key(),
@@ -745,9 +704,9 @@ fn resolve_table(
     };
     if name.is_empty() || qualifier.as_deref() == Some("") {
         problems.push(
-            Problem::error(
+            error_at(
                 pointer,
-                "datasync::manifest::table_name",
+                Code::ManifestTableName,
                 format!("`{key}` is not a table name"),
             )
             .on_key(),
@@ -756,9 +715,9 @@ fn resolve_table(
     }
     if source.kind == SourceKind::Sqlite && qualifier.is_some() {
         problems.push(
-            Problem::error(
+            error_at(
                 pointer,
-                "datasync::manifest::table_name",
+                Code::ManifestTableName,
                 "sqlite tables are not qualified",
             )
             .on_key(),
@@ -775,6 +734,16 @@ fn resolve_table(
         SourceKind::Mysql | SourceKind::Sqlite => None,
     });
 
+    Some((qualifier, name))
+}
+
+/// The target table's name, checked.
+fn table_target(
+    key: &str,
+    table: &RawTable,
+    pointer: &str,
+    problems: &mut Vec<Diagnostic>,
+) -> String {
     let target = table
         .target
         .clone()
@@ -785,7 +754,7 @@ fn resolve_table(
         } else {
             pointer.to_string()
         };
-        let mut problem = Problem::error(&at, "datasync::manifest::bigquery_name", message);
+        let mut problem = error_at(&at, Code::ManifestBigqueryName, message);
         if table.target.is_none() {
             problem = problem
                 .on_key()
@@ -794,12 +763,20 @@ fn resolve_table(
         problems.push(problem);
     }
 
-    let mode = table.mode.or(defaults.mode).unwrap_or(WriteMode::Replace);
+    target
+}
+
+/// The column lists: not empty, no blanks or repeats.
+fn check_column_lists(
+    table: &RawTable,
+    pointer: &str,
+    problems: &mut Vec<Diagnostic>,
+) -> Vec<String> {
     if let Some(columns) = &table.columns {
         if columns.is_empty() {
-            problems.push(Problem::error(
+            problems.push(error_at(
                 &format!("{pointer}/columns"),
-                "datasync::manifest::column",
+                Code::ManifestColumn,
                 "`columns` is empty: leave it out to sync every column",
             ));
         }
@@ -814,9 +791,9 @@ fn resolve_table(
     );
     if let Some(primary_key) = &table.primary_key {
         if primary_key.is_empty() {
-            problems.push(Problem::error(
+            problems.push(error_at(
                 &format!("{pointer}/primary_key"),
-                "datasync::manifest::primary_key",
+                Code::ManifestPrimaryKey,
                 "`primary_key` is empty",
             ));
         }
@@ -828,7 +805,17 @@ fn resolve_table(
         );
     }
 
-    // Every column the table names must be selected.
+    exclude
+}
+
+/// Every column the table names (key, cursor, overrides, layout) must be selected; returns
+/// the overrides, the partitioning and the clustering.
+fn check_named_columns(
+    table: &RawTable,
+    exclude: &[String],
+    pointer: &str,
+    problems: &mut Vec<Diagnostic>,
+) -> (IndexMap<String, String>, Option<Partitioning>, Vec<String>) {
     let selected = |column: &str| {
         table
             .columns
@@ -836,16 +823,16 @@ fn resolve_table(
             .is_none_or(|columns| columns.iter().any(|c| c == column))
             && !exclude.iter().any(|c| c == column)
     };
-    let check_selected = |column: &str, at: String, what: &str, problems: &mut Vec<Problem>| {
+    let check_selected = |column: &str, at: String, what: &str, problems: &mut Vec<Diagnostic>| {
         if !selected(column) {
             let why = if exclude.iter().any(|c| c == column) {
                 "is excluded by `exclude_columns`"
             } else {
                 "is not in `columns`"
             };
-            problems.push(Problem::error(
+            problems.push(error_at(
                 &at,
-                "datasync::manifest::unknown_column",
+                Code::ManifestUnknownColumn,
                 format!("{what} `{column}` {why}"),
             ));
         }
@@ -872,12 +859,8 @@ fn resolve_table(
     for (column, bq_type) in &column_types {
         let at = format!("{pointer}/column_types/{}", escape_segment(column));
         check_selected(column, at.clone(), "column_types names column", problems);
-        if let Some(message) = override_type_problem(bq_type) {
-            problems.push(Problem::error(
-                &at,
-                "datasync::manifest::column_type",
-                message,
-            ));
+        if let Err(message) = bq_type.parse::<BqTypeSpec>() {
+            problems.push(error_at(&at, Code::ManifestColumnType, message));
         }
     }
     let partition_by = table.partition_by.as_ref().and_then(|text| {
@@ -885,9 +868,9 @@ fn resolve_table(
         let granularity = granularity.trim().to_ascii_uppercase();
         let at = format!("{pointer}/partition_by");
         if !["DAY", "HOUR", "MONTH", "YEAR"].contains(&granularity.as_str()) {
-            problems.push(Problem::error(
+            problems.push(error_at(
                 &at,
-                "datasync::manifest::partition",
+                Code::ManifestPartition,
                 format!(
                     "`{granularity}` is not a partition granularity (DAY, HOUR, MONTH or YEAR)"
                 ),
@@ -902,9 +885,9 @@ fn resolve_table(
     });
     let cluster_by = table.cluster_by.clone().unwrap_or_default();
     if cluster_by.len() > 4 {
-        problems.push(Problem::error(
+        problems.push(error_at(
             &format!("{pointer}/cluster_by"),
-            "datasync::manifest::cluster",
+            Code::ManifestCluster,
             format!(
                 "BigQuery clusters on at most 4 columns, not {}",
                 cluster_by.len()
@@ -920,11 +903,22 @@ fn resolve_table(
         );
     }
 
+    (column_types, partition_by, cluster_by)
+}
+
+/// What the write mode needs: a key for `merge`, a cursor for `incremental`.
+fn check_mode(
+    key: &str,
+    table: &RawTable,
+    mode: WriteMode,
+    pointer: &str,
+    problems: &mut Vec<Diagnostic>,
+) {
     match mode {
         WriteMode::Merge if table.primary_key.is_none() => problems.push(
-            Problem::error(
+            error_at(
                 pointer,
-                "datasync::manifest::merge_without_key",
+                Code::ManifestMergeWithoutKey,
                 format!("table `{key}` uses mode `merge` but has no `primary_key`"),
             )
             .on_key()
@@ -933,9 +927,9 @@ fn resolve_table(
             ),
         ),
         WriteMode::Incremental if table.cursor.is_none() => problems.push(
-            Problem::error(
+            error_at(
                 pointer,
-                "datasync::manifest::incremental_without_cursor",
+                Code::ManifestIncrementalWithoutCursor,
                 format!("table `{key}` uses mode `incremental` but has no `cursor`"),
             )
             .on_key()
@@ -945,9 +939,9 @@ fn resolve_table(
     }
     if table.cursor.is_some() && !matches!(mode, WriteMode::Incremental | WriteMode::Merge) {
         problems.push(
-            Problem::warning(
+            warning_at(
                 &format!("{pointer}/cursor"),
-                "datasync::manifest::cursor_unused",
+                Code::ManifestCursorUnused,
                 format!(
                     "`cursor` is only used by modes `incremental` and `merge`, not `{}`",
                     mode.as_str()
@@ -956,7 +950,25 @@ fn resolve_table(
             .on_key(),
         );
     }
+}
 
+fn resolve_table(
+    source: &SourceSpec,
+    key: &str,
+    table: &RawTable,
+    pointer: &str,
+    raw: &RawManifest,
+    default_policies: TypePolicies,
+    problems: &mut Vec<Diagnostic>,
+) -> Option<TableSpec> {
+    let defaults = &raw.defaults;
+    let (qualifier, name) = table_name(source, key, pointer, problems)?;
+    let target = table_target(key, table, pointer, problems);
+    let mode = table.mode.or(defaults.mode).unwrap_or(WriteMode::Replace);
+    let exclude = check_column_lists(table, pointer, problems);
+    let (column_types, partition_by, cluster_by) =
+        check_named_columns(table, &exclude, pointer, problems);
+    check_mode(key, table, mode, pointer, problems);
     let max_parse_failures = table
         .max_parse_failures
         .or(defaults.max_parse_failures)

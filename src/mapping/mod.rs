@@ -30,11 +30,13 @@ use std::collections::HashMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::diagnostic::{Code, Diagnostic, Location};
 use crate::manifest::raw::{BadValuePolicy, DecimalOverflowPolicy, GeometryPolicy, SourceKind};
 use crate::manifest::resolve::{TableSpec, TypePolicies};
 use crate::names;
 use crate::schema::{
-    BqType, FieldMode, SourceColumn, SourceTable, TimePartitioning, WarehouseField, WarehouseTable,
+    BqType, BqTypeSpec, FieldMode, SourceColumn, SourceTable, TimePartitioning, WarehouseField,
+    WarehouseTable,
 };
 
 /// How the extractor reads a column's values. The BigQuery type of the field decides how they
@@ -105,7 +107,7 @@ pub struct TableMapping {
     /// Column mappings, in the order the extractor selects them.
     pub columns: Vec<ColumnMapping>,
     /// Warnings (renames, relaxed modes, unconstrained numerics, lossy overrides, …).
-    pub warnings: Vec<String>,
+    pub warnings: Vec<Diagnostic>,
     /// Bad-value policies the extractor applies (the table's `types`).
     pub policies: TypePolicies,
     /// Bad values tolerated before the extraction fails; `None` = unlimited.
@@ -159,23 +161,83 @@ impl Natural {
 }
 
 /// Maps `source` for `spec`. Returns every error found, or the mapping.
-pub fn map_table(source: &SourceTable, spec: &TableSpec) -> Result<TableMapping, Vec<String>> {
-    let mut errors = Vec::new();
-    let mut warnings = Vec::new();
-    // NOT NULL columns mapped NULLABLE because a policy may write NULL: one warning per table.
-    let mut relaxed: Vec<(String, &'static str)> = Vec::new();
-    let table_label = match &source.qualifier {
-        Some(qualifier) => format!("{qualifier}.{}", source.name),
-        None => source.name.clone(),
+pub fn map_table(source: &SourceTable, spec: &TableSpec) -> Result<TableMapping, Vec<Diagnostic>> {
+    let mut found = Found {
+        table: match &source.qualifier {
+            Some(qualifier) => format!("{qualifier}.{}", source.name),
+            None => source.name.clone(),
+        },
+        errors: Vec::new(),
+        warnings: Vec::new(),
     };
-    let available = || {
-        source
-            .columns
-            .iter()
-            .map(|column| column.name.as_str())
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
+    let (selected, overrides) = select_columns(source, spec, &mut found);
+    let columns = map_columns(spec, &selected, &overrides, &mut found);
+    let (partitioning, clustering) = layout(spec, &columns, &mut found);
+    if !found.errors.is_empty() {
+        return Err(found.errors);
+    }
+    let fields = columns.iter().map(|column| column.field.clone()).collect();
+    Ok(TableMapping {
+        table: WarehouseTable {
+            name: spec.target.clone(),
+            fields,
+            partitioning,
+            clustering,
+        },
+        columns,
+        warnings: found.warnings,
+        policies: spec.types,
+        max_parse_failures: spec.max_parse_failures,
+        batch_size: spec.batch_size,
+        key_columns: spec
+            .primary_key
+            .clone()
+            .unwrap_or_else(|| source.primary_key.clone()),
+    })
+}
+
+/// The diagnostics of one table's mapping.
+struct Found {
+    /// `qualifier.table` at the source.
+    table: String,
+    errors: Vec<Diagnostic>,
+    warnings: Vec<Diagnostic>,
+}
+
+impl Found {
+    fn table_error(&mut self, code: Code, message: String) {
+        let location = Location::Table(self.table.clone());
+        self.errors
+            .push(Diagnostic::error(code, message).at(location));
+    }
+
+    fn column(&self, column: &str) -> Location {
+        Location::Column {
+            table: self.table.clone(),
+            column: column.to_string(),
+        }
+    }
+
+    fn column_error(&mut self, code: Code, column: &str, message: String) {
+        let location = self.column(column);
+        self.errors
+            .push(Diagnostic::error(code, message).at(location));
+    }
+
+    fn column_warning(&mut self, code: Code, column: &str, message: String) {
+        let location = self.column(column);
+        self.warnings
+            .push(Diagnostic::warning(code, message).at(location));
+    }
+}
+
+/// The selected source columns (`columns` minus `exclude_columns`) and the overrides by source
+/// column name.
+fn select_columns<'s>(
+    source: &'s SourceTable,
+    spec: &'s TableSpec,
+    found: &mut Found,
+) -> (Vec<&'s SourceColumn>, HashMap<&'s str, &'s str>) {
     let find = |name: &str| {
         source
             .columns
@@ -188,21 +250,29 @@ pub fn map_table(source: &SourceTable, spec: &TableSpec) -> Result<TableMapping,
                     .find(|column| column.name.eq_ignore_ascii_case(name))
             })
     };
-
-    // Column selection.
+    let missing = |option: &str, name: &str, table: &str| {
+        let available: Vec<&str> = source.columns.iter().map(|c| c.name.as_str()).collect();
+        format!(
+            "`{option}` names `{name}`, which table `{table}` does not have (available: {})",
+            available.join(", ")
+        )
+    };
     let mut selected: Vec<&SourceColumn> = Vec::new();
     match &spec.columns {
         Some(list) => {
             for name in list {
                 match find(name) {
-                    Some(column) if selected.iter().any(|c| c.name == column.name) => {
-                        errors.push(format!("column `{name}` is listed twice in `columns`"));
-                    }
+                    Some(column) if selected.iter().any(|c| c.name == column.name) => found
+                        .column_error(
+                            Code::MappingDuplicateColumn,
+                            name,
+                            format!("column `{name}` is listed twice in `columns`"),
+                        ),
                     Some(column) => selected.push(column),
-                    None => errors.push(format!(
-                        "`columns` names `{name}`, which table `{table_label}` does not have (available: {})",
-                        available()
-                    )),
+                    None => {
+                        let message = missing("columns", name, &found.table);
+                        found.column_error(Code::MappingUnknownColumn, name, message);
+                    }
                 }
             }
         }
@@ -211,10 +281,10 @@ pub fn map_table(source: &SourceTable, spec: &TableSpec) -> Result<TableMapping,
     for name in &spec.exclude_columns {
         match find(name) {
             Some(column) => selected.retain(|c| c.name != column.name),
-            None => errors.push(format!(
-                "`exclude_columns` names `{name}`, which table `{table_label}` does not have (available: {})",
-                available()
-            )),
+            None => {
+                let message = missing("exclude_columns", name, &found.table);
+                found.column_error(Code::MappingUnknownColumn, name, message);
+            }
         }
     }
     let mut overrides: HashMap<&str, &str> = HashMap::new();
@@ -223,60 +293,82 @@ pub fn map_table(source: &SourceTable, spec: &TableSpec) -> Result<TableMapping,
             Some(column) => {
                 overrides.insert(column.name.as_str(), text.as_str());
             }
-            None => errors.push(format!(
-                "`column_types` names `{name}`, which table `{table_label}` does not have (available: {})",
-                available()
-            )),
+            None => {
+                let message = missing("column_types", name, &found.table);
+                found.column_error(Code::MappingUnknownColumn, name, message);
+            }
         }
     }
-    if selected.is_empty() && errors.is_empty() {
-        errors.push(format!("no column of `{table_label}` is left to sync"));
+    if selected.is_empty() && found.errors.is_empty() {
+        let message = format!("no column of `{}` is left to sync", found.table);
+        found.table_error(Code::MappingNoColumns, message);
     }
+    (selected, overrides)
+}
 
+/// Maps every selected column: natural type, BigQuery name, override, NULL policy.
+fn map_columns(
+    spec: &TableSpec,
+    selected: &[&SourceColumn],
+    overrides: &HashMap<&str, &str>,
+    found: &mut Found,
+) -> Vec<ColumnMapping> {
+    // NOT NULL columns mapped NULLABLE because a policy may write NULL: one warning per table.
+    let mut relaxed: Vec<(String, &'static str)> = Vec::new();
     let mut columns = Vec::new();
     let mut seen: HashMap<String, String> = HashMap::new();
     for column in selected {
+        let name = column.name.as_str();
         let natural = match natural_mapping(spec, column) {
             Ok(natural) => natural,
             Err(message) => {
-                errors.push(format!("column `{}`: {message}", column.name));
+                let message = format!("column `{name}`: {message}");
+                found.column_error(Code::MappingUnmappable, name, message);
                 continue;
             }
         };
         if let Some(warning) = &natural.warning {
-            warnings.push(format!("column `{}`: {warning}", column.name));
+            let message = format!("column `{name}`: {warning}");
+            found.column_warning(Code::MappingNaturalType, name, message);
         }
-        let target = names::sanitize_column(&column.name);
-        if target != column.name {
-            warnings.push(format!(
-                "column `{}` is renamed `{target}` (not a valid BigQuery name)",
-                column.name
-            ));
+        let target = names::sanitize_column(name);
+        if target != name {
+            let message =
+                format!("column `{name}` is renamed `{target}` (not a valid BigQuery name)");
+            found.column_warning(Code::MappingRenamed, name, message);
         }
         if let Some(first) = seen.insert(target.to_ascii_lowercase(), column.name.clone()) {
-            errors.push(format!(
-                "columns `{first}` and `{}` both map to BigQuery column `{target}` (names are case-insensitive)",
-                column.name
-            ));
+            let message = format!(
+                "columns `{first}` and `{name}` both map to BigQuery column `{target}` (names are case-insensitive)"
+            );
+            found.column_error(Code::MappingNameCollision, name, message);
             continue;
         }
-        let (bq_type, precision, scale, lossy) = match overrides.get(column.name.as_str()) {
+        let choice = match overrides.get(name) {
             Some(text) => match apply_override(&natural, text) {
-                Ok((bq_type, precision, scale, lossy)) => {
-                    if let Some(reason) = &lossy {
-                        warnings.push(format!(
-                            "column `{}`: override `{text}` may lose data: {reason}",
-                            column.name
-                        ));
+                Ok(choice) => {
+                    if let Some(reason) = &choice.note {
+                        let message =
+                            format!("column `{name}`: override `{text}` may lose data: {reason}");
+                        found.column_warning(Code::MappingLossyOverride, name, message);
                     }
-                    (bq_type, precision, scale, lossy)
+                    choice
                 }
                 Err(message) => {
-                    errors.push(format!("column `{}`: {message}", column.name));
+                    let message = format!("column `{name}`: {message}");
+                    found.column_error(Code::MappingInvalidOverride, name, message);
                     continue;
                 }
             },
-            None => (natural.bq_type, natural.precision, natural.scale, None),
+            None => TypeChoice {
+                spec: BqTypeSpec {
+                    bq_type: natural.bq_type,
+                    precision: natural.precision,
+                    scale: natural.scale,
+                    max_length: None,
+                },
+                note: None,
+            },
         };
         let mode = if natural.repeated {
             FieldMode::Repeated
@@ -291,23 +383,62 @@ pub fn map_table(source: &SourceTable, spec: &TableSpec) -> Result<TableMapping,
                 _ => FieldMode::Required,
             }
         };
-        let mut field = WarehouseField::new(target.clone(), bq_type, mode);
-        field.precision = precision;
-        field.scale = scale;
+        let mut field = WarehouseField::new(target.clone(), choice.spec.bq_type, mode);
+        field.precision = choice.spec.precision;
+        field.scale = choice.spec.scale;
+        field.max_length = choice.spec.max_length;
         field.description = column.comment.clone().filter(|comment| !comment.is_empty());
         columns.push(ColumnMapping {
-            source: column.clone(),
+            source: (*column).clone(),
             target,
             field,
             codec: natural.codec,
-            lossy,
+            lossy: choice.note,
         });
     }
+    if let Some(warning) = relaxed_warning(&relaxed) {
+        found
+            .warnings
+            .push(warning.at(Location::Table(found.table.clone())));
+    }
+    columns
+}
 
+fn relaxed_warning(relaxed: &[(String, &'static str)]) -> Option<Diagnostic> {
+    if relaxed.is_empty() {
+        return None;
+    }
+    let mut kinds: Vec<&str> = relaxed.iter().map(|(_, what)| *what).collect();
+    kinds.sort_unstable();
+    kinds.dedup();
+    let names: Vec<String> = relaxed
+        .iter()
+        .map(|(name, _)| format!("`{name}`"))
+        .collect();
+    Some(Diagnostic::warning(
+        Code::MappingRelaxedNullable,
+        format!(
+            "NOT NULL column(s) {} mapped NULLABLE: {} become NULL (policy `null`; set `types.zero_dates`/`types.non_finite` to `error` to keep them REQUIRED)",
+            names.join(", "),
+            kinds.join(", ")
+        ),
+    ))
+}
+
+/// Partitioning and clustering, and the check that every column the table names (key, cursor)
+/// is synced.
+fn layout(
+    spec: &TableSpec,
+    columns: &[ColumnMapping],
+    found: &mut Found,
+) -> (Option<TimePartitioning>, Vec<String>) {
     let target_of = |name: &str| {
         columns
             .iter()
-            .find(|c: &&ColumnMapping| c.source.name == name || c.target.eq_ignore_ascii_case(name))
+            .find(|c| c.source.name == name || c.target.eq_ignore_ascii_case(name))
+    };
+    let not_synced = |option: &str, name: &str| {
+        format!("`{option}` names `{name}`, which is not a synced column")
     };
     let partitioning =
         spec.partition_by
@@ -325,18 +456,17 @@ pub fn map_table(source: &SourceTable, spec: &TableSpec) -> Result<TableMapping,
                     })
                 }
                 Some(column) => {
-                    errors.push(format!(
+                    let message = format!(
                         "`partition_by` column `{}` is {}, not DATE, DATETIME or TIMESTAMP",
                         partition.column,
                         column.field.bq_type.as_str()
-                    ));
+                    );
+                    found.column_error(Code::MappingPartition, &partition.column, message);
                     None
                 }
                 None => {
-                    errors.push(format!(
-                        "`partition_by` names `{}`, which is not a synced column",
-                        partition.column
-                    ));
+                    let message = not_synced("partition_by", &partition.column);
+                    found.column_error(Code::MappingPartition, &partition.column, message);
                     None
                 }
             });
@@ -344,63 +474,20 @@ pub fn map_table(source: &SourceTable, spec: &TableSpec) -> Result<TableMapping,
     for name in &spec.cluster_by {
         match target_of(name) {
             Some(column) => clustering.push(column.target.clone()),
-            None => errors.push(format!(
-                "`cluster_by` names `{name}`, which is not a synced column"
-            )),
+            None => found.column_error(Code::MappingCluster, name, not_synced("cluster_by", name)),
         }
     }
-    if let Some(keys) = &spec.primary_key {
-        for key in keys {
-            if target_of(key).is_none() {
-                errors.push(format!(
-                    "`primary_key` names `{key}`, which is not a synced column"
-                ));
-            }
+    for key in spec.primary_key.iter().flatten() {
+        if target_of(key).is_none() {
+            found.column_error(Code::MappingPrimaryKey, key, not_synced("primary_key", key));
         }
     }
     if let Some(cursor) = &spec.cursor
         && target_of(cursor).is_none()
     {
-        errors.push(format!(
-            "`cursor` names `{cursor}`, which is not a synced column"
-        ));
+        found.column_error(Code::MappingCursor, cursor, not_synced("cursor", cursor));
     }
-
-    if !relaxed.is_empty() {
-        let mut kinds: Vec<&str> = relaxed.iter().map(|(_, what)| *what).collect();
-        kinds.sort_unstable();
-        kinds.dedup();
-        let names: Vec<String> = relaxed
-            .iter()
-            .map(|(name, _)| format!("`{name}`"))
-            .collect();
-        warnings.push(format!(
-            "NOT NULL column(s) {} mapped NULLABLE: {} become NULL (policy `null`; set `types.zero_dates`/`types.non_finite` to `error` to keep them REQUIRED)",
-            names.join(", "),
-            kinds.join(", ")
-        ));
-    }
-    if !errors.is_empty() {
-        return Err(errors);
-    }
-    let fields = columns.iter().map(|column| column.field.clone()).collect();
-    Ok(TableMapping {
-        table: WarehouseTable {
-            name: spec.target.clone(),
-            fields,
-            partitioning,
-            clustering,
-        },
-        columns,
-        warnings,
-        policies: spec.types,
-        max_parse_failures: spec.max_parse_failures,
-        batch_size: spec.batch_size,
-        key_columns: spec
-            .primary_key
-            .clone()
-            .unwrap_or_else(|| source.primary_key.clone()),
-    })
+    (partitioning, clustering)
 }
 
 /// The BigQuery type for a DECIMAL(p,s), by the lossless rule.
@@ -408,22 +495,25 @@ pub fn decimal_type(
     precision: u32,
     scale: u32,
     policy: DecimalOverflowPolicy,
-) -> Result<Override, String> {
+) -> Result<TypeChoice, String> {
     let integer = precision.saturating_sub(scale);
+    let decimal = |bq_type| BqTypeSpec {
+        precision: Some(precision),
+        scale: Some(scale),
+        ..BqTypeSpec::plain(bq_type)
+    };
     if scale <= 9 && integer <= 29 {
-        Ok((BqType::Numeric, Some(precision), Some(scale), None))
+        Ok(TypeChoice::exact(decimal(BqType::Numeric)))
     } else if scale <= 38 && integer <= 38 {
-        Ok((BqType::BigNumeric, Some(precision), Some(scale), None))
+        Ok(TypeChoice::exact(decimal(BqType::BigNumeric)))
     } else {
         match policy {
-            DecimalOverflowPolicy::String => Ok((
-                BqType::String,
-                None,
-                None,
-                Some(format!(
+            DecimalOverflowPolicy::String => Ok(TypeChoice {
+                spec: BqTypeSpec::plain(BqType::String),
+                note: Some(format!(
                     "DECIMAL({precision},{scale}) fits neither NUMERIC nor BIGNUMERIC: stored as exact text"
                 )),
-            )),
+            }),
             DecimalOverflowPolicy::Error => Err(format!(
                 "DECIMAL({precision},{scale}) fits neither NUMERIC nor BIGNUMERIC (policy decimal_overflow: error)"
             )),
@@ -439,12 +529,11 @@ fn decimal_natural(
 ) -> Result<Natural, String> {
     match precision {
         Some(precision) => {
-            let (bq_type, precision, scale, warning) =
-                decimal_type(precision, scale.unwrap_or(0), spec.types.decimal_overflow)?;
-            let mut natural = Natural::new(codec, bq_type);
-            natural.precision = precision;
-            natural.scale = scale;
-            natural.warning = warning;
+            let choice = decimal_type(precision, scale.unwrap_or(0), spec.types.decimal_overflow)?;
+            let mut natural = Natural::new(codec, choice.spec.bq_type);
+            natural.precision = choice.spec.precision;
+            natural.scale = choice.spec.scale;
+            natural.warning = choice.note;
             Ok(natural)
         }
         None => {
@@ -663,33 +752,29 @@ fn sqlite_natural(spec: &TableSpec, column: &SourceColumn) -> Result<Natural, St
     })
 }
 
-/// Parses an override like `NUMERIC(38, 9)`.
-fn parse_override(text: &str) -> Result<(BqType, Option<u32>, Option<u32>), String> {
-    let (base, params) = match text.split_once('(') {
-        Some((base, _)) => (base, type_params(text)),
-        None => (text, None),
-    };
-    let bq_type = BqType::parse(base).ok_or_else(|| format!("`{text}` is not a BigQuery type"))?;
-    match (bq_type, params) {
-        (BqType::Numeric | BqType::BigNumeric, Some((precision, scale))) => {
-            Ok((bq_type, Some(precision), Some(scale.unwrap_or(0))))
-        }
-        (_, Some(_)) if text.contains('(') => Err(format!(
-            "`{text}`: only NUMERIC and BIGNUMERIC take parameters here"
-        )),
-        _ => Ok((bq_type, None, None)),
+/// A BigQuery type with its parameters and, when lossy or notable, why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TypeChoice {
+    /// The type and its parameters.
+    pub spec: BqTypeSpec,
+    /// Why the choice may lose data or is worth a note; `None` when it is exact.
+    pub note: Option<String>,
+}
+
+impl TypeChoice {
+    fn exact(spec: BqTypeSpec) -> Self {
+        Self { spec, note: None }
     }
 }
 
-/// A BigQuery type with its parameters and, when lossy or notable, why.
-pub type Override = (BqType, Option<u32>, Option<u32>, Option<String>);
-
-fn apply_override(natural: &Natural, text: &str) -> Result<Override, String> {
-    let (to, precision, scale) = parse_override(text)?;
-    let from = natural.bq_type;
+/// Applies a `column_types` override (parsed by the same [`BqTypeSpec`] parser `validate` uses)
+/// to a column's natural mapping.
+fn apply_override(natural: &Natural, text: &str) -> Result<TypeChoice, String> {
+    let spec: BqTypeSpec = text.parse()?;
+    let (from, to) = (natural.bq_type, spec.bq_type);
     use BqType as T;
     let lossy: Option<&str> = match (from, to) {
-        _ if from == to => match (precision, scale, natural.precision, natural.scale) {
+        _ if from == to => match (spec.precision, spec.scale, natural.precision, natural.scale) {
             (Some(p), Some(s), Some(np), Some(ns)) if s < ns || p - s < np.saturating_sub(ns) => {
                 Some("narrower precision or scale: values that do not fit fail their row")
             }
@@ -722,7 +807,14 @@ fn apply_override(natural: &Natural, text: &str) -> Result<Override, String> {
             ));
         }
     };
-    Ok((to, precision, scale, lossy.map(str::to_string)))
+    let note = match (lossy, spec.max_length) {
+        (Some(reason), _) => Some(reason.to_string()),
+        (None, Some(length)) => Some(format!(
+            "values longer than {length} are rejected by BigQuery and fail the load"
+        )),
+        (None, None) => None,
+    };
+    Ok(TypeChoice { spec, note })
 }
 
 #[cfg(test)]

@@ -1,4 +1,5 @@
 use super::*;
+use crate::diagnostic::messages;
 use crate::manifest::raw::WriteMode;
 use crate::manifest::resolve::Partitioning;
 
@@ -69,7 +70,7 @@ fn one(
 ) -> Result<(String, Codec), Vec<String>> {
     let mut spec = spec(kind);
     adjust(&mut spec);
-    let mapping = map_table(&table(vec![column]), &spec)?;
+    let mapping = map_table(&table(vec![column]), &spec).map_err(|errors| messages(&errors))?;
     Ok((
         mapping.columns[0].field.diff_line(),
         mapping.columns[0].codec.clone(),
@@ -469,7 +470,7 @@ fn selection_and_errors() {
 
     spec.columns = Some(vec!["nope".into()]);
     spec.column_types.insert("ghost".into(), "STRING".into());
-    let errors = map_table(&sample(), &spec).unwrap_err();
+    let errors = messages(&map_table(&sample(), &spec).unwrap_err());
     assert_eq!(errors.len(), 2, "{errors:?}");
     assert!(
         errors[0].contains("`nope`") && errors[0].contains("available: id, order, Created At"),
@@ -480,14 +481,14 @@ fn selection_and_errors() {
 
     let mut spec = self::spec(SourceKind::Mysql);
     spec.column_types.insert("payload".into(), "DATE".into());
-    let errors = map_table(&sample(), &spec).unwrap_err();
+    let errors = messages(&map_table(&sample(), &spec).unwrap_err());
     assert!(errors[0].contains("cannot write JSON values"), "{errors:?}");
 
     let collide = table(vec![
         column("a-b", "int", "int", None, None, true),
         column("A_B", "int", "int", None, None, true),
     ]);
-    let errors = map_table(&collide, &self::spec(SourceKind::Mysql)).unwrap_err();
+    let errors = messages(&map_table(&collide, &self::spec(SourceKind::Mysql)).unwrap_err());
     assert!(errors[0].contains("`a-b` and `A_B`"), "{errors:?}");
 
     let mut spec = self::spec(SourceKind::Mysql);
@@ -495,7 +496,7 @@ fn selection_and_errors() {
         column: "order".into(),
         granularity: "DAY".into(),
     });
-    let errors = map_table(&sample(), &spec).unwrap_err();
+    let errors = messages(&map_table(&sample(), &spec).unwrap_err());
     assert!(
         errors[0].contains("not DATE, DATETIME or TIMESTAMP"),
         "{errors:?}"
@@ -521,4 +522,103 @@ fn overrides() {
         .insert("amount".into(), "NUMERIC(5,1)".into());
     let mapping = map_table(&sample(), &spec).unwrap();
     assert!(mapping.column("amount").unwrap().lossy.is_some());
+}
+
+/// `validate` (the manifest checks) and `plan` (this mapping) read `column_types` with the same
+/// parser: what one accepts the other honours, and what one rejects the other rejects with the
+/// same message.
+#[test]
+fn validate_and_mapping_agree_on_override_types() {
+    use crate::manifest::{Env, Format, ManifestInput, load};
+    let cases: &[(&str, &str, Option<&str>)] = &[
+        ("s", "STRING", Some("s STRING NULLABLE")),
+        ("s", "STRING(10)", Some("s STRING(10) NULLABLE")),
+        ("s", "bytes(5)", Some("s BYTES(5) NULLABLE")),
+        ("n", "DECIMAL(12,2)", Some("n NUMERIC(12, 2) NULLABLE")),
+        ("n", "NUMERIC(38, 9)", Some("n NUMERIC(38, 9) NULLABLE")),
+        ("n", "NUMERIC(20)", Some("n NUMERIC(20, 0) NULLABLE")),
+        ("n", "BIGDECIMAL", Some("n BIGNUMERIC NULLABLE")),
+        (
+            "n",
+            "BIGNUMERIC(76, 38)",
+            Some("n BIGNUMERIC(76, 38) NULLABLE"),
+        ),
+        ("n", "FLOAT", Some("n FLOAT64 NULLABLE")),
+        ("n", "INTEGER", Some("n INT64 NULLABLE")),
+        ("n", "NUMERIC(40,2)", None),
+        ("n", "NUMERIC(5,10)", None),
+        ("n", "BIGNUMERIC(77)", None),
+        ("n", "NUMERIC(10", None),
+        ("n", "INT64(5)", None),
+        ("s", "STRING(0)", None),
+        ("s", "VARCHAR", None),
+    ];
+    let source = table(vec![
+        column("s", "varchar", "varchar(20)", None, None, true),
+        column("n", "decimal", "decimal(10,2)", Some(10), Some(2), true),
+    ]);
+    for (name, text, expected) in cases {
+        let yaml = format!(
+            "bigquery: {{project: my-project, dataset: d1}}\nsources:\n  src:\n    type: mysql\n    url: mysql://root@localhost/db\n    tables:\n      t:\n        column_types:\n          {name}: \"{text}\"\n"
+        );
+        let validated = load(&ManifestInput {
+            name: Some("sync.yaml".into()),
+            text: Some((yaml, Format::Yaml)),
+            env: Env::new(),
+        });
+        let mut spec = spec(SourceKind::Mysql);
+        spec.column_types.insert((*name).into(), (*text).into());
+        let mapped = map_table(&source, &spec);
+        match expected {
+            Some(line) => {
+                let loaded = validated.unwrap_or_else(|f| panic!("{text}: {:?}", f.problems));
+                let mapping = map_table(&source, &loaded.manifest.tables[0])
+                    .unwrap_or_else(|e| panic!("{text}: {e:?}"));
+                assert_eq!(mapping.column(name).unwrap().field.diff_line(), *line);
+                assert_eq!(mapped.unwrap().table.fields, mapping.table.fields, "{text}");
+            }
+            None => {
+                let failure = validated
+                    .err()
+                    .unwrap_or_else(|| panic!("{text} validated"));
+                let problem = failure
+                    .problems
+                    .iter()
+                    .find(|p| p.code == Code::ManifestColumnType)
+                    .unwrap_or_else(|| panic!("{text}: {:?}", failure.problems));
+                let errors = messages(&mapped.unwrap_err());
+                assert_eq!(
+                    errors,
+                    [format!("column `{name}`: {}", problem.message)],
+                    "{text}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn a_length_limit_is_kept_with_a_note() {
+    let mut spec = spec(SourceKind::Mysql);
+    spec.column_types
+        .insert("secret".into(), "STRING(8)".into());
+    let mapping = map_table(&sample(), &spec).unwrap();
+    let secret = mapping.column("secret").unwrap();
+    assert_eq!(secret.field.max_length, Some(8));
+    assert_eq!(
+        secret.lossy.as_deref(),
+        Some("values longer than 8 are rejected by BigQuery and fail the load")
+    );
+    let warning = mapping
+        .warnings
+        .iter()
+        .find(|w| w.code == Code::MappingLossyOverride)
+        .unwrap();
+    assert_eq!(
+        warning.location,
+        Location::Column {
+            table: "db.t".into(),
+            column: "secret".into()
+        }
+    );
 }

@@ -4,6 +4,7 @@ use super::diff::{self, FieldChange};
 use super::{
     Bound, Extract, Step, TableAction, TablePlan, WriteOp, source_fingerprint, target_fingerprint,
 };
+use crate::diagnostic::{Code, Diagnostic, Location};
 use crate::manifest::TableSpec;
 use crate::manifest::raw::WriteMode;
 use crate::mapping::TableMapping;
@@ -18,7 +19,7 @@ pub struct TableInput {
     pub source: Result<SourceTable, String>,
     /// Mapping result: the desired table and how each column is read, or why it cannot be
     /// mapped.
-    pub mapping: Result<TableMapping, Vec<String>>,
+    pub mapping: Result<TableMapping, Vec<Diagnostic>>,
     /// The existing table, if any.
     pub existing: Option<WarehouseTable>,
     /// Rows in the existing table.
@@ -32,12 +33,12 @@ struct SchemaPlan {
     ddl: Vec<Step>,
     changes: Vec<FieldChange>,
     target_schema: Option<WarehouseTable>,
-    warnings: Vec<String>,
-    errors: Vec<String>,
+    warnings: Vec<Diagnostic>,
+    errors: Vec<Diagnostic>,
 }
 
 impl SchemaPlan {
-    fn failed(action: TableAction, errors: Vec<String>) -> Self {
+    fn failed(action: TableAction, errors: Vec<Diagnostic>) -> Self {
         Self {
             action,
             ddl: Vec::new(),
@@ -59,11 +60,15 @@ pub fn plan_table(input: TableInput) -> TablePlan {
         existing,
         existing_rows,
     } = input;
+    let at = Location::Table(spec.label());
     let (source_table, mapping, mut schema) = match (source, mapping) {
         (Err(error), _) => (
             None,
             None,
-            SchemaPlan::failed(TableAction::Error, vec![error]),
+            SchemaPlan::failed(
+                TableAction::Error,
+                vec![Diagnostic::error(Code::PlanSourceError, error).at(at.clone())],
+            ),
         ),
         (Ok(table), Err(errors)) => (
             Some(table),
@@ -71,7 +76,10 @@ pub fn plan_table(input: TableInput) -> TablePlan {
             SchemaPlan::failed(TableAction::Error, errors),
         ),
         (Ok(table), Ok(mapping)) => {
-            let schema = plan_schema(&spec, &mapping.table, existing.as_ref());
+            let mut schema = plan_schema(&spec, &mapping.table, existing.as_ref());
+            for diagnostic in schema.warnings.iter_mut().chain(&mut schema.errors) {
+                diagnostic.location = at.clone();
+            }
             (Some(table), Some(mapping), schema)
         }
     };
@@ -134,9 +142,12 @@ fn plan_schema(
         if !spec.auto_create {
             return SchemaPlan::failed(
                 TableAction::Missing,
-                vec![format!(
-                    "target table `{}` does not exist and `auto_create` is off",
-                    spec.target
+                vec![Diagnostic::error(
+                    Code::PlanMissingTarget,
+                    format!(
+                        "target table `{}` does not exist and `auto_create` is off",
+                        spec.target
+                    ),
                 )],
             );
         }
@@ -160,8 +171,11 @@ fn plan_schema(
     };
     for change in &changes {
         if let FieldChange::Dropped { name } = change {
-            plan.warnings.push(format!(
-                "column `{name}` is no longer synced; BigQuery keeps it (NULL in new rows)"
+            plan.warnings.push(Diagnostic::warning(
+                Code::PlanColumnKept,
+                format!(
+                    "column `{name}` is no longer synced; BigQuery keeps it (NULL in new rows)"
+                ),
             ));
         }
     }
@@ -173,27 +187,34 @@ fn plan_schema(
         .collect();
     if !incompatible.is_empty() {
         if spec.allow_recreate {
-            plan.warnings.push(format!(
-                "recreating `{}`: {}",
-                spec.target,
-                incompatible.join("; ")
+            plan.warnings.push(Diagnostic::warning(
+                Code::PlanRecreate,
+                format!("recreating `{}`: {}", spec.target, incompatible.join("; ")),
             ));
             plan.ddl = vec![Step::DropTable, Step::CreateTable];
             plan.target_schema = Some(desired.clone());
             plan.action = TableAction::Recreate;
         } else {
-            plan.errors.push(format!(
-                "incompatible change: {}; set `allow_recreate: true` (or ALLOW_TABLE_RECREATION=true) to drop and recreate the table",
-                incompatible.join("; ")
-            ));
+            plan.errors.push(
+                Diagnostic::error(
+                    Code::PlanIncompatible,
+                    format!(
+                        "incompatible change: {}; set `allow_recreate: true` (or ALLOW_TABLE_RECREATION=true) to drop and recreate the table",
+                        incompatible.join("; ")
+                    ),
+                ),
+            );
             plan.action = TableAction::Blocked;
         }
     } else if in_place.is_empty() {
         plan.target_schema = Some(diff::evolved_table(desired, existing, &changes));
     } else if !spec.auto_create {
-        plan.errors.push(format!(
-            "the schema of `{}` must change but `auto_create` is off",
-            spec.target
+        plan.errors.push(Diagnostic::error(
+            Code::PlanAutoCreateOff,
+            format!(
+                "the schema of `{}` must change but `auto_create` is off",
+                spec.target
+            ),
         ));
         plan.action = TableAction::Blocked;
     } else {
@@ -237,12 +258,15 @@ fn incompatibilities(
 }
 
 /// A clustering change is not applied: a warning.
-fn layout_warnings(desired: &WarehouseTable, existing: &WarehouseTable) -> Vec<String> {
+fn layout_warnings(desired: &WarehouseTable, existing: &WarehouseTable) -> Vec<Diagnostic> {
     if !desired.clustering.is_empty() && desired.clustering != existing.clustering {
-        return vec![format!(
-            "clustering is [{}] in BigQuery, [{}] in the manifest; it is not changed",
-            existing.clustering.join(", "),
-            desired.clustering.join(", ")
+        return vec![Diagnostic::warning(
+            Code::PlanClusteringChange,
+            format!(
+                "clustering is [{}] in BigQuery, [{}] in the manifest; it is not changed",
+                existing.clustering.join(", "),
+                desired.clustering.join(", ")
+            ),
         )];
     }
     Vec::new()

@@ -13,6 +13,7 @@ mod testing;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use crate::diagnostic::Diagnostic;
 use crate::manifest::TableSpec;
 use crate::manifest::raw::WriteMode;
 use crate::manifest::resolve::TypePolicies;
@@ -201,9 +202,9 @@ pub struct TablePlan {
     /// BigQuery table operations this table uses (quota: 1,500 per table per day).
     pub table_operations: u32,
     /// Lossy mappings, renames, dropped columns.
-    pub warnings: Vec<String>,
+    pub warnings: Vec<Diagnostic>,
     /// Why the table cannot run.
-    pub errors: Vec<String>,
+    pub errors: Vec<Diagnostic>,
     /// The manifest's table spec (for display and the stale-plan check).
     pub spec: TableSpec,
     /// The introspected source table.

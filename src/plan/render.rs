@@ -290,7 +290,10 @@ mod tests {
                         "customers",
                         &[("id", Int64, Required), ("name", String, Nullable)],
                     ),
-                    vec!["column `e-mail` is written as `e_mail`".into()],
+                    vec![crate::diagnostic::Diagnostic::warning(
+                        crate::diagnostic::Code::MappingRenamed,
+                        "column `e-mail` is written as `e_mail`",
+                    )],
                 ),
                 existing: None,
                 existing_rows: None,
@@ -351,7 +354,9 @@ mod tests {
         let blocked = plan_table(input(existing.clone()));
         assert_eq!(blocked.action, TableAction::Blocked);
         assert!(
-            blocked.errors[0].contains("partitioning is none but the manifest asks for DAY(at)"),
+            blocked.errors[0]
+                .message
+                .contains("partitioning is none but the manifest asks for DAY(at)"),
             "{:?}",
             blocked.errors
         );
@@ -359,7 +364,7 @@ mod tests {
             blocked
                 .warnings
                 .iter()
-                .any(|w| w.contains("clustering is []")),
+                .any(|w| w.message.contains("clustering is []")),
             "{:?}",
             blocked.warnings
         );

@@ -43,8 +43,8 @@ pub(crate) fn table(name: &str, fields: &[(&str, BqType, FieldMode)]) -> Warehou
 /// The mapping of a table whose source columns are named like its fields.
 pub(crate) fn mapped(
     table: WarehouseTable,
-    warnings: Vec<String>,
-) -> Result<crate::mapping::TableMapping, Vec<String>> {
+    warnings: Vec<crate::diagnostic::Diagnostic>,
+) -> Result<crate::mapping::TableMapping, Vec<crate::diagnostic::Diagnostic>> {
     let columns = table
         .fields
         .iter()

@@ -22,7 +22,7 @@ use crate::manifest::raw::{SourceKind, TlsMode};
 use crate::manifest::resolve::{SourceSpec, TableSpec};
 use crate::mapping::{Codec, TableMapping};
 use crate::schema::SourceTable;
-use crate::secret::{REDACTED, Secret};
+use crate::secret::REDACTED;
 
 /// Errors of a source.
 #[derive(Debug, thiserror::Error)]
@@ -138,19 +138,11 @@ fn secrets(spec: &SourceSpec) -> Vec<String> {
         out.push(password.expose().to_string());
     }
     if let Some(url) = &spec.connection.url
-        && let Some(password) = url_password(url)
+        && let Some(password) = crate::secret::url_password(url.expose())
     {
-        out.push(password);
+        out.push(password.to_string());
     }
     out
-}
-
-fn url_password(url: &Secret) -> Option<String> {
-    let url = url.expose();
-    let rest = &url[url.find("://")? + 3..];
-    let authority = &rest[..rest.find(['/', '?', '#']).unwrap_or(rest.len())];
-    let userinfo = &authority[..authority.rfind('@')?];
-    Some(userinfo.split_once(':')?.1.to_string())
 }
 
 fn tls_is_default(mode: TlsMode) -> bool {
@@ -364,8 +356,8 @@ mod tests {
 
     #[test]
     fn passwords_are_scrubbed() {
-        let url = Secret::new("postgres://u:s3cret@h/db");
-        assert_eq!(url_password(&url).as_deref(), Some("s3cret"));
+        let url = crate::secret::Secret::new("postgres://u:s3cret@h/db");
+        assert_eq!(crate::secret::url_password(url.expose()), Some("s3cret"));
         assert_eq!(
             scrub("bad s3cret here".into(), &["s3cret"]),
             format!("bad {REDACTED} here")

@@ -175,7 +175,10 @@ impl Executor {
     async fn run_table(&self, table: &TablePlan) -> TableOutcome {
         let started = Instant::now();
         if !table.action.runs() {
-            return TableOutcome::skipped(table, table.errors.join("; "));
+            return TableOutcome::skipped(
+                table,
+                crate::diagnostic::messages(&table.errors).join("; "),
+            );
         }
         let result = self.execute(table).await;
         let seconds = started.elapsed().as_secs_f64();

@@ -15,6 +15,10 @@ use datasync::secret::Secret;
 use datasync::source::{CursorFilter, Source, SourceError};
 
 /// The URL from `var`, or `default`.
+#[expect(
+    clippy::disallowed_methods,
+    reason = "integration tests read service URLs from the environment"
+)]
 pub fn url(var: &str, default: &str) -> String {
     std::env::var_os(var)
         .and_then(|value| value.into_string().ok())
@@ -116,8 +120,9 @@ pub async fn run(
     filter: Option<&CursorFilter>,
 ) -> Result<Extracted, SourceError> {
     let table = source.describe(spec).await?;
-    let mapping =
-        map_table(&table, spec).map_err(|errors| SourceError::Invalid(errors.join("; ")))?;
+    let mapping = map_table(&table, spec).map_err(|errors| {
+        SourceError::Invalid(datasync::diagnostic::messages(&errors).join("; "))
+    })?;
     let (tx, mut rx) = tokio::sync::mpsc::channel(4);
     let collector = tokio::spawn(async move {
         let mut chunks = Vec::new();

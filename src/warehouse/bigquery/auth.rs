@@ -36,15 +36,10 @@ impl Authenticator for YupToken {
     }
 }
 
-/// The application-default credentials file gcloud writes
-/// (`gcloud auth application-default login`), if it exists.
-fn gcloud_adc_file() -> Option<std::path::PathBuf> {
-    let config = std::env::var_os("CLOUDSDK_CONFIG")
-        .map(std::path::PathBuf::from)
-        .or_else(|| {
-            std::env::var_os("HOME").map(|home| std::path::Path::new(&home).join(".config/gcloud"))
-        })?;
-    let path = config.join("application_default_credentials.json");
+/// The application-default credentials file gcloud writes (`gcloud auth application-default login`)
+/// (`BigQuerySpec::gcloud_credentials`, resolved from the environment snapshot), when it exists.
+fn gcloud_adc_file(path: Option<&str>) -> Option<std::path::PathBuf> {
+    let path = std::path::PathBuf::from(path?);
     path.is_file().then_some(path)
 }
 
@@ -54,10 +49,11 @@ fn gcloud_adc_file() -> Option<std::path::PathBuf> {
 /// the GCE/GKE metadata server.
 pub(super) async fn build_authenticator(
     credentials: Option<&str>,
+    gcloud_credentials: Option<&str>,
 ) -> Result<Arc<dyn Authenticator>, WarehouseError> {
     let path = credentials
         .map(std::path::PathBuf::from)
-        .or_else(gcloud_adc_file);
+        .or_else(|| gcloud_adc_file(gcloud_credentials));
     let auth = match path {
         Some(path) => {
             let shown = path.display().to_string();
@@ -139,7 +135,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("credentials.json");
         std::fs::write(&path, contents).unwrap();
-        build_authenticator(path.to_str()).await
+        build_authenticator(path.to_str(), None).await
     }
 
     #[tokio::test]
@@ -158,7 +154,7 @@ mod tests {
         );
         let error = build_from("not json").await.err().unwrap();
         assert!(error.to_string().contains("of type ``"), "{error}");
-        let missing = build_authenticator(Some("/nonexistent/credentials.json"))
+        let missing = build_authenticator(Some("/nonexistent/credentials.json"), None)
             .await
             .err()
             .unwrap();

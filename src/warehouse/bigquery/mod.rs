@@ -52,6 +52,7 @@ pub struct BigQuery {
     pub(super) location: String,
     emulator: bool,
     credentials: Option<String>,
+    gcloud_credentials: Option<String>,
     auth: OnceCell<Arc<dyn Authenticator>>,
     pub(super) retry: RetryPolicy,
     pub(super) chunk_size: usize,
@@ -105,6 +106,7 @@ impl BigQuery {
             location: spec.location.clone(),
             emulator,
             credentials: spec.credentials.clone(),
+            gcloud_credentials: spec.gcloud_credentials.clone(),
             auth,
             retry: RetryPolicy::default(),
             chunk_size: DEFAULT_CHUNK_SIZE,
@@ -149,7 +151,12 @@ impl BigQuery {
     async fn token(&self) -> Result<String, WarehouseError> {
         let auth = self
             .auth
-            .get_or_try_init(|| build_authenticator(self.credentials.as_deref()))
+            .get_or_try_init(|| {
+                build_authenticator(
+                    self.credentials.as_deref(),
+                    self.gcloud_credentials.as_deref(),
+                )
+            })
             .await?;
         auth.access_token()
             .await

@@ -54,7 +54,7 @@ async fn plan(
     let mut tables = Vec::new();
     for spec in &manifest.tables {
         let source_table = source
-            .describe(spec)
+            .describe(spec.qualifier.as_deref(), &spec.name)
             .await
             .map_err(|error| error.to_string());
         let desired = source_table

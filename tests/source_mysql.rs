@@ -67,10 +67,7 @@ async fn body(source: &Source, database: &str) -> Result<Outcome, SourceError> {
         inclusive: false,
     };
     let incremental = run(source, &spec, Some(&filter)).await?;
-    let missing = match source
-        .describe(&table_spec(SourceKind::Mysql, Some(database), "nope"))
-        .await
-    {
+    let missing = match source.describe(Some(database), "nope").await {
         Ok(_) => "found".into(),
         Err(error) => error.to_string(),
     };

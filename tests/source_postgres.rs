@@ -112,7 +112,11 @@ async fn body(source: &Source, schema: &str) -> Result<Outcome, SourceError> {
     };
     let incremental = run(source, &spec, Some(&filter)).await?;
     let counted = source
-        .count_rows(&incremental.table, &incremental.mapping, Some(&filter))
+        .count_rows(
+            &incremental.table,
+            &incremental.mapping.columns,
+            Some(&filter),
+        )
         .await?;
     assert_eq!(counted, 3);
 
@@ -132,14 +136,7 @@ async fn body(source: &Source, schema: &str) -> Result<Outcome, SourceError> {
         Err(error) => error.to_string(),
     };
 
-    let missing = match source
-        .describe(&table_spec(
-            SourceKind::Postgres,
-            Some(schema),
-            "types table",
-        ))
-        .await
-    {
+    let missing = match source.describe(Some(schema), "types table").await {
         Ok(_) => "found".into(),
         Err(error) => error.to_string(),
     };

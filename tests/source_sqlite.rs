@@ -82,10 +82,7 @@ async fn sqlite_type_matrix() {
         .expect("incremental");
     assert_eq!(incremental.stats.rows + incremental.stats.failed_rows, 2);
 
-    let missing = source
-        .describe(&table_spec(SourceKind::Sqlite, None, "nope"))
-        .await
-        .expect_err("missing");
+    let missing = source.describe(None, "nope").await.expect_err("missing");
     assert_eq!(
         missing.to_string(),
         "table `nope` not found in SQLite source"

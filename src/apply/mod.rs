@@ -26,7 +26,9 @@ use crate::manifest::raw::WriteMode;
 use crate::mapping::{TableMapping, map_table};
 use crate::plan::{FieldChange, Plan, Step, TablePlan};
 use crate::source::{CursorFilter, ExtractStats, Source};
-use crate::warehouse::{AlterColumn, Disposition, LoadRequest, MergeRequest, Warehouse};
+use crate::warehouse::{
+    AlterColumn, Disposition, LoadRequest, MergeRequest, NdjsonWriter, Warehouse,
+};
 pub use report::{ApplyReport, TableOutcome, TableStatus};
 
 /// Prefix of staging tables (followed by the target's name).
@@ -249,7 +251,14 @@ impl Executor {
         let progress = Arc::clone(&self.progress);
         let label = table.label.clone();
         let report = move |rows: u64| progress(&label, rows);
-        let extract = source.extract(source_table, mapping, filter.as_ref(), sender, &report);
+        let extract = source.extract(
+            source_table,
+            &mapping.columns,
+            filter.as_ref(),
+            ndjson_writer(source_table, mapping),
+            sender,
+            &report,
+        );
         let request = LoadRequest {
             table: staging.to_string(),
             schema: crate::schema::WarehouseTable {
@@ -403,7 +412,14 @@ impl Executor {
         let label = table.label.clone();
         let report = move |rows: u64| progress(&label, rows);
         let stats = source
-            .extract(source_table, mapping, None, sender, &report)
+            .extract(
+                source_table,
+                &mapping.columns,
+                None,
+                ndjson_writer(source_table, mapping),
+                sender,
+                &report,
+            )
             .await?;
         let _ = drain.await;
         Ok(stats)
@@ -530,4 +546,19 @@ pub fn new_run_id() -> String {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or(Duration::ZERO);
     format!("{}_{:06}", now.as_secs(), now.subsec_micros())
+}
+
+/// The NDJSON encoder for `mapping`'s columns, policies, bad-value budget, key and batch size.
+fn ndjson_writer(
+    source_table: &crate::schema::SourceTable,
+    mapping: &TableMapping,
+) -> NdjsonWriter {
+    NdjsonWriter::new(
+        source_table.label(),
+        &mapping.columns,
+        mapping.policies,
+        mapping.max_parse_failures,
+        &mapping.key_columns,
+        mapping.batch_size,
+    )
 }

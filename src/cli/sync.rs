@@ -79,7 +79,7 @@ pub(super) async fn build_plan(
     for spec in manifest.tables.iter().filter(|table| table.enabled) {
         let mut source = match connections.sources.get(&spec.source) {
             Some(source) => source
-                .describe(spec)
+                .describe(spec.qualifier.as_deref(), &spec.name)
                 .await
                 .map_err(|error| error.to_string()),
             None => Err(connections
@@ -149,14 +149,14 @@ async fn rows_to_move(
                 .await
                 .ok()?;
         return source
-            .count_rows(table, mapping, filter.as_ref())
+            .count_rows(table, &mapping.columns, filter.as_ref())
             .await
             .ok();
     }
     match table.estimated_rows {
         Some(rows) => Some(rows),
         // Catalog estimates are missing for never-analyzed tables: count instead.
-        None => source.count_rows(table, mapping, None).await.ok(),
+        None => source.count_rows(table, &mapping.columns, None).await.ok(),
     }
 }
 

@@ -5,21 +5,17 @@ use std::borrow::Cow;
 use std::str::FromStr;
 use std::sync::Arc;
 
-use bytes::Bytes;
 use chrono::{NaiveDate, NaiveDateTime, NaiveTime};
 use sqlx::mysql::{MySqlConnectOptions, MySqlPoolOptions, MySqlRow, MySqlSslMode};
 use sqlx::{Decode, Executor, MySql, MySqlPool, Row, ValueRef};
-use tokio::sync::mpsc::Sender;
 
-use super::{
-    CursorFilter, SourceError, cursor_column, drive, normalize_temporal, quote_mysql,
-    tls_is_default,
-};
-use crate::encode::{Bad, BadKind, Decoded, ExtractStats, RowEncoder, Val, decimal_text, text};
+use super::sql::Dialect;
+use super::{SourceError, sql, tls_is_default};
 use crate::manifest::raw::TlsMode;
-use crate::manifest::resolve::{SourceSpec, TableSpec};
-use crate::mapping::{Codec, TableMapping};
-use crate::schema::{SourceColumn, SourceTable};
+use crate::manifest::resolve::SourceSpec;
+use crate::schema::{
+    Bad, BadKind, Codec, Decoded, SourceColumn, SourceTable, Val, decimal_text, text,
+};
 
 pub(super) async fn connect(spec: &SourceSpec) -> Result<MySqlPool, sqlx::Error> {
     let connection = &spec.connection;
@@ -132,10 +128,11 @@ fn get_i64(row: &MySqlRow, index: usize) -> Result<Option<i64>, SourceError> {
 
 pub(super) async fn describe(
     pool: &MySqlPool,
-    spec: &TableSpec,
+    qualifier: Option<&str>,
+    name: &str,
 ) -> Result<SourceTable, SourceError> {
-    let database: String = match &spec.qualifier {
-        Some(database) => database.clone(),
+    let database: String = match qualifier {
+        Some(database) => database.to_string(),
         None => {
             let row = sqlx::query("SELECT DATABASE()")
                 .fetch_one(pool)
@@ -143,20 +140,19 @@ pub(super) async fn describe(
                 .map_err(qerr("reading the current database"))?;
             get_text(&row, 0)?.ok_or_else(|| {
                 SourceError::Invalid(format!(
-                    "table `{}` has no database qualifier and the connection selects none: write it `database.table` or set `database`",
-                    spec.name
+                    "table `{name}` has no database qualifier and the connection selects none: write it `database.table` or set `database`"
                 ))
             })?
         }
     };
-    let label = format!("{database}.{}", spec.name);
+    let label = format!("{database}.{name}");
     let context = format!("describing `{label}`");
     let table = sqlx::query(
         "SELECT CAST(table_rows AS SIGNED), table_comment, table_type
          FROM information_schema.tables WHERE table_schema = ? AND table_name = ?",
     )
     .bind(&database)
-    .bind(&spec.name)
+    .bind(name)
     .fetch_optional(pool)
     .await
     .map_err(qerr(&context))?;
@@ -178,7 +174,7 @@ pub(super) async fn describe(
          ORDER BY ordinal_position",
     )
     .bind(&database)
-    .bind(&spec.name)
+    .bind(name)
     .fetch_all(pool)
     .await
     .map_err(qerr(&context))?;
@@ -188,7 +184,7 @@ pub(super) async fn describe(
          ORDER BY ordinal_position",
     )
     .bind(&database)
-    .bind(&spec.name)
+    .bind(name)
     .fetch_all(pool)
     .await
     .map_err(qerr(&context))?;
@@ -202,7 +198,7 @@ pub(super) async fn describe(
         "SELECT check_clause FROM information_schema.check_constraints WHERE constraint_schema = ? AND table_name = ?",
     )
     .bind(&database)
-    .bind(&spec.name)
+    .bind(name)
     .fetch_all(pool)
     .await
     .unwrap_or_default();
@@ -223,7 +219,9 @@ pub(super) async fn describe(
                 clause
                     == &format!(
                         "json_valid({})",
-                        quote_mysql(&name.to_ascii_lowercase()).unwrap_or_default()
+                        sql::Mysql
+                            .quote(&name.to_ascii_lowercase())
+                            .unwrap_or_default()
                     )
             });
         let numeric = matches!(data_type.as_str(), "decimal" | "numeric" | "bit");
@@ -251,7 +249,7 @@ pub(super) async fn describe(
     }
     Ok(SourceTable {
         qualifier: Some(database),
-        name: spec.name.clone(),
+        name: name.to_string(),
         columns,
         primary_key,
         estimated_rows,
@@ -259,105 +257,7 @@ pub(super) async fn describe(
     })
 }
 
-fn from_clause(table: &SourceTable) -> Result<String, SourceError> {
-    Ok(match &table.qualifier {
-        Some(database) => format!("{}.{}", quote_mysql(database)?, quote_mysql(&table.name)?),
-        None => quote_mysql(&table.name)?,
-    })
-}
-
-fn cursor_clause(
-    table: &SourceTable,
-    mapping: &TableMapping,
-    filter: &CursorFilter,
-) -> Result<(String, String), SourceError> {
-    let column = cursor_column(mapping, table, filter)?;
-    let quoted = quote_mysql(&column.source.name)?;
-    let (placeholder, value) = match &column.codec {
-        Codec::Int => ("CAST(? AS SIGNED)".to_string(), filter.value.clone()),
-        Codec::UInt => ("CAST(? AS UNSIGNED)".to_string(), filter.value.clone()),
-        Codec::Decimal => {
-            let precision = column.source.precision.unwrap_or(65).min(65);
-            let scale = column.source.scale.unwrap_or(0).min(30);
-            (
-                format!("CAST(? AS DECIMAL({precision},{scale}))"),
-                filter.value.clone(),
-            )
-        }
-        Codec::Date => (
-            "CAST(? AS DATE)".to_string(),
-            normalize_temporal(&filter.value),
-        ),
-        Codec::DateTime | Codec::Timestamp => (
-            "CAST(? AS DATETIME(6))".to_string(),
-            normalize_temporal(&filter.value),
-        ),
-        _ => ("?".to_string(), filter.value.clone()),
-    };
-    Ok((
-        format!(" WHERE {quoted} {} {placeholder}", filter.operator()),
-        value,
-    ))
-}
-
-pub(super) async fn count_rows(
-    pool: &MySqlPool,
-    table: &SourceTable,
-    mapping: &TableMapping,
-    filter: Option<&CursorFilter>,
-) -> Result<u64, SourceError> {
-    let mut sql = format!(
-        "SELECT CAST(COUNT(*) AS SIGNED) FROM {}",
-        from_clause(table)?
-    );
-    let mut bind = None;
-    if let Some(filter) = filter {
-        let (clause, value) = cursor_clause(table, mapping, filter)?;
-        sql.push_str(&clause);
-        bind = Some(value);
-    }
-    let mut query = sqlx::query_scalar::<_, i64>(&sql);
-    if let Some(value) = bind {
-        query = query.bind(value);
-    }
-    let count = query.fetch_one(pool).await.map_err(qerr("counting rows"))?;
-    Ok(u64::try_from(count).unwrap_or(0))
-}
-
-pub(super) async fn extract(
-    pool: &MySqlPool,
-    table: &SourceTable,
-    mapping: &TableMapping,
-    filter: Option<&CursorFilter>,
-    encoder: RowEncoder,
-    sink: Sender<Bytes>,
-    progress: &(dyn Fn(u64) + Send + Sync),
-) -> Result<ExtractStats, SourceError> {
-    let mut select = Vec::with_capacity(mapping.columns.len());
-    for column in &mapping.columns {
-        let quoted = quote_mysql(&column.source.name)?;
-        select.push(match column.codec {
-            Codec::Geometry => format!("ST_AsText({quoted})"),
-            _ => quoted,
-        });
-    }
-    let mut sql = format!("SELECT {} FROM {}", select.join(", "), from_clause(table)?);
-    let mut bind = None;
-    if let Some(filter) = filter {
-        let (clause, value) = cursor_clause(table, mapping, filter)?;
-        sql.push_str(&clause);
-        sql.push_str(&format!(" ORDER BY {}", quote_mysql(&filter.column)?));
-        bind = Some(value);
-    }
-    let mut query = sqlx::query(&sql);
-    if let Some(value) = bind {
-        query = query.bind(value);
-    }
-    let rows = query.fetch(pool);
-    drive(rows, mapping, decode, encoder, sink, progress).await
-}
-
-fn decode<'a>(row: &'a MySqlRow, index: usize, codec: &'a Codec) -> Decoded<'a> {
+pub(super) fn decode<'a>(row: &'a MySqlRow, index: usize, codec: &'a Codec) -> Decoded<'a> {
     let raw = match row.try_get_raw(index) {
         Ok(raw) => raw,
         Err(error) => return Err(Bad::new(BadKind::Malformed, error.to_string())),
@@ -418,13 +318,13 @@ pub(crate) fn decode_binary<'a>(bytes: &'a [u8], codec: &'a Codec) -> Decoded<'a
             ))),
             _ => Err(malformed("float")),
         },
-        Codec::Decimal | Codec::Money => match std::str::from_utf8(bytes) {
+        Codec::Decimal => match std::str::from_utf8(bytes) {
             Ok(text) => decimal_text(text),
             Err(_) => Err(malformed("decimal")),
         },
-        Codec::Text | Codec::CastText | Codec::Geometry | Codec::Uuid => text(bytes),
+        Codec::Text => text(bytes),
         Codec::Json => Ok(Val::Json(Cow::Borrowed(bytes))),
-        Codec::Bytes | Codec::Bits => Ok(Val::Bytes(Cow::Borrowed(bytes))),
+        Codec::Bytes => Ok(Val::Bytes(Cow::Borrowed(bytes))),
         Codec::Date | Codec::DateTime | Codec::Timestamp => {
             let Some((&len, body)) = bytes.split_first() else {
                 return Err(malformed("date"));
@@ -479,7 +379,7 @@ pub(crate) fn decode_binary<'a>(bytes: &'a [u8], codec: &'a Codec) -> Decoded<'a
                 Val::DateTime(value)
             })
         }
-        Codec::MysqlTime | Codec::Time => {
+        Codec::Duration | Codec::Time => {
             let Some((&len, body)) = bytes.split_first() else {
                 return Err(malformed("time"));
             };
@@ -555,11 +455,11 @@ mod tests {
             Val::Date(NaiveDate::from_ymd_opt(2024, 2, 29).unwrap())
         );
         // -838:59:59 = negative, 34 days, 22 h
-        let time = decode_binary(&[8, 1, 34, 0, 0, 0, 22, 59, 59], &Codec::MysqlTime).unwrap();
+        let time = decode_binary(&[8, 1, 34, 0, 0, 0, 22, 59, 59], &Codec::Duration).unwrap();
         assert_eq!(time, Val::Text(Cow::Borrowed("-838:59:59")));
         let time = decode_binary(
             &[12, 0, 1, 0, 0, 0, 1, 0, 0, 0x40, 0xE2, 0x01, 0],
-            &Codec::MysqlTime,
+            &Codec::Duration,
         )
         .unwrap();
         assert_eq!(time, Val::Text(Cow::Borrowed("25:00:00.123456")));

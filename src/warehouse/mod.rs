@@ -38,6 +38,7 @@
 mod bigquery;
 mod fake;
 mod model;
+pub mod ndjson;
 mod retry;
 mod upload;
 
@@ -50,6 +51,7 @@ use tokio::sync::mpsc::Receiver;
 
 pub use bigquery::BigQuery;
 pub use fake::{FakeWarehouse, InjectedFailure};
+pub use ndjson::NdjsonWriter;
 pub use retry::RetryPolicy;
 pub use upload::{CHUNK_GRANULARITY, DEFAULT_CHUNK_SIZE, content_range, next_offset_from_range};
 

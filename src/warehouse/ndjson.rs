@@ -1,7 +1,8 @@
-//! Value encoding to NDJSON for BigQuery load jobs, shared by every source engine.
+//! Value encoding to NDJSON for BigQuery load jobs: the [`RowSink`] every source engine pushes
+//! its rows into.
 //!
 //! Each engine decodes a column into a [`Val`] (borrowing from the row where it can) or a
-//! [`Bad`] value; [`RowEncoder`] applies the table's policies, writes one JSON object per row
+//! [`Bad`] value; [`NdjsonWriter`] applies the table's policies, writes one JSON object per row
 //! into a reusable line buffer and groups lines into ~1 MiB chunks.
 //!
 //! Output conventions (BigQuery JSON loading):
@@ -12,169 +13,19 @@
 //! - BYTES as standard base64; JSON as embedded raw JSON (whitespace outside strings removed);
 //! - REPEATED fields as arrays (a NULL array is written `[]`).
 
-use std::borrow::Cow;
-use std::collections::BTreeMap;
-
 use base64::Engine as _;
 use bytes::Bytes;
 use chrono::{Datelike, NaiveDate, NaiveDateTime, NaiveTime, Timelike};
-use serde::Serialize;
 
-use crate::manifest::raw::{BadValuePolicy, Utf8Policy};
-use crate::manifest::resolve::TypePolicies;
-use crate::mapping::TableMapping;
-use crate::schema::{BqType, FieldMode};
+use crate::schema::{
+    Bad, BadKind, BadValuePolicy, BqType, ColumnMapping, Decoded, ExtractStats, FieldMode, RowSink,
+    TooManyBadValues, TypePolicies, Utf8Policy, Val,
+};
 
 /// Target chunk size sent to the sink.
 pub const CHUNK_SIZE: usize = 1 << 20;
 /// How many failure messages are kept.
 pub const MAX_FAILURE_MESSAGES: usize = 20;
-
-/// A decoded source value.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Val<'a> {
-    /// SQL NULL.
-    Null,
-    /// Boolean.
-    Bool(bool),
-    /// Signed integer.
-    Int(i64),
-    /// Unsigned integer.
-    UInt(u64),
-    /// 4-byte float (written in its own shortest form).
-    F32(f32),
-    /// 8-byte float.
-    F64(f64),
-    /// Exact decimal text, e.g. `-12.50`.
-    Decimal(Cow<'a, str>),
-    /// Text.
-    Text(Cow<'a, str>),
-    /// Binary.
-    Bytes(Cow<'a, [u8]>),
-    /// JSON document text.
-    Json(Cow<'a, [u8]>),
-    /// Date.
-    Date(NaiveDate),
-    /// Civil date-time.
-    DateTime(NaiveDateTime),
-    /// UTC instant.
-    Timestamp(NaiveDateTime),
-    /// Time of day.
-    Time(NaiveTime),
-    /// Array elements.
-    Array(Vec<Val<'a>>),
-}
-
-/// Kinds of bad values, as counted in [`ExtractStats::by_kind`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum BadKind {
-    /// MySQL zero or partial-zero date.
-    ZeroDate,
-    /// NaN, ±Infinity, PostgreSQL `±infinity` dates and timestamps.
-    NonFinite,
-    /// Text that is not UTF-8.
-    InvalidUtf8,
-    /// A value the target type cannot hold.
-    OutOfRange,
-    /// A value the decoder cannot read.
-    Malformed,
-}
-
-impl BadKind {
-    /// Name used in statistics.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::ZeroDate => "zero_date",
-            Self::NonFinite => "non_finite",
-            Self::InvalidUtf8 => "invalid_utf8",
-            Self::OutOfRange => "out_of_range",
-            Self::Malformed => "malformed",
-        }
-    }
-}
-
-/// A value that cannot be written as is.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Bad<'a> {
-    /// Kind.
-    pub kind: BadKind,
-    /// What was wrong.
-    pub message: String,
-    /// What to write instead when the policy allows it (invalid UTF-8 with `replace`).
-    pub replacement: Option<Val<'a>>,
-}
-
-impl Bad<'_> {
-    /// A bad value without replacement.
-    pub fn new(kind: BadKind, message: impl Into<String>) -> Self {
-        Self {
-            kind,
-            message: message.into(),
-            replacement: None,
-        }
-    }
-}
-
-/// Decoding result.
-pub type Decoded<'a> = Result<Val<'a>, Bad<'a>>;
-
-/// What an extraction did.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
-pub struct ExtractStats {
-    /// Rows written.
-    pub rows: u64,
-    /// NDJSON bytes written.
-    pub bytes: u64,
-    /// Bad values met (nulled, replaced, or failing their row).
-    pub bad_values: u64,
-    /// Rows left out because a value failed them.
-    pub failed_rows: u64,
-    /// The first failure messages, each with the row's primary key.
-    pub failures: Vec<String>,
-    /// Bad values by kind.
-    pub by_kind: BTreeMap<String, u64>,
-}
-
-/// Text → [`Val::Text`], replacing invalid UTF-8 with a [`Bad`] carrying the lossy text.
-pub fn text(bytes: &[u8]) -> Decoded<'_> {
-    match std::str::from_utf8(bytes) {
-        Ok(text) => Ok(Val::Text(Cow::Borrowed(text))),
-        Err(error) => Err(Bad {
-            kind: BadKind::InvalidUtf8,
-            message: format!("invalid UTF-8 at byte {}", error.valid_up_to()),
-            replacement: Some(Val::Text(Cow::Owned(
-                String::from_utf8_lossy(bytes).into_owned(),
-            ))),
-        }),
-    }
-}
-
-/// Checks that `text` is a plain decimal (`-12.5`, `3`, `.5` is rejected) and normalizes a
-/// leading `+`.
-pub fn decimal_text(text: &str) -> Decoded<'_> {
-    let body = text.strip_prefix(['-', '+']).unwrap_or(text);
-    let (int, frac) = body.split_once('.').unwrap_or((body, ""));
-    let ok = !int.is_empty()
-        && int.bytes().all(|b| b.is_ascii_digit())
-        && frac.bytes().all(|b| b.is_ascii_digit());
-    if !ok {
-        let lower = text.to_ascii_lowercase();
-        if lower.contains("nan") || lower.contains("inf") {
-            return Err(Bad::new(
-                BadKind::NonFinite,
-                format!("non-finite decimal `{text}`"),
-            ));
-        }
-        return Err(Bad::new(
-            BadKind::Malformed,
-            format!("`{text}` is not a decimal number"),
-        ));
-    }
-    if let Some(unsigned) = text.strip_prefix('+') {
-        return Ok(Val::Decimal(Cow::Owned(unsigned.to_string())));
-    }
-    Ok(Val::Decimal(Cow::Borrowed(text)))
-}
 
 /// Integer and fraction digit counts of a decimal text, ignoring leading zeros of the integer
 /// part and trailing zeros of the fraction.
@@ -656,15 +507,14 @@ enum RowOutcome {
     Failed(String),
 }
 
-/// Per-extraction encoder: policies, statistics, buffers.
-pub struct RowEncoder {
+/// Per-extraction NDJSON encoder: policies, statistics, buffers.
+pub struct NdjsonWriter {
     columns: Vec<Column>,
     policies: TypePolicies,
     max_failures: Option<u64>,
     key_columns: Vec<usize>,
     table: String,
-    /// Statistics so far.
-    pub stats: ExtractStats,
+    stats: ExtractStats,
     line: Vec<u8>,
     chunk: Vec<u8>,
     /// Rows in `chunk`.
@@ -675,45 +525,19 @@ pub struct RowEncoder {
     notes: Vec<String>,
 }
 
-/// Failure of a whole extraction caused by bad values.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TooManyBadValues {
-    /// Table label.
-    pub table: String,
-    /// Bad values met.
-    pub count: u64,
-    /// The budget.
-    pub max: u64,
-    /// The first failure messages.
-    pub failures: Vec<String>,
-}
-
-impl std::fmt::Display for TooManyBadValues {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "table `{}`: {} bad values, more than max_parse_failures ({}); first failures:",
-            self.table, self.count, self.max
-        )?;
-        for failure in &self.failures {
-            write!(f, "\n  - {failure}")?;
-        }
-        Ok(())
-    }
-}
-
-impl RowEncoder {
-    /// An encoder for `mapping`. `key_columns` are the primary-key column names used in
-    /// failure messages.
+impl NdjsonWriter {
+    /// A writer for `columns` of the table `table` (a label for messages). `policies` and
+    /// `max_bad_values` (`None` = unlimited) govern bad values; `key_columns` are the source
+    /// columns naming a row in failure messages; a chunk holds at most `batch_size` rows.
     pub fn new(
         table: String,
-        mapping: &TableMapping,
+        columns: &[ColumnMapping],
         policies: TypePolicies,
-        max_failures: Option<u64>,
+        max_bad_values: Option<u64>,
         key_columns: &[String],
+        batch_size: u64,
     ) -> Self {
-        let columns = mapping
-            .columns
+        let encoded = columns
             .iter()
             .enumerate()
             .map(|(index, column)| {
@@ -735,24 +559,19 @@ impl RowEncoder {
             .collect();
         let key_columns = key_columns
             .iter()
-            .filter_map(|key| {
-                mapping
-                    .columns
-                    .iter()
-                    .position(|column| &column.source.name == key)
-            })
+            .filter_map(|key| columns.iter().position(|column| &column.source.name == key))
             .collect();
         Self {
-            columns,
+            columns: encoded,
             policies,
-            max_failures,
+            max_failures: max_bad_values,
             key_columns,
             table,
             stats: ExtractStats::default(),
             line: Vec::with_capacity(4096),
             chunk: Vec::with_capacity(CHUNK_SIZE + 64 * 1024),
             chunk_rows: 0,
-            batch_rows: mapping.batch_size.max(1),
+            batch_rows: batch_size.max(1),
             notes: Vec::new(),
         }
     }
@@ -871,7 +690,7 @@ impl RowEncoder {
     }
 
     /// Encodes one row. `decode(i)` decodes column `i` of the mapping.
-    pub fn encode_row<'r>(
+    fn encode_row<'r>(
         &mut self,
         mut decode: impl FnMut(usize) -> Decoded<'r>,
     ) -> Result<(), TooManyBadValues> {
@@ -963,23 +782,35 @@ impl RowEncoder {
         format!("({})", parts.join(", "))
     }
 
-    /// A full chunk to send, if the buffer reached [`CHUNK_SIZE`] or `batch_size` rows.
-    pub fn take_full_chunk(&mut self) -> Option<Bytes> {
-        (self.chunk.len() >= CHUNK_SIZE || self.chunk_rows >= self.batch_rows)
-            .then(|| self.take_chunk())
-    }
-
-    /// Whatever is buffered, if anything.
-    pub fn finish(&mut self) -> Option<Bytes> {
-        (!self.chunk.is_empty()).then(|| self.take_chunk())
-    }
-
     fn take_chunk(&mut self) -> Bytes {
         self.chunk_rows = 0;
         Bytes::from(std::mem::replace(
             &mut self.chunk,
             Vec::with_capacity(CHUNK_SIZE + 64 * 1024),
         ))
+    }
+}
+
+impl RowSink for NdjsonWriter {
+    fn push<'r>(
+        &mut self,
+        decode: impl FnMut(usize) -> Decoded<'r>,
+    ) -> Result<(), TooManyBadValues> {
+        self.encode_row(decode)
+    }
+
+    /// A full chunk to send, if the buffer reached [`CHUNK_SIZE`] or `batch_size` rows.
+    fn full_chunk(&mut self) -> Option<Bytes> {
+        (self.chunk.len() >= CHUNK_SIZE || self.chunk_rows >= self.batch_rows)
+            .then(|| self.take_chunk())
+    }
+
+    fn finish(&mut self) -> Option<Bytes> {
+        (!self.chunk.is_empty()).then(|| self.take_chunk())
+    }
+
+    fn stats(&self) -> &ExtractStats {
+        &self.stats
     }
 }
 

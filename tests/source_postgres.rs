@@ -5,6 +5,7 @@ mod common;
 
 use common::{Extracted, connect, run, table_spec, unique, url};
 use datasync::manifest::raw::{BadValuePolicy, SourceKind};
+use datasync::schema::ReadAs;
 use datasync::source::{CursorFilter, Source, SourceError};
 use sqlx::Executor;
 
@@ -182,10 +183,14 @@ async fn postgres_type_matrix() {
         .iter()
         .map(|column| {
             format!(
-                "{} -> {} {:?}",
+                "{} -> {} {:?}{}",
                 column.source.name,
                 column.field.diff_line(),
-                column.codec
+                column.codec,
+                match column.read_as {
+                    ReadAs::Native => String::new(),
+                    read_as => format!(" read as {read_as:?}"),
+                }
             )
         })
         .collect();

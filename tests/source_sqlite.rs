@@ -4,6 +4,7 @@ mod common;
 
 use common::{connect, run, table_spec};
 use datasync::manifest::raw::SourceKind;
+use datasync::schema::ReadAs;
 use datasync::source::CursorFilter;
 use sqlx::Executor;
 use sqlx::sqlite::{SqliteConnectOptions, SqlitePoolOptions};
@@ -60,10 +61,14 @@ async fn sqlite_type_matrix() {
         .iter()
         .map(|column| {
             format!(
-                "{} -> {} {:?}",
+                "{} -> {} {:?}{}",
                 column.source.name,
                 column.field.diff_line(),
-                column.codec
+                column.codec,
+                match column.read_as {
+                    ReadAs::Native => String::new(),
+                    read_as => format!(" read as {read_as:?}"),
+                }
             )
         })
         .collect();

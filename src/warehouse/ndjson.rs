@@ -256,36 +256,62 @@ fn type_error(value: &Val<'_>, target: BqType) -> Bad<'static> {
     )
 }
 
-/// Appends one scalar value (not NULL, not an array) as `target`.
+/// Appends one scalar value (not NULL, not an array) as `target`. On error nothing is appended.
+///
+/// The pairs written here are the conversions `mapping`'s overrides allow, one function per
+/// value family.
 pub fn write_scalar(
     buf: &mut Vec<u8>,
     value: &Val<'_>,
     target: Target,
 ) -> Result<(), Bad<'static>> {
-    use BqType as T;
     let start = buf.len();
-    let quoted = |buf: &mut Vec<u8>, f: &dyn Fn(&mut Vec<u8>)| {
-        buf.push(b'"');
-        f(buf);
-        buf.push(b'"');
+    let result = match value {
+        Val::Bool(b) => write_bool(buf, *b, target.bq_type),
+        Val::Int(_) | Val::UInt(_) => write_integer(buf, value, target),
+        Val::F32(_) | Val::F64(_) => write_float(buf, value, target),
+        Val::Decimal(text) => write_decimal(buf, text, target),
+        Val::Text(_) | Val::Bytes(_) | Val::Json(_) => write_text(buf, value, target.bq_type),
+        Val::Date(_) | Val::DateTime(_) | Val::Timestamp(_) | Val::Time(_) => {
+            write_temporal(buf, value, target.bq_type)
+        }
+        Val::Null | Val::Array(_) => Err(type_error(value, target.bq_type)),
     };
-    let result = match (value, target.bq_type) {
-        (Val::Bool(b), T::Bool) => {
-            buf.extend_from_slice(if *b { b"true" } else { b"false" });
-            Ok(())
-        }
-        (Val::Bool(b), T::String | T::Int64) => {
-            let text: &[u8] = match (target.bq_type, b) {
-                (T::String, true) => b"\"true\"",
-                (T::String, false) => b"\"false\"",
-                (_, true) => b"\"1\"",
-                (_, false) => b"\"0\"",
-            };
-            buf.extend_from_slice(text);
-            Ok(())
-        }
+    if result.is_err() {
+        buf.truncate(start);
+    }
+    result
+}
+
+/// Writes `f` between double quotes.
+fn quoted(buf: &mut Vec<u8>, f: impl FnOnce(&mut Vec<u8>)) {
+    buf.push(b'"');
+    f(buf);
+    buf.push(b'"');
+}
+
+/// BOOL as `true`/`false`, STRING as `"true"`/`"false"`, INT64 as `"1"`/`"0"`.
+fn write_bool(buf: &mut Vec<u8>, b: bool, target: BqType) -> Result<(), Bad<'static>> {
+    use BqType as T;
+    let text: &[u8] = match (target, b) {
+        (T::Bool, true) => b"true",
+        (T::Bool, false) => b"false",
+        (T::String, true) => b"\"true\"",
+        (T::String, false) => b"\"false\"",
+        (T::Int64, true) => b"\"1\"",
+        (T::Int64, false) => b"\"0\"",
+        (target, _) => return Err(type_error(&Val::Bool(b), target)),
+    };
+    buf.extend_from_slice(text);
+    Ok(())
+}
+
+/// [`Val::Int`] and [`Val::UInt`].
+fn write_integer(buf: &mut Vec<u8>, value: &Val<'_>, target: Target) -> Result<(), Bad<'static>> {
+    use BqType as T;
+    match (value, target.bq_type) {
         (Val::Int(n), T::Int64 | T::String) => {
-            quoted(buf, &|buf| push_int(buf, *n));
+            quoted(buf, |buf| push_int(buf, *n));
             Ok(())
         }
         (Val::UInt(n), T::Int64) if i64::try_from(*n).is_err() => Err(Bad::new(
@@ -293,17 +319,15 @@ pub fn write_scalar(
             format!("{n} does not fit INT64"),
         )),
         (Val::UInt(n), T::Int64 | T::String) => {
-            quoted(buf, &|buf| push_uint(buf, *n));
+            quoted(buf, |buf| push_uint(buf, *n));
             Ok(())
         }
-        (Val::Int(n), T::Numeric | T::BigNumeric) => {
-            let text = n.to_string();
-            check_decimal_fits(&text, target.bq_type, target.precision, target.scale)?;
-            push_json_str(buf, &text);
-            Ok(())
-        }
-        (Val::UInt(n), T::Numeric | T::BigNumeric) => {
-            let text = n.to_string();
+        (Val::Int(_) | Val::UInt(_), T::Numeric | T::BigNumeric) => {
+            let text = match value {
+                Val::Int(n) => n.to_string(),
+                Val::UInt(n) => n.to_string(),
+                _ => String::new(),
+            };
             check_decimal_fits(&text, target.bq_type, target.precision, target.scale)?;
             push_json_str(buf, &text);
             Ok(())
@@ -314,48 +338,64 @@ pub fn write_scalar(
             buf.extend_from_slice(if *n != 0 { b"true" } else { b"false" });
             Ok(())
         }
-        (Val::F64(f), T::Float64) => push_f64(buf, *f),
-        (Val::F32(f), T::Float64) => push_f32(buf, *f),
-        (Val::F64(_) | Val::F32(_), T::String | T::Numeric | T::BigNumeric | T::Int64) => {
-            let mut text = Vec::new();
-            match value {
-                Val::F32(f) => push_f32(&mut text, *f)?,
-                Val::F64(f) => push_f64(&mut text, *f)?,
-                _ => {}
-            }
-            let text = String::from_utf8_lossy(&text).into_owned();
-            if target.bq_type == T::String {
-                push_json_str(buf, &text);
-                return Ok(());
-            }
-            let Some(decimal) = float_to_decimal(&text) else {
-                return Err(Bad::new(
-                    BadKind::OutOfRange,
-                    format!("{text} is not representable as a decimal"),
-                ));
-            };
-            if target.bq_type == T::Int64 && decimal.contains('.') {
-                return Err(Bad::new(
-                    BadKind::OutOfRange,
-                    format!("{text} is not an integer"),
-                ));
-            }
-            if target.bq_type != T::Int64 {
-                check_decimal_fits(&decimal, target.bq_type, target.precision, target.scale)?;
-            }
-            push_json_str(buf, &decimal);
-            Ok(())
-        }
-        (Val::Decimal(text), T::Numeric | T::BigNumeric) => {
+        (other, target) => Err(type_error(other, target)),
+    }
+}
+
+/// [`Val::F32`] and [`Val::F64`]: FLOAT64 as a number; STRING, NUMERIC, BIGNUMERIC and INT64
+/// from the exact decimal of the shortest text.
+fn write_float(buf: &mut Vec<u8>, value: &Val<'_>, target: Target) -> Result<(), Bad<'static>> {
+    use BqType as T;
+    match (value, target.bq_type) {
+        (Val::F64(f), T::Float64) => return push_f64(buf, *f),
+        (Val::F32(f), T::Float64) => return push_f32(buf, *f),
+        (_, T::String | T::Numeric | T::BigNumeric | T::Int64) => {}
+        (other, target) => return Err(type_error(other, target)),
+    }
+    let mut text = Vec::new();
+    match value {
+        Val::F32(f) => push_f32(&mut text, *f)?,
+        Val::F64(f) => push_f64(&mut text, *f)?,
+        _ => {}
+    }
+    let text = String::from_utf8_lossy(&text).into_owned();
+    if target.bq_type == T::String {
+        push_json_str(buf, &text);
+        return Ok(());
+    }
+    let Some(decimal) = float_to_decimal(&text) else {
+        return Err(Bad::new(
+            BadKind::OutOfRange,
+            format!("{text} is not representable as a decimal"),
+        ));
+    };
+    if target.bq_type == T::Int64 && decimal.contains('.') {
+        return Err(Bad::new(
+            BadKind::OutOfRange,
+            format!("{text} is not an integer"),
+        ));
+    }
+    if target.bq_type != T::Int64 {
+        check_decimal_fits(&decimal, target.bq_type, target.precision, target.scale)?;
+    }
+    push_json_str(buf, &decimal);
+    Ok(())
+}
+
+/// [`Val::Decimal`].
+fn write_decimal(buf: &mut Vec<u8>, text: &str, target: Target) -> Result<(), Bad<'static>> {
+    use BqType as T;
+    match target.bq_type {
+        T::Numeric | T::BigNumeric => {
             check_decimal_fits(text, target.bq_type, target.precision, target.scale)?;
             push_json_str(buf, text);
             Ok(())
         }
-        (Val::Decimal(text), T::String) => {
+        T::String => {
             push_json_str(buf, text);
             Ok(())
         }
-        (Val::Decimal(text), T::Int64) => {
+        T::Int64 => {
             let (int, frac) = text.split_once('.').unwrap_or((text, ""));
             if frac.bytes().any(|b| b != b'0') || int.parse::<i64>().is_err() {
                 return Err(Bad::new(
@@ -366,13 +406,21 @@ pub fn write_scalar(
             push_json_str(buf, int);
             Ok(())
         }
-        (Val::Decimal(text), T::Float64) => match text.parse::<f64>() {
+        T::Float64 => match text.parse::<f64>() {
             Ok(f) => push_f64(buf, f),
             Err(_) => Err(Bad::new(
                 BadKind::Malformed,
                 format!("`{text}` is not a number"),
             )),
         },
+        target => Err(type_error(&Val::Decimal(text.into()), target)),
+    }
+}
+
+/// [`Val::Text`], [`Val::Bytes`] and [`Val::Json`].
+fn write_text(buf: &mut Vec<u8>, value: &Val<'_>, target: BqType) -> Result<(), Bad<'static>> {
+    use BqType as T;
+    match (value, target) {
         (Val::Text(text), T::Json) => {
             let mut json = Vec::new();
             push_json(&mut json, text.as_bytes())?;
@@ -380,7 +428,7 @@ pub fn write_scalar(
             Ok(())
         }
         (Val::Text(text), T::Bytes) => {
-            quoted(buf, &|buf| push_base64(buf, text.as_bytes()));
+            quoted(buf, |buf| push_base64(buf, text.as_bytes()));
             Ok(())
         }
         (Val::Text(text), _) => {
@@ -388,7 +436,7 @@ pub fn write_scalar(
             Ok(())
         }
         (Val::Bytes(bytes), T::Bytes | T::String) => {
-            quoted(buf, &|buf| push_base64(buf, bytes));
+            quoted(buf, |buf| push_base64(buf, bytes));
             Ok(())
         }
         (Val::Json(json), T::Json) => push_json(buf, json),
@@ -398,21 +446,27 @@ pub fn write_scalar(
             push_json_str(buf, &String::from_utf8_lossy(&compact));
             Ok(())
         }
+        (other, target) => Err(type_error(other, target)),
+    }
+}
+
+/// [`Val::Date`], [`Val::DateTime`], [`Val::Timestamp`] and [`Val::Time`].
+fn write_temporal(buf: &mut Vec<u8>, value: &Val<'_>, target: BqType) -> Result<(), Bad<'static>> {
+    use BqType as T;
+    match (value, target) {
         (Val::Date(date), T::Date | T::String) => {
             buf.push(b'"');
             push_date(buf, *date)?;
             buf.push(b'"');
-            Ok(())
         }
         (Val::Date(date), T::Datetime | T::Timestamp) => {
             buf.push(b'"');
             push_date(buf, *date)?;
             buf.extend_from_slice(b"T00:00:00.000000");
-            if target.bq_type == T::Timestamp {
+            if target == T::Timestamp {
                 buf.push(b'Z');
             }
             buf.push(b'"');
-            Ok(())
         }
         (
             Val::DateTime(moment) | Val::Timestamp(moment),
@@ -420,7 +474,7 @@ pub fn write_scalar(
         ) => {
             buf.push(b'"');
             push_datetime(buf, *moment)?;
-            let zoned = match target.bq_type {
+            let zoned = match target {
                 T::Timestamp => true,
                 T::String => matches!(value, Val::Timestamp(_)),
                 _ => false,
@@ -429,20 +483,11 @@ pub fn write_scalar(
                 buf.push(b'Z');
             }
             buf.push(b'"');
-            Ok(())
         }
-        (Val::Time(time), T::Time | T::String) => {
-            buf.push(b'"');
-            push_time(buf, *time);
-            buf.push(b'"');
-            Ok(())
-        }
-        (other, target) => Err(type_error(other, target)),
-    };
-    if result.is_err() {
-        buf.truncate(start);
+        (Val::Time(time), T::Time | T::String) => quoted(buf, |buf| push_time(buf, *time)),
+        (other, target) => return Err(type_error(other, target)),
     }
-    result
+    Ok(())
 }
 
 /// `1e-7` → `0.0000001`, `1.5e3` → `1500`: the exact decimal of a float's shortest text.

@@ -209,44 +209,10 @@ pub(super) async fn describe(
         }
     }
 
-    let mut columns = Vec::with_capacity(rows.len());
-    for row in &rows {
-        let name = get_text(row, 0)?.unwrap_or_default();
-        let data_type = get_text(row, 1)?.unwrap_or_default().to_ascii_lowercase();
-        let to_u32 = |value: Option<i64>| value.and_then(|value| u32::try_from(value).ok());
-        let is_json = matches!(data_type.as_str(), "longtext" | "text" | "mediumtext")
-            && json_checks.iter().any(|clause| {
-                clause
-                    == &format!(
-                        "json_valid({})",
-                        sql::Mysql
-                            .quote(&name.to_ascii_lowercase())
-                            .unwrap_or_default()
-                    )
-            });
-        let numeric = matches!(data_type.as_str(), "decimal" | "numeric" | "bit");
-        columns.push(SourceColumn {
-            primary_key: primary_key.contains(&name),
-            ordinal: to_u32(get_i64(row, 8)?).unwrap_or(0),
-            column_type: get_text(row, 2)?.unwrap_or_default(),
-            nullable: get_text(row, 3)?.as_deref() == Some("YES"),
-            precision: if numeric {
-                to_u32(get_i64(row, 4)?)
-            } else {
-                None
-            },
-            scale: if numeric && data_type != "bit" {
-                to_u32(get_i64(row, 5)?)
-            } else {
-                None
-            },
-            max_length: get_i64(row, 6)?.and_then(|length| u64::try_from(length).ok()),
-            comment: get_text(row, 7)?.filter(|comment| !comment.is_empty()),
-            is_json,
-            data_type,
-            name,
-        });
-    }
+    let columns = rows
+        .iter()
+        .map(|row| column(row, &primary_key, &json_checks))
+        .collect::<Result<Vec<_>, _>>()?;
     Ok(SourceTable {
         qualifier: Some(database),
         name: name.to_string(),
@@ -254,6 +220,49 @@ pub(super) async fn describe(
         primary_key,
         estimated_rows,
         comment,
+    })
+}
+
+/// One row of `information_schema.columns` (in the order `describe` selects them).
+fn column(
+    row: &MySqlRow,
+    primary_key: &[String],
+    json_checks: &[String],
+) -> Result<SourceColumn, SourceError> {
+    let name = get_text(row, 0)?.unwrap_or_default();
+    let data_type = get_text(row, 1)?.unwrap_or_default().to_ascii_lowercase();
+    let to_u32 = |value: Option<i64>| value.and_then(|value| u32::try_from(value).ok());
+    let is_json = matches!(data_type.as_str(), "longtext" | "text" | "mediumtext")
+        && json_checks.iter().any(|clause| {
+            clause
+                == &format!(
+                    "json_valid({})",
+                    sql::Mysql
+                        .quote(&name.to_ascii_lowercase())
+                        .unwrap_or_default()
+                )
+        });
+    let numeric = matches!(data_type.as_str(), "decimal" | "numeric" | "bit");
+    Ok(SourceColumn {
+        primary_key: primary_key.contains(&name),
+        ordinal: to_u32(get_i64(row, 8)?).unwrap_or(0),
+        column_type: get_text(row, 2)?.unwrap_or_default(),
+        nullable: get_text(row, 3)?.as_deref() == Some("YES"),
+        precision: if numeric {
+            to_u32(get_i64(row, 4)?)
+        } else {
+            None
+        },
+        scale: if numeric && data_type != "bit" {
+            to_u32(get_i64(row, 5)?)
+        } else {
+            None
+        },
+        max_length: get_i64(row, 6)?.and_then(|length| u64::try_from(length).ok()),
+        comment: get_text(row, 7)?.filter(|comment| !comment.is_empty()),
+        is_json,
+        data_type,
+        name,
     })
 }
 
@@ -325,103 +334,119 @@ pub(crate) fn decode_binary<'a>(bytes: &'a [u8], codec: &'a Codec) -> Decoded<'a
         Codec::Text => text(bytes),
         Codec::Json => Ok(Val::Json(Cow::Borrowed(bytes))),
         Codec::Bytes => Ok(Val::Bytes(Cow::Borrowed(bytes))),
-        Codec::Date | Codec::DateTime | Codec::Timestamp => {
-            let Some((&len, body)) = bytes.split_first() else {
-                return Err(malformed("date"));
-            };
-            if len == 0 {
-                return Err(Bad::new(BadKind::ZeroDate, "zero date 0000-00-00"));
-            }
-            if body.len() < 4 || body.len() != usize::from(len) {
-                return Err(malformed("date"));
-            }
-            let year = u16::from_le_bytes([body[0], body[1]]);
-            let (month, day) = (body[2], body[3]);
-            let (hour, minute, second) = if body.len() >= 7 {
-                (body[4], body[5], body[6])
-            } else {
-                (0, 0, 0)
-            };
-            let micros = if body.len() >= 11 {
-                u32::from_le_bytes([body[7], body[8], body[9], body[10]])
-            } else {
-                0
-            };
-            if year == 0 || month == 0 || day == 0 {
-                return Err(Bad::new(
-                    BadKind::ZeroDate,
-                    format!(
-                        "zero date {year:04}-{month:02}-{day:02} {hour:02}:{minute:02}:{second:02}"
-                    ),
-                ));
-            }
-            let date = NaiveDate::from_ymd_opt(i32::from(year), u32::from(month), u32::from(day))
-                .ok_or_else(|| {
-                Bad::new(
-                    BadKind::Malformed,
-                    format!("invalid date {year:04}-{month:02}-{day:02}"),
-                )
-            })?;
-            if matches!(codec, Codec::Date) {
-                return Ok(Val::Date(date));
-            }
-            let time = NaiveTime::from_hms_micro_opt(
-                u32::from(hour),
-                u32::from(minute),
-                u32::from(second),
-                micros,
-            )
-            .ok_or_else(|| malformed("time of day"))?;
-            let value = NaiveDateTime::new(date, time);
-            Ok(if matches!(codec, Codec::Timestamp) {
-                Val::Timestamp(value)
-            } else {
-                Val::DateTime(value)
-            })
-        }
-        Codec::Duration | Codec::Time => {
-            let Some((&len, body)) = bytes.split_first() else {
-                return Err(malformed("time"));
-            };
-            if len == 0 {
-                return Ok(Val::Text(Cow::Borrowed("00:00:00")));
-            }
-            if body.len() < 8 || body.len() != usize::from(len) {
-                return Err(malformed("time"));
-            }
-            let negative = body[0] != 0;
-            let days = u32::from_le_bytes([body[1], body[2], body[3], body[4]]);
-            let hours = u64::from(days) * 24 + u64::from(body[5]);
-            let micros = if body.len() >= 12 {
-                u32::from_le_bytes([body[8], body[9], body[10], body[11]])
-            } else {
-                0
-            };
-            if matches!(codec, Codec::Time) {
-                if negative || hours >= 24 {
-                    return Err(Bad::new(
-                        BadKind::OutOfRange,
-                        "TIME value outside 00:00:00..23:59:59",
-                    ));
-                }
-                return NaiveTime::from_hms_micro_opt(
-                    hours as u32,
-                    u32::from(body[6]),
-                    u32::from(body[7]),
-                    micros,
-                )
-                .map(Val::Time)
-                .ok_or_else(|| malformed("time"));
-            }
-            let sign = if negative { "-" } else { "" };
-            let mut out = format!("{sign}{hours:02}:{:02}:{:02}", body[6], body[7]);
-            if micros != 0 {
-                out.push_str(&format!(".{micros:06}"));
-            }
-            Ok(Val::Text(Cow::Owned(out)))
-        }
+        Codec::Date | Codec::DateTime | Codec::Timestamp => decode_datetime(bytes, codec),
+        Codec::Duration | Codec::Time => decode_time(bytes, codec),
         Codec::Array(_) => Err(malformed("array")),
     }
+}
+
+/// A binary DATE, DATETIME or TIMESTAMP (length byte, then year, month, day, time, micros).
+fn decode_datetime<'a>(bytes: &'a [u8], codec: &Codec) -> Decoded<'a> {
+    let malformed = |what: &str| {
+        Bad::new(
+            BadKind::Malformed,
+            format!("malformed {what} value ({} bytes)", bytes.len()),
+        )
+    };
+    let Some((&len, body)) = bytes.split_first() else {
+        return Err(malformed("date"));
+    };
+    if len == 0 {
+        return Err(Bad::new(BadKind::ZeroDate, "zero date 0000-00-00"));
+    }
+    if body.len() < 4 || body.len() != usize::from(len) {
+        return Err(malformed("date"));
+    }
+    let year = u16::from_le_bytes([body[0], body[1]]);
+    let (month, day) = (body[2], body[3]);
+    let (hour, minute, second) = if body.len() >= 7 {
+        (body[4], body[5], body[6])
+    } else {
+        (0, 0, 0)
+    };
+    let micros = if body.len() >= 11 {
+        u32::from_le_bytes([body[7], body[8], body[9], body[10]])
+    } else {
+        0
+    };
+    if year == 0 || month == 0 || day == 0 {
+        return Err(Bad::new(
+            BadKind::ZeroDate,
+            format!("zero date {year:04}-{month:02}-{day:02} {hour:02}:{minute:02}:{second:02}"),
+        ));
+    }
+    let date = NaiveDate::from_ymd_opt(i32::from(year), u32::from(month), u32::from(day))
+        .ok_or_else(|| {
+            Bad::new(
+                BadKind::Malformed,
+                format!("invalid date {year:04}-{month:02}-{day:02}"),
+            )
+        })?;
+    if matches!(codec, Codec::Date) {
+        return Ok(Val::Date(date));
+    }
+    let time = NaiveTime::from_hms_micro_opt(
+        u32::from(hour),
+        u32::from(minute),
+        u32::from(second),
+        micros,
+    )
+    .ok_or_else(|| malformed("time of day"))?;
+    let value = NaiveDateTime::new(date, time);
+    Ok(if matches!(codec, Codec::Timestamp) {
+        Val::Timestamp(value)
+    } else {
+        Val::DateTime(value)
+    })
+}
+
+/// A binary TIME: a time of day for [`Codec::Time`], else the signed duration as text.
+fn decode_time<'a>(bytes: &'a [u8], codec: &Codec) -> Decoded<'a> {
+    let malformed = |what: &str| {
+        Bad::new(
+            BadKind::Malformed,
+            format!("malformed {what} value ({} bytes)", bytes.len()),
+        )
+    };
+    let Some((&len, body)) = bytes.split_first() else {
+        return Err(malformed("time"));
+    };
+    if len == 0 {
+        return Ok(Val::Text(Cow::Borrowed("00:00:00")));
+    }
+    if body.len() < 8 || body.len() != usize::from(len) {
+        return Err(malformed("time"));
+    }
+    let negative = body[0] != 0;
+    let days = u32::from_le_bytes([body[1], body[2], body[3], body[4]]);
+    let hours = u64::from(days) * 24 + u64::from(body[5]);
+    let micros = if body.len() >= 12 {
+        u32::from_le_bytes([body[8], body[9], body[10], body[11]])
+    } else {
+        0
+    };
+    if matches!(codec, Codec::Time) {
+        if negative || hours >= 24 {
+            return Err(Bad::new(
+                BadKind::OutOfRange,
+                "TIME value outside 00:00:00..23:59:59",
+            ));
+        }
+        return NaiveTime::from_hms_micro_opt(
+            hours as u32,
+            u32::from(body[6]),
+            u32::from(body[7]),
+            micros,
+        )
+        .map(Val::Time)
+        .ok_or_else(|| malformed("time"));
+    }
+    let sign = if negative { "-" } else { "" };
+    let mut out = format!("{sign}{hours:02}:{:02}:{:02}", body[6], body[7]);
+    if micros != 0 {
+        out.push_str(&format!(".{micros:06}"));
+    }
+    Ok(Val::Text(Cow::Owned(out)))
 }
 
 #[cfg(test)]

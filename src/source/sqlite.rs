@@ -204,59 +204,61 @@ pub(super) fn decode<'a>(row: &'a SqliteRow, index: usize, codec: &'a Codec) -> 
                 Val::Text(value) => value,
                 _ => return Err(mismatch("text")),
             };
-            let parsed: Option<Result<Val<'static>, Bad<'static>>> = {
-                let trimmed = value.trim();
-                let invalid = |what: &str| {
-                    Bad::new(
-                        BadKind::Malformed,
-                        format!("text `{trimmed}` is not {what}"),
-                    )
-                };
-                match codec {
-                    Codec::Int => Some(
-                        trimmed
-                            .parse::<i64>()
-                            .map(Val::Int)
-                            .map_err(|_| invalid("an integer")),
-                    ),
-                    Codec::Float => Some(
-                        trimmed
-                            .parse::<f64>()
-                            .map(Val::F64)
-                            .map_err(|_| invalid("a number")),
-                    ),
-                    Codec::Decimal => Some(match decimal_text(trimmed) {
-                        Ok(Val::Decimal(text)) => Ok(Val::Decimal(Cow::Owned(text.into_owned()))),
-                        Ok(_) => Err(invalid("a decimal")),
-                        Err(bad) => Err(Bad::new(bad.kind, bad.message)),
-                    }),
-                    Codec::Bool => Some(match trimmed.to_ascii_lowercase().as_str() {
-                        "1" | "true" | "t" | "yes" => Ok(Val::Bool(true)),
-                        "0" | "false" | "f" | "no" => Ok(Val::Bool(false)),
-                        _ => Err(invalid("a boolean")),
-                    }),
-                    Codec::Date => Some(
-                        NaiveDate::parse_from_str(trimmed, "%Y-%m-%d")
-                            .map(Val::Date)
-                            .map_err(|_| invalid("a date")),
-                    ),
-                    Codec::DateTime => Some(
-                        parse_datetime(trimmed)
-                            .or_else(|| {
-                                NaiveDate::parse_from_str(trimmed, "%Y-%m-%d")
-                                    .ok()
-                                    .and_then(|d| d.and_hms_opt(0, 0, 0))
-                            })
-                            .map(Val::DateTime)
-                            .ok_or_else(|| invalid("a date-time")),
-                    ),
-                    _ => None,
-                }
-            };
-            match parsed {
+            match parse_text(value.trim(), codec) {
                 Some(result) => result,
                 None => Ok(Val::Text(value)),
             }
         }
+    }
+}
+
+/// Text stored in a column whose codec is not text, parsed as the codec says; `None` keeps it
+/// as text.
+fn parse_text(trimmed: &str, codec: &Codec) -> Option<Decoded<'static>> {
+    let invalid = |what: &str| {
+        Bad::new(
+            BadKind::Malformed,
+            format!("text `{trimmed}` is not {what}"),
+        )
+    };
+    match codec {
+        Codec::Int => Some(
+            trimmed
+                .parse::<i64>()
+                .map(Val::Int)
+                .map_err(|_| invalid("an integer")),
+        ),
+        Codec::Float => Some(
+            trimmed
+                .parse::<f64>()
+                .map(Val::F64)
+                .map_err(|_| invalid("a number")),
+        ),
+        Codec::Decimal => Some(match decimal_text(trimmed) {
+            Ok(Val::Decimal(text)) => Ok(Val::Decimal(Cow::Owned(text.into_owned()))),
+            Ok(_) => Err(invalid("a decimal")),
+            Err(bad) => Err(Bad::new(bad.kind, bad.message)),
+        }),
+        Codec::Bool => Some(match trimmed.to_ascii_lowercase().as_str() {
+            "1" | "true" | "t" | "yes" => Ok(Val::Bool(true)),
+            "0" | "false" | "f" | "no" => Ok(Val::Bool(false)),
+            _ => Err(invalid("a boolean")),
+        }),
+        Codec::Date => Some(
+            NaiveDate::parse_from_str(trimmed, "%Y-%m-%d")
+                .map(Val::Date)
+                .map_err(|_| invalid("a date")),
+        ),
+        Codec::DateTime => Some(
+            parse_datetime(trimmed)
+                .or_else(|| {
+                    NaiveDate::parse_from_str(trimmed, "%Y-%m-%d")
+                        .ok()
+                        .and_then(|d| d.and_hms_opt(0, 0, 0))
+                })
+                .map(Val::DateTime)
+                .ok_or_else(|| invalid("a date-time")),
+        ),
+        _ => None,
     }
 }

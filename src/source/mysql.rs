@@ -1,5 +1,6 @@
-//! MySQL/MariaDB: connect, describe, extract. Decoding is driven by information_schema, not by
-//! wire types (MariaDB sends JSON as BLOB, UUID as BINARY, SET as CHAR).
+//! MySQL/MariaDB: connect, describe, decode (the SQL is [`super::sql::Mysql`]). Decoding is
+//! driven by information_schema, not by wire types (MariaDB sends JSON as BLOB, UUID as BINARY,
+//! SET as CHAR).
 
 use std::borrow::Cow;
 use std::str::FromStr;

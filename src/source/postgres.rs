@@ -1,5 +1,6 @@
-//! PostgreSQL: connect, describe, extract. Values are read in the binary protocol and parsed
-//! here from the raw bytes (no per-value allocation for scalars).
+//! PostgreSQL: connect, describe, decode (the SQL is [`super::sql::Postgres`]). Values are read
+//! in the binary protocol and parsed here from the raw bytes (no per-value allocation for
+//! scalars).
 
 use std::borrow::Cow;
 use std::str::FromStr;

@@ -16,6 +16,7 @@ use datasync::manifest::resolve::{
 use datasync::mapping::map_table;
 use datasync::secret::Secret;
 use datasync::source::Source;
+use datasync::warehouse::NdjsonWriter;
 use sqlx::Executor;
 
 /// (PostgreSQL type, PostgreSQL expression over `g`), (MySQL type, expression over `seq`),
@@ -275,7 +276,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let setup_secs = setup.elapsed().as_secs_f64();
 
     let result = async {
-        let table = source.describe(&spec).await?;
+        let table = source
+            .describe(spec.qualifier.as_deref(), &spec.name)
+            .await?;
         let mapping = map_table(&table, &spec)
             .map_err(|errors| datasync::diagnostic::messages(&errors).join("; "))?;
         let (tx, mut rx) = tokio::sync::mpsc::channel::<bytes::Bytes>(4);
@@ -287,7 +290,17 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             }
         });
         let start = Instant::now();
-        let stats = source.extract(&table, &mapping, None, tx, &|_| {}).await?;
+        let writer = NdjsonWriter::new(
+            table.label(),
+            &mapping.columns,
+            mapping.policies,
+            mapping.max_parse_failures,
+            &mapping.key_columns,
+            mapping.batch_size,
+        );
+        let stats = source
+            .extract(&table, &mapping.columns, None, writer, tx, &|_| {})
+            .await?;
         sink.await?;
         let secs = start.elapsed().as_secs_f64();
         Ok::<_, Box<dyn std::error::Error>>((stats, secs, total.load(Ordering::Relaxed)))

@@ -8,7 +8,7 @@
 //!
 //! Module rules:
 //! - Pure (no IO, no `std::env`; the environment is passed in): [`manifest`], [`names`],
-//!   [`schema`], [`mapping`], [`plan`], [`encode`].
+//!   [`schema`], [`mapping`], [`plan`], and [`warehouse::ndjson`] (the row encoding).
 //! - IO adapters: [`source`] (sqlx) and [`warehouse`] (BigQuery REST); they never import each
 //!   other, [`plan`] or [`apply`].
 //! - [`apply`] executes a plan with a source and a warehouse; it makes no decisions.
@@ -17,7 +17,6 @@
 
 pub mod cli;
 pub mod diagnostic;
-pub mod encode;
 pub mod error;
 pub mod manifest;
 pub mod mapping;

@@ -441,6 +441,46 @@ fn invalid_legacy_values_are_errors_not_silent_defaults() {
 }
 
 #[test]
+fn the_global_port_follows_the_engine_whatever_db_type_spells_it() {
+    for (db_type, finance_port, inventory_port) in [
+        ("mariadb", 3307, 5432),
+        ("MySQL", 3307, 5432),
+        ("postgresql", 3306, 3307),
+        ("pg", 3306, 3307),
+    ] {
+        let mut vars = go_readme_env();
+        vars.insert("DB_TYPE".into(), db_type.into());
+        vars.insert("DB_PORT".into(), "3307".into());
+        vars.insert("FINANCE_DB_TYPE".into(), "mysql".into());
+        let loaded = load_env(vars).unwrap_or_else(|failure| panic!("{}", render(&failure)));
+        let ports: Vec<Option<u16>> = loaded
+            .manifest
+            .sources
+            .iter()
+            .map(|source| source.connection.port)
+            .collect();
+        assert_eq!(
+            ports,
+            [Some(finance_port), Some(inventory_port)],
+            "DB_TYPE={db_type}"
+        );
+    }
+}
+
+#[test]
+fn an_unknown_db_type_lists_the_engines() {
+    let mut vars = go_readme_env();
+    vars.insert("DB_TYPE".into(), " Oracle ".into());
+    let messages = errors(&load_env(vars).unwrap_err());
+    assert!(
+        messages
+            .iter()
+            .any(|m| m.contains("`oracle` is not a database type (use mysql, postgres or sqlite)")),
+        "{messages:#?}"
+    );
+}
+
+#[test]
 fn legacy_missing_required_values_are_reported_together() {
     let failure = load_env(env(&[("SYNC_DATABASES", "a")])).unwrap_err();
     let text = render(&failure);

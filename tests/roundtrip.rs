@@ -27,12 +27,12 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use bigdecimal::BigDecimal;
 use bytes::Bytes;
 use chrono::{DateTime, NaiveDate, NaiveDateTime, NaiveTime, Utc};
-use common::{connect, table_spec, unique, url};
-use datasync::encode::ExtractStats;
+use common::{connect, ndjson_writer, table_spec, unique, url};
 use datasync::manifest::raw::SourceKind;
 use datasync::manifest::resolve::{BigQuerySpec, TableSpec};
 use datasync::mapping::{Codec, TableMapping, map_table};
-use datasync::schema::{BqType, FieldMode};
+use datasync::schema::ExtractStats;
+use datasync::schema::{BqType, FieldMode, ReadAs};
 use datasync::source::Source;
 use datasync::warehouse::{BigQuery, Disposition, LoadRequest, Warehouse};
 use serde_json::Value;
@@ -91,7 +91,10 @@ async fn round_trip(
     spec: &TableSpec,
     expected_bignumeric: &[&str],
 ) -> Result<Trip, String> {
-    let table = source.describe(spec).await.map_err(|e| e.to_string())?;
+    let table = source
+        .describe(spec.qualifier.as_deref(), &spec.name)
+        .await
+        .map_err(|e| e.to_string())?;
     let full = map_table(&table, spec)
         .map_err(|errors| datasync::diagnostic::messages(&errors).join("; "))?;
     let bignumeric: Vec<String> = full
@@ -119,7 +122,14 @@ async fn round_trip(
         chunks
     });
     let stats = source
-        .extract(&table, &mapping, None, tx, &|_| {})
+        .extract(
+            &table,
+            &mapping.columns,
+            None,
+            ndjson_writer(&table, &mapping),
+            tx,
+            &|_| {},
+        )
         .await
         .map_err(|e| e.to_string())?;
     let chunks = collector.await.map_err(|e| e.to_string())?;
@@ -197,7 +207,7 @@ fn kind(bq_type: BqType, mode: FieldMode, codec: &Codec) -> Kind {
         BqType::Numeric | BqType::BigNumeric => Kind::Numeric,
         BqType::Float64 => Kind::Float,
         BqType::Bool => Kind::Bool,
-        BqType::String if *codec == Codec::MysqlTime => Kind::MysqlTime,
+        BqType::String if *codec == Codec::Duration => Kind::MysqlTime,
         BqType::String | BqType::Geography | BqType::Interval => Kind::Str,
         BqType::Bytes => Kind::Bytes,
         BqType::Date => Kind::Date,
@@ -650,7 +660,7 @@ fn pg_text(name: &str, data_type: &str, codec: &Codec) -> String {
     match codec {
         Codec::Bytes => format!("encode({quoted}, 'hex')"),
         Codec::Array(_) => format!("to_json({quoted}::text[])::text"),
-        Codec::Money => format!("{quoted}::numeric::text"),
+        _ if data_type == "money" => format!("{quoted}::numeric::text"),
         // `::text` strips char(n) padding; the output function (format) keeps it.
         _ if data_type == "character" => {
             format!("CASE WHEN {quoted} IS NULL THEN NULL ELSE format('%s', {quoted}) END")
@@ -816,13 +826,18 @@ const MYSQL_ROWS: &[(&str, &str)] = &[
 ];
 
 /// The MySQL expression for a column and whether it is read as a 4-byte float.
-fn mysql_text(name: &str, column_type: &str, codec: &Codec) -> (String, Option<bool>) {
+fn mysql_text(
+    name: &str,
+    column_type: &str,
+    codec: &Codec,
+    read_as: ReadAs,
+) -> (String, Option<bool>) {
     let quoted = format!("`{}`", name.replace('`', "``"));
     match codec {
         Codec::Float => (quoted, Some(column_type.starts_with("float"))),
-        Codec::Bytes => (format!("HEX({quoted})"), None),
+        _ if read_as == ReadAs::Wkt => (format!("ST_AsText({quoted})"), None),
         // HEX of a BIT(n) is the number's hex; pad it to the ⌈n/8⌉ bytes datasync writes.
-        Codec::Bits => {
+        Codec::Bytes if column_type.starts_with("bit(") => {
             let bits: usize = column_type
                 .trim_start_matches("bit(")
                 .trim_end_matches(')')
@@ -833,8 +848,8 @@ fn mysql_text(name: &str, column_type: &str, codec: &Codec) -> (String, Option<b
                 None,
             )
         }
+        Codec::Bytes => (format!("HEX({quoted})"), None),
         Codec::Bool => (format!("CAST({quoted} + 0 AS CHAR)"), None),
-        Codec::Geometry => (format!("ST_AsText({quoted})"), None),
         _ => (format!("CAST({quoted} AS CHAR)"), None),
     }
 }
@@ -854,6 +869,7 @@ async fn mysql_cells(url: &str, database: &str, mapping: &TableMapping) -> Resul
                 &column.source.name,
                 &column.source.column_type,
                 &column.codec,
+                column.read_as,
             )
         })
         .collect();

@@ -5,6 +5,7 @@ mod common;
 
 use common::{Extracted, connect, run, table_spec, unique, url};
 use datasync::manifest::raw::SourceKind;
+use datasync::schema::ReadAs;
 use datasync::source::{CursorFilter, Source, SourceError};
 use sqlx::Executor;
 
@@ -67,10 +68,7 @@ async fn body(source: &Source, database: &str) -> Result<Outcome, SourceError> {
         inclusive: false,
     };
     let incremental = run(source, &spec, Some(&filter)).await?;
-    let missing = match source
-        .describe(&table_spec(SourceKind::Mysql, Some(database), "nope"))
-        .await
-    {
+    let missing = match source.describe(Some(database), "nope").await {
         Ok(_) => "found".into(),
         Err(error) => error.to_string(),
     };
@@ -138,10 +136,14 @@ async fn mysql_type_matrix() {
         .iter()
         .map(|column| {
             format!(
-                "{} -> {} {:?}",
+                "{} -> {} {:?}{}",
                 column.source.name,
                 column.field.diff_line(),
-                column.codec
+                column.codec,
+                match column.read_as {
+                    ReadAs::Native => String::new(),
+                    read_as => format!(" read as {read_as:?}"),
+                }
             )
         })
         .collect();

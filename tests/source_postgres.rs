@@ -5,6 +5,7 @@ mod common;
 
 use common::{Extracted, connect, run, table_spec, unique, url};
 use datasync::manifest::raw::{BadValuePolicy, SourceKind};
+use datasync::schema::ReadAs;
 use datasync::source::{CursorFilter, Source, SourceError};
 use sqlx::Executor;
 
@@ -112,7 +113,11 @@ async fn body(source: &Source, schema: &str) -> Result<Outcome, SourceError> {
     };
     let incremental = run(source, &spec, Some(&filter)).await?;
     let counted = source
-        .count_rows(&incremental.table, &incremental.mapping, Some(&filter))
+        .count_rows(
+            &incremental.table,
+            &incremental.mapping.columns,
+            Some(&filter),
+        )
         .await?;
     assert_eq!(counted, 3);
 
@@ -132,14 +137,7 @@ async fn body(source: &Source, schema: &str) -> Result<Outcome, SourceError> {
         Err(error) => error.to_string(),
     };
 
-    let missing = match source
-        .describe(&table_spec(
-            SourceKind::Postgres,
-            Some(schema),
-            "types table",
-        ))
-        .await
-    {
+    let missing = match source.describe(Some(schema), "types table").await {
         Ok(_) => "found".into(),
         Err(error) => error.to_string(),
     };
@@ -185,10 +183,14 @@ async fn postgres_type_matrix() {
         .iter()
         .map(|column| {
             format!(
-                "{} -> {} {:?}",
+                "{} -> {} {:?}{}",
                 column.source.name,
                 column.field.diff_line(),
-                column.codec
+                column.codec,
+                match column.read_as {
+                    ReadAs::Native => String::new(),
+                    read_as => format!(" read as {read_as:?}"),
+                }
             )
         })
         .collect();

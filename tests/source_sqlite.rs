@@ -4,6 +4,7 @@ mod common;
 
 use common::{connect, run, table_spec};
 use datasync::manifest::raw::SourceKind;
+use datasync::schema::ReadAs;
 use datasync::source::CursorFilter;
 use sqlx::Executor;
 use sqlx::sqlite::{SqliteConnectOptions, SqlitePoolOptions};
@@ -60,10 +61,14 @@ async fn sqlite_type_matrix() {
         .iter()
         .map(|column| {
             format!(
-                "{} -> {} {:?}",
+                "{} -> {} {:?}{}",
                 column.source.name,
                 column.field.diff_line(),
-                column.codec
+                column.codec,
+                match column.read_as {
+                    ReadAs::Native => String::new(),
+                    read_as => format!(" read as {read_as:?}"),
+                }
             )
         })
         .collect();
@@ -82,10 +87,7 @@ async fn sqlite_type_matrix() {
         .expect("incremental");
     assert_eq!(incremental.stats.rows + incremental.stats.failed_rows, 2);
 
-    let missing = source
-        .describe(&table_spec(SourceKind::Sqlite, None, "nope"))
-        .await
-        .expect_err("missing");
+    let missing = source.describe(None, "nope").await.expect_err("missing");
     assert_eq!(
         missing.to_string(),
         "table `nope` not found in SQLite source"

@@ -11,6 +11,7 @@ use serde_json::{Map, Value, json};
 
 use super::document::escape_segment;
 use super::{Code, Diagnostic, env_error, env_warning, error_at};
+use crate::schema::SourceKind;
 
 /// A snapshot of the process environment.
 pub type Env = BTreeMap<String, String>;
@@ -374,18 +375,18 @@ fn source_type(env: &Env, prefix: &str) -> Option<(String, String)> {
 }
 
 fn normalize_type(var: &str, text: &str, writer: &mut Writer<'_>) -> Option<&'static str> {
-    match text.trim().to_ascii_lowercase().as_str() {
-        "mysql" | "mariadb" => Some("mysql"),
-        "postgres" | "postgresql" | "pg" => Some("postgres"),
-        "sqlite" => Some("sqlite"),
-        other => {
-            writer.error(
-                var,
-                format!("`{other}` is not a database type (use mysql, postgres or sqlite)"),
-            );
-            None
-        }
+    let kind = SourceKind::from_alias(text);
+    if kind.is_none() {
+        writer.error(
+            var,
+            format!(
+                "`{}` is not a database type (use {})",
+                text.trim().to_ascii_lowercase(),
+                SourceKind::choices()
+            ),
+        );
     }
+    kind.map(SourceKind::as_str)
 }
 
 fn tls_mode(var: &str, text: &str, writer: &mut Writer<'_>) -> Option<Value> {
@@ -614,7 +615,9 @@ fn apply_connection(
     prefix: &str,
     kind: Option<&str>,
 ) {
-    let global_type = get(env, vars::DB_TYPE).map(|text| text.trim().to_ascii_lowercase());
+    // The engine `DB_TYPE` names (any spelling; unset means MySQL, the legacy default).
+    let global_kind =
+        get(env, vars::DB_TYPE).map_or(Some(SourceKind::Mysql), SourceKind::from_alias);
 
     let string_fields = [
         ("DB_HOST", "host", Some(vars::DB_HOST)),
@@ -646,10 +649,8 @@ fn apply_connection(
     } else if let Some(value) = get(env, vars::DB_PORT) {
         // The global port belongs to the global type: a PostgreSQL source does not inherit a
         // MySQL port (the Go tool gave PostgreSQL 3306).
-        let global_kind = global_type.as_deref().unwrap_or("mysql");
-        let same_kind = kind.is_some_and(|kind| {
-            kind == global_kind || (kind == "postgres" && global_kind.starts_with("postgres"))
-        });
+        let same_kind =
+            global_kind.is_some() && kind.and_then(SourceKind::from_alias) == global_kind;
         if same_kind {
             writer.int(&port_pointer, vars::DB_PORT, value, 1, true);
         }

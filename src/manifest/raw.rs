@@ -8,6 +8,11 @@ use indexmap::IndexMap;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+pub use crate::schema::engine::SourceKind;
+pub use crate::schema::policy::{
+    BadValuePolicy, DecimalOverflowPolicy, GeometryPolicy, Utf8Policy,
+};
+
 /// A datasync manifest: where to read (sources), what to sync (tables) and where to write
 /// (BigQuery).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -118,37 +123,6 @@ impl JsonSchema for RawDuration {
 /// What a duration string must look like (checked again, exactly, by humantime).
 pub const DURATION_PATTERN: &str = r"^\s*[0-9]+\s*([a-zA-Z]+)?(\s*[0-9]+\s*[a-zA-Z]+)*\s*$";
 
-/// What to do with a value BigQuery cannot store as-is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum BadValuePolicy {
-    /// Write NULL and count the value (the count is reported; it also counts toward
-    /// `max_parse_failures`). A NULL is never written into a REQUIRED column: that is an error.
-    Null,
-    /// Fail the row (it counts toward `max_parse_failures`).
-    Error,
-}
-
-/// What to do with text that is not valid UTF-8.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum Utf8Policy {
-    /// Replace each invalid byte sequence with U+FFFD and count the value.
-    Replace,
-    /// Fail the row (it counts toward `max_parse_failures`).
-    Error,
-}
-
-/// What to do with a DECIMAL that fits neither NUMERIC nor BIGNUMERIC.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum DecimalOverflowPolicy {
-    /// Store the exact decimal text in a STRING column.
-    String,
-    /// Refuse to plan the table.
-    Error,
-}
-
 /// Type-mapping policies. Every choice is lossless by default.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -180,16 +154,6 @@ impl RawTypePolicies {
     fn is_empty(&self) -> bool {
         *self == Self::default()
     }
-}
-
-/// How geometry columns are written.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum GeometryPolicy {
-    /// GEOGRAPHY from WKT.
-    Geography,
-    /// STRING holding WKT.
-    String,
 }
 
 /// Settings every table inherits.
@@ -234,38 +198,6 @@ pub struct RawDefaults {
 impl RawDefaults {
     fn is_empty(&self) -> bool {
         *self == Self::default()
-    }
-}
-
-/// A source database engine.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum SourceKind {
-    /// MySQL or MariaDB.
-    Mysql,
-    /// PostgreSQL.
-    Postgres,
-    /// SQLite (a local file).
-    Sqlite,
-}
-
-impl SourceKind {
-    /// The manifest spelling.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Mysql => "mysql",
-            Self::Postgres => "postgres",
-            Self::Sqlite => "sqlite",
-        }
-    }
-
-    /// The default TCP port.
-    pub fn default_port(self) -> Option<u16> {
-        match self {
-            Self::Mysql => Some(3306),
-            Self::Postgres => Some(5432),
-            Self::Sqlite => None,
-        }
     }
 }
 

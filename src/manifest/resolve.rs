@@ -10,12 +10,12 @@ use serde::Serialize;
 use super::document::escape_segment;
 use super::env::parse_duration;
 use super::raw::{
-    BadValuePolicy, DecimalOverflowPolicy, GeometryPolicy, RawDuration, RawManifest, RawSource,
-    RawTable, RawTypePolicies, SourceKind, TlsMode, Utf8Policy, WriteMode,
+    RawDuration, RawManifest, RawSource, RawTable, RawTypePolicies, SourceKind, TlsMode, WriteMode,
 };
 use super::{Code, Diagnostic, error_at, warning_at};
 use crate::names;
 use crate::schema::BqTypeSpec;
+pub use crate::schema::policy::TypePolicies;
 use crate::secret::Secret;
 
 /// Default rows per batch.
@@ -135,36 +135,6 @@ pub struct Timeouts {
     /// Statement.
     #[serde(with = "opt_duration")]
     pub statement: Option<Duration>,
-}
-
-/// Type-mapping policies with defaults applied.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, serde::Deserialize)]
-pub struct TypePolicies {
-    /// MySQL `TINYINT(1)` → BOOL.
-    pub tinyint1_as_bool: bool,
-    /// Zero dates.
-    pub zero_dates: BadValuePolicy,
-    /// NaN/Infinity.
-    pub non_finite: BadValuePolicy,
-    /// Invalid UTF-8.
-    pub invalid_utf8: Utf8Policy,
-    /// Decimals wider than BIGNUMERIC.
-    pub decimal_overflow: DecimalOverflowPolicy,
-    /// Geometry columns.
-    pub geometry: GeometryPolicy,
-}
-
-impl Default for TypePolicies {
-    fn default() -> Self {
-        Self {
-            tinyint1_as_bool: true,
-            zero_dates: BadValuePolicy::Null,
-            non_finite: BadValuePolicy::Null,
-            invalid_utf8: Utf8Policy::Replace,
-            decimal_overflow: DecimalOverflowPolicy::String,
-            geometry: GeometryPolicy::String,
-        }
-    }
 }
 
 impl TypePolicies {
@@ -461,14 +431,7 @@ pub fn resolve(raw: &RawManifest) -> (Option<Manifest>, Vec<Diagnostic>) {
 fn check_connection(name: &str, source: &RawSource, base: &str, problems: &mut Vec<Diagnostic>) {
     let kind = source.kind;
     if let Some(url) = &source.url {
-        let scheme_ok = match kind {
-            SourceKind::Mysql => url.starts_with("mysql://") || url.starts_with("mariadb://"),
-            SourceKind::Postgres => {
-                url.starts_with("postgres://") || url.starts_with("postgresql://")
-            }
-            SourceKind::Sqlite => url.starts_with("sqlite:"),
-        };
-        if !scheme_ok {
+        if !kind.accepts_url(url) {
             problems.push(error_at(
                 &format!("{base}/url"),
                 Code::ManifestUrl,
@@ -527,7 +490,7 @@ fn check_connection(name: &str, source: &RawSource, base: &str, problems: &mut V
             _ => {}
         }
     }
-    if source.schema.is_some() && kind != SourceKind::Postgres {
+    if source.schema.is_some() && kind.default_qualifier().is_none() {
         problems.push(
             warning_at(
                 &format!("{base}/schema"),
@@ -723,15 +686,14 @@ fn table_name(
             .on_key(),
         );
     }
-    let qualifier = qualifier.or_else(|| match source.kind {
-        SourceKind::Postgres => Some(
+    let qualifier = qualifier.or_else(|| {
+        source.kind.default_qualifier().map(|default| {
             source
                 .connection
                 .schema
                 .clone()
-                .unwrap_or_else(|| "public".into()),
-        ),
-        SourceKind::Mysql | SourceKind::Sqlite => None,
+                .unwrap_or_else(|| default.into())
+        })
     });
 
     Some((qualifier, name))
@@ -1081,9 +1043,10 @@ impl Manifest {
                         .as_ref()
                         .map(|password| password.expose().to_string()),
                     database: connection.database.clone(),
-                    schema: connection.schema.clone().or_else(|| {
-                        (source.kind == SourceKind::Postgres).then(|| "public".to_string())
-                    }),
+                    schema: connection
+                        .schema
+                        .clone()
+                        .or_else(|| source.kind.default_qualifier().map(str::to_string)),
                     tls: Some(RawTls {
                         mode: Some(source.tls.mode),
                         ca: source.tls.ca.clone(),

@@ -26,78 +26,23 @@
 //! - Values that do not fit (`out_of_range`) or cannot be read (`malformed`) always fail their
 //!   row; policies only govern zero dates, non-finite values and invalid UTF-8.
 
+mod mysql;
+mod postgres;
+mod sqlite;
+
 use std::collections::HashMap;
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use crate::diagnostic::{Code, Diagnostic, Location};
-use crate::manifest::raw::{BadValuePolicy, DecimalOverflowPolicy, GeometryPolicy, SourceKind};
-use crate::manifest::resolve::{TableSpec, TypePolicies};
+use crate::manifest::resolve::TableSpec;
 use crate::names;
+pub use crate::schema::codec::{Codec, ColumnMapping, ReadAs};
 use crate::schema::{
-    BqType, BqTypeSpec, FieldMode, SourceColumn, SourceTable, TimePartitioning, WarehouseField,
+    BadValuePolicy, BqType, BqTypeSpec, DecimalOverflowPolicy, FieldMode, GeometryPolicy,
+    SourceColumn, SourceKind, SourceTable, TimePartitioning, TypePolicies, WarehouseField,
     WarehouseTable,
 };
-
-/// How the extractor reads a column's values. The BigQuery type of the field decides how they
-/// are written.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Codec {
-    /// Boolean (PostgreSQL bool, MySQL `TINYINT(1)`/`BIT(1)`, SQLite integer).
-    Bool,
-    /// Signed integer of any width.
-    Int,
-    /// Unsigned integer (MySQL `UNSIGNED`, `YEAR`).
-    UInt,
-    /// Floating point (4 or 8 bytes).
-    Float,
-    /// Exact decimal (MySQL DECIMAL text, PostgreSQL binary numeric).
-    Decimal,
-    /// UTF-8 text.
-    Text,
-    /// Binary data.
-    Bytes,
-    /// MySQL `BIT(n)`, n > 1: the raw big-endian bytes.
-    Bits,
-    /// PostgreSQL binary UUID.
-    Uuid,
-    /// A JSON document (read as text, written as raw JSON).
-    Json,
-    /// Calendar date.
-    Date,
-    /// Civil date and time, no zone.
-    DateTime,
-    /// Instant, read in UTC.
-    Timestamp,
-    /// Time of day.
-    Time,
-    /// MySQL TIME (a duration from -838:59:59 to 838:59:59), written as text.
-    MysqlTime,
-    /// PostgreSQL type read through `::text` (interval, inet, enums, timetz, …).
-    CastText,
-    /// PostgreSQL money, read through `::numeric`.
-    Money,
-    /// Geometry, read as WKT through `ST_AsText`.
-    Geometry,
-    /// One-dimensional PostgreSQL array of the element codec.
-    Array(Box<Codec>),
-}
-
-/// How one source column lands in BigQuery.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ColumnMapping {
-    /// The source column.
-    pub source: SourceColumn,
-    /// The BigQuery column name (sanitized).
-    pub target: String,
-    /// The BigQuery field.
-    pub field: WarehouseField,
-    /// How values are read.
-    pub codec: Codec,
-    /// Why the mapping may lose information (only overrides are lossy).
-    pub lossy: Option<String>,
-}
 
 /// A whole table's mapping.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -132,6 +77,7 @@ impl TableMapping {
 /// What a column's natural mapping is, before overrides.
 struct Natural {
     codec: Codec,
+    read_as: ReadAs,
     bq_type: BqType,
     precision: Option<u32>,
     scale: Option<u32>,
@@ -145,6 +91,7 @@ impl Natural {
     fn new(codec: Codec, bq_type: BqType) -> Self {
         Self {
             codec,
+            read_as: ReadAs::Native,
             bq_type,
             precision: None,
             scale: None,
@@ -156,6 +103,12 @@ impl Natural {
 
     fn risk(mut self, what: &'static str, policy: BadValuePolicy) -> Self {
         self.null_risk = Some((what, policy));
+        self
+    }
+
+    /// Selected through the engine's conversion `read_as`.
+    fn read(mut self, read_as: ReadAs) -> Self {
+        self.read_as = read_as;
         self
     }
 }
@@ -393,6 +346,7 @@ fn map_columns(
             target,
             field,
             codec: natural.codec,
+            read_as: natural.read_as,
             lossy: choice.note,
         });
     }
@@ -549,9 +503,10 @@ fn decimal_natural(
 
 fn geometry(spec: &TableSpec) -> Natural {
     match spec.types.geometry {
-        GeometryPolicy::Geography => Natural::new(Codec::Geometry, BqType::Geography),
-        GeometryPolicy::String => Natural::new(Codec::Geometry, BqType::String),
+        GeometryPolicy::Geography => Natural::new(Codec::Text, BqType::Geography),
+        GeometryPolicy::String => Natural::new(Codec::Text, BqType::String),
     }
+    .read(ReadAs::Wkt)
 }
 
 /// `numeric(10,2)` → (10, 2).
@@ -568,188 +523,10 @@ fn type_params(text: &str) -> Option<(u32, Option<u32>)> {
 
 fn natural_mapping(spec: &TableSpec, column: &SourceColumn) -> Result<Natural, String> {
     match spec.source_kind {
-        SourceKind::Mysql => mysql_natural(spec, column),
-        SourceKind::Postgres => postgres_natural(spec, column),
-        SourceKind::Sqlite => sqlite_natural(spec, column),
+        SourceKind::Mysql => mysql::natural(spec, column),
+        SourceKind::Postgres => postgres::natural(spec, column),
+        SourceKind::Sqlite => sqlite::natural(spec, column),
     }
-}
-
-fn mysql_natural(spec: &TableSpec, column: &SourceColumn) -> Result<Natural, String> {
-    let data_type = column.data_type.to_ascii_lowercase();
-    let column_type = column.column_type.to_ascii_lowercase();
-    let unsigned = column_type.contains("unsigned");
-    let zero = ("zero dates", spec.types.zero_dates);
-    Ok(match data_type.as_str() {
-        "tinyint"
-            if column_type.starts_with("tinyint(1)")
-                && !unsigned
-                && spec.types.tinyint1_as_bool =>
-        {
-            Natural::new(Codec::Bool, BqType::Bool)
-        }
-        "tinyint" | "smallint" | "mediumint" | "int" | "integer" => Natural::new(
-            if unsigned { Codec::UInt } else { Codec::Int },
-            BqType::Int64,
-        ),
-        "bigint" if unsigned => {
-            let mut natural = Natural::new(Codec::UInt, BqType::Numeric);
-            natural.precision = Some(20);
-            natural.scale = Some(0);
-            natural
-        }
-        "bigint" => Natural::new(Codec::Int, BqType::Int64),
-        "year" => Natural::new(Codec::UInt, BqType::Int64),
-        "decimal" | "numeric" | "dec" | "fixed" => decimal_natural(
-            spec,
-            column.precision.or(Some(10)),
-            column.scale.or(Some(0)),
-            Codec::Decimal,
-        )?,
-        "float" | "double" | "real" | "double precision" => {
-            Natural::new(Codec::Float, BqType::Float64)
-        }
-        "bit" if column.precision.unwrap_or(1) == 1 => Natural::new(Codec::Bool, BqType::Bool),
-        "bit" => Natural::new(Codec::Bits, BqType::Bytes),
-        "date" => Natural::new(Codec::Date, BqType::Date).risk(zero.0, zero.1),
-        "datetime" => Natural::new(Codec::DateTime, BqType::Datetime).risk(zero.0, zero.1),
-        "timestamp" => Natural::new(Codec::Timestamp, BqType::Timestamp).risk(zero.0, zero.1),
-        "time" => Natural::new(Codec::MysqlTime, BqType::String),
-        "json" => Natural::new(Codec::Json, BqType::Json),
-        "char" | "varchar" | "tinytext" | "text" | "mediumtext" | "longtext" if column.is_json => {
-            Natural::new(Codec::Json, BqType::Json)
-        }
-        "char" | "varchar" | "tinytext" | "text" | "mediumtext" | "longtext" | "enum" | "set"
-        | "uuid" | "inet4" | "inet6" => Natural::new(Codec::Text, BqType::String),
-        "binary" | "varbinary" | "tinyblob" | "blob" | "mediumblob" | "longblob" => {
-            Natural::new(Codec::Bytes, BqType::Bytes)
-        }
-        "geometry" | "point" | "linestring" | "polygon" | "multipoint" | "multilinestring"
-        | "multipolygon" | "geometrycollection" | "geomcollection" => geometry(spec),
-        other => {
-            let mut natural = Natural::new(Codec::Text, BqType::String);
-            natural.warning = Some(format!("unknown MySQL type `{other}` read as text"));
-            natural
-        }
-    })
-}
-
-/// The codec and type of a PostgreSQL array element, by `udt_name` without the `_`.
-fn postgres_element(spec: &TableSpec, element: &str, column_type: &str) -> Result<Natural, String> {
-    let non_finite = ("NaN/±Infinity values", spec.types.non_finite);
-    Ok(match element {
-        "int2" | "int4" | "int8" => Natural::new(Codec::Int, BqType::Int64),
-        "float4" | "float8" => {
-            Natural::new(Codec::Float, BqType::Float64).risk(non_finite.0, non_finite.1)
-        }
-        "numeric" => {
-            let params = type_params(column_type);
-            decimal_natural(
-                spec,
-                params.map(|p| p.0),
-                params.and_then(|p| p.1).or(params.map(|_| 0)),
-                Codec::Decimal,
-            )?
-        }
-        "bool" => Natural::new(Codec::Bool, BqType::Bool),
-        "text" | "varchar" | "bpchar" | "name" | "citext" => {
-            Natural::new(Codec::Text, BqType::String)
-        }
-        "uuid" => Natural::new(Codec::Uuid, BqType::String),
-        "bytea" => Natural::new(Codec::Bytes, BqType::Bytes),
-        "date" => {
-            Natural::new(Codec::Date, BqType::Date).risk("±infinity dates", spec.types.non_finite)
-        }
-        "timestamp" => Natural::new(Codec::DateTime, BqType::Datetime)
-            .risk("±infinity timestamps", spec.types.non_finite),
-        "timestamptz" => Natural::new(Codec::Timestamp, BqType::Timestamp)
-            .risk("±infinity timestamps", spec.types.non_finite),
-        "time" => Natural::new(Codec::Time, BqType::Time),
-        "json" | "jsonb" => Natural::new(Codec::Json, BqType::Json),
-        "money" => Natural::new(Codec::Money, BqType::Numeric),
-        "geometry" | "geography" => geometry(spec),
-        _ => Natural::new(Codec::CastText, BqType::String),
-    })
-}
-
-fn postgres_natural(spec: &TableSpec, column: &SourceColumn) -> Result<Natural, String> {
-    let data_type = column.data_type.to_ascii_lowercase();
-    if let Some(element) = data_type.strip_prefix('_') {
-        let element_natural = postgres_element(spec, element, &column.column_type)?;
-        if matches!(element_natural.codec, Codec::Geometry) {
-            return Ok(Natural::new(Codec::CastText, BqType::String));
-        }
-        let mut natural = Natural::new(
-            Codec::Array(Box::new(element_natural.codec)),
-            element_natural.bq_type,
-        );
-        natural.precision = element_natural.precision;
-        natural.scale = element_natural.scale;
-        natural.repeated = true;
-        natural.warning = element_natural.warning;
-        return Ok(natural);
-    }
-    let element = match data_type.as_str() {
-        "smallint" => "int2",
-        "integer" => "int4",
-        "bigint" => "int8",
-        "real" => "float4",
-        "double precision" => "float8",
-        "boolean" => "bool",
-        "text" => "text",
-        "character varying" => "varchar",
-        "character" => "bpchar",
-        "name" => "name",
-        "uuid" => "uuid",
-        "bytea" => "bytea",
-        "date" => "date",
-        "timestamp without time zone" => "timestamp",
-        "timestamp with time zone" => "timestamptz",
-        "time without time zone" => "time",
-        "json" => "json",
-        "jsonb" => "jsonb",
-        "money" => "money",
-        "numeric" => {
-            return decimal_natural(spec, column.precision, column.scale, Codec::Decimal)
-                .map(|natural| natural.risk("NaN/±Infinity values", spec.types.non_finite));
-        }
-        other => other,
-    };
-    postgres_element(spec, element, &column.column_type)
-}
-
-fn sqlite_natural(spec: &TableSpec, column: &SourceColumn) -> Result<Natural, String> {
-    let declared = column.column_type.to_ascii_uppercase();
-    let base = declared.split('(').next().unwrap_or("").trim().to_string();
-    let non_finite = ("±Infinity values", spec.types.non_finite);
-    Ok(match base.as_str() {
-        "BOOL" | "BOOLEAN" => Natural::new(Codec::Bool, BqType::Bool),
-        "DATE" => Natural::new(Codec::Date, BqType::Date),
-        "DATETIME" => Natural::new(Codec::DateTime, BqType::Datetime),
-        "JSON" | "JSONB" => Natural::new(Codec::Json, BqType::Json),
-        "TIMESTAMP" | "TIME" => Natural::new(Codec::Text, BqType::String),
-        _ if base.contains("INT") => Natural::new(Codec::Int, BqType::Int64),
-        _ if base.contains("CHAR") || base.contains("CLOB") || base.contains("TEXT") => {
-            Natural::new(Codec::Text, BqType::String)
-        }
-        _ if base.contains("BLOB") => Natural::new(Codec::Bytes, BqType::Bytes),
-        "" => {
-            let mut natural = Natural::new(Codec::Text, BqType::String);
-            natural.warning = Some("no declared type: values are written as text".into());
-            natural
-        }
-        _ if base.contains("REAL") || base.contains("FLOA") || base.contains("DOUB") => {
-            Natural::new(Codec::Float, BqType::Float64).risk(non_finite.0, non_finite.1)
-        }
-        _ => {
-            let params = type_params(&declared);
-            decimal_natural(
-                spec,
-                params.map(|p| p.0),
-                params.map(|p| p.1.unwrap_or(0)),
-                Codec::Decimal,
-            )?
-        }
-    })
 }
 
 /// A BigQuery type with its parameters and, when lossy or notable, why.

@@ -62,18 +62,19 @@ fn table(columns: Vec<SourceColumn>) -> SourceTable {
     }
 }
 
-/// Maps one column, returns `name TYPE MODE` and the codec.
+/// Maps one column, returns `name TYPE MODE`, the codec and how it is selected.
 fn one(
     kind: SourceKind,
     column: SourceColumn,
     adjust: impl Fn(&mut TableSpec),
-) -> Result<(String, Codec), Vec<String>> {
+) -> Result<(String, Codec, ReadAs), Vec<String>> {
     let mut spec = spec(kind);
     adjust(&mut spec);
     let mapping = map_table(&table(vec![column]), &spec).map_err(|errors| messages(&errors))?;
     Ok((
         mapping.columns[0].field.diff_line(),
         mapping.columns[0].codec.clone(),
+        mapping.columns[0].read_as,
     ))
 }
 
@@ -81,108 +82,108 @@ fn one(
 fn type_map() {
     use SourceKind::{Mysql, Postgres, Sqlite};
     let none = |_: &mut TableSpec| {};
-    let cases: Vec<(SourceKind, SourceColumn, &str, Codec)> = vec![
+    let cases: Vec<(SourceKind, SourceColumn, &str, (Codec, ReadAs))> = vec![
         (
             Mysql,
             column("c", "tinyint", "tinyint(1)", None, None, true),
             "c BOOL NULLABLE",
-            Codec::Bool,
+            (Codec::Bool, ReadAs::Native),
         ),
         (
             Mysql,
             column("c", "tinyint", "tinyint(4) unsigned", None, None, true),
             "c INT64 NULLABLE",
-            Codec::UInt,
+            (Codec::UInt, ReadAs::Native),
         ),
         (
             Mysql,
             column("c", "bigint", "bigint(20) unsigned", None, None, false),
             "c NUMERIC(20, 0) REQUIRED",
-            Codec::UInt,
+            (Codec::UInt, ReadAs::Native),
         ),
         (
             Mysql,
             column("c", "bigint", "bigint(20)", None, None, false),
             "c INT64 REQUIRED",
-            Codec::Int,
+            (Codec::Int, ReadAs::Native),
         ),
         (
             Mysql,
             column("c", "year", "year(4)", None, None, true),
             "c INT64 NULLABLE",
-            Codec::UInt,
+            (Codec::UInt, ReadAs::Native),
         ),
         (
             Mysql,
             column("c", "decimal", "decimal(38,9)", Some(38), Some(9), true),
             "c NUMERIC(38, 9) NULLABLE",
-            Codec::Decimal,
+            (Codec::Decimal, ReadAs::Native),
         ),
         (
             Mysql,
             column("c", "decimal", "decimal(40,10)", Some(40), Some(10), true),
             "c BIGNUMERIC(40, 10) NULLABLE",
-            Codec::Decimal,
+            (Codec::Decimal, ReadAs::Native),
         ),
         (
             Mysql,
             column("c", "decimal", "decimal(65,30)", Some(65), Some(30), true),
             "c BIGNUMERIC(65, 30) NULLABLE",
-            Codec::Decimal,
+            (Codec::Decimal, ReadAs::Native),
         ),
         (
             Mysql,
             column("c", "decimal", "decimal(65,0)", Some(65), Some(0), true),
             "c STRING NULLABLE",
-            Codec::Decimal,
+            (Codec::Decimal, ReadAs::Native),
         ),
         (
             Mysql,
             column("c", "float", "float", None, None, true),
             "c FLOAT64 NULLABLE",
-            Codec::Float,
+            (Codec::Float, ReadAs::Native),
         ),
         (
             Mysql,
             column("c", "bit", "bit(1)", Some(1), None, true),
             "c BOOL NULLABLE",
-            Codec::Bool,
+            (Codec::Bool, ReadAs::Native),
         ),
         (
             Mysql,
             column("c", "bit", "bit(5)", Some(5), None, true),
             "c BYTES NULLABLE",
-            Codec::Bits,
+            (Codec::Bytes, ReadAs::Native),
         ),
         (
             Mysql,
             column("c", "datetime", "datetime(6)", None, None, true),
             "c DATETIME NULLABLE",
-            Codec::DateTime,
+            (Codec::DateTime, ReadAs::Native),
         ),
         (
             Mysql,
             column("c", "datetime", "datetime", None, None, false),
             "c DATETIME NULLABLE",
-            Codec::DateTime,
+            (Codec::DateTime, ReadAs::Native),
         ),
         (
             Mysql,
             column("c", "timestamp", "timestamp", None, None, true),
             "c TIMESTAMP NULLABLE",
-            Codec::Timestamp,
+            (Codec::Timestamp, ReadAs::Native),
         ),
         (
             Mysql,
             column("c", "time", "time", None, None, true),
             "c STRING NULLABLE",
-            Codec::MysqlTime,
+            (Codec::Duration, ReadAs::Native),
         ),
         (
             Mysql,
             column("c", "json", "json", None, None, true),
             "c JSON NULLABLE",
-            Codec::Json,
+            (Codec::Json, ReadAs::Native),
         ),
         (
             Mysql,
@@ -191,49 +192,49 @@ fn type_map() {
                 ..column("c", "longtext", "longtext", None, None, true)
             },
             "c JSON NULLABLE",
-            Codec::Json,
+            (Codec::Json, ReadAs::Native),
         ),
         (
             Mysql,
             column("c", "enum", "enum('a','b')", None, None, true),
             "c STRING NULLABLE",
-            Codec::Text,
+            (Codec::Text, ReadAs::Native),
         ),
         (
             Mysql,
             column("c", "varbinary", "varbinary(3)", None, None, true),
             "c BYTES NULLABLE",
-            Codec::Bytes,
+            (Codec::Bytes, ReadAs::Native),
         ),
         (
             Mysql,
             column("c", "point", "point", None, None, true),
             "c STRING NULLABLE",
-            Codec::Geometry,
+            (Codec::Text, ReadAs::Wkt),
         ),
         (
             Postgres,
             column("c", "numeric", "numeric", None, None, true),
             "c BIGNUMERIC NULLABLE",
-            Codec::Decimal,
+            (Codec::Decimal, ReadAs::Native),
         ),
         (
             Postgres,
             column("c", "numeric", "numeric(10,2)", Some(10), Some(2), false),
             "c NUMERIC(10, 2) NULLABLE",
-            Codec::Decimal,
+            (Codec::Decimal, ReadAs::Native),
         ),
         (
             Postgres,
             column("c", "_int4", "integer[]", None, None, true),
             "c INT64 REPEATED",
-            Codec::Array(Box::new(Codec::Int)),
+            (Codec::Array(Box::new(Codec::Int)), ReadAs::Native),
         ),
         (
             Postgres,
             column("c", "_inet", "inet[]", None, None, true),
             "c STRING REPEATED",
-            Codec::Array(Box::new(Codec::CastText)),
+            (Codec::Array(Box::new(Codec::Text)), ReadAs::Text),
         ),
         (
             Postgres,
@@ -246,7 +247,7 @@ fn type_map() {
                 true,
             ),
             "c TIMESTAMP NULLABLE",
-            Codec::Timestamp,
+            (Codec::Timestamp, ReadAs::Native),
         ),
         (
             Postgres,
@@ -259,7 +260,7 @@ fn type_map() {
                 true,
             ),
             "c DATETIME NULLABLE",
-            Codec::DateTime,
+            (Codec::DateTime, ReadAs::Native),
         ),
         (
             Postgres,
@@ -272,7 +273,7 @@ fn type_map() {
                 true,
             ),
             "c STRING NULLABLE",
-            Codec::CastText,
+            (Codec::Text, ReadAs::Text),
         ),
         (
             Postgres,
@@ -285,85 +286,85 @@ fn type_map() {
                 false,
             ),
             "c TIME REQUIRED",
-            Codec::Time,
+            (Codec::Time, ReadAs::Native),
         ),
         (
             Postgres,
             column("c", "interval", "interval", None, None, true),
             "c STRING NULLABLE",
-            Codec::CastText,
+            (Codec::Text, ReadAs::Text),
         ),
         (
             Postgres,
             column("c", "money", "money", None, None, true),
             "c NUMERIC NULLABLE",
-            Codec::Money,
+            (Codec::Decimal, ReadAs::Numeric),
         ),
         (
             Postgres,
             column("c", "uuid", "uuid", None, None, true),
             "c STRING NULLABLE",
-            Codec::Uuid,
+            (Codec::Text, ReadAs::Text),
         ),
         (
             Postgres,
             column("c", "bytea", "bytea", None, None, true),
             "c BYTES NULLABLE",
-            Codec::Bytes,
+            (Codec::Bytes, ReadAs::Native),
         ),
         (
             Postgres,
             column("c", "jsonb", "jsonb", None, None, true),
             "c JSON NULLABLE",
-            Codec::Json,
+            (Codec::Json, ReadAs::Native),
         ),
         (
             Postgres,
             column("c", "mood", "mood", None, None, true),
             "c STRING NULLABLE",
-            Codec::CastText,
+            (Codec::Text, ReadAs::Text),
         ),
         (
             Postgres,
             column("c", "geometry", "geometry(Point,4326)", None, None, true),
             "c STRING NULLABLE",
-            Codec::Geometry,
+            (Codec::Text, ReadAs::Wkt),
         ),
         (
             Sqlite,
             column("c", "varchar", "VARCHAR(10)", Some(10), None, true),
             "c STRING NULLABLE",
-            Codec::Text,
+            (Codec::Text, ReadAs::Native),
         ),
         (
             Sqlite,
             column("c", "decimal", "DECIMAL(10,2)", Some(10), Some(2), true),
             "c NUMERIC(10, 2) NULLABLE",
-            Codec::Decimal,
+            (Codec::Decimal, ReadAs::Native),
         ),
         (
             Sqlite,
             column("c", "", "", None, None, true),
             "c STRING NULLABLE",
-            Codec::Text,
+            (Codec::Text, ReadAs::Native),
         ),
         (
             Sqlite,
             column("c", "double", "DOUBLE", None, None, true),
             "c FLOAT64 NULLABLE",
-            Codec::Float,
+            (Codec::Float, ReadAs::Native),
         ),
         (
             Sqlite,
             column("c", "timestamp", "TIMESTAMP", None, None, true),
             "c STRING NULLABLE",
-            Codec::Text,
+            (Codec::Text, ReadAs::Native),
         ),
         (
             Sqlite,
             column("c", "datetime", "DATETIME", None, None, true),
             "c DATETIME NULLABLE",
-            Codec::DateTime,
+            (Codec::DateTime, ReadAs::Native),
         ),
         (
             Sqlite,
@@ -376,14 +377,14 @@ fn type_map() {
                 false,
             ),
             "c INT64 REQUIRED",
-            Codec::Int,
+            (Codec::Int, ReadAs::Native),
         ),
     ];
-    for (kind, source, expected, codec) in cases {
+    for (kind, source, expected, (codec, read_as)) in cases {
         let label = format!("{kind:?} {}", source.column_type);
         assert_eq!(
             one(kind, source, none),
-            Ok((expected.to_string(), codec)),
+            Ok((expected.to_string(), codec, read_as)),
             "{label}"
         );
     }

@@ -49,7 +49,7 @@ pub(crate) fn mapped(
         .fields
         .iter()
         .enumerate()
-        .map(|(index, field)| crate::mapping::ColumnMapping {
+        .map(|(index, field)| crate::schema::ColumnMapping {
             source: crate::schema::SourceColumn {
                 name: field.name.clone(),
                 ordinal: u32::try_from(index + 1).unwrap(),
@@ -65,7 +65,8 @@ pub(crate) fn mapped(
             },
             target: field.name.clone(),
             field: field.clone(),
-            codec: crate::mapping::Codec::Int,
+            codec: crate::schema::Codec::Int,
+            read_as: crate::schema::ReadAs::Native,
             lossy: None,
         })
         .collect();
@@ -73,7 +74,7 @@ pub(crate) fn mapped(
         table,
         columns,
         warnings,
-        policies: crate::manifest::resolve::TypePolicies::default(),
+        policies: crate::schema::TypePolicies::default(),
         max_parse_failures: Some(100),
         key_columns: vec!["id".into()],
         batch_size: 10_000,

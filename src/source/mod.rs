@@ -1,11 +1,15 @@
-//! Source databases: connect, introspect ([`Source::describe`]) and stream rows as NDJSON
-//! ([`Source::extract`]).
+//! Source databases: connect, introspect ([`Source::describe`]) and push rows into a
+//! [`RowSink`] ([`Source::extract`]).
 //!
-//! Every identifier is quoted ([`quote_pg`], [`quote_mysql`]); cursor values are bound as
-//! parameters, never spliced into SQL.
+//! The SQL comes from each engine's pure [`sql::Dialect`]: every identifier is quoted, cursor
+//! values are bound as parameters, never spliced into SQL. The engine files keep only what needs
+//! a server: connect, describe (the catalogs) and decode.
+//!
+//! This module knows the manifest only through the connection settings ([`SourceSpec`]).
 
 mod mysql;
 mod postgres;
+mod sql;
 mod sqlite;
 
 use std::sync::Arc;
@@ -16,13 +20,14 @@ use serde::Serialize;
 use sqlx::{MySqlPool, PgPool, SqlitePool};
 use tokio::sync::mpsc::Sender;
 
-pub use crate::encode::ExtractStats;
-use crate::encode::{Decoded, RowEncoder, TooManyBadValues};
-use crate::manifest::raw::{SourceKind, TlsMode};
-use crate::manifest::resolve::{SourceSpec, TableSpec};
-use crate::mapping::{Codec, TableMapping};
-use crate::schema::SourceTable;
+use crate::manifest::raw::TlsMode;
+use crate::manifest::resolve::SourceSpec;
+pub use crate::schema::ExtractStats;
+use crate::schema::{
+    Codec, ColumnMapping, Decoded, RowSink, SourceKind, SourceTable, TooManyBadValues,
+};
 use crate::secret::REDACTED;
+use sql::{Dialect, Statement};
 
 /// Errors of a source.
 #[derive(Debug, thiserror::Error)]
@@ -57,7 +62,7 @@ pub enum SourceError {
     #[error("{0}")]
     Invalid(String),
     /// The receiving side stopped.
-    #[error("the NDJSON sink was closed before the extraction ended")]
+    #[error("the receiving side closed before the extraction ended")]
     SinkClosed,
     /// Too many bad values.
     #[error("{0}")]
@@ -101,26 +106,6 @@ pub enum Source {
     Postgres(PgPool),
     /// SQLite.
     Sqlite(SqlitePool),
-}
-
-/// PostgreSQL/SQLite identifier quoting: `"a""b"`.
-pub fn quote_pg(name: &str) -> Result<String, SourceError> {
-    if name.contains('\0') {
-        return Err(SourceError::Invalid(format!(
-            "identifier {name:?} contains a NUL character"
-        )));
-    }
-    Ok(format!("\"{}\"", name.replace('"', "\"\"")))
-}
-
-/// MySQL identifier quoting: `` `a``b` ``.
-pub fn quote_mysql(name: &str) -> Result<String, SourceError> {
-    if name.contains('\0') {
-        return Err(SourceError::Invalid(format!(
-            "identifier {name:?} contains a NUL character"
-        )));
-    }
-    Ok(format!("`{}`", name.replace('`', "``")))
 }
 
 /// Removes every occurrence of the secrets from a message.
@@ -174,144 +159,173 @@ impl Source {
         }
     }
 
-    /// Introspects the table from the catalogs.
-    pub async fn describe(&self, spec: &TableSpec) -> Result<SourceTable, SourceError> {
+    /// The engine's SQL dialect.
+    fn dialect(&self) -> &'static dyn Dialect {
         match self {
-            Self::Mysql(pool) => mysql::describe(pool, spec).await,
-            Self::Postgres(pool) => postgres::describe(pool, spec).await,
-            Self::Sqlite(pool) => sqlite::describe(pool, spec).await,
+            Self::Mysql(_) => &sql::Mysql,
+            Self::Postgres(_) => &sql::Postgres,
+            Self::Sqlite(_) => &sql::Sqlite,
         }
     }
 
-    /// Exact row count, optionally above a cursor.
+    /// Introspects the table `name` (in `qualifier`: a PostgreSQL schema, a MySQL database, a
+    /// SQLite attached database) from the catalogs.
+    pub async fn describe(
+        &self,
+        qualifier: Option<&str>,
+        name: &str,
+    ) -> Result<SourceTable, SourceError> {
+        match self {
+            Self::Mysql(pool) => mysql::describe(pool, qualifier, name).await,
+            Self::Postgres(pool) => postgres::describe(pool, qualifier, name).await,
+            Self::Sqlite(pool) => sqlite::describe(pool, qualifier, name).await,
+        }
+    }
+
+    /// Exact row count, optionally above a cursor (one of `columns`).
     pub async fn count_rows(
         &self,
         table: &SourceTable,
-        mapping: &TableMapping,
+        columns: &[ColumnMapping],
         filter: Option<&CursorFilter>,
     ) -> Result<u64, SourceError> {
-        match self {
-            Self::Mysql(pool) => mysql::count_rows(pool, table, mapping, filter).await,
-            Self::Postgres(pool) => postgres::count_rows(pool, table, mapping, filter).await,
-            Self::Sqlite(pool) => sqlite::count_rows(pool, table, mapping, filter).await,
-        }
+        let statement = sql::count_sql(self.dialect(), table, columns, filter)?;
+        let count = match self {
+            Self::Mysql(pool) => scalar(&statement).fetch_one(pool).await,
+            Self::Postgres(pool) => scalar(&statement).fetch_one(pool).await,
+            Self::Sqlite(pool) => scalar(&statement).fetch_one(pool).await,
+        };
+        let count = count.map_err(|error| SourceError::query("counting rows", error))?;
+        Ok(u64::try_from(count).unwrap_or(0))
     }
 
-    /// Streams the mapped columns as NDJSON chunks (~1 MiB, whole lines) into `sink`.
-    /// `progress` is called with the number of rows written so far after each chunk.
-    pub async fn extract(
+    /// Reads `columns` (optionally only the rows above a cursor, in cursor order), pushes every
+    /// row into `sink` and sends the sink's chunks to `out`. `progress` is called with the
+    /// number of rows written so far after each chunk.
+    pub async fn extract<S: RowSink>(
         &self,
         table: &SourceTable,
-        mapping: &TableMapping,
+        columns: &[ColumnMapping],
         filter: Option<&CursorFilter>,
-        sink: Sender<Bytes>,
+        sink: S,
+        out: Sender<Bytes>,
         progress: &(dyn Fn(u64) + Send + Sync),
     ) -> Result<ExtractStats, SourceError> {
-        if mapping.columns.is_empty() {
+        if columns.is_empty() {
             return Err(SourceError::Invalid(format!(
                 "table `{}` has no column to extract",
                 table.name
             )));
         }
-        let label = match &table.qualifier {
-            Some(qualifier) => format!("{qualifier}.{}", table.name),
-            None => table.name.clone(),
-        };
-        let encoder = RowEncoder::new(
-            label,
-            mapping,
-            mapping.policies,
-            mapping.max_parse_failures,
-            &mapping.key_columns,
-        );
+        let statement = sql::select_sql(self.dialect(), table, columns, filter)?;
         match self {
             Self::Mysql(pool) => {
-                mysql::extract(pool, table, mapping, filter, encoder, sink, progress).await
+                let rows = query(&statement).fetch(pool);
+                drive(rows, columns, mysql::decode, sink, out, progress).await
             }
             Self::Postgres(pool) => {
-                postgres::extract(pool, table, mapping, filter, encoder, sink, progress).await
+                let rows = query(&statement).fetch(pool);
+                drive(rows, columns, postgres::decode, sink, out, progress).await
             }
             Self::Sqlite(pool) => {
-                sqlite::extract(pool, table, mapping, filter, encoder, sink, progress).await
+                let rows = query(&statement).fetch(pool);
+                drive(rows, columns, sqlite::decode, sink, out, progress).await
             }
         }
+    }
+}
+
+/// `statement` as a query with its bound value.
+fn query<DB: sqlx::Database>(
+    statement: &Statement,
+) -> sqlx::query::Query<'_, DB, <DB as sqlx::Database>::Arguments<'_>>
+where
+    for<'q> String: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+{
+    let query = sqlx::query(&statement.sql);
+    match &statement.bind {
+        Some(value) => query.bind(value.clone()),
+        None => query,
+    }
+}
+
+/// `statement` as a query of one integer, with its bound value.
+fn scalar<DB: sqlx::Database>(
+    statement: &Statement,
+) -> sqlx::query::QueryScalar<'_, DB, i64, <DB as sqlx::Database>::Arguments<'_>>
+where
+    for<'q> String: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    (i64,): for<'r> sqlx::FromRow<'r, DB::Row>,
+{
+    let query = sqlx::query_scalar(&statement.sql);
+    match &statement.bind {
+        Some(value) => query.bind(value.clone()),
+        None => query,
     }
 }
 
 /// Decodes a column of a row given its codec.
 type DecodeFn<R> = for<'a> fn(&'a R, usize, &'a Codec) -> Decoded<'a>;
 
-/// Pulls rows from `rows`, encodes them and sends full chunks.
-async fn drive<R, S>(
-    mut rows: S,
-    mapping: &TableMapping,
+/// Pulls rows from `rows`, pushes them into `sink` and sends its full chunks to `out`.
+async fn drive<R, St, S>(
+    mut rows: St,
+    columns: &[ColumnMapping],
     decode: DecodeFn<R>,
-    mut encoder: RowEncoder,
-    sink: Sender<Bytes>,
+    mut sink: S,
+    out: Sender<Bytes>,
     progress: &(dyn Fn(u64) + Send + Sync),
 ) -> Result<ExtractStats, SourceError>
 where
-    S: Stream<Item = Result<R, sqlx::Error>> + Unpin,
+    St: Stream<Item = Result<R, sqlx::Error>> + Unpin,
+    S: RowSink,
 {
-    let codecs: Arc<[Codec]> = mapping
-        .columns
-        .iter()
-        .map(|column| column.codec.clone())
-        .collect();
+    let codecs: Arc<[Codec]> = columns.iter().map(|column| column.codec.clone()).collect();
     while let Some(row) = rows.next().await {
         let row = row.map_err(|error| SourceError::query("reading rows", error))?;
-        encoder
-            .encode_row(|index| decode(&row, index, &codecs[index]))
+        sink.push(|index| decode(&row, index, &codecs[index]))
             .map_err(SourceError::TooManyBadValues)?;
-        if let Some(chunk) = encoder.take_full_chunk() {
-            sink.send(chunk)
-                .await
-                .map_err(|_| SourceError::SinkClosed)?;
-            progress(encoder.stats.rows);
+        if let Some(chunk) = sink.full_chunk() {
+            out.send(chunk).await.map_err(|_| SourceError::SinkClosed)?;
+            progress(sink.stats().rows);
         }
     }
-    if let Some(chunk) = encoder.finish() {
-        sink.send(chunk)
-            .await
-            .map_err(|_| SourceError::SinkClosed)?;
+    if let Some(chunk) = sink.finish() {
+        out.send(chunk).await.map_err(|_| SourceError::SinkClosed)?;
     }
-    progress(encoder.stats.rows);
-    Ok(encoder.stats)
-}
-
-/// The cursor column's mapping, checked.
-fn cursor_column<'m>(
-    mapping: &'m TableMapping,
-    table: &SourceTable,
-    filter: &CursorFilter,
-) -> Result<&'m crate::mapping::ColumnMapping, SourceError> {
-    mapping
-        .columns
-        .iter()
-        .find(|column| column.source.name == filter.column)
-        .ok_or_else(|| {
-            SourceError::Invalid(format!(
-                "cursor column `{}` is not extracted from `{}`",
-                filter.column, table.name
-            ))
-        })
-}
-
-/// A cursor value from BigQuery text (`2024-01-02 03:04:05.123456 UTC`, `…T…Z`) to the
-/// `YYYY-MM-DD HH:MM:SS.ffffff` form every engine parses.
-fn normalize_temporal(value: &str) -> String {
-    let trimmed = value.trim();
-    let trimmed = trimmed
-        .strip_suffix(" UTC")
-        .or_else(|| trimmed.strip_suffix('Z'))
-        .unwrap_or(trimmed);
-    let trimmed = trimmed.strip_suffix("+00:00").unwrap_or(trimmed);
-    trimmed.replacen('T', " ", 1)
+    progress(sink.stats().rows);
+    Ok(sink.stats().clone())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A sink that only counts rows.
+    #[derive(Default)]
+    struct Counting(ExtractStats);
+
+    impl RowSink for Counting {
+        fn push<'r>(
+            &mut self,
+            _decode: impl FnMut(usize) -> Decoded<'r>,
+        ) -> Result<(), TooManyBadValues> {
+            self.0.rows += 1;
+            Ok(())
+        }
+
+        fn full_chunk(&mut self) -> Option<Bytes> {
+            None
+        }
+
+        fn finish(&mut self) -> Option<Bytes> {
+            None
+        }
+
+        fn stats(&self) -> &ExtractStats {
+            &self.0
+        }
+    }
 
     /// The futures can be spawned on a multi-threaded runtime.
     #[test]
@@ -319,39 +333,27 @@ mod tests {
         fn assert_send<T: Send>(_: &T) {}
         fn check(
             source: Source,
-            spec: TableSpec,
             table: SourceTable,
-            mapping: TableMapping,
-            sink: Sender<Bytes>,
+            columns: Vec<ColumnMapping>,
+            out: Sender<Bytes>,
         ) {
             assert_send(&async move {
-                let _ = source.describe(&spec).await;
-                let _ = source.extract(&table, &mapping, None, sink, &|_| {}).await;
+                let _ = source.describe(Some("public"), "t").await;
+                let _ = source.count_rows(&table, &columns, None).await;
+                let _ = source
+                    .extract(&table, &columns, None, Counting::default(), out, &|_| {})
+                    .await;
             });
         }
         let _ = check;
     }
 
     #[test]
-    fn quoting() {
-        assert_eq!(quote_pg("order").unwrap(), "\"order\"");
-        assert_eq!(quote_pg("We\"ird").unwrap(), "\"We\"\"ird\"");
-        assert_eq!(quote_mysql("my-db").unwrap(), "`my-db`");
-        assert_eq!(quote_mysql("a`b").unwrap(), "`a``b`");
-        assert!(quote_pg("a\0b").is_err());
-    }
-
-    #[test]
-    fn temporal_cursor_values() {
+    fn sink_closed_message() {
         assert_eq!(
-            normalize_temporal("2024-01-02T03:04:05.123456Z"),
-            "2024-01-02 03:04:05.123456"
+            SourceError::SinkClosed.to_string(),
+            "the receiving side closed before the extraction ended"
         );
-        assert_eq!(
-            normalize_temporal("2024-01-02 03:04:05 UTC"),
-            "2024-01-02 03:04:05"
-        );
-        assert_eq!(normalize_temporal("2024-01-02"), "2024-01-02");
     }
 
     #[test]

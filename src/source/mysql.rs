@@ -1,25 +1,22 @@
-//! MySQL/MariaDB: connect, describe, extract. Decoding is driven by information_schema, not by
-//! wire types (MariaDB sends JSON as BLOB, UUID as BINARY, SET as CHAR).
+//! MySQL/MariaDB: connect, describe, decode (the SQL is [`super::sql::Mysql`]). Decoding is
+//! driven by information_schema, not by wire types (MariaDB sends JSON as BLOB, UUID as BINARY,
+//! SET as CHAR).
 
 use std::borrow::Cow;
 use std::str::FromStr;
 use std::sync::Arc;
 
-use bytes::Bytes;
 use chrono::{NaiveDate, NaiveDateTime, NaiveTime};
 use sqlx::mysql::{MySqlConnectOptions, MySqlPoolOptions, MySqlRow, MySqlSslMode};
 use sqlx::{Decode, Executor, MySql, MySqlPool, Row, ValueRef};
-use tokio::sync::mpsc::Sender;
 
-use super::{
-    CursorFilter, SourceError, cursor_column, drive, normalize_temporal, quote_mysql,
-    tls_is_default,
-};
-use crate::encode::{Bad, BadKind, Decoded, ExtractStats, RowEncoder, Val, decimal_text, text};
+use super::sql::Dialect;
+use super::{SourceError, sql, tls_is_default};
 use crate::manifest::raw::TlsMode;
-use crate::manifest::resolve::{SourceSpec, TableSpec};
-use crate::mapping::{Codec, TableMapping};
-use crate::schema::{SourceColumn, SourceTable};
+use crate::manifest::resolve::SourceSpec;
+use crate::schema::{
+    Bad, BadKind, Codec, Decoded, SourceColumn, SourceTable, Val, decimal_text, text,
+};
 
 pub(super) async fn connect(spec: &SourceSpec) -> Result<MySqlPool, sqlx::Error> {
     let connection = &spec.connection;
@@ -132,10 +129,11 @@ fn get_i64(row: &MySqlRow, index: usize) -> Result<Option<i64>, SourceError> {
 
 pub(super) async fn describe(
     pool: &MySqlPool,
-    spec: &TableSpec,
+    qualifier: Option<&str>,
+    name: &str,
 ) -> Result<SourceTable, SourceError> {
-    let database: String = match &spec.qualifier {
-        Some(database) => database.clone(),
+    let database: String = match qualifier {
+        Some(database) => database.to_string(),
         None => {
             let row = sqlx::query("SELECT DATABASE()")
                 .fetch_one(pool)
@@ -143,20 +141,19 @@ pub(super) async fn describe(
                 .map_err(qerr("reading the current database"))?;
             get_text(&row, 0)?.ok_or_else(|| {
                 SourceError::Invalid(format!(
-                    "table `{}` has no database qualifier and the connection selects none: write it `database.table` or set `database`",
-                    spec.name
+                    "table `{name}` has no database qualifier and the connection selects none: write it `database.table` or set `database`"
                 ))
             })?
         }
     };
-    let label = format!("{database}.{}", spec.name);
+    let label = format!("{database}.{name}");
     let context = format!("describing `{label}`");
     let table = sqlx::query(
         "SELECT CAST(table_rows AS SIGNED), table_comment, table_type
          FROM information_schema.tables WHERE table_schema = ? AND table_name = ?",
     )
     .bind(&database)
-    .bind(&spec.name)
+    .bind(name)
     .fetch_optional(pool)
     .await
     .map_err(qerr(&context))?;
@@ -178,7 +175,7 @@ pub(super) async fn describe(
          ORDER BY ordinal_position",
     )
     .bind(&database)
-    .bind(&spec.name)
+    .bind(name)
     .fetch_all(pool)
     .await
     .map_err(qerr(&context))?;
@@ -188,7 +185,7 @@ pub(super) async fn describe(
          ORDER BY ordinal_position",
     )
     .bind(&database)
-    .bind(&spec.name)
+    .bind(name)
     .fetch_all(pool)
     .await
     .map_err(qerr(&context))?;
@@ -202,7 +199,7 @@ pub(super) async fn describe(
         "SELECT check_clause FROM information_schema.check_constraints WHERE constraint_schema = ? AND table_name = ?",
     )
     .bind(&database)
-    .bind(&spec.name)
+    .bind(name)
     .fetch_all(pool)
     .await
     .unwrap_or_default();
@@ -213,45 +210,13 @@ pub(super) async fn describe(
         }
     }
 
-    let mut columns = Vec::with_capacity(rows.len());
-    for row in &rows {
-        let name = get_text(row, 0)?.unwrap_or_default();
-        let data_type = get_text(row, 1)?.unwrap_or_default().to_ascii_lowercase();
-        let to_u32 = |value: Option<i64>| value.and_then(|value| u32::try_from(value).ok());
-        let is_json = matches!(data_type.as_str(), "longtext" | "text" | "mediumtext")
-            && json_checks.iter().any(|clause| {
-                clause
-                    == &format!(
-                        "json_valid({})",
-                        quote_mysql(&name.to_ascii_lowercase()).unwrap_or_default()
-                    )
-            });
-        let numeric = matches!(data_type.as_str(), "decimal" | "numeric" | "bit");
-        columns.push(SourceColumn {
-            primary_key: primary_key.contains(&name),
-            ordinal: to_u32(get_i64(row, 8)?).unwrap_or(0),
-            column_type: get_text(row, 2)?.unwrap_or_default(),
-            nullable: get_text(row, 3)?.as_deref() == Some("YES"),
-            precision: if numeric {
-                to_u32(get_i64(row, 4)?)
-            } else {
-                None
-            },
-            scale: if numeric && data_type != "bit" {
-                to_u32(get_i64(row, 5)?)
-            } else {
-                None
-            },
-            max_length: get_i64(row, 6)?.and_then(|length| u64::try_from(length).ok()),
-            comment: get_text(row, 7)?.filter(|comment| !comment.is_empty()),
-            is_json,
-            data_type,
-            name,
-        });
-    }
+    let columns = rows
+        .iter()
+        .map(|row| column(row, &primary_key, &json_checks))
+        .collect::<Result<Vec<_>, _>>()?;
     Ok(SourceTable {
         qualifier: Some(database),
-        name: spec.name.clone(),
+        name: name.to_string(),
         columns,
         primary_key,
         estimated_rows,
@@ -259,105 +224,50 @@ pub(super) async fn describe(
     })
 }
 
-fn from_clause(table: &SourceTable) -> Result<String, SourceError> {
-    Ok(match &table.qualifier {
-        Some(database) => format!("{}.{}", quote_mysql(database)?, quote_mysql(&table.name)?),
-        None => quote_mysql(&table.name)?,
+/// One row of `information_schema.columns` (in the order `describe` selects them).
+fn column(
+    row: &MySqlRow,
+    primary_key: &[String],
+    json_checks: &[String],
+) -> Result<SourceColumn, SourceError> {
+    let name = get_text(row, 0)?.unwrap_or_default();
+    let data_type = get_text(row, 1)?.unwrap_or_default().to_ascii_lowercase();
+    let to_u32 = |value: Option<i64>| value.and_then(|value| u32::try_from(value).ok());
+    let is_json = matches!(data_type.as_str(), "longtext" | "text" | "mediumtext")
+        && json_checks.iter().any(|clause| {
+            clause
+                == &format!(
+                    "json_valid({})",
+                    sql::Mysql
+                        .quote(&name.to_ascii_lowercase())
+                        .unwrap_or_default()
+                )
+        });
+    let numeric = matches!(data_type.as_str(), "decimal" | "numeric" | "bit");
+    Ok(SourceColumn {
+        primary_key: primary_key.contains(&name),
+        ordinal: to_u32(get_i64(row, 8)?).unwrap_or(0),
+        column_type: get_text(row, 2)?.unwrap_or_default(),
+        nullable: get_text(row, 3)?.as_deref() == Some("YES"),
+        precision: if numeric {
+            to_u32(get_i64(row, 4)?)
+        } else {
+            None
+        },
+        scale: if numeric && data_type != "bit" {
+            to_u32(get_i64(row, 5)?)
+        } else {
+            None
+        },
+        max_length: get_i64(row, 6)?.and_then(|length| u64::try_from(length).ok()),
+        comment: get_text(row, 7)?.filter(|comment| !comment.is_empty()),
+        is_json,
+        data_type,
+        name,
     })
 }
 
-fn cursor_clause(
-    table: &SourceTable,
-    mapping: &TableMapping,
-    filter: &CursorFilter,
-) -> Result<(String, String), SourceError> {
-    let column = cursor_column(mapping, table, filter)?;
-    let quoted = quote_mysql(&column.source.name)?;
-    let (placeholder, value) = match &column.codec {
-        Codec::Int => ("CAST(? AS SIGNED)".to_string(), filter.value.clone()),
-        Codec::UInt => ("CAST(? AS UNSIGNED)".to_string(), filter.value.clone()),
-        Codec::Decimal => {
-            let precision = column.source.precision.unwrap_or(65).min(65);
-            let scale = column.source.scale.unwrap_or(0).min(30);
-            (
-                format!("CAST(? AS DECIMAL({precision},{scale}))"),
-                filter.value.clone(),
-            )
-        }
-        Codec::Date => (
-            "CAST(? AS DATE)".to_string(),
-            normalize_temporal(&filter.value),
-        ),
-        Codec::DateTime | Codec::Timestamp => (
-            "CAST(? AS DATETIME(6))".to_string(),
-            normalize_temporal(&filter.value),
-        ),
-        _ => ("?".to_string(), filter.value.clone()),
-    };
-    Ok((
-        format!(" WHERE {quoted} {} {placeholder}", filter.operator()),
-        value,
-    ))
-}
-
-pub(super) async fn count_rows(
-    pool: &MySqlPool,
-    table: &SourceTable,
-    mapping: &TableMapping,
-    filter: Option<&CursorFilter>,
-) -> Result<u64, SourceError> {
-    let mut sql = format!(
-        "SELECT CAST(COUNT(*) AS SIGNED) FROM {}",
-        from_clause(table)?
-    );
-    let mut bind = None;
-    if let Some(filter) = filter {
-        let (clause, value) = cursor_clause(table, mapping, filter)?;
-        sql.push_str(&clause);
-        bind = Some(value);
-    }
-    let mut query = sqlx::query_scalar::<_, i64>(&sql);
-    if let Some(value) = bind {
-        query = query.bind(value);
-    }
-    let count = query.fetch_one(pool).await.map_err(qerr("counting rows"))?;
-    Ok(u64::try_from(count).unwrap_or(0))
-}
-
-pub(super) async fn extract(
-    pool: &MySqlPool,
-    table: &SourceTable,
-    mapping: &TableMapping,
-    filter: Option<&CursorFilter>,
-    encoder: RowEncoder,
-    sink: Sender<Bytes>,
-    progress: &(dyn Fn(u64) + Send + Sync),
-) -> Result<ExtractStats, SourceError> {
-    let mut select = Vec::with_capacity(mapping.columns.len());
-    for column in &mapping.columns {
-        let quoted = quote_mysql(&column.source.name)?;
-        select.push(match column.codec {
-            Codec::Geometry => format!("ST_AsText({quoted})"),
-            _ => quoted,
-        });
-    }
-    let mut sql = format!("SELECT {} FROM {}", select.join(", "), from_clause(table)?);
-    let mut bind = None;
-    if let Some(filter) = filter {
-        let (clause, value) = cursor_clause(table, mapping, filter)?;
-        sql.push_str(&clause);
-        sql.push_str(&format!(" ORDER BY {}", quote_mysql(&filter.column)?));
-        bind = Some(value);
-    }
-    let mut query = sqlx::query(&sql);
-    if let Some(value) = bind {
-        query = query.bind(value);
-    }
-    let rows = query.fetch(pool);
-    drive(rows, mapping, decode, encoder, sink, progress).await
-}
-
-fn decode<'a>(row: &'a MySqlRow, index: usize, codec: &'a Codec) -> Decoded<'a> {
+pub(super) fn decode<'a>(row: &'a MySqlRow, index: usize, codec: &'a Codec) -> Decoded<'a> {
     let raw = match row.try_get_raw(index) {
         Ok(raw) => raw,
         Err(error) => return Err(Bad::new(BadKind::Malformed, error.to_string())),
@@ -418,110 +328,126 @@ pub(crate) fn decode_binary<'a>(bytes: &'a [u8], codec: &'a Codec) -> Decoded<'a
             ))),
             _ => Err(malformed("float")),
         },
-        Codec::Decimal | Codec::Money => match std::str::from_utf8(bytes) {
+        Codec::Decimal => match std::str::from_utf8(bytes) {
             Ok(text) => decimal_text(text),
             Err(_) => Err(malformed("decimal")),
         },
-        Codec::Text | Codec::CastText | Codec::Geometry | Codec::Uuid => text(bytes),
+        Codec::Text => text(bytes),
         Codec::Json => Ok(Val::Json(Cow::Borrowed(bytes))),
-        Codec::Bytes | Codec::Bits => Ok(Val::Bytes(Cow::Borrowed(bytes))),
-        Codec::Date | Codec::DateTime | Codec::Timestamp => {
-            let Some((&len, body)) = bytes.split_first() else {
-                return Err(malformed("date"));
-            };
-            if len == 0 {
-                return Err(Bad::new(BadKind::ZeroDate, "zero date 0000-00-00"));
-            }
-            if body.len() < 4 || body.len() != usize::from(len) {
-                return Err(malformed("date"));
-            }
-            let year = u16::from_le_bytes([body[0], body[1]]);
-            let (month, day) = (body[2], body[3]);
-            let (hour, minute, second) = if body.len() >= 7 {
-                (body[4], body[5], body[6])
-            } else {
-                (0, 0, 0)
-            };
-            let micros = if body.len() >= 11 {
-                u32::from_le_bytes([body[7], body[8], body[9], body[10]])
-            } else {
-                0
-            };
-            if year == 0 || month == 0 || day == 0 {
-                return Err(Bad::new(
-                    BadKind::ZeroDate,
-                    format!(
-                        "zero date {year:04}-{month:02}-{day:02} {hour:02}:{minute:02}:{second:02}"
-                    ),
-                ));
-            }
-            let date = NaiveDate::from_ymd_opt(i32::from(year), u32::from(month), u32::from(day))
-                .ok_or_else(|| {
-                Bad::new(
-                    BadKind::Malformed,
-                    format!("invalid date {year:04}-{month:02}-{day:02}"),
-                )
-            })?;
-            if matches!(codec, Codec::Date) {
-                return Ok(Val::Date(date));
-            }
-            let time = NaiveTime::from_hms_micro_opt(
-                u32::from(hour),
-                u32::from(minute),
-                u32::from(second),
-                micros,
-            )
-            .ok_or_else(|| malformed("time of day"))?;
-            let value = NaiveDateTime::new(date, time);
-            Ok(if matches!(codec, Codec::Timestamp) {
-                Val::Timestamp(value)
-            } else {
-                Val::DateTime(value)
-            })
-        }
-        Codec::MysqlTime | Codec::Time => {
-            let Some((&len, body)) = bytes.split_first() else {
-                return Err(malformed("time"));
-            };
-            if len == 0 {
-                return Ok(Val::Text(Cow::Borrowed("00:00:00")));
-            }
-            if body.len() < 8 || body.len() != usize::from(len) {
-                return Err(malformed("time"));
-            }
-            let negative = body[0] != 0;
-            let days = u32::from_le_bytes([body[1], body[2], body[3], body[4]]);
-            let hours = u64::from(days) * 24 + u64::from(body[5]);
-            let micros = if body.len() >= 12 {
-                u32::from_le_bytes([body[8], body[9], body[10], body[11]])
-            } else {
-                0
-            };
-            if matches!(codec, Codec::Time) {
-                if negative || hours >= 24 {
-                    return Err(Bad::new(
-                        BadKind::OutOfRange,
-                        "TIME value outside 00:00:00..23:59:59",
-                    ));
-                }
-                return NaiveTime::from_hms_micro_opt(
-                    hours as u32,
-                    u32::from(body[6]),
-                    u32::from(body[7]),
-                    micros,
-                )
-                .map(Val::Time)
-                .ok_or_else(|| malformed("time"));
-            }
-            let sign = if negative { "-" } else { "" };
-            let mut out = format!("{sign}{hours:02}:{:02}:{:02}", body[6], body[7]);
-            if micros != 0 {
-                out.push_str(&format!(".{micros:06}"));
-            }
-            Ok(Val::Text(Cow::Owned(out)))
-        }
+        Codec::Bytes => Ok(Val::Bytes(Cow::Borrowed(bytes))),
+        Codec::Date | Codec::DateTime | Codec::Timestamp => decode_datetime(bytes, codec),
+        Codec::Duration | Codec::Time => decode_time(bytes, codec),
         Codec::Array(_) => Err(malformed("array")),
     }
+}
+
+/// A binary DATE, DATETIME or TIMESTAMP (length byte, then year, month, day, time, micros).
+fn decode_datetime<'a>(bytes: &'a [u8], codec: &Codec) -> Decoded<'a> {
+    let malformed = |what: &str| {
+        Bad::new(
+            BadKind::Malformed,
+            format!("malformed {what} value ({} bytes)", bytes.len()),
+        )
+    };
+    let Some((&len, body)) = bytes.split_first() else {
+        return Err(malformed("date"));
+    };
+    if len == 0 {
+        return Err(Bad::new(BadKind::ZeroDate, "zero date 0000-00-00"));
+    }
+    if body.len() < 4 || body.len() != usize::from(len) {
+        return Err(malformed("date"));
+    }
+    let year = u16::from_le_bytes([body[0], body[1]]);
+    let (month, day) = (body[2], body[3]);
+    let (hour, minute, second) = if body.len() >= 7 {
+        (body[4], body[5], body[6])
+    } else {
+        (0, 0, 0)
+    };
+    let micros = if body.len() >= 11 {
+        u32::from_le_bytes([body[7], body[8], body[9], body[10]])
+    } else {
+        0
+    };
+    if year == 0 || month == 0 || day == 0 {
+        return Err(Bad::new(
+            BadKind::ZeroDate,
+            format!("zero date {year:04}-{month:02}-{day:02} {hour:02}:{minute:02}:{second:02}"),
+        ));
+    }
+    let date = NaiveDate::from_ymd_opt(i32::from(year), u32::from(month), u32::from(day))
+        .ok_or_else(|| {
+            Bad::new(
+                BadKind::Malformed,
+                format!("invalid date {year:04}-{month:02}-{day:02}"),
+            )
+        })?;
+    if matches!(codec, Codec::Date) {
+        return Ok(Val::Date(date));
+    }
+    let time = NaiveTime::from_hms_micro_opt(
+        u32::from(hour),
+        u32::from(minute),
+        u32::from(second),
+        micros,
+    )
+    .ok_or_else(|| malformed("time of day"))?;
+    let value = NaiveDateTime::new(date, time);
+    Ok(if matches!(codec, Codec::Timestamp) {
+        Val::Timestamp(value)
+    } else {
+        Val::DateTime(value)
+    })
+}
+
+/// A binary TIME: a time of day for [`Codec::Time`], else the signed duration as text.
+fn decode_time<'a>(bytes: &'a [u8], codec: &Codec) -> Decoded<'a> {
+    let malformed = |what: &str| {
+        Bad::new(
+            BadKind::Malformed,
+            format!("malformed {what} value ({} bytes)", bytes.len()),
+        )
+    };
+    let Some((&len, body)) = bytes.split_first() else {
+        return Err(malformed("time"));
+    };
+    if len == 0 {
+        return Ok(Val::Text(Cow::Borrowed("00:00:00")));
+    }
+    if body.len() < 8 || body.len() != usize::from(len) {
+        return Err(malformed("time"));
+    }
+    let negative = body[0] != 0;
+    let days = u32::from_le_bytes([body[1], body[2], body[3], body[4]]);
+    let hours = u64::from(days) * 24 + u64::from(body[5]);
+    let micros = if body.len() >= 12 {
+        u32::from_le_bytes([body[8], body[9], body[10], body[11]])
+    } else {
+        0
+    };
+    if matches!(codec, Codec::Time) {
+        if negative || hours >= 24 {
+            return Err(Bad::new(
+                BadKind::OutOfRange,
+                "TIME value outside 00:00:00..23:59:59",
+            ));
+        }
+        return NaiveTime::from_hms_micro_opt(
+            hours as u32,
+            u32::from(body[6]),
+            u32::from(body[7]),
+            micros,
+        )
+        .map(Val::Time)
+        .ok_or_else(|| malformed("time"));
+    }
+    let sign = if negative { "-" } else { "" };
+    let mut out = format!("{sign}{hours:02}:{:02}:{:02}", body[6], body[7]);
+    if micros != 0 {
+        out.push_str(&format!(".{micros:06}"));
+    }
+    Ok(Val::Text(Cow::Owned(out)))
 }
 
 #[cfg(test)]
@@ -555,11 +481,11 @@ mod tests {
             Val::Date(NaiveDate::from_ymd_opt(2024, 2, 29).unwrap())
         );
         // -838:59:59 = negative, 34 days, 22 h
-        let time = decode_binary(&[8, 1, 34, 0, 0, 0, 22, 59, 59], &Codec::MysqlTime).unwrap();
+        let time = decode_binary(&[8, 1, 34, 0, 0, 0, 22, 59, 59], &Codec::Duration).unwrap();
         assert_eq!(time, Val::Text(Cow::Borrowed("-838:59:59")));
         let time = decode_binary(
             &[12, 0, 1, 0, 0, 0, 1, 0, 0, 0x40, 0xE2, 0x01, 0],
-            &Codec::MysqlTime,
+            &Codec::Duration,
         )
         .unwrap();
         assert_eq!(time, Val::Text(Cow::Borrowed("25:00:00.123456")));

@@ -1,24 +1,21 @@
-//! PostgreSQL: connect, describe, extract. Values are read in the binary protocol and parsed
-//! here from the raw bytes (no per-value allocation for scalars).
+//! PostgreSQL: connect, describe, decode (the SQL is [`super::sql::Postgres`]). Values are read
+//! in the binary protocol and parsed here from the raw bytes (no per-value allocation for
+//! scalars).
 
 use std::borrow::Cow;
 use std::str::FromStr;
 use std::sync::Arc;
 
-use bytes::Bytes;
 use chrono::{NaiveDate, NaiveDateTime, NaiveTime, TimeDelta};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow, PgSslMode};
 use sqlx::{Executor, PgPool, Row, ValueRef};
-use tokio::sync::mpsc::Sender;
 
-use super::{
-    CursorFilter, SourceError, cursor_column, drive, normalize_temporal, quote_pg, tls_is_default,
-};
-use crate::encode::{Bad, BadKind, Decoded, ExtractStats, RowEncoder, Val, decimal_text, text};
+use super::{SourceError, tls_is_default};
 use crate::manifest::raw::TlsMode;
-use crate::manifest::resolve::{SourceSpec, TableSpec};
-use crate::mapping::{Codec, TableMapping};
-use crate::schema::{SourceColumn, SourceTable};
+use crate::manifest::resolve::SourceSpec;
+use crate::schema::{
+    Bad, BadKind, Codec, Decoded, SourceColumn, SourceTable, Val, decimal_text, text,
+};
 
 pub(super) async fn connect(spec: &SourceSpec) -> Result<PgPool, sqlx::Error> {
     let connection = &spec.connection;
@@ -92,15 +89,19 @@ fn qerr(context: &str) -> impl Fn(sqlx::Error) -> SourceError + '_ {
     move |error| SourceError::query(context, error)
 }
 
-pub(super) async fn describe(pool: &PgPool, spec: &TableSpec) -> Result<SourceTable, SourceError> {
-    let schema: String = match &spec.qualifier {
-        Some(schema) => schema.clone(),
+pub(super) async fn describe(
+    pool: &PgPool,
+    qualifier: Option<&str>,
+    name: &str,
+) -> Result<SourceTable, SourceError> {
+    let schema: String = match qualifier {
+        Some(schema) => schema.to_string(),
         None => sqlx::query_scalar("SELECT current_schema()::text")
             .fetch_one(pool)
             .await
             .map_err(qerr("reading the current schema"))?,
     };
-    let label = format!("{schema}.{}", spec.name);
+    let label = format!("{schema}.{name}");
     let context = format!("describing `{label}`");
     let table = sqlx::query(
         "SELECT c.oid::int8, c.reltuples::float8, obj_description(c.oid, 'pg_class')
@@ -108,7 +109,7 @@ pub(super) async fn describe(pool: &PgPool, spec: &TableSpec) -> Result<SourceTa
          WHERE n.nspname = $1 AND c.relname = $2 AND c.relkind IN ('r', 'p', 'v', 'm', 'f')",
     )
     .bind(&schema)
-    .bind(&spec.name)
+    .bind(name)
     .fetch_optional(pool)
     .await
     .map_err(qerr(&context))?;
@@ -144,7 +145,7 @@ pub(super) async fn describe(pool: &PgPool, spec: &TableSpec) -> Result<SourceTa
     )
     .bind(oid)
     .bind(&schema)
-    .bind(&spec.name)
+    .bind(name)
     .fetch_all(pool)
     .await
     .map_err(qerr(&context))?;
@@ -198,7 +199,7 @@ pub(super) async fn describe(pool: &PgPool, spec: &TableSpec) -> Result<SourceTa
     }
     Ok(SourceTable {
         qualifier: Some(schema),
-        name: spec.name.clone(),
+        name: name.to_string(),
         columns,
         primary_key,
         // reltuples is -1 for a never-analysed table (PostgreSQL 14+).
@@ -207,111 +208,7 @@ pub(super) async fn describe(pool: &PgPool, spec: &TableSpec) -> Result<SourceTa
     })
 }
 
-fn select_expr(codec: &Codec, quoted: &str) -> String {
-    match codec {
-        Codec::Json | Codec::CastText => format!("{quoted}::text"),
-        Codec::Money => format!("{quoted}::numeric"),
-        Codec::Geometry => format!("ST_AsText({quoted})"),
-        Codec::Array(element) => match element.as_ref() {
-            Codec::Json | Codec::CastText => format!("{quoted}::text[]"),
-            Codec::Money => format!("{quoted}::numeric[]"),
-            _ => quoted.to_string(),
-        },
-        _ => quoted.to_string(),
-    }
-}
-
-fn from_clause(table: &SourceTable) -> Result<String, SourceError> {
-    Ok(match &table.qualifier {
-        Some(schema) => format!("{}.{}", quote_pg(schema)?, quote_pg(&table.name)?),
-        None => quote_pg(&table.name)?,
-    })
-}
-
-/// `WHERE "c" > $1::<type>` and the bound value.
-fn cursor_clause(
-    table: &SourceTable,
-    mapping: &TableMapping,
-    filter: &CursorFilter,
-) -> Result<(String, String), SourceError> {
-    let column = cursor_column(mapping, table, filter)?;
-    let quoted = quote_pg(&column.source.name)?;
-    let cast = column.source.column_type.clone();
-    if !cast
-        .chars()
-        .all(|c| c.is_ascii_alphanumeric() || " (),_[]".contains(c))
-    {
-        return Err(SourceError::Invalid(format!(
-            "cursor column `{}` has an unsupported type `{cast}`",
-            column.source.name
-        )));
-    }
-    let value = match column.codec {
-        Codec::Date | Codec::DateTime | Codec::Timestamp => normalize_temporal(&filter.value),
-        _ => filter.value.clone(),
-    };
-    let value = if matches!(column.codec, Codec::Timestamp) {
-        format!("{value}+00")
-    } else {
-        value
-    };
-    Ok((
-        format!(" WHERE {quoted} {} $1::{cast}", filter.operator()),
-        value,
-    ))
-}
-
-pub(super) async fn count_rows(
-    pool: &PgPool,
-    table: &SourceTable,
-    mapping: &TableMapping,
-    filter: Option<&CursorFilter>,
-) -> Result<u64, SourceError> {
-    let mut sql = format!("SELECT count(*) FROM {}", from_clause(table)?);
-    let mut bind = None;
-    if let Some(filter) = filter {
-        let (clause, value) = cursor_clause(table, mapping, filter)?;
-        sql.push_str(&clause);
-        bind = Some(value);
-    }
-    let mut query = sqlx::query_scalar::<_, i64>(&sql);
-    if let Some(value) = bind {
-        query = query.bind(value);
-    }
-    let count = query.fetch_one(pool).await.map_err(qerr("counting rows"))?;
-    Ok(u64::try_from(count).unwrap_or(0))
-}
-
-pub(super) async fn extract(
-    pool: &PgPool,
-    table: &SourceTable,
-    mapping: &TableMapping,
-    filter: Option<&CursorFilter>,
-    encoder: RowEncoder,
-    sink: Sender<Bytes>,
-    progress: &(dyn Fn(u64) + Send + Sync),
-) -> Result<ExtractStats, SourceError> {
-    let mut select = Vec::with_capacity(mapping.columns.len());
-    for column in &mapping.columns {
-        select.push(select_expr(&column.codec, &quote_pg(&column.source.name)?));
-    }
-    let mut sql = format!("SELECT {} FROM {}", select.join(", "), from_clause(table)?);
-    let mut bind = None;
-    if let Some(filter) = filter {
-        let (clause, value) = cursor_clause(table, mapping, filter)?;
-        sql.push_str(&clause);
-        sql.push_str(&format!(" ORDER BY {}", quote_pg(&filter.column)?));
-        bind = Some(value);
-    }
-    let mut query = sqlx::query(&sql);
-    if let Some(value) = bind {
-        query = query.bind(value);
-    }
-    let rows = query.fetch(pool);
-    drive(rows, mapping, decode, encoder, sink, progress).await
-}
-
-fn decode<'a>(row: &'a PgRow, index: usize, codec: &'a Codec) -> Decoded<'a> {
+pub(super) fn decode<'a>(row: &'a PgRow, index: usize, codec: &'a Codec) -> Decoded<'a> {
     let raw = match row.try_get_raw(index) {
         Ok(raw) => raw,
         Err(error) => return Err(Bad::new(BadKind::Malformed, error.to_string())),
@@ -368,18 +265,11 @@ pub(crate) fn decode_binary<'a>(bytes: &'a [u8], codec: &'a Codec) -> Decoded<'a
             ))),
             _ => Err(malformed("float", bytes)),
         },
-        Codec::Decimal | Codec::Money => {
-            numeric_text(bytes).map(|text| Val::Decimal(Cow::Owned(text)))
-        }
-        Codec::Text | Codec::CastText | Codec::Geometry | Codec::MysqlTime => text(bytes),
+        Codec::Decimal => numeric_text(bytes).map(|text| Val::Decimal(Cow::Owned(text))),
+        // Text, and whatever the SELECT read as `::text`.
+        Codec::Text | Codec::Duration => text(bytes),
         Codec::Json => Ok(Val::Json(Cow::Borrowed(bytes))),
-        Codec::Bytes | Codec::Bits => Ok(Val::Bytes(Cow::Borrowed(bytes))),
-        Codec::Uuid => match <[u8; 16]>::try_from(bytes) {
-            Ok(raw) => Ok(Val::Text(Cow::Owned(
-                uuid::Uuid::from_bytes(raw).hyphenated().to_string(),
-            ))),
-            Err(_) => Err(malformed("uuid", bytes)),
-        },
+        Codec::Bytes => Ok(Val::Bytes(Cow::Borrowed(bytes))),
         Codec::Date => {
             let days = match be_i64(bytes) {
                 Some(days) if bytes.len() == 4 => days,

@@ -4,17 +4,15 @@
 use std::borrow::Cow;
 use std::str::FromStr;
 
-use bytes::Bytes;
 use chrono::{NaiveDate, NaiveDateTime};
 use sqlx::sqlite::{SqliteConnectOptions, SqlitePoolOptions, SqliteRow};
 use sqlx::{Decode, Row, Sqlite, SqlitePool, TypeInfo, ValueRef};
-use tokio::sync::mpsc::Sender;
 
-use super::{CursorFilter, SourceError, cursor_column, drive, quote_pg};
-use crate::encode::{Bad, BadKind, Decoded, ExtractStats, RowEncoder, Val, decimal_text, text};
-use crate::manifest::resolve::{SourceSpec, TableSpec};
-use crate::mapping::{Codec, TableMapping};
-use crate::schema::{SourceColumn, SourceTable};
+use super::SourceError;
+use crate::manifest::resolve::SourceSpec;
+use crate::schema::{
+    Bad, BadKind, Codec, Decoded, SourceColumn, SourceTable, Val, decimal_text, text,
+};
 
 pub(super) async fn connect(spec: &SourceSpec) -> Result<SqlitePool, sqlx::Error> {
     let options = match (&spec.connection.url, &spec.connection.database) {
@@ -43,21 +41,22 @@ fn qerr(context: &str) -> impl Fn(sqlx::Error) -> SourceError + '_ {
 
 pub(super) async fn describe(
     pool: &SqlitePool,
-    spec: &TableSpec,
+    qualifier: Option<&str>,
+    name: &str,
 ) -> Result<SourceTable, SourceError> {
-    let schema = spec.qualifier.clone().unwrap_or_else(|| "main".into());
-    let context = format!("describing `{}`", spec.name);
+    let schema = qualifier.unwrap_or("main");
+    let context = format!("describing `{name}`");
     let rows = sqlx::query(
         "SELECT name, type, \"notnull\", pk, cid FROM pragma_table_info(?1, ?2) ORDER BY cid",
     )
-    .bind(&spec.name)
-    .bind(&schema)
+    .bind(name)
+    .bind(schema)
     .fetch_all(pool)
     .await
     .map_err(qerr(&context))?;
     if rows.is_empty() {
         return Err(SourceError::TableNotFound {
-            table: spec.name.clone(),
+            table: name.to_string(),
             engine: "SQLite",
             hint: String::new(),
         });
@@ -106,79 +105,13 @@ pub(super) async fn describe(
     }
     keys.sort();
     Ok(SourceTable {
-        qualifier: spec.qualifier.clone(),
-        name: spec.name.clone(),
+        qualifier: qualifier.map(str::to_string),
+        name: name.to_string(),
         columns,
         primary_key: keys.into_iter().map(|(_, name)| name).collect(),
         estimated_rows: None,
         comment: None,
     })
-}
-
-fn from_clause(table: &SourceTable) -> Result<String, SourceError> {
-    Ok(match &table.qualifier {
-        Some(schema) => format!("{}.{}", quote_pg(schema)?, quote_pg(&table.name)?),
-        None => quote_pg(&table.name)?,
-    })
-}
-
-fn cursor_clause(
-    table: &SourceTable,
-    mapping: &TableMapping,
-    filter: &CursorFilter,
-) -> Result<String, SourceError> {
-    let column = cursor_column(mapping, table, filter)?;
-    let quoted = quote_pg(&column.source.name)?;
-    let op = filter.operator();
-    Ok(match column.codec {
-        Codec::Int => format!(" WHERE {quoted} {op} CAST(?1 AS INTEGER)"),
-        Codec::Float | Codec::Decimal => format!(" WHERE {quoted} {op} CAST(?1 AS REAL)"),
-        _ => format!(" WHERE {quoted} {op} ?1"),
-    })
-}
-
-pub(super) async fn count_rows(
-    pool: &SqlitePool,
-    table: &SourceTable,
-    mapping: &TableMapping,
-    filter: Option<&CursorFilter>,
-) -> Result<u64, SourceError> {
-    let mut sql = format!("SELECT count(*) FROM {}", from_clause(table)?);
-    if let Some(filter) = filter {
-        sql.push_str(&cursor_clause(table, mapping, filter)?);
-    }
-    let mut query = sqlx::query_scalar::<_, i64>(&sql);
-    if let Some(filter) = filter {
-        query = query.bind(filter.value.clone());
-    }
-    let count = query.fetch_one(pool).await.map_err(qerr("counting rows"))?;
-    Ok(u64::try_from(count).unwrap_or(0))
-}
-
-pub(super) async fn extract(
-    pool: &SqlitePool,
-    table: &SourceTable,
-    mapping: &TableMapping,
-    filter: Option<&CursorFilter>,
-    encoder: RowEncoder,
-    sink: Sender<Bytes>,
-    progress: &(dyn Fn(u64) + Send + Sync),
-) -> Result<ExtractStats, SourceError> {
-    let mut select = Vec::with_capacity(mapping.columns.len());
-    for column in &mapping.columns {
-        select.push(quote_pg(&column.source.name)?);
-    }
-    let mut sql = format!("SELECT {} FROM {}", select.join(", "), from_clause(table)?);
-    if let Some(filter) = filter {
-        sql.push_str(&cursor_clause(table, mapping, filter)?);
-        sql.push_str(&format!(" ORDER BY {}", quote_pg(&filter.column)?));
-    }
-    let mut query = sqlx::query(&sql);
-    if let Some(filter) = filter {
-        query = query.bind(filter.value.clone());
-    }
-    let rows = query.fetch(pool);
-    drive(rows, mapping, decode, encoder, sink, progress).await
 }
 
 fn parse_datetime(text: &str) -> Option<NaiveDateTime> {
@@ -194,7 +127,7 @@ fn parse_datetime(text: &str) -> Option<NaiveDateTime> {
         .find_map(|format| NaiveDateTime::parse_from_str(text, format).ok())
 }
 
-fn decode<'a>(row: &'a SqliteRow, index: usize, codec: &'a Codec) -> Decoded<'a> {
+pub(super) fn decode<'a>(row: &'a SqliteRow, index: usize, codec: &'a Codec) -> Decoded<'a> {
     let raw = match row.try_get_raw(index) {
         Ok(raw) => raw,
         Err(error) => return Err(Bad::new(BadKind::Malformed, error.to_string())),
@@ -271,59 +204,61 @@ fn decode<'a>(row: &'a SqliteRow, index: usize, codec: &'a Codec) -> Decoded<'a>
                 Val::Text(value) => value,
                 _ => return Err(mismatch("text")),
             };
-            let parsed: Option<Result<Val<'static>, Bad<'static>>> = {
-                let trimmed = value.trim();
-                let invalid = |what: &str| {
-                    Bad::new(
-                        BadKind::Malformed,
-                        format!("text `{trimmed}` is not {what}"),
-                    )
-                };
-                match codec {
-                    Codec::Int => Some(
-                        trimmed
-                            .parse::<i64>()
-                            .map(Val::Int)
-                            .map_err(|_| invalid("an integer")),
-                    ),
-                    Codec::Float => Some(
-                        trimmed
-                            .parse::<f64>()
-                            .map(Val::F64)
-                            .map_err(|_| invalid("a number")),
-                    ),
-                    Codec::Decimal => Some(match decimal_text(trimmed) {
-                        Ok(Val::Decimal(text)) => Ok(Val::Decimal(Cow::Owned(text.into_owned()))),
-                        Ok(_) => Err(invalid("a decimal")),
-                        Err(bad) => Err(Bad::new(bad.kind, bad.message)),
-                    }),
-                    Codec::Bool => Some(match trimmed.to_ascii_lowercase().as_str() {
-                        "1" | "true" | "t" | "yes" => Ok(Val::Bool(true)),
-                        "0" | "false" | "f" | "no" => Ok(Val::Bool(false)),
-                        _ => Err(invalid("a boolean")),
-                    }),
-                    Codec::Date => Some(
-                        NaiveDate::parse_from_str(trimmed, "%Y-%m-%d")
-                            .map(Val::Date)
-                            .map_err(|_| invalid("a date")),
-                    ),
-                    Codec::DateTime => Some(
-                        parse_datetime(trimmed)
-                            .or_else(|| {
-                                NaiveDate::parse_from_str(trimmed, "%Y-%m-%d")
-                                    .ok()
-                                    .and_then(|d| d.and_hms_opt(0, 0, 0))
-                            })
-                            .map(Val::DateTime)
-                            .ok_or_else(|| invalid("a date-time")),
-                    ),
-                    _ => None,
-                }
-            };
-            match parsed {
+            match parse_text(value.trim(), codec) {
                 Some(result) => result,
                 None => Ok(Val::Text(value)),
             }
         }
+    }
+}
+
+/// Text stored in a column whose codec is not text, parsed as the codec says; `None` keeps it
+/// as text.
+fn parse_text(trimmed: &str, codec: &Codec) -> Option<Decoded<'static>> {
+    let invalid = |what: &str| {
+        Bad::new(
+            BadKind::Malformed,
+            format!("text `{trimmed}` is not {what}"),
+        )
+    };
+    match codec {
+        Codec::Int => Some(
+            trimmed
+                .parse::<i64>()
+                .map(Val::Int)
+                .map_err(|_| invalid("an integer")),
+        ),
+        Codec::Float => Some(
+            trimmed
+                .parse::<f64>()
+                .map(Val::F64)
+                .map_err(|_| invalid("a number")),
+        ),
+        Codec::Decimal => Some(match decimal_text(trimmed) {
+            Ok(Val::Decimal(text)) => Ok(Val::Decimal(Cow::Owned(text.into_owned()))),
+            Ok(_) => Err(invalid("a decimal")),
+            Err(bad) => Err(Bad::new(bad.kind, bad.message)),
+        }),
+        Codec::Bool => Some(match trimmed.to_ascii_lowercase().as_str() {
+            "1" | "true" | "t" | "yes" => Ok(Val::Bool(true)),
+            "0" | "false" | "f" | "no" => Ok(Val::Bool(false)),
+            _ => Err(invalid("a boolean")),
+        }),
+        Codec::Date => Some(
+            NaiveDate::parse_from_str(trimmed, "%Y-%m-%d")
+                .map(Val::Date)
+                .map_err(|_| invalid("a date")),
+        ),
+        Codec::DateTime => Some(
+            parse_datetime(trimmed)
+                .or_else(|| {
+                    NaiveDate::parse_from_str(trimmed, "%Y-%m-%d")
+                        .ok()
+                        .and_then(|d| d.and_hms_opt(0, 0, 0))
+                })
+                .map(Val::DateTime)
+                .ok_or_else(|| invalid("a date-time")),
+        ),
+        _ => None,
     }
 }

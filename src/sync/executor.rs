@@ -27,8 +27,8 @@ use crate::schema::{SourceTable, WarehouseTable};
 use crate::source::{CursorFilter, ExtractStats, Source};
 use crate::sync::report::{ApplyReport, TableOutcome};
 use crate::warehouse::{
-    AlterColumn, Disposition, LoadOutcome, LoadRequest, MergeRequest, Warehouse, WarehouseError,
-    cursor_text,
+    AlterColumn, Disposition, LoadOutcome, LoadRequest, MergeRequest, NdjsonWriter, Warehouse,
+    WarehouseError, cursor_text,
 };
 
 /// Runs a plan. Cheap to clone: every table runs on its own task with a clone.
@@ -94,17 +94,17 @@ pub async fn read_bound(
     }))
 }
 
-/// The extraction's view for the source adapter.
-pub(crate) fn mapping_of(extract: &Extract) -> crate::mapping::TableMapping {
-    crate::mapping::TableMapping {
-        table: extract.load_schema.clone(),
-        columns: extract.columns.clone(),
-        warnings: Vec::new(),
-        policies: extract.policies,
-        max_parse_failures: extract.max_bad_values,
-        key_columns: extract.key_columns.clone(),
-        batch_size: extract.batch_size,
-    }
+/// The NDJSON writer of an extraction: its columns, policies, bad-value budget, key and batch
+/// size, all from the plan.
+fn ndjson_writer(source_table: &SourceTable, extract: &Extract) -> NdjsonWriter {
+    NdjsonWriter::new(
+        source_table.label(),
+        &extract.columns,
+        extract.policies,
+        extract.max_bad_values,
+        &extract.key_columns,
+        extract.batch_size,
+    )
 }
 
 impl Executor {
@@ -263,8 +263,14 @@ impl Executor {
         let progress = Arc::clone(&self.progress);
         let label = table.label.clone();
         let report = move |rows: u64| progress(&label, rows);
-        let mapping = mapping_of(extract);
-        let extraction = source.extract(source_table, &mapping, filter, sender, &report);
+        let extraction = source.extract(
+            source_table,
+            &extract.columns,
+            filter,
+            ndjson_writer(source_table, extract),
+            sender,
+            &report,
+        );
         let request = LoadRequest {
             table: staging.clone(),
             schema: WarehouseTable {
@@ -376,7 +382,14 @@ impl Executor {
         let label = table.label.clone();
         let report = move |rows: u64| progress(&label, rows);
         let stats = source
-            .extract(source_table, &mapping_of(extract), filter, sender, &report)
+            .extract(
+                source_table,
+                &extract.columns,
+                filter,
+                ndjson_writer(source_table, extract),
+                sender,
+                &report,
+            )
             .await
             .map_err(|error| TableFailure::new(format!("extraction failed: {error}")))?;
         let _ = drain.await;

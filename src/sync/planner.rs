@@ -56,7 +56,7 @@ async fn plan_one(
 ) -> Result<TablePlan, String> {
     let source = match session.sources.get(&spec.source) {
         Some(source) => source
-            .describe(spec)
+            .describe(spec.qualifier.as_deref(), &spec.name)
             .await
             .map_err(|error| error.to_string()),
         None => Err(session
@@ -103,11 +103,7 @@ async fn rows_to_move(session: &Session, table: &TablePlan) -> Option<u64> {
         return Some(rows);
     }
     source
-        .count_rows(
-            source_table,
-            &super::executor::mapping_of(extract),
-            filter.as_ref(),
-        )
+        .count_rows(source_table, &extract.columns, filter.as_ref())
         .await
         .ok()
 }

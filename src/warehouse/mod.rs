@@ -37,6 +37,7 @@
 
 mod bigquery;
 mod fake;
+pub mod ndjson;
 
 use std::time::Duration;
 
@@ -49,6 +50,7 @@ pub use bigquery::BigQuery;
 pub use bigquery::RetryPolicy;
 pub use bigquery::{CHUNK_GRANULARITY, DEFAULT_CHUNK_SIZE, content_range, next_offset_from_range};
 pub use fake::{FakeWarehouse, InjectedFailure};
+pub use ndjson::NdjsonWriter;
 
 use crate::schema::{BqType, WarehouseField, WarehouseTable};
 

@@ -4,15 +4,16 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use datasync::encode::ExtractStats;
 use datasync::manifest::raw::{SourceKind, TlsMode, WriteMode};
 use datasync::manifest::resolve::{
     Connection, SourceSpec, TableSpec, Timeouts, TlsSpec, TypePolicies,
 };
 use datasync::mapping::{TableMapping, map_table};
+use datasync::schema::ExtractStats;
 use datasync::schema::SourceTable;
 use datasync::secret::Secret;
 use datasync::source::{CursorFilter, Source, SourceError};
+use datasync::warehouse::NdjsonWriter;
 
 /// The URL from `var`, or `default`.
 #[expect(
@@ -119,7 +120,9 @@ pub async fn run(
     spec: &TableSpec,
     filter: Option<&CursorFilter>,
 ) -> Result<Extracted, SourceError> {
-    let table = source.describe(spec).await?;
+    let table = source
+        .describe(spec.qualifier.as_deref(), &spec.name)
+        .await?;
     let mapping = map_table(&table, spec).map_err(|errors| {
         SourceError::Invalid(datasync::diagnostic::messages(&errors).join("; "))
     })?;
@@ -134,9 +137,14 @@ pub async fn run(
     let progress = Arc::new(Mutex::new(Vec::new()));
     let seen = Arc::clone(&progress);
     let stats = source
-        .extract(&table, &mapping, filter, tx, &move |rows| {
-            seen.lock().unwrap().push(rows)
-        })
+        .extract(
+            &table,
+            &mapping.columns,
+            filter,
+            ndjson_writer(&table, &mapping),
+            tx,
+            &move |rows| seen.lock().unwrap().push(rows),
+        )
         .await?;
     let chunks = collector.await.unwrap();
     let mut lines = Vec::new();
@@ -156,4 +164,17 @@ pub async fn run(
         chunks: chunks.len(),
         progress,
     })
+}
+
+/// The NDJSON sink for `mapping`, as the executor builds it.
+#[allow(dead_code)]
+pub fn ndjson_writer(table: &SourceTable, mapping: &TableMapping) -> NdjsonWriter {
+    NdjsonWriter::new(
+        table.label(),
+        &mapping.columns,
+        mapping.policies,
+        mapping.max_parse_failures,
+        &mapping.key_columns,
+        mapping.batch_size,
+    )
 }

@@ -1,7 +1,9 @@
+use std::borrow::Cow;
+
+use chrono::NaiveDate;
+
 use super::*;
-use crate::manifest::raw::SourceKind;
-use crate::mapping::{Codec, ColumnMapping};
-use crate::schema::{SourceColumn, WarehouseField, WarehouseTable};
+use crate::schema::{Codec, ReadAs, SourceColumn, WarehouseField, decimal_text, text};
 
 fn target(bq_type: BqType) -> Target {
     Target {
@@ -155,8 +157,8 @@ fn decimals() {
     );
 }
 
-fn mapping(fields: &[(&str, BqType, FieldMode)]) -> TableMapping {
-    let columns: Vec<ColumnMapping> = fields
+fn mapping(fields: &[(&str, BqType, FieldMode)]) -> Vec<ColumnMapping> {
+    fields
         .iter()
         .map(|(name, bq_type, mode)| ColumnMapping {
             source: SourceColumn {
@@ -175,24 +177,27 @@ fn mapping(fields: &[(&str, BqType, FieldMode)]) -> TableMapping {
             target: (*name).into(),
             field: WarehouseField::new(*name, *bq_type, *mode),
             codec: Codec::Text,
+            read_as: ReadAs::Native,
             lossy: None,
         })
-        .collect();
-    let _ = SourceKind::Mysql;
-    TableMapping {
-        table: WarehouseTable {
-            name: "t".into(),
-            fields: columns.iter().map(|c| c.field.clone()).collect(),
-            partitioning: None,
-            clustering: Vec::new(),
-        },
+        .collect()
+}
+
+/// A writer keyed by `id`.
+fn writer(
+    columns: &[ColumnMapping],
+    policies: TypePolicies,
+    max_bad_values: Option<u64>,
+    batch_size: u64,
+) -> NdjsonWriter {
+    NdjsonWriter::new(
+        "t".into(),
         columns,
-        warnings: Vec::new(),
-        policies: TypePolicies::default(),
-        max_parse_failures: None,
-        key_columns: vec!["id".into()],
-        batch_size: 10_000,
-    }
+        policies,
+        max_bad_values,
+        &["id".to_string()],
+        batch_size,
+    )
 }
 
 #[test]
@@ -202,13 +207,7 @@ fn rows_and_policies() {
         ("v", BqType::Float64, FieldMode::Nullable),
         ("r", BqType::Date, FieldMode::Required),
     ]);
-    let mut encoder = RowEncoder::new(
-        "t".into(),
-        &map,
-        TypePolicies::default(),
-        Some(2),
-        &map.key_columns,
-    );
+    let mut encoder = writer(&map, TypePolicies::default(), Some(2), 10_000);
     let date = NaiveDate::from_ymd_opt(2024, 1, 1).unwrap();
     let row = |id: i64, v: f64, r: Decoded<'static>| {
         move |index: usize| match index {
@@ -217,30 +216,26 @@ fn rows_and_policies() {
             _ => r.clone(),
         }
     };
-    encoder
-        .encode_row(row(1, 1.5, Ok(Val::Date(date))))
-        .unwrap();
+    encoder.push(row(1, 1.5, Ok(Val::Date(date)))).unwrap();
     // NaN into a nullable field: NULL and counted.
-    encoder
-        .encode_row(row(2, f64::NAN, Ok(Val::Date(date))))
-        .unwrap();
+    encoder.push(row(2, f64::NAN, Ok(Val::Date(date)))).unwrap();
     // A zero date into a REQUIRED field: the row fails.
     encoder
-        .encode_row(row(3, 0.0, Err(Bad::new(BadKind::ZeroDate, "zero date"))))
+        .push(row(3, 0.0, Err(Bad::new(BadKind::ZeroDate, "zero date"))))
         .unwrap();
     let chunk = encoder.finish().unwrap();
     assert_eq!(
         std::str::from_utf8(&chunk).unwrap(),
         "{\"id\":\"1\",\"v\":1.5,\"r\":\"2024-01-01\"}\n{\"id\":\"2\",\"v\":null,\"r\":\"2024-01-01\"}\n"
     );
-    assert_eq!(encoder.stats.rows, 2);
-    assert_eq!(encoder.stats.failed_rows, 1);
+    assert_eq!(encoder.stats().rows, 2);
+    assert_eq!(encoder.stats().failed_rows, 1);
     assert_eq!(
-        encoder.stats.failures[1],
+        encoder.stats().failures[1],
         "row (id=3): column `r`: zero date (and the field is REQUIRED) (row left out)"
     );
     let error = encoder
-        .encode_row(row(4, f64::INFINITY, Ok(Val::Date(date))))
+        .push(row(4, f64::INFINITY, Ok(Val::Date(date))))
         .unwrap_err();
     assert_eq!(error.count, 3);
     assert!(
@@ -258,15 +253,9 @@ fn invalid_utf8() {
         ("s", BqType::String, FieldMode::Nullable),
     ]);
     let bytes: &'static [u8] = b"caf\xe9";
-    let mut replace = RowEncoder::new(
-        "t".into(),
-        &map,
-        TypePolicies::default(),
-        None,
-        &map.key_columns,
-    );
+    let mut replace = writer(&map, TypePolicies::default(), None, 10_000);
     replace
-        .encode_row(|index| {
+        .push(|index| {
             if index == 0 {
                 Ok(Val::Int(1))
             } else {
@@ -278,14 +267,14 @@ fn invalid_utf8() {
         std::str::from_utf8(&replace.finish().unwrap()).unwrap(),
         "{\"id\":\"1\",\"s\":\"caf\u{fffd}\"}\n"
     );
-    assert_eq!(replace.stats.by_kind.get("invalid_utf8"), Some(&1));
+    assert_eq!(replace.stats().by_kind.get("invalid_utf8"), Some(&1));
     let policies = TypePolicies {
         invalid_utf8: Utf8Policy::Error,
         ..TypePolicies::default()
     };
-    let mut strict = RowEncoder::new("t".into(), &map, policies, None, &map.key_columns);
+    let mut strict = writer(&map, policies, None, 10_000);
     strict
-        .encode_row(|index| {
+        .push(|index| {
             if index == 0 {
                 Ok(Val::Int(1))
             } else {
@@ -293,8 +282,8 @@ fn invalid_utf8() {
             }
         })
         .unwrap();
-    assert_eq!(strict.stats.rows, 0);
-    assert_eq!(strict.stats.failed_rows, 1);
+    assert_eq!(strict.stats().rows, 0);
+    assert_eq!(strict.stats().failed_rows, 1);
 }
 
 #[test]
@@ -303,18 +292,12 @@ fn chunks_are_whole_lines() {
         ("id", BqType::Int64, FieldMode::Required),
         ("s", BqType::String, FieldMode::Nullable),
     ]);
-    let mut encoder = RowEncoder::new(
-        "t".into(),
-        &map,
-        TypePolicies::default(),
-        None,
-        &map.key_columns,
-    );
+    let mut encoder = writer(&map, TypePolicies::default(), None, 10_000);
     let long = "x".repeat(1000);
     let mut chunks = Vec::new();
     for id in 0..3000 {
         encoder
-            .encode_row(|index| {
+            .push(|index| {
                 if index == 0 {
                     Ok(Val::Int(id))
                 } else {
@@ -322,7 +305,7 @@ fn chunks_are_whole_lines() {
                 }
             })
             .unwrap();
-        chunks.extend(encoder.take_full_chunk());
+        chunks.extend(encoder.full_chunk());
     }
     chunks.extend(encoder.finish());
     assert!(chunks.len() >= 2);
@@ -339,19 +322,12 @@ fn chunks_are_whole_lines() {
 
 #[test]
 fn chunks_hold_at_most_batch_size_rows() {
-    let mut map = mapping(&[("id", BqType::Int64, FieldMode::Required)]);
-    map.batch_size = 100;
-    let mut encoder = RowEncoder::new(
-        "t".into(),
-        &map,
-        TypePolicies::default(),
-        None,
-        &map.key_columns,
-    );
+    let map = mapping(&[("id", BqType::Int64, FieldMode::Required)]);
+    let mut encoder = writer(&map, TypePolicies::default(), None, 100);
     let mut chunks = Vec::new();
     for id in 0..250 {
-        encoder.encode_row(|_| Ok(Val::Int(id))).unwrap();
-        chunks.extend(encoder.take_full_chunk());
+        encoder.push(|_| Ok(Val::Int(id))).unwrap();
+        chunks.extend(encoder.full_chunk());
     }
     chunks.extend(encoder.finish());
     let rows: Vec<usize> = chunks

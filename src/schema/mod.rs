@@ -1,7 +1,21 @@
 //! The shared vocabulary: what a source table looks like ([`SourceTable`]) and what a BigQuery
-//! table looks like ([`WarehouseTable`]). Pure data; every other module speaks in these types.
+//! table looks like ([`WarehouseTable`]), how a column is read and written ([`codec`]), the
+//! bad-value policies ([`policy`]), the source engines ([`engine`]) and the values sources
+//! push into sinks ([`value`]). Pure data; every other module speaks in these types.
+
+pub mod codec;
+pub mod engine;
+pub mod policy;
+pub mod value;
 
 use serde::{Deserialize, Serialize};
+
+pub use codec::{Codec, ColumnMapping, ReadAs};
+pub use engine::SourceKind;
+pub use policy::{BadValuePolicy, DecimalOverflowPolicy, GeometryPolicy, TypePolicies, Utf8Policy};
+pub use value::{
+    Bad, BadKind, Decoded, ExtractStats, RowSink, TooManyBadValues, Val, decimal_text, text,
+};
 
 /// A BigQuery column type (standard SQL names).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -390,6 +404,16 @@ pub struct SourceTable {
     pub estimated_rows: Option<u64>,
     /// Table comment.
     pub comment: Option<String>,
+}
+
+impl SourceTable {
+    /// `qualifier.table`, or the bare name of an unqualified table: how messages name it.
+    pub fn label(&self) -> String {
+        match &self.qualifier {
+            Some(qualifier) => format!("{qualifier}.{}", self.name),
+            None => self.name.clone(),
+        }
+    }
 }
 
 #[cfg(test)]

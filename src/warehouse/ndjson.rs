@@ -1,7 +1,8 @@
-//! Value encoding to NDJSON for BigQuery load jobs, shared by every source engine.
+//! Value encoding to NDJSON for BigQuery load jobs: the [`RowSink`] every source engine pushes
+//! its rows into.
 //!
 //! Each engine decodes a column into a [`Val`] (borrowing from the row where it can) or a
-//! [`Bad`] value; [`RowEncoder`] applies the table's policies, writes one JSON object per row
+//! [`Bad`] value; [`NdjsonWriter`] applies the table's policies, writes one JSON object per row
 //! into a reusable line buffer and groups lines into ~1 MiB chunks.
 //!
 //! Output conventions (BigQuery JSON loading):
@@ -12,169 +13,19 @@
 //! - BYTES as standard base64; JSON as embedded raw JSON (whitespace outside strings removed);
 //! - REPEATED fields as arrays (a NULL array is written `[]`).
 
-use std::borrow::Cow;
-use std::collections::BTreeMap;
-
 use base64::Engine as _;
 use bytes::Bytes;
 use chrono::{Datelike, NaiveDate, NaiveDateTime, NaiveTime, Timelike};
-use serde::Serialize;
 
-use crate::manifest::raw::{BadValuePolicy, Utf8Policy};
-use crate::manifest::resolve::TypePolicies;
-use crate::mapping::TableMapping;
-use crate::schema::{BqType, FieldMode};
+use crate::schema::{
+    Bad, BadKind, BadValuePolicy, BqType, ColumnMapping, Decoded, ExtractStats, FieldMode, RowSink,
+    TooManyBadValues, TypePolicies, Utf8Policy, Val,
+};
 
 /// Target chunk size sent to the sink.
 pub const CHUNK_SIZE: usize = 1 << 20;
 /// How many failure messages are kept.
 pub const MAX_FAILURE_MESSAGES: usize = 20;
-
-/// A decoded source value.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Val<'a> {
-    /// SQL NULL.
-    Null,
-    /// Boolean.
-    Bool(bool),
-    /// Signed integer.
-    Int(i64),
-    /// Unsigned integer.
-    UInt(u64),
-    /// 4-byte float (written in its own shortest form).
-    F32(f32),
-    /// 8-byte float.
-    F64(f64),
-    /// Exact decimal text, e.g. `-12.50`.
-    Decimal(Cow<'a, str>),
-    /// Text.
-    Text(Cow<'a, str>),
-    /// Binary.
-    Bytes(Cow<'a, [u8]>),
-    /// JSON document text.
-    Json(Cow<'a, [u8]>),
-    /// Date.
-    Date(NaiveDate),
-    /// Civil date-time.
-    DateTime(NaiveDateTime),
-    /// UTC instant.
-    Timestamp(NaiveDateTime),
-    /// Time of day.
-    Time(NaiveTime),
-    /// Array elements.
-    Array(Vec<Val<'a>>),
-}
-
-/// Kinds of bad values, as counted in [`ExtractStats::by_kind`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum BadKind {
-    /// MySQL zero or partial-zero date.
-    ZeroDate,
-    /// NaN, ±Infinity, PostgreSQL `±infinity` dates and timestamps.
-    NonFinite,
-    /// Text that is not UTF-8.
-    InvalidUtf8,
-    /// A value the target type cannot hold.
-    OutOfRange,
-    /// A value the decoder cannot read.
-    Malformed,
-}
-
-impl BadKind {
-    /// Name used in statistics.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::ZeroDate => "zero_date",
-            Self::NonFinite => "non_finite",
-            Self::InvalidUtf8 => "invalid_utf8",
-            Self::OutOfRange => "out_of_range",
-            Self::Malformed => "malformed",
-        }
-    }
-}
-
-/// A value that cannot be written as is.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Bad<'a> {
-    /// Kind.
-    pub kind: BadKind,
-    /// What was wrong.
-    pub message: String,
-    /// What to write instead when the policy allows it (invalid UTF-8 with `replace`).
-    pub replacement: Option<Val<'a>>,
-}
-
-impl Bad<'_> {
-    /// A bad value without replacement.
-    pub fn new(kind: BadKind, message: impl Into<String>) -> Self {
-        Self {
-            kind,
-            message: message.into(),
-            replacement: None,
-        }
-    }
-}
-
-/// Decoding result.
-pub type Decoded<'a> = Result<Val<'a>, Bad<'a>>;
-
-/// What an extraction did.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
-pub struct ExtractStats {
-    /// Rows written.
-    pub rows: u64,
-    /// NDJSON bytes written.
-    pub bytes: u64,
-    /// Bad values met (nulled, replaced, or failing their row).
-    pub bad_values: u64,
-    /// Rows left out because a value failed them.
-    pub failed_rows: u64,
-    /// The first failure messages, each with the row's primary key.
-    pub failures: Vec<String>,
-    /// Bad values by kind.
-    pub by_kind: BTreeMap<String, u64>,
-}
-
-/// Text → [`Val::Text`], replacing invalid UTF-8 with a [`Bad`] carrying the lossy text.
-pub fn text(bytes: &[u8]) -> Decoded<'_> {
-    match std::str::from_utf8(bytes) {
-        Ok(text) => Ok(Val::Text(Cow::Borrowed(text))),
-        Err(error) => Err(Bad {
-            kind: BadKind::InvalidUtf8,
-            message: format!("invalid UTF-8 at byte {}", error.valid_up_to()),
-            replacement: Some(Val::Text(Cow::Owned(
-                String::from_utf8_lossy(bytes).into_owned(),
-            ))),
-        }),
-    }
-}
-
-/// Checks that `text` is a plain decimal (`-12.5`, `3`, `.5` is rejected) and normalizes a
-/// leading `+`.
-pub fn decimal_text(text: &str) -> Decoded<'_> {
-    let body = text.strip_prefix(['-', '+']).unwrap_or(text);
-    let (int, frac) = body.split_once('.').unwrap_or((body, ""));
-    let ok = !int.is_empty()
-        && int.bytes().all(|b| b.is_ascii_digit())
-        && frac.bytes().all(|b| b.is_ascii_digit());
-    if !ok {
-        let lower = text.to_ascii_lowercase();
-        if lower.contains("nan") || lower.contains("inf") {
-            return Err(Bad::new(
-                BadKind::NonFinite,
-                format!("non-finite decimal `{text}`"),
-            ));
-        }
-        return Err(Bad::new(
-            BadKind::Malformed,
-            format!("`{text}` is not a decimal number"),
-        ));
-    }
-    if let Some(unsigned) = text.strip_prefix('+') {
-        return Ok(Val::Decimal(Cow::Owned(unsigned.to_string())));
-    }
-    Ok(Val::Decimal(Cow::Borrowed(text)))
-}
 
 /// Integer and fraction digit counts of a decimal text, ignoring leading zeros of the integer
 /// part and trailing zeros of the fraction.
@@ -405,36 +256,62 @@ fn type_error(value: &Val<'_>, target: BqType) -> Bad<'static> {
     )
 }
 
-/// Appends one scalar value (not NULL, not an array) as `target`.
+/// Appends one scalar value (not NULL, not an array) as `target`. On error nothing is appended.
+///
+/// The pairs written here are the conversions `mapping`'s overrides allow, one function per
+/// value family.
 pub fn write_scalar(
     buf: &mut Vec<u8>,
     value: &Val<'_>,
     target: Target,
 ) -> Result<(), Bad<'static>> {
-    use BqType as T;
     let start = buf.len();
-    let quoted = |buf: &mut Vec<u8>, f: &dyn Fn(&mut Vec<u8>)| {
-        buf.push(b'"');
-        f(buf);
-        buf.push(b'"');
+    let result = match value {
+        Val::Bool(b) => write_bool(buf, *b, target.bq_type),
+        Val::Int(_) | Val::UInt(_) => write_integer(buf, value, target),
+        Val::F32(_) | Val::F64(_) => write_float(buf, value, target),
+        Val::Decimal(text) => write_decimal(buf, text, target),
+        Val::Text(_) | Val::Bytes(_) | Val::Json(_) => write_text(buf, value, target.bq_type),
+        Val::Date(_) | Val::DateTime(_) | Val::Timestamp(_) | Val::Time(_) => {
+            write_temporal(buf, value, target.bq_type)
+        }
+        Val::Null | Val::Array(_) => Err(type_error(value, target.bq_type)),
     };
-    let result = match (value, target.bq_type) {
-        (Val::Bool(b), T::Bool) => {
-            buf.extend_from_slice(if *b { b"true" } else { b"false" });
-            Ok(())
-        }
-        (Val::Bool(b), T::String | T::Int64) => {
-            let text: &[u8] = match (target.bq_type, b) {
-                (T::String, true) => b"\"true\"",
-                (T::String, false) => b"\"false\"",
-                (_, true) => b"\"1\"",
-                (_, false) => b"\"0\"",
-            };
-            buf.extend_from_slice(text);
-            Ok(())
-        }
+    if result.is_err() {
+        buf.truncate(start);
+    }
+    result
+}
+
+/// Writes `f` between double quotes.
+fn quoted(buf: &mut Vec<u8>, f: impl FnOnce(&mut Vec<u8>)) {
+    buf.push(b'"');
+    f(buf);
+    buf.push(b'"');
+}
+
+/// BOOL as `true`/`false`, STRING as `"true"`/`"false"`, INT64 as `"1"`/`"0"`.
+fn write_bool(buf: &mut Vec<u8>, b: bool, target: BqType) -> Result<(), Bad<'static>> {
+    use BqType as T;
+    let text: &[u8] = match (target, b) {
+        (T::Bool, true) => b"true",
+        (T::Bool, false) => b"false",
+        (T::String, true) => b"\"true\"",
+        (T::String, false) => b"\"false\"",
+        (T::Int64, true) => b"\"1\"",
+        (T::Int64, false) => b"\"0\"",
+        (target, _) => return Err(type_error(&Val::Bool(b), target)),
+    };
+    buf.extend_from_slice(text);
+    Ok(())
+}
+
+/// [`Val::Int`] and [`Val::UInt`].
+fn write_integer(buf: &mut Vec<u8>, value: &Val<'_>, target: Target) -> Result<(), Bad<'static>> {
+    use BqType as T;
+    match (value, target.bq_type) {
         (Val::Int(n), T::Int64 | T::String) => {
-            quoted(buf, &|buf| push_int(buf, *n));
+            quoted(buf, |buf| push_int(buf, *n));
             Ok(())
         }
         (Val::UInt(n), T::Int64) if i64::try_from(*n).is_err() => Err(Bad::new(
@@ -442,17 +319,15 @@ pub fn write_scalar(
             format!("{n} does not fit INT64"),
         )),
         (Val::UInt(n), T::Int64 | T::String) => {
-            quoted(buf, &|buf| push_uint(buf, *n));
+            quoted(buf, |buf| push_uint(buf, *n));
             Ok(())
         }
-        (Val::Int(n), T::Numeric | T::BigNumeric) => {
-            let text = n.to_string();
-            check_decimal_fits(&text, target.bq_type, target.precision, target.scale)?;
-            push_json_str(buf, &text);
-            Ok(())
-        }
-        (Val::UInt(n), T::Numeric | T::BigNumeric) => {
-            let text = n.to_string();
+        (Val::Int(_) | Val::UInt(_), T::Numeric | T::BigNumeric) => {
+            let text = match value {
+                Val::Int(n) => n.to_string(),
+                Val::UInt(n) => n.to_string(),
+                _ => String::new(),
+            };
             check_decimal_fits(&text, target.bq_type, target.precision, target.scale)?;
             push_json_str(buf, &text);
             Ok(())
@@ -463,48 +338,64 @@ pub fn write_scalar(
             buf.extend_from_slice(if *n != 0 { b"true" } else { b"false" });
             Ok(())
         }
-        (Val::F64(f), T::Float64) => push_f64(buf, *f),
-        (Val::F32(f), T::Float64) => push_f32(buf, *f),
-        (Val::F64(_) | Val::F32(_), T::String | T::Numeric | T::BigNumeric | T::Int64) => {
-            let mut text = Vec::new();
-            match value {
-                Val::F32(f) => push_f32(&mut text, *f)?,
-                Val::F64(f) => push_f64(&mut text, *f)?,
-                _ => {}
-            }
-            let text = String::from_utf8_lossy(&text).into_owned();
-            if target.bq_type == T::String {
-                push_json_str(buf, &text);
-                return Ok(());
-            }
-            let Some(decimal) = float_to_decimal(&text) else {
-                return Err(Bad::new(
-                    BadKind::OutOfRange,
-                    format!("{text} is not representable as a decimal"),
-                ));
-            };
-            if target.bq_type == T::Int64 && decimal.contains('.') {
-                return Err(Bad::new(
-                    BadKind::OutOfRange,
-                    format!("{text} is not an integer"),
-                ));
-            }
-            if target.bq_type != T::Int64 {
-                check_decimal_fits(&decimal, target.bq_type, target.precision, target.scale)?;
-            }
-            push_json_str(buf, &decimal);
-            Ok(())
-        }
-        (Val::Decimal(text), T::Numeric | T::BigNumeric) => {
+        (other, target) => Err(type_error(other, target)),
+    }
+}
+
+/// [`Val::F32`] and [`Val::F64`]: FLOAT64 as a number; STRING, NUMERIC, BIGNUMERIC and INT64
+/// from the exact decimal of the shortest text.
+fn write_float(buf: &mut Vec<u8>, value: &Val<'_>, target: Target) -> Result<(), Bad<'static>> {
+    use BqType as T;
+    match (value, target.bq_type) {
+        (Val::F64(f), T::Float64) => return push_f64(buf, *f),
+        (Val::F32(f), T::Float64) => return push_f32(buf, *f),
+        (_, T::String | T::Numeric | T::BigNumeric | T::Int64) => {}
+        (other, target) => return Err(type_error(other, target)),
+    }
+    let mut text = Vec::new();
+    match value {
+        Val::F32(f) => push_f32(&mut text, *f)?,
+        Val::F64(f) => push_f64(&mut text, *f)?,
+        _ => {}
+    }
+    let text = String::from_utf8_lossy(&text).into_owned();
+    if target.bq_type == T::String {
+        push_json_str(buf, &text);
+        return Ok(());
+    }
+    let Some(decimal) = float_to_decimal(&text) else {
+        return Err(Bad::new(
+            BadKind::OutOfRange,
+            format!("{text} is not representable as a decimal"),
+        ));
+    };
+    if target.bq_type == T::Int64 && decimal.contains('.') {
+        return Err(Bad::new(
+            BadKind::OutOfRange,
+            format!("{text} is not an integer"),
+        ));
+    }
+    if target.bq_type != T::Int64 {
+        check_decimal_fits(&decimal, target.bq_type, target.precision, target.scale)?;
+    }
+    push_json_str(buf, &decimal);
+    Ok(())
+}
+
+/// [`Val::Decimal`].
+fn write_decimal(buf: &mut Vec<u8>, text: &str, target: Target) -> Result<(), Bad<'static>> {
+    use BqType as T;
+    match target.bq_type {
+        T::Numeric | T::BigNumeric => {
             check_decimal_fits(text, target.bq_type, target.precision, target.scale)?;
             push_json_str(buf, text);
             Ok(())
         }
-        (Val::Decimal(text), T::String) => {
+        T::String => {
             push_json_str(buf, text);
             Ok(())
         }
-        (Val::Decimal(text), T::Int64) => {
+        T::Int64 => {
             let (int, frac) = text.split_once('.').unwrap_or((text, ""));
             if frac.bytes().any(|b| b != b'0') || int.parse::<i64>().is_err() {
                 return Err(Bad::new(
@@ -515,13 +406,21 @@ pub fn write_scalar(
             push_json_str(buf, int);
             Ok(())
         }
-        (Val::Decimal(text), T::Float64) => match text.parse::<f64>() {
+        T::Float64 => match text.parse::<f64>() {
             Ok(f) => push_f64(buf, f),
             Err(_) => Err(Bad::new(
                 BadKind::Malformed,
                 format!("`{text}` is not a number"),
             )),
         },
+        target => Err(type_error(&Val::Decimal(text.into()), target)),
+    }
+}
+
+/// [`Val::Text`], [`Val::Bytes`] and [`Val::Json`].
+fn write_text(buf: &mut Vec<u8>, value: &Val<'_>, target: BqType) -> Result<(), Bad<'static>> {
+    use BqType as T;
+    match (value, target) {
         (Val::Text(text), T::Json) => {
             let mut json = Vec::new();
             push_json(&mut json, text.as_bytes())?;
@@ -529,7 +428,7 @@ pub fn write_scalar(
             Ok(())
         }
         (Val::Text(text), T::Bytes) => {
-            quoted(buf, &|buf| push_base64(buf, text.as_bytes()));
+            quoted(buf, |buf| push_base64(buf, text.as_bytes()));
             Ok(())
         }
         (Val::Text(text), _) => {
@@ -537,7 +436,7 @@ pub fn write_scalar(
             Ok(())
         }
         (Val::Bytes(bytes), T::Bytes | T::String) => {
-            quoted(buf, &|buf| push_base64(buf, bytes));
+            quoted(buf, |buf| push_base64(buf, bytes));
             Ok(())
         }
         (Val::Json(json), T::Json) => push_json(buf, json),
@@ -547,21 +446,27 @@ pub fn write_scalar(
             push_json_str(buf, &String::from_utf8_lossy(&compact));
             Ok(())
         }
+        (other, target) => Err(type_error(other, target)),
+    }
+}
+
+/// [`Val::Date`], [`Val::DateTime`], [`Val::Timestamp`] and [`Val::Time`].
+fn write_temporal(buf: &mut Vec<u8>, value: &Val<'_>, target: BqType) -> Result<(), Bad<'static>> {
+    use BqType as T;
+    match (value, target) {
         (Val::Date(date), T::Date | T::String) => {
             buf.push(b'"');
             push_date(buf, *date)?;
             buf.push(b'"');
-            Ok(())
         }
         (Val::Date(date), T::Datetime | T::Timestamp) => {
             buf.push(b'"');
             push_date(buf, *date)?;
             buf.extend_from_slice(b"T00:00:00.000000");
-            if target.bq_type == T::Timestamp {
+            if target == T::Timestamp {
                 buf.push(b'Z');
             }
             buf.push(b'"');
-            Ok(())
         }
         (
             Val::DateTime(moment) | Val::Timestamp(moment),
@@ -569,7 +474,7 @@ pub fn write_scalar(
         ) => {
             buf.push(b'"');
             push_datetime(buf, *moment)?;
-            let zoned = match target.bq_type {
+            let zoned = match target {
                 T::Timestamp => true,
                 T::String => matches!(value, Val::Timestamp(_)),
                 _ => false,
@@ -578,20 +483,11 @@ pub fn write_scalar(
                 buf.push(b'Z');
             }
             buf.push(b'"');
-            Ok(())
         }
-        (Val::Time(time), T::Time | T::String) => {
-            buf.push(b'"');
-            push_time(buf, *time);
-            buf.push(b'"');
-            Ok(())
-        }
-        (other, target) => Err(type_error(other, target)),
-    };
-    if result.is_err() {
-        buf.truncate(start);
+        (Val::Time(time), T::Time | T::String) => quoted(buf, |buf| push_time(buf, *time)),
+        (other, target) => return Err(type_error(other, target)),
     }
-    result
+    Ok(())
 }
 
 /// `1e-7` → `0.0000001`, `1.5e3` → `1500`: the exact decimal of a float's shortest text.
@@ -656,15 +552,14 @@ enum RowOutcome {
     Failed(String),
 }
 
-/// Per-extraction encoder: policies, statistics, buffers.
-pub struct RowEncoder {
+/// Per-extraction NDJSON encoder: policies, statistics, buffers.
+pub struct NdjsonWriter {
     columns: Vec<Column>,
     policies: TypePolicies,
     max_failures: Option<u64>,
     key_columns: Vec<usize>,
     table: String,
-    /// Statistics so far.
-    pub stats: ExtractStats,
+    stats: ExtractStats,
     line: Vec<u8>,
     chunk: Vec<u8>,
     /// Rows in `chunk`.
@@ -675,45 +570,19 @@ pub struct RowEncoder {
     notes: Vec<String>,
 }
 
-/// Failure of a whole extraction caused by bad values.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TooManyBadValues {
-    /// Table label.
-    pub table: String,
-    /// Bad values met.
-    pub count: u64,
-    /// The budget.
-    pub max: u64,
-    /// The first failure messages.
-    pub failures: Vec<String>,
-}
-
-impl std::fmt::Display for TooManyBadValues {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "table `{}`: {} bad values, more than max_parse_failures ({}); first failures:",
-            self.table, self.count, self.max
-        )?;
-        for failure in &self.failures {
-            write!(f, "\n  - {failure}")?;
-        }
-        Ok(())
-    }
-}
-
-impl RowEncoder {
-    /// An encoder for `mapping`. `key_columns` are the primary-key column names used in
-    /// failure messages.
+impl NdjsonWriter {
+    /// A writer for `columns` of the table `table` (a label for messages). `policies` and
+    /// `max_bad_values` (`None` = unlimited) govern bad values; `key_columns` are the source
+    /// columns naming a row in failure messages; a chunk holds at most `batch_size` rows.
     pub fn new(
         table: String,
-        mapping: &TableMapping,
+        columns: &[ColumnMapping],
         policies: TypePolicies,
-        max_failures: Option<u64>,
+        max_bad_values: Option<u64>,
         key_columns: &[String],
+        batch_size: u64,
     ) -> Self {
-        let columns = mapping
-            .columns
+        let encoded = columns
             .iter()
             .enumerate()
             .map(|(index, column)| {
@@ -735,24 +604,19 @@ impl RowEncoder {
             .collect();
         let key_columns = key_columns
             .iter()
-            .filter_map(|key| {
-                mapping
-                    .columns
-                    .iter()
-                    .position(|column| &column.source.name == key)
-            })
+            .filter_map(|key| columns.iter().position(|column| &column.source.name == key))
             .collect();
         Self {
-            columns,
+            columns: encoded,
             policies,
-            max_failures,
+            max_failures: max_bad_values,
             key_columns,
             table,
             stats: ExtractStats::default(),
             line: Vec::with_capacity(4096),
             chunk: Vec::with_capacity(CHUNK_SIZE + 64 * 1024),
             chunk_rows: 0,
-            batch_rows: mapping.batch_size.max(1),
+            batch_rows: batch_size.max(1),
             notes: Vec::new(),
         }
     }
@@ -871,7 +735,7 @@ impl RowEncoder {
     }
 
     /// Encodes one row. `decode(i)` decodes column `i` of the mapping.
-    pub fn encode_row<'r>(
+    fn encode_row<'r>(
         &mut self,
         mut decode: impl FnMut(usize) -> Decoded<'r>,
     ) -> Result<(), TooManyBadValues> {
@@ -963,23 +827,35 @@ impl RowEncoder {
         format!("({})", parts.join(", "))
     }
 
-    /// A full chunk to send, if the buffer reached [`CHUNK_SIZE`] or `batch_size` rows.
-    pub fn take_full_chunk(&mut self) -> Option<Bytes> {
-        (self.chunk.len() >= CHUNK_SIZE || self.chunk_rows >= self.batch_rows)
-            .then(|| self.take_chunk())
-    }
-
-    /// Whatever is buffered, if anything.
-    pub fn finish(&mut self) -> Option<Bytes> {
-        (!self.chunk.is_empty()).then(|| self.take_chunk())
-    }
-
     fn take_chunk(&mut self) -> Bytes {
         self.chunk_rows = 0;
         Bytes::from(std::mem::replace(
             &mut self.chunk,
             Vec::with_capacity(CHUNK_SIZE + 64 * 1024),
         ))
+    }
+}
+
+impl RowSink for NdjsonWriter {
+    fn push<'r>(
+        &mut self,
+        decode: impl FnMut(usize) -> Decoded<'r>,
+    ) -> Result<(), TooManyBadValues> {
+        self.encode_row(decode)
+    }
+
+    /// A full chunk to send, if the buffer reached [`CHUNK_SIZE`] or `batch_size` rows.
+    fn full_chunk(&mut self) -> Option<Bytes> {
+        (self.chunk.len() >= CHUNK_SIZE || self.chunk_rows >= self.batch_rows)
+            .then(|| self.take_chunk())
+    }
+
+    fn finish(&mut self) -> Option<Bytes> {
+        (!self.chunk.is_empty()).then(|| self.take_chunk())
+    }
+
+    fn stats(&self) -> &ExtractStats {
+        &self.stats
     }
 }
 

@@ -1,0 +1,76 @@
+//! The bad-value and type-mapping policies a table applies ([`TypePolicies`]). The enums are
+//! also the manifest's wire format: their `///` comments become the JSON Schema descriptions.
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// What to do with a value BigQuery cannot store as-is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum BadValuePolicy {
+    /// Write NULL and count the value (the count is reported; it also counts toward
+    /// `max_parse_failures`). A NULL is never written into a REQUIRED column: that is an error.
+    Null,
+    /// Fail the row (it counts toward `max_parse_failures`).
+    Error,
+}
+
+/// What to do with text that is not valid UTF-8.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Utf8Policy {
+    /// Replace each invalid byte sequence with U+FFFD and count the value.
+    Replace,
+    /// Fail the row (it counts toward `max_parse_failures`).
+    Error,
+}
+
+/// What to do with a DECIMAL that fits neither NUMERIC nor BIGNUMERIC.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum DecimalOverflowPolicy {
+    /// Store the exact decimal text in a STRING column.
+    String,
+    /// Refuse to plan the table.
+    Error,
+}
+
+/// How geometry columns are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum GeometryPolicy {
+    /// GEOGRAPHY from WKT.
+    Geography,
+    /// STRING holding WKT.
+    String,
+}
+
+/// Type-mapping policies with defaults applied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct TypePolicies {
+    /// MySQL `TINYINT(1)` → BOOL.
+    pub tinyint1_as_bool: bool,
+    /// Zero dates.
+    pub zero_dates: BadValuePolicy,
+    /// NaN/Infinity.
+    pub non_finite: BadValuePolicy,
+    /// Invalid UTF-8.
+    pub invalid_utf8: Utf8Policy,
+    /// Decimals wider than BIGNUMERIC.
+    pub decimal_overflow: DecimalOverflowPolicy,
+    /// Geometry columns.
+    pub geometry: GeometryPolicy,
+}
+
+impl Default for TypePolicies {
+    fn default() -> Self {
+        Self {
+            tinyint1_as_bool: true,
+            zero_dates: BadValuePolicy::Null,
+            non_finite: BadValuePolicy::Null,
+            invalid_utf8: Utf8Policy::Replace,
+            decimal_overflow: DecimalOverflowPolicy::String,
+            geometry: GeometryPolicy::String,
+        }
+    }
+}

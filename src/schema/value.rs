@@ -1,0 +1,204 @@
+//! The value model shared by sources and sinks: a source decodes each column into a [`Val`]
+//! (borrowing from the row where it can) or a [`Bad`] value, and pushes whole rows into a
+//! [`RowSink`], which applies the table's policies and produces the bytes a warehouse loads.
+
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+
+use bytes::Bytes;
+use chrono::{NaiveDate, NaiveDateTime, NaiveTime};
+use serde::Serialize;
+
+/// A decoded source value.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Val<'a> {
+    /// SQL NULL.
+    Null,
+    /// Boolean.
+    Bool(bool),
+    /// Signed integer.
+    Int(i64),
+    /// Unsigned integer.
+    UInt(u64),
+    /// 4-byte float (written in its own shortest form).
+    F32(f32),
+    /// 8-byte float.
+    F64(f64),
+    /// Exact decimal text, e.g. `-12.50`.
+    Decimal(Cow<'a, str>),
+    /// Text.
+    Text(Cow<'a, str>),
+    /// Binary.
+    Bytes(Cow<'a, [u8]>),
+    /// JSON document text.
+    Json(Cow<'a, [u8]>),
+    /// Date.
+    Date(NaiveDate),
+    /// Civil date-time.
+    DateTime(NaiveDateTime),
+    /// UTC instant.
+    Timestamp(NaiveDateTime),
+    /// Time of day.
+    Time(NaiveTime),
+    /// Array elements.
+    Array(Vec<Val<'a>>),
+}
+
+/// Kinds of bad values, as counted in [`ExtractStats::by_kind`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BadKind {
+    /// MySQL zero or partial-zero date.
+    ZeroDate,
+    /// NaN, ±Infinity, PostgreSQL `±infinity` dates and timestamps.
+    NonFinite,
+    /// Text that is not UTF-8.
+    InvalidUtf8,
+    /// A value the target type cannot hold.
+    OutOfRange,
+    /// A value the decoder cannot read.
+    Malformed,
+}
+
+impl BadKind {
+    /// Name used in statistics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::ZeroDate => "zero_date",
+            Self::NonFinite => "non_finite",
+            Self::InvalidUtf8 => "invalid_utf8",
+            Self::OutOfRange => "out_of_range",
+            Self::Malformed => "malformed",
+        }
+    }
+}
+
+/// A value that cannot be written as is.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Bad<'a> {
+    /// Kind.
+    pub kind: BadKind,
+    /// What was wrong.
+    pub message: String,
+    /// What to write instead when the policy allows it (invalid UTF-8 with `replace`).
+    pub replacement: Option<Val<'a>>,
+}
+
+impl Bad<'_> {
+    /// A bad value without replacement.
+    pub fn new(kind: BadKind, message: impl Into<String>) -> Self {
+        Self {
+            kind,
+            message: message.into(),
+            replacement: None,
+        }
+    }
+}
+
+/// Decoding result.
+pub type Decoded<'a> = Result<Val<'a>, Bad<'a>>;
+
+/// What an extraction did.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct ExtractStats {
+    /// Rows written.
+    pub rows: u64,
+    /// Bytes written by the sink.
+    pub bytes: u64,
+    /// Bad values met (nulled, replaced, or failing their row).
+    pub bad_values: u64,
+    /// Rows left out because a value failed them.
+    pub failed_rows: u64,
+    /// The first failure messages, each with the row's primary key.
+    pub failures: Vec<String>,
+    /// Bad values by kind.
+    pub by_kind: BTreeMap<String, u64>,
+}
+
+/// Text → [`Val::Text`], replacing invalid UTF-8 with a [`Bad`] carrying the lossy text.
+pub fn text(bytes: &[u8]) -> Decoded<'_> {
+    match std::str::from_utf8(bytes) {
+        Ok(text) => Ok(Val::Text(Cow::Borrowed(text))),
+        Err(error) => Err(Bad {
+            kind: BadKind::InvalidUtf8,
+            message: format!("invalid UTF-8 at byte {}", error.valid_up_to()),
+            replacement: Some(Val::Text(Cow::Owned(
+                String::from_utf8_lossy(bytes).into_owned(),
+            ))),
+        }),
+    }
+}
+
+/// Checks that `text` is a plain decimal (`-12.5`, `3`, `.5` is rejected) and normalizes a
+/// leading `+`.
+pub fn decimal_text(text: &str) -> Decoded<'_> {
+    let body = text.strip_prefix(['-', '+']).unwrap_or(text);
+    let (int, frac) = body.split_once('.').unwrap_or((body, ""));
+    let ok = !int.is_empty()
+        && int.bytes().all(|b| b.is_ascii_digit())
+        && frac.bytes().all(|b| b.is_ascii_digit());
+    if !ok {
+        let lower = text.to_ascii_lowercase();
+        if lower.contains("nan") || lower.contains("inf") {
+            return Err(Bad::new(
+                BadKind::NonFinite,
+                format!("non-finite decimal `{text}`"),
+            ));
+        }
+        return Err(Bad::new(
+            BadKind::Malformed,
+            format!("`{text}` is not a decimal number"),
+        ));
+    }
+    if let Some(unsigned) = text.strip_prefix('+') {
+        return Ok(Val::Decimal(Cow::Owned(unsigned.to_string())));
+    }
+    Ok(Val::Decimal(Cow::Borrowed(text)))
+}
+
+/// Failure of a whole extraction caused by bad values.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TooManyBadValues {
+    /// Table label.
+    pub table: String,
+    /// Bad values met.
+    pub count: u64,
+    /// The budget.
+    pub max: u64,
+    /// The first failure messages.
+    pub failures: Vec<String>,
+}
+
+impl std::fmt::Display for TooManyBadValues {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "table `{}`: {} bad values, more than max_parse_failures ({}); first failures:",
+            self.table, self.count, self.max
+        )?;
+        for failure in &self.failures {
+            write!(f, "\n  - {failure}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Where a source pushes the rows it reads: one row at a time, then whole chunks of encoded
+/// bytes (for instance NDJSON lines for a BigQuery load job) to send on.
+pub trait RowSink: Send {
+    /// Writes one row; `decode(i)` decodes column `i` of the current row (borrowing from it)
+    /// and may be called again for the row's key columns in failure messages. Fails when the
+    /// bad values exceed the table's budget.
+    fn push<'r>(
+        &mut self,
+        decode: impl FnMut(usize) -> Decoded<'r>,
+    ) -> Result<(), TooManyBadValues>;
+
+    /// A full chunk to send, if enough rows are buffered.
+    fn full_chunk(&mut self) -> Option<Bytes>;
+
+    /// Whatever is still buffered, if anything.
+    fn finish(&mut self) -> Option<Bytes>;
+
+    /// Statistics so far.
+    fn stats(&self) -> &ExtractStats;
+}

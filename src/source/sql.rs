@@ -1,0 +1,315 @@
+//! The SQL each engine is sent, built without a connection: a [`Dialect`] per engine (quoting,
+//! the select expression of a column, the bound predicate and its value) and the generic
+//! [`count_sql`] and [`select_sql`] builders over it.
+//!
+//! Every identifier is quoted; the cursor value is bound as a parameter, never spliced into SQL.
+
+use super::{CursorFilter, SourceError};
+use crate::schema::{Codec, ColumnMapping, ReadAs, SourceTable};
+
+/// A statement and the one value it binds, if any (the cursor bound).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Statement {
+    /// The SQL text.
+    pub sql: String,
+    /// The value of its only parameter.
+    pub bind: Option<String>,
+}
+
+/// What differs between engines in the SQL datasync sends. Pure.
+pub(crate) trait Dialect: Sync {
+    /// Quotes an identifier; rejects one with a NUL character.
+    fn quote(&self, ident: &str) -> Result<String, SourceError>;
+
+    /// The `SELECT` expression reading `column` as its [`ReadAs`] and [`Codec`] need.
+    fn select_expr(&self, column: &ColumnMapping) -> Result<String, SourceError>;
+
+    /// `column > <parameter 1>` (`>=` when `inclusive`), with the cast the engine needs to
+    /// compare the bound text as the column's type.
+    fn bound_predicate(
+        &self,
+        column: &ColumnMapping,
+        inclusive: bool,
+    ) -> Result<String, SourceError>;
+
+    /// The bound value as the engine parses it, from the target's maximum as text.
+    fn bind_value(&self, column: &ColumnMapping, max: &str) -> String;
+
+    /// The exact row count expression.
+    fn count_expr(&self) -> &'static str {
+        "count(*)"
+    }
+
+    /// The table as a `FROM` item: `qualifier.table`, each part quoted.
+    fn table_ref(&self, table: &SourceTable) -> Result<String, SourceError> {
+        Ok(match &table.qualifier {
+            Some(qualifier) => format!("{}.{}", self.quote(qualifier)?, self.quote(&table.name)?),
+            None => self.quote(&table.name)?,
+        })
+    }
+}
+
+/// `>=` or `>`.
+fn operator(inclusive: bool) -> &'static str {
+    if inclusive { ">=" } else { ">" }
+}
+
+/// Quotes `name` between `quote` characters, doubling embedded ones.
+fn quote_with(name: &str, quote: char) -> Result<String, SourceError> {
+    if name.contains('\0') {
+        return Err(SourceError::Invalid(format!(
+            "identifier {name:?} contains a NUL character"
+        )));
+    }
+    let doubled: String = [quote, quote].iter().collect();
+    Ok(format!("{quote}{}{quote}", name.replace(quote, &doubled)))
+}
+
+/// A cursor value from BigQuery text (`2024-01-02 03:04:05.123456 UTC`, `…T…Z`) to the
+/// `YYYY-MM-DD HH:MM:SS.ffffff` form every engine parses.
+pub(crate) fn normalize_temporal(value: &str) -> String {
+    let trimmed = value.trim();
+    let trimmed = trimmed
+        .strip_suffix(" UTC")
+        .or_else(|| trimmed.strip_suffix('Z'))
+        .unwrap_or(trimmed);
+    let trimmed = trimmed.strip_suffix("+00:00").unwrap_or(trimmed);
+    trimmed.replacen('T', " ", 1)
+}
+
+fn is_temporal(codec: &Codec) -> bool {
+    matches!(codec, Codec::Date | Codec::DateTime | Codec::Timestamp)
+}
+
+/// MySQL and MariaDB.
+pub(crate) struct Mysql;
+
+impl Dialect for Mysql {
+    fn quote(&self, ident: &str) -> Result<String, SourceError> {
+        quote_with(ident, '`')
+    }
+
+    fn select_expr(&self, column: &ColumnMapping) -> Result<String, SourceError> {
+        let quoted = self.quote(&column.source.name)?;
+        Ok(match column.read_as {
+            // DECIMAL is read as its exact text already.
+            ReadAs::Native | ReadAs::Numeric => quoted,
+            ReadAs::Text => format!("CAST({quoted} AS CHAR)"),
+            ReadAs::Wkt => format!("ST_AsText({quoted})"),
+        })
+    }
+
+    fn bound_predicate(
+        &self,
+        column: &ColumnMapping,
+        inclusive: bool,
+    ) -> Result<String, SourceError> {
+        let quoted = self.quote(&column.source.name)?;
+        let placeholder = match &column.codec {
+            Codec::Int => "CAST(? AS SIGNED)".to_string(),
+            Codec::UInt => "CAST(? AS UNSIGNED)".to_string(),
+            Codec::Decimal => {
+                let precision = column.source.precision.unwrap_or(65).min(65);
+                let scale = column.source.scale.unwrap_or(0).min(30);
+                format!("CAST(? AS DECIMAL({precision},{scale}))")
+            }
+            Codec::Date => "CAST(? AS DATE)".to_string(),
+            Codec::DateTime | Codec::Timestamp => "CAST(? AS DATETIME(6))".to_string(),
+            _ => "?".to_string(),
+        };
+        Ok(format!("{quoted} {} {placeholder}", operator(inclusive)))
+    }
+
+    fn bind_value(&self, column: &ColumnMapping, max: &str) -> String {
+        if is_temporal(&column.codec) {
+            normalize_temporal(max)
+        } else {
+            max.to_string()
+        }
+    }
+
+    fn count_expr(&self) -> &'static str {
+        "CAST(COUNT(*) AS SIGNED)"
+    }
+}
+
+/// PostgreSQL.
+pub(crate) struct Postgres;
+
+impl Dialect for Postgres {
+    fn quote(&self, ident: &str) -> Result<String, SourceError> {
+        quote_with(ident, '"')
+    }
+
+    fn select_expr(&self, column: &ColumnMapping) -> Result<String, SourceError> {
+        let quoted = self.quote(&column.source.name)?;
+        let array = if matches!(column.codec, Codec::Array(_)) {
+            "[]"
+        } else {
+            ""
+        };
+        let element = match &column.codec {
+            Codec::Array(element) => element.as_ref(),
+            codec => codec,
+        };
+        Ok(match column.read_as {
+            ReadAs::Wkt => format!("ST_AsText({quoted})"),
+            ReadAs::Numeric => format!("{quoted}::numeric{array}"),
+            // jsonb's binary form has a version byte: JSON is read as text.
+            ReadAs::Text => format!("{quoted}::text{array}"),
+            ReadAs::Native if matches!(element, Codec::Json) => format!("{quoted}::text{array}"),
+            ReadAs::Native => quoted,
+        })
+    }
+
+    fn bound_predicate(
+        &self,
+        column: &ColumnMapping,
+        inclusive: bool,
+    ) -> Result<String, SourceError> {
+        let quoted = self.quote(&column.source.name)?;
+        let cast = &column.source.column_type;
+        if !cast
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || " (),_[]".contains(c))
+        {
+            return Err(SourceError::Invalid(format!(
+                "cursor column `{}` has an unsupported type `{cast}`",
+                column.source.name
+            )));
+        }
+        Ok(format!("{quoted} {} $1::{cast}", operator(inclusive)))
+    }
+
+    fn bind_value(&self, column: &ColumnMapping, max: &str) -> String {
+        match column.codec {
+            Codec::Timestamp => format!("{}+00", normalize_temporal(max)),
+            Codec::Date | Codec::DateTime => normalize_temporal(max),
+            _ => max.to_string(),
+        }
+    }
+}
+
+/// SQLite.
+pub(crate) struct Sqlite;
+
+impl Dialect for Sqlite {
+    fn quote(&self, ident: &str) -> Result<String, SourceError> {
+        quote_with(ident, '"')
+    }
+
+    fn select_expr(&self, column: &ColumnMapping) -> Result<String, SourceError> {
+        let quoted = self.quote(&column.source.name)?;
+        match column.read_as {
+            // Values are read by storage class and converted by the codec.
+            ReadAs::Native | ReadAs::Numeric => Ok(quoted),
+            ReadAs::Text => Ok(format!("CAST({quoted} AS TEXT)")),
+            ReadAs::Wkt => Err(SourceError::Invalid(format!(
+                "column `{}`: SQLite has no geometry functions to read well-known text",
+                column.source.name
+            ))),
+        }
+    }
+
+    fn bound_predicate(
+        &self,
+        column: &ColumnMapping,
+        inclusive: bool,
+    ) -> Result<String, SourceError> {
+        let quoted = self.quote(&column.source.name)?;
+        let placeholder = match column.codec {
+            Codec::Int => "CAST(?1 AS INTEGER)",
+            Codec::Float | Codec::Decimal => "CAST(?1 AS REAL)",
+            _ => "?1",
+        };
+        Ok(format!("{quoted} {} {placeholder}", operator(inclusive)))
+    }
+
+    fn bind_value(&self, _column: &ColumnMapping, max: &str) -> String {
+        max.to_string()
+    }
+}
+
+/// The cursor column's mapping, checked.
+fn cursor_column<'m>(
+    columns: &'m [ColumnMapping],
+    table: &SourceTable,
+    filter: &CursorFilter,
+) -> Result<&'m ColumnMapping, SourceError> {
+    columns
+        .iter()
+        .find(|column| column.source.name == filter.column)
+        .ok_or_else(|| {
+            SourceError::Invalid(format!(
+                "cursor column `{}` is not extracted from `{}`",
+                filter.column, table.name
+            ))
+        })
+}
+
+/// ` WHERE <bound predicate>` and the bound value.
+fn where_clause(
+    dialect: &dyn Dialect,
+    table: &SourceTable,
+    columns: &[ColumnMapping],
+    filter: &CursorFilter,
+) -> Result<(String, String), SourceError> {
+    let column = cursor_column(columns, table, filter)?;
+    Ok((
+        format!(
+            " WHERE {}",
+            dialect.bound_predicate(column, filter.inclusive)?
+        ),
+        dialect.bind_value(column, &filter.value),
+    ))
+}
+
+/// `SELECT count(*) FROM t [WHERE cursor > $1]`.
+pub(crate) fn count_sql(
+    dialect: &dyn Dialect,
+    table: &SourceTable,
+    columns: &[ColumnMapping],
+    filter: Option<&CursorFilter>,
+) -> Result<Statement, SourceError> {
+    let mut sql = format!(
+        "SELECT {} FROM {}",
+        dialect.count_expr(),
+        dialect.table_ref(table)?
+    );
+    let mut bind = None;
+    if let Some(filter) = filter {
+        let (clause, value) = where_clause(dialect, table, columns, filter)?;
+        sql.push_str(&clause);
+        bind = Some(value);
+    }
+    Ok(Statement { sql, bind })
+}
+
+/// `SELECT <columns> FROM t [WHERE cursor > $1 ORDER BY cursor]`.
+pub(crate) fn select_sql(
+    dialect: &dyn Dialect,
+    table: &SourceTable,
+    columns: &[ColumnMapping],
+    filter: Option<&CursorFilter>,
+) -> Result<Statement, SourceError> {
+    let select = columns
+        .iter()
+        .map(|column| dialect.select_expr(column))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut sql = format!(
+        "SELECT {} FROM {}",
+        select.join(", "),
+        dialect.table_ref(table)?
+    );
+    let mut bind = None;
+    if let Some(filter) = filter {
+        let (clause, value) = where_clause(dialect, table, columns, filter)?;
+        sql.push_str(&clause);
+        sql.push_str(&format!(" ORDER BY {}", dialect.quote(&filter.column)?));
+        bind = Some(value);
+    }
+    Ok(Statement { sql, bind })
+}
+
+#[cfg(test)]
+mod tests;

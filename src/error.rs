@@ -118,9 +118,14 @@ pub enum Error {
     /// The apply ran past the manifest's `timeout`.
     #[error("apply timed out after {}; {PARTIAL}", humantime::format_duration(*.0))]
     TimedOut(Duration),
-    /// A planning or connection failure, as text (until the planner speaks in typed errors).
-    #[error("{0}")]
-    Sync(String),
+    /// BigQuery failed while connecting or planning, with what was being done.
+    #[error("{context}: {source}")]
+    Planning {
+        /// What was being done (`dataset \`p.d\``, `target \`t\``).
+        context: String,
+        /// Why.
+        source: Box<WarehouseError>,
+    },
     /// Anything else that should not happen (the async runtime, serializing output).
     #[error("{0}")]
     Internal(String),
@@ -141,7 +146,7 @@ impl Error {
             | Self::Io { .. }
             | Self::Interrupted(_)
             | Self::TimedOut(_)
-            | Self::Sync(_)
+            | Self::Planning { .. }
             | Self::Internal(_) => ExitStatus::Failure,
         }
     }
@@ -238,7 +243,10 @@ mod tests {
             },
             Error::Interrupted("SIGTERM"),
             Error::TimedOut(Duration::from_secs(900)),
-            Error::Sync("source `pg`: cannot connect".into()),
+            Error::Planning {
+                context: "dataset `p.ds`".into(),
+                source: Box::new(WarehouseError::Invalid("no such dataset".into())),
+            },
             Error::Internal("cannot start the async runtime: x".into()),
         ];
         let text: String = errors

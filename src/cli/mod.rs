@@ -495,17 +495,13 @@ async fn prepare(
 ) -> Result<(Loaded, crate::sync::Session), Error> {
     let mut loaded = load_manifest(&cli.global, env)?;
     select_tables(&mut loaded.manifest, tables)?;
-    let session = crate::sync::connect(&loaded.manifest)
-        .await
-        .map_err(Error::Sync)?;
+    let session = crate::sync::connect(&loaded.manifest).await?;
     Ok((loaded, session))
 }
 
 async fn plan(cli: &Cli, env: &Env, args: &PlanArgs) -> Result<ExitStatus, Error> {
     let (loaded, session) = prepare(cli, env, &args.tables).await?;
-    let plan = crate::sync::planner::plan(&loaded.manifest, &session)
-        .await
-        .map_err(Error::Sync)?;
+    let plan = crate::sync::planner::plan(&loaded.manifest, &session).await?;
     let text = match args.format {
         PlanFormat::Text => crate::plan::render::text(&plan),
         PlanFormat::Markdown => crate::plan::render::markdown(&plan),
@@ -561,9 +557,7 @@ async fn apply(cli: &Cli, env: &Env, args: &ApplyArgs) -> Result<ExitStatus, Err
     } else {
         crate::sync::DryRun::No
     };
-    let fresh = crate::sync::planner::plan(&loaded.manifest, &session)
-        .await
-        .map_err(Error::Sync)?;
+    let fresh = crate::sync::planner::plan(&loaded.manifest, &session).await?;
     let plan = match &args.plan {
         None => fresh,
         Some(path) => saved_plan(path, &fresh)?,

@@ -14,6 +14,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::error::Error;
 use crate::manifest::Manifest;
 use crate::source::Source;
 use crate::warehouse::{BigQuery, Warehouse};
@@ -31,9 +32,13 @@ pub struct Session {
 }
 
 /// Connects to every source that has an enabled table, and to BigQuery.
-pub async fn connect(manifest: &Manifest) -> Result<Session, String> {
-    let warehouse: Arc<dyn Warehouse> =
-        Arc::new(BigQuery::new(&manifest.bigquery).map_err(|error| format!("BigQuery: {error}"))?);
+pub async fn connect(manifest: &Manifest) -> Result<Session, Error> {
+    let warehouse: Arc<dyn Warehouse> = Arc::new(BigQuery::new(&manifest.bigquery).map_err(
+        |source| Error::Planning {
+            context: "BigQuery".into(),
+            source: Box::new(source),
+        },
+    )?);
     let mut sources = HashMap::new();
     let mut source_errors = HashMap::new();
     for source in &manifest.sources {

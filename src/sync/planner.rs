@@ -2,6 +2,7 @@
 //! decision in a [`Plan`] (see [`crate::plan::plan_table`]); then counts the rows each table
 //! will move, with the same bound the executor will use.
 
+use crate::error::Error;
 use crate::manifest::{Manifest, TableSpec};
 use crate::mapping::map_table;
 use crate::plan::{Plan, TableInput, TablePlan, plan_table};
@@ -12,7 +13,7 @@ use super::Session;
 use super::executor::read_bound;
 
 /// Builds the plan of every enabled table of `manifest`.
-pub async fn plan(manifest: &Manifest, session: &Session) -> Result<Plan, String> {
+pub async fn plan(manifest: &Manifest, session: &Session) -> Result<Plan, Error> {
     let create_dataset = dataset_missing(manifest, session).await?;
     let mut tables = Vec::new();
     for spec in manifest.tables.iter().filter(|table| table.enabled) {
@@ -32,7 +33,7 @@ pub async fn plan(manifest: &Manifest, session: &Session) -> Result<Plan, String
 
 /// Whether the dataset is missing and will be created (`create_dataset`); an error when it is
 /// missing and may not be created, or cannot be read.
-async fn dataset_missing(manifest: &Manifest, session: &Session) -> Result<bool, String> {
+async fn dataset_missing(manifest: &Manifest, session: &Session) -> Result<bool, Error> {
     match session.warehouse.ensure_dataset(false).await {
         Ok(()) => Ok(false),
         Err(error)
@@ -41,10 +42,13 @@ async fn dataset_missing(manifest: &Manifest, session: &Session) -> Result<bool,
         {
             Ok(true)
         }
-        Err(error) => Err(format!(
-            "dataset `{}.{}`: {error}",
-            manifest.bigquery.project, manifest.bigquery.dataset
-        )),
+        Err(source) => Err(Error::Planning {
+            context: format!(
+                "dataset `{}.{}`",
+                manifest.bigquery.project, manifest.bigquery.dataset
+            ),
+            source: Box::new(source),
+        }),
     }
 }
 
@@ -53,7 +57,7 @@ async fn plan_one(
     spec: &TableSpec,
     session: &Session,
     dataset_missing: bool,
-) -> Result<TablePlan, String> {
+) -> Result<TablePlan, Error> {
     let source = match session.sources.get(&spec.source) {
         Some(source) => source
             .describe(spec.qualifier.as_deref(), &spec.name)
@@ -72,7 +76,10 @@ async fn plan_one(
             .warehouse
             .get_table(&spec.target)
             .await
-            .map_err(|error| format!("target `{}`: {error}", spec.target))?
+            .map_err(|source| Error::Planning {
+                context: format!("target `{}`", spec.target),
+                source: Box::new(source),
+            })?
     };
     let mapping = match &source {
         Ok(table) => map_table(table, spec),

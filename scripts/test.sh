@@ -16,7 +16,7 @@ export DATASYNC_TEST_BIGQUERY_URL="${DATASYNC_TEST_BIGQUERY_URL:-http://127.0.0.
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 set +e
-cargo test --all-targets --no-fail-fast "$@" 2>&1 | tee "$log"
+cargo test --all-targets --features services --no-fail-fast "$@" 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}
 set -e
 # One closing line with the totals of every test binary.

@@ -1,9 +1,9 @@
 //! PostgreSQL type matrix: describe + map + extract against a real server
 //! (`DATASYNC_TEST_POSTGRES_URL`, default `postgres://postgres@127.0.0.1:5432/postgres`).
 
-mod common;
 
-use common::{Extracted, connect, run, table_spec, unique, url};
+
+use crate::support::{Extracted, connect, run, table_spec, unique, url};
 use datasync::manifest::raw::{BadValuePolicy, SourceKind};
 use datasync::schema::ReadAs;
 use datasync::source::{CursorFilter, Source, SourceError};
@@ -223,7 +223,7 @@ async fn postgres_type_matrix() {
 
 #[tokio::test]
 async fn postgres_connect_error_hides_password() {
-    let mut spec = common::source_spec(
+    let mut spec = crate::support::source_spec(
         SourceKind::Postgres,
         "postgres://nobody:Sup3rSecret@127.0.0.1:1/none",
     );

@@ -1,8 +1,8 @@
 //! SQLite type matrix: describe + map + extract on a scratch database file.
 
-mod common;
 
-use common::{connect, run, table_spec};
+
+use crate::support::{connect, run, table_spec};
 use datasync::manifest::raw::SourceKind;
 use datasync::schema::ReadAs;
 use datasync::source::CursorFilter;

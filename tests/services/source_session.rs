@@ -1,28 +1,28 @@
 //! Connection settings reach the servers: TLS modes (adapting to whether each test server has
 //! TLS on), session time zone and timeouts, all checked from the server's side.
 
-mod common;
+
 
 use datasync::manifest::raw::{SourceKind, TlsMode};
 use datasync::source::Source;
 use sqlx::Row as _;
 
 fn postgres_url() -> String {
-    common::url(
+    crate::support::url(
         "DATASYNC_TEST_POSTGRES_URL",
         "postgres://postgres@127.0.0.1:5432/postgres",
     )
 }
 
 fn mysql_url() -> String {
-    common::url(
+    crate::support::url(
         "DATASYNC_TEST_MYSQL_URL",
         "mysql://root@127.0.0.1:3306/test",
     )
 }
 
 async fn connect(kind: SourceKind, url: &str, mode: TlsMode) -> Result<Source, String> {
-    let mut spec = common::source_spec(kind, url);
+    let mut spec = crate::support::source_spec(kind, url);
     spec.tls.mode = mode;
     Source::connect(&spec)
         .await
@@ -42,7 +42,7 @@ async fn pg_session_uses_tls(source: &Source) -> bool {
 
 #[tokio::test]
 async fn postgres_tls_modes() {
-    let plain = common::connect(SourceKind::Postgres, &postgres_url()).await;
+    let plain = crate::support::connect(SourceKind::Postgres, &postgres_url()).await;
     let Source::Postgres(pool) = &plain else {
         panic!("not postgres")
     };
@@ -80,7 +80,7 @@ async fn postgres_tls_modes() {
 
 #[tokio::test]
 async fn mysql_tls_modes() {
-    let plain = common::connect(SourceKind::Mysql, &mysql_url()).await;
+    let plain = crate::support::connect(SourceKind::Mysql, &mysql_url()).await;
     let Source::Mysql(pool) = &plain else {
         panic!("not mysql")
     };
@@ -127,7 +127,7 @@ async fn mysql_tls_modes() {
 
 #[tokio::test]
 async fn postgres_session_settings() {
-    let mut spec = common::source_spec(SourceKind::Postgres, &postgres_url());
+    let mut spec = crate::support::source_spec(SourceKind::Postgres, &postgres_url());
     spec.timeouts.statement = Some(std::time::Duration::from_millis(1500));
     let source = Source::connect(&spec).await.unwrap();
     let Source::Postgres(pool) = &source else {
@@ -142,7 +142,7 @@ async fn postgres_session_settings() {
     assert_eq!(row.get::<String, _>(2), "datasync");
 
     // Without a statement timeout, none is set (one query streams a whole table).
-    let source = common::connect(SourceKind::Postgres, &postgres_url()).await;
+    let source = crate::support::connect(SourceKind::Postgres, &postgres_url()).await;
     let Source::Postgres(pool) = &source else {
         panic!("not postgres")
     };
@@ -155,7 +155,7 @@ async fn postgres_session_settings() {
 
 #[tokio::test]
 async fn mysql_session_settings() {
-    let mut spec = common::source_spec(SourceKind::Mysql, &mysql_url());
+    let mut spec = crate::support::source_spec(SourceKind::Mysql, &mysql_url());
     spec.timeouts.read = Some(std::time::Duration::from_secs(120));
     spec.timeouts.write = Some(std::time::Duration::from_secs(240));
     let source = Source::connect(&spec).await.unwrap();

@@ -18,7 +18,7 @@
 //! - TIMESTAMP cells are int64 microseconds.
 //! - JSON comes back as JSON text: compared parsed.
 
-mod common;
+
 
 use std::str::FromStr;
 
@@ -27,7 +27,7 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use bigdecimal::BigDecimal;
 use bytes::Bytes;
 use chrono::{DateTime, NaiveDate, NaiveDateTime, NaiveTime, Utc};
-use common::{connect, ndjson_writer, table_spec, unique, url};
+use crate::support::{connect, ndjson_writer, table_spec, unique, url};
 use datasync::manifest::raw::SourceKind;
 use datasync::manifest::resolve::{BigQuerySpec, TableSpec};
 use datasync::mapping::{Codec, TableMapping, map_table};

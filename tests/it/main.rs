@@ -1,0 +1,11 @@
+//! The offline tests: one binary, no service needed (SQLite files, the in-memory warehouse,
+//! loopback HTTP fakes and the CLI binary). `cargo test` runs these.
+
+#[path = "../support/mod.rs"]
+mod support;
+
+mod apply_fake;
+mod cli;
+mod manifest;
+mod source_sqlite;
+mod warehouse_protocol;

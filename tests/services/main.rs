@@ -1,0 +1,16 @@
+//! The tests that need real services: PostgreSQL and MariaDB on loopback and the BigQuery
+//! emulator (`scripts/test.sh` starts them all). Built only with `--features services`:
+//!
+//!     cargo test --all-targets --features services
+//!
+//! A missing service fails its test with the command that starts it.
+
+#[path = "../support/mod.rs"]
+mod support;
+
+mod apply_e2e;
+mod roundtrip;
+mod source_mysql;
+mod source_postgres;
+mod source_session;
+mod warehouse_bigquery;

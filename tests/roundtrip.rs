@@ -69,8 +69,9 @@ async fn warehouse(prefix: &str) -> BigQuery {
         dataset: unique(prefix),
         location: "US".into(),
         endpoint: Some(endpoint.clone()),
-        credentials: None,
+        emulator: true,
         create_dataset: true,
+        ..BigQuerySpec::default()
     };
     let warehouse = BigQuery::new(&spec).expect("client");
     if let Err(error) = warehouse.ensure_dataset(true).await {

@@ -31,8 +31,9 @@ fn spec(dataset: &str) -> BigQuerySpec {
         dataset: dataset.into(),
         location: "US".into(),
         endpoint: Some(emulator_url()),
-        credentials: None,
+        emulator: true,
         create_dataset: true,
+        ..BigQuerySpec::default()
     }
 }
 

@@ -135,8 +135,9 @@ fn client(base: &str) -> BigQuery {
         dataset: "d".into(),
         location: "US".into(),
         endpoint: Some(base.into()),
-        credentials: None,
+        emulator: true,
         create_dataset: false,
+        ..BigQuerySpec::default()
     };
     BigQuery::new(&spec)
         .unwrap()

@@ -298,8 +298,11 @@ pub fn load(input: &ManifestInput) -> Result<Loaded, LoadFailure> {
         .iter()
         .any(|problem| problem.severity == Severity::Error);
     match manifest {
-        Some(manifest) if !has_errors => Ok(Loaded {
-            manifest,
+        Some(mut manifest) if !has_errors => Ok(Loaded {
+            manifest: {
+                manifest.bigquery.env = env::bigquery_env(&input.env);
+                manifest
+            },
             warnings: problems,
             origins,
             document,

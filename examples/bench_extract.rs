@@ -85,6 +85,10 @@ const KINDS: &[[(&str, &str); 3]] = &[
     ],
 ];
 
+#[expect(
+    clippy::disallowed_methods,
+    reason = "the benchmark reads its settings from the environment"
+)]
 fn env_or(name: &str, default: &str) -> String {
     std::env::var_os(name)
         .and_then(|value| value.into_string().ok())

@@ -9,6 +9,10 @@ use datasync::warehouse::{BigQuery, Warehouse};
 use sqlx::Executor as _;
 
 /// A service URL from the environment (set by `scripts/test.sh`), or the local default.
+#[expect(
+    clippy::disallowed_methods,
+    reason = "tests read their service URLs from the environment"
+)]
 fn env_url(var: &str, default: &str) -> String {
     std::env::var_os(var)
         .and_then(|value| value.into_string().ok())

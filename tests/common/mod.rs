@@ -15,6 +15,10 @@ use datasync::secret::Secret;
 use datasync::source::{CursorFilter, Source, SourceError};
 
 /// The URL from `var`, or `default`.
+#[expect(
+    clippy::disallowed_methods,
+    reason = "tests read their service URLs from the environment"
+)]
 pub fn url(var: &str, default: &str) -> String {
     std::env::var_os(var)
         .and_then(|value| value.into_string().ok())

@@ -187,7 +187,7 @@ struct ImpersonatedFile {
 enum Source {
     ServiceAccount(ServiceAccountKey),
     AuthorizedUser(AuthorizedUser),
-    External(ExternalAccount),
+    External(Box<ExternalAccount>),
     Metadata {
         host: String,
     },
@@ -270,7 +270,7 @@ fn parse_source(value: &Value, shown: &str, nested: bool) -> Result<Source, Stri
                     "external-account credentials {shown} have no `credential_source.file` or `credential_source.url`"
                 ));
             }
-            Ok(Source::External(config))
+            Ok(Source::External(Box::new(config)))
         }
         "impersonated_service_account" if !nested => {
             let file = ImpersonatedFile::deserialize(value).map_err(|error| {

@@ -97,6 +97,10 @@ codes! {
     ManifestBigqueryName => "datasync::manifest::bigquery_name",
     /// A bad `bigquery.endpoint`.
     ManifestEndpoint => "datasync::manifest::endpoint",
+    /// `emulator: true` without an endpoint.
+    ManifestEmulator => "datasync::manifest::emulator",
+    /// Credentials set for the emulator, which takes none.
+    ManifestEmulatorCredentials => "datasync::manifest::emulator_credentials",
     /// A bad duration.
     ManifestDuration => "datasync::manifest::duration",
     /// A `${VAR}` reference that cannot be expanded.

@@ -45,6 +45,20 @@ pub mod vars {
     pub const BQ_LOCATION: &str = "BQ_LOCATION";
     /// Service-account key file.
     pub const GOOGLE_APPLICATION_CREDENTIALS: &str = "GOOGLE_APPLICATION_CREDENTIALS";
+    /// gcloud's configuration directory (its application-default credentials file).
+    pub const CLOUDSDK_CONFIG: &str = "CLOUDSDK_CONFIG";
+    /// Home directory (`~/.config/gcloud`).
+    pub const HOME: &str = "HOME";
+    /// `host[:port]` of the GCE metadata server.
+    pub const GCE_METADATA_HOST: &str = "GCE_METADATA_HOST";
+    /// Proxy for https URLs (also read in lower case).
+    pub const HTTPS_PROXY: &str = "HTTPS_PROXY";
+    /// Proxy for http URLs (also read in lower case).
+    pub const HTTP_PROXY: &str = "HTTP_PROXY";
+    /// Hosts reached without a proxy (also read in lower case).
+    pub const NO_PROXY: &str = "NO_PROXY";
+    /// Extra CA bundle (PEM) for BigQuery and its token endpoints.
+    pub const SSL_CERT_FILE: &str = "SSL_CERT_FILE";
     /// Fallback host of every source.
     pub const DB_HOST: &str = "DB_HOST";
     /// Fallback port of the sources whose type is `DB_TYPE`.
@@ -81,10 +95,6 @@ pub mod vars {
     pub const DATE_FORMAT: &str = "DATE_FORMAT";
     /// Rows per batch.
     pub const DEFAULT_BATCH_SIZE: &str = "DEFAULT_BATCH_SIZE";
-    /// gcloud's configuration directory (where its application-default credentials live).
-    pub const CLOUDSDK_CONFIG: &str = "CLOUDSDK_CONFIG";
-    /// The home directory (gcloud's default configuration is `$HOME/.config/gcloud`).
-    pub const HOME: &str = "HOME";
     /// Extract and encode without writing (read by the CLI, not the manifest).
     pub const DRY_RUN: &str = "DRY_RUN";
     /// Create and evolve target tables.
@@ -169,6 +179,23 @@ pub mod vars {
     ];
 }
 
+/// What the BigQuery client takes from the environment (standard variables, upper case first,
+/// then lower case for the proxy ones as curl does).
+pub fn bigquery_env(env: &Env) -> super::resolve::BigQueryEnv {
+    let one = |name: &str| get(env, name).map(|value| value.trim().to_string());
+    let either = |name: &str| one(name).or_else(|| one(&name.to_ascii_lowercase()));
+    super::resolve::BigQueryEnv {
+        google_application_credentials: one(vars::GOOGLE_APPLICATION_CREDENTIALS),
+        cloudsdk_config: one(vars::CLOUDSDK_CONFIG),
+        home: one(vars::HOME),
+        gce_metadata_host: one(vars::GCE_METADATA_HOST),
+        https_proxy: either(vars::HTTPS_PROXY),
+        http_proxy: either(vars::HTTP_PROXY),
+        no_proxy: either(vars::NO_PROXY),
+        ssl_cert_file: one(vars::SSL_CERT_FILE),
+    }
+}
+
 /// Reads a variable; empty counts as unset (as in the Go tool).
 pub fn get<'e>(env: &'e Env, name: &str) -> Option<&'e str> {
     env.get(name)
@@ -231,21 +258,6 @@ pub fn shell_safe(prefix: &str) -> String {
             }
         })
         .collect()
-}
-
-/// Where gcloud keeps its application-default credentials file:
-/// `$CLOUDSDK_CONFIG/application_default_credentials.json`, else under `$HOME/.config/gcloud`.
-pub fn gcloud_credentials(env: &Env) -> Option<String> {
-    let config = match env.get(vars::CLOUDSDK_CONFIG).filter(|dir| !dir.is_empty()) {
-        Some(dir) => dir.trim_end_matches('/').to_string(),
-        None => format!(
-            "{}/.config/gcloud",
-            env.get(vars::HOME)
-                .filter(|home| !home.is_empty())?
-                .trim_end_matches('/')
-        ),
-    };
-    Some(format!("{config}/application_default_credentials.json"))
 }
 
 /// Looks up `{prefix}_{suffix}` in its raw form and, failing that, its shell-safe form
@@ -488,6 +500,11 @@ fn apply_globals(writer: &mut Writer<'_>, env: &Env) {
         writer.set(
             "/bigquery/endpoint",
             Value::String(url),
+            vars::BIGQUERY_EMULATOR_HOST,
+        );
+        writer.set(
+            "/bigquery/emulator",
+            Value::Bool(true),
             vars::BIGQUERY_EMULATOR_HOST,
         );
     }

@@ -206,7 +206,7 @@ pub fn load(input: &ManifestInput) -> Result<Loaded, LoadFailure> {
     let has_errors = problems.iter().any(Diagnostic::is_error);
     match manifest {
         Some(mut manifest) if !has_errors => {
-            manifest.bigquery.gcloud_credentials = env::gcloud_credentials(&input.env);
+            manifest.bigquery.env = env::bigquery_env(&input.env);
             Ok(Loaded {
                 manifest,
                 warnings: problems,

@@ -51,15 +51,36 @@ pub struct RawBigQuery {
     /// Dataset location used for jobs, e.g. `US`, `EU` or `europe-west1`. Default: `US`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub location: Option<String>,
-    /// Base URL of a BigQuery-compatible endpoint, e.g. an emulator at `http://127.0.0.1:9050`.
-    /// No credentials are used with an endpoint. The `BIGQUERY_EMULATOR_HOST` variable sets it too.
+    /// Base URL of the BigQuery API, e.g. a regional endpoint
+    /// (`https://bigquery.europe-west3.rep.googleapis.com`), a Private Service Connect endpoint,
+    /// or an emulator at `http://127.0.0.1:9050` (then also set `emulator: true`). Credentials
+    /// are used with every endpoint except an emulator. Default: `https://bigquery.googleapis.com`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub endpoint: Option<String>,
-    /// Path to a credentials file: a service-account JSON key, or the authorized-user file of
-    /// `gcloud auth application-default login`. Default: `GOOGLE_APPLICATION_CREDENTIALS`, then
-    /// gcloud's application-default file, then the metadata server (GCE, GKE, Cloud Run).
+    /// The endpoint is a BigQuery emulator: no credentials are loaded, a dummy token is sent and
+    /// the emulator's SQL workarounds apply. Needs `endpoint`. `BIGQUERY_EMULATOR_HOST` sets both.
+    /// Default: `false`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub emulator: Option<bool>,
+    /// Path to an Application Default Credentials file: a service-account JSON key, the
+    /// `authorized_user` file of `gcloud auth application-default login`, an `external_account`
+    /// file (Workload Identity Federation, e.g. what GitHub Actions' `google-github-actions/auth`
+    /// writes) or an `impersonated_service_account` file. Default: `GOOGLE_APPLICATION_CREDENTIALS`,
+    /// then gcloud's application-default file (`CLOUDSDK_CONFIG` or `~/.config/gcloud`), then the
+    /// metadata server (GCE, GKE, Cloud Run; `GCE_METADATA_HOST` moves it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub credentials: Option<String>,
+    /// Service account to impersonate, e.g. `datasync@my-project.iam.gserviceaccount.com`: the
+    /// credentials above obtain a short-lived token for it through the IAM Credentials API
+    /// (`generateAccessToken`); they need `roles/iam.serviceAccountTokenCreator` on it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[^@\s]+@[^@\s]+$"))]
+    pub impersonate_service_account: Option<String>,
+    /// PEM file of extra CA certificates trusted for the BigQuery API and every token endpoint
+    /// (e.g. a TLS-inspecting corporate proxy's CA), on top of the built-in roots. Default:
+    /// `SSL_CERT_FILE`. Proxies come from `HTTPS_PROXY`, `HTTP_PROXY` and `NO_PROXY`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<String>,
     /// Create the dataset when it does not exist. Default: `false`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub create_dataset: Option<bool>,

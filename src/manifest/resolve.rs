@@ -44,7 +44,7 @@ pub struct Manifest {
 }
 
 /// The BigQuery destination.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Default, Serialize)]
 pub struct BigQuerySpec {
     /// Project ID.
     pub project: String,
@@ -52,16 +52,62 @@ pub struct BigQuerySpec {
     pub dataset: String,
     /// Job location.
     pub location: String,
-    /// Emulator or other endpoint base URL.
+    /// API base URL (regional, Private Service Connect, emulator); `None`: production.
     pub endpoint: Option<String>,
-    /// Service-account key path.
+    /// `endpoint` is an emulator: no credentials, a dummy token, emulator workarounds.
+    pub emulator: bool,
+    /// Credentials file path (any Application Default Credentials type).
     pub credentials: Option<String>,
-    /// gcloud's application-default credentials file (`$CLOUDSDK_CONFIG`, else
-    /// `$HOME/.config/gcloud`, from the environment snapshot), used when `credentials` is unset
-    /// and the file exists. Not a manifest field.
-    pub gcloud_credentials: Option<String>,
+    /// Service account to impersonate on top of the credentials.
+    pub impersonate_service_account: Option<String>,
+    /// Extra CA bundle (PEM) for the API and token endpoints; `None`: `env.ssl_cert_file`.
+    pub ca_file: Option<String>,
     /// Create the dataset if missing.
     pub create_dataset: bool,
+    /// The environment variables the BigQuery client uses (credentials discovery, proxies, CA),
+    /// taken from the manifest's environment snapshot.
+    #[serde(skip)]
+    pub env: BigQueryEnv,
+}
+
+/// The process environment as the BigQuery client sees it (only the CLI reads the real one).
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct BigQueryEnv {
+    /// `GOOGLE_APPLICATION_CREDENTIALS` (also overlaid onto `bigquery.credentials`).
+    pub google_application_credentials: Option<String>,
+    /// `CLOUDSDK_CONFIG`: gcloud's configuration directory.
+    pub cloudsdk_config: Option<String>,
+    /// `HOME`.
+    pub home: Option<String>,
+    /// `GCE_METADATA_HOST`: `host[:port]` of the metadata server.
+    pub gce_metadata_host: Option<String>,
+    /// `HTTPS_PROXY` / `https_proxy`.
+    pub https_proxy: Option<String>,
+    /// `HTTP_PROXY` / `http_proxy`.
+    pub http_proxy: Option<String>,
+    /// `NO_PROXY` / `no_proxy`.
+    pub no_proxy: Option<String>,
+    /// `SSL_CERT_FILE`: extra CA bundle.
+    pub ssl_cert_file: Option<String>,
+}
+
+impl std::fmt::Debug for BigQueryEnv {
+    // Proxy URLs may hold a password.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BigQueryEnv")
+            .field(
+                "google_application_credentials",
+                &self.google_application_credentials,
+            )
+            .field("cloudsdk_config", &self.cloudsdk_config)
+            .field("home", &self.home)
+            .field("gce_metadata_host", &self.gce_metadata_host)
+            .field("https_proxy", &self.https_proxy.as_ref().map(|_| "…"))
+            .field("http_proxy", &self.http_proxy.as_ref().map(|_| "…"))
+            .field("no_proxy", &self.no_proxy)
+            .field("ssl_cert_file", &self.ssl_cert_file)
+            .finish()
+    }
 }
 
 /// One source database.
@@ -296,6 +342,34 @@ fn check_bigquery(raw: &RawManifest, problems: &mut Vec<Diagnostic>) -> (String,
             format!("`{endpoint}` is not an http(s) URL"),
         ));
     }
+    let emulator = raw.bigquery.emulator.unwrap_or(false);
+    if emulator && raw.bigquery.endpoint.is_none() {
+        problems.push(
+            error_at(
+                "/bigquery/emulator",
+                Code::ManifestEmulator,
+                "`emulator: true` needs `bigquery.endpoint`, the emulator's URL",
+            )
+            .with_help("set `bigquery.endpoint: http://127.0.0.1:9050`, or BIGQUERY_EMULATOR_HOST"),
+        );
+    }
+    if emulator {
+        for (field, set) in [
+            ("credentials", raw.bigquery.credentials.is_some()),
+            (
+                "impersonate_service_account",
+                raw.bigquery.impersonate_service_account.is_some(),
+            ),
+        ] {
+            if set {
+                problems.push(warning_at(
+                    &format!("/bigquery/{field}"),
+                    Code::ManifestEmulatorCredentials,
+                    format!("ignored: the emulator takes no credentials (`bigquery.{field}`)"),
+                ));
+            }
+        }
+    }
 
     (project, dataset)
 }
@@ -415,9 +489,12 @@ pub fn resolve(raw: &RawManifest) -> (Option<Manifest>, Vec<Diagnostic>) {
                 .endpoint
                 .clone()
                 .map(|url| url.trim_end_matches('/').to_string()),
+            emulator: raw.bigquery.emulator.unwrap_or(false),
             credentials: raw.bigquery.credentials.clone(),
-            gcloud_credentials: None,
+            impersonate_service_account: raw.bigquery.impersonate_service_account.clone(),
+            ca_file: raw.bigquery.ca_file.clone(),
             create_dataset: raw.bigquery.create_dataset.unwrap_or(false),
+            env: BigQueryEnv::default(),
         },
         timeout,
         parallelism,
@@ -1076,7 +1153,10 @@ impl Manifest {
                 dataset: Some(self.bigquery.dataset.clone()),
                 location: Some(self.bigquery.location.clone()),
                 endpoint: self.bigquery.endpoint.clone(),
+                emulator: self.bigquery.emulator.then_some(true),
                 credentials: self.bigquery.credentials.clone(),
+                impersonate_service_account: self.bigquery.impersonate_service_account.clone(),
+                ca_file: self.bigquery.ca_file.clone(),
                 create_dataset: Some(self.bigquery.create_dataset),
             },
             defaults: RawDefaults {

@@ -28,7 +28,7 @@
 //!   the existing schema is kept. `WRITE_APPEND` with a bad row is atomic.
 //! - `ALTER TABLE` changes the stored table only; `alter_table` then patches the catalog schema
 //!   when tables.get disagrees (never on real BigQuery, where DDL updates both).
-//! - A bare `NUMERIC` in DDL becomes DECIMAL(18,3): with an endpoint configured, DDL writes
+//! - A bare `NUMERIC` in DDL becomes DECIMAL(18,3): with `emulator` set, DDL writes
 //!   `NUMERIC(38, 9)`. Bare decimal literals in SQL go through DOUBLE (use `NUMERIC '…'`).
 //! - BIGNUMERIC can't be created (HTTP 500), precision/scale/maxLength are dropped, JSON and
 //!   GEOGRAPHY columns made by DDL read back as STRING/BYTES, BYTES in NDJSON are not

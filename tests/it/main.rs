@@ -8,4 +8,5 @@ mod apply_fake;
 mod cli;
 mod manifest;
 mod source_sqlite;
+mod warehouse_auth;
 mod warehouse_protocol;

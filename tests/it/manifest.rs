@@ -344,6 +344,12 @@ fn every_legacy_variable_lands_in_the_manifest() {
             "http://localhost:9050".into(),
         ),
         (
+            "BIGQUERY_EMULATOR_HOST",
+            "localhost:9050",
+            "/bigquery/emulator",
+            true.into(),
+        ),
+        (
             "GOOGLE_APPLICATION_CREDENTIALS",
             "/secrets/sa.json",
             "/bigquery/credentials",
@@ -793,22 +799,61 @@ fn serializing_a_manifest_never_shows_its_secrets() {
 }
 
 #[test]
-fn gcloud_credentials_come_from_the_environment_snapshot() {
-    let text = "bigquery: {project: my-project, dataset: d1}\nsources:\n  a:\n    type: sqlite\n    database: x.db\n    tables: {t: }\n";
-    let home = load_yaml(text, env(&[("HOME", "/home/me")])).unwrap();
+fn an_endpoint_is_not_an_emulator_unless_it_says_so() {
+    let base = "bigquery:\n  project: my-project\n  dataset: d\n  endpoint: https://bigquery.europe-west3.rep.googleapis.com\nsources:\n  s:\n    type: sqlite\n    database: x.db\n    tables:\n      t:\n";
+    let loaded = load_yaml(base, Env::new()).unwrap_or_else(|f| panic!("{}", render(&f)));
+    assert!(!loaded.manifest.bigquery.emulator);
+    let loaded = load_yaml(base, env(&[("BIGQUERY_EMULATOR_HOST", "127.0.0.1:9050")]))
+        .unwrap_or_else(|f| panic!("{}", render(&f)));
+    assert!(loaded.manifest.bigquery.emulator);
     assert_eq!(
-        home.manifest.bigquery.gcloud_credentials.as_deref(),
-        Some("/home/me/.config/gcloud/application_default_credentials.json")
+        loaded.manifest.bigquery.endpoint.as_deref(),
+        Some("http://127.0.0.1:9050")
     );
-    let config = load_yaml(
-        text,
-        env(&[("HOME", "/home/me"), ("CLOUDSDK_CONFIG", "/etc/gcloud/")]),
+    let failure = load_yaml(
+        &base.replace(
+            "  endpoint: https://bigquery.europe-west3.rep.googleapis.com\n",
+            "  emulator: true\n",
+        ),
+        Env::new(),
     )
-    .unwrap();
-    assert_eq!(
-        config.manifest.bigquery.gcloud_credentials.as_deref(),
-        Some("/etc/gcloud/application_default_credentials.json")
+    .unwrap_err();
+    let text = render(&failure);
+    assert!(
+        text.contains("`emulator: true` needs `bigquery.endpoint`"),
+        "{text}"
     );
-    let none = load_yaml(text, Env::new()).unwrap();
-    assert_eq!(none.manifest.bigquery.gcloud_credentials, None);
+}
+
+#[test]
+fn the_bigquery_client_gets_its_variables_from_the_snapshot() {
+    let text = "bigquery:\n  project: my-project\n  dataset: d\n  impersonate_service_account: sa@p.iam.gserviceaccount.com\n  ca_file: /etc/corp-ca.pem\nsources:\n  s:\n    type: sqlite\n    database: x.db\n    tables:\n      t:\n";
+    let loaded = load_yaml(
+        text,
+        env(&[
+            ("https_proxy", "http://proxy:3128"),
+            ("HTTP_PROXY", "http://proxy:3129"),
+            ("NO_PROXY", "localhost"),
+            ("HOME", "/home/u"),
+            ("CLOUDSDK_CONFIG", "/cfg"),
+            ("GCE_METADATA_HOST", "127.0.0.1:1"),
+            ("SSL_CERT_FILE", "/ca.pem"),
+        ]),
+    )
+    .unwrap_or_else(|f| panic!("{}", render(&f)));
+    let spec = &loaded.manifest.bigquery;
+    assert_eq!(
+        spec.impersonate_service_account.as_deref(),
+        Some("sa@p.iam.gserviceaccount.com")
+    );
+    assert_eq!(spec.ca_file.as_deref(), Some("/etc/corp-ca.pem"));
+    assert_eq!(spec.env.https_proxy.as_deref(), Some("http://proxy:3128"));
+    assert_eq!(spec.env.http_proxy.as_deref(), Some("http://proxy:3129"));
+    assert_eq!(spec.env.no_proxy.as_deref(), Some("localhost"));
+    assert_eq!(spec.env.home.as_deref(), Some("/home/u"));
+    assert_eq!(spec.env.cloudsdk_config.as_deref(), Some("/cfg"));
+    assert_eq!(spec.env.gce_metadata_host.as_deref(), Some("127.0.0.1:1"));
+    assert_eq!(spec.env.ssl_cert_file.as_deref(), Some("/ca.pem"));
+    // Proxy URLs may hold passwords: never in Debug output.
+    assert!(!format!("{spec:?}").contains("proxy:3128"));
 }

@@ -1,7 +1,5 @@
 //! SQLite type matrix: describe + map + extract on a scratch database file.
 
-
-
 use crate::support::{connect, run, table_spec};
 use datasync::manifest::raw::SourceKind;
 use datasync::schema::ReadAs;

@@ -131,13 +131,13 @@ async fn connection(
 
 fn client(base: &str) -> BigQuery {
     let spec = BigQuerySpec {
-        gcloud_credentials: None,
         project: "p".into(),
         dataset: "d".into(),
         location: "US".into(),
         endpoint: Some(base.into()),
-        credentials: None,
+        emulator: true,
         create_dataset: false,
+        ..BigQuerySpec::default()
     };
     BigQuery::new(&spec)
         .unwrap()

@@ -57,13 +57,13 @@ impl World {
         .await
         .unwrap();
         let spec = BigQuerySpec {
-            gcloud_credentials: None,
             project: "datasync-test".into(),
             dataset: name.clone(),
             location: "US".into(),
             endpoint: Some(bigquery_url()),
-            credentials: None,
+            emulator: true,
             create_dataset: true,
+            ..BigQuerySpec::default()
         };
         let warehouse = BigQuery::new(&spec).unwrap();
         if let Err(error) = warehouse.ensure_dataset(true).await {
@@ -87,7 +87,7 @@ impl World {
 
     fn manifest(&self, tables: &str) -> String {
         let text = format!(
-            "bigquery:\n  project: datasync-test\n  dataset: {name}\n  endpoint: {bq}\nsources:\n  pg:\n    type: postgres\n    url: {pg}\n    schema: {name}\n    tables:\n{tables}",
+            "bigquery:\n  project: datasync-test\n  dataset: {name}\n  endpoint: {bq}\n  emulator: true\nsources:\n  pg:\n    type: postgres\n    url: {pg}\n    schema: {name}\n    tables:\n{tables}",
             name = self.name,
             bq = bigquery_url(),
             pg = postgres_url(),
@@ -628,7 +628,7 @@ async fn mariadb_source_replace_and_merge_twice() {
         .rsplit_once('/')
         .map_or_else(mysql_url, |(server, _)| server.to_string());
     let text = format!(
-        "bigquery:\n  project: datasync-test\n  dataset: {name}\n  endpoint: {bq}\nsources:\n  shop:\n    type: mysql\n    url: {server_url}/{database}\n    tables:\n      order:\n        mode: merge\n        primary_key: [id]\n",
+        "bigquery:\n  project: datasync-test\n  dataset: {name}\n  endpoint: {bq}\n  emulator: true\nsources:\n  shop:\n    type: mysql\n    url: {server_url}/{database}\n    tables:\n      order:\n        mode: merge\n        primary_key: [id]\n",
         name = world.name,
         bq = bigquery_url(),
     );

@@ -18,16 +18,14 @@
 //! - TIMESTAMP cells are int64 microseconds.
 //! - JSON comes back as JSON text: compared parsed.
 
-
-
 use std::str::FromStr;
 
+use crate::support::{connect, ndjson_writer, table_spec, unique, url};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use bigdecimal::BigDecimal;
 use bytes::Bytes;
 use chrono::{DateTime, NaiveDate, NaiveDateTime, NaiveTime, Utc};
-use crate::support::{connect, ndjson_writer, table_spec, unique, url};
 use datasync::manifest::raw::SourceKind;
 use datasync::manifest::resolve::{BigQuerySpec, TableSpec};
 use datasync::mapping::{Codec, TableMapping, map_table};
@@ -65,13 +63,13 @@ struct Trip {
 async fn warehouse(prefix: &str) -> BigQuery {
     let endpoint = url("DATASYNC_TEST_BIGQUERY_URL", BQ_URL);
     let spec = BigQuerySpec {
-        gcloud_credentials: None,
         project: PROJECT.into(),
         dataset: unique(prefix),
         location: "US".into(),
         endpoint: Some(endpoint.clone()),
-        credentials: None,
+        emulator: true,
         create_dataset: true,
+        ..BigQuerySpec::default()
     };
     let warehouse = BigQuery::new(&spec).expect("client");
     if let Err(error) = warehouse.ensure_dataset(true).await {

@@ -1,8 +1,6 @@
 //! MySQL/MariaDB type matrix: describe + map + extract against a real server
 //! (`DATASYNC_TEST_MYSQL_URL`, default `mysql://root@127.0.0.1:3306/test`).
 
-
-
 use crate::support::{Extracted, connect, run, table_spec, unique, url};
 use datasync::manifest::raw::SourceKind;
 use datasync::schema::ReadAs;

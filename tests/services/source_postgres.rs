@@ -1,8 +1,6 @@
 //! PostgreSQL type matrix: describe + map + extract against a real server
 //! (`DATASYNC_TEST_POSTGRES_URL`, default `postgres://postgres@127.0.0.1:5432/postgres`).
 
-
-
 use crate::support::{Extracted, connect, run, table_spec, unique, url};
 use datasync::manifest::raw::{BadValuePolicy, SourceKind};
 use datasync::schema::ReadAs;

@@ -1,8 +1,6 @@
 //! Connection settings reach the servers: TLS modes (adapting to whether each test server has
 //! TLS on), session time zone and timeouts, all checked from the server's side.
 
-
-
 use datasync::manifest::raw::{SourceKind, TlsMode};
 use datasync::source::Source;
 use sqlx::Row as _;

@@ -27,13 +27,13 @@ fn emulator_url() -> String {
 
 fn spec(dataset: &str) -> BigQuerySpec {
     BigQuerySpec {
-        gcloud_credentials: None,
         project: "demo".into(),
         dataset: dataset.into(),
         location: "US".into(),
         endpoint: Some(emulator_url()),
-        credentials: None,
+        emulator: true,
         create_dataset: true,
+        ..BigQuerySpec::default()
     }
 }
 

@@ -178,3 +178,5 @@ pub fn ndjson_writer(table: &SourceTable, mapping: &TableMapping) -> NdjsonWrite
         mapping.batch_size,
     )
 }
+
+pub mod fakes;

@@ -68,7 +68,7 @@ impl BigQuery {
                         message,
                     };
                     if !is_retryable(status, error.reason().unwrap_or_default()) {
-                        return Err(error);
+                        return Err(self.explain_auth_error(error));
                     }
                     (error, retry_after)
                 }

@@ -2,12 +2,11 @@
 //! come from a `gcp_bigquery_client::auth::Authenticator`.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use gcp_bigquery_client::auth::Authenticator;
 use reqwest::header::HeaderMap;
 use reqwest::{Method, StatusCode, Url};
 use serde_json::{Value, json};
@@ -18,6 +17,7 @@ mod auth;
 mod client;
 mod jobs;
 mod model;
+mod net;
 mod retry;
 mod upload;
 
@@ -30,7 +30,7 @@ use super::{
 };
 use crate::manifest::resolve::BigQuerySpec;
 use crate::schema::{FieldMode, WarehouseTable};
-use auth::{StaticToken, build_authenticator};
+use auth::{AuthConfig, Credentials};
 use model::TableResource;
 use upload::check_chunk_size;
 
@@ -51,9 +51,8 @@ pub struct BigQuery {
     pub(super) dataset: String,
     pub(super) location: String,
     emulator: bool,
-    credentials: Option<String>,
-    gcloud_credentials: Option<String>,
-    auth: OnceCell<Arc<dyn Authenticator>>,
+    auth_config: AuthConfig,
+    auth: OnceCell<Credentials>,
     pub(super) retry: RetryPolicy,
     pub(super) chunk_size: usize,
     completed_loads: Mutex<HashMap<String, LoadOutcome>>,
@@ -72,32 +71,39 @@ impl std::fmt::Debug for BigQuery {
 }
 
 impl BigQuery {
-    /// A client for `spec`. With `spec.endpoint` (an emulator) no credentials are used; otherwise
-    /// tokens come from the service-account key file `spec.credentials`, or from application
-    /// default credentials (`GOOGLE_APPLICATION_CREDENTIALS`, gcloud, metadata server). No network
-    /// call happens here; credentials are loaded on first use.
+    /// A client for `spec`. With `spec.emulator` no credentials are used; otherwise tokens come
+    /// from Application Default Credentials (see [`auth`]), also with a custom `spec.endpoint`
+    /// (regional, Private Service Connect). Proxies and the CA bundle apply to the API and to
+    /// every token endpoint. No network call happens here; credentials are loaded on first use.
     pub fn new(spec: &BigQuerySpec) -> Result<Self, WarehouseError> {
-        let http = reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .connect_timeout(Duration::from_secs(20))
-            .timeout(Duration::from_secs(600))
-            .build()
-            .map_err(|error| {
-                WarehouseError::Invalid(format!("cannot build the HTTP client: {error}"))
-            })?;
-        let (base, emulator) = match &spec.endpoint {
-            Some(endpoint) => (endpoint.trim_end_matches('/').to_string(), true),
-            None => (PRODUCTION_BASE.to_string(), false),
+        let network = net::Network::from_spec(spec)?;
+        let http = network.client(true, Duration::from_secs(20), Duration::from_secs(600))?;
+        let emulator = spec.emulator;
+        let base = match &spec.endpoint {
+            Some(endpoint) => endpoint.trim_end_matches('/').to_string(),
+            None => PRODUCTION_BASE.to_string(),
         };
         Url::parse(&base).map_err(|error| {
             WarehouseError::Invalid(format!("bad BigQuery endpoint {base}: {error}"))
         })?;
         let auth = OnceCell::new();
         if emulator {
-            let token: Arc<dyn Authenticator> = Arc::new(StaticToken);
             // A fresh cell can't be full.
-            let _ = auth.set(token);
+            let _ = auth.set(Credentials::emulator());
         }
+        let auth_config = AuthConfig {
+            credentials: spec.credentials.clone(),
+            impersonate: spec.impersonate_service_account.clone(),
+            endpoint: spec.endpoint.clone(),
+            env: spec.env.clone(),
+            http: network.client(true, Duration::from_secs(20), Duration::from_secs(60))?,
+            metadata_http: network.client(
+                false,
+                Duration::from_secs(3),
+                Duration::from_secs(30),
+            )?,
+            iam_base: auth::IAM_CREDENTIALS_BASE.to_string(),
+        };
         Ok(Self {
             http,
             base,
@@ -105,13 +111,20 @@ impl BigQuery {
             dataset: spec.dataset.clone(),
             location: spec.location.clone(),
             emulator,
-            credentials: spec.credentials.clone(),
-            gcloud_credentials: spec.gcloud_credentials.clone(),
+            auth_config,
             auth,
             retry: RetryPolicy::default(),
             chunk_size: DEFAULT_CHUNK_SIZE,
             completed_loads: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// Sends `bigquery.impersonate_service_account`'s `generateAccessToken` to `base` instead
+    /// of `https://iamcredentials.googleapis.com` (tests with a local fake).
+    #[doc(hidden)]
+    pub fn with_iam_credentials_endpoint(mut self, base: &str) -> Self {
+        self.auth_config.iam_base = base.to_string();
+        self
     }
 
     /// Replaces the retry policy.
@@ -148,19 +161,44 @@ impl BigQuery {
         }
     }
 
-    async fn token(&self) -> Result<String, WarehouseError> {
-        let auth = self
-            .auth
-            .get_or_try_init(|| {
-                build_authenticator(
-                    self.credentials.as_deref(),
-                    self.gcloud_credentials.as_deref(),
-                )
-            })
-            .await?;
-        auth.access_token()
+    async fn credentials(&self) -> Result<&Credentials, WarehouseError> {
+        self.auth
+            .get_or_try_init(|| auth::build(&self.auth_config))
             .await
-            .map_err(|error| WarehouseError::Auth(error.to_string()))
+    }
+
+    async fn token(&self) -> Result<String, WarehouseError> {
+        let credentials = self.credentials().await?;
+        credentials
+            .token
+            .access_token()
+            .await
+            .map_err(|error| WarehouseError::Auth(auth::auth_message(&error)))
+    }
+
+    /// A 401/403 from BigQuery, with the principal and the permission named (other errors
+    /// unchanged).
+    pub(super) fn explain_auth_error(&self, error: WarehouseError) -> WarehouseError {
+        let Some(credentials) = self.auth.get() else {
+            return error;
+        };
+        match &error {
+            WarehouseError::Api {
+                status,
+                reason,
+                message,
+                context,
+            } => match auth::explain_denied(*status, reason, message, &credentials.principal) {
+                Some(explained) => WarehouseError::Api {
+                    context: context.clone(),
+                    status: *status,
+                    reason: reason.clone(),
+                    message: explained,
+                },
+                None => error,
+            },
+            _ => error,
+        }
     }
 
     /// `{base}/bigquery/v2/projects/{project}/{segments...}`, segments percent-encoded.

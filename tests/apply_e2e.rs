@@ -55,7 +55,7 @@ impl World {
         let spec = BigQuerySpec {
             project: "datasync-test".into(),
             dataset: name.clone(),
-            location: "US".into(),
+            location: Some("US".into()),
             endpoint: Some(bigquery_url()),
             credentials: None,
             create_dataset: true,

@@ -67,7 +67,7 @@ async fn warehouse(prefix: &str) -> BigQuery {
     let spec = BigQuerySpec {
         project: PROJECT.into(),
         dataset: unique(prefix),
-        location: "US".into(),
+        location: Some("US".into()),
         endpoint: Some(endpoint.clone()),
         credentials: None,
         create_dataset: true,

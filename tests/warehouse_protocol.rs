@@ -130,10 +130,15 @@ async fn connection(
 }
 
 fn client(base: &str) -> BigQuery {
+    client_in(base, Some("US"))
+}
+
+/// A client whose `bigquery.location` is `location`.
+fn client_in(base: &str, location: Option<&str>) -> BigQuery {
     let spec = BigQuerySpec {
         project: "p".into(),
         dataset: "d".into(),
-        location: "US".into(),
+        location: location.map(str::to_string),
         endpoint: Some(base.into()),
         credentials: None,
         create_dataset: false,
@@ -177,6 +182,17 @@ fn feed(data: Vec<u8>, piece: usize) -> mpsc::Receiver<Bytes> {
     });
     rx
 }
+
+/// The requests but the datasets.get that tells the client where the dataset is.
+fn without_dataset_reads(seen: &[Seen]) -> Vec<Seen> {
+    seen.iter()
+        .filter(|request| !request.target.ends_with("/datasets/d"))
+        .cloned()
+        .collect()
+}
+
+const DATASET_US: &str =
+    r#"{"datasetReference":{"projectId":"p","datasetId":"d"},"location":"US"}"#;
 
 const NOT_FOUND: &str = r#"{"error":{"code":404,"message":"Not found: Job p:x","errors":[{"reason":"notFound","message":"Not found"}]}}"#;
 
@@ -322,6 +338,7 @@ async fn resumable_upload_chunks_resends_and_recovers() {
                     )
                 }
             }
+            ("GET", "/bigquery/v2/projects/p/datasets/d") => canned(200, DATASET_US),
             _ => canned(500, "unexpected request"),
         }
     }))
@@ -406,6 +423,7 @@ async fn duplicate_job_id_fetches_the_existing_job() {
             ("POST", "/upload/bigquery/v2/projects/p/jobs") => {
                 canned(409, r#"{"error":{"code":409,"message":"Already Exists: Job p:US.dup_1","errors":[{"reason":"duplicate"}]}}"#)
             }
+            ("GET", "/bigquery/v2/projects/p/datasets/d") => canned(200, DATASET_US),
             _ => canned(500, "unexpected"),
         }
     }))
@@ -425,7 +443,8 @@ async fn duplicate_job_id_fetches_the_existing_job() {
         .await
         .unwrap();
     assert_eq!(again, outcome);
-    assert_eq!(seen.lock().unwrap().len(), 3);
+    // The dataset is read once (for its location), then the probe, the upload and jobs.get.
+    assert_eq!(seen.lock().unwrap().len(), 4);
 }
 
 #[tokio::test]
@@ -494,6 +513,7 @@ async fn query_polls_until_complete_and_reads_every_page() {
                 200,
                 r#"{"jobReference":{"jobId":"q1"},"jobComplete":true,"schema":{"fields":[{"name":"n","type":"INTEGER"},{"name":"ts","type":"TIMESTAMP"}]},"rows":[{"f":[{"v":"1"},{"v":"1704164645123456"}]}],"pageToken":"next"}"#,
             ),
+            ("GET", "/bigquery/v2/projects/p/datasets/d") => canned(200, DATASET_US),
             _ => canned(500, "unexpected"),
         }
     }))
@@ -516,7 +536,7 @@ async fn query_polls_until_complete_and_reads_every_page() {
             vec![serde_json::json!(2), serde_json::Value::Null]
         ]
     );
-    let seen = seen.lock().unwrap();
+    let seen: Vec<Seen> = without_dataset_reads(&seen.lock().unwrap());
     let body: serde_json::Value = serde_json::from_slice(&seen[0].body).unwrap();
     assert_eq!(body["useLegacySql"], false);
     assert_eq!(body["formatOptions"]["useInt64Timestamp"], true);
@@ -557,4 +577,153 @@ async fn query_errors_in_a_200_response_are_errors() {
         error.to_string(),
         "query in dataset d (SELECT * FROM d.gone): BigQuery error (HTTP 200, reason notFound): Not found: Table p:d.gone"
     );
+}
+
+/// The `location` a job call carries: the `location` query parameter, else the body's
+/// `location` (jobs.query) or `jobReference.location` (jobs.insert).
+fn job_location(request: &Seen) -> Option<String> {
+    let query = request
+        .target
+        .split_once('?')
+        .map(|(_, query)| query)
+        .unwrap_or_default();
+    if let Some(value) = query
+        .split('&')
+        .find_map(|pair| pair.strip_prefix("location="))
+    {
+        return Some(value.to_string());
+    }
+    let body: serde_json::Value = serde_json::from_slice(&request.body).ok()?;
+    body["location"]
+        .as_str()
+        .or(body["jobReference"]["location"].as_str())
+        .map(str::to_string)
+}
+
+const TABLE_T: &str = r#"{"tableReference":{"projectId":"p","datasetId":"d","tableId":"t"},"schema":{"fields":[{"name":"id","type":"INTEGER","mode":"REQUIRED"}]}}"#;
+
+/// A recording BigQuery whose dataset is in `europe-west3`; job answers carry no location, so
+/// every later call has to know it from the dataset.
+fn europe_west3(request: &Seen, base: &str) -> Canned {
+    let path = request.target.split('?').next().unwrap_or_default();
+    match (request.method.as_str(), path) {
+        ("GET", "/bigquery/v2/projects/p/datasets/d") => canned(
+            200,
+            r#"{"datasetReference":{"projectId":"p","datasetId":"d"},"location":"europe-west3"}"#,
+        ),
+        ("GET", "/bigquery/v2/projects/p/datasets/d/tables/t") => canned(200, TABLE_T),
+        ("POST", "/bigquery/v2/projects/p/queries") => canned(
+            200,
+            r#"{"jobReference":{"projectId":"p","jobId":"q1"},"jobComplete":false}"#,
+        ),
+        ("GET", "/bigquery/v2/projects/p/queries/q1") => canned(
+            200,
+            r#"{"jobReference":{"jobId":"q1"},"jobComplete":true,"schema":{"fields":[{"name":"m","type":"INTEGER"}]},"rows":[{"f":[{"v":"1"}]}],"numDmlAffectedRows":"1"}"#,
+        ),
+        ("GET", "/bigquery/v2/projects/p/jobs/eu_1") => canned(404, NOT_FOUND),
+        ("POST", "/upload/bigquery/v2/projects/p/jobs") => Canned {
+            status: 200,
+            headers: vec![(
+                "Location".into(),
+                format!("{base}/upload/session?upload_id=x"),
+            )],
+            body: String::new(),
+        },
+        ("PUT", "/upload/session") => canned(
+            200,
+            r#"{"jobReference":{"projectId":"p","jobId":"eu_1"},"status":{"state":"RUNNING"}}"#,
+        ),
+        ("GET", "/bigquery/v2/projects/p/jobs/eu_1_done") => canned(200, "{}"),
+        ("POST", "/bigquery/v2/projects/p/jobs/eu_1/cancel") => canned(200, "{}"),
+        _ => canned(500, "unexpected request"),
+    }
+}
+
+#[tokio::test]
+async fn every_job_call_runs_in_the_datasets_location() {
+    let polls = Arc::new(Mutex::new(0));
+    let counter = polls.clone();
+    let (base, seen) = serve(Arc::new(move |request, base| {
+        let path = request.target.split('?').next().unwrap_or_default();
+        if request.method == "GET" && path == "/bigquery/v2/projects/p/jobs/eu_1" {
+            // The pre-load idempotency probe: no such job; then the upload's job, running, done.
+            let mut polls = counter.lock().unwrap();
+            *polls += 1;
+            return match *polls {
+                1 => canned(404, NOT_FOUND),
+                2 => canned(200, r#"{"jobReference":{"jobId":"eu_1"},"status":{"state":"RUNNING"}}"#),
+                _ => canned(
+                    200,
+                    r#"{"jobReference":{"jobId":"eu_1"},"status":{"state":"DONE"},"statistics":{"load":{"outputRows":"1"}}}"#,
+                ),
+            };
+        }
+        europe_west3(request, base)
+    }))
+    .await;
+    // No `bigquery.location`: the dataset's own location is used.
+    let bq = client_in(&base, None).without_emulator_quirks();
+    bq.ensure_dataset(false).await.unwrap();
+    bq.query("SELECT 1", &[]).await.unwrap();
+    bq.load(&load_request("eu_1"), feed(b"{\"id\":1}\n".to_vec(), 100))
+        .await
+        .unwrap();
+    bq.insert_from("t", "t", &["id".to_string()], true)
+        .await
+        .unwrap();
+    bq.max_value("t", "id").await.unwrap();
+    bq.cancel_job("eu_1").await.unwrap();
+
+    // A fresh client that never called ensure_dataset learns the location too.
+    let fresh = client_in(&base, None).without_emulator_quirks();
+    fresh.query("SELECT 2", &[]).await.unwrap();
+
+    let seen = seen.lock().unwrap();
+    let job_calls: Vec<&Seen> = seen
+        .iter()
+        .filter(|request| request.target.contains("/jobs") || request.target.contains("/queries"))
+        .collect();
+    assert!(job_calls.len() >= 12, "{job_calls:?}");
+    for request in job_calls {
+        assert_eq!(
+            job_location(request).as_deref(),
+            Some("europe-west3"),
+            "{} {}",
+            request.method,
+            request.target
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_configured_location_that_differs_from_the_datasets_is_a_clear_error() {
+    let (base, seen) = serve(Arc::new(europe_west3)).await;
+    let bq = client_in(&base, Some("US"));
+    let error = bq.ensure_dataset(false).await.unwrap_err();
+    assert!(
+        matches!(error, WarehouseError::LocationMismatch { .. }),
+        "{error}"
+    );
+    let text = error.to_string();
+    assert!(
+        text.contains("`US`") && text.contains("`europe-west3`") && text.contains("p.d"),
+        "{text}"
+    );
+    // No job ran in the wrong location.
+    let error = bq.query("SELECT 1", &[]).await.unwrap_err();
+    assert!(
+        matches!(error, WarehouseError::LocationMismatch { .. }),
+        "{error}"
+    );
+    assert!(
+        seen.lock()
+            .unwrap()
+            .iter()
+            .all(|request| !request.target.contains("/queries"))
+    );
+    // The same spelling in another case is the same location.
+    client_in(&base, Some("EUROPE-WEST3"))
+        .ensure_dataset(false)
+        .await
+        .unwrap();
 }

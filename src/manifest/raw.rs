@@ -43,7 +43,9 @@ pub struct RawBigQuery {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = r"^[A-Za-z0-9_]{1,1024}$"))]
     pub dataset: Option<String>,
-    /// Dataset location used for jobs, e.g. `US`, `EU` or `europe-west1`. Default: `US`.
+    /// Location of the dataset, e.g. `US`, `EU` or `europe-west1`: used when datasync creates the
+    /// dataset (default `US`); for an existing dataset it is only checked (jobs always run in
+    /// the dataset's own location).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub location: Option<String>,
     /// Base URL of a BigQuery-compatible endpoint, e.g. an emulator at `http://127.0.0.1:9050`.

@@ -49,8 +49,9 @@ pub struct BigQuerySpec {
     pub project: String,
     /// Dataset.
     pub dataset: String,
-    /// Job location.
-    pub location: String,
+    /// The dataset's location as configured (`bigquery.location`): used to create the dataset
+    /// (default `US`) and checked against an existing dataset's. Jobs run where the dataset is.
+    pub location: Option<String>,
     /// Emulator or other endpoint base URL.
     pub endpoint: Option<String>,
     /// Service-account key path.
@@ -494,7 +495,7 @@ pub fn resolve(raw: &RawManifest) -> (Option<Manifest>, Vec<Problem>) {
         bigquery: BigQuerySpec {
             project,
             dataset,
-            location: raw.bigquery.location.clone().unwrap_or_else(|| "US".into()),
+            location: raw.bigquery.location.clone(),
             endpoint: raw
                 .bigquery
                 .endpoint
@@ -1099,7 +1100,7 @@ impl Manifest {
             bigquery: RawBigQuery {
                 project: Some(self.bigquery.project.clone()),
                 dataset: Some(self.bigquery.dataset.clone()),
-                location: Some(self.bigquery.location.clone()),
+                location: self.bigquery.location.clone(),
                 endpoint: self.bigquery.endpoint.clone(),
                 credentials: self.bigquery.credentials.clone(),
                 create_dataset: Some(self.bigquery.create_dataset),

@@ -263,6 +263,20 @@ pub enum WarehouseError {
         /// Dataset.
         dataset: String,
     },
+    /// `bigquery.location` names another location than the dataset's (which can't change).
+    #[error(
+        "bigquery.location is `{configured}` but dataset {project}.{dataset} is in `{actual}`: set bigquery.location to `{actual}` or remove it (jobs run where the dataset is)"
+    )]
+    LocationMismatch {
+        /// Project.
+        project: String,
+        /// Dataset.
+        dataset: String,
+        /// `bigquery.location`.
+        configured: String,
+        /// The dataset's location (datasets.get).
+        actual: String,
+    },
     /// Getting an access token failed.
     #[error("BigQuery authentication failed: {0}")]
     Auth(String),
@@ -304,6 +318,7 @@ impl WarehouseError {
             Self::Injected { retryable, .. } => *retryable,
             Self::Protocol { .. }
             | Self::DatasetMissing { .. }
+            | Self::LocationMismatch { .. }
             | Self::Auth(_)
             | Self::Invalid(_) => false,
         }

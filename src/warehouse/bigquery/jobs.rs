@@ -22,8 +22,13 @@ impl BigQuery {
     ) -> Result<Option<JobResource>, WarehouseError> {
         let context = format!("get job {job_id}");
         let mut url = self.api_url(&["jobs", job_id])?;
-        url.query_pairs_mut()
-            .append_pair("location", location.unwrap_or(&self.location));
+        let location = match location {
+            Some(location) => Some(location.to_string()),
+            None => self.job_location().await?,
+        };
+        if let Some(location) = location {
+            url.query_pairs_mut().append_pair("location", &location);
+        }
         match self.send_json(&context, Method::GET, url, None).await {
             Ok(job) => Ok(Some(job)),
             Err(error) if error.is_not_found() => Ok(None),
@@ -93,10 +98,12 @@ impl BigQuery {
             "query": sql,
             "useLegacySql": false,
             "formatOptions": {"useInt64Timestamp": true},
-            "location": self.location,
             "timeoutMs": 10_000,
             "requestId": request_id(sql),
         });
+        if let Some(location) = self.job_location().await? {
+            body["location"] = json!(location);
+        }
         if !params.is_empty() {
             body["parameterMode"] = json!("NAMED");
             body["queryParameters"] = Value::Array(
@@ -164,12 +171,15 @@ impl BigQuery {
             message: "query response has no jobReference".into(),
         })?;
         let mut url = self.api_url(&["queries", &reference.job_id])?;
+        let location = match &reference.location {
+            Some(location) => Some(location.clone()),
+            None => self.job_location().await?,
+        };
         {
             let mut pairs = url.query_pairs_mut();
-            pairs.append_pair(
-                "location",
-                reference.location.as_deref().unwrap_or(&self.location),
-            );
+            if let Some(location) = &location {
+                pairs.append_pair("location", location);
+            }
             pairs.append_pair("timeoutMs", "10000");
             pairs.append_pair("formatOptions.useInt64Timestamp", "true");
             if let Some(token) = page_token {

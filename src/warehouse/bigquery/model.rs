@@ -24,6 +24,14 @@ fn ser_opt_u64<S: Serializer>(value: &Option<u64>, serializer: S) -> Result<S::O
     }
 }
 
+/// The part of a dataset resource datasync reads.
+#[derive(Debug, Clone, Deserialize, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct DatasetResource {
+    #[serde(default)]
+    pub location: Option<String>,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub(crate) struct TableReference {

@@ -175,7 +175,7 @@ enum PutReply {
 }
 
 impl BigQuery {
-    fn load_job_body(&self, request: &LoadRequest) -> Value {
+    fn load_job_body(&self, request: &LoadRequest, location: Option<&str>) -> Value {
         let mut load = json!({
             "destinationTable": {"projectId": self.project, "datasetId": self.dataset, "tableId": request.table},
             "sourceFormat": "NEWLINE_DELIMITED_JSON",
@@ -192,10 +192,11 @@ impl BigQuery {
         if let Some(clustering) = clustering_resource(&request.schema) {
             load["clustering"] = json!(clustering);
         }
-        json!({
-            "jobReference": {"projectId": self.project, "jobId": request.job_id, "location": self.location},
-            "configuration": {"load": load},
-        })
+        let mut reference = json!({"projectId": self.project, "jobId": request.job_id});
+        if let Some(location) = location {
+            reference["location"] = json!(location);
+        }
+        json!({"jobReference": reference, "configuration": {"load": load}})
     }
 
     /// The whole resumable load; `first` is the first non-empty input chunk.
@@ -210,7 +211,8 @@ impl BigQuery {
         buffer.push(&first);
         drop(first);
 
-        let body = self.load_job_body(request);
+        let location = self.job_location().await?;
+        let body = self.load_job_body(request, location.as_deref());
         let session = match self
             .send(context, Method::POST, self.upload_url()?, Some(&body))
             .await

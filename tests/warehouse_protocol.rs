@@ -727,3 +727,63 @@ async fn a_configured_location_that_differs_from_the_datasets_is_a_clear_error()
         .await
         .unwrap();
 }
+
+#[tokio::test]
+async fn every_schema_change_of_a_table_is_one_alter_table_statement() {
+    let (base, seen) = serve(Arc::new(|request, _| {
+        let path = request.target.split('?').next().unwrap_or_default();
+        match (request.method.as_str(), path) {
+            ("GET", "/bigquery/v2/projects/p/datasets/d") => canned(200, DATASET_US),
+            ("POST", "/bigquery/v2/projects/p/queries") => canned(
+                200,
+                r#"{"jobReference":{"projectId":"p","jobId":"a1","location":"US"},"jobComplete":true}"#,
+            ),
+            // Real BigQuery's catalog shows the DDL's result.
+            ("GET", "/bigquery/v2/projects/p/datasets/d/tables/t") => canned(
+                200,
+                r#"{"tableReference":{"projectId":"p","datasetId":"d","tableId":"t"},"schema":{"fields":[
+                    {"name":"id","type":"INTEGER","mode":"NULLABLE"},{"name":"n","type":"NUMERIC","mode":"NULLABLE"},
+                    {"name":"a","type":"STRING","mode":"NULLABLE"}]}}"#,
+            ),
+            _ => canned(500, "unexpected request"),
+        }
+    }))
+    .await;
+    let changes = [
+        datasync::warehouse::AlterColumn::Add(WarehouseField::new(
+            "a",
+            BqType::String,
+            FieldMode::Nullable,
+        )),
+        datasync::warehouse::AlterColumn::DropNotNull("id".into()),
+        datasync::warehouse::AlterColumn::SetType(WarehouseField::new(
+            "n",
+            BqType::Numeric,
+            FieldMode::Nullable,
+        )),
+    ];
+    client(&base)
+        .without_emulator_quirks()
+        .alter_table("t", &changes)
+        .await
+        .unwrap();
+    let seen = seen.lock().unwrap();
+    let statements: Vec<String> = seen
+        .iter()
+        .filter(|request| request.method == "POST")
+        .map(|request| {
+            let body: serde_json::Value = serde_json::from_slice(&request.body).unwrap();
+            body["query"].as_str().unwrap().to_string()
+        })
+        .collect();
+    assert_eq!(
+        statements,
+        [
+            "ALTER TABLE `p.d.t` ADD COLUMN `a` STRING, ALTER COLUMN `id` DROP NOT NULL, ALTER COLUMN `n` SET DATA TYPE NUMERIC"
+        ]
+    );
+    assert!(
+        seen.iter().all(|request| request.method != "PATCH"),
+        "{seen:?}"
+    );
+}

@@ -365,7 +365,8 @@ pub trait Warehouse: Send + Sync {
     /// Creates a table (fails if it exists).
     async fn create_table(&self, table: &WarehouseTable) -> Result<(), WarehouseError>;
 
-    /// Applies in-place schema changes, one DDL statement per change, in order.
+    /// Applies in-place schema changes, in order: one `ALTER TABLE` statement with every change
+    /// (one statement per change on the emulator).
     async fn alter_table(&self, name: &str, changes: &[AlterColumn]) -> Result<(), WarehouseError>;
 
     /// Drops a table if it exists.
@@ -481,22 +482,52 @@ pub fn ddl_type(field: &WarehouseField, explicit_numeric: bool) -> String {
 
 /// The DDL statement for one change on the fully qualified, already quoted `table`.
 pub fn alter_statement(table: &str, change: &AlterColumn, explicit_numeric: bool) -> String {
+    format!(
+        "ALTER TABLE {table} {}",
+        alter_action(change, explicit_numeric)
+    )
+}
+
+/// The DDL for every change on `table`: ONE `ALTER TABLE` with the actions comma-separated, so
+/// the table takes one metadata update (BigQuery allows 5 per 10 s per table); the grammar
+/// takes a list of actions (https://cloud.google.com/bigquery/docs/reference/standard-sql/data-definition-language#alter_table_add_column_statement).
+/// With `emulator`, one statement per change: the emulator refuses several actions.
+pub fn alter_statements(
+    table: &str,
+    changes: &[AlterColumn],
+    explicit_numeric: bool,
+    emulator: bool,
+) -> Vec<String> {
+    if changes.is_empty() {
+        return Vec::new();
+    }
+    if emulator {
+        return changes
+            .iter()
+            .map(|change| alter_statement(table, change, explicit_numeric))
+            .collect();
+    }
+    let actions = changes
+        .iter()
+        .map(|change| alter_action(change, explicit_numeric))
+        .collect::<Vec<_>>()
+        .join(", ");
+    vec![format!("ALTER TABLE {table} {actions}")]
+}
+
+/// One action of an `ALTER TABLE`.
+fn alter_action(change: &AlterColumn, explicit_numeric: bool) -> String {
     match change {
-        AlterColumn::Add(field) => {
-            format!(
-                "ALTER TABLE {table} ADD COLUMN {} {}",
-                quote_ident(&field.name),
-                ddl_type(field, explicit_numeric)
-            )
-        }
+        AlterColumn::Add(field) => format!(
+            "ADD COLUMN {} {}",
+            quote_ident(&field.name),
+            ddl_type(field, explicit_numeric)
+        ),
         AlterColumn::DropNotNull(column) => {
-            format!(
-                "ALTER TABLE {table} ALTER COLUMN {} DROP NOT NULL",
-                quote_ident(column)
-            )
+            format!("ALTER COLUMN {} DROP NOT NULL", quote_ident(column))
         }
         AlterColumn::SetType(field) => format!(
-            "ALTER TABLE {table} ALTER COLUMN {} SET DATA TYPE {}",
+            "ALTER COLUMN {} SET DATA TYPE {}",
             quote_ident(&field.name),
             ddl_type(field, explicit_numeric)
         ),
@@ -615,6 +646,32 @@ mod tests {
             alter_statement("`t`", &AlterColumn::DropNotNull("id".into()), false),
             "ALTER TABLE `t` ALTER COLUMN `id` DROP NOT NULL"
         );
+    }
+
+    #[test]
+    fn one_alter_statement_for_every_change_except_on_the_emulator() {
+        let changes = [
+            AlterColumn::Add(WarehouseField::new("a", BqType::Int64, FieldMode::Nullable)),
+            AlterColumn::DropNotNull("b".into()),
+            AlterColumn::SetType(WarehouseField::new(
+                "c",
+                BqType::Numeric,
+                FieldMode::Nullable,
+            )),
+        ];
+        assert_eq!(
+            super::alter_statements("`t`", &changes, false, false),
+            [
+                "ALTER TABLE `t` ADD COLUMN `a` INT64, ALTER COLUMN `b` DROP NOT NULL, ALTER COLUMN `c` SET DATA TYPE NUMERIC"
+            ]
+        );
+        let each = super::alter_statements("`t`", &changes, true, true);
+        assert_eq!(each.len(), 3);
+        assert_eq!(
+            each[2],
+            "ALTER TABLE `t` ALTER COLUMN `c` SET DATA TYPE NUMERIC(38, 9)"
+        );
+        assert!(super::alter_statements("`t`", &[], false, false).is_empty());
     }
 
     #[test]

@@ -26,7 +26,7 @@ pub use upload::{CHUNK_GRANULARITY, DEFAULT_CHUNK_SIZE, content_range, next_offs
 
 use super::{
     AlterColumn, ExistingTable, LoadOutcome, LoadRequest, MergeOutcome, MergeRequest, QueryParam,
-    QueryRows, Warehouse, WarehouseError, alter_statement, merge_statement, quote_ident,
+    QueryRows, Warehouse, WarehouseError, alter_statements, merge_statement, quote_ident,
 };
 use crate::manifest::resolve::BigQuerySpec;
 use crate::schema::{FieldMode, WarehouseTable};
@@ -332,8 +332,7 @@ impl Warehouse for BigQuery {
         }
         let context = format!("alter table {}.{name}", self.dataset);
         let qualified = self.qualified(name);
-        for change in changes {
-            let sql = alter_statement(&qualified, change, self.emulator);
+        for sql in alter_statements(&qualified, changes, self.emulator, self.emulator) {
             self.run_query(&context, &sql, &[]).await?;
         }
         // The emulator applies DDL to the stored table only; its catalog (tables.get) keeps the

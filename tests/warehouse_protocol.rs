@@ -149,6 +149,7 @@ fn client_in(base: &str, location: Option<&str>) -> BigQuery {
             max_attempts: 4,
             base_delay: Duration::from_millis(1),
             max_delay: Duration::from_millis(5),
+            ..RetryPolicy::default()
         })
 }
 
@@ -785,5 +786,166 @@ async fn every_schema_change_of_a_table_is_one_alter_table_statement() {
     assert!(
         seen.iter().all(|request| request.method != "PATCH"),
         "{seen:?}"
+    );
+}
+
+/// Every data PUT fails with 503 and every status probe says nothing was kept: the chunk can
+/// never get through. The upload must stop after a bounded number of attempts (today a
+/// successful probe reset the count and the chunk was re-sent forever).
+#[tokio::test]
+async fn a_chunk_that_always_fails_ends_the_upload_after_bounded_attempts() {
+    let puts = Arc::new(Mutex::new(0usize));
+    let counter = puts.clone();
+    let (base, _) = serve(Arc::new(move |request, base| {
+        let path = request.target.split('?').next().unwrap_or_default();
+        match (request.method.as_str(), path) {
+            ("GET", "/bigquery/v2/projects/p/datasets/d") => canned(200, DATASET_US),
+            ("GET", "/bigquery/v2/projects/p/jobs/doomed_1") => canned(404, NOT_FOUND),
+            ("POST", "/upload/bigquery/v2/projects/p/jobs") => Canned {
+                status: 200,
+                headers: vec![("Location".into(), format!("{base}/upload/session?upload_id=x"))],
+                body: String::new(),
+            },
+            ("PUT", "/upload/session") => {
+                *counter.lock().unwrap() += 1;
+                if request.header("content-range").unwrap_or_default().starts_with("bytes */") {
+                    canned(308, "")
+                } else {
+                    canned(503, r#"{"error":{"code":503,"message":"flaky","errors":[{"reason":"backendError"}]}}"#)
+                }
+            }
+            _ => canned(500, "unexpected request"),
+        }
+    }))
+    .await;
+    let bq = client(&base).with_chunk_size(CHUNK_GRANULARITY).unwrap();
+    let input = vec![b'x'; 2 * CHUNK_GRANULARITY];
+    let result = tokio::time::timeout(
+        Duration::from_secs(20),
+        bq.load(&load_request("doomed_1"), feed(input, 100_000)),
+    )
+    .await
+    .expect("the upload never stops");
+    let error = result.unwrap_err();
+    assert!(error.to_string().contains("flaky"), "{error}");
+    // 4 attempts (the test policy): each failed PUT is followed by one probe.
+    let puts = *puts.lock().unwrap();
+    assert!(puts <= 8, "{puts} PUTs");
+}
+
+/// A server that answers every data PUT with a 308 keeping nothing: each such answer counts as a
+/// failed attempt, so the upload stops.
+#[tokio::test]
+async fn a_server_that_keeps_none_of_a_chunk_ends_the_upload() {
+    let (base, seen) = serve(Arc::new(|request, base| {
+        let path = request.target.split('?').next().unwrap_or_default();
+        match (request.method.as_str(), path) {
+            ("GET", "/bigquery/v2/projects/p/datasets/d") => canned(200, DATASET_US),
+            ("GET", "/bigquery/v2/projects/p/jobs/stuck_1") => canned(404, NOT_FOUND),
+            ("POST", "/upload/bigquery/v2/projects/p/jobs") => Canned {
+                status: 200,
+                headers: vec![(
+                    "Location".into(),
+                    format!("{base}/upload/session?upload_id=x"),
+                )],
+                body: String::new(),
+            },
+            ("PUT", "/upload/session") => canned(308, ""),
+            _ => canned(500, "unexpected request"),
+        }
+    }))
+    .await;
+    let bq = client(&base).with_chunk_size(CHUNK_GRANULARITY).unwrap();
+    let error = tokio::time::timeout(
+        Duration::from_secs(20),
+        bq.load(
+            &load_request("stuck_1"),
+            feed(vec![b'x'; 2 * CHUNK_GRANULARITY], 100_000),
+        ),
+    )
+    .await
+    .expect("the upload never stops")
+    .unwrap_err();
+    assert!(
+        error.to_string().contains("keeps none of the chunk"),
+        "{error}"
+    );
+    let puts = seen
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|request| request.method == "PUT")
+        .count();
+    assert_eq!(puts, 4);
+}
+
+/// Accepts connections and reads requests, never answers.
+async fn stalled_server() -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        let mut open = Vec::new();
+        while let Ok((stream, _)) = listener.accept().await {
+            open.push(stream);
+        }
+    });
+    base
+}
+
+#[tokio::test]
+async fn a_stalled_bigquery_ends_within_the_call_deadline() {
+    let base = stalled_server().await;
+    let bq = client(&base).with_retry_policy(RetryPolicy {
+        max_attempts: 100,
+        base_delay: Duration::from_millis(10),
+        max_delay: Duration::from_millis(50),
+        request_timeout: Duration::from_millis(300),
+        call_deadline: Duration::from_secs(1),
+        ..RetryPolicy::default()
+    });
+    let started = std::time::Instant::now();
+    let error = tokio::time::timeout(Duration::from_secs(20), bq.get_table("t"))
+        .await
+        .expect("a stalled server is waited for forever")
+        .unwrap_err();
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(matches!(error, WarehouseError::Deadline { .. }), "{error}");
+    assert!(error.to_string().contains("get table d.t"), "{error}");
+}
+
+#[tokio::test]
+async fn waiting_for_a_job_has_a_deadline() {
+    let (base, _) = serve(Arc::new(|request, _| {
+        let path = request.target.split('?').next().unwrap_or_default();
+        match (request.method.as_str(), path) {
+            ("GET", "/bigquery/v2/projects/p/datasets/d") => canned(200, DATASET_US),
+            ("POST", "/bigquery/v2/projects/p/queries") => canned(
+                200,
+                r#"{"jobReference":{"projectId":"p","jobId":"slow","location":"US"},"jobComplete":false}"#,
+            ),
+            ("GET", "/bigquery/v2/projects/p/queries/slow") => {
+                canned(200, r#"{"jobReference":{"jobId":"slow"},"jobComplete":false}"#)
+            }
+            _ => canned(500, "unexpected request"),
+        }
+    }))
+    .await;
+    let bq = client(&base).with_retry_policy(RetryPolicy {
+        job_deadline: Duration::from_millis(500),
+        ..RetryPolicy::default()
+    });
+    let error = tokio::time::timeout(Duration::from_secs(20), bq.query("SELECT 1", &[]))
+        .await
+        .expect("a job that never finishes is waited for forever")
+        .unwrap_err();
+    assert!(matches!(error, WarehouseError::Deadline { .. }), "{error}");
+    assert!(error.is_ambiguous(), "the job may still finish");
+    assert!(
+        error.to_string().contains("job slow did not finish"),
+        "{error}"
     );
 }

@@ -29,6 +29,9 @@ pub struct InjectedFailure {
     pub operation: String,
     /// What [`WarehouseError::retryable`] reports.
     pub retryable: bool,
+    /// What [`WarehouseError::is_ambiguous`] reports; such a failure comes after the operation
+    /// was carried out (a lost reply).
+    pub ambiguous: bool,
 }
 
 #[derive(Debug, Default)]
@@ -72,6 +75,17 @@ impl FakeWarehouse {
         self.lock().fail_next.push(InjectedFailure {
             operation: operation.into(),
             retryable,
+            ambiguous: false,
+        });
+    }
+
+    /// Makes the next call of `operation` (`insert_from` or `merge`) do its work, then fail as
+    /// if the reply was lost ([`WarehouseError::is_ambiguous`]).
+    pub fn fail_next_ambiguous(&self, operation: &str) {
+        self.lock().fail_next.push(InjectedFailure {
+            operation: operation.into(),
+            retryable: true,
+            ambiguous: true,
         });
     }
 
@@ -116,15 +130,35 @@ impl FakeWarehouse {
         if let Some(index) = state
             .fail_next
             .iter()
-            .position(|failure| failure.operation == operation)
+            .position(|failure| failure.operation == operation && !failure.ambiguous)
         {
             let failure = state.fail_next.remove(index);
             return Err(WarehouseError::Injected {
                 operation: failure.operation,
                 retryable: failure.retryable,
+                ambiguous: failure.ambiguous,
             });
         }
         Ok(state)
+    }
+}
+
+/// After a write did its work: the injected "lost reply" of `operation`, if any.
+fn lost_reply(state: &mut State, operation: &str) -> Result<(), WarehouseError> {
+    match state
+        .fail_next
+        .iter()
+        .position(|failure| failure.operation == operation && failure.ambiguous)
+    {
+        Some(index) => {
+            let failure = state.fail_next.remove(index);
+            Err(WarehouseError::Injected {
+                operation: failure.operation,
+                retryable: failure.retryable,
+                ambiguous: true,
+            })
+        }
+        None => Ok(()),
     }
 }
 
@@ -329,6 +363,7 @@ impl Warehouse for FakeWarehouse {
                 return Err(WarehouseError::Injected {
                     operation: "load".into(),
                     retryable: true,
+                    ambiguous: false,
                 });
             }
         }
@@ -466,6 +501,7 @@ impl Warehouse for FakeWarehouse {
         outcome.affected_rows = inserted + updated;
         outcome.inserted = Some(inserted);
         outcome.updated = Some(updated);
+        lost_reply(&mut state, "merge")?;
         Ok(outcome)
     }
 
@@ -508,7 +544,7 @@ impl Warehouse for FakeWarehouse {
         } else {
             existing.extend(rows);
         }
-        Ok(())
+        lost_reply(&mut state, "insert_from")
     }
 
     async fn truncate(&self, table: &str) -> Result<(), WarehouseError> {

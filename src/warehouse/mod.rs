@@ -244,6 +244,18 @@ pub enum WarehouseError {
         context: String,
         /// What failed (no URLs with query strings, no headers).
         message: String,
+        /// Whether the request may have reached BigQuery (anything but a failure to connect):
+        /// then the reply was lost and BigQuery may have carried the request out.
+        maybe_sent: bool,
+    },
+    /// A deadline passed: a call's retries ([`RetryPolicy::call_deadline`]) or waiting for a job
+    /// ([`RetryPolicy::job_deadline`]). What was asked may still happen.
+    #[error("{context}: gave up: {message}")]
+    Deadline {
+        /// The operation and object.
+        context: String,
+        /// What took too long.
+        message: String,
     },
     /// BigQuery sent something we can't understand.
     #[error("{context}: unexpected response from BigQuery: {message}")]
@@ -290,6 +302,9 @@ pub enum WarehouseError {
         operation: String,
         /// Whether [`WarehouseError::retryable`] says true.
         retryable: bool,
+        /// Whether [`WarehouseError::is_ambiguous`] says true (the fake did the work, then
+        /// "lost the reply").
+        ambiguous: bool,
     },
 }
 
@@ -316,7 +331,27 @@ impl WarehouseError {
             Self::Job { reason, .. } => RETRYABLE_REASONS.contains(&reason.as_str()),
             Self::Transport { .. } => true,
             Self::Injected { retryable, .. } => *retryable,
-            Self::Protocol { .. }
+            Self::Deadline { .. }
+            | Self::Protocol { .. }
+            | Self::DatasetMissing { .. }
+            | Self::LocationMismatch { .. }
+            | Self::Auth(_)
+            | Self::Invalid(_) => false,
+        }
+    }
+
+    /// Whether BigQuery may have carried the request out although the call failed: the reply
+    /// was lost (a timeout or reset after sending), BigQuery failed internally (5xx), gave an
+    /// answer we can't read, or a deadline passed while a job ran. After such a failure the
+    /// target's state is unknown until it is read again; after any other failure the request
+    /// was refused or its job failed atomically, so nothing changed.
+    pub fn is_ambiguous(&self) -> bool {
+        match self {
+            Self::Transport { maybe_sent, .. } => *maybe_sent,
+            Self::Api { status, .. } => *status >= 500,
+            Self::Deadline { .. } | Self::Protocol { .. } => true,
+            Self::Injected { ambiguous, .. } => *ambiguous,
+            Self::Job { .. }
             | Self::DatasetMissing { .. }
             | Self::LocationMismatch { .. }
             | Self::Auth(_)

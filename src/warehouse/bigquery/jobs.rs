@@ -1,5 +1,7 @@
 //! Jobs: get, wait, queries (paginated results), empty loads.
 
+use std::time::Instant;
+
 use reqwest::Method;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
@@ -44,6 +46,7 @@ impl BigQuery {
         job_id: &str,
     ) -> Result<JobResource, WarehouseError> {
         let mut polls = 0;
+        let deadline = Instant::now() + self.retry.job_deadline;
         // Keep the first known ID and location (jobs.get answers may omit the location).
         let id = job.job_id().unwrap_or(job_id).to_string();
         let location = job
@@ -51,6 +54,7 @@ impl BigQuery {
             .as_ref()
             .and_then(|reference| reference.location.clone());
         while !job.is_done() {
+            self.check_job_deadline(context, &id, deadline)?;
             tokio::time::sleep(poll_delay(polls)).await;
             polls += 1;
             job = self
@@ -62,6 +66,25 @@ impl BigQuery {
                 })?;
         }
         Ok(job)
+    }
+
+    /// `Err` once `deadline` (started with the wait) has passed; the job may still finish.
+    fn check_job_deadline(
+        &self,
+        context: &str,
+        job_id: &str,
+        deadline: Instant,
+    ) -> Result<(), WarehouseError> {
+        if Instant::now() < deadline {
+            return Ok(());
+        }
+        Err(WarehouseError::Deadline {
+            context: context.to_string(),
+            message: format!(
+                "job {job_id} did not finish within {}; it may still run and finish",
+                humantime::format_duration(self.retry.job_deadline)
+            ),
+        })
     }
 
     /// The outcome of a finished load job (error if it failed).
@@ -127,7 +150,12 @@ impl BigQuery {
         // Polls and pages use the first answer's job reference (later ones may omit the location).
         let reference = response.job_reference.clone();
         let mut polls = 0;
+        let deadline = Instant::now() + self.retry.job_deadline;
         while response.job_complete == Some(false) {
+            let id = reference
+                .as_ref()
+                .map(|reference| reference.job_id.as_str());
+            self.check_job_deadline(context, id.unwrap_or("?"), deadline)?;
             tokio::time::sleep(poll_delay(polls)).await;
             polls += 1;
             response = self

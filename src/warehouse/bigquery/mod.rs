@@ -85,6 +85,9 @@ impl BigQuery {
         let http = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
             .connect_timeout(Duration::from_secs(20))
+            // A server that stops sending mid-answer; each request also has its own total
+            // timeout (`RetryPolicy::request_timeout`) under this overall cap.
+            .read_timeout(Duration::from_secs(120))
             .timeout(Duration::from_secs(600))
             .build()
             .map_err(|error| {

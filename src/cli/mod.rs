@@ -537,8 +537,13 @@ async fn plan(cli: &Cli, env: &Env, args: &PlanArgs) -> Result<u8, String> {
         eprintln!("error: {message}");
         return Ok(exit::USER_ERROR);
     }
-    let session = crate::sync::connect(&loaded.manifest).await?;
-    let plan = crate::sync::planner::plan(&loaded.manifest, &session).await?;
+    let (session, plan) = within(loaded.manifest.timeout, None, async {
+        let session = crate::sync::connect(&loaded.manifest).await?;
+        let plan = crate::sync::planner::plan(&loaded.manifest, &session).await?;
+        Ok((session, plan))
+    })
+    .await?;
+    drop(session);
     let text = match args.format {
         PlanFormat::Text => crate::plan::render::text(&plan),
         PlanFormat::Markdown => crate::plan::render::markdown(&plan),
@@ -588,8 +593,17 @@ async fn apply(cli: &Cli, env: &Env, args: &ApplyArgs) -> Result<u8, String> {
     } else {
         crate::sync::DryRun::No
     };
-    let session = crate::sync::connect(&loaded.manifest).await?;
-    let fresh = crate::sync::planner::plan(&loaded.manifest, &session).await?;
+    // The manifest's `timeout` covers connecting and planning too, not only the executor.
+    let deadline = loaded
+        .manifest
+        .timeout
+        .map(|limit| tokio::time::Instant::now() + limit);
+    let (session, fresh) = within(loaded.manifest.timeout, deadline, async {
+        let session = crate::sync::connect(&loaded.manifest).await?;
+        let fresh = crate::sync::planner::plan(&loaded.manifest, &session).await?;
+        Ok((session, fresh))
+    })
+    .await?;
     let plan = match &args.plan {
         None => fresh,
         Some(path) => {
@@ -629,9 +643,9 @@ async fn apply(cli: &Cli, env: &Env, args: &ApplyArgs) -> Result<u8, String> {
     let run = executor.run(&plan);
     let report = tokio::select! {
         report = async {
-            match loaded.manifest.timeout {
-                Some(limit) => tokio::time::timeout(limit, run).await.map_err(|_| format!("timed out after {}", humantime::format_duration(limit))),
-                None => Ok(run.await),
+            match (loaded.manifest.timeout, deadline) {
+                (Some(limit), Some(deadline)) => tokio::time::timeout_at(deadline, run).await.map_err(|_| format!("timed out after {}", humantime::format_duration(limit))),
+                _ => Ok(run.await),
             }
         } => report,
         signal = shutdown_signal() => Err(format!("interrupted by {signal}")),
@@ -661,6 +675,26 @@ async fn apply(cli: &Cli, env: &Env, args: &ApplyArgs) -> Result<u8, String> {
     } else {
         exit::FAILURE
     })
+}
+
+/// Runs `work` (connecting, planning) by `deadline` (default: `limit` from now), if any.
+async fn within<T>(
+    limit: Option<std::time::Duration>,
+    deadline: Option<tokio::time::Instant>,
+    work: impl std::future::Future<Output = Result<T, String>>,
+) -> Result<T, String> {
+    let Some(limit) = limit else {
+        return work.await;
+    };
+    let deadline = deadline.unwrap_or_else(|| tokio::time::Instant::now() + limit);
+    tokio::time::timeout_at(deadline, work)
+        .await
+        .unwrap_or_else(|_| {
+            Err(format!(
+                "timed out after {} (manifest `timeout`) while connecting and planning",
+                humantime::format_duration(limit)
+            ))
+        })
 }
 
 /// Waits for Ctrl-C or SIGTERM (what schedulers send to stop a job); returns its name.

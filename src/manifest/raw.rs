@@ -212,7 +212,7 @@ pub struct RawDefaults {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = -1))]
     pub max_parse_failures: Option<i64>,
-    /// Deadline for a whole `apply`. `0` means none. Default: `0`. Legacy variable:
+    /// Deadline for a whole `plan` or `apply`, connecting and planning included. `0` means none. Default: `0`. Legacy variable:
     /// `SYNC_TIMEOUT`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout: Option<RawDuration>,

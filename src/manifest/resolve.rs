@@ -31,7 +31,7 @@ pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 pub struct Manifest {
     /// The destination.
     pub bigquery: BigQuerySpec,
-    /// Deadline of a whole apply, if any.
+    /// Deadline of a whole `plan` or `apply` (connecting and planning included), if any.
     #[serde(with = "opt_duration")]
     pub timeout: Option<Duration>,
     /// Tables synced at once.

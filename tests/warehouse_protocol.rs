@@ -113,6 +113,10 @@ async fn connection(
         };
         let answer = handler(&request, &base);
         seen.lock().unwrap().push(request);
+        if answer.status == 0 {
+            // "Lose the reply": close the connection after acting on the request.
+            return;
+        }
         let mut response = format!(
             "HTTP/1.1 {} Canned\r\nContent-Length: {}\r\n",
             answer.status,
@@ -948,4 +952,153 @@ async fn waiting_for_a_job_has_a_deadline() {
         error.to_string().contains("job slow did not finish"),
         "{error}"
     );
+}
+
+/// A canned answer of status 0 closes the connection without replying.
+fn lost_reply() -> Canned {
+    canned(0, "")
+}
+
+#[tokio::test]
+async fn errors_in_a_200_query_response_are_warnings_unless_the_job_failed() {
+    let (base, _) = serve(Arc::new(|request, _| {
+        let path = request.target.split('?').next().unwrap_or_default();
+        let body = String::from_utf8_lossy(&request.body).to_string();
+        match (request.method.as_str(), path) {
+            ("GET", "/bigquery/v2/projects/p/datasets/d") => canned(200, DATASET_US),
+            ("POST", "/bigquery/v2/projects/p/queries") if body.contains("warn") => canned(
+                200,
+                r#"{"jobReference":{"projectId":"p","jobId":"w1","location":"US"},"jobComplete":true,"schema":{"fields":[{"name":"x","type":"INTEGER"}]},"rows":[{"f":[{"v":"1"}]}],"errors":[{"reason":"invalid","message":"a warning"}]}"#,
+            ),
+            ("POST", "/bigquery/v2/projects/p/queries") => canned(
+                200,
+                r#"{"jobReference":{"projectId":"p","jobId":"f1","location":"US"},"jobComplete":true,"errors":[{"reason":"invalidQuery","message":"Syntax error"}]}"#,
+            ),
+            ("GET", "/bigquery/v2/projects/p/jobs/w1") => {
+                canned(200, r#"{"jobReference":{"jobId":"w1"},"status":{"state":"DONE","errors":[{"reason":"invalid","message":"a warning"}]}}"#)
+            }
+            ("GET", "/bigquery/v2/projects/p/jobs/f1") => canned(
+                200,
+                r#"{"jobReference":{"jobId":"f1"},"status":{"state":"DONE","errorResult":{"reason":"invalidQuery","message":"Syntax error"}}}"#,
+            ),
+            _ => canned(500, "unexpected request"),
+        }
+    }))
+    .await;
+    let bq = client(&base).without_emulator_quirks();
+    let rows = bq.query("SELECT 1 AS warn", &[]).await.unwrap();
+    assert_eq!(rows.rows, vec![vec![serde_json::json!(1)]]);
+    let error = bq.query("SELEC 1", &[]).await.unwrap_err();
+    assert!(matches!(error, WarehouseError::Job { .. }), "{error}");
+    assert!(error.to_string().contains("Syntax error"), "{error}");
+}
+
+#[tokio::test]
+async fn a_404_right_after_a_409_on_a_job_is_retried() {
+    let gets = Arc::new(Mutex::new(0));
+    let counter = gets.clone();
+    let (base, _) = serve(Arc::new(move |request, _| {
+        let path = request.target.split('?').next().unwrap_or_default();
+        match (request.method.as_str(), path) {
+            ("GET", "/bigquery/v2/projects/p/datasets/d") => canned(200, DATASET_US),
+            ("GET", "/bigquery/v2/projects/p/jobs/j409") => {
+                let mut gets = counter.lock().unwrap();
+                *gets += 1;
+                // The probe before the upload, then two 404s right after the 409.
+                if *gets <= 3 {
+                    canned(404, NOT_FOUND)
+                } else {
+                    canned(200, r#"{"jobReference":{"jobId":"j409"},"status":{"state":"DONE"},"statistics":{"load":{"outputRows":"1"}}}"#)
+                }
+            }
+            ("POST", "/upload/bigquery/v2/projects/p/jobs") => canned(
+                409,
+                r#"{"error":{"code":409,"message":"Already Exists: Job p:US.j409","errors":[{"reason":"duplicate"}]}}"#,
+            ),
+            _ => canned(500, "unexpected request"),
+        }
+    }))
+    .await;
+    let outcome = client(&base)
+        .load(&load_request("j409"), feed(b"{\"id\":1}\n".to_vec(), 100))
+        .await
+        .unwrap();
+    assert_eq!(outcome.output_rows, 1);
+    assert_eq!(*gets.lock().unwrap(), 4);
+}
+
+#[tokio::test]
+async fn a_concurrent_update_conflict_is_run_again_with_a_fresh_request_id() {
+    let posts = Arc::new(Mutex::new(0));
+    let counter = posts.clone();
+    let (base, seen) = serve(Arc::new(move |request, _| {
+        let path = request.target.split('?').next().unwrap_or_default();
+        match (request.method.as_str(), path) {
+            ("GET", "/bigquery/v2/projects/p/datasets/d") => canned(200, DATASET_US),
+            ("POST", "/bigquery/v2/projects/p/queries") => {
+                let mut posts = counter.lock().unwrap();
+                *posts += 1;
+                if *posts == 1 {
+                    canned(400, r#"{"error":{"code":400,"message":"Could not serialize access to table p:d.t due to concurrent update","errors":[{"reason":"invalidQuery"}]}}"#)
+                } else {
+                    canned(200, r#"{"jobReference":{"projectId":"p","jobId":"ok1","location":"US"},"jobComplete":true,"numDmlAffectedRows":"3"}"#)
+                }
+            }
+            _ => canned(500, "unexpected request"),
+        }
+    }))
+    .await;
+    client(&base)
+        .insert_from("s", "t", &["id".to_string()], true)
+        .await
+        .unwrap();
+    let seen = seen.lock().unwrap();
+    let ids: Vec<String> = seen
+        .iter()
+        .filter(|request| request.method == "POST")
+        .map(|request| {
+            let body: serde_json::Value = serde_json::from_slice(&request.body).unwrap();
+            body["requestId"].as_str().unwrap().to_string()
+        })
+        .collect();
+    assert_eq!(ids.len(), 2);
+    assert_ne!(ids[0], ids[1], "a fresh requestId");
+}
+
+#[tokio::test]
+async fn a_table_insert_whose_first_reply_was_lost_succeeds_when_the_schema_matches() {
+    let inserts = Arc::new(Mutex::new(0));
+    let counter = inserts.clone();
+    let (base, _) = serve(Arc::new(move |request, _| {
+        let path = request.target.split('?').next().unwrap_or_default();
+        match (request.method.as_str(), path) {
+            ("POST", "/bigquery/v2/projects/p/datasets/d/tables") => {
+                let mut inserts = counter.lock().unwrap();
+                *inserts += 1;
+                if *inserts == 1 {
+                    lost_reply()
+                } else {
+                    canned(409, r#"{"error":{"code":409,"message":"Already Exists: Table p:d.t","errors":[{"reason":"duplicate"}]}}"#)
+                }
+            }
+            ("GET", "/bigquery/v2/projects/p/datasets/d/tables/t") => canned(200, TABLE_T),
+            _ => canned(500, "unexpected request"),
+        }
+    }))
+    .await;
+    let bq = client(&base);
+    let table = load_request("x").schema;
+    bq.create_table(&table).await.unwrap();
+    assert_eq!(*inserts.lock().unwrap(), 2);
+    // A different table of that name is still a conflict.
+    let other = WarehouseTable {
+        fields: vec![WarehouseField::new(
+            "id",
+            BqType::String,
+            FieldMode::Required,
+        )],
+        ..table
+    };
+    let error = bq.create_table(&other).await.unwrap_err();
+    assert!(error.is_duplicate(), "{error}");
 }

@@ -111,7 +111,30 @@ impl BigQuery {
         })
     }
 
+    /// Runs a statement; a concurrent-DML conflict ("Could not serialize access to …", HTTP 400
+    /// `invalidQuery`) aborted the statement atomically, so it is re-run with a fresh
+    /// `requestId` (the same one would return the same failed job), with backoff.
     pub(super) async fn run_query(
+        &self,
+        context: &str,
+        sql: &str,
+        params: &[QueryParam],
+    ) -> Result<(QueryRows, QueryResponse), WarehouseError> {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match self.run_query_once(context, sql, params).await {
+                Err(error) if is_serialize_conflict(&error) && self.retry.should_retry(attempt) => {
+                    let delay = self.retry.delay(attempt, None, jitter());
+                    tracing::debug!(%error, attempt, ?delay, "concurrent update; running the statement again");
+                    tokio::time::sleep(delay).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn run_query_once(
         &self,
         context: &str,
         sql: &str,
@@ -146,7 +169,7 @@ impl BigQuery {
         let mut response: QueryResponse = self
             .send_json(context, Method::POST, url, Some(&body))
             .await?;
-        check_query_errors(context, &response)?;
+        self.check_query_errors(context, &response).await?;
         // Polls and pages use the first answer's job reference (later ones may omit the location).
         let reference = response.job_reference.clone();
         let mut polls = 0;
@@ -215,7 +238,7 @@ impl BigQuery {
             }
         }
         let response: QueryResponse = self.send_json(context, Method::GET, url, None).await?;
-        check_query_errors(context, &response)?;
+        self.check_query_errors(context, &response).await?;
         Ok(response)
     }
 
@@ -261,15 +284,57 @@ impl BigQuery {
     }
 }
 
-fn check_query_errors(context: &str, response: &QueryResponse) -> Result<(), WarehouseError> {
-    match response.errors.first() {
-        None => Ok(()),
-        Some(error) => Err(WarehouseError::Api {
-            context: context.to_string(),
-            status: 200,
-            reason: error.reason(),
-            message: error.message(),
-        }),
+impl BigQuery {
+    /// `errors` in a 200 jobs.query/getQueryResults answer are "the first errors or warnings
+    /// encountered during the running of the job … Errors here do not necessarily mean that the
+    /// job has completed or was unsuccessful" (BigQuery v2 `QueryResponse.errors`): a failed job
+    /// is an HTTP error or `status.errorResult` (jobs.get). The emulator reports SQL errors only
+    /// there, so with the emulator they fail the query.
+    async fn check_query_errors(
+        &self,
+        context: &str,
+        response: &QueryResponse,
+    ) -> Result<(), WarehouseError> {
+        let Some(error) = response.errors.first() else {
+            return Ok(());
+        };
+        if self.emulator {
+            return Err(WarehouseError::Api {
+                context: context.to_string(),
+                status: 200,
+                reason: error.reason(),
+                message: error.message(),
+            });
+        }
+        if let Some(reference) = &response.job_reference
+            && response.job_complete == Some(true)
+            && !reference.job_id.is_empty()
+            && let Some(job) = self
+                .get_job(&reference.job_id, reference.location.as_deref())
+                .await?
+            && job
+                .status
+                .as_ref()
+                .is_some_and(|status| status.error_result.is_some())
+        {
+            job.check(context, &reference.job_id)?;
+        }
+        for warning in &response.errors {
+            tracing::warn!(context, reason = %warning.reason(), message = %warning.message(), "BigQuery warning");
+        }
+        Ok(())
+    }
+}
+
+/// A concurrent-DML conflict: the statement was aborted and may be run again
+/// (kafka-connect-bigquery `BigQueryErrorResponses.isCouldNotSerializeAccessError`).
+fn is_serialize_conflict(error: &WarehouseError) -> bool {
+    match error {
+        WarehouseError::Api {
+            status, message, ..
+        } => *status == 400 && message.contains("Could not serialize access"),
+        WarehouseError::Job { message, .. } => message.contains("Could not serialize access"),
+        _ => false,
     }
 }
 

@@ -264,6 +264,21 @@ impl BigQuery {
     }
 }
 
+/// Same columns (names ignoring case, types, modes, parameters), partitioning and clustering.
+fn same_shape(existing: &WarehouseTable, wanted: &WarehouseTable) -> bool {
+    existing.fields.len() == wanted.fields.len()
+        && existing.fields.iter().zip(&wanted.fields).all(|(a, b)| {
+            a.name.eq_ignore_ascii_case(&b.name)
+                && a.bq_type == b.bq_type
+                && a.mode == b.mode
+                && a.precision == b.precision
+                && a.scale == b.scale
+                && a.max_length == b.max_length
+        })
+        && existing.partitioning == wanted.partitioning
+        && existing.clustering == wanted.clustering
+}
+
 #[async_trait]
 impl Warehouse for BigQuery {
     async fn ensure_dataset(&self, create: bool) -> Result<(), WarehouseError> {
@@ -324,9 +339,15 @@ impl Warehouse for BigQuery {
         let body = serde_json::to_value(TableResource::new(&self.project, &self.dataset, table))
             .map_err(|error| WarehouseError::Invalid(format!("{context}: {error}")))?;
         let url = self.api_url(&["datasets", &self.dataset, "tables"])?;
-        self.send(&context, Method::POST, url, Some(&body))
-            .await
-            .map(drop)
+        match self.send(&context, Method::POST, url, Some(&body)).await {
+            // A retried insert whose first reply was lost: the table is ours if it has the
+            // schema we asked for.
+            Err(error) if error.is_duplicate() => match self.get_table(&table.name).await? {
+                Some(existing) if same_shape(&existing.table, table) => Ok(()),
+                _ => Err(error),
+            },
+            other => other.map(drop),
+        }
     }
 
     async fn alter_table(&self, name: &str, changes: &[AlterColumn]) -> Result<(), WarehouseError> {

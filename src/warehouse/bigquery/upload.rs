@@ -322,13 +322,24 @@ impl BigQuery {
         context: &str,
         request: &LoadRequest,
     ) -> Result<LoadOutcome, WarehouseError> {
-        let job =
-            self.get_job(&request.job_id, None)
-                .await?
-                .ok_or_else(|| WarehouseError::Protocol {
+        // Right after a 409, jobs.get can still answer 404 for a while: retry it (the official
+        // Python client does too, googleapis/python-bigquery#2134).
+        let mut attempt = 0;
+        let job = loop {
+            attempt += 1;
+            if let Some(job) = self.get_job(&request.job_id, None).await? {
+                break job;
+            }
+            if !self.retry.should_retry(attempt) {
+                return Err(WarehouseError::Protocol {
                     context: context.to_string(),
-                    message: "BigQuery says the job exists, but jobs.get can't find it".into(),
-                })?;
+                    message: format!(
+                        "BigQuery says the job exists, but jobs.get can't find it ({attempt} tries)"
+                    ),
+                });
+            }
+            tokio::time::sleep(self.retry.delay(attempt, None, jitter())).await;
+        };
         let job = self.wait_for_job(context, job, &request.job_id).await?;
         self.load_outcome(context, &job, &request.job_id, 0)
     }

@@ -505,3 +505,33 @@ async fn an_ambiguous_write_failure_says_the_state_is_unknown() {
     let third = plan(&manifest, &executor.sources["lite"], &warehouse).await;
     assert_eq!(third.tables[0].existing_rows, Some(4));
 }
+
+/// A target datasync can't read (a RECORD column) blocks that table with the reason; the plan
+/// and the other tables go on.
+#[tokio::test]
+async fn an_unreadable_target_blocks_only_that_table() {
+    let setup = sqlite(SEED).await;
+    let manifest = manifest(&setup.path, "      items: {}\n      notes: {}\n");
+    let warehouse = Arc::new(FakeWarehouse::with_dataset());
+    warehouse.insert_table(string_id_items(), Vec::new());
+    warehouse.mark_unsupported(
+        "items",
+        "column r has type RECORD, which datasync does not support",
+    );
+    let executor = executor(&manifest, Arc::clone(&warehouse), DryRun::No).await;
+    let plan = plan(&manifest, &executor.sources["lite"], &warehouse).await;
+    assert_eq!(plan.tables[0].action, TableAction::Blocked);
+    assert!(
+        plan.tables[0]
+            .errors
+            .iter()
+            .any(|error| error.contains("RECORD")),
+        "{:?}",
+        plan.tables[0].errors
+    );
+    assert!(plan.tables[0].steps.is_empty());
+    assert_eq!(plan.tables[1].action, TableAction::Create);
+    let report = executor.run(&plan).await;
+    assert_eq!(report.tables[0].status, TableStatus::Skipped);
+    assert_eq!(ids(&warehouse, "notes"), ["1", "2"]);
+}

@@ -1102,3 +1102,29 @@ async fn a_table_insert_whose_first_reply_was_lost_succeeds_when_the_schema_matc
     let error = bq.create_table(&other).await.unwrap_err();
     assert!(error.is_duplicate(), "{error}");
 }
+
+#[tokio::test]
+async fn a_target_with_record_or_range_columns_is_readable_and_marked_unsupported() {
+    let (base, _) = serve(Arc::new(|_, _| {
+        canned(
+            200,
+            r#"{"tableReference":{"projectId":"p","datasetId":"d","tableId":"t"},"type":"TABLE","schema":{"fields":[
+                {"name":"id","type":"INTEGER"},{"name":"r","type":"RECORD","fields":[{"name":"x","type":"STRING"}]},
+                {"name":"span","type":"RANGE"}]}}"#,
+        )
+    }))
+    .await;
+    let existing = client(&base).get_table("t").await.unwrap().unwrap();
+    assert_eq!(existing.table.fields.len(), 1);
+    assert_eq!(existing.unsupported.len(), 2, "{:?}", existing.unsupported);
+    assert!(
+        existing.unsupported[0].contains("RECORD"),
+        "{:?}",
+        existing.unsupported
+    );
+    assert!(
+        existing.unsupported[1].contains("RANGE"),
+        "{:?}",
+        existing.unsupported
+    );
+}

@@ -4,7 +4,7 @@
 
 use crate::manifest::{Manifest, TableSpec};
 use crate::mapping::map_table;
-use crate::plan::{Plan, TableInput, TablePlan, plan_table};
+use crate::plan::{Plan, TableAction, TableInput, TablePlan, plan_table};
 use crate::source::Source;
 use crate::warehouse::WarehouseError;
 
@@ -78,13 +78,31 @@ async fn plan_one(
         Ok(table) => map_table(table, spec),
         Err(_) => Err(Vec::new()),
     };
-    Ok(plan_table(TableInput {
+    let unsupported = existing
+        .as_ref()
+        .map(|table| table.unsupported.clone())
+        .unwrap_or_default();
+    let mut plan = plan_table(TableInput {
         spec: spec.clone(),
         source,
         mapping,
         existing_rows: existing.as_ref().and_then(|table| table.num_rows),
         existing: existing.map(|table| table.table),
-    }))
+    });
+    if !unsupported.is_empty() {
+        // A target datasync can't read blocks this table only, with the reason.
+        if plan.action.runs() {
+            plan.action = TableAction::Blocked;
+        }
+        plan.steps.clear();
+        plan.table_operations = 0;
+        plan.errors.push(format!(
+            "target `{}` can't be synced: {}",
+            spec.target,
+            unsupported.join("; ")
+        ));
+    }
+    Ok(plan)
 }
 
 /// Rows the table's run will move: for a bounded extraction, the rows past the target's cursor

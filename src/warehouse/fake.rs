@@ -42,6 +42,7 @@ struct State {
     fail_next: Vec<InjectedFailure>,
     fail_load_after_bytes: Option<u64>,
     loads: BTreeMap<String, LoadOutcome>,
+    unsupported: BTreeMap<String, Vec<String>>,
 }
 
 /// An in-memory warehouse.
@@ -118,6 +119,15 @@ impl FakeWarehouse {
         let mut state = self.lock();
         state.dataset_exists = true;
         state.tables.insert(table.name.clone(), (table, rows));
+    }
+
+    /// Makes `table` read back as one datasync can't work with (like a RECORD column).
+    pub fn mark_unsupported(&self, table: &str, reason: &str) {
+        self.lock()
+            .unsupported
+            .entry(table.to_string())
+            .or_default()
+            .push(reason.to_string());
     }
 
     fn begin(
@@ -254,6 +264,7 @@ impl Warehouse for FakeWarehouse {
             num_rows: Some(rows.len() as u64),
             etag: None,
             last_modified: None,
+            unsupported: state.unsupported.get(name).cloned().unwrap_or_default(),
         }))
     }
 

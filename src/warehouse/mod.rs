@@ -9,15 +9,32 @@
 //! - Every call retries 429, 5xx, transport errors and the reasons `rateLimitExceeded`,
 //!   `backendError`, `internalError` ([`RetryPolicy`]: 6 attempts, exponential backoff with
 //!   jitter, `Retry-After` honoured). `jobs.query` carries a `requestId`, so a retried DML
-//!   statement runs once.
+//!   statement runs once. A statement aborted by a concurrent update ("Could not serialize
+//!   access", HTTP 400) is run again with a fresh `requestId`.
+//! - Everything is bounded: each HTTP request by [`RetryPolicy::request_timeout`] (plus connect
+//!   and read timeouts in the client), a call with its retries by
+//!   [`RetryPolicy::call_deadline`], waiting for a job by [`RetryPolicy::job_deadline`], an
+//!   upload by a number of failed attempts per chunk and per upload. A deadline is a
+//!   [`WarehouseError::Deadline`].
+//! - Jobs run in the dataset's location (datasets.get), sent on every job insert, jobs.get,
+//!   getQueryResults and cancel; `bigquery.location` only creates the dataset or is checked
+//!   against it ([`WarehouseError::LocationMismatch`]).
 //! - `load` is idempotent per client job ID: an outcome is remembered in-process, an existing job
-//!   (jobs.get, or a 409 on the upload) is awaited instead of loading again.
+//!   (jobs.get, or a 409 on the upload, after which a 404 is retried) is awaited instead of
+//!   loading again. `create_table` after a lost reply (409) succeeds when the table has the
+//!   requested schema.
 //! - An empty load sends no upload (a resumable upload can't be empty): a missing table is
 //!   created with the request's schema, `Truncate` runs `TRUNCATE TABLE` (the existing schema is
 //!   kept, unlike a real `WRITE_TRUNCATE` load), `Append`/`Empty` do nothing.
-//! - Query errors that arrive inside an HTTP 200 (`errors`) and job errors (`status.errorResult`)
-//!   are errors.
-//!
+//! - `errors` inside an HTTP 200 query answer are warnings (logged) unless jobs.get shows
+//!   `status.errorResult`; job errors (`status.errorResult`) are errors. On the emulator, which
+//!   reports SQL errors only that way, `errors` in a 200 are errors.
+//! - `alter_table` sends one `ALTER TABLE` with every change (one per change on the emulator).
+//! - A target with columns datasync does not model (RECORD, RANGE) or that is not a table reads
+//!   back with [`ExistingTable::unsupported`] reasons instead of failing.
+//! - [`WarehouseError::is_ambiguous`] tells a failure after which BigQuery may have acted (lost
+//!   reply, 5xx, deadline) from one after which nothing changed.
+
 //! # Emulator (bqemulator 1.4) quirks handled or tolerated
 //!
 //! - The upload endpoint ignores the client's job ID (the job gets `bqemu_…`; jobs.get on our ID
@@ -63,6 +80,10 @@ pub struct ExistingTable {
     pub etag: Option<String>,
     /// Last modification, milliseconds since the epoch as BigQuery sends it.
     pub last_modified: Option<String>,
+    /// Why datasync can't work with this table, if it can't: columns of types it does not model
+    /// (RECORD, RANGE; left out of `table`), or not a plain table (VIEW, EXTERNAL). The planner
+    /// blocks such a table with these reasons; other tables are unaffected.
+    pub unsupported: Vec<String>,
 }
 
 /// What a load does with the rows already in the table.
@@ -525,7 +546,7 @@ pub fn alter_statement(table: &str, change: &AlterColumn, explicit_numeric: bool
 
 /// The DDL for every change on `table`: ONE `ALTER TABLE` with the actions comma-separated, so
 /// the table takes one metadata update (BigQuery allows 5 per 10 s per table); the grammar
-/// takes a list of actions (https://cloud.google.com/bigquery/docs/reference/standard-sql/data-definition-language#alter_table_add_column_statement).
+/// takes a list of actions (<https://cloud.google.com/bigquery/docs/reference/standard-sql/data-definition-language#alter_table_add_column_statement>).
 /// With `emulator`, one statement per change: the emulator refuses several actions.
 pub fn alter_statements(
     table: &str,

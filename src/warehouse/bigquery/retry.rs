@@ -21,7 +21,7 @@ pub struct RetryPolicy {
     /// Longest one call may take with all its retries: no retry starts after it.
     pub call_deadline: Duration,
     /// Longest datasync waits for a job to finish (BigQuery's own limit for query and load
-    /// jobs is 6 h: https://cloud.google.com/bigquery/quotas#query_jobs).
+    /// jobs is 6 h: <https://cloud.google.com/bigquery/quotas#query_jobs>).
     pub job_deadline: Duration,
 }
 

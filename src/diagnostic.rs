@@ -193,6 +193,8 @@ codes! {
     PlanMappingError => "datasync::plan::mapping_error",
     /// A saved plan no longer matches the sources or targets.
     PlanStale => "datasync::plan::stale",
+    /// The existing target has columns or a kind datasync cannot sync into.
+    PlanUnsupportedTarget => "datasync::plan::unsupported_target",
 }
 
 impl fmt::Display for Code {

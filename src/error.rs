@@ -115,6 +115,9 @@ pub enum Error {
     /// The apply was stopped by a signal (named).
     #[error("apply interrupted by {0}; {PARTIAL}")]
     Interrupted(&'static str),
+    /// Connecting and planning ran past the manifest's `timeout`.
+    #[error("timed out after {} (manifest `timeout`) while connecting and planning", humantime::format_duration(*.0))]
+    PlanTimedOut(Duration),
     /// The apply ran past the manifest's `timeout`.
     #[error("apply timed out after {}; {PARTIAL}", humantime::format_duration(*.0))]
     TimedOut(Duration),
@@ -146,6 +149,7 @@ impl Error {
             | Self::Io { .. }
             | Self::Interrupted(_)
             | Self::TimedOut(_)
+            | Self::PlanTimedOut(_)
             | Self::Planning { .. }
             | Self::Internal(_) => ExitStatus::Failure,
         }

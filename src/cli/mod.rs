@@ -487,21 +487,37 @@ fn select_tables(
     Ok(())
 }
 
-/// What `plan` and `apply` share: the manifest with `--table` applied, connected.
+/// What `plan` and `apply` share: the manifest with `--table` applied, connected and planned
+/// within the manifest's `timeout` (which covers connecting and planning, not only the executor);
+/// the deadline is returned for the rest of the run.
 async fn prepare(
     cli: &Cli,
     env: &Env,
     tables: &[String],
-) -> Result<(Loaded, crate::sync::Session), Error> {
+) -> Result<
+    (
+        Loaded,
+        crate::sync::Session,
+        crate::plan::Plan,
+        Option<tokio::time::Instant>,
+    ),
+    Error,
+> {
     let mut loaded = load_manifest(&cli.global, env)?;
     select_tables(&mut loaded.manifest, tables)?;
-    let session = crate::sync::connect(&loaded.manifest).await?;
-    Ok((loaded, session))
+    let limit = loaded.manifest.timeout;
+    let deadline = limit.map(|limit| tokio::time::Instant::now() + limit);
+    let (session, plan) = within(limit, deadline, async {
+        let session = crate::sync::connect(&loaded.manifest).await?;
+        let plan = crate::sync::planner::plan(&loaded.manifest, &session).await?;
+        Ok((session, plan))
+    })
+    .await?;
+    Ok((loaded, session, plan, deadline))
 }
 
 async fn plan(cli: &Cli, env: &Env, args: &PlanArgs) -> Result<ExitStatus, Error> {
-    let (loaded, session) = prepare(cli, env, &args.tables).await?;
-    let plan = crate::sync::planner::plan(&loaded.manifest, &session).await?;
+    let (_loaded, _session, plan, _deadline) = prepare(cli, env, &args.tables).await?;
     let text = match args.format {
         PlanFormat::Text => crate::plan::render::text(&plan),
         PlanFormat::Markdown => crate::plan::render::markdown(&plan),
@@ -548,7 +564,7 @@ fn saved_plan(path: &Path, fresh: &crate::plan::Plan) -> Result<crate::plan::Pla
 }
 
 async fn apply(cli: &Cli, env: &Env, args: &ApplyArgs) -> Result<ExitStatus, Error> {
-    let (loaded, session) = prepare(cli, env, &args.tables).await?;
+    let (loaded, session, fresh, deadline) = prepare(cli, env, &args.tables).await?;
     // An invalid DRY_RUN already failed the manifest load.
     let dry_run_env = manifest::env::get(env, manifest::env::vars::DRY_RUN)
         .is_some_and(|value| manifest::env::parse_bool(value) == Ok(true));
@@ -557,7 +573,6 @@ async fn apply(cli: &Cli, env: &Env, args: &ApplyArgs) -> Result<ExitStatus, Err
     } else {
         crate::sync::DryRun::No
     };
-    let fresh = crate::sync::planner::plan(&loaded.manifest, &session).await?;
     let plan = match &args.plan {
         None => fresh,
         Some(path) => saved_plan(path, &fresh)?,
@@ -581,9 +596,9 @@ async fn apply(cli: &Cli, env: &Env, args: &ApplyArgs) -> Result<ExitStatus, Err
     let run = executor.run(&plan);
     let report = tokio::select! {
         report = async {
-            match loaded.manifest.timeout {
-                Some(limit) => tokio::time::timeout(limit, run).await.map_err(|_| Error::TimedOut(limit)),
-                None => Ok(run.await),
+            match (loaded.manifest.timeout, deadline) {
+                (Some(limit), Some(deadline)) => tokio::time::timeout_at(deadline, run).await.map_err(|_| Error::TimedOut(limit)),
+                _ => Ok(run.await),
             }
         } => report,
         signal = shutdown_signal() => Err(Error::Interrupted(signal)),
@@ -607,6 +622,21 @@ async fn apply(cli: &Cli, env: &Env, args: &ApplyArgs) -> Result<ExitStatus, Err
     } else {
         ExitStatus::Failure
     })
+}
+
+/// Runs `work` (connecting, planning) by `deadline` (default: `limit` from now), if any.
+async fn within<T>(
+    limit: Option<std::time::Duration>,
+    deadline: Option<tokio::time::Instant>,
+    work: impl std::future::Future<Output = Result<T, Error>>,
+) -> Result<T, Error> {
+    let Some(limit) = limit else {
+        return work.await;
+    };
+    let deadline = deadline.unwrap_or_else(|| tokio::time::Instant::now() + limit);
+    tokio::time::timeout_at(deadline, work)
+        .await
+        .unwrap_or(Err(Error::PlanTimedOut(limit)))
 }
 
 /// Waits for Ctrl-C or SIGTERM (what schedulers send to stop a job); returns its name.

@@ -48,7 +48,9 @@ pub struct RawBigQuery {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = r"^[A-Za-z0-9_]{1,1024}$"))]
     pub dataset: Option<String>,
-    /// Dataset location used for jobs, e.g. `US`, `EU` or `europe-west1`. Default: `US`.
+    /// Location of the dataset, e.g. `US`, `EU` or `europe-west1`: used when datasync creates the
+    /// dataset (default `US`); for an existing dataset it is only checked (jobs always run in
+    /// the dataset's own location).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub location: Option<String>,
     /// Base URL of the BigQuery API, e.g. a regional endpoint
@@ -195,7 +197,7 @@ pub struct RawDefaults {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = -1))]
     pub max_parse_failures: Option<i64>,
-    /// Deadline for a whole `apply`. `0` means none. Default: `0`. Legacy variable:
+    /// Deadline for a whole `plan` or `apply`, connecting and planning included. `0` means none. Default: `0`. Legacy variable:
     /// `SYNC_TIMEOUT`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout: Option<RawDuration>,

@@ -32,7 +32,7 @@ pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 pub struct Manifest {
     /// The destination.
     pub bigquery: BigQuerySpec,
-    /// Deadline of a whole apply, if any.
+    /// Deadline of a whole `plan` or `apply` (connecting and planning included), if any.
     #[serde(with = "opt_duration")]
     pub timeout: Option<Duration>,
     /// Tables synced at once.
@@ -50,8 +50,9 @@ pub struct BigQuerySpec {
     pub project: String,
     /// Dataset.
     pub dataset: String,
-    /// Job location.
-    pub location: String,
+    /// The dataset's location as configured (`bigquery.location`): used to create the dataset
+    /// (default `US`) and checked against an existing dataset's. Jobs run where the dataset is.
+    pub location: Option<String>,
     /// API base URL (regional, Private Service Connect, emulator); `None`: production.
     pub endpoint: Option<String>,
     /// `endpoint` is an emulator: no credentials, a dummy token, emulator workarounds.
@@ -483,7 +484,7 @@ pub fn resolve(raw: &RawManifest) -> (Option<Manifest>, Vec<Diagnostic>) {
         bigquery: BigQuerySpec {
             project,
             dataset,
-            location: raw.bigquery.location.clone().unwrap_or_else(|| "US".into()),
+            location: raw.bigquery.location.clone(),
             endpoint: raw
                 .bigquery
                 .endpoint
@@ -1151,7 +1152,7 @@ impl Manifest {
             bigquery: RawBigQuery {
                 project: Some(self.bigquery.project.clone()),
                 dataset: Some(self.bigquery.dataset.clone()),
-                location: Some(self.bigquery.location.clone()),
+                location: self.bigquery.location.clone(),
                 endpoint: self.bigquery.endpoint.clone(),
                 emulator: self.bigquery.emulator.then_some(true),
                 credentials: self.bigquery.credentials.clone(),

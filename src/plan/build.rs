@@ -24,6 +24,9 @@ pub struct TableInput {
     pub existing: Option<WarehouseTable>,
     /// Rows in the existing table.
     pub existing_rows: Option<u64>,
+    /// Why the existing table cannot be synced into (RECORD/RANGE columns, a view, …); the
+    /// table is then blocked with these reasons.
+    pub unsupported: Vec<String>,
 }
 
 /// The schema part of a table's plan.
@@ -59,6 +62,7 @@ pub fn plan_table(input: TableInput) -> TablePlan {
         mapping,
         existing,
         existing_rows,
+        unsupported,
     } = input;
     let at = Location::Table(spec.label());
     let (source_table, mapping, mut schema) = match (source, mapping) {
@@ -74,6 +78,24 @@ pub fn plan_table(input: TableInput) -> TablePlan {
             Some(table),
             None,
             SchemaPlan::failed(TableAction::Error, errors),
+        ),
+        (Ok(table), Ok(_)) if !unsupported.is_empty() => (
+            Some(table),
+            None,
+            SchemaPlan::failed(
+                TableAction::Blocked,
+                vec![
+                    Diagnostic::error(
+                        Code::PlanUnsupportedTarget,
+                        format!(
+                            "target `{}` can't be synced: {}",
+                            spec.target,
+                            unsupported.join("; ")
+                        ),
+                    )
+                    .at(at.clone()),
+                ],
+            ),
         ),
         (Ok(table), Ok(mapping)) => {
             let mut schema = plan_schema(&spec, &mapping.table, existing.as_ref());
@@ -350,6 +372,7 @@ mod tests {
             mapping: mapped(desired, vec![]),
             existing_rows: existing.as_ref().map(|_| 3),
             existing,
+            unsupported: Vec::new(),
         })
     }
 
@@ -410,6 +433,22 @@ mod tests {
         let planned = plan(WriteMode::Incremental, Some(existing), desired);
         assert_eq!(planned.action, TableAction::Update);
         assert_eq!(planned.extract().unwrap().bound, Bound::All);
+    }
+
+    #[test]
+    fn an_unreadable_target_blocks_only_its_table() {
+        let planned = plan_table(TableInput {
+            spec: spec("t", WriteMode::Replace),
+            source: Ok(source(10)),
+            mapping: mapped(ids(), vec![]),
+            existing_rows: Some(1),
+            existing: Some(ids()),
+            unsupported: vec!["column `r` is a RECORD".into()],
+        });
+        assert_eq!(planned.action, TableAction::Blocked);
+        assert!(planned.steps.is_empty());
+        assert_eq!(planned.errors[0].code, Code::PlanUnsupportedTarget);
+        assert!(planned.errors[0].message.contains("column `r` is a RECORD"));
     }
 
     #[test]

@@ -297,6 +297,7 @@ mod tests {
                 ),
                 existing: None,
                 existing_rows: None,
+                unsupported: Vec::new(),
             }),
             plan_table(TableInput {
                 spec: spec("orders", WriteMode::Merge),
@@ -304,6 +305,7 @@ mod tests {
                 mapping: mapped(desired_orders, vec![]),
                 existing: Some(existing_orders),
                 existing_rows: Some(39_000),
+                unsupported: Vec::new(),
             }),
             plan_table(TableInput {
                 spec: spec("items", WriteMode::Incremental),
@@ -311,6 +313,7 @@ mod tests {
                 mapping: mapped(table("items", &[("id", Int64, Required)]), vec![]),
                 existing: Some(table("items", &[("id", Int64, Required)])),
                 existing_rows: Some(3),
+                unsupported: Vec::new(),
             }),
             plan_table(TableInput {
                 spec: spec("events", WriteMode::Append),
@@ -318,6 +321,7 @@ mod tests {
                 mapping: mapped(table("events", &[("id", String, Nullable)]), vec![]),
                 existing: Some(table("events", &[("id", Int64, Nullable)])),
                 existing_rows: Some(3),
+                unsupported: Vec::new(),
             }),
         ];
         Plan::new("demo-project.ds".into(), false, tables)
@@ -350,6 +354,7 @@ mod tests {
             mapping: mapped(desired.clone(), vec![]),
             existing: Some(existing),
             existing_rows: None,
+            unsupported: Vec::new(),
         };
         let blocked = plan_table(input(existing.clone()));
         assert_eq!(blocked.action, TableAction::Blocked);

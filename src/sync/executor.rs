@@ -31,6 +31,10 @@ use crate::warehouse::{
     WarehouseError, cursor_text,
 };
 
+/// How a report words a failure after which BigQuery may have carried the request out
+/// ([`WarehouseError::is_ambiguous`]).
+const UNKNOWN_STATE: &str = "the target's state is unknown (BigQuery may have carried the request out before its reply was lost); run `datasync plan` to see it as it is";
+
 /// Runs a plan. Cheap to clone: every table runs on its own task with a clone.
 #[derive(Clone)]
 pub struct Executor {
@@ -305,8 +309,17 @@ impl Executor {
             tokio::select! {
                 result = &mut extraction, if extracted.is_none() => {
                     if let Err(error) = result {
+                        // A load that failed (e.g. could not start) closes the sink under the
+                        // extraction: report the load's own error, not the closed sink.
+                        let load_error = match loaded.take() {
+                            Some(Err(error)) => Some(error),
+                            _ => futures::FutureExt::now_or_never(&mut upload).and_then(Result::err),
+                        };
                         let _ = warehouse.drop_table(&staging).await;
-                        return Err(TableFailure::new(format!("extraction failed (nothing was written): {error}")));
+                        return Err(TableFailure::new(match load_error {
+                            Some(load_error) => format!("load into staging failed: {load_error}"),
+                            None => format!("extraction failed (nothing was written): {error}"),
+                        }));
                     }
                     extracted = result.ok();
                 }
@@ -345,19 +358,33 @@ impl Executor {
     async fn finish(&self, table: &TablePlan, stats: &ExtractStats) -> Result<(), String> {
         let warehouse = self.warehouse.as_ref();
         let staging = staging_table(&table.target);
+        let mut schema_changed = false;
         for step in &table.steps {
             match step {
                 Step::Stage(_) => {}
                 Step::DropTable | Step::CreateTable | Step::AlterTable { .. } => {
-                    run_ddl(warehouse, table, step)
-                        .await
-                        .map_err(|error| format!("changing the target's schema failed: {error}"))?;
+                    run_ddl(warehouse, table, step).await.map_err(|error| {
+                        if error.is_ambiguous() {
+                            format!("changing the target's schema failed; {UNKNOWN_STATE}: {error}")
+                        } else if schema_changed {
+                            format!("changing the target's schema failed after an earlier step had changed it: {error}")
+                        } else {
+                            format!("changing the target's schema failed (it was not changed): {error}")
+                        }
+                    })?;
+                    schema_changed = true;
                 }
                 Step::Write { op } => {
                     write(warehouse, &staging, &table.target, op)
                         .await
                         .map_err(|error| {
-                            format!("writing the target failed (it was not changed): {error}")
+                            if error.is_ambiguous() {
+                                format!("writing the target failed; {UNKNOWN_STATE}: {error}")
+                            } else if schema_changed {
+                                format!("writing the target failed after its schema was changed (its rows were not written): {error}")
+                            } else {
+                                format!("writing the target failed (it was not changed): {error}")
+                            }
                         })?;
                 }
             }

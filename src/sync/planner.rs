@@ -85,12 +85,17 @@ async fn plan_one(
         Ok(table) => map_table(table, spec),
         Err(_) => Err(Vec::new()),
     };
+    let unsupported = existing
+        .as_ref()
+        .map(|table| table.unsupported.clone())
+        .unwrap_or_default();
     Ok(plan_table(TableInput {
         spec: spec.clone(),
         source,
         mapping,
         existing_rows: existing.as_ref().and_then(|table| table.num_rows),
         existing: existing.map(|table| table.table),
+        unsupported,
     }))
 }
 

@@ -29,6 +29,9 @@ pub struct InjectedFailure {
     pub operation: String,
     /// What [`WarehouseError::retryable`] reports.
     pub retryable: bool,
+    /// What [`WarehouseError::is_ambiguous`] reports; such a failure comes after the operation
+    /// was carried out (a lost reply).
+    pub ambiguous: bool,
 }
 
 #[derive(Debug, Default)]
@@ -39,6 +42,7 @@ struct State {
     fail_next: Vec<InjectedFailure>,
     fail_load_after_bytes: Option<u64>,
     loads: BTreeMap<String, LoadOutcome>,
+    unsupported: BTreeMap<String, Vec<String>>,
 }
 
 /// An in-memory warehouse.
@@ -72,6 +76,17 @@ impl FakeWarehouse {
         self.lock().fail_next.push(InjectedFailure {
             operation: operation.into(),
             retryable,
+            ambiguous: false,
+        });
+    }
+
+    /// Makes the next call of `operation` (`insert_from` or `merge`) do its work, then fail as
+    /// if the reply was lost ([`WarehouseError::is_ambiguous`]).
+    pub fn fail_next_ambiguous(&self, operation: &str) {
+        self.lock().fail_next.push(InjectedFailure {
+            operation: operation.into(),
+            retryable: true,
+            ambiguous: true,
         });
     }
 
@@ -106,6 +121,15 @@ impl FakeWarehouse {
         state.tables.insert(table.name.clone(), (table, rows));
     }
 
+    /// Makes `table` read back as one datasync can't work with (like a RECORD column).
+    pub fn mark_unsupported(&self, table: &str, reason: &str) {
+        self.lock()
+            .unsupported
+            .entry(table.to_string())
+            .or_default()
+            .push(reason.to_string());
+    }
+
     fn begin(
         &self,
         operation: &str,
@@ -116,15 +140,35 @@ impl FakeWarehouse {
         if let Some(index) = state
             .fail_next
             .iter()
-            .position(|failure| failure.operation == operation)
+            .position(|failure| failure.operation == operation && !failure.ambiguous)
         {
             let failure = state.fail_next.remove(index);
             return Err(WarehouseError::Injected {
                 operation: failure.operation,
                 retryable: failure.retryable,
+                ambiguous: failure.ambiguous,
             });
         }
         Ok(state)
+    }
+}
+
+/// After a write did its work: the injected "lost reply" of `operation`, if any.
+fn lost_reply(state: &mut State, operation: &str) -> Result<(), WarehouseError> {
+    match state
+        .fail_next
+        .iter()
+        .position(|failure| failure.operation == operation && failure.ambiguous)
+    {
+        Some(index) => {
+            let failure = state.fail_next.remove(index);
+            Err(WarehouseError::Injected {
+                operation: failure.operation,
+                retryable: failure.retryable,
+                ambiguous: true,
+            })
+        }
+        None => Ok(()),
     }
 }
 
@@ -220,6 +264,7 @@ impl Warehouse for FakeWarehouse {
             num_rows: Some(rows.len() as u64),
             etag: None,
             last_modified: None,
+            unsupported: state.unsupported.get(name).cloned().unwrap_or_default(),
         }))
     }
 
@@ -329,6 +374,7 @@ impl Warehouse for FakeWarehouse {
                 return Err(WarehouseError::Injected {
                     operation: "load".into(),
                     retryable: true,
+                    ambiguous: false,
                 });
             }
         }
@@ -466,6 +512,7 @@ impl Warehouse for FakeWarehouse {
         outcome.affected_rows = inserted + updated;
         outcome.inserted = Some(inserted);
         outcome.updated = Some(updated);
+        lost_reply(&mut state, "merge")?;
         Ok(outcome)
     }
 
@@ -508,7 +555,7 @@ impl Warehouse for FakeWarehouse {
         } else {
             existing.extend(rows);
         }
-        Ok(())
+        lost_reply(&mut state, "insert_from")
     }
 
     async fn truncate(&self, table: &str) -> Result<(), WarehouseError> {

@@ -9,15 +9,32 @@
 //! - Every call retries 429, 5xx, transport errors and the reasons `rateLimitExceeded`,
 //!   `backendError`, `internalError` ([`RetryPolicy`]: 6 attempts, exponential backoff with
 //!   jitter, `Retry-After` honoured). `jobs.query` carries a `requestId`, so a retried DML
-//!   statement runs once.
+//!   statement runs once. A statement aborted by a concurrent update ("Could not serialize
+//!   access", HTTP 400) is run again with a fresh `requestId`.
+//! - Everything is bounded: each HTTP request by [`RetryPolicy::request_timeout`] (plus connect
+//!   and read timeouts in the client), a call with its retries by
+//!   [`RetryPolicy::call_deadline`], waiting for a job by [`RetryPolicy::job_deadline`], an
+//!   upload by a number of failed attempts per chunk and per upload. A deadline is a
+//!   [`WarehouseError::Deadline`].
+//! - Jobs run in the dataset's location (datasets.get), sent on every job insert, jobs.get,
+//!   getQueryResults and cancel; `bigquery.location` only creates the dataset or is checked
+//!   against it ([`WarehouseError::LocationMismatch`]).
 //! - `load` is idempotent per client job ID: an outcome is remembered in-process, an existing job
-//!   (jobs.get, or a 409 on the upload) is awaited instead of loading again.
+//!   (jobs.get, or a 409 on the upload, after which a 404 is retried) is awaited instead of
+//!   loading again. `create_table` after a lost reply (409) succeeds when the table has the
+//!   requested schema.
 //! - An empty load sends no upload (a resumable upload can't be empty): a missing table is
 //!   created with the request's schema, `Truncate` runs `TRUNCATE TABLE` (the existing schema is
 //!   kept, unlike a real `WRITE_TRUNCATE` load), `Append`/`Empty` do nothing.
-//! - Query errors that arrive inside an HTTP 200 (`errors`) and job errors (`status.errorResult`)
-//!   are errors.
-//!
+//! - `errors` inside an HTTP 200 query answer are warnings (logged) unless jobs.get shows
+//!   `status.errorResult`; job errors (`status.errorResult`) are errors. On the emulator, which
+//!   reports SQL errors only that way, `errors` in a 200 are errors.
+//! - `alter_table` sends one `ALTER TABLE` with every change (one per change on the emulator).
+//! - A target with columns datasync does not model (RECORD, RANGE) or that is not a table reads
+//!   back with [`ExistingTable::unsupported`] reasons instead of failing.
+//! - [`WarehouseError::is_ambiguous`] tells a failure after which BigQuery may have acted (lost
+//!   reply, 5xx, deadline) from one after which nothing changed.
+
 //! # Emulator (bqemulator 1.4) quirks handled or tolerated
 //!
 //! - The upload endpoint ignores the client's job ID (the job gets `bqemu_…`; jobs.get on our ID
@@ -65,6 +82,10 @@ pub struct ExistingTable {
     pub etag: Option<String>,
     /// Last modification, milliseconds since the epoch as BigQuery sends it.
     pub last_modified: Option<String>,
+    /// Why datasync can't work with this table, if it can't: columns of types it does not model
+    /// (RECORD, RANGE; left out of `table`), or not a plain table (VIEW, EXTERNAL). The planner
+    /// blocks such a table with these reasons; other tables are unaffected.
+    pub unsupported: Vec<String>,
 }
 
 /// What a load does with the rows already in the table.
@@ -246,6 +267,18 @@ pub enum WarehouseError {
         context: String,
         /// What failed (no URLs with query strings, no headers).
         message: String,
+        /// Whether the request may have reached BigQuery (anything but a failure to connect):
+        /// then the reply was lost and BigQuery may have carried the request out.
+        maybe_sent: bool,
+    },
+    /// A deadline passed: a call's retries ([`RetryPolicy::call_deadline`]) or waiting for a job
+    /// ([`RetryPolicy::job_deadline`]). What was asked may still happen.
+    #[error("{context}: gave up: {message}")]
+    Deadline {
+        /// The operation and object.
+        context: String,
+        /// What took too long.
+        message: String,
     },
     /// BigQuery sent something we can't understand.
     #[error("{context}: unexpected response from BigQuery: {message}")]
@@ -265,6 +298,20 @@ pub enum WarehouseError {
         /// Dataset.
         dataset: String,
     },
+    /// `bigquery.location` names another location than the dataset's (which can't change).
+    #[error(
+        "bigquery.location is `{configured}` but dataset {project}.{dataset} is in `{actual}`: set bigquery.location to `{actual}` or remove it (jobs run where the dataset is)"
+    )]
+    LocationMismatch {
+        /// Project.
+        project: String,
+        /// Dataset.
+        dataset: String,
+        /// `bigquery.location`.
+        configured: String,
+        /// The dataset's location (datasets.get).
+        actual: String,
+    },
     /// Getting an access token failed.
     #[error("BigQuery authentication failed: {0}")]
     Auth(String),
@@ -278,6 +325,9 @@ pub enum WarehouseError {
         operation: String,
         /// Whether [`WarehouseError::retryable`] says true.
         retryable: bool,
+        /// Whether [`WarehouseError::is_ambiguous`] says true (the fake did the work, then
+        /// "lost the reply").
+        ambiguous: bool,
     },
 }
 
@@ -304,8 +354,29 @@ impl WarehouseError {
             Self::Job { reason, .. } => RETRYABLE_REASONS.contains(&reason.as_str()),
             Self::Transport { .. } => true,
             Self::Injected { retryable, .. } => *retryable,
-            Self::Protocol { .. }
+            Self::Deadline { .. }
+            | Self::Protocol { .. }
             | Self::DatasetMissing { .. }
+            | Self::LocationMismatch { .. }
+            | Self::Auth(_)
+            | Self::Invalid(_) => false,
+        }
+    }
+
+    /// Whether BigQuery may have carried the request out although the call failed: the reply
+    /// was lost (a timeout or reset after sending), BigQuery failed internally (5xx), gave an
+    /// answer we can't read, or a deadline passed while a job ran. After such a failure the
+    /// target's state is unknown until it is read again; after any other failure the request
+    /// was refused or its job failed atomically, so nothing changed.
+    pub fn is_ambiguous(&self) -> bool {
+        match self {
+            Self::Transport { maybe_sent, .. } => *maybe_sent,
+            Self::Api { status, .. } => *status >= 500,
+            Self::Deadline { .. } | Self::Protocol { .. } => true,
+            Self::Injected { ambiguous, .. } => *ambiguous,
+            Self::Job { .. }
+            | Self::DatasetMissing { .. }
+            | Self::LocationMismatch { .. }
             | Self::Auth(_)
             | Self::Invalid(_) => false,
         }
@@ -352,7 +423,8 @@ pub trait Warehouse: Send + Sync {
     /// Creates a table (fails if it exists).
     async fn create_table(&self, table: &WarehouseTable) -> Result<(), WarehouseError>;
 
-    /// Applies in-place schema changes, one DDL statement per change, in order.
+    /// Applies in-place schema changes, in order: one `ALTER TABLE` statement with every change
+    /// (one statement per change on the emulator).
     async fn alter_table(&self, name: &str, changes: &[AlterColumn]) -> Result<(), WarehouseError>;
 
     /// Drops a table if it exists.
@@ -468,22 +540,52 @@ pub fn ddl_type(field: &WarehouseField, explicit_numeric: bool) -> String {
 
 /// The DDL statement for one change on the fully qualified, already quoted `table`.
 pub fn alter_statement(table: &str, change: &AlterColumn, explicit_numeric: bool) -> String {
+    format!(
+        "ALTER TABLE {table} {}",
+        alter_action(change, explicit_numeric)
+    )
+}
+
+/// The DDL for every change on `table`: ONE `ALTER TABLE` with the actions comma-separated, so
+/// the table takes one metadata update (BigQuery allows 5 per 10 s per table); the grammar
+/// takes a list of actions (<https://cloud.google.com/bigquery/docs/reference/standard-sql/data-definition-language#alter_table_add_column_statement>).
+/// With `emulator`, one statement per change: the emulator refuses several actions.
+pub fn alter_statements(
+    table: &str,
+    changes: &[AlterColumn],
+    explicit_numeric: bool,
+    emulator: bool,
+) -> Vec<String> {
+    if changes.is_empty() {
+        return Vec::new();
+    }
+    if emulator {
+        return changes
+            .iter()
+            .map(|change| alter_statement(table, change, explicit_numeric))
+            .collect();
+    }
+    let actions = changes
+        .iter()
+        .map(|change| alter_action(change, explicit_numeric))
+        .collect::<Vec<_>>()
+        .join(", ");
+    vec![format!("ALTER TABLE {table} {actions}")]
+}
+
+/// One action of an `ALTER TABLE`.
+fn alter_action(change: &AlterColumn, explicit_numeric: bool) -> String {
     match change {
-        AlterColumn::Add(field) => {
-            format!(
-                "ALTER TABLE {table} ADD COLUMN {} {}",
-                quote_ident(&field.name),
-                ddl_type(field, explicit_numeric)
-            )
-        }
+        AlterColumn::Add(field) => format!(
+            "ADD COLUMN {} {}",
+            quote_ident(&field.name),
+            ddl_type(field, explicit_numeric)
+        ),
         AlterColumn::DropNotNull(column) => {
-            format!(
-                "ALTER TABLE {table} ALTER COLUMN {} DROP NOT NULL",
-                quote_ident(column)
-            )
+            format!("ALTER COLUMN {} DROP NOT NULL", quote_ident(column))
         }
         AlterColumn::SetType(field) => format!(
-            "ALTER TABLE {table} ALTER COLUMN {} SET DATA TYPE {}",
+            "ALTER COLUMN {} SET DATA TYPE {}",
             quote_ident(&field.name),
             ddl_type(field, explicit_numeric)
         ),
@@ -602,6 +704,32 @@ mod tests {
             alter_statement("`t`", &AlterColumn::DropNotNull("id".into()), false),
             "ALTER TABLE `t` ALTER COLUMN `id` DROP NOT NULL"
         );
+    }
+
+    #[test]
+    fn one_alter_statement_for_every_change_except_on_the_emulator() {
+        let changes = [
+            AlterColumn::Add(WarehouseField::new("a", BqType::Int64, FieldMode::Nullable)),
+            AlterColumn::DropNotNull("b".into()),
+            AlterColumn::SetType(WarehouseField::new(
+                "c",
+                BqType::Numeric,
+                FieldMode::Nullable,
+            )),
+        ];
+        assert_eq!(
+            super::alter_statements("`t`", &changes, false, false),
+            [
+                "ALTER TABLE `t` ADD COLUMN `a` INT64, ALTER COLUMN `b` DROP NOT NULL, ALTER COLUMN `c` SET DATA TYPE NUMERIC"
+            ]
+        );
+        let each = super::alter_statements("`t`", &changes, true, true);
+        assert_eq!(each.len(), 3);
+        assert_eq!(
+            each[2],
+            "ALTER TABLE `t` ALTER COLUMN `c` SET DATA TYPE NUMERIC(38, 9)"
+        );
+        assert!(super::alter_statements("`t`", &[], false, false).is_empty());
     }
 
     #[test]

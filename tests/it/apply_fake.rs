@@ -456,3 +456,82 @@ async fn a_missing_dataset_is_a_planned_step_and_apply_creates_it() {
     assert_eq!(warehouse.count("ensure_dataset create=true"), 1);
     assert_eq!(ids(&warehouse, "items"), ["1", "2", "3"]);
 }
+
+/// A load that fails to start is reported as the load's error, not as the extraction's
+/// "the NDJSON sink was closed".
+#[tokio::test]
+async fn a_load_that_cannot_start_is_reported_as_the_load_error() {
+    let setup = sqlite(SEED).await;
+    let manifest = manifest(&setup.path, "      items: {}\n");
+    let warehouse = Arc::new(FakeWarehouse::with_dataset());
+    let executor = executor(&manifest, Arc::clone(&warehouse), DryRun::No).await;
+    let plan = plan(&manifest, &executor.sources["lite"], &warehouse).await;
+    warehouse.fail_next("load", false);
+    let report = executor.run(&plan).await;
+    let text = report.text();
+    assert_eq!(report.tables[0].status, TableStatus::Failed, "{text}");
+    assert!(
+        text.contains("load into staging failed: injected failure in load"),
+        "{text}"
+    );
+    assert!(!text.contains("sink"), "{text}");
+}
+
+/// The write's reply is lost after the fake carried it out: the report says the target's state
+/// is unknown (never "it was not changed"), and the next plan reads the target as it is.
+#[tokio::test]
+async fn an_ambiguous_write_failure_says_the_state_is_unknown() {
+    let setup = sqlite(SEED).await;
+    let manifest = manifest(&setup.path, "      items: {}\n");
+    let warehouse = Arc::new(FakeWarehouse::with_dataset());
+    let mut executor = executor(&manifest, Arc::clone(&warehouse), DryRun::No).await;
+    let first = plan(&manifest, &executor.sources["lite"], &warehouse).await;
+    assert!(executor.run(&first).await.succeeded());
+    sqlx::raw_sql("INSERT INTO items VALUES (4, 'd', 4.0)")
+        .execute(&setup.pool)
+        .await
+        .unwrap();
+    warehouse.fail_next_ambiguous("insert_from");
+    executor.run_id = "run2".into();
+    let second = plan(&manifest, &executor.sources["lite"], &warehouse).await;
+    let report = executor.run(&second).await;
+    let text = report.text();
+    assert_eq!(report.tables[0].status, TableStatus::Failed, "{text}");
+    assert!(text.contains("the target's state is unknown"), "{text}");
+    assert!(text.contains("datasync plan"), "{text}");
+    assert!(!text.contains("not changed"), "{text}");
+    // The write did happen; the next plan sees the rows as they are.
+    assert_eq!(ids(&warehouse, "items"), ["1", "2", "3", "4"]);
+    let third = plan(&manifest, &executor.sources["lite"], &warehouse).await;
+    assert_eq!(third.tables[0].existing_rows, Some(4));
+}
+
+/// A target datasync can't read (a RECORD column) blocks that table with the reason; the plan
+/// and the other tables go on.
+#[tokio::test]
+async fn an_unreadable_target_blocks_only_that_table() {
+    let setup = sqlite(SEED).await;
+    let manifest = manifest(&setup.path, "      items: {}\n      notes: {}\n");
+    let warehouse = Arc::new(FakeWarehouse::with_dataset());
+    warehouse.insert_table(string_id_items(), Vec::new());
+    warehouse.mark_unsupported(
+        "items",
+        "column r has type RECORD, which datasync does not support",
+    );
+    let executor = executor(&manifest, Arc::clone(&warehouse), DryRun::No).await;
+    let plan = plan(&manifest, &executor.sources["lite"], &warehouse).await;
+    assert_eq!(plan.tables[0].action, TableAction::Blocked);
+    assert!(
+        plan.tables[0]
+            .errors
+            .iter()
+            .any(|error| error.message.contains("RECORD")),
+        "{:?}",
+        plan.tables[0].errors
+    );
+    assert!(plan.tables[0].steps.is_empty());
+    assert_eq!(plan.tables[1].action, TableAction::Create);
+    let report = executor.run(&plan).await;
+    assert_eq!(report.tables[0].status, TableStatus::Skipped);
+    assert_eq!(ids(&warehouse, "notes"), ["1", "2"]);
+}

@@ -10,7 +10,9 @@ fn datasync(dir: &Path) -> Command {
         .current_dir(dir)
         .env_clear()
         .env("NO_COLOR", "1")
-        .env("COLUMNS", "100");
+        .env("COLUMNS", "100")
+        // Never the real metadata server (169.254.169.254): a closed loopback port.
+        .env("GCE_METADATA_HOST", "127.0.0.1:9");
     command
 }
 
@@ -300,4 +302,47 @@ fn help_lists_every_command() {
         .get_output()
         .clone();
     insta::assert_snapshot!(String::from_utf8(output.stdout).unwrap());
+}
+
+/// A BigQuery that accepts connections and never answers: `plan` and `apply` end within the
+/// manifest's `timeout` (connecting and planning included), not after the HTTP retries (~1 h).
+#[test]
+fn a_stalled_bigquery_ends_plan_and_apply_within_the_manifest_timeout() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let endpoint = format!("http://{}", listener.local_addr().unwrap());
+    let accepted = std::thread::spawn(move || {
+        let mut open = Vec::new();
+        for stream in listener.incoming().take(64) {
+            open.push(stream);
+        }
+    });
+    let dir = temp();
+    let database = dir.path().join("shop.db");
+    std::fs::write(&database, b"").unwrap();
+    std::fs::write(
+        dir.path().join("sync.yaml"),
+        format!(
+            "bigquery:\n  project: stalled-project\n  dataset: d\n  endpoint: {endpoint}\n  emulator: true\ndefaults:\n  timeout: 2s\nsources:\n  shop:\n    type: sqlite\n    database: {}\n    tables:\n      orders: {{}}\n",
+            database.display()
+        ),
+    )
+    .unwrap();
+    for command in ["plan", "apply"] {
+        let started = std::time::Instant::now();
+        let output = datasync(dir.path())
+            .arg(command)
+            .timeout(std::time::Duration::from_secs(60))
+            .assert()
+            .failure()
+            .get_output()
+            .clone();
+        let stderr = String::from_utf8(output.stderr).unwrap();
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(15),
+            "{command} took {:?}: {stderr}",
+            started.elapsed()
+        );
+        assert!(stderr.contains("timed out after 2s"), "{command}: {stderr}");
+    }
+    drop(accepted);
 }

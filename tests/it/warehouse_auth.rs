@@ -48,7 +48,7 @@ fn spec(endpoint: &str, credentials: Option<&Path>, home: &Path) -> BigQuerySpec
     BigQuerySpec {
         project: "p".into(),
         dataset: "d".into(),
-        location: "US".into(),
+        location: Some("US".into()),
         endpoint: Some(endpoint.into()),
         credentials: credentials.map(|path| path.display().to_string()),
         env: BigQueryEnv {
@@ -66,6 +66,7 @@ fn client(spec: &BigQuerySpec) -> BigQuery {
         max_attempts: 1,
         base_delay: Duration::from_millis(1),
         max_delay: Duration::from_millis(1),
+        ..RetryPolicy::default()
     })
 }
 

@@ -113,6 +113,10 @@ async fn connection(
         };
         let answer = handler(&request, &base);
         seen.lock().unwrap().push(request);
+        if answer.status == 0 {
+            // "Lose the reply": close the connection after acting on the request.
+            return;
+        }
         let mut response = format!(
             "HTTP/1.1 {} Canned\r\nContent-Length: {}\r\n",
             answer.status,
@@ -130,10 +134,15 @@ async fn connection(
 }
 
 fn client(base: &str) -> BigQuery {
+    client_in(base, Some("US"))
+}
+
+/// A client whose `bigquery.location` is `location`.
+fn client_in(base: &str, location: Option<&str>) -> BigQuery {
     let spec = BigQuerySpec {
         project: "p".into(),
         dataset: "d".into(),
-        location: "US".into(),
+        location: location.map(str::to_string),
         endpoint: Some(base.into()),
         emulator: true,
         create_dataset: false,
@@ -145,6 +154,7 @@ fn client(base: &str) -> BigQuery {
             max_attempts: 4,
             base_delay: Duration::from_millis(1),
             max_delay: Duration::from_millis(5),
+            ..RetryPolicy::default()
         })
 }
 
@@ -178,6 +188,17 @@ fn feed(data: Vec<u8>, piece: usize) -> mpsc::Receiver<Bytes> {
     });
     rx
 }
+
+/// The requests but the datasets.get that tells the client where the dataset is.
+fn without_dataset_reads(seen: &[Seen]) -> Vec<Seen> {
+    seen.iter()
+        .filter(|request| !request.target.ends_with("/datasets/d"))
+        .cloned()
+        .collect()
+}
+
+const DATASET_US: &str =
+    r#"{"datasetReference":{"projectId":"p","datasetId":"d"},"location":"US"}"#;
 
 const NOT_FOUND: &str = r#"{"error":{"code":404,"message":"Not found: Job p:x","errors":[{"reason":"notFound","message":"Not found"}]}}"#;
 
@@ -323,6 +344,7 @@ async fn resumable_upload_chunks_resends_and_recovers() {
                     )
                 }
             }
+            ("GET", "/bigquery/v2/projects/p/datasets/d") => canned(200, DATASET_US),
             _ => canned(500, "unexpected request"),
         }
     }))
@@ -407,6 +429,7 @@ async fn duplicate_job_id_fetches_the_existing_job() {
             ("POST", "/upload/bigquery/v2/projects/p/jobs") => {
                 canned(409, r#"{"error":{"code":409,"message":"Already Exists: Job p:US.dup_1","errors":[{"reason":"duplicate"}]}}"#)
             }
+            ("GET", "/bigquery/v2/projects/p/datasets/d") => canned(200, DATASET_US),
             _ => canned(500, "unexpected"),
         }
     }))
@@ -426,7 +449,8 @@ async fn duplicate_job_id_fetches_the_existing_job() {
         .await
         .unwrap();
     assert_eq!(again, outcome);
-    assert_eq!(seen.lock().unwrap().len(), 3);
+    // The dataset is read once (for its location), then the probe, the upload and jobs.get.
+    assert_eq!(seen.lock().unwrap().len(), 4);
 }
 
 #[tokio::test]
@@ -495,6 +519,7 @@ async fn query_polls_until_complete_and_reads_every_page() {
                 200,
                 r#"{"jobReference":{"jobId":"q1"},"jobComplete":true,"schema":{"fields":[{"name":"n","type":"INTEGER"},{"name":"ts","type":"TIMESTAMP"}]},"rows":[{"f":[{"v":"1"},{"v":"1704164645123456"}]}],"pageToken":"next"}"#,
             ),
+            ("GET", "/bigquery/v2/projects/p/datasets/d") => canned(200, DATASET_US),
             _ => canned(500, "unexpected"),
         }
     }))
@@ -517,7 +542,7 @@ async fn query_polls_until_complete_and_reads_every_page() {
             vec![serde_json::json!(2), serde_json::Value::Null]
         ]
     );
-    let seen = seen.lock().unwrap();
+    let seen: Vec<Seen> = without_dataset_reads(&seen.lock().unwrap());
     let body: serde_json::Value = serde_json::from_slice(&seen[0].body).unwrap();
     assert_eq!(body["useLegacySql"], false);
     assert_eq!(body["formatOptions"]["useInt64Timestamp"], true);
@@ -557,5 +582,550 @@ async fn query_errors_in_a_200_response_are_errors() {
     assert_eq!(
         error.to_string(),
         "query in dataset d (SELECT * FROM d.gone): BigQuery error (HTTP 200, reason notFound): Not found: Table p:d.gone"
+    );
+}
+
+/// The `location` a job call carries: the `location` query parameter, else the body's
+/// `location` (jobs.query) or `jobReference.location` (jobs.insert).
+fn job_location(request: &Seen) -> Option<String> {
+    let query = request
+        .target
+        .split_once('?')
+        .map(|(_, query)| query)
+        .unwrap_or_default();
+    if let Some(value) = query
+        .split('&')
+        .find_map(|pair| pair.strip_prefix("location="))
+    {
+        return Some(value.to_string());
+    }
+    let body: serde_json::Value = serde_json::from_slice(&request.body).ok()?;
+    body["location"]
+        .as_str()
+        .or(body["jobReference"]["location"].as_str())
+        .map(str::to_string)
+}
+
+const TABLE_T: &str = r#"{"tableReference":{"projectId":"p","datasetId":"d","tableId":"t"},"schema":{"fields":[{"name":"id","type":"INTEGER","mode":"REQUIRED"}]}}"#;
+
+/// A recording BigQuery whose dataset is in `europe-west3`; job answers carry no location, so
+/// every later call has to know it from the dataset.
+fn europe_west3(request: &Seen, base: &str) -> Canned {
+    let path = request.target.split('?').next().unwrap_or_default();
+    match (request.method.as_str(), path) {
+        ("GET", "/bigquery/v2/projects/p/datasets/d") => canned(
+            200,
+            r#"{"datasetReference":{"projectId":"p","datasetId":"d"},"location":"europe-west3"}"#,
+        ),
+        ("GET", "/bigquery/v2/projects/p/datasets/d/tables/t") => canned(200, TABLE_T),
+        ("POST", "/bigquery/v2/projects/p/queries") => canned(
+            200,
+            r#"{"jobReference":{"projectId":"p","jobId":"q1"},"jobComplete":false}"#,
+        ),
+        ("GET", "/bigquery/v2/projects/p/queries/q1") => canned(
+            200,
+            r#"{"jobReference":{"jobId":"q1"},"jobComplete":true,"schema":{"fields":[{"name":"m","type":"INTEGER"}]},"rows":[{"f":[{"v":"1"}]}],"numDmlAffectedRows":"1"}"#,
+        ),
+        ("GET", "/bigquery/v2/projects/p/jobs/eu_1") => canned(404, NOT_FOUND),
+        ("POST", "/upload/bigquery/v2/projects/p/jobs") => Canned {
+            status: 200,
+            headers: vec![(
+                "Location".into(),
+                format!("{base}/upload/session?upload_id=x"),
+            )],
+            body: String::new(),
+        },
+        ("PUT", "/upload/session") => canned(
+            200,
+            r#"{"jobReference":{"projectId":"p","jobId":"eu_1"},"status":{"state":"RUNNING"}}"#,
+        ),
+        ("GET", "/bigquery/v2/projects/p/jobs/eu_1_done") => canned(200, "{}"),
+        ("POST", "/bigquery/v2/projects/p/jobs/eu_1/cancel") => canned(200, "{}"),
+        _ => canned(500, "unexpected request"),
+    }
+}
+
+#[tokio::test]
+async fn every_job_call_runs_in_the_datasets_location() {
+    let polls = Arc::new(Mutex::new(0));
+    let counter = polls.clone();
+    let (base, seen) = serve(Arc::new(move |request, base| {
+        let path = request.target.split('?').next().unwrap_or_default();
+        if request.method == "GET" && path == "/bigquery/v2/projects/p/jobs/eu_1" {
+            // The pre-load idempotency probe: no such job; then the upload's job, running, done.
+            let mut polls = counter.lock().unwrap();
+            *polls += 1;
+            return match *polls {
+                1 => canned(404, NOT_FOUND),
+                2 => canned(200, r#"{"jobReference":{"jobId":"eu_1"},"status":{"state":"RUNNING"}}"#),
+                _ => canned(
+                    200,
+                    r#"{"jobReference":{"jobId":"eu_1"},"status":{"state":"DONE"},"statistics":{"load":{"outputRows":"1"}}}"#,
+                ),
+            };
+        }
+        europe_west3(request, base)
+    }))
+    .await;
+    // No `bigquery.location`: the dataset's own location is used.
+    let bq = client_in(&base, None).without_emulator_quirks();
+    bq.ensure_dataset(false).await.unwrap();
+    bq.query("SELECT 1", &[]).await.unwrap();
+    bq.load(&load_request("eu_1"), feed(b"{\"id\":1}\n".to_vec(), 100))
+        .await
+        .unwrap();
+    bq.insert_from("t", "t", &["id".to_string()], true)
+        .await
+        .unwrap();
+    bq.max_value("t", "id").await.unwrap();
+    bq.cancel_job("eu_1").await.unwrap();
+
+    // A fresh client that never called ensure_dataset learns the location too.
+    let fresh = client_in(&base, None).without_emulator_quirks();
+    fresh.query("SELECT 2", &[]).await.unwrap();
+
+    let seen = seen.lock().unwrap();
+    let job_calls: Vec<&Seen> = seen
+        .iter()
+        .filter(|request| request.target.contains("/jobs") || request.target.contains("/queries"))
+        .collect();
+    assert!(job_calls.len() >= 12, "{job_calls:?}");
+    for request in job_calls {
+        assert_eq!(
+            job_location(request).as_deref(),
+            Some("europe-west3"),
+            "{} {}",
+            request.method,
+            request.target
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_configured_location_that_differs_from_the_datasets_is_a_clear_error() {
+    let (base, seen) = serve(Arc::new(europe_west3)).await;
+    let bq = client_in(&base, Some("US"));
+    let error = bq.ensure_dataset(false).await.unwrap_err();
+    assert!(
+        matches!(error, WarehouseError::LocationMismatch { .. }),
+        "{error}"
+    );
+    let text = error.to_string();
+    assert!(
+        text.contains("`US`") && text.contains("`europe-west3`") && text.contains("p.d"),
+        "{text}"
+    );
+    // No job ran in the wrong location.
+    let error = bq.query("SELECT 1", &[]).await.unwrap_err();
+    assert!(
+        matches!(error, WarehouseError::LocationMismatch { .. }),
+        "{error}"
+    );
+    assert!(
+        seen.lock()
+            .unwrap()
+            .iter()
+            .all(|request| !request.target.contains("/queries"))
+    );
+    // The same spelling in another case is the same location.
+    client_in(&base, Some("EUROPE-WEST3"))
+        .ensure_dataset(false)
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn every_schema_change_of_a_table_is_one_alter_table_statement() {
+    let (base, seen) = serve(Arc::new(|request, _| {
+        let path = request.target.split('?').next().unwrap_or_default();
+        match (request.method.as_str(), path) {
+            ("GET", "/bigquery/v2/projects/p/datasets/d") => canned(200, DATASET_US),
+            ("POST", "/bigquery/v2/projects/p/queries") => canned(
+                200,
+                r#"{"jobReference":{"projectId":"p","jobId":"a1","location":"US"},"jobComplete":true}"#,
+            ),
+            // Real BigQuery's catalog shows the DDL's result.
+            ("GET", "/bigquery/v2/projects/p/datasets/d/tables/t") => canned(
+                200,
+                r#"{"tableReference":{"projectId":"p","datasetId":"d","tableId":"t"},"schema":{"fields":[
+                    {"name":"id","type":"INTEGER","mode":"NULLABLE"},{"name":"n","type":"NUMERIC","mode":"NULLABLE"},
+                    {"name":"a","type":"STRING","mode":"NULLABLE"}]}}"#,
+            ),
+            _ => canned(500, "unexpected request"),
+        }
+    }))
+    .await;
+    let changes = [
+        datasync::warehouse::AlterColumn::Add(WarehouseField::new(
+            "a",
+            BqType::String,
+            FieldMode::Nullable,
+        )),
+        datasync::warehouse::AlterColumn::DropNotNull("id".into()),
+        datasync::warehouse::AlterColumn::SetType(WarehouseField::new(
+            "n",
+            BqType::Numeric,
+            FieldMode::Nullable,
+        )),
+    ];
+    client(&base)
+        .without_emulator_quirks()
+        .alter_table("t", &changes)
+        .await
+        .unwrap();
+    let seen = seen.lock().unwrap();
+    let statements: Vec<String> = seen
+        .iter()
+        .filter(|request| request.method == "POST")
+        .map(|request| {
+            let body: serde_json::Value = serde_json::from_slice(&request.body).unwrap();
+            body["query"].as_str().unwrap().to_string()
+        })
+        .collect();
+    assert_eq!(
+        statements,
+        [
+            "ALTER TABLE `p.d.t` ADD COLUMN `a` STRING, ALTER COLUMN `id` DROP NOT NULL, ALTER COLUMN `n` SET DATA TYPE NUMERIC"
+        ]
+    );
+    assert!(
+        seen.iter().all(|request| request.method != "PATCH"),
+        "{seen:?}"
+    );
+}
+
+/// Every data PUT fails with 503 and every status probe says nothing was kept: the chunk can
+/// never get through. The upload must stop after a bounded number of attempts (today a
+/// successful probe reset the count and the chunk was re-sent forever).
+#[tokio::test]
+async fn a_chunk_that_always_fails_ends_the_upload_after_bounded_attempts() {
+    let puts = Arc::new(Mutex::new(0usize));
+    let counter = puts.clone();
+    let (base, _) = serve(Arc::new(move |request, base| {
+        let path = request.target.split('?').next().unwrap_or_default();
+        match (request.method.as_str(), path) {
+            ("GET", "/bigquery/v2/projects/p/datasets/d") => canned(200, DATASET_US),
+            ("GET", "/bigquery/v2/projects/p/jobs/doomed_1") => canned(404, NOT_FOUND),
+            ("POST", "/upload/bigquery/v2/projects/p/jobs") => Canned {
+                status: 200,
+                headers: vec![("Location".into(), format!("{base}/upload/session?upload_id=x"))],
+                body: String::new(),
+            },
+            ("PUT", "/upload/session") => {
+                *counter.lock().unwrap() += 1;
+                if request.header("content-range").unwrap_or_default().starts_with("bytes */") {
+                    canned(308, "")
+                } else {
+                    canned(503, r#"{"error":{"code":503,"message":"flaky","errors":[{"reason":"backendError"}]}}"#)
+                }
+            }
+            _ => canned(500, "unexpected request"),
+        }
+    }))
+    .await;
+    let bq = client(&base).with_chunk_size(CHUNK_GRANULARITY).unwrap();
+    let input = vec![b'x'; 2 * CHUNK_GRANULARITY];
+    let result = tokio::time::timeout(
+        Duration::from_secs(20),
+        bq.load(&load_request("doomed_1"), feed(input, 100_000)),
+    )
+    .await
+    .expect("the upload never stops");
+    let error = result.unwrap_err();
+    assert!(error.to_string().contains("flaky"), "{error}");
+    // 4 attempts (the test policy): each failed PUT is followed by one probe.
+    let puts = *puts.lock().unwrap();
+    assert!(puts <= 8, "{puts} PUTs");
+}
+
+/// A server that answers every data PUT with a 308 keeping nothing: each such answer counts as a
+/// failed attempt, so the upload stops.
+#[tokio::test]
+async fn a_server_that_keeps_none_of_a_chunk_ends_the_upload() {
+    let (base, seen) = serve(Arc::new(|request, base| {
+        let path = request.target.split('?').next().unwrap_or_default();
+        match (request.method.as_str(), path) {
+            ("GET", "/bigquery/v2/projects/p/datasets/d") => canned(200, DATASET_US),
+            ("GET", "/bigquery/v2/projects/p/jobs/stuck_1") => canned(404, NOT_FOUND),
+            ("POST", "/upload/bigquery/v2/projects/p/jobs") => Canned {
+                status: 200,
+                headers: vec![(
+                    "Location".into(),
+                    format!("{base}/upload/session?upload_id=x"),
+                )],
+                body: String::new(),
+            },
+            ("PUT", "/upload/session") => canned(308, ""),
+            _ => canned(500, "unexpected request"),
+        }
+    }))
+    .await;
+    let bq = client(&base).with_chunk_size(CHUNK_GRANULARITY).unwrap();
+    let error = tokio::time::timeout(
+        Duration::from_secs(20),
+        bq.load(
+            &load_request("stuck_1"),
+            feed(vec![b'x'; 2 * CHUNK_GRANULARITY], 100_000),
+        ),
+    )
+    .await
+    .expect("the upload never stops")
+    .unwrap_err();
+    assert!(
+        error.to_string().contains("keeps none of the chunk"),
+        "{error}"
+    );
+    let puts = seen
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|request| request.method == "PUT")
+        .count();
+    assert_eq!(puts, 4);
+}
+
+/// Accepts connections and reads requests, never answers.
+async fn stalled_server() -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        let mut open = Vec::new();
+        while let Ok((stream, _)) = listener.accept().await {
+            open.push(stream);
+        }
+    });
+    base
+}
+
+#[tokio::test]
+async fn a_stalled_bigquery_ends_within_the_call_deadline() {
+    let base = stalled_server().await;
+    let bq = client(&base).with_retry_policy(RetryPolicy {
+        max_attempts: 100,
+        base_delay: Duration::from_millis(10),
+        max_delay: Duration::from_millis(50),
+        request_timeout: Duration::from_millis(300),
+        call_deadline: Duration::from_secs(1),
+        ..RetryPolicy::default()
+    });
+    let started = std::time::Instant::now();
+    let error = tokio::time::timeout(Duration::from_secs(20), bq.get_table("t"))
+        .await
+        .expect("a stalled server is waited for forever")
+        .unwrap_err();
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(matches!(error, WarehouseError::Deadline { .. }), "{error}");
+    assert!(error.to_string().contains("get table d.t"), "{error}");
+}
+
+#[tokio::test]
+async fn waiting_for_a_job_has_a_deadline() {
+    let (base, _) = serve(Arc::new(|request, _| {
+        let path = request.target.split('?').next().unwrap_or_default();
+        match (request.method.as_str(), path) {
+            ("GET", "/bigquery/v2/projects/p/datasets/d") => canned(200, DATASET_US),
+            ("POST", "/bigquery/v2/projects/p/queries") => canned(
+                200,
+                r#"{"jobReference":{"projectId":"p","jobId":"slow","location":"US"},"jobComplete":false}"#,
+            ),
+            ("GET", "/bigquery/v2/projects/p/queries/slow") => {
+                canned(200, r#"{"jobReference":{"jobId":"slow"},"jobComplete":false}"#)
+            }
+            _ => canned(500, "unexpected request"),
+        }
+    }))
+    .await;
+    let bq = client(&base).with_retry_policy(RetryPolicy {
+        job_deadline: Duration::from_millis(500),
+        ..RetryPolicy::default()
+    });
+    let error = tokio::time::timeout(Duration::from_secs(20), bq.query("SELECT 1", &[]))
+        .await
+        .expect("a job that never finishes is waited for forever")
+        .unwrap_err();
+    assert!(matches!(error, WarehouseError::Deadline { .. }), "{error}");
+    assert!(error.is_ambiguous(), "the job may still finish");
+    assert!(
+        error.to_string().contains("job slow did not finish"),
+        "{error}"
+    );
+}
+
+/// A canned answer of status 0 closes the connection without replying.
+fn lost_reply() -> Canned {
+    canned(0, "")
+}
+
+#[tokio::test]
+async fn errors_in_a_200_query_response_are_warnings_unless_the_job_failed() {
+    let (base, _) = serve(Arc::new(|request, _| {
+        let path = request.target.split('?').next().unwrap_or_default();
+        let body = String::from_utf8_lossy(&request.body).to_string();
+        match (request.method.as_str(), path) {
+            ("GET", "/bigquery/v2/projects/p/datasets/d") => canned(200, DATASET_US),
+            ("POST", "/bigquery/v2/projects/p/queries") if body.contains("warn") => canned(
+                200,
+                r#"{"jobReference":{"projectId":"p","jobId":"w1","location":"US"},"jobComplete":true,"schema":{"fields":[{"name":"x","type":"INTEGER"}]},"rows":[{"f":[{"v":"1"}]}],"errors":[{"reason":"invalid","message":"a warning"}]}"#,
+            ),
+            ("POST", "/bigquery/v2/projects/p/queries") => canned(
+                200,
+                r#"{"jobReference":{"projectId":"p","jobId":"f1","location":"US"},"jobComplete":true,"errors":[{"reason":"invalidQuery","message":"Syntax error"}]}"#,
+            ),
+            ("GET", "/bigquery/v2/projects/p/jobs/w1") => {
+                canned(200, r#"{"jobReference":{"jobId":"w1"},"status":{"state":"DONE","errors":[{"reason":"invalid","message":"a warning"}]}}"#)
+            }
+            ("GET", "/bigquery/v2/projects/p/jobs/f1") => canned(
+                200,
+                r#"{"jobReference":{"jobId":"f1"},"status":{"state":"DONE","errorResult":{"reason":"invalidQuery","message":"Syntax error"}}}"#,
+            ),
+            _ => canned(500, "unexpected request"),
+        }
+    }))
+    .await;
+    let bq = client(&base).without_emulator_quirks();
+    let rows = bq.query("SELECT 1 AS warn", &[]).await.unwrap();
+    assert_eq!(rows.rows, vec![vec![serde_json::json!(1)]]);
+    let error = bq.query("SELEC 1", &[]).await.unwrap_err();
+    assert!(matches!(error, WarehouseError::Job { .. }), "{error}");
+    assert!(error.to_string().contains("Syntax error"), "{error}");
+}
+
+#[tokio::test]
+async fn a_404_right_after_a_409_on_a_job_is_retried() {
+    let gets = Arc::new(Mutex::new(0));
+    let counter = gets.clone();
+    let (base, _) = serve(Arc::new(move |request, _| {
+        let path = request.target.split('?').next().unwrap_or_default();
+        match (request.method.as_str(), path) {
+            ("GET", "/bigquery/v2/projects/p/datasets/d") => canned(200, DATASET_US),
+            ("GET", "/bigquery/v2/projects/p/jobs/j409") => {
+                let mut gets = counter.lock().unwrap();
+                *gets += 1;
+                // The probe before the upload, then two 404s right after the 409.
+                if *gets <= 3 {
+                    canned(404, NOT_FOUND)
+                } else {
+                    canned(200, r#"{"jobReference":{"jobId":"j409"},"status":{"state":"DONE"},"statistics":{"load":{"outputRows":"1"}}}"#)
+                }
+            }
+            ("POST", "/upload/bigquery/v2/projects/p/jobs") => canned(
+                409,
+                r#"{"error":{"code":409,"message":"Already Exists: Job p:US.j409","errors":[{"reason":"duplicate"}]}}"#,
+            ),
+            _ => canned(500, "unexpected request"),
+        }
+    }))
+    .await;
+    let outcome = client(&base)
+        .load(&load_request("j409"), feed(b"{\"id\":1}\n".to_vec(), 100))
+        .await
+        .unwrap();
+    assert_eq!(outcome.output_rows, 1);
+    assert_eq!(*gets.lock().unwrap(), 4);
+}
+
+#[tokio::test]
+async fn a_concurrent_update_conflict_is_run_again_with_a_fresh_request_id() {
+    let posts = Arc::new(Mutex::new(0));
+    let counter = posts.clone();
+    let (base, seen) = serve(Arc::new(move |request, _| {
+        let path = request.target.split('?').next().unwrap_or_default();
+        match (request.method.as_str(), path) {
+            ("GET", "/bigquery/v2/projects/p/datasets/d") => canned(200, DATASET_US),
+            ("POST", "/bigquery/v2/projects/p/queries") => {
+                let mut posts = counter.lock().unwrap();
+                *posts += 1;
+                if *posts == 1 {
+                    canned(400, r#"{"error":{"code":400,"message":"Could not serialize access to table p:d.t due to concurrent update","errors":[{"reason":"invalidQuery"}]}}"#)
+                } else {
+                    canned(200, r#"{"jobReference":{"projectId":"p","jobId":"ok1","location":"US"},"jobComplete":true,"numDmlAffectedRows":"3"}"#)
+                }
+            }
+            _ => canned(500, "unexpected request"),
+        }
+    }))
+    .await;
+    client(&base)
+        .insert_from("s", "t", &["id".to_string()], true)
+        .await
+        .unwrap();
+    let seen = seen.lock().unwrap();
+    let ids: Vec<String> = seen
+        .iter()
+        .filter(|request| request.method == "POST")
+        .map(|request| {
+            let body: serde_json::Value = serde_json::from_slice(&request.body).unwrap();
+            body["requestId"].as_str().unwrap().to_string()
+        })
+        .collect();
+    assert_eq!(ids.len(), 2);
+    assert_ne!(ids[0], ids[1], "a fresh requestId");
+}
+
+#[tokio::test]
+async fn a_table_insert_whose_first_reply_was_lost_succeeds_when_the_schema_matches() {
+    let inserts = Arc::new(Mutex::new(0));
+    let counter = inserts.clone();
+    let (base, _) = serve(Arc::new(move |request, _| {
+        let path = request.target.split('?').next().unwrap_or_default();
+        match (request.method.as_str(), path) {
+            ("POST", "/bigquery/v2/projects/p/datasets/d/tables") => {
+                let mut inserts = counter.lock().unwrap();
+                *inserts += 1;
+                if *inserts == 1 {
+                    lost_reply()
+                } else {
+                    canned(409, r#"{"error":{"code":409,"message":"Already Exists: Table p:d.t","errors":[{"reason":"duplicate"}]}}"#)
+                }
+            }
+            ("GET", "/bigquery/v2/projects/p/datasets/d/tables/t") => canned(200, TABLE_T),
+            _ => canned(500, "unexpected request"),
+        }
+    }))
+    .await;
+    let bq = client(&base);
+    let table = load_request("x").schema;
+    bq.create_table(&table).await.unwrap();
+    assert_eq!(*inserts.lock().unwrap(), 2);
+    // A different table of that name is still a conflict.
+    let other = WarehouseTable {
+        fields: vec![WarehouseField::new(
+            "id",
+            BqType::String,
+            FieldMode::Required,
+        )],
+        ..table
+    };
+    let error = bq.create_table(&other).await.unwrap_err();
+    assert!(error.is_duplicate(), "{error}");
+}
+
+#[tokio::test]
+async fn a_target_with_record_or_range_columns_is_readable_and_marked_unsupported() {
+    let (base, _) = serve(Arc::new(|_, _| {
+        canned(
+            200,
+            r#"{"tableReference":{"projectId":"p","datasetId":"d","tableId":"t"},"type":"TABLE","schema":{"fields":[
+                {"name":"id","type":"INTEGER"},{"name":"r","type":"RECORD","fields":[{"name":"x","type":"STRING"}]},
+                {"name":"span","type":"RANGE"}]}}"#,
+        )
+    }))
+    .await;
+    let existing = client(&base).get_table("t").await.unwrap().unwrap();
+    assert_eq!(existing.table.fields.len(), 1);
+    assert_eq!(existing.unsupported.len(), 2, "{:?}", existing.unsupported);
+    assert!(
+        existing.unsupported[0].contains("RECORD"),
+        "{:?}",
+        existing.unsupported
+    );
+    assert!(
+        existing.unsupported[1].contains("RANGE"),
+        "{:?}",
+        existing.unsupported
     );
 }

@@ -59,7 +59,7 @@ impl World {
         let spec = BigQuerySpec {
             project: "datasync-test".into(),
             dataset: name.clone(),
-            location: "US".into(),
+            location: Some("US".into()),
             endpoint: Some(bigquery_url()),
             emulator: true,
             create_dataset: true,

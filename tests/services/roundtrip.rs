@@ -65,7 +65,7 @@ async fn warehouse(prefix: &str) -> BigQuery {
     let spec = BigQuerySpec {
         project: PROJECT.into(),
         dataset: unique(prefix),
-        location: "US".into(),
+        location: Some("US".into()),
         endpoint: Some(endpoint.clone()),
         emulator: true,
         create_dataset: true,

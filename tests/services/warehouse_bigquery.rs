@@ -29,7 +29,7 @@ fn spec(dataset: &str) -> BigQuerySpec {
     BigQuerySpec {
         project: "demo".into(),
         dataset: dataset.into(),
-        location: "US".into(),
+        location: Some("US".into()),
         endpoint: Some(emulator_url()),
         emulator: true,
         create_dataset: true,

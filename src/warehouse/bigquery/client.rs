@@ -1,5 +1,7 @@
 //! HTTP: one request with retries, JSON bodies, transport errors.
 
+use std::time::Instant;
+
 use reqwest::{Method, Url};
 use serde_json::Value;
 
@@ -43,10 +45,14 @@ impl BigQuery {
         url: Url,
         body: Option<&Value>,
     ) -> Result<Reply, WarehouseError> {
+        let deadline = Instant::now() + self.retry.call_deadline;
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let mut request = self.http.request(method.clone(), url.clone());
+            let mut request = self
+                .http
+                .request(method.clone(), url.clone())
+                .timeout(self.retry.request_timeout_until(deadline));
             if let Some(body) = body {
                 request = request.json(body);
             }
@@ -79,6 +85,15 @@ impl BigQuery {
                 return Err(error);
             }
             let delay = self.retry.delay(attempt, retry_after, jitter());
+            if Instant::now() + delay >= deadline {
+                return Err(WarehouseError::Deadline {
+                    context: context.to_string(),
+                    message: format!(
+                        "no answer within {} ({attempt} attempts); last error: {error}",
+                        humantime::format_duration(self.retry.call_deadline)
+                    ),
+                });
+            }
             tracing::debug!(%error, attempt, ?delay, "retrying BigQuery call");
             tokio::time::sleep(delay).await;
         }
@@ -106,8 +121,11 @@ pub(super) fn parse_json<T: serde::de::DeserializeOwned>(
     })
 }
 
-/// A transport error without the URL (upload session URLs are capabilities).
+/// A transport error without the URL (upload session URLs are capabilities). Only a failure to
+/// connect is known to have sent nothing; any other (a timeout, a reset) may have lost the reply
+/// to a request the server carried out.
 pub(super) fn transport(context: &str, error: reqwest::Error) -> WarehouseError {
+    let maybe_sent = !error.is_connect();
     let error = error.without_url();
     let mut message = error.to_string();
     let mut source = std::error::Error::source(&error);
@@ -119,5 +137,6 @@ pub(super) fn transport(context: &str, error: reqwest::Error) -> WarehouseError 
     WarehouseError::Transport {
         context: context.to_string(),
         message,
+        maybe_sent,
     }
 }

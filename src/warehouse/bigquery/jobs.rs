@@ -1,5 +1,7 @@
 //! Jobs: get, wait, queries (paginated results), empty loads.
 
+use std::time::Instant;
+
 use reqwest::Method;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
@@ -22,8 +24,13 @@ impl BigQuery {
     ) -> Result<Option<JobResource>, WarehouseError> {
         let context = format!("get job {job_id}");
         let mut url = self.api_url(&["jobs", job_id])?;
-        url.query_pairs_mut()
-            .append_pair("location", location.unwrap_or(&self.location));
+        let location = match location {
+            Some(location) => Some(location.to_string()),
+            None => self.job_location().await?,
+        };
+        if let Some(location) = location {
+            url.query_pairs_mut().append_pair("location", &location);
+        }
         match self.send_json(&context, Method::GET, url, None).await {
             Ok(job) => Ok(Some(job)),
             Err(error) if error.is_not_found() => Ok(None),
@@ -39,6 +46,7 @@ impl BigQuery {
         job_id: &str,
     ) -> Result<JobResource, WarehouseError> {
         let mut polls = 0;
+        let deadline = Instant::now() + self.retry.job_deadline;
         // Keep the first known ID and location (jobs.get answers may omit the location).
         let id = job.job_id().unwrap_or(job_id).to_string();
         let location = job
@@ -46,6 +54,7 @@ impl BigQuery {
             .as_ref()
             .and_then(|reference| reference.location.clone());
         while !job.is_done() {
+            self.check_job_deadline(context, &id, deadline)?;
             tokio::time::sleep(poll_delay(polls)).await;
             polls += 1;
             job = self
@@ -57,6 +66,25 @@ impl BigQuery {
                 })?;
         }
         Ok(job)
+    }
+
+    /// `Err` once `deadline` (started with the wait) has passed; the job may still finish.
+    fn check_job_deadline(
+        &self,
+        context: &str,
+        job_id: &str,
+        deadline: Instant,
+    ) -> Result<(), WarehouseError> {
+        if Instant::now() < deadline {
+            return Ok(());
+        }
+        Err(WarehouseError::Deadline {
+            context: context.to_string(),
+            message: format!(
+                "job {job_id} did not finish within {}; it may still run and finish",
+                humantime::format_duration(self.retry.job_deadline)
+            ),
+        })
     }
 
     /// The outcome of a finished load job (error if it failed).
@@ -83,7 +111,30 @@ impl BigQuery {
         })
     }
 
+    /// Runs a statement; a concurrent-DML conflict ("Could not serialize access to …", HTTP 400
+    /// `invalidQuery`) aborted the statement atomically, so it is re-run with a fresh
+    /// `requestId` (the same one would return the same failed job), with backoff.
     pub(super) async fn run_query(
+        &self,
+        context: &str,
+        sql: &str,
+        params: &[QueryParam],
+    ) -> Result<(QueryRows, QueryResponse), WarehouseError> {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match self.run_query_once(context, sql, params).await {
+                Err(error) if is_serialize_conflict(&error) && self.retry.should_retry(attempt) => {
+                    let delay = self.retry.delay(attempt, None, jitter());
+                    tracing::debug!(%error, attempt, ?delay, "concurrent update; running the statement again");
+                    tokio::time::sleep(delay).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn run_query_once(
         &self,
         context: &str,
         sql: &str,
@@ -93,10 +144,12 @@ impl BigQuery {
             "query": sql,
             "useLegacySql": false,
             "formatOptions": {"useInt64Timestamp": true},
-            "location": self.location,
             "timeoutMs": 10_000,
             "requestId": request_id(sql),
         });
+        if let Some(location) = self.job_location().await? {
+            body["location"] = json!(location);
+        }
         if !params.is_empty() {
             body["parameterMode"] = json!("NAMED");
             body["queryParameters"] = Value::Array(
@@ -116,11 +169,16 @@ impl BigQuery {
         let mut response: QueryResponse = self
             .send_json(context, Method::POST, url, Some(&body))
             .await?;
-        check_query_errors(context, &response)?;
+        self.check_query_errors(context, &response).await?;
         // Polls and pages use the first answer's job reference (later ones may omit the location).
         let reference = response.job_reference.clone();
         let mut polls = 0;
+        let deadline = Instant::now() + self.retry.job_deadline;
         while response.job_complete == Some(false) {
+            let id = reference
+                .as_ref()
+                .map(|reference| reference.job_id.as_str());
+            self.check_job_deadline(context, id.unwrap_or("?"), deadline)?;
             tokio::time::sleep(poll_delay(polls)).await;
             polls += 1;
             response = self
@@ -164,12 +222,15 @@ impl BigQuery {
             message: "query response has no jobReference".into(),
         })?;
         let mut url = self.api_url(&["queries", &reference.job_id])?;
+        let location = match &reference.location {
+            Some(location) => Some(location.clone()),
+            None => self.job_location().await?,
+        };
         {
             let mut pairs = url.query_pairs_mut();
-            pairs.append_pair(
-                "location",
-                reference.location.as_deref().unwrap_or(&self.location),
-            );
+            if let Some(location) = &location {
+                pairs.append_pair("location", location);
+            }
             pairs.append_pair("timeoutMs", "10000");
             pairs.append_pair("formatOptions.useInt64Timestamp", "true");
             if let Some(token) = page_token {
@@ -177,7 +238,7 @@ impl BigQuery {
             }
         }
         let response: QueryResponse = self.send_json(context, Method::GET, url, None).await?;
-        check_query_errors(context, &response)?;
+        self.check_query_errors(context, &response).await?;
         Ok(response)
     }
 
@@ -223,15 +284,57 @@ impl BigQuery {
     }
 }
 
-fn check_query_errors(context: &str, response: &QueryResponse) -> Result<(), WarehouseError> {
-    match response.errors.first() {
-        None => Ok(()),
-        Some(error) => Err(WarehouseError::Api {
-            context: context.to_string(),
-            status: 200,
-            reason: error.reason(),
-            message: error.message(),
-        }),
+impl BigQuery {
+    /// `errors` in a 200 jobs.query/getQueryResults answer are "the first errors or warnings
+    /// encountered during the running of the job … Errors here do not necessarily mean that the
+    /// job has completed or was unsuccessful" (BigQuery v2 `QueryResponse.errors`): a failed job
+    /// is an HTTP error or `status.errorResult` (jobs.get). The emulator reports SQL errors only
+    /// there, so with the emulator they fail the query.
+    async fn check_query_errors(
+        &self,
+        context: &str,
+        response: &QueryResponse,
+    ) -> Result<(), WarehouseError> {
+        let Some(error) = response.errors.first() else {
+            return Ok(());
+        };
+        if self.emulator {
+            return Err(WarehouseError::Api {
+                context: context.to_string(),
+                status: 200,
+                reason: error.reason(),
+                message: error.message(),
+            });
+        }
+        if let Some(reference) = &response.job_reference
+            && response.job_complete == Some(true)
+            && !reference.job_id.is_empty()
+            && let Some(job) = self
+                .get_job(&reference.job_id, reference.location.as_deref())
+                .await?
+            && job
+                .status
+                .as_ref()
+                .is_some_and(|status| status.error_result.is_some())
+        {
+            job.check(context, &reference.job_id)?;
+        }
+        for warning in &response.errors {
+            tracing::warn!(context, reason = %warning.reason(), message = %warning.message(), "BigQuery warning");
+        }
+        Ok(())
+    }
+}
+
+/// A concurrent-DML conflict: the statement was aborted and may be run again
+/// (kafka-connect-bigquery `BigQueryErrorResponses.isCouldNotSerializeAccessError`).
+fn is_serialize_conflict(error: &WarehouseError) -> bool {
+    match error {
+        WarehouseError::Api {
+            status, message, ..
+        } => *status == 400 && message.contains("Could not serialize access"),
+        WarehouseError::Job { message, .. } => message.contains("Could not serialize access"),
+        _ => false,
     }
 }
 

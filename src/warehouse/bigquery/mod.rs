@@ -26,15 +26,18 @@ pub use upload::{CHUNK_GRANULARITY, DEFAULT_CHUNK_SIZE, content_range, next_offs
 
 use super::{
     AlterColumn, ExistingTable, LoadOutcome, LoadRequest, MergeOutcome, MergeRequest, QueryParam,
-    QueryRows, Warehouse, WarehouseError, alter_statement, merge_statement, quote_ident,
+    QueryRows, Warehouse, WarehouseError, alter_statements, merge_statement, quote_ident,
 };
 use crate::manifest::resolve::BigQuerySpec;
 use crate::schema::{FieldMode, WarehouseTable};
 use auth::{AuthConfig, Credentials};
-use model::TableResource;
+use model::{DatasetResource, TableResource};
 use upload::check_chunk_size;
 
 const PRODUCTION_BASE: &str = "https://bigquery.googleapis.com";
+
+/// Where a dataset datasync creates lives when `bigquery.location` is not set.
+const DEFAULT_DATASET_LOCATION: &str = "US";
 
 /// A raw HTTP answer.
 pub(crate) struct Reply {
@@ -49,8 +52,11 @@ pub struct BigQuery {
     base: String,
     pub(super) project: String,
     pub(super) dataset: String,
-    pub(super) location: String,
-    emulator: bool,
+    /// `bigquery.location`: used to create the dataset, and checked against an existing one's.
+    configured_location: Option<String>,
+    /// The dataset's location (datasets.get), once known: every job runs there.
+    dataset_location: Mutex<Option<String>>,
+    pub(super) emulator: bool,
     auth_config: AuthConfig,
     auth: OnceCell<Credentials>,
     pub(super) retry: RetryPolicy,
@@ -64,7 +70,7 @@ impl std::fmt::Debug for BigQuery {
             .field("base", &self.base)
             .field("project", &self.project)
             .field("dataset", &self.dataset)
-            .field("location", &self.location)
+            .field("configured_location", &self.configured_location)
             .field("emulator", &self.emulator)
             .finish_non_exhaustive()
     }
@@ -109,7 +115,8 @@ impl BigQuery {
             base,
             project: spec.project.clone(),
             dataset: spec.dataset.clone(),
-            location: spec.location.clone(),
+            configured_location: spec.location.clone(),
+            dataset_location: Mutex::new(None),
             emulator,
             auth_config,
             auth,
@@ -130,6 +137,14 @@ impl BigQuery {
     /// Replaces the retry policy.
     pub fn with_retry_policy(mut self, retry: RetryPolicy) -> Self {
         self.retry = retry;
+        self
+    }
+
+    /// Talks to the configured endpoint as to real BigQuery: none of the emulator workarounds
+    /// (see `scripts/EMULATOR.md`), still no credentials. For protocol tests against a
+    /// recording fake of the API.
+    pub fn without_emulator_quirks(mut self) -> Self {
+        self.emulator = false;
         self
     }
 
@@ -158,6 +173,69 @@ impl BigQuery {
         match self.send(&context, Method::DELETE, url, None).await {
             Err(error) if error.is_not_found() => Ok(()),
             other => other.map(drop),
+        }
+    }
+
+    /// datasets.get.
+    async fn fetch_dataset(&self) -> Result<DatasetResource, WarehouseError> {
+        let context = format!("get dataset {}.{}", self.project, self.dataset);
+        let url = self.api_url(&["datasets", &self.dataset])?;
+        self.send_json(&context, Method::GET, url, None).await
+    }
+
+    /// Remembers the dataset's location (`None`: the server did not say; the configured one is
+    /// assumed). A configured location that differs is an error naming both: a dataset's
+    /// location can't change, and jobs must run where the dataset is.
+    fn learn_location(&self, actual: Option<String>) -> Result<(), WarehouseError> {
+        let Some(actual) = actual.filter(|location| !location.is_empty()) else {
+            if let (Some(configured), Ok(mut known)) =
+                (&self.configured_location, self.dataset_location.lock())
+            {
+                *known = Some(configured.clone());
+            }
+            return Ok(());
+        };
+        if let Some(configured) = &self.configured_location
+            && !configured.eq_ignore_ascii_case(&actual)
+        {
+            return Err(WarehouseError::LocationMismatch {
+                project: self.project.clone(),
+                dataset: self.dataset.clone(),
+                configured: configured.clone(),
+                actual,
+            });
+        }
+        if let Ok(mut known) = self.dataset_location.lock() {
+            *known = Some(actual);
+        }
+        Ok(())
+    }
+
+    /// Where jobs run: the dataset's location (read once with datasets.get), else the configured
+    /// one, else `None` (the parameter is then omitted and BigQuery picks the location from the
+    /// tables a job references; job answers carry it in `jobReference.location`). BigQuery
+    /// requires it on jobs.get/getQueryResults/cancel for every location but `US` and `EU`
+    /// (https://cloud.google.com/bigquery/docs/locations#specify_locations).
+    pub(super) async fn job_location(&self) -> Result<Option<String>, WarehouseError> {
+        if let Some(known) = self
+            .dataset_location
+            .lock()
+            .ok()
+            .and_then(|known| known.clone())
+        {
+            return Ok(Some(known));
+        }
+        match self.fetch_dataset().await {
+            Ok(dataset) => {
+                self.learn_location(dataset.location)?;
+                Ok(self
+                    .dataset_location
+                    .lock()
+                    .ok()
+                    .and_then(|known| known.clone()))
+            }
+            Err(error) if error.is_not_found() => Ok(self.configured_location.clone()),
+            Err(error) => Err(error),
         }
     }
 
@@ -228,13 +306,26 @@ impl BigQuery {
     }
 }
 
+/// Same columns (names ignoring case, types, modes, parameters), partitioning and clustering.
+fn same_shape(existing: &WarehouseTable, wanted: &WarehouseTable) -> bool {
+    existing.fields.len() == wanted.fields.len()
+        && existing.fields.iter().zip(&wanted.fields).all(|(a, b)| {
+            a.name.eq_ignore_ascii_case(&b.name)
+                && a.bq_type == b.bq_type
+                && a.mode == b.mode
+                && a.precision == b.precision
+                && a.scale == b.scale
+                && a.max_length == b.max_length
+        })
+        && existing.partitioning == wanted.partitioning
+        && existing.clustering == wanted.clustering
+}
+
 #[async_trait]
 impl Warehouse for BigQuery {
     async fn ensure_dataset(&self, create: bool) -> Result<(), WarehouseError> {
-        let context = format!("get dataset {}.{}", self.project, self.dataset);
-        let url = self.api_url(&["datasets", &self.dataset])?;
-        match self.send(&context, Method::GET, url, None).await {
-            Ok(_) => return Ok(()),
+        match self.fetch_dataset().await {
+            Ok(dataset) => return self.learn_location(dataset.location),
             Err(error) if error.is_not_found() => {}
             Err(error) => return Err(error),
         }
@@ -245,12 +336,16 @@ impl Warehouse for BigQuery {
             });
         }
         let context = format!("create dataset {}.{}", self.project, self.dataset);
+        let location = self
+            .configured_location
+            .clone()
+            .unwrap_or_else(|| DEFAULT_DATASET_LOCATION.to_string());
         let body = json!({
             "datasetReference": {"projectId": self.project, "datasetId": self.dataset},
-            "location": self.location,
+            "location": location,
         });
         match self
-            .send(
+            .send_json::<DatasetResource>(
                 &context,
                 Method::POST,
                 self.api_url(&["datasets"])?,
@@ -258,8 +353,13 @@ impl Warehouse for BigQuery {
             )
             .await
         {
-            Err(error) if error.is_duplicate() => Ok(()),
-            other => other.map(drop),
+            Ok(dataset) => self.learn_location(dataset.location.or(Some(location))),
+            // Created meanwhile (or by our own lost first attempt): read where it is.
+            Err(error) if error.is_duplicate() => {
+                let dataset = self.fetch_dataset().await?;
+                self.learn_location(dataset.location)
+            }
+            Err(error) => Err(error),
         }
     }
 
@@ -281,9 +381,15 @@ impl Warehouse for BigQuery {
         let body = serde_json::to_value(TableResource::new(&self.project, &self.dataset, table))
             .map_err(|error| WarehouseError::Invalid(format!("{context}: {error}")))?;
         let url = self.api_url(&["datasets", &self.dataset, "tables"])?;
-        self.send(&context, Method::POST, url, Some(&body))
-            .await
-            .map(drop)
+        match self.send(&context, Method::POST, url, Some(&body)).await {
+            // A retried insert whose first reply was lost: the table is ours if it has the
+            // schema we asked for.
+            Err(error) if error.is_duplicate() => match self.get_table(&table.name).await? {
+                Some(existing) if same_shape(&existing.table, table) => Ok(()),
+                _ => Err(error),
+            },
+            other => other.map(drop),
+        }
     }
 
     async fn alter_table(&self, name: &str, changes: &[AlterColumn]) -> Result<(), WarehouseError> {
@@ -292,8 +398,7 @@ impl Warehouse for BigQuery {
         }
         let context = format!("alter table {}.{name}", self.dataset);
         let qualified = self.qualified(name);
-        for change in changes {
-            let sql = alter_statement(&qualified, change, self.emulator);
+        for sql in alter_statements(&qualified, changes, self.emulator, self.emulator) {
             self.run_query(&context, &sql, &[]).await?;
         }
         // The emulator applies DDL to the stored table only; its catalog (tables.get) keeps the
@@ -493,8 +598,9 @@ impl Warehouse for BigQuery {
     async fn cancel_job(&self, job_id: &str) -> Result<(), WarehouseError> {
         let context = format!("cancel job {job_id}");
         let mut url = self.api_url(&["jobs", job_id, "cancel"])?;
-        url.query_pairs_mut()
-            .append_pair("location", &self.location);
+        if let Some(location) = self.job_location().await? {
+            url.query_pairs_mut().append_pair("location", &location);
+        }
         match self.send(&context, Method::POST, url, None).await {
             Err(error) if error.is_not_found() => Ok(()),
             other => other.map(drop),

@@ -24,6 +24,14 @@ fn ser_opt_u64<S: Serializer>(value: &Option<u64>, serializer: S) -> Result<S::O
     }
 }
 
+/// The part of a dataset resource datasync reads.
+#[derive(Debug, Clone, Deserialize, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct DatasetResource {
+    #[serde(default)]
+    pub location: Option<String>,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub(crate) struct TableReference {
@@ -104,6 +112,9 @@ pub(crate) struct TableResource {
     pub etag: Option<String>,
     #[serde(default, skip_serializing)]
     pub last_modified_time: Option<String>,
+    /// `TABLE`, `VIEW`, `EXTERNAL`, `MATERIALIZED_VIEW`, `SNAPSHOT`.
+    #[serde(default, rename = "type", skip_serializing)]
+    pub table_type: Option<String>,
 }
 
 impl FieldResource {
@@ -190,20 +201,23 @@ impl TableResource {
     }
 
     /// Our view of the table; ingestion-time partitioning shows as field `_PARTITIONTIME`.
+    /// Columns datasync can't model are left out and named in `unsupported`.
     pub(crate) fn to_existing(&self) -> Result<ExistingTable, WarehouseError> {
         let name = &self.table_reference.table_id;
-        let fields = self
-            .schema
-            .as_ref()
-            .map(|schema| {
-                schema
-                    .fields
-                    .iter()
-                    .map(|field| field.to_field(name))
-                    .collect::<Result<Vec<_>, _>>()
-            })
-            .transpose()?
-            .unwrap_or_default();
+        let mut fields = Vec::new();
+        let mut unsupported = Vec::new();
+        if let Some(kind) = self.table_type.as_deref()
+            && kind != "TABLE"
+        {
+            unsupported.push(format!("`{name}` is a {kind}, not a table"));
+        }
+        for field in self.schema.iter().flat_map(|schema| &schema.fields) {
+            match field.to_field(name) {
+                Ok(field) => fields.push(field),
+                Err(WarehouseError::Protocol { message, .. }) => unsupported.push(message),
+                Err(error) => return Err(error),
+            }
+        }
         Ok(ExistingTable {
             table: WarehouseTable {
                 name: name.clone(),
@@ -226,6 +240,7 @@ impl TableResource {
             num_rows: self.num_rows,
             etag: self.etag.clone(),
             last_modified: self.last_modified_time.clone(),
+            unsupported,
         })
     }
 }

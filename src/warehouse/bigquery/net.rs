@@ -76,6 +76,9 @@ impl Network {
             .no_proxy()
             .redirect(reqwest::redirect::Policy::none())
             .connect_timeout(connect_timeout)
+            // A server that stops sending mid-answer; each request also has its own total
+            // timeout (`RetryPolicy::request_timeout`) under `timeout`.
+            .read_timeout(Duration::from_secs(120).min(timeout))
             .timeout(timeout);
         if proxied {
             let no_proxy = self

@@ -1,7 +1,8 @@
-//! Retry policy: exponential backoff with jitter, bounded attempts, `Retry-After` honoured.
+//! Retry policy: exponential backoff with jitter, bounded attempts, `Retry-After` honoured, and
+//! deadlines: per HTTP request, per call (all its retries), per job (polling).
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use super::super::RETRYABLE_REASONS;
 
@@ -14,6 +15,14 @@ pub struct RetryPolicy {
     pub base_delay: Duration,
     /// Upper bound of one delay.
     pub max_delay: Duration,
+    /// Longest one HTTP request may take, connecting and reading the answer included (a
+    /// stalled server that accepts and never answers fails the attempt after this).
+    pub request_timeout: Duration,
+    /// Longest one call may take with all its retries: no retry starts after it.
+    pub call_deadline: Duration,
+    /// Longest datasync waits for a job to finish (BigQuery's own limit for query and load
+    /// jobs is 6 h: <https://cloud.google.com/bigquery/quotas#query_jobs>).
+    pub job_deadline: Duration,
 }
 
 impl Default for RetryPolicy {
@@ -22,6 +31,9 @@ impl Default for RetryPolicy {
             max_attempts: 6,
             base_delay: Duration::from_millis(500),
             max_delay: Duration::from_secs(32),
+            request_timeout: Duration::from_secs(120),
+            call_deadline: Duration::from_secs(10 * 60),
+            job_deadline: Duration::from_secs(6 * 60 * 60),
         }
     }
 }
@@ -33,6 +45,13 @@ impl RetryPolicy {
             max_attempts: 1,
             ..Self::default()
         }
+    }
+
+    /// The timeout of one HTTP request that must be done by `deadline`.
+    pub(crate) fn request_timeout_until(&self, deadline: Instant) -> Duration {
+        self.request_timeout
+            .min(deadline.saturating_duration_since(Instant::now()))
+            .max(Duration::from_millis(1))
     }
 
     /// Whether a failed attempt number `attempt` (1-based) may be followed by another.

@@ -8,6 +8,10 @@
 //!    the input ends, because the emulator treats an empty `bytes */N` as a status probe forever.
 //! 4. On a connection error or 5xx we ask for the upload status (`Content-Range: bytes */*`) and
 //!    resume from the server's offset.
+//! 5. Failures are bounded: a chunk gets [`RetryPolicy::max_attempts`] failed attempts (a failed
+//!    PUT, or a 308 that keeps none of it) until the server's offset moves past its start, the
+//!    whole upload [`UPLOAD_FAILURE_FACTOR`] times as many. A successful status probe resets
+//!    nothing.
 //!
 //! At most about two chunks are in memory: the buffer (≤ chunk size + one input message) and the
 //! copy being sent.
@@ -22,7 +26,7 @@ use super::client::parse_json;
 use super::model::{
     JobResource, clustering_resource, error_from_body, partitioning_resource, schema_resource,
 };
-use super::retry::{is_retryable, jitter, parse_retry_after};
+use super::retry::{RetryPolicy, is_retryable, jitter, parse_retry_after};
 use super::{BigQuery, Reply};
 
 /// Resumable chunks must be multiples of this (256 KiB), except the last.
@@ -74,6 +78,40 @@ pub fn next_offset_from_range(range: Option<&str>) -> Result<u64, String> {
         return Err(format!("unexpected Range header {range:?}"));
     }
     Ok(last + 1)
+}
+
+/// A whole upload may fail this many times [`RetryPolicy::max_attempts`] (chunks included).
+pub(crate) const UPLOAD_FAILURE_FACTOR: u32 = 4;
+
+/// Failed attempts of the current chunk and of the whole upload.
+#[derive(Debug, Default)]
+pub(crate) struct UploadFailures {
+    chunk: u32,
+    total: u32,
+}
+
+impl UploadFailures {
+    /// The server's offset moved: the next chunk starts with a clean slate.
+    pub(crate) fn progress(&mut self) {
+        self.chunk = 0;
+    }
+
+    /// Counts a failed attempt; `Err` with the reason when no further attempt is allowed.
+    pub(crate) fn fail(&mut self, retry: &RetryPolicy) -> Result<u32, String> {
+        self.chunk += 1;
+        self.total += 1;
+        let per_upload = retry
+            .max_attempts
+            .max(1)
+            .saturating_mul(UPLOAD_FAILURE_FACTOR);
+        if !retry.should_retry(self.chunk) {
+            Err(format!("a chunk failed {} times in a row", self.chunk))
+        } else if self.total >= per_upload {
+            Err(format!("the upload failed {} times", self.total))
+        } else {
+            Ok(self.chunk)
+        }
+    }
 }
 
 /// One PUT to send.
@@ -175,7 +213,7 @@ enum PutReply {
 }
 
 impl BigQuery {
-    fn load_job_body(&self, request: &LoadRequest) -> Value {
+    fn load_job_body(&self, request: &LoadRequest, location: Option<&str>) -> Value {
         let mut load = json!({
             "destinationTable": {"projectId": self.project, "datasetId": self.dataset, "tableId": request.table},
             "sourceFormat": "NEWLINE_DELIMITED_JSON",
@@ -192,10 +230,11 @@ impl BigQuery {
         if let Some(clustering) = clustering_resource(&request.schema) {
             load["clustering"] = json!(clustering);
         }
-        json!({
-            "jobReference": {"projectId": self.project, "jobId": request.job_id, "location": self.location},
-            "configuration": {"load": load},
-        })
+        let mut reference = json!({"projectId": self.project, "jobId": request.job_id});
+        if let Some(location) = location {
+            reference["location"] = json!(location);
+        }
+        json!({"jobReference": reference, "configuration": {"load": load}})
     }
 
     /// The whole resumable load; `first` is the first non-empty input chunk.
@@ -210,7 +249,8 @@ impl BigQuery {
         buffer.push(&first);
         drop(first);
 
-        let body = self.load_job_body(request);
+        let location = self.job_location().await?;
+        let body = self.load_job_body(request, location.as_deref());
         let session = match self
             .send(context, Method::POST, self.upload_url()?, Some(&body))
             .await
@@ -222,6 +262,7 @@ impl BigQuery {
             Err(error) => return Err(error),
         };
 
+        let mut failures = UploadFailures::default();
         loop {
             while buffer.needs_input() {
                 match data.recv().await {
@@ -236,16 +277,32 @@ impl BigQuery {
                         .into(),
                 });
             };
-            match self.put_with_recovery(context, &session, &put).await? {
-                PutReply::Incomplete(committed) => {
+            match self
+                .put_with_recovery(context, &session, &put, &mut failures)
+                .await?
+            {
+                (PutReply::Incomplete(committed), probed) => {
                     buffer
                         .acknowledge(committed)
                         .map_err(|message| WarehouseError::Protocol {
                             context: context.to_string(),
                             message,
-                        })?
+                        })?;
+                    if committed > put.start {
+                        failures.progress();
+                    } else if !probed {
+                        // The server kept none of the chunk: a failure too (a failed PUT was
+                        // already counted when it was probed).
+                        failures.fail(&self.retry).map_err(|reason| WarehouseError::Protocol {
+                            context: context.to_string(),
+                            message: format!(
+                                "the server keeps none of the chunk at byte {}; giving up: {reason}",
+                                put.start
+                            ),
+                        })?;
+                    }
                 }
-                PutReply::Complete(job) => {
+                (PutReply::Complete(job), _) => {
                     if put.total.is_none() {
                         return Err(WarehouseError::Protocol {
                             context: context.to_string(),
@@ -255,7 +312,7 @@ impl BigQuery {
                     let job = self.wait_for_job(context, *job, &request.job_id).await?;
                     return self.load_outcome(context, &job, &request.job_id, buffer.total_seen());
                 }
-                PutReply::Duplicate => return self.existing_load(context, request).await,
+                (PutReply::Duplicate, _) => return self.existing_load(context, request).await,
             }
         }
     }
@@ -265,29 +322,40 @@ impl BigQuery {
         context: &str,
         request: &LoadRequest,
     ) -> Result<LoadOutcome, WarehouseError> {
-        let job =
-            self.get_job(&request.job_id, None)
-                .await?
-                .ok_or_else(|| WarehouseError::Protocol {
+        // Right after a 409, jobs.get can still answer 404 for a while: retry it (the official
+        // Python client does too, googleapis/python-bigquery#2134).
+        let mut attempt = 0;
+        let job = loop {
+            attempt += 1;
+            if let Some(job) = self.get_job(&request.job_id, None).await? {
+                break job;
+            }
+            if !self.retry.should_retry(attempt) {
+                return Err(WarehouseError::Protocol {
                     context: context.to_string(),
-                    message: "BigQuery says the job exists, but jobs.get can't find it".into(),
-                })?;
+                    message: format!(
+                        "BigQuery says the job exists, but jobs.get can't find it ({attempt} tries)"
+                    ),
+                });
+            }
+            tokio::time::sleep(self.retry.delay(attempt, None, jitter())).await;
+        };
         let job = self.wait_for_job(context, job, &request.job_id).await?;
         self.load_outcome(context, &job, &request.job_id, 0)
     }
 
     /// Sends one PUT; on a retryable failure asks for the upload status and returns what the
-    /// server has (the caller then replans from there).
+    /// server has (the caller then replans from there), and whether that came from a probe.
+    /// Every failure counts against `failures`.
     async fn put_with_recovery(
         &self,
         context: &str,
         session: &Url,
         put: &Put,
-    ) -> Result<PutReply, WarehouseError> {
-        let mut attempt = 0;
+        failures: &mut UploadFailures,
+    ) -> Result<(PutReply, bool), WarehouseError> {
         let mut probe = false;
         loop {
-            attempt += 1;
             let result = if probe {
                 let range = match put.total {
                     Some(total) => format!("bytes */{total}"),
@@ -299,13 +367,17 @@ impl BigQuery {
                     .await
             };
             let (error, retry_after) = match result {
-                Ok(reply) => return Ok(reply),
+                Ok(reply) => return Ok((reply, probe)),
                 Err((error, retry_after)) if error.retryable() => (error, retry_after),
                 Err((error, _)) => return Err(error),
             };
-            if !self.retry.should_retry(attempt) {
-                return Err(error);
-            }
+            let attempt = match failures.fail(&self.retry) {
+                Ok(attempt) => attempt,
+                Err(reason) => {
+                    tracing::warn!(%error, %reason, "giving up the upload");
+                    return Err(error);
+                }
+            };
             let delay = self.retry.delay(attempt, retry_after, jitter());
             tracing::debug!(%error, attempt, ?delay, "upload chunk failed; asking for the upload status");
             tokio::time::sleep(delay).await;
@@ -323,6 +395,7 @@ impl BigQuery {
         let request = self
             .http
             .request(Method::PUT, session.clone())
+            .timeout(self.retry.request_timeout)
             .header("Content-Range", range)
             .header("Content-Type", "application/octet-stream")
             .body(body);

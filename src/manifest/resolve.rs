@@ -540,32 +540,25 @@ fn check_connection(name: &str, source: &RawSource, base: &str, problems: &mut V
             }
         }
     } else {
-        match kind {
-            SourceKind::Sqlite if source.database.is_none() => problems.push(
-                error_at(
-                    base,
-                    Code::ManifestMissingField,
-                    format!("sqlite source `{name}` needs `url` or `database` (the file path)"),
+        let missing = if kind.is_file() {
+            source.database.is_none().then(|| {
+                format!(
+                    "{} source `{name}` needs `url` or `database` (the file path)",
+                    kind.as_str()
                 )
-                .on_key(),
-            ),
-            SourceKind::Mysql | SourceKind::Postgres if source.user.is_none() => problems.push(
-                error_at(
-                    base,
-                    Code::ManifestMissingField,
-                    format!("source `{name}` needs `url` or `user`"),
-                )
-                .on_key(),
-            ),
-            SourceKind::Postgres if source.database.is_none() => problems.push(
-                error_at(
-                    base,
-                    Code::ManifestMissingField,
-                    format!("postgres source `{name}` needs `url` or `database`"),
-                )
-                .on_key(),
-            ),
-            _ => {}
+            })
+        } else if source.user.is_none() {
+            Some(format!("source `{name}` needs `url` or `user`"))
+        } else if kind.needs_database() && source.database.is_none() {
+            Some(format!(
+                "{} source `{name}` needs `url` or `database`",
+                kind.as_str()
+            ))
+        } else {
+            None
+        };
+        if let Some(message) = missing {
+            problems.push(error_at(base, Code::ManifestMissingField, message).on_key());
         }
     }
     if source.schema.is_some() && kind.default_qualifier().is_none() {
@@ -588,7 +581,7 @@ fn resolve_tls(source: &RawSource, base: &str, problems: &mut Vec<Diagnostic>) -
         cert: None,
         key: None,
     });
-    let tls_mode = tls_raw.mode.unwrap_or(if kind == SourceKind::Sqlite {
+    let tls_mode = tls_raw.mode.unwrap_or(if kind.is_file() {
         TlsMode::Disable
     } else {
         TlsMode::Prefer
@@ -754,12 +747,12 @@ fn table_name(
         );
         return None;
     }
-    if source.kind == SourceKind::Sqlite && qualifier.is_some() {
+    if source.kind.is_file() && qualifier.is_some() {
         problems.push(
             error_at(
                 pointer,
                 Code::ManifestTableName,
-                "sqlite tables are not qualified",
+                format!("{} tables are not qualified", source.kind.as_str()),
             )
             .on_key(),
         );

@@ -92,6 +92,18 @@ impl SourceKind {
             Self::Mysql | Self::Sqlite => None,
         }
     }
+
+    /// A local file rather than a server: no host, user, TLS or table qualifier; `database` is
+    /// the file's path.
+    pub fn is_file(self) -> bool {
+        matches!(self, Self::Sqlite)
+    }
+
+    /// Whether a source given by parts (not `url`) must name its `database`: the file of a
+    /// file engine, or the database PostgreSQL connects to (MySQL may connect without one).
+    pub fn needs_database(self) -> bool {
+        matches!(self, Self::Postgres | Self::Sqlite)
+    }
 }
 
 #[cfg(test)]
@@ -117,5 +129,7 @@ mod tests {
         assert_eq!(SourceKind::Sqlite.default_port(), None);
         assert_eq!(SourceKind::Postgres.default_qualifier(), Some("public"));
         assert_eq!(SourceKind::Mysql.default_qualifier(), None);
+        assert!(SourceKind::Sqlite.is_file() && !SourceKind::Mysql.is_file());
+        assert!(SourceKind::Postgres.needs_database() && !SourceKind::Mysql.needs_database());
     }
 }

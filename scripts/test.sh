@@ -7,6 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 bash scripts/services.sh
+bash scripts/postgis.sh
 bash scripts/emulator.sh start
 
 export DATASYNC_TEST_POSTGRES_URL="${DATASYNC_TEST_POSTGRES_URL:-postgres://postgres@127.0.0.1:5432/postgres}"

@@ -503,10 +503,11 @@ fn decimal_natural(
 
 fn geometry(spec: &TableSpec) -> Natural {
     match spec.types.geometry {
-        GeometryPolicy::Geography => Natural::new(Codec::Text, BqType::Geography),
-        GeometryPolicy::String => Natural::new(Codec::Text, BqType::String),
+        GeometryPolicy::Geography => {
+            Natural::new(Codec::Text, BqType::Geography).read(ReadAs::Geography)
+        }
+        GeometryPolicy::String => Natural::new(Codec::Text, BqType::String).read(ReadAs::Wkt),
     }
-    .read(ReadAs::Wkt)
 }
 
 /// `numeric(10,2)` → (10, 2).

@@ -51,7 +51,7 @@ pub(super) fn natural(spec: &TableSpec, column: &SourceColumn) -> Result<Natural
     let data_type = column.data_type.to_ascii_lowercase();
     if let Some(element) = data_type.strip_prefix('_') {
         let element_natural = postgres_element(spec, element, &column.column_type)?;
-        if element_natural.read_as == ReadAs::Wkt {
+        if matches!(element_natural.read_as, ReadAs::Wkt | ReadAs::Geography) {
             return Ok(cast_text());
         }
         let mut natural = Natural::new(

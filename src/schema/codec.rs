@@ -55,9 +55,18 @@ pub enum ReadAs {
     Text,
     /// The engine's exact numeric form (PostgreSQL `money` through `::numeric`).
     Numeric,
-    /// Well-known text of a geometry (`ST_AsText`).
+    /// Well-known text of a geometry (`ST_AsText`), as stored.
     Wkt,
+    /// Well-known text in WGS 84 (SRID 4326), longitude first, as BigQuery's GEOGRAPHY reads it
+    /// (https://cloud.google.com/bigquery/docs/geospatial-data#coordinate_systems_and_edges):
+    /// the engine transforms other SRIDs where it can and flags, instead of a value, a geometry
+    /// it cannot transform or that is not valid (see [`GEOGRAPHY_REJECT`]).
+    Geography,
 }
+
+/// A geography value an engine could not deliver starts with this (no WKT does): the rest says
+/// why (`srid 3857`, `invalid Self-intersection[…]`). The sink counts it as a bad value.
+pub const GEOGRAPHY_REJECT: &str = "!";
 
 /// How one source column lands in BigQuery.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -10,7 +10,7 @@ pub mod value;
 
 use serde::{Deserialize, Serialize};
 
-pub use codec::{Codec, ColumnMapping, ReadAs};
+pub use codec::{Codec, ColumnMapping, GEOGRAPHY_REJECT, ReadAs};
 pub use engine::SourceKind;
 pub use policy::{BadValuePolicy, DecimalOverflowPolicy, GeometryPolicy, TypePolicies, Utf8Policy};
 pub use value::{

@@ -24,7 +24,7 @@ use crate::manifest::raw::TlsMode;
 use crate::manifest::resolve::SourceSpec;
 pub use crate::schema::ExtractStats;
 use crate::schema::{
-    Codec, ColumnMapping, Decoded, RowSink, SourceKind, SourceTable, TooManyBadValues,
+    Codec, ColumnMapping, Decoded, ReadAs, RowSink, SourceKind, SourceTable, TooManyBadValues,
 };
 use crate::secret::REDACTED;
 use sql::{Dialect, Statement};
@@ -217,7 +217,17 @@ impl Source {
                 table.name
             )));
         }
-        let statement = sql::select_sql(self.dialect(), table, columns, filter)?;
+        let dialect = match self {
+            Self::Mysql(pool)
+                if columns
+                    .iter()
+                    .any(|column| column.read_as == ReadAs::Geography) =>
+            {
+                mysql::geography_dialect(pool).await?
+            }
+            other => other.dialect(),
+        };
+        let statement = sql::select_sql(dialect, table, columns, filter)?;
         match self {
             Self::Mysql(pool) => {
                 let rows = query(&statement).fetch(pool);

@@ -491,3 +491,43 @@ mod tests {
         assert_eq!(time, Val::Text(Cow::Borrowed("25:00:00.123456")));
     }
 }
+
+/// The dialect that reads GEOGRAPHY columns right on this server: MySQL 8 has spatial
+/// reference systems (latitude-first SRID 4326, `ST_Transform`, `ST_IsValid`), MariaDB has not.
+pub(super) async fn geography_dialect(
+    pool: &MySqlPool,
+) -> Result<&'static dyn sql::Dialect, SourceError> {
+    let version: String = sqlx::query_scalar("SELECT VERSION()")
+        .fetch_one(pool)
+        .await
+        .map_err(|error| SourceError::query("reading the server version", error))?;
+    Ok(if is_mysql8(&version) {
+        &sql::Mysql8
+    } else {
+        &sql::Mysql
+    })
+}
+
+/// `8.0.36` → MySQL 8 or later; `10.11.6-MariaDB-…` and 5.x → not.
+fn is_mysql8(version: &str) -> bool {
+    !version.to_ascii_lowercase().contains("mariadb")
+        && version
+            .split('.')
+            .next()
+            .and_then(|major| major.parse::<u32>().ok())
+            .is_some_and(|major| major >= 8)
+}
+
+#[cfg(test)]
+mod geography_tests {
+    use super::is_mysql8;
+
+    #[test]
+    fn mysql_8_is_told_from_mariadb() {
+        assert!(is_mysql8("8.0.36"));
+        assert!(is_mysql8("9.1.0-commercial"));
+        assert!(!is_mysql8("5.7.44-log"));
+        assert!(!is_mysql8("10.11.19-MariaDB-0+deb12u1"));
+        assert!(!is_mysql8("11.4.2-MariaDB"));
+    }
+}

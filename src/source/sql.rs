@@ -5,7 +5,7 @@
 //! Every identifier is quoted; the cursor value is bound as a parameter, never spliced into SQL.
 
 use super::{CursorFilter, SourceError};
-use crate::schema::{Codec, ColumnMapping, ReadAs, SourceTable};
+use crate::schema::{Codec, ColumnMapping, GEOGRAPHY_REJECT, ReadAs, SourceTable};
 
 /// A statement and the one value it binds, if any (the cursor bound).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -81,7 +81,9 @@ fn is_temporal(codec: &Codec) -> bool {
     matches!(codec, Codec::Date | Codec::DateTime | Codec::Timestamp)
 }
 
-/// MySQL and MariaDB.
+/// MySQL and MariaDB. Geography: MariaDB has no spatial reference systems (its coordinates are
+/// x = longitude, y = latitude as written) and no `ST_Transform`, so a geometry in another SRID
+/// than 0 or 4326 is flagged; [`Mysql8`] covers MySQL 8's axis order.
 pub(crate) struct Mysql;
 
 impl Dialect for Mysql {
@@ -96,6 +98,10 @@ impl Dialect for Mysql {
             ReadAs::Native | ReadAs::Numeric => quoted,
             ReadAs::Text => format!("CAST({quoted} AS CHAR)"),
             ReadAs::Wkt => format!("ST_AsText({quoted})"),
+            ReadAs::Geography => format!(
+                "CASE WHEN ST_SRID({quoted}) IN (0, 4326) THEN ST_AsText({quoted}) \
+                 ELSE CONCAT('{GEOGRAPHY_REJECT}srid ', ST_SRID({quoted})) END"
+            ),
         })
     }
 
@@ -133,6 +139,47 @@ impl Dialect for Mysql {
     }
 }
 
+/// MySQL 8: SRID 4326 is geographic with latitude-first axis order, so `ST_AsText` would write
+/// `POINT(lat lon)` where BigQuery reads `POINT(lon lat)`; `axis-order=long-lat` fixes the order
+/// (https://dev.mysql.com/doc/refman/8.0/en/gis-format-conversion-functions.html#function_st-astext),
+/// other SRIDs are transformed to 4326, and invalid geometries are flagged. Everything else is
+/// [`Mysql`]'s.
+pub(crate) struct Mysql8;
+
+impl Dialect for Mysql8 {
+    fn quote(&self, ident: &str) -> Result<String, SourceError> {
+        Mysql.quote(ident)
+    }
+
+    fn select_expr(&self, column: &ColumnMapping) -> Result<String, SourceError> {
+        if column.read_as != ReadAs::Geography {
+            return Mysql.select_expr(column);
+        }
+        let quoted = self.quote(&column.source.name)?;
+        Ok(format!(
+            "CASE WHEN NOT ST_IsValid({quoted}) THEN '{GEOGRAPHY_REJECT}invalid geometry' \
+             WHEN ST_SRID({quoted}) IN (0, 4326) THEN ST_AsText({quoted}, 'axis-order=long-lat') \
+             ELSE ST_AsText(ST_Transform({quoted}, 4326), 'axis-order=long-lat') END"
+        ))
+    }
+
+    fn bound_predicate(
+        &self,
+        column: &ColumnMapping,
+        inclusive: bool,
+    ) -> Result<String, SourceError> {
+        Mysql.bound_predicate(column, inclusive)
+    }
+
+    fn bind_value(&self, column: &ColumnMapping, max: &str) -> String {
+        Mysql.bind_value(column, max)
+    }
+
+    fn count_expr(&self) -> &'static str {
+        Mysql.count_expr()
+    }
+}
+
 /// PostgreSQL.
 pub(crate) struct Postgres;
 
@@ -154,6 +201,13 @@ impl Dialect for Postgres {
         };
         Ok(match column.read_as {
             ReadAs::Wkt => format!("ST_AsText({quoted})"),
+            // PostGIS: geography is WGS 84 already; a geometry in another SRID is transformed
+            // (SRID 0 = unknown, taken as WGS 84); an invalid one is flagged with the reason.
+            ReadAs::Geography => format!(
+                "CASE WHEN NOT ST_IsValid({quoted}::geometry) THEN '{GEOGRAPHY_REJECT}invalid ' || ST_IsValidReason({quoted}::geometry) \
+                 WHEN ST_SRID({quoted}::geometry) IN (0, 4326) THEN ST_AsText({quoted}::geometry) \
+                 ELSE ST_AsText(ST_Transform({quoted}::geometry, 4326)) END"
+            ),
             ReadAs::Numeric => format!("{quoted}::numeric{array}"),
             // jsonb's binary form has a version byte: JSON is read as text.
             ReadAs::Text => format!("{quoted}::text{array}"),
@@ -204,7 +258,7 @@ impl Dialect for Sqlite {
             // Values are read by storage class and converted by the codec.
             ReadAs::Native | ReadAs::Numeric => Ok(quoted),
             ReadAs::Text => Ok(format!("CAST({quoted} AS TEXT)")),
-            ReadAs::Wkt => Err(SourceError::Invalid(format!(
+            ReadAs::Wkt | ReadAs::Geography => Err(SourceError::Invalid(format!(
                 "column `{}`: SQLite has no geometry functions to read well-known text",
                 column.source.name
             ))),

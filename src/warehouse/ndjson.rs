@@ -18,8 +18,8 @@ use bytes::Bytes;
 use chrono::{Datelike, NaiveDate, NaiveDateTime, NaiveTime, Timelike};
 
 use crate::schema::{
-    Bad, BadKind, BadValuePolicy, BqType, ColumnMapping, Decoded, ExtractStats, FieldMode, RowSink,
-    TooManyBadValues, TypePolicies, Utf8Policy, Val,
+    Bad, BadKind, BadValuePolicy, BqType, ColumnMapping, Decoded, ExtractStats, FieldMode,
+    GEOGRAPHY_REJECT, RowSink, TooManyBadValues, TypePolicies, Utf8Policy, Val,
 };
 
 /// Target chunk size sent to the sink.
@@ -417,6 +417,26 @@ fn write_decimal(buf: &mut Vec<u8>, text: &str, target: Target) -> Result<(), Ba
     }
 }
 
+/// Why the source could not deliver a geography value (flagged by its dialect with
+/// [`GEOGRAPHY_REJECT`]): a bad value of its row, never a failed load.
+fn geography_reject(reason: &str) -> Bad<'static> {
+    match reason.strip_prefix("srid ") {
+        Some(srid) => Bad::new(
+            BadKind::OutOfRange,
+            format!(
+                "geometry in SRID {srid} cannot be converted to WGS 84 (SRID 4326) for GEOGRAPHY on this server"
+            ),
+        ),
+        None => Bad::new(
+            BadKind::Malformed,
+            format!(
+                "geometry is not valid for GEOGRAPHY ({})",
+                reason.strip_prefix("invalid ").unwrap_or(reason)
+            ),
+        ),
+    }
+}
+
 /// [`Val::Text`], [`Val::Bytes`] and [`Val::Json`].
 fn write_text(buf: &mut Vec<u8>, value: &Val<'_>, target: BqType) -> Result<(), Bad<'static>> {
     use BqType as T;
@@ -430,6 +450,9 @@ fn write_text(buf: &mut Vec<u8>, value: &Val<'_>, target: BqType) -> Result<(), 
         (Val::Text(text), T::Bytes) => {
             quoted(buf, |buf| push_base64(buf, text.as_bytes()));
             Ok(())
+        }
+        (Val::Text(text), T::Geography) if text.starts_with(GEOGRAPHY_REJECT) => {
+            Err(geography_reject(&text[GEOGRAPHY_REJECT.len()..]))
         }
         (Val::Text(text), _) => {
             push_json_str(buf, text);

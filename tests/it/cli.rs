@@ -26,7 +26,10 @@ fn transcript(command: &mut Command, dir: &Path) -> String {
     let output = command.output().unwrap();
     let text = format!(
         "exit: {}\n--- stdout\n{}--- stderr\n{}",
-        output.status.code().map_or("signal".into(), |code| code.to_string()),
+        output
+            .status
+            .code()
+            .map_or("signal".into(), |code| code.to_string()),
         String::from_utf8_lossy(&output.stdout),
         String::from_utf8_lossy(&output.stderr)
     );

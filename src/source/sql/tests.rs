@@ -330,3 +330,32 @@ fn statements() {
         "cursor column `nope` is not extracted from `t`"
     );
 }
+
+#[test]
+fn geography_is_read_as_longitude_first_wgs84_or_flagged() {
+    let g = column("g", "geometry", Codec::Text, ReadAs::Geography);
+    // MariaDB: no SRS, no ST_Transform: SRID 0/4326 as written, other SRIDs flagged.
+    assert_eq!(
+        Mysql.select_expr(&g).unwrap(),
+        "CASE WHEN ST_SRID(`g`) IN (0, 4326) THEN ST_AsText(`g`) ELSE CONCAT('!srid ', ST_SRID(`g`)) END"
+    );
+    // MySQL 8: SRID 4326 is latitude-first unless asked; other SRIDs transformed; invalid flagged.
+    assert_eq!(
+        Mysql8.select_expr(&g).unwrap(),
+        "CASE WHEN NOT ST_IsValid(`g`) THEN '!invalid geometry' WHEN ST_SRID(`g`) IN (0, 4326) THEN ST_AsText(`g`, 'axis-order=long-lat') ELSE ST_AsText(ST_Transform(`g`, 4326), 'axis-order=long-lat') END"
+    );
+    // Everything but geography is MySQL's.
+    let text = column("t", "x", Codec::Text, ReadAs::Text);
+    assert_eq!(
+        Mysql8.select_expr(&text).unwrap(),
+        Mysql.select_expr(&text).unwrap()
+    );
+    assert_eq!(
+        Postgres.select_expr(&g).unwrap(),
+        "CASE WHEN NOT ST_IsValid(\"g\"::geometry) THEN '!invalid ' || ST_IsValidReason(\"g\"::geometry) WHEN ST_SRID(\"g\"::geometry) IN (0, 4326) THEN ST_AsText(\"g\"::geometry) ELSE ST_AsText(ST_Transform(\"g\"::geometry, 4326)) END"
+    );
+    // The plain WKT reading (GEOGRAPHY off: `types.geometry: string`) is unchanged.
+    let wkt = column("g", "geometry", Codec::Text, ReadAs::Wkt);
+    assert_eq!(Postgres.select_expr(&wkt).unwrap(), "ST_AsText(\"g\")");
+    assert!(Sqlite.select_expr(&g).is_err());
+}

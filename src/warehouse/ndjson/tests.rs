@@ -336,3 +336,57 @@ fn chunks_hold_at_most_batch_size_rows() {
         .collect();
     assert_eq!(rows, [100, 100, 50]);
 }
+
+#[test]
+fn flagged_geography_values_are_bad_values_of_their_row() {
+    assert_eq!(
+        write(Val::Text("POINT(13.4 52.5)".into()), BqType::Geography).unwrap(),
+        r#""POINT(13.4 52.5)""#
+    );
+    assert_eq!(
+        write(Val::Text("!srid 3857".into()), BqType::Geography).unwrap_err(),
+        BadKind::OutOfRange
+    );
+    assert_eq!(
+        write(
+            Val::Text("!invalid Self-intersection[1 1]".into()),
+            BqType::Geography
+        )
+        .unwrap_err(),
+        BadKind::Malformed
+    );
+    // Plain text columns are never second-guessed.
+    assert_eq!(
+        write(Val::Text("!srid 3857".into()), BqType::String).unwrap(),
+        r#""!srid 3857""#
+    );
+    let map = mapping(&[
+        ("id", BqType::Int64, FieldMode::Required),
+        ("g", BqType::Geography, FieldMode::Nullable),
+    ]);
+    let mut encoder = writer(&map, TypePolicies::default(), Some(10), 10_000);
+    let row = |id: i64, g: &'static str| {
+        move |index: usize| match index {
+            0 => Ok(Val::Int(id)),
+            _ => Ok(Val::Text(g.into())),
+        }
+    };
+    encoder.push(row(1, "POINT(1 2)")).unwrap();
+    encoder
+        .push(row(2, "!invalid Self-intersection[1 1]"))
+        .unwrap();
+    encoder.push(row(3, "!srid 3857")).unwrap();
+    let chunk = encoder.finish().unwrap();
+    assert_eq!(
+        std::str::from_utf8(&chunk).unwrap(),
+        "{\"id\":\"1\",\"g\":\"POINT(1 2)\"}\n"
+    );
+    assert_eq!(encoder.stats().failed_rows, 2);
+    assert_eq!(
+        encoder.stats().failures,
+        [
+            "row (id=2): column `g`: geometry is not valid for GEOGRAPHY (Self-intersection[1 1]) (row left out)",
+            "row (id=3): column `g`: geometry in SRID 3857 cannot be converted to WGS 84 (SRID 4326) for GEOGRAPHY on this server (row left out)"
+        ]
+    );
+}

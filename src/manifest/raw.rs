@@ -270,7 +270,6 @@ pub struct RawSource {
     /// Tables to sync, by source name: `table` or `schema.table` (PostgreSQL) /
     /// `database.table` (MySQL). An empty entry (`orders: {}` or `orders:`) uses the defaults.
     #[serde(default)]
-    #[schemars(with = "IndexMap<String, RawTable>")]
     pub tables: IndexMap<String, Option<RawTable>>,
 }
 

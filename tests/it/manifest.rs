@@ -857,3 +857,24 @@ fn the_bigquery_client_gets_its_variables_from_the_snapshot() {
     // Proxy URLs may hold passwords: never in Debug output.
     assert!(!format!("{spec:?}").contains("proxy:3128"));
 }
+
+/// What an editor does with the `# yaml-language-server: $schema=` line: the file as written
+/// (nulls included, `orders:` with no value) checked against the committed JSON Schema.
+#[test]
+fn editors_accept_the_example_manifest_against_the_committed_schema() {
+    let text =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/sync.example.yaml")).unwrap();
+    let document: serde_json::Value = serde_yaml_ng::from_str(&text).unwrap();
+    assert!(document["sources"]["shop"]["tables"]["orders"].is_null());
+    let schema: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/schemas/sync.schema.json"))
+            .unwrap(),
+    )
+    .unwrap();
+    let validator = jsonschema::validator_for(&schema).unwrap();
+    let errors: Vec<String> = validator
+        .iter_errors(&document)
+        .map(|error| format!("{}: {error}", error.instance_path()))
+        .collect();
+    assert!(errors.is_empty(), "{errors:#?}");
+}

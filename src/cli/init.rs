@@ -364,24 +364,46 @@ mod tests {
 
     #[test]
     fn a_key_and_updated_at_propose_merge() {
-        let orders = table("orders", &["id"], &[("id", "bigint"), ("updated_at", "timestamp")]);
+        let orders = table(
+            "orders",
+            &["id"],
+            &[("id", "bigint"), ("updated_at", "timestamp")],
+        );
         let proposal = propose(&orders, false);
-        assert_eq!((proposal.mode, proposal.cursor.as_deref()), ("merge", Some("updated_at")));
+        assert_eq!(
+            (proposal.mode, proposal.cursor.as_deref()),
+            ("merge", Some("updated_at"))
+        );
         // A text `updated_at` is no cursor.
-        let odd = table("orders", &["id"], &[("id", "bigint"), ("updated_at", "text")]);
+        let odd = table(
+            "orders",
+            &["id"],
+            &[("id", "bigint"), ("updated_at", "text")],
+        );
         assert_eq!(propose(&odd, false).mode, "replace");
     }
 
     #[test]
     fn an_append_only_table_with_a_growing_key_proposes_incremental() {
-        let events = table("page_events", &["id"], &[("id", "bigint"), ("at", "timestamptz")]);
+        let events = table(
+            "page_events",
+            &["id"],
+            &[("id", "bigint"), ("at", "timestamptz")],
+        );
         let proposal = propose(&events, false);
-        assert_eq!((proposal.mode, proposal.cursor.as_deref()), ("incremental", Some("id")));
+        assert_eq!(
+            (proposal.mode, proposal.cursor.as_deref()),
+            ("incremental", Some("id"))
+        );
         // The same shape under an ordinary name: replace, with the hint.
         let customers = table("customers", &["id"], &[("id", "integer"), ("name", "text")]);
         let proposal = propose(&customers, false);
         assert_eq!(proposal.mode, "replace");
-        assert!(proposal.reason.contains("cursor: id"), "{}", proposal.reason);
+        assert!(
+            proposal.reason.contains("cursor: id"),
+            "{}",
+            proposal.reason
+        );
         // A text key does not grow.
         let logs = table("logs", &["id"], &[("id", "uuid")]);
         assert_eq!(propose(&logs, false).mode, "replace");
@@ -389,17 +411,33 @@ mod tests {
 
     #[test]
     fn views_and_keyless_tables_propose_replace() {
-        let view = table("active", &[], &[("id", "bigint"), ("updated_at", "timestamp")]);
+        let view = table(
+            "active",
+            &[],
+            &[("id", "bigint"), ("updated_at", "timestamp")],
+        );
         assert_eq!(propose(&view, true).mode, "replace");
         let keyless = table("t", &[], &[("updated_at", "timestamp")]);
-        assert_eq!(propose(&keyless, false).reason, "no primary key: copied in full");
+        assert_eq!(
+            propose(&keyless, false).reason,
+            "no primary key: copied in full"
+        );
     }
 
     #[test]
     fn names_and_urls_for_the_manifest() {
-        assert_eq!(source_name("postgres://u@h/Shop-DB?sslmode=x", SourceKind::Postgres), "shop_db");
-        assert_eq!(source_name("sqlite:///tmp/app.db", SourceKind::Sqlite), "app");
-        assert_eq!(source_name("mysql://root@h:3306/", SourceKind::Mysql), "mysql");
+        assert_eq!(
+            source_name("postgres://u@h/Shop-DB?sslmode=x", SourceKind::Postgres),
+            "shop_db"
+        );
+        assert_eq!(
+            source_name("sqlite:///tmp/app.db", SourceKind::Sqlite),
+            "app"
+        );
+        assert_eq!(
+            source_name("mysql://root@h:3306/", SourceKind::Mysql),
+            "mysql"
+        );
         assert_eq!(
             url_for_manifest("postgres://me:s3cret@db/shop", "SHOP_PASSWORD"),
             "postgres://me:${SHOP_PASSWORD}@db/shop"

@@ -91,7 +91,9 @@ enum Command {
     /// Print the manifest equivalent to the legacy environment variables.
     EnvToManifest(EnvToManifestArgs),
     /// Write a commented manifest for an existing database: its tables, a mode proposed for each.
-    #[command(after_help = "Examples:\n  datasync init --source postgres://me@localhost/shop > sync.yaml\n  datasync init --source sqlite://app.db --dataset analytics > sync.yaml")]
+    #[command(
+        after_help = "Examples:\n  datasync init --source postgres://me@localhost/shop > sync.yaml\n  datasync init --source sqlite://app.db --dataset analytics > sync.yaml"
+    )]
     Init(init::InitArgs),
     /// Print a shell completion script (`source <(datasync completions bash)`).
     Completions {
@@ -140,7 +142,9 @@ struct RunArgs {
 }
 
 #[derive(Debug, Args)]
-#[command(after_help = "Examples:\n  datasync plan\n  datasync plan -out plan.json --format markdown > plan.md\n  datasync plan --table 'shop.*' --detailed-exitcode")]
+#[command(
+    after_help = "Examples:\n  datasync plan\n  datasync plan -out plan.json --format markdown > plan.md\n  datasync plan --table 'shop.*' --detailed-exitcode"
+)]
 struct PlanArgs {
     /// Output format.
     #[arg(long, value_enum, default_value_t = PlanFormat::Text)]
@@ -163,7 +167,9 @@ enum PlanFormat {
 }
 
 #[derive(Debug, Args)]
-#[command(after_help = "Examples:\n  datasync apply                  # plans, shows the plan, asks for `yes` on a terminal\n  datasync apply plan.json        # exactly the saved plan, no question\n  datasync apply --auto-approve --parallelism 8")]
+#[command(
+    after_help = "Examples:\n  datasync apply                  # plans, shows the plan, asks for `yes` on a terminal\n  datasync apply plan.json        # exactly the saved plan, no question\n  datasync apply --auto-approve --parallelism 8"
+)]
 struct ApplyArgs {
     /// A plan saved by `plan --out`; apply refuses it if the sources or targets changed since.
     plan: Option<PathBuf>,
@@ -638,6 +644,11 @@ fn saved_plan(path: &Path, fresh: &crate::plan::Plan) -> Result<crate::plan::Pla
 }
 
 async fn apply(cli: &Cli, env: &Env, args: &ApplyArgs) -> Result<ExitStatus, Error> {
+    if args.plan.is_some() && !args.run.tables.is_empty() {
+        return Err(Error::Usage(
+            "`--table` cannot narrow a saved plan: plan with `--table` instead".into(),
+        ));
+    }
     let (loaded, session, fresh, deadline) = prepare(cli, env, &args.run).await?;
     // An invalid DRY_RUN already failed the manifest load.
     let dry_run_env = manifest::env::get(env, manifest::env::vars::DRY_RUN)
@@ -647,11 +658,6 @@ async fn apply(cli: &Cli, env: &Env, args: &ApplyArgs) -> Result<ExitStatus, Err
     } else {
         crate::sync::DryRun::No
     };
-    if args.plan.is_some() && !args.run.tables.is_empty() {
-        return Err(Error::Usage(
-            "`--table` cannot narrow a saved plan: plan with `--table` instead".into(),
-        ));
-    }
     let plan = match &args.plan {
         None => fresh,
         Some(path) => saved_plan(path, &fresh)?,

@@ -83,14 +83,47 @@ mod tests {
     #[test]
     fn terraform_single_dash_options_become_double_dash() {
         assert_eq!(
-            strings(&["datasync", "plan", "-out", "p.json", "-lock-timeout=5s", "-c", "x.yaml"]),
-            ["datasync", "plan", "--out", "p.json", "--lock-timeout=5s", "-c", "x.yaml"]
+            strings(&[
+                "datasync",
+                "plan",
+                "-out",
+                "p.json",
+                "-lock-timeout=5s",
+                "-c",
+                "x.yaml"
+            ]),
+            [
+                "datasync",
+                "plan",
+                "--out",
+                "p.json",
+                "--lock-timeout=5s",
+                "-c",
+                "x.yaml"
+            ]
         );
         assert_eq!(
-            strings(&["datasync", "apply", "-auto-approve", "-parallelism=2", "--", "-out"]),
-            ["datasync", "apply", "--auto-approve", "--parallelism=2", "--", "-out"]
+            strings(&[
+                "datasync",
+                "apply",
+                "-auto-approve",
+                "-parallelism=2",
+                "--",
+                "-out"
+            ]),
+            [
+                "datasync",
+                "apply",
+                "--auto-approve",
+                "--parallelism=2",
+                "--",
+                "-out"
+            ]
         );
-        assert_eq!(strings(&["datasync", "-v", "-q", "--out=x"]), ["datasync", "-v", "-q", "--out=x"]);
+        assert_eq!(
+            strings(&["datasync", "-v", "-q", "--out=x"]),
+            ["datasync", "-v", "-q", "--out=x"]
+        );
     }
 
     #[test]

@@ -867,8 +867,11 @@ fn editors_accept_the_example_manifest_against_the_committed_schema() {
     let document: serde_json::Value = serde_yaml_ng::from_str(&text).unwrap();
     assert!(document["sources"]["shop"]["tables"]["orders"].is_null());
     let schema: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/schemas/sync.schema.json"))
-            .unwrap(),
+        &std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/schemas/sync.schema.json"
+        ))
+        .unwrap(),
     )
     .unwrap();
     let validator = jsonschema::validator_for(&schema).unwrap();

@@ -531,12 +531,13 @@ fn runtime() -> Result<tokio::runtime::Runtime, Error> {
         .map_err(|error| Error::Internal(format!("cannot start the async runtime: {error}")))
 }
 
-/// Keeps only the tables named with `--table`; an unknown name is an error listing the known
-/// ones.
+/// Keeps only the tables named (or matched by a pattern) with `--table`; one that selects
+/// nothing is an error with a "did you mean" and the known tables.
 fn select_tables(
     manifest: &mut crate::manifest::Manifest,
     selected: &[String],
 ) -> Result<(), Error> {
+    use crate::sync::patterns;
     if selected.is_empty() {
         return Ok(());
     }
@@ -545,16 +546,18 @@ fn select_tables(
         .iter()
         .map(crate::manifest::TableSpec::label)
         .collect();
-    let unknown: Vec<String> = selected
-        .iter()
-        .filter(|name| !known.contains(name))
-        .cloned()
+    let unknown: Vec<(String, Option<String>)> = patterns::unmatched(selected, &known)
+        .into_iter()
+        .map(|name| {
+            let close = patterns::did_you_mean(name, &known).map(str::to_string);
+            (name.clone(), close)
+        })
         .collect();
     if !unknown.is_empty() {
         return Err(Error::UnknownTables { unknown, known });
     }
     for table in &mut manifest.tables {
-        if !selected.contains(&table.label()) {
+        if !patterns::selected(&table.label(), selected) {
             table.enabled = false;
         }
     }
@@ -578,7 +581,9 @@ async fn prepare(
     Error,
 > {
     let mut loaded = load_manifest(&cli.global, env)?;
-    select_tables(&mut loaded.manifest, &run.tables)?;
+    if loaded.manifest.patterns.is_empty() {
+        select_tables(&mut loaded.manifest, &run.tables)?;
+    }
     if let Some(parallelism) = run.parallelism {
         loaded.manifest.parallelism = parallelism;
     }
@@ -587,9 +592,14 @@ async fn prepare(
     }
     let limit = loaded.manifest.timeout;
     let deadline = limit.map(|limit| tokio::time::Instant::now() + limit);
+    let manifest = &mut loaded.manifest;
     let (session, plan) = within(limit, deadline, async {
-        let session = crate::sync::connect(&loaded.manifest).await?;
-        let plan = crate::sync::planner::plan(&loaded.manifest, &session).await?;
+        let session = crate::sync::connect(manifest).await?;
+        if !manifest.patterns.is_empty() {
+            crate::sync::expand_patterns(manifest, &session).await?;
+            select_tables(manifest, &run.tables)?;
+        }
+        let plan = crate::sync::planner::plan(manifest, &session).await?;
         Ok((session, plan))
     })
     .await?;

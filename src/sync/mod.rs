@@ -7,6 +7,7 @@
 //! time nothing but run-time values (the target's cursor maximum).
 
 pub mod executor;
+pub mod patterns;
 pub mod planner;
 pub mod report;
 
@@ -112,4 +113,40 @@ pub fn new_run_id() -> String {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or(Duration::ZERO);
     format!("{}_{:06}", now.as_secs(), now.subsec_micros())
+}
+
+/// Adds to `manifest.tables` what its patterns match in the connected sources' catalogs (see
+/// [`patterns::expand`]); a source that failed to connect adds nothing (its error is in the
+/// session already).
+pub async fn expand_patterns(
+    manifest: &mut crate::manifest::Manifest,
+    session: &Session,
+) -> Result<(), crate::error::Error> {
+    let mut catalogs: HashMap<String, Vec<crate::source::CatalogEntry>> = HashMap::new();
+    let mut listed = std::collections::HashSet::new();
+    for pattern in &manifest.patterns {
+        let Some(source) = session.sources.get(&pattern.source) else {
+            continue;
+        };
+        let qualifier = pattern
+            .qualifier
+            .as_deref()
+            .filter(|qualifier| !crate::manifest::resolve::is_pattern(qualifier));
+        if !listed.insert((pattern.source.clone(), qualifier.map(str::to_string))) {
+            continue;
+        }
+        let entries = source
+            .list_tables(qualifier)
+            .await
+            .map_err(crate::error::Error::Source)?;
+        let known = catalogs.entry(pattern.source.clone()).or_default();
+        for entry in entries {
+            if !known.contains(&entry) {
+                known.push(entry);
+            }
+        }
+    }
+    let added = patterns::expand(manifest, &catalogs);
+    manifest.tables.extend(added);
+    Ok(())
 }

@@ -61,7 +61,10 @@ fn validate_reports_three_mistakes_with_lines_and_exits_1() {
     let dir = temp();
     let text = GOOD
         .replace("dataset: analytics", "dataset: ana-lytics")
-        .replace("        primary_key: [id]\n", "")
+        .replace(
+            "        mode: merge\n        primary_key: [id]\n",
+            "        mode: incremental\n",
+        )
         .replace("    database: shop\n", "    database: shop\n    bogus: 1\n");
     std::fs::write(dir.path().join("bad.yaml"), text).unwrap();
     let output = datasync(dir.path())
@@ -82,7 +85,7 @@ fn validate_reports_three_mistakes_with_lines_and_exits_1() {
     );
     assert!(
         stderr.contains("bad.yaml:13:7"),
-        "merge without key at line 13: {stderr}"
+        "incremental without cursor at line 13: {stderr}"
     );
     assert!(stderr.contains("3 errors"), "{stderr}");
 }
@@ -92,7 +95,10 @@ fn validate_json_lists_every_problem_with_its_line_and_column() {
     let dir = temp();
     let text = GOOD
         .replace("dataset: analytics", "dataset: ana-lytics")
-        .replace("        primary_key: [id]\n", "")
+        .replace(
+            "        mode: merge\n        primary_key: [id]\n",
+            "        mode: incremental\n",
+        )
         .replace("    database: shop\n", "    database: shop\n    bogus: 1\n");
     std::fs::write(dir.path().join("bad.yaml"), text).unwrap();
     let output = datasync(dir.path())
@@ -121,7 +127,11 @@ fn validate_json_lists_every_problem_with_its_line_and_column() {
         [
             ("datasync::manifest::bigquery_name".to_string(), 3, 12),
             ("datasync::manifest::unknown_field".to_string(), 11, 5),
-            ("datasync::manifest::merge_without_key".to_string(), 13, 7),
+            (
+                "datasync::manifest::incremental_without_cursor".to_string(),
+                13,
+                7
+            ),
         ]
     );
     let output = datasync(dir.path())

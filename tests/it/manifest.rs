@@ -622,7 +622,7 @@ sources:
       connect: 30 parsecs
     tables:
       orders:
-        mode: merge
+        mode: incremental
       customers:
         target: orders
 ";
@@ -647,7 +647,7 @@ url = \"postgres://postgres@127.0.0.1/shop\"
 timeouts = { connect = \"30 parsecs\" }
 
 [sources.shop.tables.orders]
-mode = \"merge\"
+mode = \"incremental\"
 
 [sources.shop.tables.customers]
 target = \"orders\"
@@ -680,7 +680,7 @@ sources:
       customers:
         colums: [id]
       public.items:
-        mode: merge
+        mode: incremental
         columns: [id, name]
         cluster_by: [price]
         column_types:

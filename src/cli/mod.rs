@@ -295,13 +295,12 @@ fn init_logging(global: &GlobalArgs, env: &Env) {
     };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(|| progress::LogWriter);
     if json {
         let _ = builder.json().flatten_event(true).try_init();
     } else {
-        let _ = builder
-            .with_ansi(std::io::stderr().is_terminal())
-            .try_init();
+        // NO_COLOR and `--color` govern logs too, not only diagnostics.
+        let _ = builder.with_ansi(color(global, env)).try_init();
     }
 }
 
@@ -309,7 +308,10 @@ fn color(global: &GlobalArgs, env: &Env) -> bool {
     match global.color {
         ColorChoice::Always => true,
         ColorChoice::Never => false,
-        ColorChoice::Auto => !env.contains_key("NO_COLOR") && std::io::stderr().is_terminal(),
+        // https://no-color.org: set and not empty.
+        ColorChoice::Auto => {
+            env.get("NO_COLOR").is_none_or(String::is_empty) && std::io::stderr().is_terminal()
+        }
     }
 }
 
@@ -684,19 +686,20 @@ async fn apply(cli: &Cli, env: &Env, args: &ApplyArgs) -> Result<ExitStatus, Err
         eprintln!("\nApply cancelled.");
         return Ok(ExitStatus::UserError);
     }
-    let labels: Vec<String> = plan
+    let tables: Vec<(String, Option<u64>)> = plan
         .tables
         .iter()
         .filter(|table| table.action.runs())
-        .map(|table| table.label.clone())
+        .map(|table| (table.label.clone(), table.estimated_rows))
         .collect();
-    let (progress, bars) = progress::progress(&labels);
+    let (progress, phases, bars) = progress::progress(&tables, cli.global.quiet);
     let executor = crate::sync::Executor {
         sources: session.sources.clone(),
         warehouse: std::sync::Arc::clone(&session.warehouse),
         parallelism: usize::try_from(loaded.manifest.parallelism).unwrap_or(1),
         dry_run,
         progress,
+        phases,
         run_id: crate::sync::new_run_id(),
     };
     let run = executor.run(&plan);
@@ -711,6 +714,7 @@ async fn apply(cli: &Cli, env: &Env, args: &ApplyArgs) -> Result<ExitStatus, Err
     };
     if let Some(bars) = bars {
         let _ = bars.clear();
+        progress::finished();
     }
     let report = match report {
         Ok(report) => report,

@@ -81,6 +81,29 @@ pub enum DryRun {
 /// Receives progress: `(table label, rows so far)`.
 pub type Progress = Arc<dyn Fn(&str, u64) + Send + Sync>;
 
+/// What a table is doing during apply, for progress displays.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// Reading the source and uploading the rows (they stream together).
+    Extract,
+    /// The rows are uploaded; BigQuery's load job into staging runs.
+    Load,
+    /// The DDL and the atomic write into the target.
+    Write,
+    /// Synced.
+    Done,
+    /// Failed (the report says why).
+    Failed,
+}
+
+/// Receives phase changes: `(table label, phase)`.
+pub type PhaseProgress = Arc<dyn Fn(&str, Phase) + Send + Sync>;
+
+/// A phase callback that ignores everything.
+pub fn no_phases() -> PhaseProgress {
+    Arc::new(|_: &str, _: Phase| {})
+}
+
 /// Prefix of staging tables (followed by the target's name).
 pub const STAGING_PREFIX: &str = "_datasync_staging_";
 

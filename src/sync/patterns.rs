@@ -101,12 +101,13 @@ pub fn expand(
     out
 }
 
-/// The closest of `known` to `name` (Jaro–Winkler ≥ 0.8), for "did you mean".
+/// The closest of `known` to `name` (normalized Levenshtein ≥ 0.7: a typo, not a shared
+/// `source.` prefix), for "did you mean".
 pub fn did_you_mean<'a>(name: &str, known: &'a [String]) -> Option<&'a str> {
     known
         .iter()
-        .map(|candidate| (strsim::jaro_winkler(name, candidate), candidate))
-        .filter(|(score, _)| *score >= 0.8)
+        .map(|candidate| (strsim::normalized_levenshtein(name, candidate), candidate))
+        .filter(|(score, _)| *score >= 0.7)
         .max_by(|a, b| a.0.total_cmp(&b.0))
         .map(|(_, candidate)| candidate.as_str())
 }
@@ -234,6 +235,8 @@ mod tests {
         assert_eq!(unmatched(&asked, &known), [&asked[1]]);
         assert_eq!(did_you_mean("shop.ordrs", &known), Some("shop.orders"));
         assert_eq!(did_you_mean("zzz", &known), None);
+        // A shared `source.` prefix alone is no suggestion.
+        assert_eq!(did_you_mean("crm.nope", &["crm.users".to_string()]), None);
         assert!(glob("a.b").is_match("a.b") && !glob("a.b").is_match("axb"));
     }
 }

@@ -71,6 +71,7 @@ async fn executor(
         parallelism: 2,
         dry_run,
         progress: Arc::new(|_: &str, _: u64| {}),
+        phases: datasync::sync::no_phases(),
         run_id: "run1".into(),
     }
 }

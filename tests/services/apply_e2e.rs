@@ -693,10 +693,10 @@ async fn partitioned_and_clustered_tables_plan_no_changes_after_apply() {
     );
 }
 
-/// PostgreSQL column comments become the BigQuery columns' descriptions, as the emulator stores
-/// them in the table's metadata (tables.get).
+/// PostgreSQL column comments become the BigQuery columns' descriptions, and a created table
+/// carries the `managed-by: datasync` label, as the emulator stores them (tables.get).
 #[tokio::test(flavor = "multi_thread")]
-async fn column_comments_reach_the_table_metadata_as_descriptions() {
+async fn column_comments_and_the_managed_by_label_reach_the_table_metadata() {
     let world = World::new("descr").await;
     world
         .sql(
@@ -717,6 +717,7 @@ async fn column_comments_reach_the_table_metadata_as_descriptions() {
     let fields = table["schema"]["fields"].as_array().unwrap();
     let body = fields.iter().find(|field| field["name"] == "body").unwrap();
     assert_eq!(body["description"], "What the customer wrote", "{table:#}");
+    assert_eq!(table["labels"]["managed-by"], "datasync", "{table:#}");
     let id = fields.iter().find(|field| field["name"] == "id").unwrap();
     assert!(
         id.get("description").is_none_or(serde_json::Value::is_null),

@@ -84,12 +84,16 @@ pub enum Error {
     /// `--table` names tables the manifest does not have.
     #[error(
         "unknown table(s) {}; the manifest has: {}",
-        unknown.iter().map(|name| format!("`{name}`")).collect::<Vec<_>>().join(", "),
+        unknown.iter().map(|(name, close)| match close {
+            Some(close) => format!("`{name}` (did you mean `{close}`?)"),
+            None => format!("`{name}`"),
+        }).collect::<Vec<_>>().join(", "),
         known.join(", ")
     )]
     UnknownTables {
-        /// The unknown names, as given.
-        unknown: Vec<String>,
+        /// The names or patterns that select nothing, as given, each with the closest known
+        /// table, if one is close.
+        unknown: Vec<(String, Option<String>)>,
         /// Every table of the manifest (`source.table`).
         known: Vec<String>,
     },
@@ -206,7 +210,10 @@ mod tests {
                 source: io(),
             },
             Error::UnknownTables {
-                unknown: vec!["pg.nope".into()],
+                unknown: vec![
+                    ("pg.nope".into(), None),
+                    ("pg.bb".into(), Some("pg.b".into())),
+                ],
                 known: vec!["pg.a".into(), "pg.b".into()],
             },
             SavedPlanError::Unreadable {

@@ -1,8 +1,11 @@
 //! The command line: argument parsing, environment snapshot, logging set-up, printing and exit
 //! codes. The only module that touches the process environment or prints.
 
+mod docs;
 mod effective;
+mod init;
 mod progress;
+mod terraform;
 
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
@@ -16,7 +19,7 @@ use crate::manifest::{self, Env, Format, Loaded, ManifestInput, SourceText};
 
 /// Sync MySQL/MariaDB, PostgreSQL and SQLite tables into BigQuery, Terraform-style.
 #[derive(Debug, Parser)]
-#[command(name = "datasync", version, about, long_about = None)]
+#[command(name = "datasync", version, about, long_about = None, after_help = EXAMPLES)]
 pub struct Cli {
     #[command(flatten)]
     global: GlobalArgs,
@@ -24,8 +27,17 @@ pub struct Cli {
     command: Command,
 }
 
+const EXAMPLES: &str = "\
+Examples:
+  datasync init --source postgres://me@localhost/shop > sync.yaml
+  datasync validate
+  datasync plan -out plan.json
+  datasync apply plan.json
+  datasync apply --table 'shop.order_*' --auto-approve";
+
 /// Options for every command.
 #[derive(Debug, Args)]
+#[command(next_help_heading = "Global options")]
 struct GlobalArgs {
     /// Manifest file (YAML or TOML, by extension). Default: `sync.yaml`, `sync.yml` or
     /// `sync.toml` in the current directory; without one, the legacy env-only mode
@@ -39,6 +51,12 @@ struct GlobalArgs {
     /// Log level: error, warn, info, debug or trace. Default: LOG_LEVEL, else `warn`.
     #[arg(long, global = true, value_name = "LEVEL")]
     log_level: Option<String>,
+    /// Only errors: no progress, no warnings (same as `--log-level error`).
+    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    quiet: bool,
+    /// More logs: `-v` info, `-vv` debug, `-vvv` trace.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
     /// Log format. Default: `json` when LOG_ENV=prod, else `text`.
     #[arg(long, global = true, value_enum)]
     log_format: Option<LogFormat>,
@@ -72,6 +90,19 @@ enum Command {
     Schema,
     /// Print the manifest equivalent to the legacy environment variables.
     EnvToManifest(EnvToManifestArgs),
+    /// Write a commented manifest for an existing database: its tables, a mode proposed for each.
+    #[command(
+        after_help = "Examples:\n  datasync init --source postgres://me@localhost/shop > sync.yaml\n  datasync init --source sqlite://app.db --dataset analytics > sync.yaml"
+    )]
+    Init(init::InitArgs),
+    /// Print a shell completion script (`source <(datasync completions bash)`).
+    Completions {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (`datasync man > datasync.1`).
+    Man,
 }
 
 #[derive(Debug, Args)]
@@ -95,20 +126,37 @@ enum DataFormat {
     Json,
 }
 
+/// What `plan` and `apply` share.
 #[derive(Debug, Args)]
+struct RunArgs {
+    /// Only these tables (`source.table` as in the plan, or a pattern: `shop.*`, `*.order_*`;
+    /// repeatable).
+    #[arg(long = "table", value_name = "SOURCE.TABLE")]
+    tables: Vec<String>,
+    /// How many tables run at once (default: the manifest's `defaults.parallelism`).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    parallelism: Option<u32>,
+    /// How long to wait for another run's lock on the dataset (e.g. `30s`, `5m`). Also `-lock-timeout`.
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    lock_timeout: Option<std::time::Duration>,
+}
+
+#[derive(Debug, Args)]
+#[command(
+    after_help = "Examples:\n  datasync plan\n  datasync plan -out plan.json --format markdown > plan.md\n  datasync plan --table 'shop.*' --detailed-exitcode"
+)]
 struct PlanArgs {
     /// Output format.
     #[arg(long, value_enum, default_value_t = PlanFormat::Text)]
     format: PlanFormat,
-    /// Save the plan (JSON, fingerprinted) for `datasync apply FILE`.
+    /// Save the plan (JSON, fingerprinted) for `datasync apply FILE`. Also `-out FILE`.
     #[arg(long, value_name = "FILE")]
     out: Option<PathBuf>,
     /// Exit 0 when no schema changes, 2 when there are changes, 1 on errors.
     #[arg(long)]
     detailed_exitcode: bool,
-    /// Only these tables (`source.table`, as in the plan; repeatable).
-    #[arg(long = "table", value_name = "SOURCE.TABLE")]
-    tables: Vec<String>,
+    #[command(flatten)]
+    run: RunArgs,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
@@ -119,6 +167,9 @@ enum PlanFormat {
 }
 
 #[derive(Debug, Args)]
+#[command(
+    after_help = "Examples:\n  datasync apply                  # plans, shows the plan, asks for `yes` on a terminal\n  datasync apply plan.json        # exactly the saved plan, no question\n  datasync apply --auto-approve --parallelism 8"
+)]
 struct ApplyArgs {
     /// A plan saved by `plan --out`; apply refuses it if the sources or targets changed since.
     plan: Option<PathBuf>,
@@ -128,9 +179,12 @@ struct ApplyArgs {
     /// Format of the final report on stdout.
     #[arg(long, value_enum, default_value_t = DataFormat::Text)]
     format: DataFormat,
-    /// Only these tables (`source.table`, as in the plan; repeatable). Not with a saved plan.
-    #[arg(long = "table", value_name = "SOURCE.TABLE", conflicts_with = "plan")]
-    tables: Vec<String>,
+    /// Apply a fresh plan without asking for `yes` (a saved plan or a stdin that is not a
+    /// terminal never asks).
+    #[arg(long)]
+    auto_approve: bool,
+    #[command(flatten)]
+    run: RunArgs,
 }
 
 #[derive(Debug, Args)]
@@ -148,7 +202,7 @@ enum ManifestFormat {
 
 /// Runs the CLI and returns the process exit code.
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = Cli::parse_from(terraform::normalize(std::env::args_os()));
     let status = match load_env_file(cli.global.env_file.as_deref()) {
         Err(error) => report(&cli.global, &Env::new(), &error),
         Ok(()) => {
@@ -219,9 +273,17 @@ fn snapshot_env() -> Env {
 }
 
 fn init_logging(global: &GlobalArgs, env: &Env) {
+    let flags = match (global.quiet, global.verbose) {
+        (true, _) => Some("error"),
+        (false, 0) => None,
+        (false, 1) => Some("info"),
+        (false, 2) => Some("debug"),
+        (false, _) => Some("trace"),
+    };
     let level = global
         .log_level
         .clone()
+        .or_else(|| flags.map(str::to_string))
         .or_else(|| manifest::env::get(env, "LOG_LEVEL").map(str::to_string))
         .unwrap_or_else(|| "warn".into());
     let filter =
@@ -233,13 +295,12 @@ fn init_logging(global: &GlobalArgs, env: &Env) {
     };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(|| progress::LogWriter);
     if json {
         let _ = builder.json().flatten_event(true).try_init();
     } else {
-        let _ = builder
-            .with_ansi(std::io::stderr().is_terminal())
-            .try_init();
+        // NO_COLOR and `--color` govern logs too, not only diagnostics.
+        let _ = builder.with_ansi(color(global, env)).try_init();
     }
 }
 
@@ -247,7 +308,10 @@ fn color(global: &GlobalArgs, env: &Env) -> bool {
     match global.color {
         ColorChoice::Always => true,
         ColorChoice::Never => false,
-        ColorChoice::Auto => !env.contains_key("NO_COLOR") && std::io::stderr().is_terminal(),
+        // https://no-color.org: set and not empty.
+        ColorChoice::Auto => {
+            env.get("NO_COLOR").is_none_or(String::is_empty) && std::io::stderr().is_terminal()
+        }
     }
 }
 
@@ -268,6 +332,18 @@ fn run(cli: &Cli, env: &Env) -> Result<ExitStatus, Error> {
         Command::EnvToManifest(args) => env_to_manifest(cli, env, args),
         Command::Plan(args) => runtime()?.block_on(plan(cli, env, args)),
         Command::Apply(args) => runtime()?.block_on(apply(cli, env, args)),
+        Command::Init(args) => runtime()?.block_on(init::run(args)),
+        Command::Completions { shell } => {
+            let script = docs::completions(*shell);
+            print_stdout(&String::from_utf8_lossy(&script));
+            Ok(ExitStatus::Success)
+        }
+        Command::Man => {
+            let page = docs::man_page()
+                .map_err(|error| Error::Internal(format!("cannot render the man page: {error}")))?;
+            print_stdout(&String::from_utf8_lossy(&page));
+            Ok(ExitStatus::Success)
+        }
     }
 }
 
@@ -457,12 +533,13 @@ fn runtime() -> Result<tokio::runtime::Runtime, Error> {
         .map_err(|error| Error::Internal(format!("cannot start the async runtime: {error}")))
 }
 
-/// Keeps only the tables named with `--table`; an unknown name is an error listing the known
-/// ones.
+/// Keeps only the tables named (or matched by a pattern) with `--table`; one that selects
+/// nothing is an error with a "did you mean" and the known tables.
 fn select_tables(
     manifest: &mut crate::manifest::Manifest,
     selected: &[String],
 ) -> Result<(), Error> {
+    use crate::sync::patterns;
     if selected.is_empty() {
         return Ok(());
     }
@@ -471,16 +548,18 @@ fn select_tables(
         .iter()
         .map(crate::manifest::TableSpec::label)
         .collect();
-    let unknown: Vec<String> = selected
-        .iter()
-        .filter(|name| !known.contains(name))
-        .cloned()
+    let unknown: Vec<(String, Option<String>)> = patterns::unmatched(selected, &known)
+        .into_iter()
+        .map(|name| {
+            let close = patterns::did_you_mean(name, &known).map(str::to_string);
+            (name.clone(), close)
+        })
         .collect();
     if !unknown.is_empty() {
         return Err(Error::UnknownTables { unknown, known });
     }
     for table in &mut manifest.tables {
-        if !selected.contains(&table.label()) {
+        if !patterns::selected(&table.label(), selected) {
             table.enabled = false;
         }
     }
@@ -493,7 +572,7 @@ fn select_tables(
 async fn prepare(
     cli: &Cli,
     env: &Env,
-    tables: &[String],
+    run: &RunArgs,
 ) -> Result<
     (
         Loaded,
@@ -504,12 +583,25 @@ async fn prepare(
     Error,
 > {
     let mut loaded = load_manifest(&cli.global, env)?;
-    select_tables(&mut loaded.manifest, tables)?;
+    if loaded.manifest.patterns.is_empty() {
+        select_tables(&mut loaded.manifest, &run.tables)?;
+    }
+    if let Some(parallelism) = run.parallelism {
+        loaded.manifest.parallelism = parallelism;
+    }
+    if let Some(wait) = run.lock_timeout {
+        tracing::debug!(lock_timeout = ?wait, "lock timeout");
+    }
     let limit = loaded.manifest.timeout;
     let deadline = limit.map(|limit| tokio::time::Instant::now() + limit);
+    let manifest = &mut loaded.manifest;
     let (session, plan) = within(limit, deadline, async {
-        let session = crate::sync::connect(&loaded.manifest).await?;
-        let plan = crate::sync::planner::plan(&loaded.manifest, &session).await?;
+        let session = crate::sync::connect(manifest).await?;
+        if !manifest.patterns.is_empty() {
+            crate::sync::expand_patterns(manifest, &session).await?;
+            select_tables(manifest, &run.tables)?;
+        }
+        let plan = crate::sync::planner::plan(manifest, &session).await?;
         Ok((session, plan))
     })
     .await?;
@@ -517,7 +609,7 @@ async fn prepare(
 }
 
 async fn plan(cli: &Cli, env: &Env, args: &PlanArgs) -> Result<ExitStatus, Error> {
-    let (_loaded, _session, plan, _deadline) = prepare(cli, env, &args.tables).await?;
+    let (_loaded, _session, plan, _deadline) = prepare(cli, env, &args.run).await?;
     let text = match args.format {
         PlanFormat::Text => crate::plan::render::text(&plan),
         PlanFormat::Markdown => crate::plan::render::markdown(&plan),
@@ -564,7 +656,12 @@ fn saved_plan(path: &Path, fresh: &crate::plan::Plan) -> Result<crate::plan::Pla
 }
 
 async fn apply(cli: &Cli, env: &Env, args: &ApplyArgs) -> Result<ExitStatus, Error> {
-    let (loaded, session, fresh, deadline) = prepare(cli, env, &args.tables).await?;
+    if args.plan.is_some() && !args.run.tables.is_empty() {
+        return Err(Error::Usage(
+            "`--table` cannot narrow a saved plan: plan with `--table` instead".into(),
+        ));
+    }
+    let (loaded, session, fresh, deadline) = prepare(cli, env, &args.run).await?;
     // An invalid DRY_RUN already failed the manifest load.
     let dry_run_env = manifest::env::get(env, manifest::env::vars::DRY_RUN)
         .is_some_and(|value| manifest::env::parse_bool(value) == Ok(true));
@@ -578,19 +675,31 @@ async fn apply(cli: &Cli, env: &Env, args: &ApplyArgs) -> Result<ExitStatus, Err
         Some(path) => saved_plan(path, &fresh)?,
     };
     print_stderr(&crate::plan::render::text(&plan));
-    let labels: Vec<String> = plan
+    let fresh_plan = args.plan.is_none();
+    if fresh_plan
+        && !args.auto_approve
+        && dry_run == crate::sync::DryRun::No
+        && plan.tables.iter().any(|table| table.action.runs())
+        && terraform::should_ask()
+        && !terraform::confirm()
+    {
+        eprintln!("\nApply cancelled.");
+        return Ok(ExitStatus::UserError);
+    }
+    let tables: Vec<(String, Option<u64>)> = plan
         .tables
         .iter()
         .filter(|table| table.action.runs())
-        .map(|table| table.label.clone())
+        .map(|table| (table.label.clone(), table.estimated_rows))
         .collect();
-    let (progress, bars) = progress::progress(&labels);
+    let (progress, phases, bars) = progress::progress(&tables, cli.global.quiet);
     let executor = crate::sync::Executor {
         sources: session.sources.clone(),
         warehouse: std::sync::Arc::clone(&session.warehouse),
         parallelism: usize::try_from(loaded.manifest.parallelism).unwrap_or(1),
         dry_run,
         progress,
+        phases,
         run_id: crate::sync::new_run_id(),
     };
     let run = executor.run(&plan);
@@ -605,6 +714,7 @@ async fn apply(cli: &Cli, env: &Env, args: &ApplyArgs) -> Result<ExitStatus, Err
     };
     if let Some(bars) = bars {
         let _ = bars.clear();
+        progress::finished();
     }
     let report = match report {
         Ok(report) => report,

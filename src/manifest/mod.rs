@@ -94,8 +94,22 @@ pub struct LoadFailure {
     pub source: Option<SourceText>,
 }
 
-/// The JSON Schema of [`RawManifest`], as `datasync schema` prints it.
+/// The JSON Schema of [`RawManifest`], as `datasync schema` prints it for editors: a table
+/// entry may also be empty (`orders:`, YAML null), as `sync.example.yaml` writes it.
 pub fn json_schema() -> Value {
+    let mut schema = strict_schema();
+    if let Some(tables) =
+        schema.pointer_mut("/$defs/RawSource/properties/tables/additionalProperties")
+    {
+        let entry = tables.take();
+        *tables = serde_json::json!({"anyOf": [entry, {"type": "null"}]});
+    }
+    schema
+}
+
+/// The schema validation uses: empty table entries are already `{}` by then, and a plain
+/// `$ref` gives sharper messages than an `anyOf`.
+fn strict_schema() -> Value {
     let schema = schemars::schema_for!(RawManifest);
     serde_json::to_value(schema).expect("a schema is always valid JSON")
 }
@@ -103,7 +117,7 @@ pub fn json_schema() -> Value {
 /// The schema, generated once per process (validation and every error message read it).
 fn schema() -> &'static Value {
     static SCHEMA: OnceLock<Value> = OnceLock::new();
-    SCHEMA.get_or_init(json_schema)
+    SCHEMA.get_or_init(strict_schema)
 }
 
 fn validator() -> &'static jsonschema::Validator {

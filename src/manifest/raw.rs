@@ -269,9 +269,16 @@ pub struct RawSource {
     pub timeouts: Option<RawTimeouts>,
     /// Tables to sync, by source name: `table` or `schema.table` (PostgreSQL) /
     /// `database.table` (MySQL). An empty entry (`orders: {}` or `orders:`) uses the defaults.
+    /// A key with `*` or `?` is a pattern (`"*"`, `"sales.*"`, `"order_*"`) matched against the
+    /// source's tables and views at plan time; its settings apply to every match, and an
+    /// explicit entry for a matching table overrides them.
     #[serde(default)]
     #[schemars(with = "IndexMap<String, RawTable>")]
     pub tables: IndexMap<String, Option<RawTable>>,
+    /// Patterns (`*`, `?`) of tables the `tables` patterns leave out, e.g. `["tmp_*",
+    /// "audit.*"]`. Explicit `tables` entries are never excluded.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub exclude: Vec<String>,
 }
 
 /// TLS mode, as in libpq.

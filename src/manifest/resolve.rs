@@ -41,6 +41,16 @@ pub struct Manifest {
     pub sources: Vec<SourceSpec>,
     /// Tables, in manifest order (disabled ones included).
     pub tables: Vec<TableSpec>,
+    /// Table patterns (`sales.*`): templates whose `qualifier` and `name` are globs, expanded
+    /// against each source's catalog at plan time (`crate::sync::patterns`).
+    pub patterns: Vec<TableSpec>,
+    /// Per source, the patterns of tables the `patterns` leave out.
+    pub exclude: IndexMap<String, Vec<String>>,
+}
+
+/// Whether a table key is a pattern.
+pub fn is_pattern(key: &str) -> bool {
+    key.contains(['*', '?'])
 }
 
 /// The BigQuery destination.
@@ -423,7 +433,7 @@ fn resolve_sources(
             else {
                 continue;
             };
-            if table_spec.enabled {
+            if table_spec.enabled && !is_pattern(key) {
                 if let Some(first) = targets.get(&table_spec.target) {
                     let target_pointer = if table.target.is_some() {
                         format!("{pointer}/target")
@@ -475,7 +485,15 @@ pub fn resolve(raw: &RawManifest) -> (Option<Manifest>, Vec<Diagnostic>) {
         );
     }
 
-    let (sources, tables) = resolve_sources(raw, parallelism, default_policies, &mut problems);
+    let (sources, all) = resolve_sources(raw, parallelism, default_policies, &mut problems);
+    let (patterns, tables): (Vec<TableSpec>, Vec<TableSpec>) =
+        all.into_iter().partition(|table| is_pattern(&table.key));
+    let exclude = raw
+        .sources
+        .iter()
+        .filter(|(_, source)| !source.exclude.is_empty())
+        .map(|(name, source)| (name.clone(), source.exclude.clone()))
+        .collect();
 
     let has_errors = problems
         .iter()
@@ -501,6 +519,8 @@ pub fn resolve(raw: &RawManifest) -> (Option<Manifest>, Vec<Diagnostic>) {
         parallelism,
         sources,
         tables,
+        patterns,
+        exclude,
     });
     (manifest, problems)
 }
@@ -948,17 +968,6 @@ fn check_mode(
     problems: &mut Vec<Diagnostic>,
 ) {
     match mode {
-        WriteMode::Merge if table.primary_key.is_none() => problems.push(
-            error_at(
-                pointer,
-                Code::ManifestMergeWithoutKey,
-                format!("table `{key}` uses mode `merge` but has no `primary_key`"),
-            )
-            .on_key()
-            .with_help(
-                "add `primary_key: [id]` (the columns that identify a row), or use mode `replace`",
-            ),
-        ),
         WriteMode::Incremental if table.cursor.is_none() => problems.push(
             error_at(
                 pointer,
@@ -996,7 +1005,21 @@ fn resolve_table(
 ) -> Option<TableSpec> {
     let defaults = &raw.defaults;
     let (qualifier, name) = table_name(source, key, pointer, problems)?;
-    let target = table_target(key, table, pointer, problems);
+    let target = if is_pattern(key) {
+        if table.target.is_some() {
+            problems.push(
+                error_at(
+                    &format!("{pointer}/target"),
+                    Code::ManifestTableName,
+                    format!("the pattern `{key}` matches many tables: it cannot set one `target`"),
+                )
+                .on_key(),
+            );
+        }
+        key.to_string()
+    } else {
+        table_target(key, table, pointer, problems)
+    };
     let mode = table.mode.or(defaults.mode).unwrap_or(WriteMode::Replace);
     let exclude = check_column_lists(table, pointer, problems);
     let (column_types, partition_by, cluster_by) =
@@ -1057,11 +1080,12 @@ impl Manifest {
             let tables = self
                 .tables
                 .iter()
+                .chain(&self.patterns)
                 .filter(|table| table.source == source.name)
                 .map(|table| {
                     let policies = table.types;
                     let raw = RawTable {
-                        target: Some(table.target.clone()),
+                        target: (!is_pattern(&table.key)).then(|| table.target.clone()),
                         enabled: Some(table.enabled),
                         columns: table.columns.clone(),
                         exclude_columns: Some(table.exclude_columns.clone())
@@ -1136,6 +1160,7 @@ impl Manifest {
                         statement: seconds(source.timeouts.statement),
                     }),
                     tables,
+                    exclude: self.exclude.get(&source.name).cloned().unwrap_or_default(),
                 },
             );
         }

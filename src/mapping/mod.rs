@@ -5,10 +5,11 @@
 //! choice only comes from a `column_types` override and is reported in
 //! [`ColumnMapping::lossy`] and in the warnings.
 //!
-//! NULL and REQUIRED: a bad value whose policy is `null` (zero dates, NaN/±Infinity, PostgreSQL
-//! `±infinity` dates and timestamps) must never land in a REQUIRED field. So a `NOT NULL` column
-//! that can hold such values is mapped NULLABLE (with a warning) when the policy is `null`, and
-//! kept REQUIRED when the policy is `error` (the bad value then fails its row).
+//! NULL and REQUIRED: a `NOT NULL` column is always REQUIRED, whatever the policies. A bad value
+//! whose policy is `null` (zero dates, NaN/±Infinity, PostgreSQL `±infinity` dates and
+//! timestamps) cannot be written as NULL into a REQUIRED field, so that row fails as a bad row
+//! (counted against `max_parse_failures`, as any other); nullable columns get the NULL. No
+//! warning on every plan for a value that may never occur.
 //!
 //! Other choices:
 //! - DECIMAL(p,s) → NUMERIC(p,s) if s ≤ 9 and p−s ≤ 29, else BIGNUMERIC(p,s) if s ≤ 38 and
@@ -35,6 +36,7 @@ use std::collections::HashMap;
 use serde::Serialize;
 
 use crate::diagnostic::{Code, Diagnostic, Location};
+use crate::manifest::raw::WriteMode;
 use crate::manifest::resolve::TableSpec;
 use crate::names;
 pub use crate::schema::codec::{Codec, ColumnMapping, ReadAs};
@@ -266,8 +268,6 @@ fn map_columns(
     overrides: &HashMap<&str, &str>,
     found: &mut Found,
 ) -> Vec<ColumnMapping> {
-    // NOT NULL columns mapped NULLABLE because a policy may write NULL: one warning per table.
-    let mut relaxed: Vec<(String, &'static str)> = Vec::new();
     let mut columns = Vec::new();
     let mut seen: HashMap<String, String> = HashMap::new();
     for column in selected {
@@ -328,13 +328,7 @@ fn map_columns(
         } else if column.nullable {
             FieldMode::Nullable
         } else {
-            match natural.null_risk {
-                Some((what, BadValuePolicy::Null)) => {
-                    relaxed.push((column.name.clone(), what));
-                    FieldMode::Nullable
-                }
-                _ => FieldMode::Required,
-            }
+            FieldMode::Required
         };
         let mut field = WarehouseField::new(target.clone(), choice.spec.bq_type, mode);
         field.precision = choice.spec.precision;
@@ -350,33 +344,7 @@ fn map_columns(
             lossy: choice.note,
         });
     }
-    if let Some(warning) = relaxed_warning(&relaxed) {
-        found
-            .warnings
-            .push(warning.at(Location::Table(found.table.clone())));
-    }
     columns
-}
-
-fn relaxed_warning(relaxed: &[(String, &'static str)]) -> Option<Diagnostic> {
-    if relaxed.is_empty() {
-        return None;
-    }
-    let mut kinds: Vec<&str> = relaxed.iter().map(|(_, what)| *what).collect();
-    kinds.sort_unstable();
-    kinds.dedup();
-    let names: Vec<String> = relaxed
-        .iter()
-        .map(|(name, _)| format!("`{name}`"))
-        .collect();
-    Some(Diagnostic::warning(
-        Code::MappingRelaxedNullable,
-        format!(
-            "NOT NULL column(s) {} mapped NULLABLE: {} become NULL (policy `null`; set `types.zero_dates`/`types.non_finite` to `error` to keep them REQUIRED)",
-            names.join(", "),
-            kinds.join(", ")
-        ),
-    ))
 }
 
 /// Partitioning and clustering, and the check that every column the table names (key, cursor)
@@ -430,6 +398,19 @@ fn layout(
             Some(column) => clustering.push(column.target.clone()),
             None => found.column_error(Code::MappingCluster, name, not_synced("cluster_by", name)),
         }
+    }
+    // `merge` without `primary_key` takes the source's; a source without one needs it set.
+    if spec.mode == WriteMode::Merge
+        && spec.primary_key.is_none()
+        && !columns.iter().any(|column| column.source.primary_key)
+    {
+        found.table_error(
+            Code::ManifestMergeWithoutKey,
+            format!(
+                "`{}` uses mode `merge` but the source table has no primary key (or it is not synced): set `primary_key`",
+                found.table
+            ),
+        );
     }
     for key in spec.primary_key.iter().flatten() {
         if target_of(key).is_none() {

@@ -164,7 +164,7 @@ fn type_map() {
         (
             Mysql,
             column("c", "datetime", "datetime", None, None, false),
-            "c DATETIME NULLABLE",
+            "c DATETIME REQUIRED",
             (Codec::DateTime, ReadAs::Native),
         ),
         (
@@ -221,7 +221,7 @@ fn type_map() {
         (
             Postgres,
             column("c", "numeric", "numeric(10,2)", Some(10), Some(2), false),
-            "c NUMERIC(10, 2) NULLABLE",
+            "c NUMERIC(10, 2) REQUIRED",
             (Codec::Decimal, ReadAs::Native),
         ),
         (
@@ -622,4 +622,50 @@ fn a_length_limit_is_kept_with_a_note() {
             column: "secret".into()
         }
     );
+}
+
+/// A NOT NULL PostgreSQL timestamp, date or numeric stays REQUIRED under the default `null`
+/// policies, with no warning: a `±infinity`/NaN value fails its row instead (the writer counts
+/// it), so plans stay quiet for values that may never occur.
+#[test]
+fn not_null_columns_stay_required_without_a_warning() {
+    let spec = spec(SourceKind::Postgres);
+    for (data_type, column_type, expected) in [
+        (
+            "timestamp without time zone",
+            "timestamp without time zone",
+            "c DATETIME REQUIRED",
+        ),
+        (
+            "timestamp with time zone",
+            "timestamp with time zone",
+            "c TIMESTAMP REQUIRED",
+        ),
+        ("date", "date", "c DATE REQUIRED"),
+        ("double precision", "double precision", "c FLOAT64 REQUIRED"),
+    ] {
+        let mapping = map_table(
+            &table(vec![column("c", data_type, column_type, None, None, false)]),
+            &spec,
+        )
+        .unwrap();
+        assert_eq!(mapping.columns[0].field.diff_line(), expected);
+        assert!(mapping.warnings.is_empty(), "{:?}", mapping.warnings);
+    }
+}
+
+/// `merge` without `primary_key` takes the source's primary key; a source without one is a
+/// table error naming what to set.
+#[test]
+fn merge_without_primary_key_takes_the_sources() {
+    let mut spec = spec(SourceKind::Postgres);
+    spec.mode = crate::manifest::raw::WriteMode::Merge;
+    let mut id = column("id", "bigint", "bigint", None, None, false);
+    id.primary_key = true;
+    let mut keyed = table(vec![id.clone()]);
+    keyed.primary_key = vec!["id".into()];
+    assert_eq!(map_table(&keyed, &spec).unwrap().key_columns, ["id"]);
+    id.primary_key = false;
+    let errors = messages(&map_table(&table(vec![id]), &spec).unwrap_err());
+    assert!(errors[0].contains("no primary key"), "{errors:?}");
 }

@@ -97,6 +97,27 @@ impl CursorFilter {
     }
 }
 
+/// A table or view in a source's catalog.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CatalogEntry {
+    /// Schema (PostgreSQL) or database (MySQL); `None` for SQLite's `main`.
+    pub qualifier: Option<String>,
+    /// Table name.
+    pub name: String,
+    /// A view (or materialized view): it is read like a table but has no primary key.
+    pub view: bool,
+}
+
+impl CatalogEntry {
+    /// `qualifier.name`, or the bare name.
+    pub fn label(&self) -> String {
+        match &self.qualifier {
+            Some(qualifier) => format!("{qualifier}.{}", self.name),
+            None => self.name.clone(),
+        }
+    }
+}
+
 /// A connected source database.
 #[derive(Debug, Clone)]
 pub enum Source {
@@ -165,6 +186,19 @@ impl Source {
             Self::Mysql(_) => &sql::Mysql,
             Self::Postgres(_) => &sql::Postgres,
             Self::Sqlite(_) => &sql::Sqlite,
+        }
+    }
+
+    /// The tables and views in `qualifier` (a PostgreSQL schema, a MySQL database, a SQLite
+    /// attached database; default: every user schema, the connection's database, `main`).
+    pub async fn list_tables(
+        &self,
+        qualifier: Option<&str>,
+    ) -> Result<Vec<CatalogEntry>, SourceError> {
+        match self {
+            Self::Mysql(pool) => mysql::list_tables(pool, qualifier).await,
+            Self::Postgres(pool) => postgres::list_tables(pool, qualifier).await,
+            Self::Sqlite(pool) => sqlite::list_tables(pool, qualifier).await,
         }
     }
 

@@ -450,6 +450,37 @@ fn decode_time<'a>(bytes: &'a [u8], codec: &Codec) -> Decoded<'a> {
     Ok(Val::Text(Cow::Owned(out)))
 }
 
+/// Tables and views of `database` (default: the connection's database, else every database but
+/// the system ones), sorted.
+pub(super) async fn list_tables(
+    pool: &MySqlPool,
+    database: Option<&str>,
+) -> Result<Vec<super::CatalogEntry>, SourceError> {
+    let rows = sqlx::query(
+        "SELECT table_schema, table_name, table_type <> 'BASE TABLE'
+         FROM information_schema.tables
+         WHERE table_type IN ('BASE TABLE', 'VIEW', 'SYSTEM VERSIONED')
+           AND CASE WHEN COALESCE(?, DATABASE()) IS NULL
+                    THEN table_schema NOT IN ('mysql', 'information_schema', 'performance_schema', 'sys')
+                    ELSE table_schema = COALESCE(?, DATABASE()) END
+         ORDER BY 1, 2",
+    )
+    .bind(database)
+    .bind(database)
+    .fetch_all(pool)
+    .await
+    .map_err(qerr("listing tables"))?;
+    rows.iter()
+        .map(|row| {
+            Ok(super::CatalogEntry {
+                qualifier: get_text(row, 0)?,
+                name: get_text(row, 1)?.unwrap_or_default(),
+                view: get_i64(row, 2)? == Some(1),
+            })
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -447,6 +447,35 @@ pub(crate) fn numeric_text(bytes: &[u8]) -> Result<String, Bad<'static>> {
     }
 }
 
+/// Tables and views of `schema` (default: every schema but the system ones), sorted.
+pub(super) async fn list_tables(
+    pool: &PgPool,
+    schema: Option<&str>,
+) -> Result<Vec<super::CatalogEntry>, SourceError> {
+    let rows = sqlx::query(
+        "SELECT n.nspname::text, c.relname::text, c.relkind IN ('v', 'm')
+         FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+         WHERE c.relkind IN ('r', 'p', 'v', 'm', 'f')
+           AND NOT c.relispartition
+           AND ($1::text IS NULL AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+                AND n.nspname NOT LIKE 'pg\\_%' OR n.nspname = $1)
+         ORDER BY 1, 2",
+    )
+    .bind(schema)
+    .fetch_all(pool)
+    .await
+    .map_err(qerr("listing tables"))?;
+    rows.iter()
+        .map(|row| {
+            Ok(super::CatalogEntry {
+                qualifier: Some(row.try_get(0).map_err(qerr("listing tables"))?),
+                name: row.try_get(1).map_err(qerr("listing tables"))?,
+                view: row.try_get(2).map_err(qerr("listing tables"))?,
+            })
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -262,3 +262,28 @@ fn parse_text(trimmed: &str, codec: &Codec) -> Option<Decoded<'static>> {
         _ => None,
     }
 }
+
+/// Tables and views of the `main` database (or the attached `schema`), sorted.
+pub(super) async fn list_tables(
+    pool: &SqlitePool,
+    schema: Option<&str>,
+) -> Result<Vec<super::CatalogEntry>, SourceError> {
+    let rows = sqlx::query(
+        "SELECT name, type = 'view' FROM pragma_table_list
+         WHERE schema = ?1 AND type IN ('table', 'view') AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\'
+         ORDER BY name",
+    )
+    .bind(schema.unwrap_or("main"))
+    .fetch_all(pool)
+    .await
+    .map_err(qerr("listing tables"))?;
+    rows.iter()
+        .map(|row| {
+            Ok(super::CatalogEntry {
+                qualifier: schema.map(str::to_string),
+                name: row.try_get(0).map_err(qerr("listing tables"))?,
+                view: row.try_get(1).map_err(qerr("listing tables"))?,
+            })
+        })
+        .collect()
+}

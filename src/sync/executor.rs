@@ -48,6 +48,8 @@ pub struct Executor {
     pub dry_run: DryRun,
     /// Progress callback.
     pub progress: Progress,
+    /// Receives each table's phase (extract, load, write, done or failed).
+    pub phases: super::PhaseProgress,
     /// A run id that makes job ids unique per run (and deterministic within it).
     pub run_id: String,
 }
@@ -184,7 +186,14 @@ impl Executor {
                 crate::diagnostic::messages(&table.errors).join("; "),
             );
         }
+        (self.phases)(&table.label, super::Phase::Extract);
         let result = self.execute(table).await;
+        let phase = if result.is_ok() {
+            super::Phase::Done
+        } else {
+            super::Phase::Failed
+        };
+        (self.phases)(&table.label, phase);
         let seconds = started.elapsed().as_secs_f64();
         match result {
             Ok((stats, loaded)) => {
@@ -322,6 +331,7 @@ impl Executor {
                         }));
                     }
                     extracted = result.ok();
+                    (self.phases)(&table.label, super::Phase::Load);
                 }
                 result = &mut upload, if loaded.is_none() => loaded = Some(result),
             }
@@ -356,6 +366,7 @@ impl Executor {
 
     /// The steps after [`Step::Stage`], on verified rows: the DDL, then the write.
     async fn finish(&self, table: &TablePlan, stats: &ExtractStats) -> Result<(), String> {
+        (self.phases)(&table.label, super::Phase::Write);
         let warehouse = self.warehouse.as_ref();
         let staging = staging_table(&table.target);
         let mut schema_changed = false;

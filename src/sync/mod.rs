@@ -7,6 +7,7 @@
 //! time nothing but run-time values (the target's cursor maximum).
 
 pub mod executor;
+pub mod patterns;
 pub mod planner;
 pub mod report;
 
@@ -80,6 +81,29 @@ pub enum DryRun {
 /// Receives progress: `(table label, rows so far)`.
 pub type Progress = Arc<dyn Fn(&str, u64) + Send + Sync>;
 
+/// What a table is doing during apply, for progress displays.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// Reading the source and uploading the rows (they stream together).
+    Extract,
+    /// The rows are uploaded; BigQuery's load job into staging runs.
+    Load,
+    /// The DDL and the atomic write into the target.
+    Write,
+    /// Synced.
+    Done,
+    /// Failed (the report says why).
+    Failed,
+}
+
+/// Receives phase changes: `(table label, phase)`.
+pub type PhaseProgress = Arc<dyn Fn(&str, Phase) + Send + Sync>;
+
+/// A phase callback that ignores everything.
+pub fn no_phases() -> PhaseProgress {
+    Arc::new(|_: &str, _: Phase| {})
+}
+
 /// Prefix of staging tables (followed by the target's name).
 pub const STAGING_PREFIX: &str = "_datasync_staging_";
 
@@ -112,4 +136,40 @@ pub fn new_run_id() -> String {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or(Duration::ZERO);
     format!("{}_{:06}", now.as_secs(), now.subsec_micros())
+}
+
+/// Adds to `manifest.tables` what its patterns match in the connected sources' catalogs (see
+/// [`patterns::expand`]); a source that failed to connect adds nothing (its error is in the
+/// session already).
+pub async fn expand_patterns(
+    manifest: &mut crate::manifest::Manifest,
+    session: &Session,
+) -> Result<(), crate::error::Error> {
+    let mut catalogs: HashMap<String, Vec<crate::source::CatalogEntry>> = HashMap::new();
+    let mut listed = std::collections::HashSet::new();
+    for pattern in &manifest.patterns {
+        let Some(source) = session.sources.get(&pattern.source) else {
+            continue;
+        };
+        let qualifier = pattern
+            .qualifier
+            .as_deref()
+            .filter(|qualifier| !crate::manifest::resolve::is_pattern(qualifier));
+        if !listed.insert((pattern.source.clone(), qualifier.map(str::to_string))) {
+            continue;
+        }
+        let entries = source
+            .list_tables(qualifier)
+            .await
+            .map_err(crate::error::Error::Source)?;
+        let known = catalogs.entry(pattern.source.clone()).or_default();
+        for entry in entries {
+            if !known.contains(&entry) {
+                known.push(entry);
+            }
+        }
+    }
+    let added = patterns::expand(manifest, &catalogs);
+    manifest.tables.extend(added);
+    Ok(())
 }

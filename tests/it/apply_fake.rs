@@ -71,6 +71,7 @@ async fn executor(
         parallelism: 2,
         dry_run,
         progress: Arc::new(|_: &str, _: u64| {}),
+        phases: datasync::sync::no_phases(),
         run_id: "run1".into(),
     }
 }
@@ -534,4 +535,70 @@ async fn an_unreadable_target_blocks_only_that_table() {
     let report = executor.run(&plan).await;
     assert_eq!(report.tables[0].status, TableStatus::Skipped);
     assert_eq!(ids(&warehouse, "notes"), ["1", "2"]);
+}
+
+/// `tables` patterns against a real SQLite catalog: `order_*` with its own mode, `*` for the
+/// rest, a source `exclude`, an explicit entry that overrides its pattern; the plan lists exactly
+/// the expanded tables (views included), each with its pattern's settings.
+#[tokio::test]
+async fn table_patterns_expand_against_the_source_catalog() {
+    let setup = sqlite(
+        "CREATE TABLE orders (id INTEGER PRIMARY KEY, at TEXT);
+         CREATE TABLE order_items (id INTEGER PRIMARY KEY);
+         CREATE TABLE order_tmp (id INTEGER);
+         CREATE TABLE users (id INTEGER PRIMARY KEY);
+         CREATE VIEW active_users AS SELECT * FROM users;",
+    )
+    .await;
+    let text = format!(
+        "bigquery: {{project: fake-project, dataset: ds}}\nsources:\n  lite:\n    type: sqlite\n    database: {}\n    exclude: [\"*_tmp\"]\n    tables:\n      \"order_*\":\n        mode: append\n      orders:\n        target: all_orders\n      \"*\": {{}}\n",
+        setup.path
+    );
+    let mut manifest = manifest::load(&ManifestInput {
+        name: None,
+        text: Some((text, Format::Yaml)),
+        env: Env::new(),
+    })
+    .unwrap_or_else(|failure| panic!("{:?}", failure.problems))
+    .manifest;
+    let source = Source::connect(&manifest.sources[0]).await.unwrap();
+    let warehouse = Arc::new(FakeWarehouse::with_dataset());
+    let session = Session {
+        sources: HashMap::from([("lite".to_string(), Arc::new(source.clone()))]),
+        source_errors: HashMap::new(),
+        warehouse: Arc::clone(&warehouse) as Arc<dyn Warehouse>,
+    };
+    datasync::sync::expand_patterns(&mut manifest, &session)
+        .await
+        .unwrap();
+    let plan = planner::plan(&manifest, &session).await.unwrap();
+    let tables: Vec<(String, String, String)> = plan
+        .tables
+        .iter()
+        .map(|table| {
+            (
+                table.label.clone(),
+                table.target.clone(),
+                format!("{:?}", table.spec.mode),
+            )
+        })
+        .collect();
+    let expected = [
+        ("lite.orders", "all_orders", "Replace"),
+        ("lite.order_items", "order_items", "Append"),
+        ("lite.active_users", "active_users", "Replace"),
+        ("lite.users", "users", "Replace"),
+    ];
+    assert_eq!(
+        tables,
+        expected
+            .iter()
+            .map(|(a, b, c)| (a.to_string(), b.to_string(), c.to_string()))
+            .collect::<Vec<_>>()
+    );
+    assert!(
+        plan.tables.iter().all(|table| table.errors.is_empty()),
+        "{plan:#?}"
+    );
+    setup.pool.close().await;
 }

@@ -3,6 +3,7 @@
 use std::path::Path;
 
 use assert_cmd::Command;
+use predicates::prelude::PredicateBooleanExt;
 
 fn datasync(dir: &Path) -> Command {
     let mut command = Command::cargo_bin("datasync").unwrap();
@@ -72,7 +73,10 @@ fn validate_reports_three_mistakes_with_lines_and_exits_1() {
     let dir = temp();
     let text = GOOD
         .replace("dataset: analytics", "dataset: ana-lytics")
-        .replace("        primary_key: [id]\n", "")
+        .replace(
+            "        mode: merge\n        primary_key: [id]\n",
+            "        mode: incremental\n",
+        )
         .replace("    database: shop\n", "    database: shop\n    bogus: 1\n");
     std::fs::write(dir.path().join("bad.yaml"), text).unwrap();
     // The three problems with their lines and columns (3:12, 11:5, 13:7), each with its snippet
@@ -90,7 +94,10 @@ fn validate_json_lists_every_problem_with_its_line_and_column() {
     let dir = temp();
     let text = GOOD
         .replace("dataset: analytics", "dataset: ana-lytics")
-        .replace("        primary_key: [id]\n", "")
+        .replace(
+            "        mode: merge\n        primary_key: [id]\n",
+            "        mode: incremental\n",
+        )
         .replace("    database: shop\n", "    database: shop\n    bogus: 1\n");
     std::fs::write(dir.path().join("bad.yaml"), text).unwrap();
     let output = datasync(dir.path())
@@ -119,7 +126,11 @@ fn validate_json_lists_every_problem_with_its_line_and_column() {
         [
             ("datasync::manifest::bigquery_name".to_string(), 3, 12),
             ("datasync::manifest::unknown_field".to_string(), 11, 5),
-            ("datasync::manifest::merge_without_key".to_string(), 13, 7),
+            (
+                "datasync::manifest::incremental_without_cursor".to_string(),
+                13,
+                7
+            ),
         ]
     );
     let output = datasync(dir.path())
@@ -327,4 +338,134 @@ fn a_stalled_bigquery_ends_plan_and_apply_within_the_manifest_timeout() {
         assert!(stderr.contains("timed out after 2s"), "{command}: {stderr}");
     }
     drop(accepted);
+}
+
+fn sqlite_fixture(path: &Path, statements: &str) {
+    let url = format!("sqlite://{}?mode=rwc", path.display());
+    let statements = statements.to_string();
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(async move {
+            let pool = sqlx::SqlitePool::connect(&url).await.unwrap();
+            sqlx::raw_sql(&statements).execute(&pool).await.unwrap();
+            pool.close().await;
+        });
+}
+
+/// `init` lists every table and view with a proposed mode; `validate` accepts what it wrote.
+#[test]
+fn init_writes_a_commented_manifest_that_validates_for_sqlite() {
+    let dir = temp();
+    let database = dir.path().join("app.db");
+    sqlite_fixture(
+        &database,
+        "CREATE TABLE orders (id INTEGER PRIMARY KEY, total REAL, updated_at TIMESTAMP);
+         CREATE TABLE page_events (id INTEGER PRIMARY KEY, kind TEXT);
+         CREATE TABLE customers (id INTEGER PRIMARY KEY, name TEXT);
+         CREATE TABLE tags (name TEXT);
+         CREATE VIEW big_orders AS SELECT * FROM orders WHERE total > 100;",
+    );
+    let output = datasync(dir.path())
+        .args([
+            "init",
+            "--source",
+            "sqlite://app.db",
+            "--dataset",
+            "shop_raw",
+        ])
+        .assert()
+        .success()
+        .get_output()
+        .clone();
+    let manifest = String::from_utf8(output.stdout).unwrap();
+    insta::assert_snapshot!(manifest);
+    assert!(
+        String::from_utf8(output.stderr)
+            .unwrap()
+            .contains("wrote 5 table(s)")
+    );
+    std::fs::write(dir.path().join("sync.yaml"), &manifest).unwrap();
+    datasync(dir.path())
+        .args(["validate", "--deny-warnings"])
+        .assert()
+        .success()
+        .stderr(predicates::str::contains("1 source(s), 5 table(s) enabled"));
+}
+
+#[test]
+fn init_rejects_an_unknown_scheme_without_printing_the_password() {
+    let dir = temp();
+    datasync(dir.path())
+        .args(["init", "--source", "oracle://me:hunter22@db/x"])
+        .assert()
+        .failure()
+        .stderr(predicates::str::contains("must start with postgres://"))
+        .stderr(predicates::str::contains("hunter22").not());
+}
+
+#[test]
+fn completions_and_the_man_page_cover_every_command() {
+    let dir = temp();
+    for shell in ["bash", "zsh", "fish", "powershell"] {
+        let output = datasync(dir.path())
+            .args(["completions", shell])
+            .assert()
+            .success()
+            .get_output()
+            .clone();
+        let script = String::from_utf8(output.stdout).unwrap();
+        for word in ["validate", "apply", "auto-approve", "parallelism"] {
+            assert!(script.contains(word), "{shell} completions lack {word}");
+        }
+    }
+    let output = datasync(dir.path())
+        .arg("man")
+        .assert()
+        .success()
+        .get_output()
+        .clone();
+    let page = String::from_utf8(output.stdout).unwrap();
+    assert!(
+        page.starts_with(".ie") || page.contains(".TH datasync"),
+        "{page}"
+    );
+    for word in ["init", "completions", "Examples:"] {
+        assert!(page.contains(word), "the man page lacks {word}");
+    }
+}
+
+/// Terraform's `-out FILE` and `-auto-approve` parse (the error is the missing manifest, not an
+/// unknown argument); `--table` cannot narrow a saved plan.
+#[test]
+fn terraform_spellings_are_accepted() {
+    let dir = temp();
+    for args in [
+        &["plan", "-out", "plan.json", "-lock-timeout=5s"][..],
+        &["apply", "-auto-approve", "-parallelism", "2"][..],
+    ] {
+        datasync(dir.path())
+            .args(args)
+            .assert()
+            .code(1)
+            .stderr(predicates::str::contains("no manifest"));
+    }
+    datasync(dir.path())
+        .args(["apply", "--table", "x", "plan.json"])
+        .assert()
+        .code(1)
+        .stderr(predicates::str::contains("cannot narrow a saved plan"));
+}
+
+#[test]
+fn apply_help_shows_examples_and_groups_global_options() {
+    let dir = temp();
+    let output = datasync(dir.path())
+        .args(["apply", "--help"])
+        .assert()
+        .success()
+        .get_output()
+        .clone();
+    insta::assert_snapshot!(String::from_utf8(output.stdout).unwrap());
 }

@@ -622,7 +622,7 @@ sources:
       connect: 30 parsecs
     tables:
       orders:
-        mode: merge
+        mode: incremental
       customers:
         target: orders
 ";
@@ -647,7 +647,7 @@ url = \"postgres://postgres@127.0.0.1/shop\"
 timeouts = { connect = \"30 parsecs\" }
 
 [sources.shop.tables.orders]
-mode = \"merge\"
+mode = \"incremental\"
 
 [sources.shop.tables.customers]
 target = \"orders\"
@@ -680,7 +680,7 @@ sources:
       customers:
         colums: [id]
       public.items:
-        mode: merge
+        mode: incremental
         columns: [id, name]
         cluster_by: [price]
         column_types:
@@ -856,4 +856,28 @@ fn the_bigquery_client_gets_its_variables_from_the_snapshot() {
     assert_eq!(spec.env.ssl_cert_file.as_deref(), Some("/ca.pem"));
     // Proxy URLs may hold passwords: never in Debug output.
     assert!(!format!("{spec:?}").contains("proxy:3128"));
+}
+
+/// What an editor does with the `# yaml-language-server: $schema=` line: the file as written
+/// (nulls included, `orders:` with no value) checked against the committed JSON Schema.
+#[test]
+fn editors_accept_the_example_manifest_against_the_committed_schema() {
+    let text =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/sync.example.yaml")).unwrap();
+    let document: serde_json::Value = serde_yaml_ng::from_str(&text).unwrap();
+    assert!(document["sources"]["shop"]["tables"]["orders"].is_null());
+    let schema: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/schemas/sync.schema.json"
+        ))
+        .unwrap(),
+    )
+    .unwrap();
+    let validator = jsonschema::validator_for(&schema).unwrap();
+    let errors: Vec<String> = validator
+        .iter_errors(&document)
+        .map(|error| format!("{}: {error}", error.instance_path()))
+        .collect();
+    assert!(errors.is_empty(), "{errors:#?}");
 }

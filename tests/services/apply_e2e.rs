@@ -692,3 +692,35 @@ async fn partitioned_and_clustered_tables_plan_no_changes_after_apply() {
         0,
     );
 }
+
+/// PostgreSQL column comments become the BigQuery columns' descriptions, and a created table
+/// carries the `managed-by: datasync` label, as the emulator stores them (tables.get).
+#[tokio::test(flavor = "multi_thread")]
+async fn column_comments_and_the_managed_by_label_reach_the_table_metadata() {
+    let world = World::new("descr").await;
+    world
+        .sql(
+            "CREATE TABLE notes (id bigint PRIMARY KEY, body text);
+              COMMENT ON COLUMN notes.body IS 'What the customer wrote';
+              INSERT INTO notes VALUES (1, 'hi');",
+        )
+        .await;
+    let manifest = world.manifest("      notes: {}\n");
+    let apply = world.datasync(&["-c", &manifest, "apply"]);
+    assert_code(&apply, 0);
+    let url = format!(
+        "{}/bigquery/v2/projects/datasync-test/datasets/{}/tables/notes",
+        bigquery_url(),
+        world.name
+    );
+    let table: serde_json::Value = reqwest::get(url).await.unwrap().json().await.unwrap();
+    let fields = table["schema"]["fields"].as_array().unwrap();
+    let body = fields.iter().find(|field| field["name"] == "body").unwrap();
+    assert_eq!(body["description"], "What the customer wrote", "{table:#}");
+    assert_eq!(table["labels"]["managed-by"], "datasync", "{table:#}");
+    let id = fields.iter().find(|field| field["name"] == "id").unwrap();
+    assert!(
+        id.get("description").is_none_or(serde_json::Value::is_null),
+        "{table:#}"
+    );
+}

@@ -9,6 +9,7 @@
 mod support;
 
 mod apply_e2e;
+mod cli_init;
 mod geography;
 mod roundtrip;
 mod source_mysql;

@@ -64,6 +64,9 @@ pub struct BigQuery {
     completed_loads: Mutex<HashMap<String, LoadOutcome>>,
 }
 
+/// The label on every table datasync creates.
+pub const MANAGED_BY_LABEL: (&str, &str) = ("managed-by", "datasync");
+
 impl std::fmt::Debug for BigQuery {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("BigQuery")
@@ -378,8 +381,13 @@ impl Warehouse for BigQuery {
 
     async fn create_table(&self, table: &WarehouseTable) -> Result<(), WarehouseError> {
         let context = format!("create table {}.{}", self.dataset, table.name);
-        let body = serde_json::to_value(TableResource::new(&self.project, &self.dataset, table))
-            .map_err(|error| WarehouseError::Invalid(format!("{context}: {error}")))?;
+        let mut body =
+            serde_json::to_value(TableResource::new(&self.project, &self.dataset, table))
+                .map_err(|error| WarehouseError::Invalid(format!("{context}: {error}")))?;
+        // Every table datasync creates says so, for inventories and cost reports
+        // (https://cloud.google.com/bigquery/docs/labels-intro: lowercase keys and values,
+        // letters, digits, `_` and `-`).
+        body["labels"] = serde_json::json!({ MANAGED_BY_LABEL.0: MANAGED_BY_LABEL.1 });
         let url = self.api_url(&["datasets", &self.dataset, "tables"])?;
         match self.send(&context, Method::POST, url, Some(&body)).await {
             // A retried insert whose first reply was lost: the table is ours if it has the

@@ -100,7 +100,7 @@ pub(super) fn plan_lines(plan: &crate::plan::Plan, stdout: bool) {
         fields.insert("target_table".into(), table.target.clone().into());
         fields.insert(
             "action".into(),
-            serde_json::to_value(&table.action).unwrap_or(Value::Null),
+            serde_json::to_value(table.action).unwrap_or(Value::Null),
         );
         fields.insert(
             "mode".into(),

@@ -364,11 +364,7 @@ fn manifest_input(global: &GlobalArgs, env: &Env) -> Result<ManifestInput, Error
                     path.display()
                 ))
             })?;
-            let text =
-                std::fs::read_to_string(&path).map_err(|source| Error::ManifestUnreadable {
-                    path: path.clone(),
-                    source,
-                })?;
+            let text = read_manifest(&path)?;
             Ok(ManifestInput {
                 name: Some(path.display().to_string()),
                 text: Some((text, format)),
@@ -385,6 +381,37 @@ fn manifest_input(global: &GlobalArgs, env: &Env) -> Result<ManifestInput, Error
             Ok(legacy_input(env))
         }
     }
+}
+
+/// Reads a manifest file: not a directory, at most [`manifest::MAX_MANIFEST_BYTES`], UTF-8.
+fn read_manifest(path: &Path) -> Result<String, Error> {
+    let unreadable = |source| Error::ManifestUnreadable {
+        path: path.to_path_buf(),
+        source,
+    };
+    let metadata = std::fs::metadata(path).map_err(unreadable)?;
+    if metadata.is_dir() {
+        return Err(Error::Usage(format!(
+            "`{}` is a directory, not a manifest file",
+            path.display()
+        )));
+    }
+    if metadata.len() > manifest::MAX_MANIFEST_BYTES as u64 {
+        return Err(Error::Usage(format!(
+            "manifest `{}` is {} bytes; the limit is {} bytes (1 MiB)",
+            path.display(),
+            metadata.len(),
+            manifest::MAX_MANIFEST_BYTES
+        )));
+    }
+    let bytes = std::fs::read(path).map_err(unreadable)?;
+    String::from_utf8(bytes).map_err(|error| {
+        Error::Usage(format!(
+            "manifest `{}` is not UTF-8 text (invalid byte at offset {})",
+            path.display(),
+            error.utf8_error().valid_up_to()
+        ))
+    })
 }
 
 fn legacy_input(env: &Env) -> ManifestInput {
@@ -417,7 +444,30 @@ fn warn_if_legacy(loaded: &Loaded) {
 /// on stdout with every problem located by line, column and code (and the effective values
 /// with `--show-effective`).
 fn validate(cli: &Cli, env: &Env, args: &ValidateArgs) -> Result<ExitStatus, Error> {
-    let input = manifest_input(&cli.global, env)?;
+    let input = match manifest_input(&cli.global, env) {
+        Ok(input) => input,
+        // `--format json` answers in JSON whatever fails, even before there is a manifest.
+        Err(error) if args.format == DataFormat::Json => {
+            let document = serde_json::json!({
+                "valid": false,
+                "mode": null,
+                "problems": [{
+                    "severity": "error",
+                    "code": "datasync::usage",
+                    "message": error.to_string(),
+                    "help": null,
+                    "pointer": null,
+                    "env_var": null,
+                    "file": cli.global.config.as_ref().map(|path| path.display().to_string()),
+                    "line": null,
+                    "column": null,
+                }],
+            });
+            print_stdout(&format!("{}\n", serde_json::to_string_pretty(&document)?));
+            return Ok(error.exit_status());
+        }
+        Err(error) => return Err(error),
+    };
     let outcome = manifest::load(&input);
     let (problems, source) = match &outcome {
         Ok(loaded) => (loaded.warnings.as_slice(), loaded.source.as_ref()),
@@ -459,7 +509,12 @@ fn validate(cli: &Cli, env: &Env, args: &ValidateArgs) -> Result<ExitStatus, Err
                         loaded,
                     )));
                 }
-                eprintln!("{}", validate_summary(mode, loaded, warnings));
+                let summary = validate_summary(mode, loaded, warnings);
+                if logging::json_mode() {
+                    logging::line("info", &summary, serde_json::Map::new());
+                } else {
+                    eprintln!("{summary}");
+                }
             }
         }
     }

@@ -148,6 +148,9 @@ pub(super) fn report_lines(report: &crate::sync::ApplyReport, run_id: &str) {
     for table in &report.tables {
         let mut fields = logging::fields(serde_json::to_value(table).unwrap_or(Value::Null));
         fields.insert("run_id".into(), run_id.into());
+        let database = table.table.split_once('.').map_or("", |(source, _)| source);
+        fields.insert("database".into(), database.into());
+        fields.insert("target_table".into(), table.target.clone().into());
         fields.insert(
             "job_id".into(),
             crate::sync::load_job_id(run_id, &table.target).into(),
@@ -155,9 +158,9 @@ pub(super) fn report_lines(report: &crate::sync::ApplyReport, run_id: &str) {
         fields.insert("rows".into(), table.rows_extracted.into());
         fields.insert("duration".into(), format!("{:.3}s", table.seconds).into());
         let (level, msg) = match table.status {
-            crate::sync::TableStatus::Done => ("info", "table synced"),
-            crate::sync::TableStatus::Failed => ("error", "table failed"),
-            crate::sync::TableStatus::Skipped => ("error", "table skipped"),
+            crate::sync::TableStatus::Done => ("info", "table report: synced"),
+            crate::sync::TableStatus::Failed => ("error", "table report: failed"),
+            crate::sync::TableStatus::Skipped => ("error", "table report: skipped"),
         };
         logging::stdout_line(level, msg, fields);
     }

@@ -54,10 +54,8 @@ pub async fn connect(manifest: &Manifest) -> Result<Session, Error> {
                 sources.insert(source.name.clone(), Arc::new(connected));
             }
             Err(error) => {
-                source_errors.insert(
-                    source.name.clone(),
-                    format!("cannot connect to source `{}`: {error}", source.name),
-                );
+                // The error already names the source (and its address).
+                source_errors.insert(source.name.clone(), error.to_string());
             }
         }
     }

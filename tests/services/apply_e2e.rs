@@ -808,3 +808,36 @@ async fn bare_datasync_with_the_go_readme_variables_syncs_every_table() {
         .execute(format!("DROP DATABASE IF EXISTS {database} WITH (FORCE)").as_str())
         .await;
 }
+
+/// The README's default demo: the SQLite shop shipped in `demo/shop.db`, into the emulator,
+/// validate → plan → apply → plan (no changes); no database server involved.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_embedded_sqlite_demo_runs_end_to_end() {
+    let world = World::new("demo").await;
+    let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let database = world.dir.path().join("shop.db");
+    std::fs::copy(repo.join("demo/shop.db"), &database).unwrap();
+    let manifest = std::fs::read_to_string(repo.join("demo/sqlite.yaml"))
+        .unwrap()
+        .replace("dataset: shop_sqlite", &format!("dataset: {}", world.name));
+    std::fs::write(world.dir.path().join("sync.yaml"), manifest).unwrap();
+    let datasync = |args: &[&str]| {
+        Command::cargo_bin("datasync")
+            .unwrap()
+            .current_dir(world.dir.path())
+            .env_clear()
+            .env("NO_COLOR", "1")
+            .env("DATASYNC_DEMO_BIGQUERY_URL", bigquery_url())
+            .env("DATASYNC_DEMO_SQLITE", &database)
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    assert_code(&datasync(&["validate"]), 0);
+    assert_code(&datasync(&["plan", "--detailed-exitcode"]), 2);
+    assert_code(&datasync(&["apply"]), 0);
+    assert_code(&datasync(&["plan", "--detailed-exitcode"]), 0);
+    assert_eq!(world.count("customers").await, 500);
+    assert_eq!(world.count("orders").await, 2000);
+    assert_eq!(world.count("order_events").await, 3000);
+}

@@ -614,6 +614,7 @@ fn select_tables(
 async fn prepare(
     context: &Context<'_>,
     tables: &[String],
+    dry_run: bool,
 ) -> Result<
     (
         Loaded,
@@ -629,9 +630,18 @@ async fn prepare(
     let limit = loaded.manifest.timeout;
     let deadline = limit.map(|limit| tokio::time::Instant::now() + limit);
     let work = within(limit, deadline, async {
-        let session = crate::sync::connect(&loaded.manifest).await?;
-        let plan = crate::sync::planner::plan(&loaded.manifest, &session).await?;
-        Ok((session, plan))
+        let planned = match crate::sync::connect(&loaded.manifest).await {
+            Ok(session) => crate::sync::planner::plan(&loaded.manifest, &session)
+                .await
+                .map(|plan| (session, plan)),
+            Err(error) => Err(error),
+        };
+        match planned {
+            Err(error @ (Error::Planning { .. } | Error::Warehouse(_))) if dry_run => {
+                offline_dry_run_plan(&loaded.manifest, &error).await
+            }
+            other => other,
+        }
     });
     let (session, plan) = tokio::select! {
         result = work => result?,
@@ -642,9 +652,30 @@ async fn prepare(
     Ok((loaded, session, plan, deadline))
 }
 
+/// A dry run needs no BigQuery (as the Go tool's, which only exercised extraction): when
+/// BigQuery is unreachable or has no credentials, plan against unknown targets — every table
+/// as if new, so every row is extracted and encoded — and say so.
+async fn offline_dry_run_plan(
+    manifest: &crate::manifest::Manifest,
+    error: &Error,
+) -> Result<(crate::sync::Session, crate::plan::Plan), Error> {
+    let message = format!(
+        "BigQuery is not available ({error}); the dry run plans against unknown targets: every table as if new, every row extracted and encoded"
+    );
+    if logging::json_mode() {
+        logging::line("warn", &message, serde_json::Map::new());
+    } else {
+        eprintln!("warning: {message}\n");
+    }
+    let warehouse = std::sync::Arc::new(crate::warehouse::FakeWarehouse::with_dataset());
+    let session = crate::sync::connect_sources(manifest, warehouse).await;
+    let plan = crate::sync::planner::plan(manifest, &session).await?;
+    Ok((session, plan))
+}
+
 async fn plan(context: &Context<'_>, args: &PlanArgs) -> Result<ExitStatus, Error> {
     legacy::start_line("plan");
-    let (_loaded, _session, plan, _deadline) = prepare(context, &args.tables).await?;
+    let (_loaded, _session, plan, _deadline) = prepare(context, &args.tables, false).await?;
     if logging::json_mode() && args.format == PlanFormat::Text {
         legacy::plan_lines(&plan, true);
     } else {
@@ -718,10 +749,11 @@ fn check_saved_plan(
 async fn apply(context: &Context<'_>, args: &ApplyArgs) -> Result<ExitStatus, Error> {
     legacy::start_line("apply");
     let saved = args.plan.as_deref().map(read_saved_plan).transpose()?;
-    let (loaded, session, fresh, deadline) = prepare(context, &args.tables).await?;
-    // An invalid DRY_RUN already failed the manifest load.
+    // An invalid DRY_RUN fails the manifest load.
     let dry_run_env = manifest::env::get(context.env, manifest::env::vars::DRY_RUN)
         .is_some_and(|value| manifest::env::parse_bool(value) == Ok(true));
+    let (loaded, session, fresh, deadline) =
+        prepare(context, &args.tables, args.dry_run || dry_run_env).await?;
     let dry_run = if args.dry_run || dry_run_env {
         crate::sync::DryRun::Yes
     } else {

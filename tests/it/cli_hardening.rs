@@ -416,3 +416,38 @@ fn fuzzed_manifests_and_legacy_variables_never_panic() {
         }
     }
 }
+
+/// `--dry-run` needs no BigQuery: with nothing listening at the endpoint, the run plans against
+/// unknown targets, says so, and still extracts and encodes every row.
+#[test]
+fn a_dry_run_without_bigquery_extracts_every_row() {
+    let dir = tempfile::tempdir().unwrap();
+    let database = dir.path().join("shop.db");
+    let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    std::fs::copy(repo.join("demo/shop.db"), &database).unwrap();
+    std::fs::write(
+        dir.path().join("sync.yaml"),
+        format!(
+            "bigquery:\n  project: my-project\n  dataset: d\n  endpoint: http://127.0.0.1:9\n  emulator: true\nsources:\n  shop:\n    type: sqlite\n    database: {}\n    tables:\n      customers: {{}}\n      orders: {{mode: merge, primary_key: [id]}}\n",
+            database.display()
+        ),
+    )
+    .unwrap();
+    let out = run(datasync(dir.path()).args(["apply", "--dry-run"]));
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(
+        out.stderr
+            .contains("the dry run plans against unknown targets"),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        out.stdout
+            .contains("dry run: 2 of 2 table(s) synced, 2,500 rows"),
+        "{}",
+        out.stdout
+    );
+    // Without --dry-run the same outage is an error.
+    let out = run(datasync(dir.path()).arg("apply"));
+    assert_eq!(out.code, 3, "{}", out.stderr);
+}

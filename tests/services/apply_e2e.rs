@@ -819,7 +819,8 @@ async fn the_embedded_sqlite_demo_runs_end_to_end() {
     std::fs::copy(repo.join("demo/shop.db"), &database).unwrap();
     let manifest = std::fs::read_to_string(repo.join("demo/sqlite.yaml"))
         .unwrap()
-        .replace("dataset: shop_sqlite", &format!("dataset: {}", world.name));
+        .replace("dataset: shop_sqlite", &format!("dataset: {}", world.name))
+        .replace("project: datasync-demo", "project: datasync-test");
     std::fs::write(world.dir.path().join("sync.yaml"), manifest).unwrap();
     let datasync = |args: &[&str]| {
         Command::cargo_bin("datasync")

@@ -2,12 +2,16 @@
 # Ensure PostgreSQL and MariaDB are reachable on 127.0.0.1 for datasync's
 # integration tests. Idempotent: safe to run any number of times.
 #
-#   scripts/services.sh
+#   scripts/services.sh [postgres] [mariadb]     (default: both)
 #
 # - reachable already      -> prints one line per service, changes nothing
 # - installed but stopped  -> starts it (needs root)
 # - not installed          -> apt-get installs + configures it (needs root)
 # - not root and missing   -> prints what to install, exits 1
+#
+# It only ever reconfigures (trust auth in pg_hba.conf, MariaDB root without a password) a
+# server it installed itself (marked in $MARKERS). A server that was already on the machine
+# and does not accept those logins is left alone: the script says what to change and exits 1.
 #
 # Afterwards it waits (bounded, DATASYNC_SERVICES_TIMEOUT seconds, default 30)
 # until both accept connections and prints their URLs:
@@ -23,6 +27,8 @@ TIMEOUT="${DATASYNC_SERVICES_TIMEOUT:-30}"
 
 PG_URL="postgres://postgres@${PG_HOST}:${PG_PORT}/postgres"
 MY_URL="mysql://root@${MY_HOST}:${MY_PORT}/test"
+
+MARKERS="${DATASYNC_SERVICES_MARKERS:-/var/lib/datasync-services}"
 
 log() { echo "services: $*"; }
 die() { echo "services: ERROR: $*" >&2; exit 1; }
@@ -122,6 +128,12 @@ my_daemon() {
 
 my_installed() { my_daemon >/dev/null; }
 
+# ---------------------------------------------------------------- ownership
+
+# Records that this script installed (and so may configure) a server.
+mark_ours() { mkdir -p "$MARKERS" && touch "$MARKERS/$1"; }
+is_ours() { [ -f "$MARKERS/$1" ]; }
+
 # ---------------------------------------------------------------- install
 
 APT_UPDATED=0
@@ -175,6 +187,7 @@ pg_start() {
     if [ ! -d "/etc/postgresql/$v/main" ]; then
         log "PostgreSQL: creating cluster $v/main"
         pg_createcluster "$v" main >/dev/null
+        mark_ours postgres
         pg_configure
     fi
     log "PostgreSQL: starting cluster $v/main"
@@ -201,7 +214,8 @@ ensure_postgres() {
             echo "PostgreSQL: already running on $PG_HOST:$PG_PORT"
             return 0
         fi
-        is_root || die "PostgreSQL runs on $PG_HOST:$PG_PORT but user postgres cannot log in without a password; as root, add 'host all all 127.0.0.1/32 trust' to pg_hba.conf"
+        is_ours postgres || die "PostgreSQL runs on $PG_HOST:$PG_PORT but user postgres cannot log in without a password; this script did not install it and will not change its authentication. Point DATASYNC_TEST_POSTGRES_URL at a user that can log in, or allow one yourself (e.g. 'host all all 127.0.0.1/32 trust' in pg_hba.conf)"
+        is_root || die "PostgreSQL runs on $PG_HOST:$PG_PORT but user postgres cannot log in without a password; re-run this script as root"
         log "PostgreSQL: running, but postgres cannot log in over TCP; configuring"
         pg_configure
         pg_restart
@@ -212,6 +226,7 @@ ensure_postgres() {
             fi
             apt_install postgresql postgresql-client
             pg_installed || die "PostgreSQL: install did not provide a server"
+            mark_ours postgres
             if [ ! -d "/etc/postgresql/$(pg_version)/main" ]; then
                 pg_createcluster "$(pg_version)" main >/dev/null
             fi
@@ -223,6 +238,7 @@ ensure_postgres() {
     fi
     wait_for PostgreSQL pg_up
     if ! pg_login_ok; then
+        is_ours postgres || die "PostgreSQL: postgres cannot log in over TCP without a password; this script did not install this server and will not change its authentication"
         is_root || die "PostgreSQL: postgres cannot log in over TCP without a password"
         pg_configure
         pg_restart
@@ -278,6 +294,7 @@ ensure_mariadb() {
             echo "MariaDB: already running on $MY_HOST:$MY_PORT"
             return 0
         fi
+        is_ours mariadb || die "MariaDB runs on $MY_HOST:$MY_PORT but root cannot log in with an empty password (or database test is missing); this script did not install it and will not open its root account. Point DATASYNC_TEST_MYSQL_URL at a user that can log in"
         is_root || die "MariaDB runs on $MY_HOST:$MY_PORT but root cannot log in with an empty password (or database test is missing); re-run this script as root"
         my_configure
     else
@@ -287,6 +304,7 @@ ensure_mariadb() {
             fi
             apt_install mariadb-server mariadb-client
             my_installed || die "MariaDB: install did not provide a server"
+            mark_ours mariadb
             my_start
             wait_for MariaDB my_up
             my_configure
@@ -302,6 +320,7 @@ ensure_mariadb() {
         until my_login_ok || [ "$SECONDS" -ge "$deadline" ]; do sleep 1; done
     fi
     if ! my_login_ok; then
+        is_ours mariadb || die "MariaDB: root cannot log in over TCP with an empty password; this script did not install this server and will not open its root account"
         is_root || die "MariaDB: root cannot log in over TCP with an empty password"
         my_configure
         my_login_ok || die "MariaDB: root still cannot log in over TCP after configuring"
@@ -311,9 +330,23 @@ ensure_mariadb() {
 
 # ---------------------------------------------------------------- main
 
-ensure_postgres
-pg_ensure_test_db
-ensure_mariadb
+want_pg=0
+want_my=0
+[ "$#" -eq 0 ] && set -- postgres mariadb
+for service in "$@"; do
+    case "$service" in
+    postgres | postgresql) want_pg=1 ;;
+    mariadb | mysql) want_my=1 ;;
+    *) die "unknown service $service (use postgres and/or mariadb)" ;;
+    esac
+done
 
-echo "$PG_URL"
-echo "$MY_URL"
+if [ "$want_pg" -eq 1 ]; then
+    ensure_postgres
+    pg_ensure_test_db
+fi
+[ "$want_my" -eq 1 ] && ensure_mariadb
+
+[ "$want_pg" -eq 1 ] && echo "$PG_URL"
+[ "$want_my" -eq 1 ] && echo "$MY_URL"
+exit 0

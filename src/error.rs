@@ -145,9 +145,8 @@ impl Error {
             Self::Manifest(_)
             | Self::Usage(_)
             | Self::ManifestUnreadable { .. }
-            | Self::UnknownTables { .. } => ExitStatus::UserError,
-            Self::SavedPlan(SavedPlanError::Unreadable { .. }) => ExitStatus::Failure,
-            Self::SavedPlan(_) => ExitStatus::UserError,
+            | Self::UnknownTables { .. }
+            | Self::SavedPlan(_) => ExitStatus::UserError,
             Self::Source(_)
             | Self::Warehouse(_)
             | Self::Io { .. }

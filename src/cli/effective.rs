@@ -91,6 +91,57 @@ pub(super) fn effective_values(loaded: &Loaded) -> Vec<EffectiveValue> {
         .collect()
 }
 
+/// Every value an environment variable sets over a manifest file (not the legacy mode, where
+/// every value comes from the environment): listed once at the top of `plan` and `apply`, with
+/// the variable, whether it came from the env file or the process environment, and the
+/// (redacted) value, so a forgotten `.env` cannot silently steer a run.
+pub(super) fn overrides(loaded: &Loaded, from_file: &[String]) -> Vec<(String, String, Value)> {
+    if loaded.mode != crate::manifest::EnvMode::Overlay {
+        return Vec::new();
+    }
+    effective_values(loaded)
+        .into_iter()
+        .filter_map(|value| match value.origin {
+            Origin::Env(var) => {
+                let origin = if from_file.contains(&var) {
+                    format!("env file ({var})")
+                } else {
+                    format!("environment ({var})")
+                };
+                Some((value.path, origin, value.value))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+/// Prints [`overrides`] (a warning each in JSON-log mode, a block on stderr otherwise).
+pub(super) fn print_overrides(loaded: &Loaded, from_file: &[String]) {
+    let overrides = overrides(loaded, from_file);
+    if overrides.is_empty() {
+        return;
+    }
+    if super::logging::json_mode() {
+        for (path, origin, value) in overrides {
+            let mut fields = serde_json::Map::new();
+            fields.insert("path".into(), path.into());
+            fields.insert("origin".into(), origin.into());
+            fields.insert("value".into(), value);
+            super::logging::line("warn", "environment overrides the manifest", fields);
+        }
+        return;
+    }
+    let mut text = format!(
+        "{} manifest value(s) overridden by environment variables (`--env-file none` ignores `.env`):\n",
+        overrides.len()
+    );
+    for (path, origin, value) in overrides {
+        text.push_str(&format!("  {path} = {value}  # {origin}\n"));
+    }
+    text.push('\n');
+    super::print_stderr(&text);
+}
+
 /// Renders effective values as aligned `path = value  # origin` lines.
 pub(super) fn render_text(values: &[EffectiveValue]) -> String {
     let rows: Vec<(String, String)> = values
@@ -114,9 +165,25 @@ pub(super) fn render_text(values: &[EffectiveValue]) -> String {
         .collect()
 }
 
-/// The legacy environment as a manifest file, secrets as `${VAR}` references.
+/// Writes every `$` of every string as `$$`, so a value such as `pa${X}ss` stays literal when
+/// the manifest is read back (interpolation treats `$$` as `$`).
+fn escape_dollars(value: &mut Value) {
+    match value {
+        Value::String(text) => *text = text.replace('$', "$$"),
+        Value::Array(items) => items.iter_mut().for_each(escape_dollars),
+        Value::Object(object) => object.values_mut().for_each(escape_dollars),
+        _ => {}
+    }
+}
+
+/// The legacy environment as a manifest file, secrets as `${VAR}` references, every other `$`
+/// escaped.
 pub(super) fn manifest_from_env(loaded: &Loaded, toml: bool) -> Result<String, String> {
-    let mut raw = loaded.manifest.to_raw();
+    let mut document =
+        serde_json::to_value(loaded.manifest.to_raw()).map_err(|error| error.to_string())?;
+    escape_dollars(&mut document);
+    let mut raw: crate::manifest::raw::RawManifest =
+        serde_json::from_value(document).map_err(|error| error.to_string())?;
     for (name, source) in &mut raw.sources {
         let pointer = format!("/sources/{}/password", escape_segment(name));
         if source.password.is_some() {

@@ -4,6 +4,8 @@
 mod docs;
 mod effective;
 mod init;
+mod legacy;
+mod logging;
 mod progress;
 mod terraform;
 
@@ -19,12 +21,12 @@ use crate::manifest::{self, Env, Format, Loaded, ManifestInput, SourceText};
 
 /// Sync MySQL/MariaDB, PostgreSQL and SQLite tables into BigQuery, Terraform-style.
 #[derive(Debug, Parser)]
-#[command(name = "datasync", version, about, long_about = None, after_help = EXAMPLES)]
+#[command(name = "datasync", version = logging::long_version(), about, long_about = None, after_help = EXAMPLES)]
 pub struct Cli {
     #[command(flatten)]
     global: GlobalArgs,
     #[command(subcommand)]
-    command: Command,
+    command: Option<Command>,
 }
 
 const EXAMPLES: &str = "\
@@ -33,7 +35,10 @@ Examples:
   datasync validate
   datasync plan -out plan.json
   datasync apply plan.json
-  datasync apply --table 'shop.order_*' --auto-approve";
+  datasync apply --table 'shop.order_*' --auto-approve
+
+Without a command and with the legacy variables set (SYNC_DATABASES, no manifest file), datasync
+runs `apply`, as the Go tool did.";
 
 /// Options for every command.
 #[derive(Debug, Args)]
@@ -44,11 +49,11 @@ struct GlobalArgs {
     /// (SYNC_DATABASES, …).
     #[arg(short = 'c', long = "config", global = true, value_name = "PATH")]
     config: Option<PathBuf>,
-    /// Read variables from this file (it never overrides variables already set).
-    /// Default: `.env` in the current directory, if present.
+    /// Read variables from this file (it never overrides variables already set); `none` reads
+    /// no file. Default: `.env` in the current directory, if present.
     #[arg(long, global = true, value_name = "PATH")]
     env_file: Option<PathBuf>,
-    /// Log level: error, warn, info, debug or trace. Default: LOG_LEVEL, else `warn`.
+    /// Log level: error, warn, info, debug or trace. Default: LOG_LEVEL, else `info`.
     #[arg(long, global = true, value_name = "LEVEL")]
     log_level: Option<String>,
     /// Only errors: no progress, no warnings (same as `--log-level error`).
@@ -120,14 +125,15 @@ struct ValidateArgs {
     deny_warnings: bool,
 }
 
-#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq, Default)]
 enum DataFormat {
+    #[default]
     Text,
     Json,
 }
 
 /// What `plan` and `apply` share.
-#[derive(Debug, Args)]
+#[derive(Debug, Args, Default)]
 struct RunArgs {
     /// Only these tables (`source.table` as in the plan, or a pattern: `shop.*`, `*.order_*`;
     /// repeatable).
@@ -166,7 +172,7 @@ enum PlanFormat {
     Markdown,
 }
 
-#[derive(Debug, Args)]
+#[derive(Debug, Args, Default)]
 #[command(
     after_help = "Examples:\n  datasync apply                  # plans, shows the plan, asks for `yes` on a terminal\n  datasync apply plan.json        # exactly the saved plan, no question\n  datasync apply --auto-approve --parallelism 8"
 )]
@@ -202,13 +208,32 @@ enum ManifestFormat {
 
 /// Runs the CLI and returns the process exit code.
 pub fn main() -> ExitCode {
-    let cli = Cli::parse_from(terraform::normalize(std::env::args_os()));
+    let cli = match Cli::try_parse_from(terraform::normalize(std::env::args_os())) {
+        Ok(cli) => cli,
+        Err(error) => return legacy::usage_error(&error).into(),
+    };
+    let mut env = snapshot_env();
     let status = match load_env_file(cli.global.env_file.as_deref()) {
-        Err(error) => report(&cli.global, &Env::new(), &error),
-        Ok(()) => {
-            let env = snapshot_env();
+        Err(error) => {
             init_logging(&cli.global, &env);
-            match run(&cli, &env) {
+            report(&cli.global, &env, &error)
+        }
+        Ok(pairs) => {
+            // The env file never overrides variables already set.
+            let mut from_file = Vec::new();
+            for (key, value) in pairs {
+                if let std::collections::btree_map::Entry::Vacant(entry) = env.entry(key) {
+                    from_file.push(entry.key().clone());
+                    entry.insert(value);
+                }
+            }
+            init_logging(&cli.global, &env);
+            let context = Context {
+                cli: &cli,
+                env: &env,
+                from_file,
+            };
+            match run(&context) {
                 Ok(status) => status,
                 Err(error) => report(&cli.global, &env, &error),
             }
@@ -217,15 +242,29 @@ pub fn main() -> ExitCode {
     status.into()
 }
 
+/// What every command gets: the arguments, the environment snapshot, and the names of the
+/// variables that came from the env file (not the process environment).
+struct Context<'a> {
+    cli: &'a Cli,
+    env: &'a Env,
+    from_file: Vec<String>,
+}
+
 /// Prints `error` (a manifest failure as located diagnostics) and returns its exit status.
 fn report(global: &GlobalArgs, env: &Env, error: &Error) -> ExitStatus {
+    let status = error.exit_status();
     match error {
         Error::Manifest(failure) => {
             print_problems(global, env, &failure.problems, failure.source.as_ref());
         }
+        other if logging::json_mode() => {
+            let mut fields = serde_json::Map::new();
+            fields.insert("exit_code".into(), status.code().into());
+            logging::line("error", &other.to_string(), fields);
+        }
         other => eprintln!("error: {other}"),
     }
-    error.exit_status()
+    status
 }
 
 /// Renders diagnostics to stderr (nothing when there are none).
@@ -238,6 +277,31 @@ fn print_problems(
     if problems.is_empty() {
         return;
     }
+    if logging::json_mode() {
+        let serde_json::Value::Array(items) = manifest::diagnostics::to_json(problems, source)
+        else {
+            return;
+        };
+        for item in items {
+            let mut fields = logging::fields(item);
+            let level = fields
+                .remove("severity")
+                .and_then(|value| value.as_str().map(str::to_string))
+                .map_or("error", |severity| {
+                    if severity == "warning" {
+                        "warn"
+                    } else {
+                        "error"
+                    }
+                });
+            let msg = fields
+                .remove("message")
+                .and_then(|value| value.as_str().map(str::to_string))
+                .unwrap_or_default();
+            logging::line(level, &msg, fields);
+        }
+        return;
+    }
     print_stderr(&manifest::diagnostics::render(
         problems,
         source,
@@ -246,20 +310,26 @@ fn print_problems(
     ));
 }
 
-fn load_env_file(path: Option<&Path>) -> Result<(), Error> {
-    match path {
-        Some(path) => dotenvy::from_path(path).map_err(|error| {
-            Error::Usage(format!(
-                "cannot read env file `{}`: {error}",
-                path.display()
-            ))
-        }),
-        None => match dotenvy::dotenv() {
-            Ok(_) => Ok(()),
-            Err(error) if error.not_found() => Ok(()),
-            Err(error) => Err(Error::Usage(format!("cannot read `.env`: {error}"))),
-        },
+/// Reads the env file's variables (`none`: no file; default: `.env` if present).
+fn load_env_file(path: Option<&Path>) -> Result<Vec<(String, String)>, Error> {
+    let (path, explicit) = match path {
+        Some(path) if path == Path::new("none") => return Ok(Vec::new()),
+        Some(path) => (path.to_path_buf(), true),
+        None => (PathBuf::from(".env"), false),
+    };
+    if !explicit && !path.is_file() {
+        return Ok(Vec::new());
     }
+    let shown = path.display().to_string();
+    let items = dotenvy::from_path_iter(&path)
+        .map_err(|error| Error::Usage(format!("cannot read env file `{shown}`: {error}")))?;
+    let mut pairs = Vec::new();
+    for item in items {
+        let (key, value) =
+            item.map_err(|error| Error::Usage(format!("cannot read env file `{shown}`: {error}")))?;
+        pairs.push((key, value));
+    }
+    Ok(pairs)
 }
 
 #[expect(
@@ -284,23 +354,13 @@ fn init_logging(global: &GlobalArgs, env: &Env) {
         .log_level
         .clone()
         .or_else(|| flags.map(str::to_string))
-        .or_else(|| manifest::env::get(env, "LOG_LEVEL").map(str::to_string))
-        .unwrap_or_else(|| "warn".into());
-    let filter =
-        tracing_subscriber::EnvFilter::try_new(format!("datasync={level},sqlx=error,warn"))
-            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+        .or_else(|| manifest::env::get(env, "LOG_LEVEL").map(str::to_string));
     let json = match global.log_format {
         Some(format) => format == LogFormat::Json,
         None => manifest::env::get(env, "LOG_ENV") == Some("prod"),
     };
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(|| progress::LogWriter);
-    if json {
-        let _ = builder.json().flatten_event(true).try_init();
-    } else {
-        // NO_COLOR and `--color` govern logs too, not only diagnostics.
-        let _ = builder.with_ansi(color(global, env)).try_init();
+    if let Some(problem) = logging::init(level.as_deref(), json, color(global, env)) {
+        tracing::warn!("{problem}");
     }
 }
 
@@ -321,8 +381,12 @@ fn diagnostic_width(env: &Env) -> usize {
         .unwrap_or(100)
 }
 
-fn run(cli: &Cli, env: &Env) -> Result<ExitStatus, Error> {
-    match &cli.command {
+fn run(context: &Context<'_>) -> Result<ExitStatus, Error> {
+    let (cli, env) = (context.cli, context.env);
+    let Some(command) = &cli.command else {
+        return legacy::bare(context);
+    };
+    match command {
         Command::Schema => {
             let schema = serde_json::to_string_pretty(&manifest::json_schema())?;
             print_stdout(&format!("{schema}\n"));
@@ -330,8 +394,8 @@ fn run(cli: &Cli, env: &Env) -> Result<ExitStatus, Error> {
         }
         Command::Validate(args) => validate(cli, env, args),
         Command::EnvToManifest(args) => env_to_manifest(cli, env, args),
-        Command::Plan(args) => runtime()?.block_on(plan(cli, env, args)),
-        Command::Apply(args) => runtime()?.block_on(apply(cli, env, args)),
+        Command::Plan(args) => runtime()?.block_on(plan(context, args)),
+        Command::Apply(args) => runtime()?.block_on(apply(context, args)),
         Command::Init(args) => runtime()?.block_on(init::run(args)),
         Command::Completions { shell } => {
             let script = docs::completions(*shell);
@@ -376,11 +440,7 @@ fn manifest_input(global: &GlobalArgs, env: &Env) -> Result<ManifestInput, Error
                     path.display()
                 ))
             })?;
-            let text =
-                std::fs::read_to_string(&path).map_err(|source| Error::ManifestUnreadable {
-                    path: path.clone(),
-                    source,
-                })?;
+            let text = read_manifest(&path)?;
             Ok(ManifestInput {
                 name: Some(path.display().to_string()),
                 text: Some((text, format)),
@@ -397,6 +457,37 @@ fn manifest_input(global: &GlobalArgs, env: &Env) -> Result<ManifestInput, Error
             Ok(legacy_input(env))
         }
     }
+}
+
+/// Reads a manifest file: not a directory, at most [`manifest::MAX_MANIFEST_BYTES`], UTF-8.
+fn read_manifest(path: &Path) -> Result<String, Error> {
+    let unreadable = |source| Error::ManifestUnreadable {
+        path: path.to_path_buf(),
+        source,
+    };
+    let metadata = std::fs::metadata(path).map_err(unreadable)?;
+    if metadata.is_dir() {
+        return Err(Error::Usage(format!(
+            "`{}` is a directory, not a manifest file",
+            path.display()
+        )));
+    }
+    if metadata.len() > manifest::MAX_MANIFEST_BYTES as u64 {
+        return Err(Error::Usage(format!(
+            "manifest `{}` is {} bytes; the limit is {} bytes (1 MiB)",
+            path.display(),
+            metadata.len(),
+            manifest::MAX_MANIFEST_BYTES
+        )));
+    }
+    let bytes = std::fs::read(path).map_err(unreadable)?;
+    String::from_utf8(bytes).map_err(|error| {
+        Error::Usage(format!(
+            "manifest `{}` is not UTF-8 text (invalid byte at offset {})",
+            path.display(),
+            error.utf8_error().valid_up_to()
+        ))
+    })
 }
 
 fn legacy_input(env: &Env) -> ManifestInput {
@@ -417,8 +508,9 @@ fn load_manifest(global: &GlobalArgs, env: &Env) -> Result<Loaded, Error> {
 }
 
 fn warn_if_legacy(loaded: &Loaded) {
+    // Info, not warn: an alert on warnings must not fire on every legacy run.
     if loaded.mode == manifest::EnvMode::Legacy {
-        tracing::warn!(
+        tracing::info!(
             "using the legacy env-only mode; run `datasync env-to-manifest > sync.yaml` to switch to a manifest"
         );
     }
@@ -428,7 +520,30 @@ fn warn_if_legacy(loaded: &Loaded) {
 /// on stdout with every problem located by line, column and code (and the effective values
 /// with `--show-effective`).
 fn validate(cli: &Cli, env: &Env, args: &ValidateArgs) -> Result<ExitStatus, Error> {
-    let input = manifest_input(&cli.global, env)?;
+    let input = match manifest_input(&cli.global, env) {
+        Ok(input) => input,
+        // `--format json` answers in JSON whatever fails, even before there is a manifest.
+        Err(error) if args.format == DataFormat::Json => {
+            let document = serde_json::json!({
+                "valid": false,
+                "mode": null,
+                "problems": [{
+                    "severity": "error",
+                    "code": "datasync::usage",
+                    "message": error.to_string(),
+                    "help": null,
+                    "pointer": null,
+                    "env_var": null,
+                    "file": cli.global.config.as_ref().map(|path| path.display().to_string()),
+                    "line": null,
+                    "column": null,
+                }],
+            });
+            print_stdout(&format!("{}\n", serde_json::to_string_pretty(&document)?));
+            return Ok(error.exit_status());
+        }
+        Err(error) => return Err(error),
+    };
     let outcome = manifest::load(&input);
     let (problems, source) = match &outcome {
         Ok(loaded) => (loaded.warnings.as_slice(), loaded.source.as_ref()),
@@ -470,7 +585,12 @@ fn validate(cli: &Cli, env: &Env, args: &ValidateArgs) -> Result<ExitStatus, Err
                         loaded,
                     )));
                 }
-                eprintln!("{}", validate_summary(mode, loaded, warnings));
+                let summary = validate_summary(mode, loaded, warnings);
+                if logging::json_mode() {
+                    logging::line("info", &summary, serde_json::Map::new());
+                } else {
+                    eprintln!("{summary}");
+                }
             }
         }
     }
@@ -568,11 +688,12 @@ fn select_tables(
 
 /// What `plan` and `apply` share: the manifest with `--table` applied, connected and planned
 /// within the manifest's `timeout` (which covers connecting and planning, not only the executor);
-/// the deadline is returned for the rest of the run.
+/// the deadline is returned for the rest of the run. A signal while connecting or planning stops
+/// the run and says so.
 async fn prepare(
-    cli: &Cli,
-    env: &Env,
+    context: &Context<'_>,
     run: &RunArgs,
+    dry_run: bool,
 ) -> Result<
     (
         Loaded,
@@ -582,7 +703,8 @@ async fn prepare(
     ),
     Error,
 > {
-    let mut loaded = load_manifest(&cli.global, env)?;
+    let mut loaded = load_manifest(&context.cli.global, context.env)?;
+    effective::print_overrides(&loaded, &context.from_file);
     if loaded.manifest.patterns.is_empty() {
         select_tables(&mut loaded.manifest, &run.tables)?;
     }
@@ -595,27 +717,74 @@ async fn prepare(
     let limit = loaded.manifest.timeout;
     let deadline = limit.map(|limit| tokio::time::Instant::now() + limit);
     let manifest = &mut loaded.manifest;
-    let (session, plan) = within(limit, deadline, async {
-        let session = crate::sync::connect(manifest).await?;
-        if !manifest.patterns.is_empty() {
-            crate::sync::expand_patterns(manifest, &session).await?;
-            select_tables(manifest, &run.tables)?;
+    let work = within(limit, deadline, async {
+        let planned = match crate::sync::connect(manifest).await {
+            Ok(session) => plan_session(manifest, session, &run.tables).await,
+            Err(error) => Err(error),
+        };
+        match planned {
+            Err(error @ (Error::Planning { .. } | Error::Warehouse(_))) if dry_run => {
+                offline_dry_run_plan(manifest, &error).await
+            }
+            other => other,
         }
-        let plan = crate::sync::planner::plan(manifest, &session).await?;
-        Ok((session, plan))
-    })
-    .await?;
+    });
+    let (session, plan) = tokio::select! {
+        result = work => result?,
+        signal = shutdown_signal() => return Err(Error::Usage(format!(
+            "interrupted by {signal} while connecting to the sources and BigQuery and planning; nothing was written"
+        ))),
+    };
     Ok((loaded, session, plan, deadline))
 }
 
-async fn plan(cli: &Cli, env: &Env, args: &PlanArgs) -> Result<ExitStatus, Error> {
-    let (_loaded, _session, plan, _deadline) = prepare(cli, env, &args.run).await?;
-    let text = match args.format {
-        PlanFormat::Text => crate::plan::render::text(&plan),
-        PlanFormat::Markdown => crate::plan::render::markdown(&plan),
-        PlanFormat::Json => format!("{}\n", serde_json::to_string_pretty(&plan)?),
-    };
-    print_stdout(&text);
+/// Expands table patterns against the sources' catalogs (then applies `--table`) and plans.
+async fn plan_session(
+    manifest: &mut crate::manifest::Manifest,
+    session: crate::sync::Session,
+    tables: &[String],
+) -> Result<(crate::sync::Session, crate::plan::Plan), Error> {
+    if !manifest.patterns.is_empty() {
+        crate::sync::expand_patterns(manifest, &session).await?;
+        select_tables(manifest, tables)?;
+    }
+    let plan = crate::sync::planner::plan(manifest, &session).await?;
+    Ok((session, plan))
+}
+
+/// A dry run needs no BigQuery (as the Go tool's, which only exercised extraction): when
+/// BigQuery is unreachable or has no credentials, plan against unknown targets — every table
+/// as if new, so every row is extracted and encoded — and say so.
+async fn offline_dry_run_plan(
+    manifest: &mut crate::manifest::Manifest,
+    error: &Error,
+) -> Result<(crate::sync::Session, crate::plan::Plan), Error> {
+    let message = format!(
+        "BigQuery is not available ({error}); the dry run plans against unknown targets: every table as if new, every row extracted and encoded"
+    );
+    if logging::json_mode() {
+        logging::line("warn", &message, serde_json::Map::new());
+    } else {
+        eprintln!("warning: {message}\n");
+    }
+    let warehouse = std::sync::Arc::new(crate::warehouse::FakeWarehouse::with_dataset());
+    let session = crate::sync::connect_sources(manifest, warehouse).await;
+    plan_session(manifest, session, &[]).await
+}
+
+async fn plan(context: &Context<'_>, args: &PlanArgs) -> Result<ExitStatus, Error> {
+    legacy::start_line("plan");
+    let (_loaded, _session, plan, _deadline) = prepare(context, &args.run, false).await?;
+    if logging::json_mode() && args.format == PlanFormat::Text {
+        legacy::plan_lines(&plan, true);
+    } else {
+        let text = match args.format {
+            PlanFormat::Text => crate::plan::render::text(&plan),
+            PlanFormat::Markdown => crate::plan::render::markdown(&plan),
+            PlanFormat::Json => format!("{}\n", serde_json::to_string_pretty(&plan)?),
+        };
+        print_stdout(&text);
+    }
     if let Some(path) = &args.out {
         let json = serde_json::to_string_pretty(&plan)?;
         std::fs::write(path, json).map_err(|source| Error::Io {
@@ -623,11 +792,16 @@ async fn plan(cli: &Cli, env: &Env, args: &PlanArgs) -> Result<ExitStatus, Error
             path: path.clone(),
             source,
         })?;
-        eprintln!(
+        let message = format!(
             "saved the plan to `{}`; run `datasync apply {}`",
             path.display(),
             path.display()
         );
+        if logging::json_mode() {
+            logging::line("info", &message, serde_json::Map::new());
+        } else {
+            eprintln!("{message}");
+        }
     }
     Ok(if plan.has_errors() {
         ExitStatus::UserError
@@ -638,14 +812,30 @@ async fn plan(cli: &Cli, env: &Env, args: &PlanArgs) -> Result<ExitStatus, Error
     })
 }
 
-/// Reads a plan saved by `plan --out` and checks it still matches `fresh`.
-fn saved_plan(path: &Path, fresh: &crate::plan::Plan) -> Result<crate::plan::Plan, Error> {
+/// Reads a plan saved by `plan --out` (before connecting to anything: a missing file is a
+/// user error, reported at once).
+fn read_saved_plan(path: &Path) -> Result<crate::plan::Plan, Error> {
     let text = std::fs::read_to_string(path).map_err(|source| SavedPlanError::Unreadable {
         path: path.to_path_buf(),
         source,
     })?;
-    crate::plan::stale::read_saved(&text)
-        .and_then(|saved| crate::plan::stale::check_fresh(&saved, fresh).map(|()| saved))
+    crate::plan::stale::read_saved(&text).map_err(|reason| {
+        SavedPlanError::Rejected {
+            path: path.to_path_buf(),
+            reason,
+        }
+        .into()
+    })
+}
+
+/// Checks a saved plan still matches `fresh`.
+fn check_saved_plan(
+    path: &Path,
+    saved: crate::plan::Plan,
+    fresh: &crate::plan::Plan,
+) -> Result<crate::plan::Plan, Error> {
+    crate::plan::stale::check_fresh(&saved, fresh)
+        .map(|()| saved)
         .map_err(|reason| {
             SavedPlanError::Rejected {
                 path: path.to_path_buf(),
@@ -655,26 +845,33 @@ fn saved_plan(path: &Path, fresh: &crate::plan::Plan) -> Result<crate::plan::Pla
         })
 }
 
-async fn apply(cli: &Cli, env: &Env, args: &ApplyArgs) -> Result<ExitStatus, Error> {
+async fn apply(context: &Context<'_>, args: &ApplyArgs) -> Result<ExitStatus, Error> {
     if args.plan.is_some() && !args.run.tables.is_empty() {
         return Err(Error::Usage(
             "`--table` cannot narrow a saved plan: plan with `--table` instead".into(),
         ));
     }
-    let (loaded, session, fresh, deadline) = prepare(cli, env, &args.run).await?;
-    // An invalid DRY_RUN already failed the manifest load.
-    let dry_run_env = manifest::env::get(env, manifest::env::vars::DRY_RUN)
+    legacy::start_line("apply");
+    let saved = args.plan.as_deref().map(read_saved_plan).transpose()?;
+    // An invalid DRY_RUN fails the manifest load.
+    let dry_run_env = manifest::env::get(context.env, manifest::env::vars::DRY_RUN)
         .is_some_and(|value| manifest::env::parse_bool(value) == Ok(true));
+    let (loaded, session, fresh, deadline) =
+        prepare(context, &args.run, args.dry_run || dry_run_env).await?;
     let dry_run = if args.dry_run || dry_run_env {
         crate::sync::DryRun::Yes
     } else {
         crate::sync::DryRun::No
     };
-    let plan = match &args.plan {
-        None => fresh,
-        Some(path) => saved_plan(path, &fresh)?,
+    let plan = match (&args.plan, saved) {
+        (Some(path), Some(saved)) => check_saved_plan(path, saved, &fresh)?,
+        _ => fresh,
     };
-    print_stderr(&crate::plan::render::text(&plan));
+    if logging::json_mode() {
+        legacy::plan_lines(&plan, false);
+    } else {
+        print_stderr(&crate::plan::render::text(&plan));
+    }
     let fresh_plan = args.plan.is_none();
     if fresh_plan
         && !args.auto_approve
@@ -692,7 +889,8 @@ async fn apply(cli: &Cli, env: &Env, args: &ApplyArgs) -> Result<ExitStatus, Err
         .filter(|table| table.action.runs())
         .map(|table| (table.label.clone(), table.estimated_rows))
         .collect();
-    let (progress, phases, bars) = progress::progress(&tables, cli.global.quiet);
+    let (progress, phases, bars) = progress::progress(&tables, context.cli.global.quiet);
+    let run_id = crate::sync::new_run_id();
     let executor = crate::sync::Executor {
         sources: session.sources.clone(),
         warehouse: std::sync::Arc::clone(&session.warehouse),
@@ -700,7 +898,7 @@ async fn apply(cli: &Cli, env: &Env, args: &ApplyArgs) -> Result<ExitStatus, Err
         dry_run,
         progress,
         phases,
-        run_id: crate::sync::new_run_id(),
+        run_id: run_id.clone(),
     };
     let run = executor.run(&plan);
     let report = tokio::select! {
@@ -724,14 +922,25 @@ async fn apply(cli: &Cli, env: &Env, args: &ApplyArgs) -> Result<ExitStatus, Err
         }
     };
     match args.format {
+        DataFormat::Text if logging::json_mode() => legacy::report_lines(&report, &run_id),
         DataFormat::Text => print_stdout(&report.text()),
         DataFormat::Json => print_stdout(&format!("{}\n", serde_json::to_string_pretty(&report)?)),
     }
-    Ok(if report.succeeded() {
-        ExitStatus::Success
-    } else {
+    Ok(apply_status(&report))
+}
+
+/// README "Exit codes": 3 when a table failed at run time; 1 when the only failures are tables
+/// the plan blocked (a user error, as `plan` says); 0 otherwise.
+fn apply_status(report: &crate::sync::ApplyReport) -> ExitStatus {
+    use crate::sync::TableStatus;
+    let any = |status| report.tables.iter().any(|table| table.status == status);
+    if any(TableStatus::Failed) {
         ExitStatus::Failure
-    })
+    } else if any(TableStatus::Skipped) {
+        ExitStatus::UserError
+    } else {
+        ExitStatus::Success
+    }
 }
 
 /// Runs `work` (connecting, planning) by `deadline` (default: `limit` from now), if any.

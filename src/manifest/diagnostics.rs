@@ -10,6 +10,20 @@ use miette::{
 use super::SourceText;
 use super::document::line_col;
 use crate::diagnostic::{Diagnostic, Location, Severity};
+use crate::secret::{redact_text, redact_values};
+
+/// The longest line miette is asked to show (it panics on columns past `u16::MAX`).
+const MAX_SNIPPET_LINE: usize = 10_000;
+
+/// Whether the line around byte `offset` of `text` is short enough to show as a snippet.
+fn renderable(text: &str, offset: usize) -> bool {
+    let offset = offset.min(text.len());
+    let start = text[..offset].rfind('\n').map_or(0, |at| at + 1);
+    let end = text[offset..]
+        .find('\n')
+        .map_or(text.len(), |at| offset + at);
+    end - start <= MAX_SNIPPET_LINE
+}
 
 /// One problem, ready for miette.
 #[derive(Debug)]
@@ -19,25 +33,43 @@ pub struct ManifestDiagnostic {
     range: Option<Range<usize>>,
 }
 
+/// Where `problem` is in `source`, if it points into it.
+fn span_range(problem: &Diagnostic, source: Option<&SourceText>) -> Option<Range<usize>> {
+    match &problem.location {
+        Location::Span(range) => Some(range.clone()),
+        Location::Manifest { pointer, on_key } => source.and_then(|source| {
+            if *on_key {
+                source.spans.key_range(pointer)
+            } else {
+                source.spans.label_range(pointer)
+            }
+        }),
+        _ => None,
+    }
+}
+
 impl ManifestDiagnostic {
     /// Locates `problem` in `source`.
     pub fn new(problem: &Diagnostic, source: Option<&SourceText>) -> Self {
-        let range = match &problem.location {
-            Location::Span(range) => Some(range.clone()),
-            Location::Manifest { pointer, on_key } => source.and_then(|source| {
-                if *on_key {
-                    source.spans.key_range(pointer)
-                } else {
-                    source.spans.label_range(pointer)
-                }
-            }),
-            _ => None,
-        };
+        let range = span_range(problem, source);
+        // Secrets never reach the output: the snippet is the text with secret values masked
+        // (byte for byte, so the span still fits), and so are the message and the help.
+        let (text, secrets) = source.map_or_else(
+            || (String::new(), Vec::new()),
+            |source| redact_text(&source.text),
+        );
+        let mut problem = problem.clone();
+        problem.message = redact_values(&problem.message, &secrets);
+        problem.help = problem.help.map(|help| redact_values(&help, &secrets));
+        // miette cannot render a snippet of a very long line (it panics past column 65,536):
+        // such a diagnostic is shown without its snippet (the line and column are still given).
+        let range = range
+            .filter(|range| source.is_some_and(|source| renderable(&source.text, range.start)));
         Self {
-            problem: problem.clone(),
             source: source
                 .filter(|_| range.is_some())
-                .map(|source| NamedSource::new(&source.name, source.text.clone())),
+                .map(|source| NamedSource::new(&source.name, text)),
+            problem,
             range,
         }
     }
@@ -166,11 +198,10 @@ pub fn to_json(problems: &[Diagnostic], source: Option<&SourceText>) -> serde_js
         .iter()
         .map(|problem| {
             let diagnostic = ManifestDiagnostic::new(problem, source);
-            let position = diagnostic
-                .range
-                .as_ref()
+            let position = span_range(problem, source)
                 .zip(source)
                 .map(|(range, source)| line_col(&source.text, range.start));
+            let problem = &diagnostic.problem;
             serde_json::json!({
                 "severity": problem.severity.as_str(),
                 "code": problem.code.as_str(),

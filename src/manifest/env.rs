@@ -674,6 +674,22 @@ fn apply_connection(
     }
 }
 
+/// The Go tool's effective TLS, when no TLS variable chose one: MySQL ran with `tls=true` (the
+/// server certificate verified against the system roots and the host name) → `verify-full`;
+/// PostgreSQL with lib/pq's `sslmode=require` → `require`. The origin is `default`.
+fn legacy_tls_default(writer: &mut Writer<'_>, base: &str, kind: Option<&str>) {
+    let mode = match kind.and_then(SourceKind::from_alias) {
+        Some(SourceKind::Mysql) => "verify-full",
+        Some(SourceKind::Postgres) => "require",
+        _ => return,
+    };
+    let pointer = format!("{base}/tls/mode");
+    if writer.doc.pointer(&pointer).is_none_or(Value::is_null) {
+        set_pointer(writer.doc, &pointer, json!(mode));
+        writer.origins.insert(pointer, Origin::Default);
+    }
+}
+
 fn apply_tls(writer: &mut Writer<'_>, env: &Env, base: &str, prefix: &str) {
     // TLS: {ID}_DB_TLS_MODE > {ID}_DB_SSLMODE > file > DB_TLS_MODE > DB_SSLMODE.
     let tls_specific = get_prefixed(env, prefix, "DB_TLS_MODE")
@@ -791,6 +807,9 @@ fn apply_source(writer: &mut Writer<'_>, env: &Env, mode: EnvMode, name: &str, p
     }
 
     apply_tls(writer, env, &base, prefix);
+    if legacy {
+        legacy_tls_default(writer, &base, kind.as_deref());
+    }
     apply_timeouts_and_pool(writer, env, &base, prefix);
     apply_tables(writer, env, legacy, &base, name, prefix);
 }

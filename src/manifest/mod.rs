@@ -149,17 +149,19 @@ pub fn overlay(input: &ManifestInput) -> Result<Overlaid, LoadFailure> {
     let (mut document, source, mode) = match &input.text {
         Some((text, format)) => {
             let name = input.name.clone().unwrap_or_else(|| "manifest".into());
-            let (value, spans) = document::parse(text, *format).map_err(|error| LoadFailure {
-                problems: vec![
-                    Diagnostic::error(Code::ManifestSyntax, error.message)
-                        .at(Location::Span(error.range)),
-                ],
-                source: Some(SourceText {
-                    name: name.clone(),
-                    text: text.clone(),
-                    spans: SpanIndex::default(),
-                }),
-            })?;
+            let (value, spans) = check_limits(text)
+                .and_then(|()| document::parse(text, *format))
+                .map_err(|error| LoadFailure {
+                    problems: vec![
+                        Diagnostic::error(Code::ManifestSyntax, error.message)
+                            .at(Location::Span(error.range)),
+                    ],
+                    source: Some(SourceText {
+                        name: name.clone(),
+                        text: text.clone(),
+                        spans: SpanIndex::default(),
+                    }),
+                })?;
             record_file_origins(&value, "", &mut origins);
             let source = SourceText {
                 name,
@@ -231,6 +233,60 @@ pub fn load(input: &ManifestInput) -> Result<Loaded, LoadFailure> {
         }
         _ => Err(LoadFailure { problems, source }),
     }
+}
+
+/// The largest manifest read (a manifest of 1,000 tables is about 100 KiB).
+pub const MAX_MANIFEST_BYTES: usize = 1 << 20;
+/// The deepest nesting of flow collections (`[`, `{`) or of `- ` items on one line.
+pub const MAX_NESTING: usize = 64;
+
+/// Refuses, in linear time and before parsing, a text too large or too deeply nested for a
+/// manifest (parsers take quadratic time or overflow the stack on those).
+fn check_limits(text: &str) -> Result<(), document::SyntaxError> {
+    if text.len() > MAX_MANIFEST_BYTES {
+        return Err(document::SyntaxError {
+            message: format!(
+                "the manifest is {} bytes; the limit is {MAX_MANIFEST_BYTES} bytes (1 MiB)",
+                text.len()
+            ),
+            range: 0..0,
+        });
+    }
+    let mut depth = 0usize;
+    let mut quote: Option<u8> = None;
+    let mut comment = false;
+    let mut line_start = true;
+    let mut dashes = 0usize;
+    for (at, byte) in text.bytes().enumerate() {
+        if byte == b'\n' {
+            comment = false;
+            quote = None;
+            line_start = true;
+            dashes = 0;
+            continue;
+        }
+        if comment {
+            continue;
+        }
+        match (quote, byte) {
+            (Some(open), _) if byte == open => quote = None,
+            (Some(_), _) => {}
+            (None, b'"' | b'\'') => quote = Some(byte),
+            (None, b'#') => comment = true,
+            (None, b'[' | b'{') => depth += 1,
+            (None, b']' | b'}') => depth = depth.saturating_sub(1),
+            (None, b'-') if line_start => dashes += 1,
+            (None, b' ' | b'\t') => {}
+            (None, _) => line_start = false,
+        }
+        if depth > MAX_NESTING || dashes > MAX_NESTING {
+            return Err(document::SyntaxError {
+                message: format!("the manifest nests deeper than {MAX_NESTING} levels"),
+                range: at..at + 1,
+            });
+        }
+    }
+    Ok(())
 }
 
 /// Validates the merged document against the JSON Schema, then resolves it. Schema errors are

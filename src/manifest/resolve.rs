@@ -593,6 +593,33 @@ fn check_connection(name: &str, source: &RawSource, base: &str, problems: &mut V
     }
 }
 
+/// The source's host when it is neither loopback nor a Unix socket (where TLS adds nothing).
+fn remote_host(source: &RawSource) -> Option<String> {
+    let host = match (&source.url, &source.host) {
+        (Some(url), _) => {
+            let rest = url.split_once("://")?.1;
+            let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+            let host_port = authority
+                .rsplit_once('@')
+                .map_or(authority, |(_, host)| host);
+            if let Some(bracketed) = host_port.strip_prefix('[') {
+                bracketed.split(']').next().unwrap_or("").to_string()
+            } else {
+                host_port.split(':').next().unwrap_or("").to_string()
+            }
+        }
+        (None, Some(host)) => host.clone(),
+        (None, None) => return None,
+    };
+    let loopback = host.is_empty()
+        || host.starts_with('/')
+        || host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    (!loopback).then_some(host)
+}
+
 fn resolve_tls(source: &RawSource, base: &str, problems: &mut Vec<Diagnostic>) -> TlsSpec {
     let kind = source.kind;
     let tls_raw = source.tls.clone().unwrap_or(super::raw::RawTls {
@@ -611,6 +638,23 @@ fn resolve_tls(source: &RawSource, base: &str, problems: &mut Vec<Diagnostic>) -
             &format!("{base}/tls/mode"),
             Code::ManifestTls,
             "`verify-ca` without `tls.ca` verifies against the system roots",
+        ));
+    }
+    if matches!(tls_mode, TlsMode::Disable | TlsMode::Prefer)
+        && kind != SourceKind::Sqlite
+        && let Some(host) = remote_host(source)
+    {
+        let how = if tls_mode == TlsMode::Disable {
+            "without TLS"
+        } else {
+            "with `prefer`, which falls back to plain text and verifies nothing"
+        };
+        problems.push(warning_at(
+            &format!("{base}/tls/mode"),
+            Code::ManifestTls,
+            format!(
+                "the connection to `{host}` (not a loopback address) goes {how}; set `tls.mode: verify-full` (or `require`)"
+            ),
         ));
     }
     if tls_raw.cert.is_some() != tls_raw.key.is_some() {

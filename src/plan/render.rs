@@ -17,14 +17,16 @@ fn schema_lines(table: &WarehouseTable) -> String {
 /// Unified diff of the existing and the future schema, one column per line.
 pub fn schema_diff(destination: &str, plan: &TablePlan) -> String {
     let before = plan.existing.as_ref().map(schema_lines).unwrap_or_default();
-    let after = match plan.action {
-        TableAction::Blocked => plan.desired.as_ref().map(schema_lines).unwrap_or_default(),
-        _ => plan
-            .target_schema
-            .as_ref()
-            .map(schema_lines)
-            .unwrap_or_default(),
+    let planned = match plan.action {
+        TableAction::Blocked => plan.desired.as_ref(),
+        _ => plan.target_schema.as_ref(),
     };
+    // Nothing planned (the source is unreachable, the mapping failed): no diff, or it would
+    // show every existing column as removed.
+    let Some(planned) = planned else {
+        return String::new();
+    };
+    let after = schema_lines(planned);
     if before == after {
         return String::new();
     }
@@ -261,6 +263,21 @@ mod tests {
     use crate::plan::testing::{mapped, source, spec, table};
     use crate::plan::{TableInput, plan_table};
     use crate::schema::{BqType, FieldMode};
+
+    #[test]
+    fn an_unreachable_source_shows_no_removed_columns() {
+        use BqType::*;
+        use FieldMode::*;
+        let plan = plan_table(TableInput {
+            spec: spec("orders", WriteMode::Replace),
+            source: Err("cannot connect to source `shop`: Connection refused".into()),
+            mapping: Err(Vec::new()),
+            existing: Some(table("orders", &[("id", Int64, Required)])),
+            existing_rows: Some(3),
+            unsupported: Vec::new(),
+        });
+        assert_eq!(schema_diff("p.d", &plan), "");
+    }
 
     fn sample_plan() -> Plan {
         use BqType::*;

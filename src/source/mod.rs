@@ -167,7 +167,11 @@ impl Source {
         };
         result.map_err(|error| SourceError::Connect {
             source_name: spec.name.clone(),
-            message: scrub(error.to_string(), &secret_refs),
+            message: format!(
+                "{}{}",
+                scrub(error.to_string(), &secret_refs),
+                address(spec)
+            ),
         })
     }
 
@@ -339,6 +343,24 @@ where
     }
     progress(sink.stats().rows);
     Ok(sink.stats().clone())
+}
+
+/// ` (at host:port)` for a networked source (the URL with its password masked when given as
+/// one), so a refused connection names what was refused.
+fn address(spec: &SourceSpec) -> String {
+    if spec.kind == SourceKind::Sqlite {
+        return String::new();
+    }
+    match &spec.connection.url {
+        Some(url) => format!(" (at {})", crate::secret::redact_url(url.expose())),
+        None => format!(
+            " (at {}:{})",
+            spec.connection.host,
+            spec.connection
+                .port
+                .unwrap_or_else(|| spec.kind.default_port().unwrap_or(0))
+        ),
+    }
 }
 
 #[cfg(test)]

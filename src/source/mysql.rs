@@ -102,6 +102,20 @@ pub(super) async fn connect(spec: &SourceSpec) -> Result<MySqlPool, sqlx::Error>
     if let Some(timeout) = spec.timeouts.connect {
         pool = pool.acquire_timeout(timeout);
     }
+    // Fail fast: one direct connection first, so a refused port, an unreachable host or a wrong
+    // password is reported at once with the driver's (OS) error, not as "pool timed out" after
+    // the pool's acquire timeout of silent retries.
+    let limit = spec
+        .timeouts
+        .connect
+        .unwrap_or(std::time::Duration::from_secs(30));
+    let probe = tokio::time::timeout(
+        limit,
+        <sqlx::MySqlConnection as sqlx::Connection>::connect_with(&options),
+    )
+    .await
+    .map_err(|_| sqlx::Error::PoolTimedOut)??;
+    let _ = sqlx::Connection::close(probe).await;
     pool.connect_with(options).await
 }
 

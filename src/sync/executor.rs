@@ -186,6 +186,15 @@ impl Executor {
                 crate::diagnostic::messages(&table.errors).join("; "),
             );
         }
+        let job_id = load_job_id(&self.run_id, &table.target);
+        tracing::info!(
+            database = %table.source,
+            table = %table.label,
+            target_table = %table.target,
+            run_id = %self.run_id,
+            job_id = %job_id,
+            "table started"
+        );
         (self.phases)(&table.label, super::Phase::Extract);
         let result = self.execute(table).await;
         let phase = if result.is_ok() {
@@ -195,9 +204,14 @@ impl Executor {
         };
         (self.phases)(&table.label, phase);
         let seconds = started.elapsed().as_secs_f64();
+        let duration = format!("{seconds:.3}s");
         match result {
             Ok((stats, loaded)) => {
                 tracing::info!(
+                    database = %table.source,
+                    run_id = %self.run_id,
+                    job_id = %job_id,
+                    duration = %duration,
                     table = %table.label,
                     target_table = %table.target,
                     rows = stats.rows,
@@ -209,7 +223,16 @@ impl Executor {
                 TableOutcome::done(table, &stats, loaded, seconds)
             }
             Err(failure) => {
-                tracing::error!(table = %table.label, error = %failure.message, "table failed");
+                tracing::error!(
+                    database = %table.source,
+                    table = %table.label,
+                    target_table = %table.target,
+                    run_id = %self.run_id,
+                    job_id = %job_id,
+                    duration = %duration,
+                    error = %failure.message,
+                    "table failed"
+                );
                 TableOutcome::failed(table, failure.message, failure.stats.as_ref(), seconds)
             }
         }

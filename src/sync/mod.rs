@@ -40,6 +40,12 @@ pub async fn connect(manifest: &Manifest) -> Result<Session, Error> {
             source: Box::new(source),
         },
     )?);
+    Ok(connect_sources(manifest, warehouse).await)
+}
+
+/// Connects to every source that has an enabled table; `warehouse` is the BigQuery to use (a
+/// [`crate::warehouse::FakeWarehouse`] when a dry run plans without BigQuery).
+pub async fn connect_sources(manifest: &Manifest, warehouse: Arc<dyn Warehouse>) -> Session {
     let mut sources = HashMap::new();
     let mut source_errors = HashMap::new();
     for source in &manifest.sources {
@@ -55,18 +61,16 @@ pub async fn connect(manifest: &Manifest) -> Result<Session, Error> {
                 sources.insert(source.name.clone(), Arc::new(connected));
             }
             Err(error) => {
-                source_errors.insert(
-                    source.name.clone(),
-                    format!("cannot connect to source `{}`: {error}", source.name),
-                );
+                // The error already names the source (and its address).
+                source_errors.insert(source.name.clone(), error.to_string());
             }
         }
     }
-    Ok(Session {
+    Session {
         sources,
         source_errors,
         warehouse,
-    })
+    }
 }
 
 /// Whether rows are written.

@@ -140,7 +140,16 @@ fn validate_json_lists_every_problem_with_its_line_and_column() {
         .code(1)
         .get_output()
         .clone();
-    assert!(String::from_utf8_lossy(&output.stderr).contains("no manifest"));
+    // Even a failure before there is a manifest answers in JSON on stdout.
+    let document: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(document["valid"], false);
+    assert!(
+        document["problems"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("no manifest"),
+        "{document}"
+    );
 }
 
 #[test]

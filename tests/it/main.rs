@@ -6,6 +6,7 @@ mod support;
 
 mod apply_fake;
 mod cli;
+mod cli_hardening;
 mod manifest;
 mod source_sqlite;
 mod warehouse_auth;

@@ -724,3 +724,153 @@ async fn column_comments_and_the_managed_by_label_reach_the_table_metadata() {
         "{table:#}"
     );
 }
+
+/// Issue 11's done-when: the Go tool's deployment, unchanged — only the variables of its README
+/// (plus `BIGQUERY_EMULATOR_HOST`), no arguments, no manifest. The tables land in the emulator,
+/// and with `LOG_ENV=prod` every line of the run is a JSON object with the Go tool's keys.
+#[tokio::test(flavor = "multi_thread")]
+async fn bare_datasync_with_the_go_readme_variables_syncs_every_table() {
+    let world = World::new("legacy").await;
+    // The Go tool reads the `public` schema of `{ID}_DB_NAME`: a database of its own.
+    let database = world.name.clone();
+    world
+        .pool
+        .execute(format!("DROP DATABASE IF EXISTS {database}").as_str())
+        .await
+        .unwrap();
+    world
+        .pool
+        .execute(format!("CREATE DATABASE {database}").as_str())
+        .await
+        .unwrap();
+    let url = postgres_url();
+    let (base, _) = url.rsplit_once('/').unwrap();
+    let pool = sqlx::PgPool::connect(&format!("{base}/{database}"))
+        .await
+        .unwrap();
+    sqlx::raw_sql(
+        "CREATE TABLE invoices (invoice_id bigint PRIMARY KEY, amount numeric(10,2), updated_at timestamp NOT NULL);
+         INSERT INTO invoices SELECT g, g * 1.5, timestamp '2024-01-01' + g * interval '1 hour' FROM generate_series(1, 120) g;
+         CREATE TABLE payments (id bigint PRIMARY KEY, note text);
+         INSERT INTO payments SELECT g, 'p' || g FROM generate_series(1, 30) g;",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    pool.close().await;
+    let bq = bigquery_url();
+    let emulator_host = bq.trim_start_matches("http://");
+    let env = [
+        ("GCP_PROJECT_ID", "datasync-test"),
+        ("BQ_DATASET_ID", world.name.as_str()),
+        ("BIGQUERY_EMULATOR_HOST", emulator_host),
+        ("SYNC_DATABASES", "finance"),
+        ("FINANCE_DB_TYPE", "postgres"),
+        ("FINANCE_DB_HOST", "127.0.0.1"),
+        ("FINANCE_DB_PORT", "5432"),
+        ("FINANCE_DB_NAME", database.as_str()),
+        ("FINANCE_DB_USER", "postgres"),
+        ("FINANCE_DB_PASSWORD", ""),
+        // The local server has no TLS; the Go tool's default (`require`) would refuse it.
+        ("FINANCE_DB_SSLMODE", "disable"),
+        ("FINANCE_TABLES", "invoices,payments"),
+        ("FINANCE_INVOICES_PRIMARY_KEY", "invoice_id"),
+        ("LOG_ENV", "prod"),
+    ];
+    let output = Command::cargo_bin("datasync")
+        .unwrap()
+        .current_dir(world.dir.path())
+        .env_clear()
+        .envs(env)
+        .output()
+        .unwrap();
+    let result = text(&output);
+    assert_code(&output, 0);
+    for line in result.lines().filter(|line| !line.is_empty()) {
+        let value: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|error| panic!("{error}: {line}"));
+        for key in ["level", "ts", "msg"] {
+            assert!(value.get(key).is_some(), "{line}");
+        }
+        let msg = value["msg"].as_str().unwrap_or_default();
+        if msg == "table synced" || msg.starts_with("table report") {
+            for key in ["database", "table", "rows", "duration", "run_id", "job_id"] {
+                assert!(value.get(key).is_some(), "{key} in {line}");
+            }
+        }
+    }
+    assert!(result.contains("\"git_commit\""), "{result}");
+    assert!(result.contains("\"msg\":\"table synced\""), "{result}");
+    assert!(
+        result.contains("Data sync completed successfully"),
+        "{result}"
+    );
+    assert_eq!(world.count("invoices").await, 120);
+    assert_eq!(world.count("payments").await, 30);
+    // A failing run (a closed port) is JSON too, says why within a second (host:port and the
+    // OS error, not "pool timed out" after 30 s), and exits 1: its tables cannot run.
+    let started = std::time::Instant::now();
+    let output = Command::cargo_bin("datasync")
+        .unwrap()
+        .current_dir(world.dir.path())
+        .env_clear()
+        .envs(env)
+        .env("FINANCE_DB_PORT", "9")
+        .output()
+        .unwrap();
+    assert_code(&output, 1);
+    assert!(started.elapsed() < std::time::Duration::from_secs(5));
+    let failure = text(&output);
+    assert!(failure.contains("(at 127.0.0.1:9)"), "{failure}");
+    assert!(failure.contains("os error"), "{failure}");
+    assert!(
+        !failure.contains("cannot connect to source `finance`: cannot connect"),
+        "{failure}"
+    );
+    for line in text(&output).lines().filter(|line| !line.is_empty()) {
+        let value: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|error| panic!("{error}: {line}"));
+        assert!(
+            value.get("level").is_some() && value.get("ts").is_some(),
+            "{line}"
+        );
+    }
+    let _ = world
+        .pool
+        .execute(format!("DROP DATABASE IF EXISTS {database} WITH (FORCE)").as_str())
+        .await;
+}
+
+/// The README's default demo: the SQLite shop shipped in `demo/shop.db`, into the emulator,
+/// validate → plan → apply → plan (no changes); no database server involved.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_embedded_sqlite_demo_runs_end_to_end() {
+    let world = World::new("demo").await;
+    let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let database = world.dir.path().join("shop.db");
+    std::fs::copy(repo.join("demo/shop.db"), &database).unwrap();
+    let manifest = std::fs::read_to_string(repo.join("demo/sqlite.yaml"))
+        .unwrap()
+        .replace("dataset: shop_sqlite", &format!("dataset: {}", world.name))
+        .replace("project: datasync-demo", "project: datasync-test");
+    std::fs::write(world.dir.path().join("sync.yaml"), manifest).unwrap();
+    let datasync = |args: &[&str]| {
+        Command::cargo_bin("datasync")
+            .unwrap()
+            .current_dir(world.dir.path())
+            .env_clear()
+            .env("NO_COLOR", "1")
+            .env("DATASYNC_DEMO_BIGQUERY_URL", bigquery_url())
+            .env("DATASYNC_DEMO_SQLITE", &database)
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    assert_code(&datasync(&["validate"]), 0);
+    assert_code(&datasync(&["plan", "--detailed-exitcode"]), 2);
+    assert_code(&datasync(&["apply"]), 0);
+    assert_code(&datasync(&["plan", "--detailed-exitcode"]), 0);
+    assert_eq!(world.count("customers").await, 500);
+    assert_eq!(world.count("orders").await, 2000);
+    assert_eq!(world.count("order_events").await, 3000);
+}

@@ -131,6 +131,10 @@ struct ApplyArgs {
     /// Only these tables (`source.table`, as in the plan; repeatable). Not with a saved plan.
     #[arg(long = "table", value_name = "SOURCE.TABLE", conflicts_with = "plan")]
     tables: Vec<String>,
+    /// How long to wait for another run's lease on a target table (e.g. `30s`, `5m`); `0`
+    /// fails the table at once, naming the run that holds it.
+    #[arg(long, value_name = "DURATION", default_value = "0", value_parser = humantime::parse_duration)]
+    lock_timeout: std::time::Duration,
 }
 
 #[derive(Debug, Args)]
@@ -592,6 +596,13 @@ async fn apply(cli: &Cli, env: &Env, args: &ApplyArgs) -> Result<ExitStatus, Err
         dry_run,
         progress,
         run_id: crate::sync::new_run_id(),
+        settings: crate::sync::RunSettings {
+            lease: crate::sync::lease::LeaseSettings {
+                wait: args.lock_timeout,
+                ..crate::sync::lease::LeaseSettings::default()
+            },
+            ..crate::sync::RunSettings::default()
+        },
     };
     let run = executor.run(&plan);
     let report = tokio::select! {

@@ -114,7 +114,8 @@ pub fn plan_table(input: TableInput) -> TablePlan {
     if let (Some(mapping), Some(load_schema)) = (&mapping, &schema.target_schema)
         && schema.action.runs()
     {
-        let bound = plan_bound(&spec, mapping, &schema.ddl);
+        let recreate = schema.action == TableAction::Recreate;
+        let bound = plan_bound(&spec, mapping, &schema.ddl, recreate);
         steps.push(Step::Stage(Box::new(Extract {
             columns: mapping.columns.clone(),
             bound,
@@ -125,9 +126,17 @@ pub fn plan_table(input: TableInput) -> TablePlan {
             key_columns: mapping.key_columns.clone(),
         })));
         steps.append(&mut schema.ddl);
-        steps.push(Step::Write {
-            op: plan_write(&spec, mapping, source_table.as_ref()),
-        });
+        let mut op = plan_write(&spec, mapping, source_table.as_ref());
+        if recreate {
+            // One WRITE_TRUNCATE copy replaces rows and schema atomically; a partitioning
+            // change can't be copied over, so the old table is kept aside meanwhile.
+            op = WriteOp::Recreate {
+                columns: op.columns().to_vec(),
+                backup: existing.as_ref().map(|table| &table.partitioning)
+                    != Some(&load_schema.partitioning),
+            };
+        }
+        steps.push(Step::Write { op });
     }
     // The staging load, the DDL and the write each use one table operation.
     let table_operations = u32::try_from(steps.len()).unwrap_or(u32::MAX);
@@ -213,7 +222,6 @@ fn plan_schema(
                 Code::PlanRecreate,
                 format!("recreating `{}`: {}", spec.target, incompatible.join("; ")),
             ));
-            plan.ddl = vec![Step::DropTable, Step::CreateTable];
             plan.target_schema = Some(desired.clone());
             plan.action = TableAction::Recreate;
         } else {
@@ -297,7 +305,7 @@ fn layout_warnings(desired: &WarehouseTable, existing: &WarehouseTable) -> Vec<D
 /// Which rows the run reads. `incremental` and `merge` with a cursor read past the target's
 /// maximum, except when the target is new or recreated (it starts empty) or the cursor column
 /// is only being added (it holds no maximum yet).
-fn plan_bound(spec: &TableSpec, mapping: &TableMapping, ddl: &[Step]) -> Bound {
+fn plan_bound(spec: &TableSpec, mapping: &TableMapping, ddl: &[Step], recreate: bool) -> Bound {
     let Some(cursor) = spec.cursor.as_deref() else {
         return Bound::All;
     };
@@ -314,7 +322,7 @@ fn plan_bound(spec: &TableSpec, mapping: &TableMapping, ddl: &[Step]) -> Bound {
         }),
         _ => false,
     });
-    if creates || adds_cursor {
+    if creates || recreate || adds_cursor {
         return Bound::All;
     }
     Bound::AfterTargetMax {

@@ -86,6 +86,35 @@ pub struct ExistingTable {
     /// (RECORD, RANGE; left out of `table`), or not a plain table (VIEW, EXTERNAL). The planner
     /// blocks such a table with these reasons; other tables are unaffected.
     pub unsupported: Vec<String>,
+    /// The table's description (datasync's lock tables keep their lease here).
+    pub description: Option<String>,
+}
+
+/// Table metadata datasync sets on its own tables (staging, locks, backups).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TableMeta {
+    /// `expirationTime` (milliseconds since the epoch): BigQuery deletes the table then
+    /// (<https://cloud.google.com/bigquery/docs/reference/rest/v2/tables#Table.FIELDS.expiration_time>).
+    pub expires_at_ms: Option<i64>,
+    /// `description`.
+    pub description: Option<String>,
+}
+
+/// One copy job: `source` into `target` (same dataset), with `jobs.insert`
+/// `configuration.copy`. Copy jobs are free and atomic: "Creation, truncation and append actions
+/// occur as one atomic update upon job completion"
+/// (<https://cloud.google.com/bigquery/docs/reference/rest/v2/Job#JobConfigurationTableCopy>).
+/// `WRITE_TRUNCATE` replaces the target's rows *and* schema with the source's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CopyRequest {
+    /// Source table.
+    pub source: String,
+    /// Destination table (created when missing).
+    pub target: String,
+    /// `WRITE_TRUNCATE`, `WRITE_APPEND` or `WRITE_EMPTY`.
+    pub disposition: Disposition,
+    /// Client-chosen job ID (deterministic per run and table, so it can be cancelled).
+    pub job_id: String,
 }
 
 /// What a load does with the rows already in the table.
@@ -466,6 +495,29 @@ pub trait Warehouse: Send + Sync {
 
     /// Removes every row of `table`, keeping its schema.
     async fn truncate(&self, table: &str) -> Result<(), WarehouseError>;
+
+    /// Runs one copy job and waits for it. Idempotent per job ID (an existing job is awaited).
+    async fn copy_table(&self, request: &CopyRequest) -> Result<(), WarehouseError>;
+
+    /// Creates a table with metadata (tables.insert: atomic, a duplicate is an error with
+    /// [`WarehouseError::is_duplicate`] — datasync's leases rely on that).
+    async fn create_table_with(
+        &self,
+        table: &WarehouseTable,
+        meta: &TableMeta,
+    ) -> Result<(), WarehouseError>;
+
+    /// Sets a table's metadata (tables.patch). With `etag`, only if the table still has it
+    /// (`If-Match`; HTTP 412 otherwise).
+    async fn patch_table_meta(
+        &self,
+        name: &str,
+        meta: &TableMeta,
+        etag: Option<&str>,
+    ) -> Result<(), WarehouseError>;
+
+    /// The names of the dataset's tables that start with `prefix` (tables.list, every page).
+    async fn list_tables(&self, prefix: &str) -> Result<Vec<String>, WarehouseError>;
 }
 
 /// The text form of a column maximum read back from BigQuery (see [`Warehouse::max_value`]),

@@ -72,6 +72,7 @@ async fn executor(
         dry_run,
         progress: Arc::new(|_: &str, _: u64| {}),
         run_id: "run1".into(),
+        settings: Default::default(),
     }
 }
 
@@ -130,11 +131,16 @@ async fn replace_loads_through_staging_then_creates_and_writes_atomically() {
     assert_eq!(
         log,
         [
-            "drop_table _datasync_staging_items",
-            "load _datasync_staging_items WRITE_TRUNCATE datasync_run1_items",
+            "list_tables _datasync_staging_",
+            "list_tables _datasync_backup_",
+            "list_tables _datasync_lock_",
+            "create_table _datasync_lock_items",
+            "create_table _datasync_staging_items_run1",
+            "load _datasync_staging_items_run1 WRITE_APPEND datasync_run1_items",
             "create_table items",
-            "insert_from _datasync_staging_items into items replace=true",
-            "drop_table _datasync_staging_items",
+            "copy_table _datasync_staging_items_run1 into items WRITE_TRUNCATE",
+            "drop_table _datasync_staging_items_run1",
+            "drop_table _datasync_lock_items",
         ]
     );
     assert!(
@@ -210,7 +216,7 @@ async fn a_failed_final_write_keeps_the_target() {
         .execute(&setup.pool)
         .await
         .unwrap();
-    warehouse.fail_next("insert_from", false);
+    warehouse.fail_next("copy_table", false);
     executor.run_id = "run2".into();
     let report = executor.run(&plan1).await;
     assert_eq!(report.tables[0].status, TableStatus::Failed);
@@ -251,13 +257,11 @@ async fn merge_updates_and_inserts_on_the_key_and_empty_replace_truncates() {
     // The empty source staged an empty table; the replace wrote it like any other.
     assert_eq!(warehouse.count("truncate notes"), 0);
     assert_eq!(
-        warehouse.count("insert_from _datasync_staging_notes into notes replace=true"),
+        warehouse.count("copy_table _datasync_staging_notes_run1 into notes WRITE_TRUNCATE")
+            + warehouse.count("copy_table _datasync_staging_notes_run2 into notes WRITE_TRUNCATE"),
         2
     );
-    assert_eq!(
-        warehouse.count("merge _datasync_staging_items into items"),
-        2
-    );
+    assert_eq!(warehouse.count("merge _datasync_staging_items_run"), 2);
 }
 
 #[tokio::test]
@@ -342,12 +346,16 @@ async fn recreate_drops_the_old_table_only_after_the_new_rows_are_verified() {
     assert_eq!(
         log,
         [
-            "drop_table _datasync_staging_items",
-            "load _datasync_staging_items WRITE_TRUNCATE datasync_run2_items",
-            "drop_table items",
-            "create_table items",
-            "insert_from _datasync_staging_items into items replace=true",
-            "drop_table _datasync_staging_items",
+            "list_tables _datasync_staging_",
+            "list_tables _datasync_backup_",
+            "list_tables _datasync_lock_",
+            "create_table _datasync_lock_items",
+            "create_table _datasync_staging_items_run2",
+            "load _datasync_staging_items_run2 WRITE_APPEND datasync_run2_items",
+            // One atomic copy swaps schema and rows: the target is never missing or empty.
+            "copy_table _datasync_staging_items_run2 into items WRITE_TRUNCATE",
+            "drop_table _datasync_staging_items_run2",
+            "drop_table _datasync_lock_items",
         ]
     );
 }
@@ -491,7 +499,7 @@ async fn an_ambiguous_write_failure_says_the_state_is_unknown() {
         .execute(&setup.pool)
         .await
         .unwrap();
-    warehouse.fail_next_ambiguous("insert_from");
+    warehouse.fail_next_ambiguous("copy_table");
     executor.run_id = "run2".into();
     let second = plan(&manifest, &executor.sources["lite"], &warehouse).await;
     let report = executor.run(&second).await;

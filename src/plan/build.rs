@@ -467,4 +467,43 @@ mod tests {
         assert!(planned.steps.is_empty());
         assert_eq!(planned.table_operations, 0);
     }
+
+    #[test]
+    fn a_recreate_is_one_copy_except_for_a_partitioning_change() {
+        let recreate = |existing: WarehouseTable, desired: WarehouseTable| {
+            let mut spec = spec("t", WriteMode::Incremental);
+            spec.allow_recreate = true;
+            plan_table(TableInput {
+                spec,
+                source: Ok(source(10)),
+                mapping: mapped(desired, vec![]),
+                existing_rows: Some(3),
+                existing: Some(existing),
+                unsupported: Vec::new(),
+            })
+        };
+        let incompatible = table("t", &[("id", BqType::String, FieldMode::Nullable)]);
+        let planned = recreate(incompatible, ids());
+        assert_eq!(planned.action, TableAction::Recreate);
+        // No drop/create: the copy replaces schema and rows at once; every row is re-read.
+        assert_eq!(planned.steps.len(), 2);
+        assert_eq!(
+            planned.write_op(),
+            Some(&WriteOp::Recreate {
+                columns: vec!["id".into()],
+                backup: false
+            })
+        );
+        assert_eq!(planned.extract().unwrap().bound, Bound::All);
+        let mut partitioned = ids();
+        partitioned.partitioning = Some(TimePartitioning {
+            granularity: "DAY".into(),
+            field: "id".into(),
+        });
+        let planned = recreate(ids(), partitioned);
+        assert!(matches!(
+            planned.write_op(),
+            Some(WriteOp::Recreate { backup: true, .. })
+        ));
+    }
 }

@@ -647,7 +647,17 @@ async fn run_ddl(
                 .target_schema
                 .as_ref()
                 .ok_or_else(|| WarehouseError::Invalid("the plan has no target schema".into()))?;
-            warehouse.create_table(schema).await
+            match warehouse.create_table(schema).await {
+                // An overlapping run created it while this one waited for the lease: fine
+                // when it is the table this plan would create.
+                Err(error) if error.is_duplicate() => {
+                    match warehouse.get_table(&schema.name).await? {
+                        Some(existing) if existing.table == *schema => Ok(()),
+                        _ => Err(error),
+                    }
+                }
+                other => other,
+            }
         }
         Step::AlterTable { changes } => {
             warehouse

@@ -43,6 +43,8 @@ struct State {
     fail_load_after_bytes: Option<u64>,
     loads: BTreeMap<String, LoadOutcome>,
     unsupported: BTreeMap<String, Vec<String>>,
+    /// `(operation, calls to let through first)`: fail the call after those.
+    fail_later: Vec<(String, usize)>,
     /// Metadata and an etag (a version counter) per table.
     meta: BTreeMap<String, (TableMeta, u64)>,
 }
@@ -109,6 +111,11 @@ impl FakeWarehouse {
         });
     }
 
+    /// Lets `skip` calls of `operation` through, then fails the next one (not retryable).
+    pub fn fail_after(&self, operation: &str, skip: usize) {
+        self.lock().fail_later.push((operation.into(), skip));
+    }
+
     /// Makes every load fail once it has read more than `bytes` bytes (`None` to stop).
     pub fn fail_load_after_bytes(&self, bytes: Option<u64>) {
         self.lock().fail_load_after_bytes = bytes;
@@ -157,6 +164,21 @@ impl FakeWarehouse {
         let mut state = self.lock();
         state.expire();
         state.log.push(entry);
+        if let Some(index) = state
+            .fail_later
+            .iter()
+            .position(|(name, _)| name == operation)
+        {
+            if state.fail_later[index].1 == 0 {
+                state.fail_later.remove(index);
+                return Err(WarehouseError::Injected {
+                    operation: operation.to_string(),
+                    retryable: false,
+                    ambiguous: false,
+                });
+            }
+            state.fail_later[index].1 -= 1;
+        }
         if let Some(index) = state
             .fail_next
             .iter()

@@ -135,6 +135,14 @@ struct ApplyArgs {
     /// fails the table at once, naming the run that holds it.
     #[arg(long, value_name = "DURATION", default_value = "0", value_parser = humantime::parse_duration)]
     lock_timeout: std::time::Duration,
+    /// How long a target's lease lasts unless renewed (renewed every third of it while the table
+    /// runs); a killed run's lease is taken over once it has expired.
+    #[arg(long, value_name = "DURATION", default_value = "10m", value_parser = humantime::parse_duration)]
+    lease_duration: std::time::Duration,
+    /// How long this run's staging tables live (their BigQuery `expirationTime`); a later run
+    /// drops a dead run's staging and backup tables older than this.
+    #[arg(long, value_name = "DURATION", default_value = "24h", value_parser = humantime::parse_duration)]
+    staging_expiration: std::time::Duration,
 }
 
 #[derive(Debug, Args)]
@@ -599,9 +607,11 @@ async fn apply(cli: &Cli, env: &Env, args: &ApplyArgs) -> Result<ExitStatus, Err
         settings: crate::sync::RunSettings {
             lease: crate::sync::lease::LeaseSettings {
                 wait: args.lock_timeout,
-                ..crate::sync::lease::LeaseSettings::default()
+                duration: args.lease_duration.max(std::time::Duration::from_secs(1)),
             },
-            ..crate::sync::RunSettings::default()
+            staging_ttl: args
+                .staging_expiration
+                .max(std::time::Duration::from_secs(1)),
         },
     };
     let run = executor.run(&plan);

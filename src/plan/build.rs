@@ -303,8 +303,8 @@ fn layout_warnings(desired: &WarehouseTable, existing: &WarehouseTable) -> Vec<D
 }
 
 /// Which rows the run reads. `incremental` and `merge` with a cursor read past the target's
-/// maximum, except when the target is new or recreated (it starts empty) or the cursor column
-/// is only being added (it holds no maximum yet).
+/// maximum, except when the target is recreated (it is replaced) or the cursor column is only
+/// being added (it holds no maximum yet).
 fn plan_bound(spec: &TableSpec, mapping: &TableMapping, ddl: &[Step], recreate: bool) -> Bound {
     let Some(cursor) = spec.cursor.as_deref() else {
         return Bound::All;
@@ -315,14 +315,15 @@ fn plan_bound(spec: &TableSpec, mapping: &TableMapping, ddl: &[Step], recreate: 
     let Some(column) = mapping.column(cursor) else {
         return Bound::All;
     };
-    let creates = ddl.iter().any(|step| matches!(step, Step::CreateTable));
+    // A target being created is read like any other (it holds no maximum, so every row is
+    // read — unless an overlapping run created and filled it meanwhile).
     let adds_cursor = ddl.iter().any(|step| match step {
         Step::AlterTable { changes } => changes.iter().any(|change| {
             matches!(change, FieldChange::Add { field } if field.name.eq_ignore_ascii_case(&column.target))
         }),
         _ => false,
     });
-    if creates || recreate || adds_cursor {
+    if recreate || adds_cursor {
         return Bound::All;
     }
     Bound::AfterTargetMax {
@@ -358,7 +359,16 @@ fn plan_write(spec: &TableSpec, mapping: &TableMapping, source: Option<&SourceTa
                         .map_or_else(|| column.clone(), |mapped| mapped.target.clone())
                 })
                 .collect();
-            WriteOp::Merge { keys, columns }
+            let cursor = spec
+                .cursor
+                .as_deref()
+                .and_then(|cursor| mapping.column(cursor))
+                .map(|column| column.target.clone());
+            WriteOp::Merge {
+                keys,
+                columns,
+                cursor,
+            }
         }
     }
 }
@@ -425,8 +435,9 @@ mod tests {
         assert_eq!(bound(WriteMode::Merge, Some(ids())), after(true));
         assert_eq!(bound(WriteMode::Replace, Some(ids())), Bound::All);
         assert_eq!(bound(WriteMode::Append, Some(ids())), Bound::All);
-        // A new target starts empty.
-        assert_eq!(bound(WriteMode::Incremental, None), Bound::All);
+        // A new target is bounded too: it holds no maximum (every row is read) unless an
+        // overlapping run filled it meanwhile.
+        assert_eq!(bound(WriteMode::Incremental, None), after(false));
     }
 
     #[test]

@@ -180,6 +180,9 @@ pub enum WriteOp {
         keys: Vec<String>,
         /// Target columns.
         columns: Vec<String>,
+        /// The cursor's target column: among staged rows sharing a key, the greatest wins.
+        #[serde(default)]
+        cursor: Option<String>,
     },
 }
 

@@ -112,8 +112,8 @@ impl TableFailure {
     }
 }
 
-/// The source filter of a bound: `None` reads every row (also when the target holds no
-/// maximum yet). The value is read from the target now.
+/// The source filter of a bound: `None` reads every row (also when the target is missing or
+/// holds no maximum yet). The value is read from the target now.
 pub async fn read_bound(
     warehouse: &dyn Warehouse,
     target: &str,
@@ -128,6 +128,10 @@ pub async fn read_bound(
     else {
         return Ok(None);
     };
+    // A missing target (to be created) holds no maximum.
+    if warehouse.get_table(target).await?.is_none() {
+        return Ok(None);
+    }
     let max = warehouse.max_value(target, target_column).await?;
     Ok(cursor_text(&max, *bq_type).map(|value| CursorFilter {
         column: source_column.clone(),
@@ -591,12 +595,17 @@ impl Executor {
                 }
                 Ok(())
             }
-            WriteOp::Merge { keys, columns } => warehouse
+            WriteOp::Merge {
+                keys,
+                columns,
+                cursor,
+            } => warehouse
                 .merge(&MergeRequest {
                     staging: staging.to_string(),
                     target: target.to_string(),
                     keys: keys.clone(),
                     columns: columns.clone(),
+                    order_by: cursor.clone(),
                 })
                 .await
                 .map(|_| ()),

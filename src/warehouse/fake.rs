@@ -530,10 +530,33 @@ impl Warehouse for FakeWarehouse {
                 .map(|key| row.get(key).cloned().unwrap_or(Value::Null))
                 .collect::<Vec<_>>()
         };
+        // Like the MERGE's source: no NULL key; per key the greatest `order_by` (ties: the
+        // last row read).
+        let mut chosen: Vec<Map<String, Value>> = Vec::new();
+        for row in staging {
+            let key = key_of(&row);
+            if key.iter().any(Value::is_null) {
+                continue;
+            }
+            match chosen.iter_mut().find(|kept| key_of(kept) == key) {
+                Some(kept) => {
+                    let newer = request.order_by.as_ref().is_none_or(|column| {
+                        compare(
+                            row.get(column).unwrap_or(&Value::Null),
+                            kept.get(column).unwrap_or(&Value::Null),
+                        ) != Ordering::Less
+                    });
+                    if newer {
+                        *kept = row;
+                    }
+                }
+                None => chosen.push(row),
+            }
+        }
         let mut outcome = MergeOutcome::default();
         let mut inserted = 0;
         let mut updated = 0;
-        for source in staging {
+        for source in chosen {
             let key = key_of(&source);
             let values: Map<String, Value> = request
                 .columns
@@ -842,6 +865,7 @@ mod tests {
                 target: "t".into(),
                 keys: vec!["id".into()],
                 columns: vec!["id".into(), "v".into()],
+                order_by: None,
             })
             .await
             .unwrap();

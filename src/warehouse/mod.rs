@@ -243,10 +243,16 @@ pub struct MergeRequest {
     pub staging: String,
     /// Target table.
     pub target: String,
-    /// Key columns (matched with `=`; keys must not be NULL).
+    /// Key columns (matched with `=`). Staging rows with a NULL key are left out (`=` never
+    /// matches NULL, so they would be inserted again on every run).
     pub keys: Vec<String>,
     /// All columns to write, keys included.
     pub columns: Vec<String>,
+    /// The cursor column: of several staging rows with one key, the greatest cursor wins
+    /// (BigQuery fails a MERGE whose row matches several source rows: "UPDATE/MERGE must match
+    /// at most one source row for each target row",
+    /// <https://cloud.google.com/bigquery/docs/reference/standard-sql/dml-syntax#merge_statement>).
+    pub order_by: Option<String>,
 }
 
 /// The result of a MERGE.
@@ -694,8 +700,26 @@ pub fn merge_statement(
         .iter()
         .map(|column| format!("S.{}", quote_ident(column)))
         .collect::<Vec<_>>();
+    // One source row per key, none with a NULL key.
+    let partition = request
+        .keys
+        .iter()
+        .map(|key| quote_ident(key))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let not_null = request
+        .keys
+        .iter()
+        .map(|key| format!("{} IS NOT NULL", quote_ident(key)))
+        .collect::<Vec<_>>()
+        .join(" AND ");
+    let order = request
+        .order_by
+        .as_ref()
+        .map(|column| format!(" ORDER BY {} DESC", quote_ident(column)))
+        .unwrap_or_default();
     let mut sql = format!(
-        "MERGE {} T USING {} S ON {on}",
+        "MERGE {} T USING (SELECT * FROM {} WHERE {not_null} QUALIFY ROW_NUMBER() OVER (PARTITION BY {partition}{order}) = 1) S ON {on}",
         qualify(&request.target),
         qualify(&request.staging)
     );
@@ -791,11 +815,14 @@ mod tests {
             target: "tgt".into(),
             keys: vec!["id".into()],
             columns: vec!["id".into(), "v".into()],
+            order_by: Some("v".into()),
         };
         let sql = merge_statement(&request, |name| format!("`p.d.{name}`")).unwrap();
         assert_eq!(
             sql,
-            "MERGE `p.d.tgt` T USING `p.d.stg` S ON T.`id` = S.`id` WHEN MATCHED THEN UPDATE SET `v` = S.`v` \
+            "MERGE `p.d.tgt` T USING (SELECT * FROM `p.d.stg` WHERE `id` IS NOT NULL \
+             QUALIFY ROW_NUMBER() OVER (PARTITION BY `id` ORDER BY `v` DESC) = 1) S \
+             ON T.`id` = S.`id` WHEN MATCHED THEN UPDATE SET `v` = S.`v` \
              WHEN NOT MATCHED THEN INSERT (`id`, `v`) VALUES (S.`id`, S.`v`)"
         );
         let keys_only = MergeRequest {

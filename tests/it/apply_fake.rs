@@ -394,12 +394,14 @@ async fn a_dry_run_honours_the_planned_bound_and_counts_what_a_real_run_moves() 
     let warehouse = Arc::new(FakeWarehouse::with_dataset());
     let mut executor = executor(&manifest, Arc::clone(&warehouse), DryRun::No).await;
     let first = plan(&manifest, &executor.sources["lite"], &warehouse).await;
-    assert_eq!(
+    // A new target is bounded like any other; it holds no maximum, so it is read whole.
+    assert!(matches!(
         first.tables[0].extract().unwrap().bound,
-        datasync::plan::Bound::All,
-        "a new target is read whole"
-    );
+        datasync::plan::Bound::AfterTargetMax { .. }
+    ));
+    assert_eq!(first.tables[0].estimated_rows, Some(3));
     assert!(executor.run(&first).await.succeeded());
+    assert_eq!(ids(&warehouse, "items"), ["1", "2", "3"]);
 
     sqlx::raw_sql("INSERT INTO items VALUES (4, 'd', 4.0), (5, 'e', 5.0);")
         .execute(&setup.pool)

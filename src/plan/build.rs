@@ -127,6 +127,21 @@ pub fn plan_table(input: TableInput) -> TablePlan {
         })));
         steps.append(&mut schema.ddl);
         let mut op = plan_write(&spec, mapping, source_table.as_ref());
+        if let WriteOp::Merge { keys, .. } = &op {
+            // A NULL key never matches (`=`), so such a row would be inserted again on every
+            // run: it is rejected like a bad value instead (`_datasync_rejects`).
+            if let Some(Step::Stage(extract)) = steps.first_mut() {
+                for column in &mut extract.columns {
+                    if keys
+                        .iter()
+                        .any(|key| key.eq_ignore_ascii_case(&column.target))
+                        && column.field.mode == crate::schema::FieldMode::Nullable
+                    {
+                        column.field.mode = crate::schema::FieldMode::Required;
+                    }
+                }
+            }
+        }
         if recreate {
             // One WRITE_TRUNCATE copy replaces rows and schema atomically; a partitioning
             // change can't be copied over, so the old table is kept aside meanwhile.

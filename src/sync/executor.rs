@@ -84,6 +84,29 @@ impl Default for RunSettings {
     }
 }
 
+/// The table in the dataset that keeps the rows a bad value left out.
+pub const REJECTS_TABLE: &str = "_datasync_rejects";
+
+fn rejects_schema() -> WarehouseTable {
+    use crate::schema::{BqType, FieldMode, WarehouseField};
+    let text = |name: &str| WarehouseField::new(name, BqType::String, FieldMode::Nullable);
+    WarehouseTable {
+        name: REJECTS_TABLE.to_string(),
+        fields: vec![
+            text("run_id"),
+            text("table"),
+            text("target"),
+            text("key"),
+            text("column"),
+            text("reason"),
+            text("row"),
+            WarehouseField::new("rejected_at", BqType::Timestamp, FieldMode::Nullable),
+        ],
+        partitioning: None,
+        clustering: Vec::new(),
+    }
+}
+
 /// The client-chosen id of a table's write (copy) job in a run; `step` tells the copies of a
 /// recreate apart.
 fn write_job_id(run_id: &str, target: &str, step: &str) -> String {
@@ -285,6 +308,8 @@ impl Executor {
                     rows = stats.rows,
                     bytes = stats.bytes,
                     bad_values = stats.bad_values,
+                    rows_rejected = stats.failed_rows,
+                    rejects_table = REJECTS_TABLE,
                     seconds,
                     "table synced"
                 );
@@ -362,6 +387,13 @@ impl Executor {
         let staged = self
             .stage(table, source, source_table, extract, filter.as_ref())
             .await;
+        let staged = match staged {
+            Ok((stats, outcome)) => match self.write_rejects(table, &stats).await {
+                Ok(()) => Ok((stats, outcome)),
+                Err(message) => Err(TableFailure::with_stats(message, stats)),
+            },
+            Err(failure) => Err(failure),
+        };
         let result = match staged {
             Ok((stats, outcome)) => self
                 .finish(table, &stats)
@@ -374,6 +406,50 @@ impl Executor {
             tracing::warn!(table = %table.label, error = %error, "could not drop the staging table");
         }
         result
+    }
+
+    /// Rows a value failed go to [`REJECTS_TABLE`] before the target is written (one load job
+    /// per table, appending): if they can't be recorded, the table fails and nothing changes.
+    async fn write_rejects(&self, table: &TablePlan, stats: &ExtractStats) -> Result<(), String> {
+        if stats.rejects.is_empty() {
+            return Ok(());
+        }
+        let at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+        let mut lines = Vec::new();
+        for reject in &stats.rejects {
+            let line = serde_json::json!({
+                "run_id": self.run_id,
+                "table": table.label,
+                "target": table.target,
+                "key": reject.key,
+                "column": reject.column,
+                "reason": reject.reason,
+                "row": reject.row,
+                "rejected_at": at,
+            });
+            lines.extend_from_slice(line.to_string().as_bytes());
+            lines.push(b'\n');
+        }
+        let (sender, receiver) = mpsc::channel::<Bytes>(1);
+        let _ = sender.send(Bytes::from(lines)).await;
+        drop(sender);
+        let request = LoadRequest {
+            table: REJECTS_TABLE.to_string(),
+            schema: rejects_schema(),
+            disposition: Disposition::Append,
+            job_id: write_job_id(&self.run_id, &table.target, "rejects"),
+            allow_field_addition: false,
+        };
+        self.warehouse
+            .load(&request, receiver)
+            .await
+            .map(drop)
+            .map_err(|error| {
+                format!(
+                    "recording {} rejected row(s) in `{REJECTS_TABLE}` failed, so the target was not written: {error}",
+                    stats.rejects.len()
+                )
+            })
     }
 
     /// This run's staging table: the load schema (the target's partitioning and clustering, so

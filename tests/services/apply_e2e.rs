@@ -514,6 +514,11 @@ fn apply_until_progress(world: &World, manifest: &str) -> std::process::Child {
             "--log-format",
             "json",
             "apply",
+            // A killed earlier run's lease expires quickly and is taken over.
+            "--lease-duration",
+            "2s",
+            "--lock-timeout",
+            "30s",
         ])
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
@@ -550,7 +555,16 @@ async fn killing_apply_leaves_every_target_old_or_new() {
         "a kill mid-extraction changed the target"
     );
 
-    // SIGTERM (what a scheduler sends): a clean stop with exit 3 and no staging table left.
+    // The killed run's staging table stays until it expires (or a later run drops it then).
+    let dead_staging = world
+        .warehouse
+        .list_tables("_datasync_staging_big_")
+        .await
+        .unwrap();
+    assert!(dead_staging.len() <= 1, "{dead_staging:?}");
+
+    // SIGTERM (what a scheduler sends): a clean stop with exit 3 and no staging table of its
+    // own left.
     let mut child = apply_until_progress(&world, &manifest);
     let status = std::process::Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
@@ -566,7 +580,7 @@ async fn killing_apply_leaves_every_target_old_or_new() {
             .list_tables("_datasync_staging_big_")
             .await
             .unwrap()
-            .is_empty(),
+            == dead_staging,
         "staging left behind"
     );
     assert!(
@@ -872,5 +886,51 @@ async fn overlapping_applies_lose_and_duplicate_nothing() {
             .await
             .unwrap()
             .is_empty()
+    );
+}
+
+/// A merge source with duplicate and NULL keys and a row BigQuery can't hold (an `int[]` with a
+/// NULL element): one row per non-NULL key (the greatest cursor wins), the NULL-key row and
+/// the bad row are in `_datasync_rejects`, the run says so, and rows loaded earlier stay.
+#[tokio::test(flavor = "multi_thread")]
+async fn merge_dedups_keys_and_rejected_rows_land_in_the_rejects_table() {
+    let world = World::new("rejects").await;
+    world
+        .sql(
+            "CREATE TABLE m (id bigint, v text NOT NULL, c bigint NOT NULL, tags int[]);
+              INSERT INTO m VALUES (1, 'a', 1, '{1}'), (5, 'early', 1, '{5}');",
+        )
+        .await;
+    let manifest = world
+        .manifest("      m:\n        mode: merge\n        primary_key: [id]\n        cursor: c\n");
+    assert_code(&world.datasync(&["-c", &manifest, "apply"]), 0);
+    world
+        .sql("INSERT INTO m VALUES (1, 'b', 2, '{2}'), (1, 'stale', 1, '{0}'), (NULL, 'n', 3, '{}'), (2, 'x', 3, '{3,NULL}'), (3, 'y', 3, '{4}');")
+        .await;
+    let output = world.datasync(&["-c", &manifest, "apply"]);
+    assert_code(&output, 0);
+    let said = text(&output);
+    assert!(said.contains("2 row(s) left out by bad values"), "{said}");
+    assert!(said.contains("_datasync_rejects"), "{said}");
+    assert_eq!(
+        world.select("m", "id, v", "id").await,
+        [r#"[1,"b"]"#, r#"[3,"y"]"#, r#"[5,"early"]"#],
+        "one row per non-NULL key; earlier rows stay"
+    );
+    let rejects = world
+        .select("_datasync_rejects", "`key`, `column`, `row`", "`key`")
+        .await;
+    assert_eq!(rejects.len(), 2, "{rejects:?}");
+    assert!(
+        rejects[0].contains("id=2") && rejects[0].contains("tags"),
+        "{rejects:?}"
+    );
+    assert!(
+        rejects[0].contains(r#"[3,null]"#),
+        "the raw row: {rejects:?}"
+    );
+    assert!(
+        rejects[1].contains("id=NULL") && rejects[1].contains(r#"\"id\""#),
+        "{rejects:?}"
     );
 }

@@ -127,6 +127,7 @@ pub fn plan_table(input: TableInput) -> TablePlan {
         })));
         steps.append(&mut schema.ddl);
         let mut op = plan_write(&spec, mapping, source_table.as_ref());
+        warnings.extend(write_warnings(&spec, mapping, source_table.as_ref(), &op));
         if let WriteOp::Merge { keys, .. } = &op {
             // A NULL key never matches (`=`), so such a row would be inserted again on every
             // run: it is rejected like a bad value instead (`_datasync_rejects`).
@@ -347,6 +348,57 @@ fn plan_bound(spec: &TableSpec, mapping: &TableMapping, ddl: &[Step], recreate: 
         bq_type: column.field.bq_type,
         inclusive: spec.mode == WriteMode::Merge,
     }
+}
+
+/// What the write can't guarantee: a merge key that is not the source's primary key (several
+/// rows may share it: the greatest cursor wins, duplicates are only reported), a nullable
+/// cursor (its NULL rows are never past the maximum).
+fn write_warnings(
+    spec: &TableSpec,
+    mapping: &TableMapping,
+    source: Option<&SourceTable>,
+    op: &WriteOp,
+) -> Vec<Diagnostic> {
+    let mut warnings = Vec::new();
+    if let (WriteOp::Merge { .. }, Some(source), Some(key)) = (op, source, &spec.primary_key) {
+        let same = key.len() == source.primary_key.len()
+            && key.iter().all(|column| {
+                source
+                    .primary_key
+                    .iter()
+                    .any(|pk| pk.eq_ignore_ascii_case(column))
+            });
+        if !same {
+            warnings.push(Diagnostic::warning(
+                Code::PlanMergeKeyNotUnique,
+                format!(
+                    "merge key [{}] is not the primary key of `{}` ([{}]): rows sharing a key are merged as one (the greatest cursor wins)",
+                    key.join(", "),
+                    source.name,
+                    source.primary_key.join(", ")
+                ),
+            ));
+        }
+    }
+    let cursor = spec
+        .cursor
+        .as_deref()
+        .and_then(|cursor| mapping.column(cursor))
+        .filter(|column| column.source.nullable);
+    if let Some(column) = cursor
+        && matches!(spec.mode, WriteMode::Incremental | WriteMode::Merge)
+    {
+        let what = if spec.mode == WriteMode::Merge {
+            "rows whose cursor is NULL are read again on every run (merge is idempotent)"
+        } else {
+            "rows whose cursor is NULL are loaded by the first run only, never later (make the column NOT NULL or use merge)"
+        };
+        warnings.push(Diagnostic::warning(
+            Code::PlanNullableCursor,
+            format!("cursor `{}` is nullable: {what}", column.source.name),
+        ));
+    }
+    warnings
 }
 
 /// The write: the mode's statement over the mapped target columns; a merge key in target

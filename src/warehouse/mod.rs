@@ -30,6 +30,14 @@
 //!   `status.errorResult`; job errors (`status.errorResult`) are errors. On the emulator, which
 //!   reports SQL errors only that way, `errors` in a 200 are errors.
 //! - `alter_table` sends one `ALTER TABLE` with every change (one per change on the emulator).
+//! - `copy_table` is one copy job (jobs.insert, client job id, in the dataset's location): the
+//!   executor's free, atomic write for replace/append/recreate. On the emulator a WRITE_TRUNCATE
+//!   copy onto a table of another shape drops the table first (the emulator can't replace the
+//!   schema; not atomic there).
+//! - `create_table_with` / `patch_table_meta` / `list_tables` carry datasync's own metadata
+//!   (staging expirations, leases in lock tables; `If-Match` for a lease takeover).
+//! - `merge_statement` de-duplicates staging per key (greatest cursor wins) and leaves NULL keys
+//!   out.
 //! - A target with columns datasync does not model (RECORD, RANGE) or that is not a table reads
 //!   back with [`ExistingTable::unsupported`] reasons instead of failing.
 //! - [`WarehouseError::is_ambiguous`] tells a failure after which BigQuery may have acted (lost

@@ -661,9 +661,13 @@ impl Executor {
                                 "{error}; the old table was restored from its backup"
                             ))
                         }
-                        Err(restore) => WarehouseError::Invalid(format!(
-                            "{error}; restoring the old table failed ({restore}): its rows are in `{backup}` until it expires"
-                        )),
+                        // The target may be missing: an ambiguous outcome, with the backup named.
+                        Err(restore) => WarehouseError::Protocol {
+                            context: format!("recreate {target}"),
+                            message: format!(
+                                "{error}; restoring the old table failed ({restore}): its rows are in `{backup}` until it expires"
+                            ),
+                        },
                     });
                 }
                 if let Err(error) = warehouse.drop_table(&backup).await {

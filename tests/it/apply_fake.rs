@@ -708,3 +708,37 @@ async fn the_next_run_drops_dead_runs_leftovers_past_their_expiry() {
         [format!("_datasync_staging_other_{fresh}")]
     );
 }
+
+/// A recreate with a backup whose rebuild and restore both fail: the report names the backup
+/// holding the old rows and never claims the target was not changed.
+#[tokio::test]
+async fn a_failed_restore_names_the_backup_holding_the_old_rows() {
+    let setup = sqlite(SEED).await;
+    let manifest = manifest(&setup.path, "      items:\n        allow_recreate: true\n");
+    let warehouse = Arc::new(FakeWarehouse::with_dataset());
+    let old_row: serde_json::Map<String, Value> = serde_json::from_str(r#"{"id": "old"}"#).unwrap();
+    warehouse.insert_table(string_id_items(), vec![old_row.clone()]);
+    let executor = executor(&manifest, Arc::clone(&warehouse), DryRun::No).await;
+    let mut plan = plan(&manifest, &executor.sources["lite"], &warehouse).await;
+    for step in &mut plan.tables[0].steps {
+        if let datasync::plan::Step::Write {
+            op: datasync::plan::WriteOp::Recreate { backup, .. },
+        } = step
+        {
+            *backup = true;
+        }
+    }
+    // The backup copy passes, the rebuild fails, then the restore fails.
+    warehouse.fail_after("copy_table", 1);
+    warehouse.fail_after("copy_table", 0);
+    let report = executor.run(&plan).await;
+    let text = report.text();
+    assert_eq!(report.tables[0].status, TableStatus::Failed, "{text}");
+    assert!(text.contains("_datasync_backup_items_run1"), "{text}");
+    assert!(text.contains("state is unknown"), "{text}");
+    assert!(!text.contains("not changed"), "{text}");
+    assert_eq!(
+        warehouse.rows("_datasync_backup_items_run1").unwrap(),
+        vec![old_row]
+    );
+}

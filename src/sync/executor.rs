@@ -686,6 +686,7 @@ impl Executor {
                     keys: keys.clone(),
                     columns: columns.clone(),
                     order_by: cursor.clone(),
+                    job_id: Some(write_job_id(&self.run_id, target, "write")),
                 })
                 .await
                 .map(|_| ()),

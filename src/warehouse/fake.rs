@@ -866,6 +866,7 @@ mod tests {
                 keys: vec!["id".into()],
                 columns: vec!["id".into(), "v".into()],
                 order_by: None,
+                job_id: None,
             })
             .await
             .unwrap();

@@ -261,6 +261,9 @@ pub struct MergeRequest {
     /// at most one source row for each target row",
     /// <https://cloud.google.com/bigquery/docs/reference/standard-sql/dml-syntax#merge_statement>).
     pub order_by: Option<String>,
+    /// Run the MERGE as a query job with this client-chosen id (jobs.insert), so an interrupted
+    /// run can cancel it; `None`: jobs.query.
+    pub job_id: Option<String>,
 }
 
 /// The result of a MERGE.
@@ -824,6 +827,7 @@ mod tests {
             keys: vec!["id".into()],
             columns: vec!["id".into(), "v".into()],
             order_by: Some("v".into()),
+            job_id: None,
         };
         let sql = merge_statement(&request, |name| format!("`p.d.{name}`")).unwrap();
         assert_eq!(

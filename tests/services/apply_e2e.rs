@@ -933,4 +933,18 @@ async fn merge_dedups_keys_and_rejected_rows_land_in_the_rejects_table() {
         rejects[1].contains("id=NULL") && rejects[1].contains(r#"\"id\""#),
         "{rejects:?}"
     );
+    // The MERGE ran as a query job with our own id (so an interrupted run can cancel it).
+    let merges = dataset_jobs(&world.name)
+        .await
+        .into_iter()
+        .filter(|job| {
+            job["jobReference"]["jobId"]
+                .as_str()
+                .is_some_and(|id| id.starts_with("datasync_") && id.ends_with("_m_write"))
+                && job["configuration"]["query"]["query"]
+                    .as_str()
+                    .is_some_and(|sql| sql.starts_with("MERGE"))
+        })
+        .count();
+    assert_eq!(merges, 2, "one MERGE job per run, with a client job id");
 }

@@ -530,6 +530,9 @@ impl Warehouse for BigQuery {
             self.dataset, request.staging, self.dataset, request.target
         );
         let sql = merge_statement(request, |name| self.qualified(name))?;
+        if let Some(job_id) = &request.job_id {
+            return self.run_dml_job(&context, &sql, job_id).await;
+        }
         let (rows, response) = self.run_query(&context, &sql, &[]).await?;
         let stats = response.dml_stats.unwrap_or_default();
         Ok(MergeOutcome {

@@ -379,6 +379,17 @@ pub(crate) struct LoadStatistics {
 pub(crate) struct JobStatistics {
     #[serde(default)]
     pub load: Option<LoadStatistics>,
+    #[serde(default)]
+    pub query: Option<QueryJobStatistics>,
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct QueryJobStatistics {
+    #[serde(default, deserialize_with = "de_opt_u64")]
+    pub num_dml_affected_rows: Option<u64>,
+    #[serde(default)]
+    pub dml_stats: Option<DmlStats>,
 }
 
 #[derive(Debug, Clone, Deserialize, Default)]

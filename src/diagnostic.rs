@@ -185,8 +185,12 @@ codes! {
     PlanColumnKept => "datasync::plan::column_kept",
     /// Partitioning or clustering differ from the target's.
     PlanClusteringChange => "datasync::plan::clustering_change",
-    /// The table is dropped and recreated.
+    /// The table is recreated (schema and rows replaced at once).
     PlanRecreate => "datasync::plan::recreate",
+    /// A merge key that is not the source's primary key: duplicates are possible.
+    PlanMergeKeyNotUnique => "datasync::plan::merge_key_not_unique",
+    /// A nullable cursor: rows whose cursor is NULL are never past the maximum.
+    PlanNullableCursor => "datasync::plan::nullable_cursor",
     /// The source table could not be read.
     PlanSourceError => "datasync::plan::source_error",
     /// The source table could not be mapped.

@@ -142,7 +142,8 @@ struct RunArgs {
     /// How many tables run at once (default: the manifest's `defaults.parallelism`).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     parallelism: Option<u32>,
-    /// How long to wait for another run's lock on the dataset (e.g. `30s`, `5m`). Also `-lock-timeout`.
+    /// How long `apply` waits for another run's lease on a target table (e.g. `30s`, `5m`;
+    /// default `0`: fail that table at once, naming the run that holds it). Also `-lock-timeout`.
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
     lock_timeout: Option<std::time::Duration>,
 }
@@ -191,6 +192,14 @@ struct ApplyArgs {
     auto_approve: bool,
     #[command(flatten)]
     run: RunArgs,
+    /// How long a target's lease lasts unless renewed (renewed every third of it while the table
+    /// runs); a killed run's lease is taken over once it has expired.
+    #[arg(long, value_name = "DURATION", default_value = "10m", value_parser = humantime::parse_duration)]
+    lease_duration: std::time::Duration,
+    /// How long this run's staging tables live (their BigQuery `expirationTime`); a later run
+    /// drops a dead run's staging and backup tables older than this.
+    #[arg(long, value_name = "DURATION", default_value = "24h", value_parser = humantime::parse_duration)]
+    staging_expiration: std::time::Duration,
 }
 
 #[derive(Debug, Args)]
@@ -899,6 +908,15 @@ async fn apply(context: &Context<'_>, args: &ApplyArgs) -> Result<ExitStatus, Er
         progress,
         phases,
         run_id: run_id.clone(),
+        settings: crate::sync::RunSettings {
+            lease: crate::sync::lease::LeaseSettings {
+                wait: args.run.lock_timeout.unwrap_or(std::time::Duration::ZERO),
+                duration: args.lease_duration.max(std::time::Duration::from_secs(1)),
+            },
+            staging_ttl: args
+                .staging_expiration
+                .max(std::time::Duration::from_secs(1)),
+        },
     };
     let run = executor.run(&plan);
     let report = tokio::select! {

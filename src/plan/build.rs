@@ -114,7 +114,8 @@ pub fn plan_table(input: TableInput) -> TablePlan {
     if let (Some(mapping), Some(load_schema)) = (&mapping, &schema.target_schema)
         && schema.action.runs()
     {
-        let bound = plan_bound(&spec, mapping, &schema.ddl);
+        let recreate = schema.action == TableAction::Recreate;
+        let bound = plan_bound(&spec, mapping, &schema.ddl, recreate);
         steps.push(Step::Stage(Box::new(Extract {
             columns: mapping.columns.clone(),
             bound,
@@ -125,9 +126,38 @@ pub fn plan_table(input: TableInput) -> TablePlan {
             key_columns: mapping.key_columns.clone(),
         })));
         steps.append(&mut schema.ddl);
-        steps.push(Step::Write {
-            op: plan_write(&spec, mapping, source_table.as_ref()),
-        });
+        let mut op = plan_write(&spec, mapping, source_table.as_ref());
+        warnings.extend(write_warnings(&spec, mapping, source_table.as_ref(), &op));
+        if let WriteOp::Merge { keys, .. } = &op {
+            // A NULL key never matches (`=`), so such a row would be inserted again on every
+            // run: it is rejected like a bad value instead (`_datasync_rejects`).
+            if let Some(Step::Stage(extract)) = steps.first_mut() {
+                for column in &mut extract.columns {
+                    if keys
+                        .iter()
+                        .any(|key| key.eq_ignore_ascii_case(&column.target))
+                        && column.field.mode == crate::schema::FieldMode::Nullable
+                    {
+                        column.field.mode = crate::schema::FieldMode::Required;
+                    }
+                }
+            }
+        }
+        if recreate {
+            // One WRITE_TRUNCATE copy replaces rows and schema atomically; a partitioning
+            // change can't be copied over, so the old table is kept aside meanwhile.
+            op = WriteOp::Recreate {
+                columns: op.columns().to_vec(),
+                backup: existing.as_ref().map(|table| &table.partitioning)
+                    != Some(&load_schema.partitioning),
+            };
+        }
+        if schema.action == TableAction::Create
+            && let WriteOp::Merge { keys, .. } = &op
+        {
+            cluster_on_key(&mut steps, schema.target_schema.as_mut(), keys);
+        }
+        steps.push(Step::Write { op });
     }
     // The staging load, the DDL and the write each use one table operation.
     let table_operations = u32::try_from(steps.len()).unwrap_or(u32::MAX);
@@ -213,7 +243,6 @@ fn plan_schema(
                 Code::PlanRecreate,
                 format!("recreating `{}`: {}", spec.target, incompatible.join("; ")),
             ));
-            plan.ddl = vec![Step::DropTable, Step::CreateTable];
             plan.target_schema = Some(desired.clone());
             plan.action = TableAction::Recreate;
         } else {
@@ -295,9 +324,9 @@ fn layout_warnings(desired: &WarehouseTable, existing: &WarehouseTable) -> Vec<D
 }
 
 /// Which rows the run reads. `incremental` and `merge` with a cursor read past the target's
-/// maximum, except when the target is new or recreated (it starts empty) or the cursor column
-/// is only being added (it holds no maximum yet).
-fn plan_bound(spec: &TableSpec, mapping: &TableMapping, ddl: &[Step]) -> Bound {
+/// maximum, except when the target is recreated (it is replaced) or the cursor column is only
+/// being added (it holds no maximum yet).
+fn plan_bound(spec: &TableSpec, mapping: &TableMapping, ddl: &[Step], recreate: bool) -> Bound {
     let Some(cursor) = spec.cursor.as_deref() else {
         return Bound::All;
     };
@@ -307,14 +336,15 @@ fn plan_bound(spec: &TableSpec, mapping: &TableMapping, ddl: &[Step]) -> Bound {
     let Some(column) = mapping.column(cursor) else {
         return Bound::All;
     };
-    let creates = ddl.iter().any(|step| matches!(step, Step::CreateTable));
+    // A target being created is read like any other (it holds no maximum, so every row is
+    // read — unless an overlapping run created and filled it meanwhile).
     let adds_cursor = ddl.iter().any(|step| match step {
         Step::AlterTable { changes } => changes.iter().any(|change| {
             matches!(change, FieldChange::Add { field } if field.name.eq_ignore_ascii_case(&column.target))
         }),
         _ => false,
     });
-    if creates || adds_cursor {
+    if recreate || adds_cursor {
         return Bound::All;
     }
     Bound::AfterTargetMax {
@@ -323,6 +353,89 @@ fn plan_bound(spec: &TableSpec, mapping: &TableMapping, ddl: &[Step]) -> Bound {
         bq_type: column.field.bq_type,
         inclusive: spec.mode == WriteMode::Merge,
     }
+}
+
+/// A new merge target is clustered on its key (unless the manifest clusters it): the MERGE's
+/// join then reads fewer blocks. Only types BigQuery clusters on, at most 4 columns
+/// (<https://cloud.google.com/bigquery/docs/clustered-tables#limitations>).
+fn cluster_on_key(steps: &mut [Step], target: Option<&mut WarehouseTable>, keys: &[String]) {
+    use crate::schema::BqType;
+    let Some(target) = target.filter(|target| target.clustering.is_empty()) else {
+        return;
+    };
+    let clusterable: Vec<String> = keys
+        .iter()
+        .filter(|key| {
+            target.fields.iter().any(|field| {
+                field.name.eq_ignore_ascii_case(key)
+                    && field.mode != crate::schema::FieldMode::Repeated
+                    && !matches!(
+                        field.bq_type,
+                        BqType::Float64 | BqType::Json | BqType::Bytes
+                    )
+            })
+        })
+        .take(4)
+        .cloned()
+        .collect();
+    if clusterable.len() != keys.len().min(4) || clusterable.is_empty() {
+        return;
+    }
+    target.clustering.clone_from(&clusterable);
+    if let Some(Step::Stage(extract)) = steps.first_mut() {
+        extract.load_schema.clustering = clusterable;
+    }
+}
+
+/// What the write can't guarantee: a merge key that is not the source's primary key (several
+/// rows may share it: the greatest cursor wins, duplicates are only reported), a nullable
+/// cursor (its NULL rows are never past the maximum).
+fn write_warnings(
+    spec: &TableSpec,
+    mapping: &TableMapping,
+    source: Option<&SourceTable>,
+    op: &WriteOp,
+) -> Vec<Diagnostic> {
+    let mut warnings = Vec::new();
+    if let (WriteOp::Merge { .. }, Some(source), Some(key)) = (op, source, &spec.primary_key) {
+        let same = key.len() == source.primary_key.len()
+            && key.iter().all(|column| {
+                source
+                    .primary_key
+                    .iter()
+                    .any(|pk| pk.eq_ignore_ascii_case(column))
+            });
+        if !same {
+            warnings.push(Diagnostic::warning(
+                Code::PlanMergeKeyNotUnique,
+                format!(
+                    "merge key [{}] is not the primary key of `{}` ([{}]): rows sharing a key are merged as one (the greatest cursor wins)",
+                    key.join(", "),
+                    source.name,
+                    source.primary_key.join(", ")
+                ),
+            ));
+        }
+    }
+    let cursor = spec
+        .cursor
+        .as_deref()
+        .and_then(|cursor| mapping.column(cursor))
+        .filter(|column| column.source.nullable);
+    if let Some(column) = cursor
+        && matches!(spec.mode, WriteMode::Incremental | WriteMode::Merge)
+    {
+        let what = if spec.mode == WriteMode::Merge {
+            "rows whose cursor is NULL are read again on every run (merge is idempotent)"
+        } else {
+            "rows whose cursor is NULL are loaded by the first run only, never later (make the column NOT NULL or use merge)"
+        };
+        warnings.push(Diagnostic::warning(
+            Code::PlanNullableCursor,
+            format!("cursor `{}` is nullable: {what}", column.source.name),
+        ));
+    }
+    warnings
 }
 
 /// The write: the mode's statement over the mapped target columns; a merge key in target
@@ -350,7 +463,16 @@ fn plan_write(spec: &TableSpec, mapping: &TableMapping, source: Option<&SourceTa
                         .map_or_else(|| column.clone(), |mapped| mapped.target.clone())
                 })
                 .collect();
-            WriteOp::Merge { keys, columns }
+            let cursor = spec
+                .cursor
+                .as_deref()
+                .and_then(|cursor| mapping.column(cursor))
+                .map(|column| column.target.clone());
+            WriteOp::Merge {
+                keys,
+                columns,
+                cursor,
+            }
         }
     }
 }
@@ -417,8 +539,9 @@ mod tests {
         assert_eq!(bound(WriteMode::Merge, Some(ids())), after(true));
         assert_eq!(bound(WriteMode::Replace, Some(ids())), Bound::All);
         assert_eq!(bound(WriteMode::Append, Some(ids())), Bound::All);
-        // A new target starts empty.
-        assert_eq!(bound(WriteMode::Incremental, None), Bound::All);
+        // A new target is bounded too: it holds no maximum (every row is read) unless an
+        // overlapping run filled it meanwhile.
+        assert_eq!(bound(WriteMode::Incremental, None), after(false));
     }
 
     #[test]
@@ -458,5 +581,60 @@ mod tests {
         assert_eq!(planned.action, TableAction::Blocked);
         assert!(planned.steps.is_empty());
         assert_eq!(planned.table_operations, 0);
+    }
+
+    #[test]
+    fn a_recreate_is_one_copy_except_for_a_partitioning_change() {
+        let recreate = |existing: WarehouseTable, desired: WarehouseTable| {
+            let mut spec = spec("t", WriteMode::Incremental);
+            spec.allow_recreate = true;
+            plan_table(TableInput {
+                spec,
+                source: Ok(source(10)),
+                mapping: mapped(desired, vec![]),
+                existing_rows: Some(3),
+                existing: Some(existing),
+                unsupported: Vec::new(),
+            })
+        };
+        let incompatible = table("t", &[("id", BqType::String, FieldMode::Nullable)]);
+        let planned = recreate(incompatible, ids());
+        assert_eq!(planned.action, TableAction::Recreate);
+        // No drop/create: the copy replaces schema and rows at once; every row is re-read.
+        assert_eq!(planned.steps.len(), 2);
+        assert_eq!(
+            planned.write_op(),
+            Some(&WriteOp::Recreate {
+                columns: vec!["id".into()],
+                backup: false
+            })
+        );
+        assert_eq!(planned.extract().unwrap().bound, Bound::All);
+        let mut partitioned = ids();
+        partitioned.partitioning = Some(TimePartitioning {
+            granularity: "DAY".into(),
+            field: "id".into(),
+        });
+        let planned = recreate(ids(), partitioned);
+        assert!(matches!(
+            planned.write_op(),
+            Some(WriteOp::Recreate { backup: true, .. })
+        ));
+    }
+
+    #[test]
+    fn a_new_merge_target_is_clustered_on_its_key() {
+        let merged = plan(WriteMode::Merge, None, ids());
+        let Some(WriteOp::Merge { keys, .. }) = merged.write_op() else {
+            panic!("not a merge")
+        };
+        assert_eq!(keys, &["id".to_string()]);
+        assert_eq!(merged.target_schema.as_ref().unwrap().clustering, ["id"]);
+        assert_eq!(merged.extract().unwrap().load_schema.clustering, ["id"]);
+        // Not an existing target (its clustering can't change), not another mode.
+        let existing = plan(WriteMode::Merge, Some(ids()), ids());
+        assert!(existing.target_schema.unwrap().clustering.is_empty());
+        let replaced = plan(WriteMode::Replace, None, ids());
+        assert!(replaced.target_schema.unwrap().clustering.is_empty());
     }
 }

@@ -23,7 +23,7 @@ pub use build::{TableInput, plan_table};
 pub use diff::FieldChange;
 
 /// Version of the plan's JSON format (`plan --format json`, `plan --out`).
-pub const FORMAT_VERSION: u32 = 2;
+pub const FORMAT_VERSION: u32 = 3;
 
 /// What happens to a table's schema.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -79,7 +79,8 @@ pub enum Step {
     /// Extract the rows into the run's staging table and verify the row count. Nothing else
     /// changes, so a failed extraction or load leaves the target as it was.
     Stage(Box<Extract>),
-    /// Drop the target (recreate only; its rows are replaced by this run's rows).
+    /// Drop the target. No longer planned (a recreate is a [`WriteOp::Recreate`]); kept so the
+    /// executor still runs it.
     DropTable,
     /// Create the target with the plan's `target_schema`.
     CreateTable,
@@ -147,20 +148,31 @@ impl Bound {
     }
 }
 
-/// How the verified staging rows are written into the target: one atomic statement.
+/// How the verified staging rows are written into the target: one atomic job.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum WriteOp {
-    /// Replace every row (`TRUNCATE` + `INSERT` in one transaction). An empty source stages an
-    /// empty table, so it empties the target.
+    /// Replace every row: one copy job staging → target, `WRITE_TRUNCATE` (free, atomic). An
+    /// empty source stages an empty table, so it empties the target.
     Replace {
         /// Target columns.
         columns: Vec<String>,
     },
-    /// Add the rows (`INSERT … SELECT`).
+    /// Add the rows: one copy job staging → target, `WRITE_APPEND` (free, atomic).
     Append {
         /// Target columns.
         columns: Vec<String>,
+    },
+    /// An incompatible schema change (`allow_recreate`): one `WRITE_TRUNCATE` copy replaces the
+    /// rows and the schema atomically. With `backup` (the partitioning changes, which a copy
+    /// can't do), the old table is first copied aside under a backup name, then the target is
+    /// dropped and copied anew; the backup is dropped once the new target is complete, and
+    /// copied back if it fails.
+    Recreate {
+        /// Target columns.
+        columns: Vec<String>,
+        /// Keep the old table aside while the new one is made.
+        backup: bool,
     },
     /// Upsert on the key (`MERGE`).
     Merge {
@@ -168,7 +180,22 @@ pub enum WriteOp {
         keys: Vec<String>,
         /// Target columns.
         columns: Vec<String>,
+        /// The cursor's target column: among staged rows sharing a key, the greatest wins.
+        #[serde(default)]
+        cursor: Option<String>,
     },
+}
+
+impl WriteOp {
+    /// The target columns written.
+    pub fn columns(&self) -> &[String] {
+        match self {
+            Self::Replace { columns }
+            | Self::Append { columns }
+            | Self::Recreate { columns, .. }
+            | Self::Merge { columns, .. } => columns,
+        }
+    }
 }
 
 /// The plan of one table.

@@ -114,7 +114,7 @@ fn action_text(action: TableAction) -> &'static str {
         TableAction::Create => "create",
         TableAction::Update => "update schema",
         TableAction::Sync => "no schema change",
-        TableAction::Recreate => "drop and recreate",
+        TableAction::Recreate => "recreate",
         TableAction::Blocked => "blocked",
         TableAction::Error => "error",
         TableAction::Missing => "missing target",

@@ -137,7 +137,7 @@ mod tests {
         let error = read_saved(&value.to_string()).unwrap_err();
         let message = error.to_string();
         assert!(
-            message.contains("datasync 0.0.9 (plan format 2)"),
+            message.contains("datasync 0.0.9 (plan format 3)"),
             "{message}"
         );
         assert!(

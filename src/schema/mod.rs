@@ -14,7 +14,8 @@ pub use codec::{Codec, ColumnMapping, GEOGRAPHY_REJECT, ReadAs};
 pub use engine::SourceKind;
 pub use policy::{BadValuePolicy, DecimalOverflowPolicy, GeometryPolicy, TypePolicies, Utf8Policy};
 pub use value::{
-    Bad, BadKind, Decoded, ExtractStats, RowSink, TooManyBadValues, Val, decimal_text, text,
+    Bad, BadKind, Decoded, ExtractStats, MAX_REJECTS, Reject, RowSink, TooManyBadValues, Val,
+    decimal_text, text,
 };
 
 /// A BigQuery column type (standard SQL names).

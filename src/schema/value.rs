@@ -44,6 +44,32 @@ pub enum Val<'a> {
     Array(Vec<Val<'a>>),
 }
 
+impl Val<'_> {
+    /// The value as plain JSON, for a rejected row's record (bytes as lossy text, dates in
+    /// ISO form, arrays with their NULLs).
+    pub fn to_json(&self) -> serde_json::Value {
+        use serde_json::Value;
+        match self {
+            Self::Null => Value::Null,
+            Self::Bool(value) => Value::Bool(*value),
+            Self::Int(value) => Value::from(*value),
+            Self::UInt(value) => Value::from(*value),
+            Self::F32(value) => serde_json::Number::from_f64(f64::from(*value))
+                .map_or_else(|| Value::String(value.to_string()), Value::Number),
+            Self::F64(value) => serde_json::Number::from_f64(*value)
+                .map_or_else(|| Value::String(value.to_string()), Value::Number),
+            Self::Decimal(text) | Self::Text(text) => Value::String(text.to_string()),
+            Self::Bytes(bytes) | Self::Json(bytes) => {
+                Value::String(String::from_utf8_lossy(bytes).into_owned())
+            }
+            Self::Date(date) => Value::String(date.to_string()),
+            Self::DateTime(at) | Self::Timestamp(at) => Value::String(at.to_string()),
+            Self::Time(time) => Value::String(time.to_string()),
+            Self::Array(items) => Value::Array(items.iter().map(Val::to_json).collect()),
+        }
+    }
+}
+
 /// Kinds of bad values, as counted in [`ExtractStats::by_kind`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BadKind {
@@ -97,6 +123,23 @@ impl Bad<'_> {
 /// Decoding result.
 pub type Decoded<'a> = Result<Val<'a>, Bad<'a>>;
 
+/// Most rejected rows an extraction keeps (the rest are counted in
+/// [`ExtractStats::failed_rows`] only), so memory stays bounded.
+pub const MAX_REJECTS: usize = 10_000;
+
+/// A row left out because a value failed it: what goes to `_datasync_rejects`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Reject {
+    /// The row's key, e.g. `(id=4)`, or `#n` (its position) without a key.
+    pub key: String,
+    /// The source column whose value failed.
+    pub column: String,
+    /// Why.
+    pub reason: String,
+    /// The row as read, a JSON object by source column.
+    pub row: String,
+}
+
 /// What an extraction did.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct ExtractStats {
@@ -112,6 +155,9 @@ pub struct ExtractStats {
     pub failures: Vec<String>,
     /// Bad values by kind.
     pub by_kind: BTreeMap<String, u64>,
+    /// The rows left out (at most [`MAX_REJECTS`]).
+    #[serde(skip)]
+    pub rejects: Vec<Reject>,
 }
 
 /// Text → [`Val::Text`], replacing invalid UTF-8 with a [`Bad`] carrying the lossy text.

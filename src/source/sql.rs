@@ -309,11 +309,19 @@ fn where_clause(
     filter: &CursorFilter,
 ) -> Result<(String, String), SourceError> {
     let column = cursor_column(columns, table, filter)?;
-    Ok((
+    let predicate = dialect.bound_predicate(column, filter.inclusive)?;
+    // An inclusive bound is a merge's (upserts are idempotent): rows whose nullable cursor is
+    // NULL are never past any maximum, so they are read again on every run instead of never.
+    let predicate = if filter.inclusive && column.source.nullable {
         format!(
-            " WHERE {}",
-            dialect.bound_predicate(column, filter.inclusive)?
-        ),
+            "({predicate} OR {} IS NULL)",
+            dialect.quote(&column.source.name)?
+        )
+    } else {
+        predicate
+    };
+    Ok((
+        format!(" WHERE {predicate}"),
         dialect.bind_value(column, &filter.value),
     ))
 }

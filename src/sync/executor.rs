@@ -3,15 +3,21 @@
 //! the plan's steps; only the bound's value (the target's cursor maximum) is read at run time.
 //!
 //! Every table goes through a staging table, so the target is never partial:
-//! 1. [`Step::Stage`]: drop a leftover staging table, stream the rows into ONE resumable load
-//!    job into `_datasync_staging_<target>`, check that BigQuery loaded exactly the rows
-//!    extracted (an empty source stages an empty table);
-//! 2. the DDL steps (drop/create/alter) — only now, so a failed load changes nothing;
-//! 3. [`Step::Write`]: one atomic statement — replace = `TRUNCATE` + `INSERT` in a
-//!    transaction, append = `INSERT … SELECT`, merge = `MERGE` on the key;
-//! 4. drop the staging table.
+//! 0. take the target's lease ([`super::lease`]): one run at a time per target;
+//! 1. [`Step::Stage`]: create this run's staging table `_datasync_staging_<target>_<run id>`
+//!    (the target's partitioning and clustering, an `expirationTime`), stream the rows into
+//!    ONE resumable load job, check that BigQuery loaded exactly the rows extracted (an empty
+//!    source stages an empty table);
+//! 2. the DDL steps (create/alter) — only now, so a failed load changes nothing;
+//! 3. [`Step::Write`]: one atomic job — replace = copy job `WRITE_TRUNCATE`, append = copy job
+//!    `WRITE_APPEND` (both free: no query bytes), recreate = copy `WRITE_TRUNCATE` (schema and
+//!    rows swap atomically; with a partitioning change via a backup), merge = `MERGE` on the
+//!    key;
+//! 4. drop the staging table, release the lease.
 //!
-//! A crash or Ctrl-C before step 2 leaves the target as it was; step 3 is atomic.
+//! A crash or Ctrl-C before step 2 leaves the target as it was; step 3 is atomic. A run first
+//! drops leftovers of dead runs: staging and backup tables past their expiry, lock tables
+//! whose lease expired.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -21,14 +27,18 @@ use bytes::Bytes;
 use futures::StreamExt;
 use tokio::sync::mpsc;
 
-use super::{DryRun, Progress, load_job_id, staging_table};
+use super::lease::{self, LeaseSettings};
+use super::{
+    BACKUP_PREFIX, DryRun, Progress, STAGING_PREFIX, backup_table, load_job_id, run_started_secs,
+    staging_table,
+};
 use crate::plan::{Bound, Extract, FieldChange, Plan, Step, TablePlan, WriteOp};
 use crate::schema::{SourceTable, WarehouseTable};
 use crate::source::{CursorFilter, ExtractStats, Source};
 use crate::sync::report::{ApplyReport, TableOutcome};
 use crate::warehouse::{
-    AlterColumn, Disposition, LoadOutcome, LoadRequest, MergeRequest, NdjsonWriter, Warehouse,
-    WarehouseError, cursor_text,
+    AlterColumn, CopyRequest, Disposition, LoadOutcome, LoadRequest, MergeRequest, NdjsonWriter,
+    TableMeta, Warehouse, WarehouseError, cursor_text,
 };
 
 /// How a report words a failure after which BigQuery may have carried the request out
@@ -50,8 +60,59 @@ pub struct Executor {
     pub progress: Progress,
     /// Receives each table's phase (extract, load, write, done or failed).
     pub phases: super::PhaseProgress,
-    /// A run id that makes job ids unique per run (and deterministic within it).
+    /// A run id that makes job ids and staging tables unique per run (and deterministic
+    /// within it).
     pub run_id: String,
+    /// Leases and expirations.
+    pub settings: RunSettings,
+}
+
+/// How a run guards against overlapping and dead runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RunSettings {
+    /// The lease per target.
+    pub lease: LeaseSettings,
+    /// How long a staging (or backup) table lives: its `expirationTime`, and the age after
+    /// which a later run drops it as a dead run's leftover.
+    pub staging_ttl: std::time::Duration,
+}
+
+impl Default for RunSettings {
+    fn default() -> Self {
+        Self {
+            lease: LeaseSettings::default(),
+            staging_ttl: std::time::Duration::from_secs(24 * 3600),
+        }
+    }
+}
+
+/// The table in the dataset that keeps the rows a bad value left out.
+pub const REJECTS_TABLE: &str = "_datasync_rejects";
+
+fn rejects_schema() -> WarehouseTable {
+    use crate::schema::{BqType, FieldMode, WarehouseField};
+    let text = |name: &str| WarehouseField::new(name, BqType::String, FieldMode::Nullable);
+    WarehouseTable {
+        name: REJECTS_TABLE.to_string(),
+        fields: vec![
+            text("run_id"),
+            text("table"),
+            text("target"),
+            text("key"),
+            text("column"),
+            text("reason"),
+            text("row"),
+            WarehouseField::new("rejected_at", BqType::Timestamp, FieldMode::Nullable),
+        ],
+        partitioning: None,
+        clustering: Vec::new(),
+    }
+}
+
+/// The client-chosen id of a table's write (copy) job in a run; `step` tells the copies of a
+/// recreate apart.
+fn write_job_id(run_id: &str, target: &str, step: &str) -> String {
+    format!("{}_{step}", load_job_id(run_id, target))
 }
 
 /// A failure of one table, with what is known about it.
@@ -76,8 +137,8 @@ impl TableFailure {
     }
 }
 
-/// The source filter of a bound: `None` reads every row (also when the target holds no
-/// maximum yet). The value is read from the target now.
+/// The source filter of a bound: `None` reads every row (also when the target is missing or
+/// holds no maximum yet). The value is read from the target now.
 pub async fn read_bound(
     warehouse: &dyn Warehouse,
     target: &str,
@@ -92,6 +153,10 @@ pub async fn read_bound(
     else {
         return Ok(None);
     };
+    // A missing target (to be created) holds no maximum.
+    if warehouse.get_table(target).await?.is_none() {
+        return Ok(None);
+    }
     let max = warehouse.max_value(target, target_column).await?;
     Ok(cursor_text(&max, *bq_type).map(|value| CursorFilter {
         column: source_column.clone(),
@@ -127,6 +192,9 @@ impl Executor {
         } else {
             None
         };
+        if self.dry_run == DryRun::No && dataset_error.is_none() {
+            self.drop_dead_leftovers().await;
+        }
         // One task per table (at most `parallelism` at once), so the CPU-bound encoding of
         // several tables uses several cores.
         let outcomes: Vec<TableOutcome> = futures::stream::iter(plan.tables.iter())
@@ -163,18 +231,64 @@ impl Executor {
         }
     }
 
-    /// What an interrupted run (Ctrl-C, SIGTERM, timeout) cleans up: a running load only ever
-    /// writes a staging table, so cancel the load jobs, then drop the staging tables.
+    /// What an interrupted run (Ctrl-C, SIGTERM, timeout) cleans up: cancel every job the run
+    /// started (load, copies; a copy is atomic, so the target is old or new), then drop the
+    /// staging tables and release the leases. A recreate's backup is kept (it may hold the only
+    /// copy of the old rows) until it expires.
     pub async fn abort(&self, plan: &Plan) {
         for table in plan.tables.iter().filter(|table| table.action.runs()) {
+            let mut jobs = vec![load_job_id(&self.run_id, &table.target)];
+            for step in ["write", "backup", "restore"] {
+                jobs.push(write_job_id(&self.run_id, &table.target, step));
+            }
+            for job in jobs {
+                let _ = self.warehouse.cancel_job(&job).await;
+            }
             let _ = self
                 .warehouse
-                .cancel_job(&load_job_id(&self.run_id, &table.target))
+                .drop_table(&staging_table(&table.target, &self.run_id))
                 .await;
-            let _ = self
-                .warehouse
-                .drop_table(&staging_table(&table.target))
-                .await;
+            lease::release_lock(
+                self.warehouse.as_ref(),
+                &lease::lock_table(&table.target),
+                &self.run_id,
+            )
+            .await;
+        }
+    }
+
+    /// Drops what dead runs left: staging and backup tables older than
+    /// [`RunSettings::staging_ttl`] (BigQuery expires them too; the emulator does not), lock
+    /// tables whose lease expired. Best effort: failures are logged.
+    async fn drop_dead_leftovers(&self) {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |now| now.as_secs());
+        let ttl = self.settings.staging_ttl.as_secs();
+        for prefix in [STAGING_PREFIX, BACKUP_PREFIX, lease::LOCK_PREFIX] {
+            let names = match self.warehouse.list_tables(prefix).await {
+                Ok(names) => names,
+                Err(error) => {
+                    tracing::warn!(%error, "could not list leftover tables");
+                    return;
+                }
+            };
+            for name in names {
+                let dead = if prefix == lease::LOCK_PREFIX {
+                    match self.warehouse.get_table(&name).await {
+                        Ok(Some(lock)) => lease::is_expired(lock.description.as_deref()),
+                        _ => false,
+                    }
+                } else {
+                    run_started_secs(&name).is_some_and(|started| started + ttl <= now)
+                };
+                if dead {
+                    tracing::info!(table = %name, "dropping a dead run's leftover");
+                    if let Err(error) = self.warehouse.drop_table(&name).await {
+                        tracing::warn!(table = %name, %error, "could not drop a leftover");
+                    }
+                }
+            }
         }
     }
 
@@ -217,6 +331,8 @@ impl Executor {
                     rows = stats.rows,
                     bytes = stats.bytes,
                     bad_values = stats.bad_values,
+                    rows_rejected = stats.failed_rows,
+                    rejects_table = REJECTS_TABLE,
                     seconds,
                     "table synced"
                 );
@@ -252,33 +368,143 @@ impl Executor {
         let source = self.sources.get(&table.source).ok_or_else(|| {
             TableFailure::new(format!("source `{}` is not connected", table.source))
         })?;
-        let filter = read_bound(self.warehouse.as_ref(), &table.target, &extract.bound)
-            .await
-            .map_err(|error| {
-                TableFailure::new(format!(
-                    "reading the target's cursor maximum failed: {error}"
-                ))
-            })?;
         if self.dry_run == DryRun::Yes {
+            let filter = self.bound(table, extract).await?;
             let stats = self
                 .extract_to_drain(source, table, source_table, extract, filter.as_ref())
                 .await?;
             return Ok((stats, None));
         }
-        let staging = staging_table(&table.target);
-        self.warehouse.drop_table(&staging).await.map_err(|error| {
-            TableFailure::new(format!("dropping a leftover staging table failed: {error}"))
-        })?;
-        let (stats, outcome) = self
+        let lease = lease::acquire(
+            Arc::clone(&self.warehouse),
+            &table.target,
+            &self.run_id,
+            self.settings.lease,
+        )
+        .await
+        .map_err(|error| TableFailure::new(error.to_string()))?;
+        let result = self
+            .execute_leased(table, source, source_table, extract)
+            .await;
+        lease.release().await;
+        result
+    }
+
+    /// The source filter of the table's bound, read now.
+    async fn bound(
+        &self,
+        table: &TablePlan,
+        extract: &Extract,
+    ) -> Result<Option<CursorFilter>, TableFailure> {
+        read_bound(self.warehouse.as_ref(), &table.target, &extract.bound)
+            .await
+            .map_err(|error| {
+                TableFailure::new(format!(
+                    "reading the target's cursor maximum failed: {error}"
+                ))
+            })
+    }
+
+    /// Stage, DDL and write, under the target's lease.
+    async fn execute_leased(
+        &self,
+        table: &TablePlan,
+        source: &Source,
+        source_table: &SourceTable,
+        extract: &Extract,
+    ) -> Result<(ExtractStats, Option<u64>), TableFailure> {
+        let filter = self.bound(table, extract).await?;
+        let staging = staging_table(&table.target, &self.run_id);
+        self.create_staging(&staging, extract).await?;
+        let staged = self
             .stage(table, source, source_table, extract, filter.as_ref())
-            .await?;
-        let result = self.finish(table, &stats).await;
-        let dropped = self.warehouse.drop_table(&staging).await;
-        result.map_err(|message| TableFailure::with_stats(message, stats.clone()))?;
-        if let Err(error) = dropped {
+            .await;
+        let staged = match staged {
+            Ok((stats, outcome)) => match self.write_rejects(table, &stats).await {
+                Ok(()) => Ok((stats, outcome)),
+                Err(message) => Err(TableFailure::with_stats(message, stats)),
+            },
+            Err(failure) => Err(failure),
+        };
+        let result = match staged {
+            Ok((stats, outcome)) => self
+                .finish(table, &stats)
+                .await
+                .map(|()| (stats.clone(), Some(outcome.output_rows)))
+                .map_err(|message| TableFailure::with_stats(message, stats)),
+            Err(failure) => Err(failure),
+        };
+        if let Err(error) = self.warehouse.drop_table(&staging).await {
             tracing::warn!(table = %table.label, error = %error, "could not drop the staging table");
         }
-        Ok((stats, Some(outcome.output_rows)))
+        result
+    }
+
+    /// Rows a value failed go to [`REJECTS_TABLE`] before the target is written (one load job
+    /// per table, appending): if they can't be recorded, the table fails and nothing changes.
+    async fn write_rejects(&self, table: &TablePlan, stats: &ExtractStats) -> Result<(), String> {
+        if stats.rejects.is_empty() {
+            return Ok(());
+        }
+        let at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+        let mut lines = Vec::new();
+        for reject in &stats.rejects {
+            let line = serde_json::json!({
+                "run_id": self.run_id,
+                "table": table.label,
+                "target": table.target,
+                "key": reject.key,
+                "column": reject.column,
+                "reason": reject.reason,
+                "row": reject.row,
+                "rejected_at": at,
+            });
+            lines.extend_from_slice(line.to_string().as_bytes());
+            lines.push(b'\n');
+        }
+        let (sender, receiver) = mpsc::channel::<Bytes>(1);
+        let _ = sender.send(Bytes::from(lines)).await;
+        drop(sender);
+        let request = LoadRequest {
+            table: REJECTS_TABLE.to_string(),
+            schema: rejects_schema(),
+            disposition: Disposition::Append,
+            job_id: write_job_id(&self.run_id, &table.target, "rejects"),
+            allow_field_addition: false,
+        };
+        self.warehouse
+            .load(&request, receiver)
+            .await
+            .map(drop)
+            .map_err(|error| {
+                format!(
+                    "recording {} rejected row(s) in `{REJECTS_TABLE}` failed, so the target was not written: {error}",
+                    stats.rejects.len()
+                )
+            })
+    }
+
+    /// This run's staging table: the load schema (the target's partitioning and clustering, so
+    /// a copy into the target is valid) and an `expirationTime`, so a dead run's staging table
+    /// is not permanent.
+    async fn create_staging(&self, staging: &str, extract: &Extract) -> Result<(), TableFailure> {
+        let expires = chrono::Utc::now()
+            + chrono::Duration::from_std(self.settings.staging_ttl)
+                .unwrap_or(chrono::Duration::MAX);
+        let meta = TableMeta {
+            expires_at_ms: Some(expires.timestamp_millis()),
+            description: Some(format!("datasync staging of run {}", self.run_id)),
+        };
+        let schema = WarehouseTable {
+            name: staging.to_string(),
+            ..extract.load_schema.clone()
+        };
+        self.warehouse
+            .create_table_with(&schema, &meta)
+            .await
+            .map_err(|error| {
+                TableFailure::new(format!("creating the staging table failed: {error}"))
+            })
     }
 
     /// [`Step::Stage`]: extraction feeds the upload through a bounded channel (memory stays
@@ -294,7 +520,7 @@ impl Executor {
         filter: Option<&CursorFilter>,
     ) -> Result<(ExtractStats, LoadOutcome), TableFailure> {
         let warehouse = &self.warehouse;
-        let staging = staging_table(&table.target);
+        let staging = staging_table(&table.target, &self.run_id);
         let (sender, mut receiver) = mpsc::channel::<Bytes>(4);
         let progress = Arc::clone(&self.progress);
         let label = table.label.clone();
@@ -313,7 +539,8 @@ impl Executor {
                 name: staging.clone(),
                 ..extract.load_schema.clone()
             },
-            disposition: Disposition::Truncate,
+            // Into this run's empty staging table: keeps its expiration.
+            disposition: Disposition::Append,
             job_id: load_job_id(&self.run_id, &table.target),
             allow_field_addition: false,
         };
@@ -391,7 +618,7 @@ impl Executor {
     async fn finish(&self, table: &TablePlan, stats: &ExtractStats) -> Result<(), String> {
         (self.phases)(&table.label, super::Phase::Write);
         let warehouse = self.warehouse.as_ref();
-        let staging = staging_table(&table.target);
+        let staging = staging_table(&table.target, &self.run_id);
         let mut schema_changed = false;
         for step in &table.steps {
             match step {
@@ -409,7 +636,7 @@ impl Executor {
                     schema_changed = true;
                 }
                 Step::Write { op } => {
-                    write(warehouse, &staging, &table.target, op)
+                    self.write(&staging, &table.target, op)
                         .await
                         .map_err(|error| {
                             if error.is_ambiguous() {
@@ -425,6 +652,79 @@ impl Executor {
         }
         tracing::debug!(table = %table.label, rows = stats.rows, "target written");
         Ok(())
+    }
+
+    /// [`Step::Write`]: one atomic job from staging into the target.
+    async fn write(&self, staging: &str, target: &str, op: &WriteOp) -> Result<(), WarehouseError> {
+        let copy = |source: &str, into: &str, disposition, step: &str| CopyRequest {
+            source: source.to_string(),
+            target: into.to_string(),
+            disposition,
+            job_id: write_job_id(&self.run_id, target, step),
+        };
+        let warehouse = self.warehouse.as_ref();
+        match op {
+            WriteOp::Replace { .. } | WriteOp::Recreate { backup: false, .. } => {
+                warehouse
+                    .copy_table(&copy(staging, target, Disposition::Truncate, "write"))
+                    .await
+            }
+            WriteOp::Append { .. } => {
+                warehouse
+                    .copy_table(&copy(staging, target, Disposition::Append, "write"))
+                    .await
+            }
+            WriteOp::Recreate { backup: true, .. } => {
+                let backup = backup_table(target, &self.run_id);
+                warehouse
+                    .copy_table(&copy(target, &backup, Disposition::Truncate, "backup"))
+                    .await?;
+                warehouse.drop_table(target).await?;
+                if let Err(error) = warehouse
+                    .copy_table(&copy(staging, target, Disposition::Truncate, "write"))
+                    .await
+                {
+                    // Put the old table back; if that fails too, the backup stays.
+                    let restored = warehouse
+                        .copy_table(&copy(&backup, target, Disposition::Truncate, "restore"))
+                        .await;
+                    return Err(match restored {
+                        Ok(()) => {
+                            let _ = warehouse.drop_table(&backup).await;
+                            WarehouseError::Invalid(format!(
+                                "{error}; the old table was restored from its backup"
+                            ))
+                        }
+                        // The target may be missing: an ambiguous outcome, with the backup named.
+                        Err(restore) => WarehouseError::Protocol {
+                            context: format!("recreate {target}"),
+                            message: format!(
+                                "{error}; restoring the old table failed ({restore}): its rows are in `{backup}` until it expires"
+                            ),
+                        },
+                    });
+                }
+                if let Err(error) = warehouse.drop_table(&backup).await {
+                    tracing::warn!(table = %backup, %error, "could not drop the backup");
+                }
+                Ok(())
+            }
+            WriteOp::Merge {
+                keys,
+                columns,
+                cursor,
+            } => warehouse
+                .merge(&MergeRequest {
+                    staging: staging.to_string(),
+                    target: target.to_string(),
+                    keys: keys.clone(),
+                    columns: columns.clone(),
+                    order_by: cursor.clone(),
+                    job_id: Some(write_job_id(&self.run_id, target, "write")),
+                })
+                .await
+                .map(|_| ()),
+        }
     }
 
     async fn extract_to_drain(
@@ -471,7 +771,17 @@ async fn run_ddl(
                 .target_schema
                 .as_ref()
                 .ok_or_else(|| WarehouseError::Invalid("the plan has no target schema".into()))?;
-            warehouse.create_table(schema).await
+            match warehouse.create_table(schema).await {
+                // An overlapping run created it while this one waited for the lease: fine
+                // when it is the table this plan would create.
+                Err(error) if error.is_duplicate() => {
+                    match warehouse.get_table(&schema.name).await? {
+                        Some(existing) if existing.table == *schema => Ok(()),
+                        _ => Err(error),
+                    }
+                }
+                other => other,
+            }
         }
         Step::AlterTable { changes } => {
             warehouse
@@ -479,28 +789,6 @@ async fn run_ddl(
                 .await
         }
         Step::Stage(_) | Step::Write { .. } => Ok(()),
-    }
-}
-
-/// [`Step::Write`]: one atomic statement from staging into the target.
-async fn write(
-    warehouse: &dyn Warehouse,
-    staging: &str,
-    target: &str,
-    op: &WriteOp,
-) -> Result<(), WarehouseError> {
-    match op {
-        WriteOp::Replace { columns } => warehouse.insert_from(staging, target, columns, true).await,
-        WriteOp::Append { columns } => warehouse.insert_from(staging, target, columns, false).await,
-        WriteOp::Merge { keys, columns } => warehouse
-            .merge(&MergeRequest {
-                staging: staging.to_string(),
-                target: target.to_string(),
-                keys: keys.clone(),
-                columns: columns.clone(),
-            })
-            .await
-            .map(|_| ()),
     }
 }
 

@@ -7,6 +7,7 @@
 //! time nothing but run-time values (the target's cursor maximum).
 
 pub mod executor;
+pub mod lease;
 pub mod patterns;
 pub mod planner;
 pub mod report;
@@ -19,7 +20,7 @@ use crate::error::Error;
 use crate::manifest::Manifest;
 use crate::source::Source;
 use crate::warehouse::{BigQuery, Warehouse};
-pub use executor::Executor;
+pub use executor::{Executor, RunSettings};
 pub use report::{ApplyReport, TableOutcome, TableStatus};
 
 /// Connected sources and warehouse.
@@ -108,12 +109,32 @@ pub fn no_phases() -> PhaseProgress {
     Arc::new(|_: &str, _: Phase| {})
 }
 
-/// Prefix of staging tables (followed by the target's name).
+/// Prefix of staging tables (followed by the target's name and the run id).
 pub const STAGING_PREFIX: &str = "_datasync_staging_";
 
-/// The staging table of a target.
-pub fn staging_table(target: &str) -> String {
-    format!("{STAGING_PREFIX}{target}")
+/// Prefix of the backups a recreate with a partitioning change keeps while it runs.
+pub const BACKUP_PREFIX: &str = "_datasync_backup_";
+
+/// The staging table of a target in a run: per run, so overlapping runs never share one.
+pub fn staging_table(target: &str, run_id: &str) -> String {
+    format!("{STAGING_PREFIX}{target}_{run_id}")
+}
+
+/// The backup of a target in a run (recreate with a partitioning change).
+pub fn backup_table(target: &str, run_id: &str) -> String {
+    format!("{BACKUP_PREFIX}{target}_{run_id}")
+}
+
+/// When the run that made a staging or backup table started (seconds since the epoch), read
+/// from the run id at the end of its name ([`new_run_id`]: `<seconds>_<micros>`); `None` for
+/// names that carry no such run id.
+pub fn run_started_secs(table: &str) -> Option<u64> {
+    let mut parts = table.rsplitn(3, '_');
+    let micros = parts.next()?;
+    let secs = parts.next()?;
+    (micros.len() == 6 && micros.bytes().all(|b| b.is_ascii_digit()))
+        .then(|| secs.parse().ok())
+        .flatten()
 }
 
 fn sanitize_job_part(text: &str) -> String {

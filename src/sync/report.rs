@@ -37,7 +37,8 @@ pub struct TableOutcome {
     pub bytes: u64,
     /// Values replaced by NULL/U+FFFD per policy, or failing their row.
     pub bad_values: u64,
-    /// Rows left out because a value failed them (within `max_parse_failures`).
+    /// Rows left out because a value failed them (within `max_parse_failures`); they are in
+    /// the dataset's `_datasync_rejects` table (at most 10,000 per table and run).
     pub rows_left_out: u64,
     /// The first bad-value messages, each naming its row.
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -184,9 +185,18 @@ impl ApplyReport {
             if table.rows_left_out > 0 {
                 let _ = writeln!(
                     out,
-                    "{}: warning: {} row(s) left out by bad values (max_parse_failures allows it)",
+                    "{}: warning: {} row(s) left out by bad values (max_parse_failures allows it){}",
                     table.table,
-                    group_digits(table.rows_left_out)
+                    group_digits(table.rows_left_out),
+                    if self.dry_run || table.status != TableStatus::Done {
+                        String::new()
+                    } else {
+                        format!(
+                            "; they are in `{}.{}`",
+                            self.destination,
+                            crate::sync::executor::REJECTS_TABLE
+                        )
+                    },
                 );
             }
             for sample in &table.bad_value_samples {

@@ -16,8 +16,8 @@ use serde_json::{Map, Value};
 use tokio::sync::mpsc::Receiver;
 
 use super::{
-    AlterColumn, Disposition, ExistingTable, LoadOutcome, LoadRequest, MergeOutcome, MergeRequest,
-    QueryParam, QueryRows, Warehouse, WarehouseError,
+    AlterColumn, CopyRequest, Disposition, ExistingTable, LoadOutcome, LoadRequest, MergeOutcome,
+    MergeRequest, QueryParam, QueryRows, TableMeta, Warehouse, WarehouseError,
 };
 use crate::schema::{FieldMode, WarehouseField, WarehouseTable};
 
@@ -43,6 +43,27 @@ struct State {
     fail_load_after_bytes: Option<u64>,
     loads: BTreeMap<String, LoadOutcome>,
     unsupported: BTreeMap<String, Vec<String>>,
+    /// `(operation, calls to let through first)`: fail the call after those.
+    fail_later: Vec<(String, usize)>,
+    /// Metadata and an etag (a version counter) per table.
+    meta: BTreeMap<String, (TableMeta, u64)>,
+}
+
+impl State {
+    /// Drops tables past their `expirationTime`, like BigQuery.
+    fn expire(&mut self) {
+        let now = chrono::Utc::now().timestamp_millis();
+        let expired: Vec<String> = self
+            .meta
+            .iter()
+            .filter(|(_, (meta, _))| meta.expires_at_ms.is_some_and(|at| at <= now))
+            .map(|(name, _)| name.clone())
+            .collect();
+        for name in expired {
+            self.meta.remove(&name);
+            self.tables.remove(&name);
+        }
+    }
 }
 
 /// An in-memory warehouse.
@@ -88,6 +109,11 @@ impl FakeWarehouse {
             retryable: true,
             ambiguous: true,
         });
+    }
+
+    /// Lets `skip` calls of `operation` through, then fails the next one (not retryable).
+    pub fn fail_after(&self, operation: &str, skip: usize) {
+        self.lock().fail_later.push((operation.into(), skip));
     }
 
     /// Makes every load fail once it has read more than `bytes` bytes (`None` to stop).
@@ -136,7 +162,23 @@ impl FakeWarehouse {
         entry: String,
     ) -> Result<std::sync::MutexGuard<'_, State>, WarehouseError> {
         let mut state = self.lock();
+        state.expire();
         state.log.push(entry);
+        if let Some(index) = state
+            .fail_later
+            .iter()
+            .position(|(name, _)| name == operation)
+        {
+            if state.fail_later[index].1 == 0 {
+                state.fail_later.remove(index);
+                return Err(WarehouseError::Injected {
+                    operation: operation.to_string(),
+                    retryable: false,
+                    ambiguous: false,
+                });
+            }
+            state.fail_later[index].1 -= 1;
+        }
         if let Some(index) = state
             .fail_next
             .iter()
@@ -262,9 +304,13 @@ impl Warehouse for FakeWarehouse {
         Ok(state.tables.get(name).map(|(table, rows)| ExistingTable {
             table: table.clone(),
             num_rows: Some(rows.len() as u64),
-            etag: None,
+            etag: state.meta.get(name).map(|(_, version)| version.to_string()),
             last_modified: None,
             unsupported: state.unsupported.get(name).cloned().unwrap_or_default(),
+            description: state
+                .meta
+                .get(name)
+                .and_then(|(meta, _)| meta.description.clone()),
         }))
     }
 
@@ -342,6 +388,7 @@ impl Warehouse for FakeWarehouse {
     async fn drop_table(&self, name: &str) -> Result<(), WarehouseError> {
         let mut state = self.begin("drop_table", format!("drop_table {name}"))?;
         state.tables.remove(name);
+        state.meta.remove(name);
         Ok(())
     }
 
@@ -483,10 +530,33 @@ impl Warehouse for FakeWarehouse {
                 .map(|key| row.get(key).cloned().unwrap_or(Value::Null))
                 .collect::<Vec<_>>()
         };
+        // Like the MERGE's source: no NULL key; per key the greatest `order_by` (ties: the
+        // last row read).
+        let mut chosen: Vec<Map<String, Value>> = Vec::new();
+        for row in staging {
+            let key = key_of(&row);
+            if key.iter().any(Value::is_null) {
+                continue;
+            }
+            match chosen.iter_mut().find(|kept| key_of(kept) == key) {
+                Some(kept) => {
+                    let newer = request.order_by.as_ref().is_none_or(|column| {
+                        compare(
+                            row.get(column).unwrap_or(&Value::Null),
+                            kept.get(column).unwrap_or(&Value::Null),
+                        ) != Ordering::Less
+                    });
+                    if newer {
+                        *kept = row;
+                    }
+                }
+                None => chosen.push(row),
+            }
+        }
         let mut outcome = MergeOutcome::default();
         let mut inserted = 0;
         let mut updated = 0;
-        for source in staging {
+        for source in chosen {
             let key = key_of(&source);
             let values: Map<String, Value> = request
                 .columns
@@ -590,6 +660,109 @@ impl Warehouse for FakeWarehouse {
         let _state = self.begin("cancel_job", format!("cancel_job {job_id}"))?;
         Ok(())
     }
+
+    async fn copy_table(&self, request: &CopyRequest) -> Result<(), WarehouseError> {
+        let mut state = self.begin(
+            "copy_table",
+            format!(
+                "copy_table {} into {} {}",
+                request.source,
+                request.target,
+                request.disposition.as_api()
+            ),
+        )?;
+        let context = format!("copy {} into {}", request.source, request.target);
+        let (schema, rows) = state
+            .tables
+            .get(&request.source)
+            .cloned()
+            .ok_or_else(|| not_found(&context, &request.source))?;
+        let renamed = WarehouseTable {
+            name: request.target.clone(),
+            ..schema
+        };
+        match (state.tables.get_mut(&request.target), request.disposition) {
+            (None, _) | (Some(_), Disposition::Truncate) => {
+                // WRITE_TRUNCATE replaces rows and schema; the target's metadata stays.
+                state.tables.insert(request.target.clone(), (renamed, rows));
+            }
+            (Some((existing, _)), Disposition::Append) if existing.fields != renamed.fields => {
+                return Err(invalid(&context, "Provided Schema does not match Table"));
+            }
+            (Some((_, existing)), Disposition::Append) => existing.extend(rows),
+            (Some(_), Disposition::Empty) => {
+                return Err(invalid(&context, "Already Exists: table is not empty"));
+            }
+        }
+        lost_reply(&mut state, "copy_table")
+    }
+
+    async fn create_table_with(
+        &self,
+        table: &WarehouseTable,
+        meta: &TableMeta,
+    ) -> Result<(), WarehouseError> {
+        let mut state = self.begin("create_table", format!("create_table {}", table.name))?;
+        if !state.dataset_exists {
+            return Err(not_found(
+                &format!("create table {}", table.name),
+                "dataset",
+            ));
+        }
+        if state.tables.contains_key(&table.name) {
+            return Err(WarehouseError::Api {
+                context: format!("create table {}", table.name),
+                status: 409,
+                reason: "duplicate".into(),
+                message: format!("Already Exists: Table {}", table.name),
+            });
+        }
+        state
+            .tables
+            .insert(table.name.clone(), (table.clone(), Vec::new()));
+        state.meta.insert(table.name.clone(), (meta.clone(), 1));
+        Ok(())
+    }
+
+    async fn patch_table_meta(
+        &self,
+        name: &str,
+        meta: &TableMeta,
+        etag: Option<&str>,
+    ) -> Result<(), WarehouseError> {
+        let mut state = self.begin("patch_table", format!("patch_table {name}"))?;
+        let context = format!("patch table {name}");
+        if !state.tables.contains_key(name) {
+            return Err(not_found(&context, name));
+        }
+        let entry = state.meta.entry(name.to_string()).or_default();
+        if etag.is_some_and(|etag| etag != entry.1.to_string()) {
+            return Err(WarehouseError::Api {
+                context,
+                status: 412,
+                reason: "conditionNotMet".into(),
+                message: "Precondition check failed.".into(),
+            });
+        }
+        if meta.description.is_some() {
+            entry.0.description.clone_from(&meta.description);
+        }
+        if meta.expires_at_ms.is_some() {
+            entry.0.expires_at_ms = meta.expires_at_ms;
+        }
+        entry.1 += 1;
+        Ok(())
+    }
+
+    async fn list_tables(&self, prefix: &str) -> Result<Vec<String>, WarehouseError> {
+        let state = self.begin("list_tables", format!("list_tables {prefix}"))?;
+        Ok(state
+            .tables
+            .keys()
+            .filter(|name| name.starts_with(prefix))
+            .cloned()
+            .collect())
+    }
 }
 
 #[cfg(test)]
@@ -692,6 +865,8 @@ mod tests {
                 target: "t".into(),
                 keys: vec!["id".into()],
                 columns: vec!["id".into(), "v".into()],
+                order_by: None,
+                job_id: None,
             })
             .await
             .unwrap();

@@ -30,6 +30,14 @@
 //!   `status.errorResult`; job errors (`status.errorResult`) are errors. On the emulator, which
 //!   reports SQL errors only that way, `errors` in a 200 are errors.
 //! - `alter_table` sends one `ALTER TABLE` with every change (one per change on the emulator).
+//! - `copy_table` is one copy job (jobs.insert, client job id, in the dataset's location): the
+//!   executor's free, atomic write for replace/append/recreate. On the emulator a WRITE_TRUNCATE
+//!   copy onto a table of another shape drops the table first (the emulator can't replace the
+//!   schema; not atomic there).
+//! - `create_table_with` / `patch_table_meta` / `list_tables` carry datasync's own metadata
+//!   (staging expirations, leases in lock tables; `If-Match` for a lease takeover).
+//! - `merge_statement` de-duplicates staging per key (greatest cursor wins) and leaves NULL keys
+//!   out.
 //! - A target with columns datasync does not model (RECORD, RANGE) or that is not a table reads
 //!   back with [`ExistingTable::unsupported`] reasons instead of failing.
 //! - [`WarehouseError::is_ambiguous`] tells a failure after which BigQuery may have acted (lost
@@ -86,6 +94,35 @@ pub struct ExistingTable {
     /// (RECORD, RANGE; left out of `table`), or not a plain table (VIEW, EXTERNAL). The planner
     /// blocks such a table with these reasons; other tables are unaffected.
     pub unsupported: Vec<String>,
+    /// The table's description (datasync's lock tables keep their lease here).
+    pub description: Option<String>,
+}
+
+/// Table metadata datasync sets on its own tables (staging, locks, backups).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TableMeta {
+    /// `expirationTime` (milliseconds since the epoch): BigQuery deletes the table then
+    /// (<https://cloud.google.com/bigquery/docs/reference/rest/v2/tables#Table.FIELDS.expiration_time>).
+    pub expires_at_ms: Option<i64>,
+    /// `description`.
+    pub description: Option<String>,
+}
+
+/// One copy job: `source` into `target` (same dataset), with `jobs.insert`
+/// `configuration.copy`. Copy jobs are free and atomic: "Creation, truncation and append actions
+/// occur as one atomic update upon job completion"
+/// (<https://cloud.google.com/bigquery/docs/reference/rest/v2/Job#JobConfigurationTableCopy>).
+/// `WRITE_TRUNCATE` replaces the target's rows *and* schema with the source's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CopyRequest {
+    /// Source table.
+    pub source: String,
+    /// Destination table (created when missing).
+    pub target: String,
+    /// `WRITE_TRUNCATE`, `WRITE_APPEND` or `WRITE_EMPTY`.
+    pub disposition: Disposition,
+    /// Client-chosen job ID (deterministic per run and table, so it can be cancelled).
+    pub job_id: String,
 }
 
 /// What a load does with the rows already in the table.
@@ -214,10 +251,19 @@ pub struct MergeRequest {
     pub staging: String,
     /// Target table.
     pub target: String,
-    /// Key columns (matched with `=`; keys must not be NULL).
+    /// Key columns (matched with `=`). Staging rows with a NULL key are left out (`=` never
+    /// matches NULL, so they would be inserted again on every run).
     pub keys: Vec<String>,
     /// All columns to write, keys included.
     pub columns: Vec<String>,
+    /// The cursor column: of several staging rows with one key, the greatest cursor wins
+    /// (BigQuery fails a MERGE whose row matches several source rows: "UPDATE/MERGE must match
+    /// at most one source row for each target row",
+    /// <https://cloud.google.com/bigquery/docs/reference/standard-sql/dml-syntax#merge_statement>).
+    pub order_by: Option<String>,
+    /// Run the MERGE as a query job with this client-chosen id (jobs.insert), so an interrupted
+    /// run can cancel it; `None`: jobs.query.
+    pub job_id: Option<String>,
 }
 
 /// The result of a MERGE.
@@ -466,6 +512,29 @@ pub trait Warehouse: Send + Sync {
 
     /// Removes every row of `table`, keeping its schema.
     async fn truncate(&self, table: &str) -> Result<(), WarehouseError>;
+
+    /// Runs one copy job and waits for it. Idempotent per job ID (an existing job is awaited).
+    async fn copy_table(&self, request: &CopyRequest) -> Result<(), WarehouseError>;
+
+    /// Creates a table with metadata (tables.insert: atomic, a duplicate is an error with
+    /// [`WarehouseError::is_duplicate`] — datasync's leases rely on that).
+    async fn create_table_with(
+        &self,
+        table: &WarehouseTable,
+        meta: &TableMeta,
+    ) -> Result<(), WarehouseError>;
+
+    /// Sets a table's metadata (tables.patch). With `etag`, only if the table still has it
+    /// (`If-Match`; HTTP 412 otherwise).
+    async fn patch_table_meta(
+        &self,
+        name: &str,
+        meta: &TableMeta,
+        etag: Option<&str>,
+    ) -> Result<(), WarehouseError>;
+
+    /// The names of the dataset's tables that start with `prefix` (tables.list, every page).
+    async fn list_tables(&self, prefix: &str) -> Result<Vec<String>, WarehouseError>;
 }
 
 /// The text form of a column maximum read back from BigQuery (see [`Warehouse::max_value`]),
@@ -642,8 +711,26 @@ pub fn merge_statement(
         .iter()
         .map(|column| format!("S.{}", quote_ident(column)))
         .collect::<Vec<_>>();
+    // One source row per key, none with a NULL key.
+    let partition = request
+        .keys
+        .iter()
+        .map(|key| quote_ident(key))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let not_null = request
+        .keys
+        .iter()
+        .map(|key| format!("{} IS NOT NULL", quote_ident(key)))
+        .collect::<Vec<_>>()
+        .join(" AND ");
+    let order = request
+        .order_by
+        .as_ref()
+        .map(|column| format!(" ORDER BY {} DESC", quote_ident(column)))
+        .unwrap_or_default();
     let mut sql = format!(
-        "MERGE {} T USING {} S ON {on}",
+        "MERGE {} T USING (SELECT * FROM {} WHERE {not_null} QUALIFY ROW_NUMBER() OVER (PARTITION BY {partition}{order}) = 1) S ON {on}",
         qualify(&request.target),
         qualify(&request.staging)
     );
@@ -739,11 +826,15 @@ mod tests {
             target: "tgt".into(),
             keys: vec!["id".into()],
             columns: vec!["id".into(), "v".into()],
+            order_by: Some("v".into()),
+            job_id: None,
         };
         let sql = merge_statement(&request, |name| format!("`p.d.{name}`")).unwrap();
         assert_eq!(
             sql,
-            "MERGE `p.d.tgt` T USING `p.d.stg` S ON T.`id` = S.`id` WHEN MATCHED THEN UPDATE SET `v` = S.`v` \
+            "MERGE `p.d.tgt` T USING (SELECT * FROM `p.d.stg` WHERE `id` IS NOT NULL \
+             QUALIFY ROW_NUMBER() OVER (PARTITION BY `id` ORDER BY `v` DESC) = 1) S \
+             ON T.`id` = S.`id` WHEN MATCHED THEN UPDATE SET `v` = S.`v` \
              WHEN NOT MATCHED THEN INSERT (`id`, `v`) VALUES (S.`id`, S.`v`)"
         );
         let keys_only = MergeRequest {

@@ -791,6 +791,10 @@ impl NdjsonWriter {
             }
             RowOutcome::Failed(message) => {
                 self.stats.failed_rows += 1;
+                if self.stats.rejects.len() < crate::schema::MAX_REJECTS {
+                    let reject = self.reject(&message, &mut decode);
+                    self.stats.rejects.push(reject);
+                }
                 self.notes.push(format!("{message} (row left out)"));
             }
         }
@@ -812,6 +816,37 @@ impl NdjsonWriter {
                 failures: self.stats.failures.clone(),
             }),
             _ => Ok(()),
+        }
+    }
+
+    /// The record of a row a failure left out: key, column, reason, the row as read.
+    fn reject<'r>(
+        &self,
+        message: &str,
+        decode: &mut impl FnMut(usize) -> Decoded<'r>,
+    ) -> crate::schema::Reject {
+        let mut row = serde_json::Map::new();
+        for (index, column) in self.columns.iter().enumerate() {
+            let value = match decode(index) {
+                Ok(value) => value.to_json(),
+                Err(bad) => bad
+                    .replacement
+                    .map_or(serde_json::Value::Null, |value| value.to_json()),
+            };
+            row.insert(column.name.clone(), value);
+        }
+        // Messages read "column `name`: reason".
+        let (column, reason) = message
+            .strip_prefix("column `")
+            .and_then(|rest| rest.split_once("`: "))
+            .map_or((String::new(), message.to_string()), |(column, reason)| {
+                (column.to_string(), reason.to_string())
+            });
+        crate::schema::Reject {
+            key: self.describe_key(decode),
+            column,
+            reason,
+            row: serde_json::Value::Object(row).to_string(),
         }
     }
 

@@ -73,6 +73,7 @@ async fn executor(
         progress: Arc::new(|_: &str, _: u64| {}),
         phases: datasync::sync::no_phases(),
         run_id: "run1".into(),
+        settings: Default::default(),
     }
 }
 
@@ -131,11 +132,16 @@ async fn replace_loads_through_staging_then_creates_and_writes_atomically() {
     assert_eq!(
         log,
         [
-            "drop_table _datasync_staging_items",
-            "load _datasync_staging_items WRITE_TRUNCATE datasync_run1_items",
+            "list_tables _datasync_staging_",
+            "list_tables _datasync_backup_",
+            "list_tables _datasync_lock_",
+            "create_table _datasync_lock_items",
+            "create_table _datasync_staging_items_run1",
+            "load _datasync_staging_items_run1 WRITE_APPEND datasync_run1_items",
             "create_table items",
-            "insert_from _datasync_staging_items into items replace=true",
-            "drop_table _datasync_staging_items",
+            "copy_table _datasync_staging_items_run1 into items WRITE_TRUNCATE",
+            "drop_table _datasync_staging_items_run1",
+            "drop_table _datasync_lock_items",
         ]
     );
     assert!(
@@ -211,7 +217,7 @@ async fn a_failed_final_write_keeps_the_target() {
         .execute(&setup.pool)
         .await
         .unwrap();
-    warehouse.fail_next("insert_from", false);
+    warehouse.fail_next("copy_table", false);
     executor.run_id = "run2".into();
     let report = executor.run(&plan1).await;
     assert_eq!(report.tables[0].status, TableStatus::Failed);
@@ -252,13 +258,11 @@ async fn merge_updates_and_inserts_on_the_key_and_empty_replace_truncates() {
     // The empty source staged an empty table; the replace wrote it like any other.
     assert_eq!(warehouse.count("truncate notes"), 0);
     assert_eq!(
-        warehouse.count("insert_from _datasync_staging_notes into notes replace=true"),
+        warehouse.count("copy_table _datasync_staging_notes_run1 into notes WRITE_TRUNCATE")
+            + warehouse.count("copy_table _datasync_staging_notes_run2 into notes WRITE_TRUNCATE"),
         2
     );
-    assert_eq!(
-        warehouse.count("merge _datasync_staging_items into items"),
-        2
-    );
+    assert_eq!(warehouse.count("merge _datasync_staging_items_run"), 2);
 }
 
 #[tokio::test]
@@ -343,12 +347,16 @@ async fn recreate_drops_the_old_table_only_after_the_new_rows_are_verified() {
     assert_eq!(
         log,
         [
-            "drop_table _datasync_staging_items",
-            "load _datasync_staging_items WRITE_TRUNCATE datasync_run2_items",
-            "drop_table items",
-            "create_table items",
-            "insert_from _datasync_staging_items into items replace=true",
-            "drop_table _datasync_staging_items",
+            "list_tables _datasync_staging_",
+            "list_tables _datasync_backup_",
+            "list_tables _datasync_lock_",
+            "create_table _datasync_lock_items",
+            "create_table _datasync_staging_items_run2",
+            "load _datasync_staging_items_run2 WRITE_APPEND datasync_run2_items",
+            // One atomic copy swaps schema and rows: the target is never missing or empty.
+            "copy_table _datasync_staging_items_run2 into items WRITE_TRUNCATE",
+            "drop_table _datasync_staging_items_run2",
+            "drop_table _datasync_lock_items",
         ]
     );
 }
@@ -387,12 +395,14 @@ async fn a_dry_run_honours_the_planned_bound_and_counts_what_a_real_run_moves() 
     let warehouse = Arc::new(FakeWarehouse::with_dataset());
     let mut executor = executor(&manifest, Arc::clone(&warehouse), DryRun::No).await;
     let first = plan(&manifest, &executor.sources["lite"], &warehouse).await;
-    assert_eq!(
+    // A new target is bounded like any other; it holds no maximum, so it is read whole.
+    assert!(matches!(
         first.tables[0].extract().unwrap().bound,
-        datasync::plan::Bound::All,
-        "a new target is read whole"
-    );
+        datasync::plan::Bound::AfterTargetMax { .. }
+    ));
+    assert_eq!(first.tables[0].estimated_rows, Some(3));
     assert!(executor.run(&first).await.succeeded());
+    assert_eq!(ids(&warehouse, "items"), ["1", "2", "3"]);
 
     sqlx::raw_sql("INSERT INTO items VALUES (4, 'd', 4.0), (5, 'e', 5.0);")
         .execute(&setup.pool)
@@ -492,7 +502,7 @@ async fn an_ambiguous_write_failure_says_the_state_is_unknown() {
         .execute(&setup.pool)
         .await
         .unwrap();
-    warehouse.fail_next_ambiguous("insert_from");
+    warehouse.fail_next_ambiguous("copy_table");
     executor.run_id = "run2".into();
     let second = plan(&manifest, &executor.sources["lite"], &warehouse).await;
     let report = executor.run(&second).await;
@@ -601,4 +611,201 @@ async fn table_patterns_expand_against_the_source_catalog() {
         "{plan:#?}"
     );
     setup.pool.close().await;
+}
+
+/// A partitioning change can't be copied over: the old table is copied aside, the target is
+/// rebuilt from staging, the backup dropped once the new target is complete. If the rebuild
+/// fails, the old table is copied back and the report says so. (SQLite has no date columns to
+/// partition on, so the planned recreate is marked as one with a backup; the planner's choice is
+/// tested in `plan::build`.)
+#[tokio::test]
+async fn a_partitioning_change_keeps_the_old_table_aside_until_the_new_one_is_complete() {
+    let setup = sqlite(SEED).await;
+    let manifest = manifest(&setup.path, "      items:\n        allow_recreate: true\n");
+    let warehouse = Arc::new(FakeWarehouse::with_dataset());
+    let old_row: serde_json::Map<String, Value> = serde_json::from_str(r#"{"id": "old"}"#).unwrap();
+    warehouse.insert_table(string_id_items(), vec![old_row.clone()]);
+    let mut executor = executor(&manifest, Arc::clone(&warehouse), DryRun::No).await;
+    let mut plan = plan(&manifest, &executor.sources["lite"], &warehouse).await;
+    assert_eq!(plan.tables[0].action, TableAction::Recreate);
+    for step in &mut plan.tables[0].steps {
+        if let datasync::plan::Step::Write {
+            op: datasync::plan::WriteOp::Recreate { backup, .. },
+        } = step
+        {
+            *backup = true;
+        }
+    }
+
+    // The rebuild (the second copy, after the backup) fails: the old table comes back.
+    warehouse.fail_after("copy_table", 1);
+    let report = executor.run(&plan).await;
+    let text = report.text();
+    assert_eq!(report.tables[0].status, TableStatus::Failed, "{text}");
+    assert!(text.contains("restored from its backup"), "{text}");
+    assert_eq!(warehouse.rows("items").unwrap(), vec![old_row.clone()]);
+    assert!(warehouse.rows("_datasync_backup_items_run1").is_none());
+
+    // It succeeds: the new table holds the source's rows; no backup left.
+    executor.run_id = "run3".into();
+    let before = warehouse.log().len();
+    let report = executor.run(&plan).await;
+    assert!(report.succeeded(), "{}", report.text());
+    assert_eq!(ids(&warehouse, "items"), ["1", "2", "3"]);
+    let writes: Vec<String> = warehouse.log()[before..]
+        .iter()
+        .filter(|entry| entry.starts_with("copy_table") || entry.starts_with("drop_table"))
+        .cloned()
+        .collect();
+    assert_eq!(
+        writes,
+        [
+            "copy_table items into _datasync_backup_items_run3 WRITE_TRUNCATE",
+            "drop_table items",
+            "copy_table _datasync_staging_items_run3 into items WRITE_TRUNCATE",
+            "drop_table _datasync_backup_items_run3",
+            "drop_table _datasync_staging_items_run3",
+            "drop_table _datasync_lock_items",
+        ]
+    );
+    assert!(
+        warehouse
+            .list_tables("_datasync_")
+            .await
+            .unwrap()
+            .is_empty(),
+        "no staging, backup or lock table is left"
+    );
+}
+
+/// A second run finds the target's lease held: with no lock timeout it fails the table at once,
+/// naming the holder, and changes nothing; the holder's lease, once expired, is taken over.
+#[tokio::test]
+async fn a_held_lease_fails_the_second_run_naming_the_holder_until_it_expires() {
+    use datasync::sync::lease::{self, LeaseSettings};
+    let setup = sqlite(SEED).await;
+    let manifest = manifest(&setup.path, "      items: {}\n");
+    let warehouse = Arc::new(FakeWarehouse::with_dataset());
+    let mut executor = executor(&manifest, Arc::clone(&warehouse), DryRun::No).await;
+    let plan = plan(&manifest, &executor.sources["lite"], &warehouse).await;
+    let short = LeaseSettings {
+        duration: std::time::Duration::from_millis(600),
+        wait: std::time::Duration::ZERO,
+    };
+    // A run that dies holding the lease (never released, never renewed).
+    let held = lease::acquire(
+        Arc::clone(&warehouse) as Arc<dyn Warehouse>,
+        "items",
+        "dead_run",
+        short,
+    )
+    .await
+    .unwrap();
+    drop(held);
+
+    let report = executor.run(&plan).await;
+    let text = report.text();
+    assert_eq!(report.tables[0].status, TableStatus::Failed, "{text}");
+    assert!(text.contains("locked by run dead_run"), "{text}");
+    assert!(text.contains("--lock-timeout"), "{text}");
+    assert!(warehouse.rows("items").is_none(), "nothing was written");
+
+    // Waiting longer than the dead holder's lease: taken over, the run succeeds.
+    executor.run_id = "run2".into();
+    executor.settings.lease.wait = std::time::Duration::from_secs(5);
+    let report = executor.run(&plan).await;
+    assert!(report.succeeded(), "{}", report.text());
+    assert_eq!(ids(&warehouse, "items"), ["1", "2", "3"]);
+    assert!(warehouse.rows("_datasync_lock_items").is_none(), "released");
+}
+
+/// Two overlapping runs of the same target: the second waits for the first's lease and then
+/// runs; neither loses nor duplicates a row (append mode: exactly two copies of the source).
+#[tokio::test]
+async fn overlapping_runs_take_turns_on_a_target() {
+    let setup = sqlite(SEED).await;
+    let manifest = manifest(&setup.path, "      items: {mode: append}\n");
+    let warehouse = Arc::new(FakeWarehouse::with_dataset());
+    let mut first = executor(&manifest, Arc::clone(&warehouse), DryRun::No).await;
+    first.settings.lease.wait = std::time::Duration::from_secs(10);
+    let mut second = first.clone();
+    second.run_id = "run2".into();
+    let plan = plan(&manifest, &first.sources["lite"], &warehouse).await;
+    let (a, b) = tokio::join!(first.run(&plan), second.run(&plan));
+    assert!(a.succeeded(), "{}", a.text());
+    assert!(b.succeeded(), "{}", b.text());
+    assert_eq!(ids(&warehouse, "items"), ["1", "1", "2", "2", "3", "3"]);
+    // The second run tried the lock at least once more while the first held it.
+    assert!(warehouse.count("create_table _datasync_lock_items") >= 3);
+    assert!(
+        warehouse
+            .list_tables("_datasync_")
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+/// A dead run's staging and backup tables are dropped by the next run once past their expiry;
+/// a live lease's lock table and a fresh staging table are left alone.
+#[tokio::test]
+async fn the_next_run_drops_dead_runs_leftovers_past_their_expiry() {
+    let setup = sqlite(SEED).await;
+    let manifest = manifest(&setup.path, "      items: {}\n");
+    let warehouse = Arc::new(FakeWarehouse::with_dataset());
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let leftover = |name: String| {
+        let mut table = string_id_items();
+        table.name = name;
+        warehouse.insert_table(table, vec![]);
+    };
+    let old = format!("{}_000001", now - 48 * 3600);
+    let fresh = format!("{}_000002", now - 60);
+    leftover(format!("_datasync_staging_other_{old}"));
+    leftover(format!("_datasync_backup_other_{old}"));
+    leftover(format!("_datasync_staging_other_{fresh}"));
+    let executor = executor(&manifest, Arc::clone(&warehouse), DryRun::No).await;
+    let plan = plan(&manifest, &executor.sources["lite"], &warehouse).await;
+    assert!(executor.run(&plan).await.succeeded());
+    assert_eq!(
+        warehouse.list_tables("_datasync_").await.unwrap(),
+        [format!("_datasync_staging_other_{fresh}")]
+    );
+}
+
+/// A recreate with a backup whose rebuild and restore both fail: the report names the backup
+/// holding the old rows and never claims the target was not changed.
+#[tokio::test]
+async fn a_failed_restore_names_the_backup_holding_the_old_rows() {
+    let setup = sqlite(SEED).await;
+    let manifest = manifest(&setup.path, "      items:\n        allow_recreate: true\n");
+    let warehouse = Arc::new(FakeWarehouse::with_dataset());
+    let old_row: serde_json::Map<String, Value> = serde_json::from_str(r#"{"id": "old"}"#).unwrap();
+    warehouse.insert_table(string_id_items(), vec![old_row.clone()]);
+    let executor = executor(&manifest, Arc::clone(&warehouse), DryRun::No).await;
+    let mut plan = plan(&manifest, &executor.sources["lite"], &warehouse).await;
+    for step in &mut plan.tables[0].steps {
+        if let datasync::plan::Step::Write {
+            op: datasync::plan::WriteOp::Recreate { backup, .. },
+        } = step
+        {
+            *backup = true;
+        }
+    }
+    // The backup copy passes, the rebuild fails, then the restore fails.
+    warehouse.fail_after("copy_table", 1);
+    warehouse.fail_after("copy_table", 0);
+    let report = executor.run(&plan).await;
+    let text = report.text();
+    assert_eq!(report.tables[0].status, TableStatus::Failed, "{text}");
+    assert!(text.contains("_datasync_backup_items_run1"), "{text}");
+    assert!(text.contains("state is unknown"), "{text}");
+    assert!(!text.contains("not changed"), "{text}");
+    assert_eq!(
+        warehouse.rows("_datasync_backup_items_run1").unwrap(),
+        vec![old_row]
+    );
 }

@@ -514,6 +514,11 @@ fn apply_until_progress(world: &World, manifest: &str) -> std::process::Child {
             "--log-format",
             "json",
             "apply",
+            // A killed earlier run's lease expires quickly and is taken over.
+            "--lease-duration",
+            "2s",
+            "--lock-timeout",
+            "30s",
         ])
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
@@ -550,7 +555,16 @@ async fn killing_apply_leaves_every_target_old_or_new() {
         "a kill mid-extraction changed the target"
     );
 
-    // SIGTERM (what a scheduler sends): a clean stop with exit 3 and no staging table left.
+    // The killed run's staging table stays until it expires (or a later run drops it then).
+    let dead_staging = world
+        .warehouse
+        .list_tables("_datasync_staging_big_")
+        .await
+        .unwrap();
+    assert!(dead_staging.len() <= 1, "{dead_staging:?}");
+
+    // SIGTERM (what a scheduler sends): a clean stop with exit 3 and no staging table of its
+    // own left.
     let mut child = apply_until_progress(&world, &manifest);
     let status = std::process::Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
@@ -563,19 +577,47 @@ async fn killing_apply_leaves_every_target_old_or_new() {
     assert!(
         world
             .warehouse
-            .get_table("_datasync_staging_big")
+            .list_tables("_datasync_staging_big_")
             .await
             .unwrap()
-            .is_none(),
+            == dead_staging,
         "staging left behind"
     );
+    assert!(
+        world
+            .warehouse
+            .list_tables("_datasync_lock_")
+            .await
+            .unwrap()
+            .is_empty(),
+        "an interrupted run releases its lease"
+    );
 
-    // Kills at other moments (upload, load, final write): old or new, never in between.
-    for delay_ms in [1_000_u64, 2_500, 4_000] {
+    // 30 kills at pseudo-random moments (extraction, upload, load, copy): old or new, never
+    // in between. Short leases and staging expirations so each run takes over the dead one's
+    // lease and drops its leftovers.
+    let quick = [
+        "-c",
+        manifest.as_str(),
+        "apply",
+        "--lease-duration",
+        "2s",
+        "--lock-timeout",
+        "30s",
+        "--staging-expiration",
+        "3s",
+    ];
+    let mut seed: u64 = 0x9e37_79b9_7f4a_7c15 ^ u64::from(std::process::id());
+    let mut new_seen = false;
+    for kill in 0..30 {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        let delay_ms = 200 + seed % 4_000;
         let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("datasync"))
             .current_dir(world.dir.path())
             .env_clear()
-            .args(["-c", &manifest, "apply"])
+            .args(quick)
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()
@@ -586,12 +628,25 @@ async fn killing_apply_leaves_every_target_old_or_new() {
         let count = world.count("big").await;
         assert!(
             count == 1000 || count == 1_000_000,
-            "after a kill at {delay_ms} ms the target has {count} rows"
+            "after kill {kill} at {delay_ms} ms the target has {count} rows"
         );
         if count == 1000 {
+            assert!(!new_seen, "the target went back to the old rows");
             assert_eq!(world.rows("big", "id").await, old, "old content altered");
+        } else {
+            new_seen = true;
         }
     }
+    // The next run (after the dead runs' leases and staging tables expired) succeeds and
+    // leaves no staging, backup or lock table behind.
+    tokio::time::sleep(std::time::Duration::from_secs(4)).await;
+    assert_code(&world.datasync(&quick), 0);
+    assert_eq!(world.count("big").await, 1_000_000);
+    assert_eq!(
+        world.warehouse.list_tables("_datasync_").await.unwrap(),
+        Vec::<String>::new(),
+        "a dead run's staging or lock table remains past its expiry"
+    );
 }
 
 fn mysql_url() -> String {
@@ -873,4 +928,205 @@ async fn the_embedded_sqlite_demo_runs_end_to_end() {
     assert_eq!(world.count("customers").await, 500);
     assert_eq!(world.count("orders").await, 2000);
     assert_eq!(world.count("order_events").await, 3000);
+}
+
+/// Every job of the emulator's project whose configuration mentions `dataset` (jobs.list).
+async fn dataset_jobs(dataset: &str) -> Vec<serde_json::Value> {
+    let url = format!(
+        "{}/bigquery/v2/projects/datasync-test/jobs?allUsers=true&maxResults=100000",
+        bigquery_url()
+    );
+    let list: serde_json::Value = reqwest::get(url).await.unwrap().json().await.unwrap();
+    list["jobs"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|job| job["configuration"].to_string().contains(dataset))
+        .collect()
+}
+
+/// replace, append and incremental write the target with copy jobs only: no query job writes
+/// a target (the jobs list the emulator returns), so the writes bill no bytes.
+#[tokio::test(flavor = "multi_thread")]
+async fn replace_append_and_incremental_write_with_copy_jobs_and_no_query() {
+    let world = World::new("copyonly").await;
+    world.sql("CREATE TABLE r (id bigint PRIMARY KEY, v text); INSERT INTO r SELECT g, 'v' || g FROM generate_series(1, 20) g;
+               CREATE TABLE a (id bigint PRIMARY KEY, v text); INSERT INTO a SELECT g, 'v' || g FROM generate_series(1, 5) g;
+               CREATE TABLE i (id bigint PRIMARY KEY, at timestamptz NOT NULL); INSERT INTO i SELECT g, timestamptz '2024-01-01 00:00:00+00' + g * interval '1 minute' FROM generate_series(1, 10) g;").await;
+    let manifest = world.manifest(
+        "      r: {}\n      a: {mode: append}\n      i:\n        mode: incremental\n        cursor: at\n",
+    );
+    assert_code(&world.datasync(&["-c", &manifest, "apply"]), 0);
+    world
+        .sql("INSERT INTO i VALUES (11, timestamptz '2025-01-01 00:00:00+00');")
+        .await;
+    assert_code(&world.datasync(&["-c", &manifest, "apply"]), 0);
+    assert_eq!(world.count("r").await, 20);
+    assert_eq!(world.count("a").await, 10);
+    assert_eq!(world.count("i").await, 11);
+
+    let jobs = dataset_jobs(&world.name).await;
+    for target in ["r", "a", "i"] {
+        let qualified = format!("datasync-test.{}.{target}`", world.name);
+        let copies = jobs
+            .iter()
+            .filter(|job| job["configuration"]["copy"]["destinationTable"]["tableId"] == target)
+            .count();
+        assert_eq!(copies, 2, "one copy job per run into {target}");
+        for job in &jobs {
+            let Some(sql) = job["configuration"]["query"]["query"].as_str() else {
+                continue;
+            };
+            let upper = sql.to_uppercase();
+            let writes = ["INSERT", "TRUNCATE", "MERGE", "UPDATE", "DELETE"]
+                .iter()
+                .any(|keyword| upper.contains(keyword));
+            assert!(
+                !(sql.contains(&qualified) && writes),
+                "a query job writes {target}: {sql}"
+            );
+        }
+    }
+    assert!(
+        world
+            .warehouse
+            .list_tables("_datasync_")
+            .await
+            .unwrap()
+            .is_empty(),
+        "no staging or lock table is left"
+    );
+}
+
+/// Pairs of overlapping applies per mode (each pair starts together): neither loses nor
+/// duplicates a row, each run's report is true, and nothing of theirs is left behind.
+#[tokio::test(flavor = "multi_thread")]
+async fn overlapping_applies_lose_and_duplicate_nothing() {
+    const PAIRS: usize = 20;
+    let world = World::new("overlap").await;
+    world.sql("CREATE TABLE r (id bigint PRIMARY KEY, v text); INSERT INTO r SELECT g, 'v' || g FROM generate_series(1, 5) g;
+               CREATE TABLE a (id bigint PRIMARY KEY, v text); INSERT INTO a SELECT g, 'v' || g FROM generate_series(1, 3) g;
+               CREATE TABLE i (id bigint PRIMARY KEY, at bigint NOT NULL); INSERT INTO i SELECT g, g FROM generate_series(1, 3) g;
+               CREATE TABLE m (id bigint PRIMARY KEY, v bigint NOT NULL); INSERT INTO m SELECT g, 0 FROM generate_series(1, 3) g;").await;
+    let manifest = world.manifest(
+        "      r: {}\n      a: {mode: append}\n      i:\n        mode: incremental\n        cursor: at\n      m:\n        mode: merge\n        primary_key: [id]\n",
+    );
+    let apply = |world: &World| {
+        let output = world.datasync(&[
+            "-c",
+            &manifest,
+            "apply",
+            "--format",
+            "json",
+            "--lock-timeout",
+            "120s",
+        ]);
+        assert_code(&output, 0);
+        serde_json::from_slice::<serde_json::Value>(&output.stdout).unwrap()
+    };
+    let mut appended = 0;
+    for pair in 1..=PAIRS {
+        let next = 3 + pair as i64;
+        world
+            .sql(&format!(
+                "INSERT INTO i VALUES ({next}, {next}); UPDATE m SET v = {pair};"
+            ))
+            .await;
+        let (first, second) = std::thread::scope(|scope| {
+            let first = scope.spawn(|| apply(&world));
+            let second = scope.spawn(|| apply(&world));
+            (first.join().unwrap(), second.join().unwrap())
+        });
+        for report in [&first, &second] {
+            for table in report["tables"].as_array().unwrap() {
+                assert_eq!(table["status"], "done", "{report}");
+                assert_eq!(table["rows_loaded"], table["rows_extracted"], "{report}");
+                if table["target"] == "a" {
+                    appended += table["rows_loaded"].as_u64().unwrap();
+                }
+            }
+        }
+        assert_eq!(world.count("r").await, 5, "pair {pair}: replace");
+        assert_eq!(world.count("a").await, appended, "pair {pair}: append");
+        assert_eq!(
+            world.select("i", "id", "id").await.len() as i64,
+            next,
+            "pair {pair}: incremental loads each row once"
+        );
+        assert_eq!(
+            world.select("m", "v", "id").await,
+            vec![format!("[{pair}]"); 3],
+            "pair {pair}: merge"
+        );
+    }
+    assert_eq!(appended, (2 * PAIRS * 3) as u64);
+    assert!(
+        world
+            .warehouse
+            .list_tables("_datasync_")
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+/// A merge source with duplicate and NULL keys and a row BigQuery can't hold (an `int[]` with a
+/// NULL element): one row per non-NULL key (the greatest cursor wins), the NULL-key row and
+/// the bad row are in `_datasync_rejects`, the run says so, and rows loaded earlier stay.
+#[tokio::test(flavor = "multi_thread")]
+async fn merge_dedups_keys_and_rejected_rows_land_in_the_rejects_table() {
+    let world = World::new("rejects").await;
+    world
+        .sql(
+            "CREATE TABLE m (id bigint, v text NOT NULL, c bigint NOT NULL, tags int[]);
+              INSERT INTO m VALUES (1, 'a', 1, '{1}'), (5, 'early', 1, '{5}');",
+        )
+        .await;
+    let manifest = world
+        .manifest("      m:\n        mode: merge\n        primary_key: [id]\n        cursor: c\n");
+    assert_code(&world.datasync(&["-c", &manifest, "apply"]), 0);
+    world
+        .sql("INSERT INTO m VALUES (1, 'b', 2, '{2}'), (1, 'stale', 1, '{0}'), (NULL, 'n', 3, '{}'), (2, 'x', 3, '{3,NULL}'), (3, 'y', 3, '{4}');")
+        .await;
+    let output = world.datasync(&["-c", &manifest, "apply"]);
+    assert_code(&output, 0);
+    let said = text(&output);
+    assert!(said.contains("2 row(s) left out by bad values"), "{said}");
+    assert!(said.contains("_datasync_rejects"), "{said}");
+    assert_eq!(
+        world.select("m", "id, v", "id").await,
+        [r#"[1,"b"]"#, r#"[3,"y"]"#, r#"[5,"early"]"#],
+        "one row per non-NULL key; earlier rows stay"
+    );
+    let rejects = world
+        .select("_datasync_rejects", "`key`, `column`, `row`", "`key`")
+        .await;
+    assert_eq!(rejects.len(), 2, "{rejects:?}");
+    assert!(
+        rejects[0].contains("id=2") && rejects[0].contains("tags"),
+        "{rejects:?}"
+    );
+    assert!(
+        rejects[0].contains(r#"[3,null]"#),
+        "the raw row: {rejects:?}"
+    );
+    assert!(
+        rejects[1].contains("id=NULL") && rejects[1].contains(r#"\"id\""#),
+        "{rejects:?}"
+    );
+    // The MERGE ran as a query job with our own id (so an interrupted run can cancel it).
+    let merges = dataset_jobs(&world.name)
+        .await
+        .into_iter()
+        .filter(|job| {
+            job["jobReference"]["jobId"]
+                .as_str()
+                .is_some_and(|id| id.starts_with("datasync_") && id.ends_with("_m_write"))
+                && job["configuration"]["query"]["query"]
+                    .as_str()
+                    .is_some_and(|sql| sql.starts_with("MERGE"))
+        })
+        .count();
+    assert_eq!(merges, 2, "one MERGE job per run, with a client job id");
 }

@@ -477,6 +477,8 @@ async fn merge_and_max_value() {
             target: "target".into(),
             keys: vec!["id".into()],
             columns: vec!["id".into(), "name".into(), "ts".into()],
+            order_by: None,
+            job_id: None,
         };
         let outcome = client.merge(&merge).await.unwrap();
         assert_eq!(outcome.affected_rows, 2);

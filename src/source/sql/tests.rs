@@ -311,10 +311,19 @@ fn statements() {
     assert_eq!(
         select_sql(&Postgres, &t, &columns, Some(&filter("id", "7", true))).unwrap(),
         Statement {
-            sql: "SELECT \"id\", ST_AsText(\"g\") FROM \"public\".\"t\" WHERE \"id\" >= $1::bigint ORDER BY \"id\""
+            sql: "SELECT \"id\", ST_AsText(\"g\") FROM \"public\".\"t\" WHERE (\"id\" >= $1::bigint OR \"id\" IS NULL) ORDER BY \"id\""
                 .into(),
             bind: Some("7".into())
-        }
+        },
+        "a merge re-reads the rows whose nullable cursor is NULL"
+    );
+    let mut not_null = columns.clone();
+    not_null[0].source.nullable = false;
+    assert_eq!(
+        select_sql(&Postgres, &t, &not_null, Some(&filter("id", "7", true)))
+            .unwrap()
+            .sql,
+        "SELECT \"id\", ST_AsText(\"g\") FROM \"public\".\"t\" WHERE \"id\" >= $1::bigint ORDER BY \"id\""
     );
     assert_eq!(
         select_sql(&Sqlite, &table(None, "t"), &columns[..1], None).unwrap(),

@@ -45,6 +45,20 @@ impl BigQuery {
         url: Url,
         body: Option<&Value>,
     ) -> Result<Reply, WarehouseError> {
+        self.send_if_match(context, method, url, body, None).await
+    }
+
+    /// [`BigQuery::send`] with an `If-Match` etag (optimistic concurrency on tables.patch: the
+    /// update "will only succeed if the table on the server has the same ETag", HTTP 412
+    /// otherwise).
+    pub(super) async fn send_if_match(
+        &self,
+        context: &str,
+        method: Method,
+        url: Url,
+        body: Option<&Value>,
+        if_match: Option<&str>,
+    ) -> Result<Reply, WarehouseError> {
         let deadline = Instant::now() + self.retry.call_deadline;
         let mut attempt = 0;
         loop {
@@ -55,6 +69,9 @@ impl BigQuery {
                 .timeout(self.retry.request_timeout_until(deadline));
             if let Some(body) = body {
                 request = request.json(body);
+            }
+            if let Some(etag) = if_match {
+                request = request.header(reqwest::header::IF_MATCH, etag);
             }
             let (error, retry_after) = match self.exchange(context, request).await {
                 Ok(reply) if reply.status.is_success() => return Ok(reply),

@@ -12,7 +12,8 @@ use super::retry::jitter;
 use crate::schema::WarehouseTable;
 use crate::warehouse::Warehouse;
 use crate::warehouse::{
-    Disposition, LoadOutcome, LoadRequest, QueryParam, QueryRows, WarehouseError, poll_delay,
+    CopyRequest, Disposition, LoadOutcome, LoadRequest, QueryParam, QueryRows, WarehouseError,
+    poll_delay,
 };
 
 impl BigQuery {
@@ -266,6 +267,113 @@ impl BigQuery {
             output_rows: 0,
             bytes: 0,
         })
+    }
+
+    /// A copy job (jobs.insert `configuration.copy`) in the dataset's location, awaited. A 409
+    /// (our own earlier attempt whose reply was lost) awaits the existing job instead.
+    pub(super) async fn run_copy(&self, request: &CopyRequest) -> Result<(), WarehouseError> {
+        Self::check_job_id(&request.job_id)?;
+        let context = format!(
+            "copy table {}.{} into {}.{} (job {})",
+            self.dataset, request.source, self.dataset, request.target, request.job_id
+        );
+        let table = |name: &str| json!({"projectId": self.project, "datasetId": self.dataset, "tableId": name});
+        let mut reference = json!({"projectId": self.project, "jobId": request.job_id});
+        let location = self.job_location().await?;
+        if let Some(location) = &location {
+            reference["location"] = json!(location);
+        }
+        let body = json!({
+            "jobReference": reference,
+            "configuration": {"copy": {
+                "sourceTable": table(&request.source),
+                "destinationTable": table(&request.target),
+                "writeDisposition": request.disposition.as_api(),
+                "createDisposition": "CREATE_IF_NEEDED",
+            }},
+        });
+        if self.emulator && request.disposition == Disposition::Truncate {
+            self.emulator_truncate_copy_prelude(request).await?;
+        }
+        let url = self.api_url(&["jobs"])?;
+        let job: JobResource = match self
+            .send_json(&context, Method::POST, url, Some(&body))
+            .await
+        {
+            Ok(job) => job,
+            Err(error) if error.is_duplicate() => self
+                .get_job(&request.job_id, location.as_deref())
+                .await?
+                .ok_or(error)?,
+            Err(error) => return Err(error),
+        };
+        let job = self.wait_for_job(&context, job, &request.job_id).await?;
+        job.check(&context, &request.job_id)
+    }
+
+    /// A DML statement as a query job with a client job id (jobs.insert
+    /// `configuration.query`), awaited; a 409 (our own lost first attempt) awaits that job.
+    pub(super) async fn run_dml_job(
+        &self,
+        context: &str,
+        sql: &str,
+        job_id: &str,
+    ) -> Result<crate::warehouse::MergeOutcome, WarehouseError> {
+        Self::check_job_id(job_id)?;
+        let mut reference = json!({"projectId": self.project, "jobId": job_id});
+        let location = self.job_location().await?;
+        if let Some(location) = &location {
+            reference["location"] = json!(location);
+        }
+        let body = json!({
+            "jobReference": reference,
+            "configuration": {"query": {"query": sql, "useLegacySql": false}},
+        });
+        let url = self.api_url(&["jobs"])?;
+        let job: JobResource = match self
+            .send_json(context, Method::POST, url, Some(&body))
+            .await
+        {
+            Ok(job) => job,
+            Err(error) if error.is_duplicate() => self
+                .get_job(job_id, location.as_deref())
+                .await?
+                .ok_or(error)?,
+            Err(error) => return Err(error),
+        };
+        let job = self.wait_for_job(context, job, job_id).await?;
+        job.check(context, job_id)?;
+        let query = job
+            .statistics
+            .and_then(|statistics| statistics.query)
+            .unwrap_or_default();
+        let stats = query.dml_stats.unwrap_or_default();
+        Ok(crate::warehouse::MergeOutcome {
+            affected_rows: query.num_dml_affected_rows.unwrap_or_default(),
+            inserted: stats.inserted_row_count,
+            updated: stats.updated_row_count,
+        })
+    }
+
+    /// The emulator fails a `WRITE_TRUNCATE` copy whose source schema differs from the target's
+    /// (HTTP 500 after emptying the target) where BigQuery replaces the schema atomically: drop
+    /// the target first (not atomic; emulator only, see `scripts/EMULATOR.md`).
+    async fn emulator_truncate_copy_prelude(
+        &self,
+        request: &CopyRequest,
+    ) -> Result<(), WarehouseError> {
+        let (Some(source), Some(target)) = (
+            self.get_table(&request.source).await?,
+            self.get_table(&request.target).await?,
+        ) else {
+            return Ok(());
+        };
+        let mut renamed = source.table.clone();
+        renamed.name = target.table.name.clone();
+        if renamed != target.table {
+            self.drop_table(&request.target).await?;
+        }
+        Ok(())
     }
 
     pub(super) fn check_job_id(job_id: &str) -> Result<(), WarehouseError> {

@@ -25,13 +25,14 @@ pub use retry::RetryPolicy;
 pub use upload::{CHUNK_GRANULARITY, DEFAULT_CHUNK_SIZE, content_range, next_offset_from_range};
 
 use super::{
-    AlterColumn, ExistingTable, LoadOutcome, LoadRequest, MergeOutcome, MergeRequest, QueryParam,
-    QueryRows, Warehouse, WarehouseError, alter_statements, merge_statement, quote_ident,
+    AlterColumn, CopyRequest, ExistingTable, LoadOutcome, LoadRequest, MergeOutcome, MergeRequest,
+    QueryParam, QueryRows, TableMeta, Warehouse, WarehouseError, alter_statements, merge_statement,
+    quote_ident,
 };
 use crate::manifest::resolve::BigQuerySpec;
 use crate::schema::{FieldMode, WarehouseTable};
 use auth::{AuthConfig, Credentials};
-use model::{DatasetResource, TableResource};
+use model::{DatasetResource, TableList, TableResource};
 use upload::check_chunk_size;
 
 const PRODUCTION_BASE: &str = "https://bigquery.googleapis.com";
@@ -537,6 +538,9 @@ impl Warehouse for BigQuery {
             self.dataset, request.staging, self.dataset, request.target
         );
         let sql = merge_statement(request, |name| self.qualified(name))?;
+        if let Some(job_id) = &request.job_id {
+            return self.run_dml_job(&context, &sql, job_id).await;
+        }
         let (rows, response) = self.run_query(&context, &sql, &[]).await?;
         let stats = response.dml_stats.unwrap_or_default();
         Ok(MergeOutcome {
@@ -601,6 +605,71 @@ impl Warehouse for BigQuery {
         );
         let (rows, _) = self.run_query(&context, &sql, &[]).await?;
         Ok(rows.scalar().cloned().unwrap_or(Value::Null))
+    }
+
+    async fn copy_table(&self, request: &CopyRequest) -> Result<(), WarehouseError> {
+        self.run_copy(request).await
+    }
+
+    async fn create_table_with(
+        &self,
+        table: &WarehouseTable,
+        meta: &TableMeta,
+    ) -> Result<(), WarehouseError> {
+        let context = format!("create table {}.{}", self.dataset, table.name);
+        let mut resource = TableResource::new(&self.project, &self.dataset, table);
+        resource.description = meta.description.clone();
+        resource.expiration_time = meta.expires_at_ms.map(|ms| ms.to_string());
+        let body = serde_json::to_value(resource)
+            .map_err(|error| WarehouseError::Invalid(format!("{context}: {error}")))?;
+        let url = self.api_url(&["datasets", &self.dataset, "tables"])?;
+        self.send(&context, Method::POST, url, Some(&body))
+            .await
+            .map(drop)
+    }
+
+    async fn patch_table_meta(
+        &self,
+        name: &str,
+        meta: &TableMeta,
+        etag: Option<&str>,
+    ) -> Result<(), WarehouseError> {
+        let context = format!("patch table {}.{name}", self.dataset);
+        let mut body = json!({});
+        if let Some(description) = &meta.description {
+            body["description"] = json!(description);
+        }
+        if let Some(ms) = meta.expires_at_ms {
+            body["expirationTime"] = json!(ms.to_string());
+        }
+        let url = self.api_url(&["datasets", &self.dataset, "tables", name])?;
+        self.send_if_match(&context, Method::PATCH, url, Some(&body), etag)
+            .await
+            .map(drop)
+    }
+
+    async fn list_tables(&self, prefix: &str) -> Result<Vec<String>, WarehouseError> {
+        let context = format!("list tables of {}.{}", self.project, self.dataset);
+        let mut names = Vec::new();
+        let mut page: Option<String> = None;
+        loop {
+            let mut url = self.api_url(&["datasets", &self.dataset, "tables"])?;
+            url.query_pairs_mut().append_pair("maxResults", "1000");
+            if let Some(token) = &page {
+                url.query_pairs_mut().append_pair("pageToken", token);
+            }
+            let list: TableList = self.send_json(&context, Method::GET, url, None).await?;
+            names.extend(
+                list.tables
+                    .into_iter()
+                    .map(|entry| entry.table_reference.table_id)
+                    .filter(|name| name.starts_with(prefix)),
+            );
+            match list.next_page_token.filter(|token| !token.is_empty()) {
+                Some(token) if page.as_deref() != Some(token.as_str()) => page = Some(token),
+                _ => return Ok(names),
+            }
+        }
     }
 
     async fn cancel_job(&self, job_id: &str) -> Result<(), WarehouseError> {

@@ -115,6 +115,28 @@ pub(crate) struct TableResource {
     /// `TABLE`, `VIEW`, `EXTERNAL`, `MATERIALIZED_VIEW`, `SNAPSHOT`.
     #[serde(default, rename = "type", skip_serializing)]
     pub table_type: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// Milliseconds since the epoch, as a string (the emulator ignores it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expiration_time: Option<String>,
+}
+
+/// One entry of tables.list.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct TableListEntry {
+    pub table_reference: TableReference,
+}
+
+/// A tables.list page.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct TableList {
+    #[serde(default)]
+    pub tables: Vec<TableListEntry>,
+    #[serde(default)]
+    pub next_page_token: Option<String>,
 }
 
 impl FieldResource {
@@ -241,6 +263,7 @@ impl TableResource {
             etag: self.etag.clone(),
             last_modified: self.last_modified_time.clone(),
             unsupported,
+            description: self.description.clone(),
         })
     }
 }
@@ -356,6 +379,17 @@ pub(crate) struct LoadStatistics {
 pub(crate) struct JobStatistics {
     #[serde(default)]
     pub load: Option<LoadStatistics>,
+    #[serde(default)]
+    pub query: Option<QueryJobStatistics>,
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct QueryJobStatistics {
+    #[serde(default, deserialize_with = "de_opt_u64")]
+    pub num_dml_affected_rows: Option<u64>,
+    #[serde(default)]
+    pub dml_stats: Option<DmlStats>,
 }
 
 #[derive(Debug, Clone, Deserialize, Default)]

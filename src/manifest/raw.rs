@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 pub use crate::schema::engine::SourceKind;
 pub use crate::schema::policy::{
-    BadValuePolicy, DecimalOverflowPolicy, GeometryPolicy, Utf8Policy,
+    BadValuePolicy, DecimalOverflowPolicy, GeometryPolicy, LoadFormat, Utf8Policy,
 };
 
 /// A datasync manifest: where to read (sources), what to sync (tables) and where to write
@@ -192,6 +192,11 @@ pub struct RawDefaults {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 10_000_000))]
     pub batch_size: Option<u64>,
+    /// Load file format: `avro` (typed, compact, BigQuery's preferred format) or `ndjson`. A
+    /// table with a JSON, GEOGRAPHY or INTERVAL column is loaded as NDJSON whatever this says
+    /// (the plan shows each table's format and why). Default: `avro`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub format: Option<LoadFormat>,
     /// Bad values tolerated per table before it fails; `-1` means unlimited. Default: `100`.
     /// Legacy variable: `MAX_ROW_PARSE_FAILURES`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -389,6 +394,9 @@ pub struct RawTable {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 10_000_000))]
     pub batch_size: Option<u64>,
+    /// Load file format, `avro` or `ndjson`. Default: `defaults.format`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub format: Option<LoadFormat>,
     /// Bad values tolerated; `-1` unlimited. Default: `defaults.max_parse_failures`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = -1))]

@@ -14,7 +14,7 @@ use super::raw::{
 };
 use super::{Code, Diagnostic, error_at, warning_at};
 use crate::names;
-use crate::schema::BqTypeSpec;
+use crate::schema::{BqTypeSpec, LoadFormat};
 pub use crate::schema::policy::TypePolicies;
 use crate::secret::Secret;
 
@@ -235,6 +235,9 @@ pub struct TableSpec {
     pub mode: WriteMode,
     /// Rows per batch.
     pub batch_size: u64,
+    /// Load format asked for.
+    #[serde(default)]
+    pub format: LoadFormat,
     /// Bad values tolerated; `None` = unlimited.
     pub max_parse_failures: Option<u64>,
     /// Forced BigQuery types by source column.
@@ -1034,6 +1037,7 @@ fn resolve_table(
             .batch_size
             .or(defaults.batch_size)
             .unwrap_or(DEFAULT_BATCH_SIZE),
+        format: table.format.or(defaults.format).unwrap_or_default(),
         max_parse_failures: u64::try_from(max_parse_failures).ok(),
         column_types,
         partition_by,
@@ -1077,6 +1081,7 @@ impl Manifest {
                         cursor: table.cursor.clone(),
                         mode: Some(table.mode),
                         batch_size: Some(table.batch_size),
+                        format: Some(table.format),
                         max_parse_failures: Some(
                             table
                                 .max_parse_failures
@@ -1163,6 +1168,7 @@ impl Manifest {
             defaults: RawDefaults {
                 mode: None,
                 batch_size: None,
+                format: None,
                 max_parse_failures: None,
                 timeout: seconds(self.timeout),
                 auto_create: first.map(|table| table.auto_create),

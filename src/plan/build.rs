@@ -8,7 +8,7 @@ use crate::diagnostic::{Code, Diagnostic, Location};
 use crate::manifest::TableSpec;
 use crate::manifest::raw::WriteMode;
 use crate::mapping::TableMapping;
-use crate::schema::{SourceTable, TimePartitioning, WarehouseTable};
+use crate::schema::{LoadFormat, SourceTable, TimePartitioning, WarehouseTable};
 
 /// Everything known about one table before planning.
 #[derive(Debug, Clone)]
@@ -115,6 +115,7 @@ pub fn plan_table(input: TableInput) -> TablePlan {
         && schema.action.runs()
     {
         let bound = plan_bound(&spec, mapping, &schema.ddl);
+        let (format, format_reason) = plan_format(spec.format, load_schema);
         steps.push(Step::Stage(Box::new(Extract {
             columns: mapping.columns.clone(),
             bound,
@@ -123,6 +124,8 @@ pub fn plan_table(input: TableInput) -> TablePlan {
             policies: mapping.policies,
             max_bad_values: mapping.max_parse_failures,
             key_columns: mapping.key_columns.clone(),
+            format,
+            format_reason,
         })));
         steps.append(&mut schema.ddl);
         steps.push(Step::Write {
@@ -458,5 +461,17 @@ mod tests {
         assert_eq!(planned.action, TableAction::Blocked);
         assert!(planned.steps.is_empty());
         assert_eq!(planned.table_operations, 0);
+    }
+}
+
+/// The load format: the one asked for, unless Avro cannot carry the table exactly (then
+/// NDJSON, with the reason). Both formats load into staging, so the write stays the same.
+pub fn plan_format(asked: LoadFormat, load_schema: &WarehouseTable) -> (LoadFormat, Option<String>) {
+    match asked {
+        LoadFormat::Avro => match crate::schema::policy::avro_obstacle(load_schema) {
+            Some(reason) => (LoadFormat::Ndjson, Some(reason)),
+            None => (LoadFormat::Avro, None),
+        },
+        LoadFormat::Ndjson => (LoadFormat::Ndjson, None),
     }
 }

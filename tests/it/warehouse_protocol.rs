@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use datasync::manifest::resolve::BigQuerySpec;
-use datasync::schema::{BqType, FieldMode, WarehouseField, WarehouseTable};
+use datasync::schema::{BqType, FieldMode, LoadFormat, WarehouseField, WarehouseTable};
 use datasync::warehouse::{
     BigQuery, CHUNK_GRANULARITY, Disposition, LoadRequest, RetryPolicy, Warehouse, WarehouseError,
 };
@@ -174,6 +174,7 @@ fn load_request(job_id: &str) -> LoadRequest {
         disposition: Disposition::Truncate,
         job_id: job_id.into(),
         allow_field_addition: false,
+        format: LoadFormat::Ndjson,
     }
 }
 

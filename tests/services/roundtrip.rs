@@ -30,7 +30,7 @@ use datasync::manifest::raw::SourceKind;
 use datasync::manifest::resolve::{BigQuerySpec, TableSpec};
 use datasync::mapping::{Codec, TableMapping, map_table};
 use datasync::schema::ExtractStats;
-use datasync::schema::{BqType, FieldMode, ReadAs};
+use datasync::schema::{BqType, FieldMode, LoadFormat, ReadAs};
 use datasync::source::Source;
 use datasync::warehouse::{BigQuery, Disposition, LoadRequest, Warehouse};
 use serde_json::Value;
@@ -147,6 +147,7 @@ async fn round_trip(
         disposition: Disposition::Append,
         job_id: unique("roundtrip"),
         allow_field_addition: false,
+        format: LoadFormat::Ndjson,
     };
     warehouse
         .load(&request, rx)

@@ -21,6 +21,7 @@ use reqwest::{Method, StatusCode, Url};
 use serde_json::{Value, json};
 use tokio::sync::mpsc::Receiver;
 
+use crate::schema::LoadFormat;
 use super::super::{LoadOutcome, LoadRequest, WarehouseError};
 use super::client::parse_json;
 use super::model::{
@@ -216,11 +217,21 @@ impl BigQuery {
     fn load_job_body(&self, request: &LoadRequest, location: Option<&str>) -> Value {
         let mut load = json!({
             "destinationTable": {"projectId": self.project, "datasetId": self.dataset, "tableId": request.table},
-            "sourceFormat": "NEWLINE_DELIMITED_JSON",
             "writeDisposition": request.disposition.as_api(),
             "createDisposition": "CREATE_IF_NEEDED",
             "schema": schema_resource(&request.schema),
         });
+        match request.format {
+            LoadFormat::Ndjson => load["sourceFormat"] = json!("NEWLINE_DELIMITED_JSON"),
+            LoadFormat::Avro => {
+                // "Loading Avro data": logical types map to DATE/TIME/TIMESTAMP and decimals
+                // stay NUMERIC/BIGNUMERIC (the first listed type that holds the precision and
+                // scale) instead of raw INTEGER/BYTES.
+                load["sourceFormat"] = json!("AVRO");
+                load["useAvroLogicalTypes"] = json!(true);
+                load["decimalTargetTypes"] = json!(["NUMERIC", "BIGNUMERIC"]);
+            }
+        }
         if request.allow_field_addition {
             load["schemaUpdateOptions"] = json!(["ALLOW_FIELD_ADDITION"]);
         }

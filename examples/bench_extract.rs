@@ -14,9 +14,9 @@ use datasync::manifest::resolve::{
     Connection, SourceSpec, TableSpec, Timeouts, TlsSpec, TypePolicies,
 };
 use datasync::mapping::map_table;
+use datasync::schema::LoadFormat;
 use datasync::secret::Secret;
 use datasync::source::Source;
-use datasync::schema::LoadFormat;
 use datasync::warehouse::LoadSink;
 use sqlx::Executor;
 

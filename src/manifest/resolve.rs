@@ -14,8 +14,8 @@ use super::raw::{
 };
 use super::{Code, Diagnostic, error_at, warning_at};
 use crate::names;
-use crate::schema::{BqTypeSpec, LoadFormat};
 pub use crate::schema::policy::TypePolicies;
+use crate::schema::{BqTypeSpec, LoadFormat};
 use crate::secret::Secret;
 
 /// Default rows per batch.

@@ -358,6 +358,21 @@ fn plan_write(spec: &TableSpec, mapping: &TableMapping, source: Option<&SourceTa
     }
 }
 
+/// The load format: the one asked for, unless Avro cannot carry the table exactly (then
+/// NDJSON, with the reason). Both formats load into staging, so the write stays the same.
+pub fn plan_format(
+    asked: LoadFormat,
+    load_schema: &WarehouseTable,
+) -> (LoadFormat, Option<String>) {
+    match asked {
+        LoadFormat::Avro => match crate::schema::policy::avro_obstacle(load_schema) {
+            Some(reason) => (LoadFormat::Ndjson, Some(reason)),
+            None => (LoadFormat::Avro, None),
+        },
+        LoadFormat::Ndjson => (LoadFormat::Ndjson, None),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -461,17 +476,5 @@ mod tests {
         assert_eq!(planned.action, TableAction::Blocked);
         assert!(planned.steps.is_empty());
         assert_eq!(planned.table_operations, 0);
-    }
-}
-
-/// The load format: the one asked for, unless Avro cannot carry the table exactly (then
-/// NDJSON, with the reason). Both formats load into staging, so the write stays the same.
-pub fn plan_format(asked: LoadFormat, load_schema: &WarehouseTable) -> (LoadFormat, Option<String>) {
-    match asked {
-        LoadFormat::Avro => match crate::schema::policy::avro_obstacle(load_schema) {
-            Some(reason) => (LoadFormat::Ndjson, Some(reason)),
-            None => (LoadFormat::Avro, None),
-        },
-        LoadFormat::Ndjson => (LoadFormat::Ndjson, None),
     }
 }

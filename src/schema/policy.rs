@@ -78,9 +78,7 @@ impl Default for TypePolicies {
 }
 
 /// The file format a table's rows are loaded in.
-#[derive(
-    Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema,
-)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum LoadFormat {
     /// Avro object container files with snappy blocks and logical types: BigQuery's preferred
@@ -127,4 +125,3 @@ fn is_avro_name(name: &str) -> bool {
         .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
         && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
-

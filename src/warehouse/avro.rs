@@ -169,7 +169,10 @@ fn put_decimal(buf: &mut Vec<u8>, text: &str, scale: u32) -> Result<(), Bad<'sta
     }
     digits.push_str(int.trim_start_matches('0'));
     digits.push_str(frac);
-    digits.extend(std::iter::repeat_n('0', (scale as usize).saturating_sub(frac.len())));
+    digits.extend(std::iter::repeat_n(
+        '0',
+        (scale as usize).saturating_sub(frac.len()),
+    ));
     let malformed = || Bad::new(BadKind::Malformed, format!("`{text}` is not a decimal"));
     let bytes = if digits.trim_start_matches('-').is_empty() {
         vec![0]
@@ -239,9 +242,8 @@ pub fn write_avro_scalar(
             Ok(())
         }
         (Val::Decimal(text), T::Numeric | T::BigNumeric) => {
-            check_decimal_fits(text, target.bq_type, target.precision, target.scale).and_then(
-                |()| put_decimal(buf, text, decimal_scale(target)),
-            )
+            check_decimal_fits(text, target.bq_type, target.precision, target.scale)
+                .and_then(|()| put_decimal(buf, text, decimal_scale(target)))
         }
         (Val::Date(date), T::Date) => check_year(*date).map(|()| {
             put_long(buf, i64::from(date.num_days_from_ce() - 719_163));
@@ -327,7 +329,8 @@ fn via_json(
             }
         }
         (T::Time, Some(text)) => {
-            let time = NaiveTime::parse_from_str(text, "%H:%M:%S%.f").map_err(|_| malformed(text))?;
+            let time =
+                NaiveTime::parse_from_str(text, "%H:%M:%S%.f").map_err(|_| malformed(text))?;
             put_long(buf, time_micros(time));
         }
         (target, _) => return Err(malformed(target.as_str())),
@@ -507,10 +510,8 @@ impl AvroWriter {
     fn take_chunk(&mut self) -> Bytes {
         let mut out = self.header.take().unwrap_or_default();
         if self.block_rows > 0 {
-            let mut block = std::mem::replace(
-                &mut self.block,
-                Vec::with_capacity(CHUNK_SIZE + 64 * 1024),
-            );
+            let mut block =
+                std::mem::replace(&mut self.block, Vec::with_capacity(CHUNK_SIZE + 64 * 1024));
             // Snappy never fails on a Vec; a failure would leave the block uncompressed and
             // the file invalid, so it is surfaced as an empty block instead of garbage.
             if AvroCodec::Snappy.compress(&mut block).is_err() {

@@ -65,11 +65,11 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc::Receiver;
 
+pub use avro::{AvroWriter, avro_obstacle};
 pub use bigquery::BigQuery;
 pub use bigquery::RetryPolicy;
 pub use bigquery::{CHUNK_GRANULARITY, DEFAULT_CHUNK_SIZE, content_range, next_offset_from_range};
 pub use fake::{FakeWarehouse, InjectedFailure};
-pub use avro::{AvroWriter, avro_obstacle};
 pub use ndjson::NdjsonWriter;
 
 use crate::schema::{

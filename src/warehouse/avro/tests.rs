@@ -80,9 +80,18 @@ fn every_type() -> (Vec<ColumnMapping>, Vec<Vec<Val<'static>>>) {
             )),
             Val::Date(NaiveDate::from_ymd_opt(1, 1, 1).unwrap()),
             Val::DateTime(moment),
-            Val::Timestamp(NaiveDate::from_ymd_opt(1969, 12, 31).unwrap().and_hms_micro_opt(23, 59, 59, 999_999).unwrap()),
+            Val::Timestamp(
+                NaiveDate::from_ymd_opt(1969, 12, 31)
+                    .unwrap()
+                    .and_hms_micro_opt(23, 59, 59, 999_999)
+                    .unwrap(),
+            ),
             Val::Time(moment.time()),
-            Val::Array(vec![Val::Int(i64::MIN), Val::Int(0), Val::Int(9_007_199_254_740_993)]),
+            Val::Array(vec![
+                Val::Int(i64::MIN),
+                Val::Int(0),
+                Val::Int(9_007_199_254_740_993),
+            ]),
             // Converted through the NDJSON writer's text: a bool into STRING.
             Val::Bool(false),
         ],
@@ -191,7 +200,10 @@ fn chunks_concatenate_to_one_valid_file() {
     chunks.extend(sink.finish());
     assert_eq!(chunks.len(), 3, "2 + 2 + 1 rows");
     assert!(chunks[0].starts_with(b"Obj\x01"));
-    assert!(!chunks[1].starts_with(b"Obj\x01"), "the header is written once");
+    assert!(
+        !chunks[1].starts_with(b"Obj\x01"),
+        "the header is written once"
+    );
     let file: Vec<u8> = chunks.concat();
     let ids: Vec<_> = decode_rows(&fields_of(&columns), &file)
         .unwrap()
@@ -220,10 +232,30 @@ fn bad_values_follow_the_same_policies_and_budget_as_ndjson() {
     ]);
     let date = NaiveDate::from_ymd_opt(2024, 1, 1).unwrap();
     let rows: Vec<[Decoded<'static>; 4]> = vec![
-        [Ok(Val::Int(1)), Ok(Val::F64(1.5)), Ok(Val::Date(date)), Ok(Val::Decimal("12.5".into()))],
-        [Ok(Val::Int(2)), Ok(Val::F64(f64::NAN)), Ok(Val::Date(date)), Ok(Val::Null)],
-        [Ok(Val::Int(3)), Ok(Val::Null), Err(Bad::new(BadKind::ZeroDate, "zero date")), Ok(Val::Null)],
-        [Ok(Val::Int(4)), Ok(Val::Null), Ok(Val::Date(date)), Ok(Val::Decimal("123.5".into()))],
+        [
+            Ok(Val::Int(1)),
+            Ok(Val::F64(1.5)),
+            Ok(Val::Date(date)),
+            Ok(Val::Decimal("12.5".into())),
+        ],
+        [
+            Ok(Val::Int(2)),
+            Ok(Val::F64(f64::NAN)),
+            Ok(Val::Date(date)),
+            Ok(Val::Null),
+        ],
+        [
+            Ok(Val::Int(3)),
+            Ok(Val::Null),
+            Err(Bad::new(BadKind::ZeroDate, "zero date")),
+            Ok(Val::Null),
+        ],
+        [
+            Ok(Val::Int(4)),
+            Ok(Val::Null),
+            Ok(Val::Date(date)),
+            Ok(Val::Decimal("123.5".into())),
+        ],
     ];
     let key = ["id".to_string()];
     let policies = TypePolicies::default();
@@ -239,7 +271,13 @@ fn bad_values_follow_the_same_policies_and_budget_as_ndjson() {
         (&a.failures, &a.by_kind, a.rows, a.failed_rows),
         (&n.failures, &n.by_kind, n.rows, n.failed_rows)
     );
-    assert!(a.failures.iter().any(|f| f.contains("123.5 does not fit NUMERIC")), "{:?}", a.failures);
+    assert!(
+        a.failures
+            .iter()
+            .any(|f| f.contains("123.5 does not fit NUMERIC")),
+        "{:?}",
+        a.failures
+    );
     let decoded = decode_rows(&fields_of(&columns), &avro.finish().unwrap()).unwrap();
     assert_eq!(decoded, ndjson_rows(&ndjson.finish().unwrap()));
     assert_eq!(decoded[1]["v"], serde_json::Value::Null);
@@ -266,7 +304,11 @@ fn tables_avro_cannot_carry_exactly_are_named() {
     let geo = table(vec![field("g", BqType::Geography, FieldMode::Nullable)]);
     assert!(avro_obstacle(&geo).unwrap().contains("GEOGRAPHY"));
     let named = table(vec![field("naïve-col", BqType::Int64, FieldMode::Nullable)]);
-    assert!(avro_obstacle(&named).unwrap().contains("not a valid Avro name"));
+    assert!(
+        avro_obstacle(&named)
+            .unwrap()
+            .contains("not a valid Avro name")
+    );
 }
 
 #[test]

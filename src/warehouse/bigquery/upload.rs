@@ -21,7 +21,6 @@ use reqwest::{Method, StatusCode, Url};
 use serde_json::{Value, json};
 use tokio::sync::mpsc::Receiver;
 
-use crate::schema::LoadFormat;
 use super::super::{LoadOutcome, LoadRequest, WarehouseError};
 use super::client::parse_json;
 use super::model::{
@@ -29,6 +28,7 @@ use super::model::{
 };
 use super::retry::{RetryPolicy, is_retryable, jitter, parse_retry_after};
 use super::{BigQuery, Reply};
+use crate::schema::LoadFormat;
 
 /// Resumable chunks must be multiples of this (256 KiB), except the last.
 pub const CHUNK_GRANULARITY: usize = 262_144;

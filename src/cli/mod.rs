@@ -109,6 +109,15 @@ struct PlanArgs {
     /// Only these tables (`source.table`, as in the plan; repeatable).
     #[arg(long = "table", value_name = "SOURCE.TABLE")]
     tables: Vec<String>,
+    /// Run only this shard's tables: `INDEX/COUNT` (0-based). Tables are assigned by a stable
+    /// hash of `source.table`. Default: from `JOB_COMPLETION_INDEX` (with `--shard-count`) or
+    /// `CLOUD_RUN_TASK_INDEX`/`CLOUD_RUN_TASK_COUNT`; none = every table.
+    #[arg(long, value_name = "INDEX/COUNT")]
+    shard: Option<String>,
+    /// The number of shards when the index comes from `JOB_COMPLETION_INDEX` (a Kubernetes
+    /// Indexed Job's `completions`).
+    #[arg(long, value_name = "COUNT")]
+    shard_count: Option<u64>,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
@@ -131,6 +140,15 @@ struct ApplyArgs {
     /// Only these tables (`source.table`, as in the plan; repeatable). Not with a saved plan.
     #[arg(long = "table", value_name = "SOURCE.TABLE", conflicts_with = "plan")]
     tables: Vec<String>,
+    /// Run only this shard's tables: `INDEX/COUNT` (0-based). Tables are assigned by a stable
+    /// hash of `source.table`. Default: from `JOB_COMPLETION_INDEX` (with `--shard-count`) or
+    /// `CLOUD_RUN_TASK_INDEX`/`CLOUD_RUN_TASK_COUNT`; none = every table.
+    #[arg(long, value_name = "INDEX/COUNT")]
+    shard: Option<String>,
+    /// The number of shards when the index comes from `JOB_COMPLETION_INDEX` (a Kubernetes
+    /// Indexed Job's `completions`).
+    #[arg(long, value_name = "COUNT")]
+    shard_count: Option<u64>,
 }
 
 #[derive(Debug, Args)]
@@ -494,6 +512,7 @@ async fn prepare(
     cli: &Cli,
     env: &Env,
     tables: &[String],
+    shard: Option<crate::plan::shard::Shard>,
 ) -> Result<
     (
         Loaded,
@@ -505,6 +524,13 @@ async fn prepare(
 > {
     let mut loaded = load_manifest(&cli.global, env)?;
     select_tables(&mut loaded.manifest, tables)?;
+    if let Some(shard) = shard {
+        // Other shards' tables are left out before connecting: not introspected, not planned.
+        loaded
+            .manifest
+            .tables
+            .retain(|table| shard.owns(&table.label()));
+    }
     let limit = loaded.manifest.timeout;
     let deadline = limit.map(|limit| tokio::time::Instant::now() + limit);
     let (session, plan) = within(limit, deadline, async {
@@ -517,7 +543,8 @@ async fn prepare(
 }
 
 async fn plan(cli: &Cli, env: &Env, args: &PlanArgs) -> Result<ExitStatus, Error> {
-    let (_loaded, _session, plan, _deadline) = prepare(cli, env, &args.tables).await?;
+    let shard = shard(env, args.shard.as_deref(), args.shard_count)?;
+    let (_loaded, _session, plan, _deadline) = prepare(cli, env, &args.tables, shard).await?;
     let text = match args.format {
         PlanFormat::Text => crate::plan::render::text(&plan),
         PlanFormat::Markdown => crate::plan::render::markdown(&plan),
@@ -547,12 +574,33 @@ async fn plan(cli: &Cli, env: &Env, args: &PlanArgs) -> Result<ExitStatus, Error
 }
 
 /// Reads a plan saved by `plan --out` and checks it still matches `fresh`.
-fn saved_plan(path: &Path, fresh: &crate::plan::Plan) -> Result<crate::plan::Plan, Error> {
+/// This run's shard (`--shard`, `--shard-count`, the job environment), if any.
+fn shard(
+    env: &Env,
+    flag: Option<&str>,
+    count: Option<u64>,
+) -> Result<Option<crate::plan::shard::Shard>, Error> {
+    crate::plan::shard::Shard::resolve(flag, count, env)
+        .map_err(|reason| Error::Usage(format!("invalid shard: {reason}")))
+}
+
+/// The saved plan at `path` (only this shard's tables of it), if it still holds.
+fn saved_plan(
+    path: &Path,
+    fresh: &crate::plan::Plan,
+    shard: Option<crate::plan::shard::Shard>,
+) -> Result<crate::plan::Plan, Error> {
     let text = std::fs::read_to_string(path).map_err(|source| SavedPlanError::Unreadable {
         path: path.to_path_buf(),
         source,
     })?;
     crate::plan::stale::read_saved(&text)
+        .map(|mut saved| {
+            if let Some(shard) = shard {
+                saved.tables.retain(|table| shard.owns(&table.label));
+            }
+            saved
+        })
         .and_then(|saved| crate::plan::stale::check_fresh(&saved, fresh).map(|()| saved))
         .map_err(|reason| {
             SavedPlanError::Rejected {
@@ -564,7 +612,8 @@ fn saved_plan(path: &Path, fresh: &crate::plan::Plan) -> Result<crate::plan::Pla
 }
 
 async fn apply(cli: &Cli, env: &Env, args: &ApplyArgs) -> Result<ExitStatus, Error> {
-    let (loaded, session, fresh, deadline) = prepare(cli, env, &args.tables).await?;
+    let shard = shard(env, args.shard.as_deref(), args.shard_count)?;
+    let (loaded, session, fresh, deadline) = prepare(cli, env, &args.tables, shard).await?;
     // An invalid DRY_RUN already failed the manifest load.
     let dry_run_env = manifest::env::get(env, manifest::env::vars::DRY_RUN)
         .is_some_and(|value| manifest::env::parse_bool(value) == Ok(true));
@@ -575,7 +624,7 @@ async fn apply(cli: &Cli, env: &Env, args: &ApplyArgs) -> Result<ExitStatus, Err
     };
     let plan = match &args.plan {
         None => fresh,
-        Some(path) => saved_plan(path, &fresh)?,
+        Some(path) => saved_plan(path, &fresh, shard)?,
     };
     print_stderr(&crate::plan::render::text(&plan));
     let labels: Vec<String> = plan

@@ -6,6 +6,7 @@
 mod build;
 pub mod diff;
 pub mod render;
+pub mod shard;
 pub mod stale;
 #[cfg(test)]
 mod testing;

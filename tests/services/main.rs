@@ -10,6 +10,7 @@ mod support;
 
 mod apply_e2e;
 mod roundtrip;
+mod shard;
 mod source_mysql;
 mod source_postgres;
 mod source_session;

@@ -86,6 +86,12 @@ pub struct RawBigQuery {
     /// Create the dataset when it does not exist. Default: `false`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub create_dataset: Option<bool>,
+    /// Resumable-upload chunk size in MiB (each chunk is one HTTP request; a whole MiB is always
+    /// a multiple of the 256 KiB the protocol requires). Memory per table in flight is about
+    /// twice this. Default: `32`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1024))]
+    pub upload_chunk_mib: Option<u64>,
 }
 
 /// How rows are written into the target table.

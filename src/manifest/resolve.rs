@@ -65,6 +65,9 @@ pub struct BigQuerySpec {
     pub ca_file: Option<String>,
     /// Create the dataset if missing.
     pub create_dataset: bool,
+    /// Resumable-upload chunk size in MiB; `None`: 32.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub upload_chunk_mib: Option<u64>,
     /// The environment variables the BigQuery client uses (credentials discovery, proxies, CA),
     /// taken from the manifest's environment snapshot.
     #[serde(skip)]
@@ -498,6 +501,7 @@ pub fn resolve(raw: &RawManifest) -> (Option<Manifest>, Vec<Diagnostic>) {
             impersonate_service_account: raw.bigquery.impersonate_service_account.clone(),
             ca_file: raw.bigquery.ca_file.clone(),
             create_dataset: raw.bigquery.create_dataset.unwrap_or(false),
+            upload_chunk_mib: raw.bigquery.upload_chunk_mib,
             env: BigQueryEnv::default(),
         },
         timeout,
@@ -1164,6 +1168,7 @@ impl Manifest {
                 impersonate_service_account: self.bigquery.impersonate_service_account.clone(),
                 ca_file: self.bigquery.ca_file.clone(),
                 create_dataset: Some(self.bigquery.create_dataset),
+                upload_chunk_mib: self.bigquery.upload_chunk_mib,
             },
             defaults: RawDefaults {
                 mode: None,

@@ -4,6 +4,7 @@
 //! nothing else.
 
 mod build;
+pub mod chunks;
 pub mod diff;
 pub mod render;
 pub mod shard;

@@ -50,7 +50,7 @@ manifest() { # manifest ENGINE FORMAT
   else
     source="  my:\n    type: mysql\n    url: mysql://root@127.0.0.1:3306/bench_cmp\n    tables:\n      t: {}\n"
   fi
-  printf "bigquery:\n  project: bench\n  dataset: bench\n  endpoint: http://127.0.0.1:9\n  emulator: true\ndefaults:\n  format: $2\n  max_parse_failures: -1\nsources:\n$source" >"$WORK/$1-$2.yaml"
+  printf "bigquery:\n  project: bench\n  dataset: bench\n  endpoint: ${DATASYNC_TEST_BIGQUERY_URL:-http://127.0.0.1:9050}\n  emulator: true\n  create_dataset: true\ndefaults:\n  format: $2\n  max_parse_failures: -1\nsources:\n$source" >"$WORK/$1-$2.yaml"
   echo "$WORK/$1-$2.yaml"
 }
 
@@ -74,7 +74,7 @@ cases() {
   run my-batch "$MY --batch --quick -e 'SELECT * FROM bench_cmp.t' > '$WORK/out.my-batch'"
   for engine in pg my; do
     for format in avro ndjson; do
-      run "ds-$engine-$format" "$DS -c $(manifest $engine $format) apply --dry-run --format json 2>&1 1>/dev/null | cat >&2"
+      run "ds-$engine-$format" "$DS -c $(manifest $engine $format) apply --dry-run --format json 1>&2 2>/dev/null"
     done
   done
   if [ -x bench/.venv/bin/sling ]; then

@@ -14,9 +14,10 @@ use datasync::manifest::resolve::{
     Connection, SourceSpec, TableSpec, Timeouts, TlsSpec, TypePolicies,
 };
 use datasync::mapping::map_table;
+use datasync::schema::LoadFormat;
 use datasync::secret::Secret;
 use datasync::source::Source;
-use datasync::warehouse::NdjsonWriter;
+use datasync::warehouse::LoadSink;
 use sqlx::Executor;
 
 /// (PostgreSQL type, PostgreSQL expression over `g`), (MySQL type, expression over `seq`),
@@ -158,6 +159,7 @@ fn table_spec(kind: SourceKind, qualifier: Option<String>) -> TableSpec {
         cursor: None,
         mode: WriteMode::Replace,
         batch_size: 10_000,
+        format: LoadFormat::Ndjson,
         max_parse_failures: None,
         column_types: Default::default(),
         partition_by: None,
@@ -173,6 +175,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut engine = "postgres".to_string();
     let mut rows: u64 = 1_000_000;
     let mut columns: usize = 10;
+    let mut format = LoadFormat::Ndjson;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         let value = args.next().ok_or("missing value")?;
@@ -180,6 +183,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             "--engine" => engine = value,
             "--rows" => rows = value.parse()?,
             "--columns" => columns = value.parse()?,
+            "--format" => {
+                format = match value.as_str() {
+                    "avro" => LoadFormat::Avro,
+                    "ndjson" => LoadFormat::Ndjson,
+                    other => return Err(format!("unknown format {other}").into()),
+                }
+            }
             other => return Err(format!("unknown argument {other}").into()),
         }
     }
@@ -290,7 +300,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             }
         });
         let start = Instant::now();
-        let writer = NdjsonWriter::new(
+        let writer = LoadSink::new(
+            format,
             table.label(),
             &mapping.columns,
             mapping.policies,
@@ -323,7 +334,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     let (stats, secs, bytes) = result?;
     println!(
-        "engine={engine} columns={columns} rows={} bad_values={} setup_s={setup_secs:.1} extract_s={secs:.2} rows_per_s={:.0} mb_per_s={:.1} ndjson_mb={:.1} peak_rss_mb={:.1}",
+        "engine={engine} format={} columns={columns} rows={} bad_values={} setup_s={setup_secs:.1} extract_s={secs:.2} rows_per_s={:.0} mb_per_s={:.1} out_mb={:.1} peak_rss_mb={:.1}",
+        format.as_str(),
         stats.rows,
         stats.bad_values,
         stats.rows as f64 / secs,

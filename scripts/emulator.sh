@@ -69,8 +69,10 @@ print(os.path.join(os.path.expanduser("~"), ".duckdb", "extensions",
 PY
 }
 
-spatial_loads() {
-    "$PY" -c 'import duckdb; c = duckdb.connect(); c.execute("LOAD spatial")' >/dev/null 2>&1
+spatial_loads() { extension_loads spatial; }
+
+extension_loads() { # extension_loads NAME
+    "$PY" -c "import duckdb; c = duckdb.connect(); c.execute('LOAD $1')" >/dev/null 2>&1
 }
 
 installed() {
@@ -79,34 +81,42 @@ installed() {
 import importlib.metadata as m
 assert m.version("bqemulator") == "$BQEMULATOR_VERSION"
 assert m.version("duckdb") == m.version("duckdb-extension-spatial")
-import numpy
+assert m.version("duckdb") == m.version("duckdb-extension-avro")
+import numpy, fastavro, cramjam
 PY
-    spatial_loads
+    spatial_loads && extension_loads avro
 }
 
-install_spatial_extension() {
-    local duck spatial src dir
+# install_extension NAME: copies NAME.duckdb_extension from the PyPI wheel
+# duckdb-extension-NAME (same version as duckdb) into ~/.duckdb/extensions,
+# where `INSTALL NAME` finds it without the network.
+install_extension() {
+    local name=$1 duck version src dir
     duck=$("$PY" -c 'import duckdb; print(duckdb.__version__)')
-    spatial=$("$PY" -c 'import importlib.metadata as m; print(m.version("duckdb-extension-spatial"))')
-    [ "$duck" = "$spatial" ] || die "duckdb $duck != duckdb-extension-spatial $spatial"
-    src=$("$PY" - <<'PY'
-import os, duckdb, duckdb_extension_spatial as pkg
+    version=$("$PY" -c "import importlib.metadata as m; print(m.version('duckdb-extension-$name'))")
+    [ "$duck" = "$version" ] || die "duckdb $duck != duckdb-extension-$name $version"
+    src=$("$PY" - "$name" <<'PY'
+import importlib, os, sys, duckdb
+name = sys.argv[1]
+pkg = importlib.import_module("duckdb_extension_" + name)
 root = os.path.dirname(pkg.__file__)
-want = os.path.join(root, "extensions", "v" + duckdb.__version__, "spatial.duckdb_extension")
+want = os.path.join(root, "extensions", "v" + duckdb.__version__, name + ".duckdb_extension")
 if not os.path.isfile(want):
     raise SystemExit("no " + want)
 print(want)
 PY
-) || die "spatial extension file not found in duckdb-extension-spatial"
+) || die "$name extension file not found in duckdb-extension-$name"
     dir=$(spatial_target_dir)
     mkdir -p "$dir"
-    if ! cmp -s "$src" "$dir/spatial.duckdb_extension"; then
-        cp "$src" "$dir/spatial.duckdb_extension.tmp"
-        mv "$dir/spatial.duckdb_extension.tmp" "$dir/spatial.duckdb_extension"
+    if ! cmp -s "$src" "$dir/$name.duckdb_extension"; then
+        cp "$src" "$dir/$name.duckdb_extension.tmp"
+        mv "$dir/$name.duckdb_extension.tmp" "$dir/$name.duckdb_extension"
     fi
-    spatial_loads || die "DuckDB cannot LOAD spatial from $dir"
-    log "spatial extension $duck installed in $dir"
+    extension_loads "$name" || die "DuckDB cannot LOAD $name from $dir"
+    log "$name extension $duck installed in $dir"
 }
+
+install_spatial_extension() { install_extension spatial; }
 
 do_install() {
     mkdir -p "$EMU_DIR"
@@ -118,16 +128,21 @@ do_install() {
         log "creating venv $VENV"
         python3 -m venv "$VENV" || die "python3 -m venv failed (Debian: apt-get install python3-venv)"
     fi
-    log "pip install bqemulator==$BQEMULATOR_VERSION duckdb==$DUCKDB_VERSION duckdb-extension-spatial==$DUCKDB_VERSION numpy"
+    log "pip install bqemulator==$BQEMULATOR_VERSION duckdb==$DUCKDB_VERSION duckdb-extension-spatial==$DUCKDB_VERSION duckdb-extension-avro==$DUCKDB_VERSION numpy fastavro cramjam"
     "$PY" -m pip install -q --disable-pip-version-check \
         "bqemulator==$BQEMULATOR_VERSION" \
         "duckdb==$DUCKDB_VERSION" \
         "duckdb-extension-spatial==$DUCKDB_VERSION" \
-        numpy >&2
+        "duckdb-extension-avro==$DUCKDB_VERSION" \
+        numpy fastavro cramjam >&2
     # bqemulator runs `INSTALL spatial; LOAD spatial` at startup and refuses
     # to start without it; with no network that only works from the local
     # extension directory.
     install_spatial_extension
+    # Avro loads go through DuckDB's read_avro (decimal-logical files through
+    # fastavro); bqemulator runs `INSTALL avro; LOAD avro` at startup when
+    # BQEMU_ENABLE_FORMAT_EXTENSIONS is true, which offline needs this copy.
+    install_extension avro
     installed || die "install finished but the venv check failed"
     log "installed bqemulator $BQEMULATOR_VERSION in $VENV"
 }
@@ -154,15 +169,16 @@ do_start() {
     fi
     # spatial must also be present for this user's $HOME (e.g. venv copied)
     spatial_loads || install_spatial_extension
+    extension_loads avro || install_extension avro
 
     mkdir -p "$EMU_DIR"
     log "starting bqemulator on $BASE_URL (grpc $HOST:$GRPC_PORT, project $PROJECT), log $LOGFILE"
     {
         echo "---- $(date -u +%Y-%m-%dT%H:%M:%SZ) start port=$PORT grpc=$GRPC_PORT project=$PROJECT"
     } >>"$LOGFILE"
-    # BQEMU_ENABLE_FORMAT_EXTENSIONS=false: skip `INSTALL avro`, which would
-    # try to download from the DuckDB extension repository (no network here).
-    BQEMU_ENABLE_FORMAT_EXTENSIONS=false \
+    # BQEMU_ENABLE_FORMAT_EXTENSIONS=true: `INSTALL avro; LOAD avro` at start,
+    # which finds the extension copied from duckdb-extension-avro (no download).
+    BQEMU_ENABLE_FORMAT_EXTENSIONS=true \
         setsid "$VENV/bin/bqemulator" start \
         --rest-host "$HOST" --rest-port "$PORT" \
         --grpc-host "$HOST" --grpc-port "$GRPC_PORT" \

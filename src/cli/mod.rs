@@ -146,6 +146,15 @@ struct RunArgs {
     /// default `0`: fail that table at once, naming the run that holds it). Also `-lock-timeout`.
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
     lock_timeout: Option<std::time::Duration>,
+    /// Run only this shard's tables: `INDEX/COUNT` (0-based). Tables are assigned by a stable
+    /// hash of `source.table`. Default: from `JOB_COMPLETION_INDEX` (with `--shard-count`) or
+    /// `CLOUD_RUN_TASK_INDEX`/`CLOUD_RUN_TASK_COUNT`; none = every table.
+    #[arg(long, value_name = "INDEX/COUNT")]
+    shard: Option<String>,
+    /// The number of shards when the index comes from `JOB_COMPLETION_INDEX` (a Kubernetes
+    /// Indexed Job's `completions`).
+    #[arg(long, value_name = "COUNT")]
+    shard_count: Option<u64>,
 }
 
 #[derive(Debug, Args)]
@@ -703,6 +712,7 @@ async fn prepare(
     context: &Context<'_>,
     run: &RunArgs,
     dry_run: bool,
+    shard: Option<crate::plan::shard::Shard>,
 ) -> Result<
     (
         Loaded,
@@ -723,17 +733,24 @@ async fn prepare(
     if let Some(wait) = run.lock_timeout {
         tracing::debug!(lock_timeout = ?wait, "lock timeout");
     }
+    if let Some(shard) = shard {
+        // Other shards' tables are left out before connecting: not introspected, not planned.
+        loaded
+            .manifest
+            .tables
+            .retain(|table| shard.owns(&table.label()));
+    }
     let limit = loaded.manifest.timeout;
     let deadline = limit.map(|limit| tokio::time::Instant::now() + limit);
     let manifest = &mut loaded.manifest;
     let work = within(limit, deadline, async {
         let planned = match crate::sync::connect(manifest).await {
-            Ok(session) => plan_session(manifest, session, &run.tables).await,
+            Ok(session) => plan_session(manifest, session, &run.tables, shard).await,
             Err(error) => Err(error),
         };
         match planned {
             Err(error @ (Error::Planning { .. } | Error::Warehouse(_))) if dry_run => {
-                offline_dry_run_plan(manifest, &error).await
+                offline_dry_run_plan(manifest, &error, shard).await
             }
             other => other,
         }
@@ -752,10 +769,14 @@ async fn plan_session(
     manifest: &mut crate::manifest::Manifest,
     session: crate::sync::Session,
     tables: &[String],
+    shard: Option<crate::plan::shard::Shard>,
 ) -> Result<(crate::sync::Session, crate::plan::Plan), Error> {
     if !manifest.patterns.is_empty() {
         crate::sync::expand_patterns(manifest, &session).await?;
         select_tables(manifest, tables)?;
+        if let Some(shard) = shard {
+            manifest.tables.retain(|table| shard.owns(&table.label()));
+        }
     }
     let plan = crate::sync::planner::plan(manifest, &session).await?;
     Ok((session, plan))
@@ -767,6 +788,7 @@ async fn plan_session(
 async fn offline_dry_run_plan(
     manifest: &mut crate::manifest::Manifest,
     error: &Error,
+    shard: Option<crate::plan::shard::Shard>,
 ) -> Result<(crate::sync::Session, crate::plan::Plan), Error> {
     let message = format!(
         "BigQuery is not available ({error}); the dry run plans against unknown targets: every table as if new, every row extracted and encoded"
@@ -778,12 +800,13 @@ async fn offline_dry_run_plan(
     }
     let warehouse = std::sync::Arc::new(crate::warehouse::FakeWarehouse::with_dataset());
     let session = crate::sync::connect_sources(manifest, warehouse).await;
-    plan_session(manifest, session, &[]).await
+    plan_session(manifest, session, &[], shard).await
 }
 
 async fn plan(context: &Context<'_>, args: &PlanArgs) -> Result<ExitStatus, Error> {
     legacy::start_line("plan");
-    let (_loaded, _session, plan, _deadline) = prepare(context, &args.run, false).await?;
+    let shard = shard(context.env, args.run.shard.as_deref(), args.run.shard_count)?;
+    let (_loaded, _session, plan, _deadline) = prepare(context, &args.run, false, shard).await?;
     if logging::json_mode() && args.format == PlanFormat::Text {
         legacy::plan_lines(&plan, true);
     } else {
@@ -821,20 +844,40 @@ async fn plan(context: &Context<'_>, args: &PlanArgs) -> Result<ExitStatus, Erro
     })
 }
 
+/// This run's shard (`--shard`, `--shard-count`, the job environment), if any.
+fn shard(
+    env: &Env,
+    flag: Option<&str>,
+    count: Option<u64>,
+) -> Result<Option<crate::plan::shard::Shard>, Error> {
+    crate::plan::shard::Shard::resolve(flag, count, env)
+        .map_err(|reason| Error::Usage(format!("invalid shard: {reason}")))
+}
+
 /// Reads a plan saved by `plan --out` (before connecting to anything: a missing file is a
-/// user error, reported at once).
-fn read_saved_plan(path: &Path) -> Result<crate::plan::Plan, Error> {
+/// user error, reported at once), keeping only this shard's tables.
+fn read_saved_plan(
+    path: &Path,
+    shard: Option<crate::plan::shard::Shard>,
+) -> Result<crate::plan::Plan, Error> {
     let text = std::fs::read_to_string(path).map_err(|source| SavedPlanError::Unreadable {
         path: path.to_path_buf(),
         source,
     })?;
-    crate::plan::stale::read_saved(&text).map_err(|reason| {
-        SavedPlanError::Rejected {
-            path: path.to_path_buf(),
-            reason,
-        }
-        .into()
-    })
+    crate::plan::stale::read_saved(&text)
+        .map(|mut saved| {
+            if let Some(shard) = shard {
+                saved.tables.retain(|table| shard.owns(&table.label));
+            }
+            saved
+        })
+        .map_err(|reason| {
+            SavedPlanError::Rejected {
+                path: path.to_path_buf(),
+                reason,
+            }
+            .into()
+        })
 }
 
 /// Checks a saved plan still matches `fresh`.
@@ -861,12 +904,17 @@ async fn apply(context: &Context<'_>, args: &ApplyArgs) -> Result<ExitStatus, Er
         ));
     }
     legacy::start_line("apply");
-    let saved = args.plan.as_deref().map(read_saved_plan).transpose()?;
+    let shard = shard(context.env, args.run.shard.as_deref(), args.run.shard_count)?;
+    let saved = args
+        .plan
+        .as_deref()
+        .map(|path| read_saved_plan(path, shard))
+        .transpose()?;
     // An invalid DRY_RUN fails the manifest load.
     let dry_run_env = manifest::env::get(context.env, manifest::env::vars::DRY_RUN)
         .is_some_and(|value| manifest::env::parse_bool(value) == Ok(true));
     let (loaded, session, fresh, deadline) =
-        prepare(context, &args.run, args.dry_run || dry_run_env).await?;
+        prepare(context, &args.run, args.dry_run || dry_run_env, shard).await?;
     let dry_run = if args.dry_run || dry_run_env {
         crate::sync::DryRun::Yes
     } else {

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 pub use crate::schema::engine::SourceKind;
 pub use crate::schema::policy::{
-    BadValuePolicy, DecimalOverflowPolicy, GeometryPolicy, Utf8Policy,
+    BadValuePolicy, DecimalOverflowPolicy, GeometryPolicy, LoadFormat, Utf8Policy,
 };
 
 /// A datasync manifest: where to read (sources), what to sync (tables) and where to write
@@ -86,6 +86,12 @@ pub struct RawBigQuery {
     /// Create the dataset when it does not exist. Default: `false`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub create_dataset: Option<bool>,
+    /// Resumable-upload chunk size in MiB (each chunk is one HTTP request; a whole MiB is always
+    /// a multiple of the 256 KiB the protocol requires). Memory per table in flight is about
+    /// twice this. Default: `32`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1024))]
+    pub upload_chunk_mib: Option<u64>,
 }
 
 /// How rows are written into the target table.
@@ -192,6 +198,11 @@ pub struct RawDefaults {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 10_000_000))]
     pub batch_size: Option<u64>,
+    /// Load file format: `avro` (typed, compact, BigQuery's preferred format) or `ndjson`. A
+    /// table with a JSON, GEOGRAPHY or INTERVAL column is loaded as NDJSON whatever this says
+    /// (the plan shows each table's format and why). Default: `avro`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub format: Option<LoadFormat>,
     /// Bad values tolerated per table before it fails; `-1` means unlimited. Default: `100`.
     /// Legacy variable: `MAX_ROW_PARSE_FAILURES`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -396,6 +407,9 @@ pub struct RawTable {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 10_000_000))]
     pub batch_size: Option<u64>,
+    /// Load file format, `avro` or `ndjson`. Default: `defaults.format`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub format: Option<LoadFormat>,
     /// Bad values tolerated; `-1` unlimited. Default: `defaults.max_parse_failures`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = -1))]

@@ -14,8 +14,8 @@ use super::raw::{
 };
 use super::{Code, Diagnostic, error_at, warning_at};
 use crate::names;
-use crate::schema::BqTypeSpec;
 pub use crate::schema::policy::TypePolicies;
+use crate::schema::{BqTypeSpec, LoadFormat};
 use crate::secret::Secret;
 
 /// Default rows per batch.
@@ -75,6 +75,9 @@ pub struct BigQuerySpec {
     pub ca_file: Option<String>,
     /// Create the dataset if missing.
     pub create_dataset: bool,
+    /// Resumable-upload chunk size in MiB; `None`: 32.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub upload_chunk_mib: Option<u64>,
     /// The environment variables the BigQuery client uses (credentials discovery, proxies, CA),
     /// taken from the manifest's environment snapshot.
     #[serde(skip)]
@@ -245,6 +248,9 @@ pub struct TableSpec {
     pub mode: WriteMode,
     /// Rows per batch.
     pub batch_size: u64,
+    /// Load format asked for.
+    #[serde(default)]
+    pub format: LoadFormat,
     /// Bad values tolerated; `None` = unlimited.
     pub max_parse_failures: Option<u64>,
     /// Forced BigQuery types by source column.
@@ -513,6 +519,7 @@ pub fn resolve(raw: &RawManifest) -> (Option<Manifest>, Vec<Diagnostic>) {
             impersonate_service_account: raw.bigquery.impersonate_service_account.clone(),
             ca_file: raw.bigquery.ca_file.clone(),
             create_dataset: raw.bigquery.create_dataset.unwrap_or(false),
+            upload_chunk_mib: raw.bigquery.upload_chunk_mib,
             env: BigQueryEnv::default(),
         },
         timeout,
@@ -1094,6 +1101,7 @@ fn resolve_table(
             .batch_size
             .or(defaults.batch_size)
             .unwrap_or(DEFAULT_BATCH_SIZE),
+        format: table.format.or(defaults.format).unwrap_or_default(),
         max_parse_failures: u64::try_from(max_parse_failures).ok(),
         column_types,
         partition_by,
@@ -1138,6 +1146,7 @@ impl Manifest {
                         cursor: table.cursor.clone(),
                         mode: Some(table.mode),
                         batch_size: Some(table.batch_size),
+                        format: Some(table.format),
                         max_parse_failures: Some(
                             table
                                 .max_parse_failures
@@ -1221,10 +1230,12 @@ impl Manifest {
                 impersonate_service_account: self.bigquery.impersonate_service_account.clone(),
                 ca_file: self.bigquery.ca_file.clone(),
                 create_dataset: Some(self.bigquery.create_dataset),
+                upload_chunk_mib: self.bigquery.upload_chunk_mib,
             },
             defaults: RawDefaults {
                 mode: None,
                 batch_size: None,
+                format: None,
                 max_parse_failures: None,
                 timeout: seconds(self.timeout),
                 auto_create: first.map(|table| table.auto_create),

@@ -18,6 +18,7 @@ fn spec(kind: SourceKind) -> TableSpec {
         cursor: None,
         mode: WriteMode::Replace,
         batch_size: 10_000,
+        format: crate::schema::LoadFormat::Avro,
         max_parse_failures: Some(100),
         column_types: Default::default(),
         partition_by: None,

@@ -8,7 +8,7 @@ use crate::diagnostic::{Code, Diagnostic, Location};
 use crate::manifest::TableSpec;
 use crate::manifest::raw::WriteMode;
 use crate::mapping::TableMapping;
-use crate::schema::{SourceTable, TimePartitioning, WarehouseTable};
+use crate::schema::{LoadFormat, SourceTable, TimePartitioning, WarehouseTable};
 
 /// Everything known about one table before planning.
 #[derive(Debug, Clone)]
@@ -116,6 +116,7 @@ pub fn plan_table(input: TableInput) -> TablePlan {
     {
         let recreate = schema.action == TableAction::Recreate;
         let bound = plan_bound(&spec, mapping, &schema.ddl, recreate);
+        let (format, format_reason) = plan_format(spec.format, load_schema);
         steps.push(Step::Stage(Box::new(Extract {
             columns: mapping.columns.clone(),
             bound,
@@ -124,6 +125,8 @@ pub fn plan_table(input: TableInput) -> TablePlan {
             policies: mapping.policies,
             max_bad_values: mapping.max_parse_failures,
             key_columns: mapping.key_columns.clone(),
+            format,
+            format_reason,
         })));
         steps.append(&mut schema.ddl);
         let mut op = plan_write(&spec, mapping, source_table.as_ref());
@@ -474,6 +477,21 @@ fn plan_write(spec: &TableSpec, mapping: &TableMapping, source: Option<&SourceTa
                 cursor,
             }
         }
+    }
+}
+
+/// The load format: the one asked for, unless Avro cannot carry the table exactly (then
+/// NDJSON, with the reason). Both formats load into staging, so the write stays the same.
+pub fn plan_format(
+    asked: LoadFormat,
+    load_schema: &WarehouseTable,
+) -> (LoadFormat, Option<String>) {
+    match asked {
+        LoadFormat::Avro => match crate::schema::policy::avro_obstacle(load_schema) {
+            Some(reason) => (LoadFormat::Ndjson, Some(reason)),
+            None => (LoadFormat::Avro, None),
+        },
+        LoadFormat::Ndjson => (LoadFormat::Ndjson, None),
     }
 }
 

@@ -4,8 +4,10 @@
 //! nothing else.
 
 mod build;
+pub mod chunks;
 pub mod diff;
 pub mod render;
+pub mod shard;
 pub mod stale;
 #[cfg(test)]
 mod testing;
@@ -18,7 +20,7 @@ use crate::manifest::TableSpec;
 use crate::manifest::raw::WriteMode;
 use crate::manifest::resolve::TypePolicies;
 use crate::mapping::ColumnMapping;
-use crate::schema::{BqType, SourceTable, WarehouseTable};
+use crate::schema::{BqType, LoadFormat, SourceTable, WarehouseTable};
 pub use build::{TableInput, plan_table};
 pub use diff::FieldChange;
 
@@ -113,6 +115,18 @@ pub struct Extract {
     pub max_bad_values: Option<u64>,
     /// Source columns naming a row in bad-value messages.
     pub key_columns: Vec<String>,
+    /// The load format (the manifest's `format`, or NDJSON where Avro cannot carry the
+    /// table exactly).
+    #[serde(default = "ndjson")]
+    pub format: LoadFormat,
+    /// Why the table is loaded as NDJSON although Avro was asked for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub format_reason: Option<String>,
+}
+
+/// Plans saved before the field existed loaded NDJSON.
+fn ndjson() -> LoadFormat {
+    LoadFormat::Ndjson
 }
 
 /// Which source rows a run reads. The decision is planned; for [`Bound::AfterTargetMax`] the

@@ -106,6 +106,12 @@ fn mode_text(plan: &TablePlan) -> String {
             " where {source_column} {operator} max(target.{target_column})"
         );
     }
+    if let Some(extract) = plan.extract() {
+        let _ = write!(text, ", {}", extract.format.as_str());
+        if let Some(reason) = &extract.format_reason {
+            let _ = write!(text, " because {reason}");
+        }
+    }
     text
 }
 
@@ -327,8 +333,14 @@ mod tests {
             plan_table(TableInput {
                 spec: spec("items", WriteMode::Incremental),
                 source: Ok(source(7)),
-                mapping: mapped(table("items", &[("id", Int64, Required)]), vec![]),
-                existing: Some(table("items", &[("id", Int64, Required)])),
+                mapping: mapped(
+                    table("items", &[("id", Int64, Required), ("doc", Json, Nullable)]),
+                    vec![],
+                ),
+                existing: Some(table(
+                    "items",
+                    &[("id", Int64, Required), ("doc", Json, Nullable)],
+                )),
                 existing_rows: Some(3),
                 unsupported: Vec::new(),
             }),

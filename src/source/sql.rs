@@ -49,6 +49,39 @@ pub(crate) trait Dialect: Sync {
     }
 }
 
+/// The predicate of one extraction chunk on `key` (a quoted integer key column, or ignored
+/// for page ranges): bounds are integers formatted here, never user text. `None` for a range
+/// the engine cannot express (ctid pages outside PostgreSQL).
+#[allow(dead_code, reason = "used by chunked extraction, issue 10 item 2")]
+pub(crate) fn chunk_predicate(
+    dialect: &dyn Dialect,
+    key: &str,
+    range: crate::plan::chunks::ChunkRange,
+    postgres: bool,
+) -> Result<Option<String>, SourceError> {
+    use crate::plan::chunks::ChunkRange;
+    Ok(match range {
+        ChunkRange::Key { lo, hi } => {
+            let quoted = dialect.quote(key)?;
+            let parts: Vec<String> = lo
+                .map(|lo| format!("{quoted} >= {lo}"))
+                .into_iter()
+                .chain(hi.map(|hi| format!("{quoted} < {hi}")))
+                .collect();
+            Some(if parts.is_empty() {
+                "TRUE".to_string()
+            } else {
+                parts.join(" AND ")
+            })
+        }
+        ChunkRange::Pages { .. } if !postgres => None,
+        ChunkRange::Pages { lo, hi } => Some(match hi {
+            Some(hi) => format!("ctid >= '({lo},0)'::tid AND ctid < '({hi},0)'::tid"),
+            None => format!("ctid >= '({lo},0)'::tid"),
+        }),
+    })
+}
+
 /// `>=` or `>`.
 fn operator(inclusive: bool) -> &'static str {
     if inclusive { ">=" } else { ">" }

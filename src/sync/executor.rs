@@ -37,7 +37,7 @@ use crate::schema::{SourceTable, WarehouseTable};
 use crate::source::{CursorFilter, ExtractStats, Source};
 use crate::sync::report::{ApplyReport, TableOutcome};
 use crate::warehouse::{
-    AlterColumn, CopyRequest, Disposition, LoadOutcome, LoadRequest, MergeRequest, NdjsonWriter,
+    AlterColumn, CopyRequest, Disposition, LoadOutcome, LoadRequest, LoadSink, MergeRequest,
     TableMeta, Warehouse, WarehouseError, cursor_text,
 };
 
@@ -165,10 +165,11 @@ pub async fn read_bound(
     }))
 }
 
-/// The NDJSON writer of an extraction: its columns, policies, bad-value budget, key and batch
-/// size, all from the plan.
-fn ndjson_writer(source_table: &SourceTable, extract: &Extract) -> NdjsonWriter {
-    NdjsonWriter::new(
+/// The row sink of an extraction: its format, columns, policies, bad-value budget, key and
+/// batch size, all from the plan.
+fn row_sink(source_table: &SourceTable, extract: &Extract) -> LoadSink {
+    LoadSink::new(
+        extract.format,
         source_table.label(),
         &extract.columns,
         extract.policies,
@@ -471,6 +472,7 @@ impl Executor {
             disposition: Disposition::Append,
             job_id: write_job_id(&self.run_id, &table.target, "rejects"),
             allow_field_addition: false,
+            format: crate::schema::LoadFormat::Ndjson,
         };
         self.warehouse
             .load(&request, receiver)
@@ -529,7 +531,7 @@ impl Executor {
             source_table,
             &extract.columns,
             filter,
-            ndjson_writer(source_table, extract),
+            row_sink(source_table, extract),
             sender,
             &report,
         );
@@ -543,6 +545,7 @@ impl Executor {
             disposition: Disposition::Append,
             job_id: load_job_id(&self.run_id, &table.target),
             allow_field_addition: false,
+            format: extract.format,
         };
         let upload = async {
             // `None`: an empty source (or a failed extraction): the load stages an empty table.
@@ -747,7 +750,7 @@ impl Executor {
                 source_table,
                 &extract.columns,
                 filter,
-                ndjson_writer(source_table, extract),
+                row_sink(source_table, extract),
                 sender,
                 &report,
             )

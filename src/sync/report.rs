@@ -33,7 +33,7 @@ pub struct TableOutcome {
     pub rows_extracted: u64,
     /// Rows BigQuery loaded (None in a dry run).
     pub rows_loaded: Option<u64>,
-    /// NDJSON bytes produced.
+    /// Encoded bytes produced (the load file: NDJSON or Avro).
     pub bytes: u64,
     /// Values replaced by NULL/U+FFFD per policy, or failing their row.
     pub bad_values: u64,

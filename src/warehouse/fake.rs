@@ -19,7 +19,7 @@ use super::{
     AlterColumn, CopyRequest, Disposition, ExistingTable, LoadOutcome, LoadRequest, MergeOutcome,
     MergeRequest, QueryParam, QueryRows, TableMeta, Warehouse, WarehouseError,
 };
-use crate::schema::{FieldMode, WarehouseField, WarehouseTable};
+use crate::schema::{FieldMode, LoadFormat, WarehouseField, WarehouseTable};
 
 /// A failure to inject into the next call of one operation.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -444,7 +444,12 @@ impl Warehouse for FakeWarehouse {
                 }
             }
         }
-        let new_rows = parse_rows(&context, &schema, &bytes)?;
+        let new_rows = match request.format {
+            LoadFormat::Ndjson => parse_rows(&context, &schema, &bytes)?,
+            LoadFormat::Avro if bytes.is_empty() => Vec::new(),
+            LoadFormat::Avro => super::avro::decode_rows(&schema.fields, &bytes)
+                .map_err(|error| invalid(&context, format!("not an Avro file: {error}")))?,
+        };
         let output_rows = new_rows.len() as u64;
         let rows = match (existing, request.disposition) {
             (Some((_, rows)), Disposition::Empty) if !rows.is_empty() => {
@@ -799,6 +804,7 @@ mod tests {
             disposition,
             job_id: job.into(),
             allow_field_addition: false,
+            format: crate::schema::LoadFormat::Ndjson,
         };
         fake.load(&request, rx).await
     }

@@ -60,9 +60,11 @@
 //!   base64-decoded. None of this can be fixed client-side.
 //! - The emulator sends no `dmlStats`, so [`MergeOutcome`] has only `affected_rows` there.
 
+pub mod avro;
 mod bigquery;
 mod fake;
 pub mod ndjson;
+mod rows;
 
 use std::time::Duration;
 
@@ -71,13 +73,90 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc::Receiver;
 
+pub use avro::{AvroWriter, avro_obstacle};
 pub use bigquery::BigQuery;
 pub use bigquery::RetryPolicy;
 pub use bigquery::{CHUNK_GRANULARITY, DEFAULT_CHUNK_SIZE, content_range, next_offset_from_range};
 pub use fake::{FakeWarehouse, InjectedFailure};
 pub use ndjson::NdjsonWriter;
 
-use crate::schema::{BqType, WarehouseField, WarehouseTable};
+use crate::schema::{
+    BqType, ColumnMapping, Decoded, ExtractStats, LoadFormat, RowSink, TooManyBadValues,
+    TypePolicies, WarehouseField, WarehouseTable,
+};
+
+/// The row sink of one extraction, in the table's planned load format.
+pub enum LoadSink {
+    /// NDJSON lines.
+    Ndjson(NdjsonWriter),
+    /// One Avro container file.
+    Avro(AvroWriter),
+}
+
+impl LoadSink {
+    /// A sink writing `format`; the other arguments are [`NdjsonWriter::new`]'s.
+    pub fn new(
+        format: LoadFormat,
+        table: String,
+        columns: &[ColumnMapping],
+        policies: TypePolicies,
+        max_bad_values: Option<u64>,
+        key_columns: &[String],
+        batch_size: u64,
+    ) -> Self {
+        match format {
+            LoadFormat::Ndjson => Self::Ndjson(NdjsonWriter::new(
+                table,
+                columns,
+                policies,
+                max_bad_values,
+                key_columns,
+                batch_size,
+            )),
+            LoadFormat::Avro => Self::Avro(AvroWriter::new(
+                table,
+                columns,
+                policies,
+                max_bad_values,
+                key_columns,
+                batch_size,
+            )),
+        }
+    }
+}
+
+impl RowSink for LoadSink {
+    fn push<'r>(
+        &mut self,
+        decode: impl FnMut(usize) -> Decoded<'r>,
+    ) -> Result<(), TooManyBadValues> {
+        match self {
+            Self::Ndjson(sink) => sink.push(decode),
+            Self::Avro(sink) => sink.push(decode),
+        }
+    }
+
+    fn full_chunk(&mut self) -> Option<Bytes> {
+        match self {
+            Self::Ndjson(sink) => sink.full_chunk(),
+            Self::Avro(sink) => sink.full_chunk(),
+        }
+    }
+
+    fn finish(&mut self) -> Option<Bytes> {
+        match self {
+            Self::Ndjson(sink) => sink.finish(),
+            Self::Avro(sink) => sink.finish(),
+        }
+    }
+
+    fn stats(&self) -> &ExtractStats {
+        match self {
+            Self::Ndjson(sink) => sink.stats(),
+            Self::Avro(sink) => sink.stats(),
+        }
+    }
+}
 
 /// A table as it exists in the dataset.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -162,6 +241,8 @@ pub struct LoadRequest {
     pub job_id: String,
     /// Let an append add new NULLABLE/REPEATED columns (`ALLOW_FIELD_ADDITION`).
     pub allow_field_addition: bool,
+    /// The format of the uploaded bytes.
+    pub format: LoadFormat,
 }
 
 /// The result of a finished load job.

@@ -17,15 +17,15 @@ use base64::Engine as _;
 use bytes::Bytes;
 use chrono::{Datelike, NaiveDate, NaiveDateTime, NaiveTime, Timelike};
 
+use super::rows::RowPolicy;
 use crate::schema::{
-    Bad, BadKind, BadValuePolicy, BqType, ColumnMapping, Decoded, ExtractStats, FieldMode,
-    GEOGRAPHY_REJECT, RowSink, TooManyBadValues, TypePolicies, Utf8Policy, Val,
+    Bad, BadKind, BqType, ColumnMapping, Decoded, ExtractStats, FieldMode, GEOGRAPHY_REJECT,
+    RowSink, TooManyBadValues, TypePolicies, Val, WarehouseField,
 };
 
 /// Target chunk size sent to the sink.
 pub const CHUNK_SIZE: usize = 1 << 20;
-/// How many failure messages are kept.
-pub const MAX_FAILURE_MESSAGES: usize = 20;
+pub use super::rows::MAX_FAILURE_MESSAGES;
 
 /// Integer and fraction digit counts of a decimal text, ignoring leading zeros of the integer
 /// part and trailing zeros of the fraction.
@@ -199,7 +199,7 @@ fn push_json(buf: &mut Vec<u8>, json: &[u8]) -> Result<(), Bad<'static>> {
 }
 
 /// Whether a decimal text fits `NUMERIC(p,s)`/`BIGNUMERIC(p,s)` (or the unparameterised type).
-fn check_decimal_fits(
+pub(crate) fn check_decimal_fits(
     text: &str,
     bq_type: BqType,
     precision: Option<u32>,
@@ -233,6 +233,25 @@ pub struct Target {
     pub precision: Option<u32>,
     /// Parameters.
     pub scale: Option<u32>,
+}
+
+impl Target {
+    /// How `field` is written.
+    pub fn of(field: &WarehouseField) -> Self {
+        Self {
+            bq_type: field.bq_type,
+            precision: field.precision,
+            scale: field.scale,
+        }
+    }
+}
+
+/// A NULL inside an array.
+pub(crate) fn null_element() -> Bad<'static> {
+    Bad::new(
+        BadKind::OutOfRange,
+        "NULL array element (BigQuery arrays cannot hold NULL)",
+    )
 }
 
 fn type_error(value: &Val<'_>, target: BqType) -> Bad<'static> {
@@ -566,31 +585,18 @@ struct Column {
     key: Vec<u8>,
     target: Target,
     mode: FieldMode,
-    name: String,
 }
 
-/// Why a row could not be written.
-enum RowOutcome {
-    Written,
-    Failed(String),
-}
-
-/// Per-extraction NDJSON encoder: policies, statistics, buffers.
+/// Per-extraction NDJSON encoder: buffers; policies and statistics are a [`RowPolicy`].
 pub struct NdjsonWriter {
     columns: Vec<Column>,
-    policies: TypePolicies,
-    max_failures: Option<u64>,
-    key_columns: Vec<usize>,
-    table: String,
-    stats: ExtractStats,
+    policy: RowPolicy,
     line: Vec<u8>,
     chunk: Vec<u8>,
     /// Rows in `chunk`.
     chunk_rows: u64,
     /// Most rows per chunk (the table's `batch_size`).
     batch_rows: u64,
-    /// Bad values of the current row that were written anyway (NULL, replacement).
-    notes: Vec<String>,
 }
 
 impl NdjsonWriter {
@@ -615,81 +621,18 @@ impl NdjsonWriter {
                 key.push(b':');
                 Column {
                     key,
-                    target: Target {
-                        bq_type: column.field.bq_type,
-                        precision: column.field.precision,
-                        scale: column.field.scale,
-                    },
+                    target: Target::of(&column.field),
                     mode: column.field.mode,
-                    name: column.source.name.clone(),
                 }
             })
             .collect();
-        let key_columns = key_columns
-            .iter()
-            .filter_map(|key| columns.iter().position(|column| &column.source.name == key))
-            .collect();
         Self {
             columns: encoded,
-            policies,
-            max_failures: max_bad_values,
-            key_columns,
-            table,
-            stats: ExtractStats::default(),
+            policy: RowPolicy::new(table, columns, policies, max_bad_values, key_columns),
             line: Vec::with_capacity(4096),
             chunk: Vec::with_capacity(CHUNK_SIZE + 64 * 1024),
             chunk_rows: 0,
             batch_rows: batch_size.max(1),
-            notes: Vec::new(),
-        }
-    }
-
-    fn count_bad(&mut self, kind: BadKind) {
-        self.stats.bad_values += 1;
-        *self
-            .stats
-            .by_kind
-            .entry(kind.as_str().to_string())
-            .or_default() += 1;
-    }
-
-    /// Resolves a bad value by policy: `Ok(Some(v))` write `v`, `Ok(None)` write NULL,
-    /// `Err(message)` fail the row.
-    fn resolve<'a>(&mut self, index: usize, bad: Bad<'a>) -> Result<Option<Val<'a>>, String> {
-        self.count_bad(bad.kind);
-        let column = &self.columns[index];
-        let policy = match bad.kind {
-            BadKind::ZeroDate => self.policies.zero_dates,
-            BadKind::NonFinite => self.policies.non_finite,
-            BadKind::InvalidUtf8 => {
-                return match (self.policies.invalid_utf8, bad.replacement) {
-                    (Utf8Policy::Replace, Some(replacement)) => {
-                        let note = format!(
-                            "column `{}`: {} (replaced with U+FFFD)",
-                            column.name, bad.message
-                        );
-                        self.notes.push(note);
-                        Ok(Some(replacement))
-                    }
-                    _ => Err(format!("column `{}`: {}", column.name, bad.message)),
-                };
-            }
-            BadKind::OutOfRange | BadKind::Malformed => BadValuePolicy::Error,
-        };
-        match policy {
-            BadValuePolicy::Null if column.mode != FieldMode::Required => {
-                let note = format!(
-                    "column `{}`: {} (written as NULL)",
-                    column.name, bad.message
-                );
-                self.notes.push(note);
-                Ok(None)
-            }
-            BadValuePolicy::Null => Err(format!(
-                "column `{}`: {} (and the field is REQUIRED)",
-                column.name, bad.message
-            )),
-            BadValuePolicy::Error => Err(format!("column `{}`: {}", column.name, bad.message)),
         }
     }
 
@@ -703,7 +646,7 @@ impl NdjsonWriter {
             }
             Val::Null if mode == FieldMode::Required => Err(format!(
                 "column `{}`: NULL in a REQUIRED field",
-                column.name
+                self.policy.name(index)
             )),
             Val::Null => {
                 self.line.extend_from_slice(b"null");
@@ -716,20 +659,17 @@ impl NdjsonWriter {
                         self.line.push(b',');
                     }
                     let written = match item {
-                        Val::Null => Err(Bad::new(
-                            BadKind::OutOfRange,
-                            "NULL array element (BigQuery arrays cannot hold NULL)",
-                        )),
+                        Val::Null => Err(null_element()),
                         item => write_scalar(&mut self.line, &item, target),
                     };
                     if let Err(bad) = written {
-                        match self.resolve(index, bad)? {
+                        match self.policy.resolve(index, bad)? {
                             Some(item) => write_scalar(&mut self.line, &item, target)
                                 .map_err(|bad| bad.message)?,
                             None => {
                                 return Err(format!(
                                     "column `{}`: NULL array element",
-                                    self.columns[index].name
+                                    self.policy.name(index)
                                 ));
                             }
                         }
@@ -740,7 +680,7 @@ impl NdjsonWriter {
             }
             value => match write_scalar(&mut self.line, &value, target) {
                 Ok(()) => Ok(()),
-                Err(bad) => match self.resolve(index, bad)? {
+                Err(bad) => match self.policy.resolve(index, bad)? {
                     Some(value) => {
                         write_scalar(&mut self.line, &value, target).map_err(|bad| bad.message)
                     }
@@ -763,126 +703,28 @@ impl NdjsonWriter {
         mut decode: impl FnMut(usize) -> Decoded<'r>,
     ) -> Result<(), TooManyBadValues> {
         self.line.clear();
-        self.notes.clear();
-        let mut outcome = RowOutcome::Written;
+        self.policy.begin_row();
+        let mut outcome = Ok(());
         for index in 0..self.columns.len() {
             let key = std::mem::take(&mut self.columns[index].key);
             self.line.extend_from_slice(&key);
             self.columns[index].key = key;
-            let value = match decode(index) {
-                Ok(value) => Ok(value),
-                Err(bad) => self
-                    .resolve(index, bad)
-                    .map(|value| value.unwrap_or(Val::Null)),
-            };
-            let written = value.and_then(|value| self.write_value(index, value));
-            if let Err(message) = written {
-                outcome = RowOutcome::Failed(message);
+            let written = self
+                .policy
+                .decode(index, &mut decode)
+                .and_then(|value| self.write_value(index, value));
+            if written.is_err() {
+                outcome = written;
                 break;
             }
         }
-        match outcome {
-            RowOutcome::Written => {
-                self.line.extend_from_slice(b"}\n");
-                self.chunk.extend_from_slice(&self.line);
-                self.stats.rows += 1;
-                self.chunk_rows += 1;
-                self.stats.bytes += self.line.len() as u64;
-            }
-            RowOutcome::Failed(message) => {
-                self.stats.failed_rows += 1;
-                if self.stats.rejects.len() < crate::schema::MAX_REJECTS {
-                    let reject = self.reject(&message, &mut decode);
-                    self.stats.rejects.push(reject);
-                }
-                self.notes.push(format!("{message} (row left out)"));
-            }
-        }
-        if !self.notes.is_empty() && self.stats.failures.len() < MAX_FAILURE_MESSAGES {
-            let key = self.describe_key(&mut decode);
-            let notes = std::mem::take(&mut self.notes);
-            for note in notes
-                .into_iter()
-                .take(MAX_FAILURE_MESSAGES - self.stats.failures.len())
-            {
-                self.stats.failures.push(format!("row {key}: {note}"));
-            }
-        }
-        match self.max_failures {
-            Some(max) if self.stats.bad_values > max => Err(TooManyBadValues {
-                table: self.table.clone(),
-                count: self.stats.bad_values,
-                max,
-                failures: self.stats.failures.clone(),
-            }),
-            _ => Ok(()),
-        }
-    }
-
-    /// The record of a row a failure left out: key, column, reason, the row as read.
-    fn reject<'r>(
-        &self,
-        message: &str,
-        decode: &mut impl FnMut(usize) -> Decoded<'r>,
-    ) -> crate::schema::Reject {
-        let mut row = serde_json::Map::new();
-        for (index, column) in self.columns.iter().enumerate() {
-            let value = match decode(index) {
-                Ok(value) => value.to_json(),
-                Err(bad) => bad
-                    .replacement
-                    .map_or(serde_json::Value::Null, |value| value.to_json()),
-            };
-            row.insert(column.name.clone(), value);
-        }
-        // Messages read "column `name`: reason".
-        let (column, reason) = message
-            .strip_prefix("column `")
-            .and_then(|rest| rest.split_once("`: "))
-            .map_or((String::new(), message.to_string()), |(column, reason)| {
-                (column.to_string(), reason.to_string())
-            });
-        crate::schema::Reject {
-            key: self.describe_key(decode),
-            column,
-            reason,
-            row: serde_json::Value::Object(row).to_string(),
-        }
-    }
-
-    fn describe_key<'r>(&self, decode: &mut impl FnMut(usize) -> Decoded<'r>) -> String {
-        if self.key_columns.is_empty() {
-            return format!("#{}", self.stats.rows + self.stats.failed_rows);
-        }
-        let parts: Vec<String> = self
-            .key_columns
-            .iter()
-            .map(|&index| {
-                let column = &self.columns[index];
-                let mut text = Vec::new();
-                let shown = match decode(index) {
-                    Ok(Val::Null) => "NULL".to_string(),
-                    Ok(Val::Int(n)) => n.to_string(),
-                    Ok(Val::UInt(n)) => n.to_string(),
-                    Ok(Val::Decimal(text)) => text.into_owned(),
-                    Ok(value) => match write_scalar(
-                        &mut text,
-                        &value,
-                        Target {
-                            bq_type: BqType::String,
-                            precision: None,
-                            scale: None,
-                        },
-                    ) {
-                        Ok(()) => String::from_utf8_lossy(&text).into_owned(),
-                        Err(bad) => format!("<{}>", bad.message),
-                    },
-                    Err(bad) => format!("<{}>", bad.message),
-                };
-                format!("{}={shown}", column.name)
-            })
-            .collect();
-        format!("({})", parts.join(", "))
+        let outcome = outcome.map(|()| {
+            self.line.extend_from_slice(b"}\n");
+            self.chunk.extend_from_slice(&self.line);
+            self.chunk_rows += 1;
+            self.line.len() as u64
+        });
+        self.policy.end_row(outcome, &mut decode)
     }
 
     fn take_chunk(&mut self) -> Bytes {
@@ -913,7 +755,7 @@ impl RowSink for NdjsonWriter {
     }
 
     fn stats(&self) -> &ExtractStats {
-        &self.stats
+        &self.policy.stats
     }
 }
 

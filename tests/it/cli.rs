@@ -478,3 +478,36 @@ fn apply_help_shows_examples_and_groups_global_options() {
         .clone();
     insta::assert_snapshot!(String::from_utf8(output.stdout).unwrap());
 }
+
+/// A bad shard is a usage error naming the problem, before anything is connected.
+#[test]
+fn an_invalid_shard_is_a_usage_error() {
+    let dir = temp();
+    for (args, env, expected) in [
+        (
+            vec!["plan", "--shard", "3/3"],
+            vec![],
+            "invalid shard: `3/3`: the index must be below the count (0 <= INDEX < COUNT)",
+        ),
+        (
+            vec!["apply", "--shard", "x"],
+            vec![],
+            "invalid shard: `x` is not INDEX/COUNT (e.g. 0/4)",
+        ),
+        (
+            vec!["plan"],
+            vec![("JOB_COMPLETION_INDEX", "2")],
+            "invalid shard: JOB_COMPLETION_INDEX=2 is set: pass --shard-count with the Job's `completions`",
+        ),
+    ] {
+        let output = datasync(dir.path())
+            .args(&args)
+            .envs(env)
+            .assert()
+            .code(1)
+            .get_output()
+            .clone();
+        let stderr = String::from_utf8(output.stderr).unwrap();
+        assert!(stderr.contains(expected), "{args:?}: {stderr}");
+    }
+}

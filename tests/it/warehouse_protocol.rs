@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use datasync::manifest::resolve::BigQuerySpec;
-use datasync::schema::{BqType, FieldMode, WarehouseField, WarehouseTable};
+use datasync::schema::{BqType, FieldMode, LoadFormat, WarehouseField, WarehouseTable};
 use datasync::warehouse::{
     BigQuery, CHUNK_GRANULARITY, Disposition, LoadRequest, RetryPolicy, Warehouse, WarehouseError,
 };
@@ -174,6 +174,7 @@ fn load_request(job_id: &str) -> LoadRequest {
         disposition: Disposition::Truncate,
         job_id: job_id.into(),
         allow_field_addition: false,
+        format: LoadFormat::Ndjson,
     }
 }
 
@@ -1127,5 +1128,78 @@ async fn a_target_with_record_or_range_columns_is_readable_and_marked_unsupporte
         existing.unsupported[1].contains("RANGE"),
         "{:?}",
         existing.unsupported
+    );
+}
+
+/// `bigquery.upload_chunk_mib` sets the resumable chunk size, and an Avro load asks for
+/// `sourceFormat: AVRO` with logical types and decimal target types.
+#[tokio::test]
+async fn avro_loads_use_the_configured_chunk_size() {
+    let received = Arc::new(Mutex::new(0usize));
+    let server_received = received.clone();
+    let (base, seen) = serve(Arc::new(move |request, base| {
+        let path = request.target.split('?').next().unwrap_or_default();
+        match (request.method.as_str(), path) {
+            ("GET", "/bigquery/v2/projects/p/jobs/avro_1") => canned(404, NOT_FOUND),
+            ("POST", "/upload/bigquery/v2/projects/p/jobs") => Canned {
+                status: 200,
+                headers: vec![("Location".into(), format!("{base}/upload/session?upload_id=s"))],
+                body: String::new(),
+            },
+            ("PUT", "/upload/session") => {
+                let mut received = server_received.lock().unwrap();
+                *received += request.body.len();
+                let total = request.header("content-range").unwrap_or_default().rsplit('/').next().unwrap_or_default().to_string();
+                if total == "*" {
+                    Canned {
+                        status: 308,
+                        headers: vec![("Range".into(), format!("bytes=0-{}", *received - 1))],
+                        body: String::new(),
+                    }
+                } else {
+                    canned(200, r#"{"jobReference":{"projectId":"p","jobId":"avro_1","location":"US"},"status":{"state":"DONE"},"statistics":{"load":{"outputRows":"7"}}}"#)
+                }
+            }
+            _ => canned(404, NOT_FOUND),
+        }
+    }))
+    .await;
+    let spec = BigQuerySpec {
+        project: "p".into(),
+        dataset: "d".into(),
+        location: Some("US".into()),
+        endpoint: Some(base.clone()),
+        emulator: true,
+        upload_chunk_mib: Some(1),
+        ..BigQuerySpec::default()
+    };
+    let client = BigQuery::new(&spec).unwrap();
+    let mut request = load_request("avro_1");
+    request.format = LoadFormat::Avro;
+    let data = vec![7u8; (5 << 20) / 2];
+    let outcome = client.load(&request, feed(data, 300_000)).await.unwrap();
+    assert_eq!(outcome.output_rows, 7);
+    let seen = seen.lock().unwrap();
+    let puts: Vec<usize> = seen
+        .iter()
+        .filter(|request| request.method == "PUT")
+        .map(|request| request.body.len())
+        .collect();
+    assert_eq!(
+        puts,
+        [1 << 20, 1 << 20, 1 << 19],
+        "1 MiB chunks, then the rest"
+    );
+    let start = seen
+        .iter()
+        .find(|request| request.method == "POST" && request.target.starts_with("/upload/"))
+        .unwrap();
+    let body: serde_json::Value = serde_json::from_slice(&start.body).unwrap();
+    let load = &body["configuration"]["load"];
+    assert_eq!(load["sourceFormat"], "AVRO");
+    assert_eq!(load["useAvroLogicalTypes"], true);
+    assert_eq!(
+        load["decimalTargetTypes"],
+        serde_json::json!(["NUMERIC", "BIGNUMERIC"])
     );
 }

@@ -247,7 +247,7 @@ async fn sync_twice_is_idempotent_and_second_plan_has_no_changes() {
     let markdown = world.datasync(&["-c", &manifest, "plan", "--format", "markdown"]);
     let markdown = String::from_utf8(markdown.stdout).unwrap();
     assert!(
-        markdown.contains("| `=` | `pg.orders` | `orders` | no schema change | merge on [id] where updated_at >= max(target.updated_at) | ~1 rows |"),
+        markdown.contains("| `=` | `pg.orders` | `orders` | no schema change | merge on [id] where updated_at >= max(target.updated_at), avro | ~1 rows |"),
         "{markdown}"
     );
 }
@@ -277,13 +277,14 @@ async fn merge_incremental_and_schema_evolution() {
     );
     // Merge with a cursor: the 10 updated rows, the new one and the one at the old maximum.
     assert!(
-        text(&plan).contains("merge on [id] where updated_at >= max(target.updated_at), ~12 rows)"),
+        text(&plan)
+            .contains("merge on [id] where updated_at >= max(target.updated_at), avro, ~12 rows)"),
         "{}",
         text(&plan)
     );
     // Incremental: only the rows past the target's cursor maximum are to move.
     assert!(
-        text(&plan).contains("where at > max(target.at), ~20 rows)"),
+        text(&plan).contains("where at > max(target.at), avro, ~20 rows)"),
         "{}",
         text(&plan)
     );

@@ -12,6 +12,7 @@ mod apply_e2e;
 mod cli_init;
 mod geography;
 mod roundtrip;
+mod shard;
 mod source_mysql;
 mod source_postgres;
 mod source_session;

@@ -8,7 +8,9 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 use bytes::Bytes;
 use datasync::manifest::resolve::BigQuerySpec;
-use datasync::schema::{BqType, FieldMode, TimePartitioning, WarehouseField, WarehouseTable};
+use datasync::schema::{
+    BqType, FieldMode, LoadFormat, TimePartitioning, WarehouseField, WarehouseTable,
+};
 use datasync::warehouse::{
     AlterColumn, BigQuery, CHUNK_GRANULARITY, Disposition, LoadRequest, MergeRequest, QueryParam,
     RetryPolicy, Warehouse, WarehouseError,
@@ -102,6 +104,7 @@ fn request(table: &str, disposition: Disposition, job_id: &str) -> LoadRequest {
         disposition,
         job_id: job_id.into(),
         allow_field_addition: false,
+        format: LoadFormat::Ndjson,
     }
 }
 

@@ -82,6 +82,7 @@ pub fn table_spec(kind: SourceKind, qualifier: Option<&str>, name: &str) -> Tabl
         cursor: None,
         mode: WriteMode::Replace,
         batch_size: 10_000,
+        format: datasync::schema::LoadFormat::Avro,
         max_parse_failures: None,
         column_types: Default::default(),
         partition_by: None,

@@ -368,3 +368,49 @@ fn geography_is_read_as_longitude_first_wgs84_or_flagged() {
     assert_eq!(Postgres.select_expr(&wkt).unwrap(), "ST_AsText(\"g\")");
     assert!(Sqlite.select_expr(&g).is_err());
 }
+
+#[test]
+fn chunk_predicates_per_engine() {
+    use crate::plan::chunks::ChunkRange;
+    let key = ChunkRange::Key {
+        lo: Some(-5),
+        hi: Some(100),
+    };
+    assert_eq!(
+        chunk_predicate(&Postgres, "id", key, true)
+            .unwrap()
+            .unwrap(),
+        r#""id" >= -5 AND "id" < 100"#
+    );
+    assert_eq!(
+        chunk_predicate(
+            &Mysql,
+            "i`d",
+            ChunkRange::Key {
+                lo: None,
+                hi: Some(7)
+            },
+            false
+        )
+        .unwrap()
+        .unwrap(),
+        "`i``d` < 7"
+    );
+    assert_eq!(
+        chunk_predicate(&Mysql, "id", ChunkRange::Key { lo: None, hi: None }, false)
+            .unwrap()
+            .unwrap(),
+        "TRUE"
+    );
+    let pages = ChunkRange::Pages {
+        lo: 10,
+        hi: Some(20),
+    };
+    assert_eq!(
+        chunk_predicate(&Postgres, "id", pages, true)
+            .unwrap()
+            .unwrap(),
+        "ctid >= '(10,0)'::tid AND ctid < '(20,0)'::tid"
+    );
+    assert_eq!(chunk_predicate(&Mysql, "id", pages, false).unwrap(), None);
+}

@@ -125,7 +125,10 @@ impl BigQuery {
             auth_config,
             auth,
             retry: RetryPolicy::default(),
-            chunk_size: DEFAULT_CHUNK_SIZE,
+            chunk_size: spec
+                .upload_chunk_mib
+                .and_then(|mib| usize::try_from(mib.clamp(1, 1024)).ok())
+                .map_or(DEFAULT_CHUNK_SIZE, |mib| mib << 20),
             completed_loads: Mutex::new(HashMap::new()),
         })
     }

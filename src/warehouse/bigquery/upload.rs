@@ -28,12 +28,14 @@ use super::model::{
 };
 use super::retry::{RetryPolicy, is_retryable, jitter, parse_retry_after};
 use super::{BigQuery, Reply};
+use crate::schema::LoadFormat;
 
 /// Resumable chunks must be multiples of this (256 KiB), except the last.
 pub const CHUNK_GRANULARITY: usize = 262_144;
 
-/// Default chunk size: 8 MiB.
-pub const DEFAULT_CHUNK_SIZE: usize = 32 * CHUNK_GRANULARITY;
+/// Default chunk size: 32 MiB (`bigquery.upload_chunk_mib`). Fewer, larger requests: one chunk
+/// per round trip, and the protocol allows only one chunk in flight per upload session.
+pub const DEFAULT_CHUNK_SIZE: usize = 128 * CHUNK_GRANULARITY;
 
 /// Checks that `chunk_size` is a positive multiple of 256 KiB.
 pub(crate) fn check_chunk_size(chunk_size: usize) -> Result<(), WarehouseError> {
@@ -216,11 +218,21 @@ impl BigQuery {
     fn load_job_body(&self, request: &LoadRequest, location: Option<&str>) -> Value {
         let mut load = json!({
             "destinationTable": {"projectId": self.project, "datasetId": self.dataset, "tableId": request.table},
-            "sourceFormat": "NEWLINE_DELIMITED_JSON",
             "writeDisposition": request.disposition.as_api(),
             "createDisposition": "CREATE_IF_NEEDED",
             "schema": schema_resource(&request.schema),
         });
+        match request.format {
+            LoadFormat::Ndjson => load["sourceFormat"] = json!("NEWLINE_DELIMITED_JSON"),
+            LoadFormat::Avro => {
+                // "Loading Avro data": logical types map to DATE/TIME/TIMESTAMP and decimals
+                // stay NUMERIC/BIGNUMERIC (the first listed type that holds the precision and
+                // scale) instead of raw INTEGER/BYTES.
+                load["sourceFormat"] = json!("AVRO");
+                load["useAvroLogicalTypes"] = json!(true);
+                load["decimalTargetTypes"] = json!(["NUMERIC", "BIGNUMERIC"]);
+            }
+        }
         if request.allow_field_addition {
             load["schemaUpdateOptions"] = json!(["ALLOW_FIELD_ADDITION"]);
         }
@@ -472,7 +484,7 @@ mod tests {
 
     #[test]
     fn chunk_sizes_must_be_multiples_of_256_kib() {
-        assert_eq!(DEFAULT_CHUNK_SIZE, 8 * 1024 * 1024);
+        assert_eq!(DEFAULT_CHUNK_SIZE, 32 * 1024 * 1024);
         assert_eq!(DEFAULT_CHUNK_SIZE % CHUNK_GRANULARITY, 0);
         assert!(check_chunk_size(CHUNK_GRANULARITY).is_ok());
         assert!(check_chunk_size(3 * CHUNK_GRANULARITY).is_ok());

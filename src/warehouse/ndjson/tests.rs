@@ -3,7 +3,9 @@ use std::borrow::Cow;
 use chrono::NaiveDate;
 
 use super::*;
-use crate::schema::{Codec, ReadAs, SourceColumn, WarehouseField, decimal_text, text};
+use crate::schema::{
+    BadKind, BqType, Codec, ReadAs, SourceColumn, Utf8Policy, WarehouseField, decimal_text, text,
+};
 
 fn target(bq_type: BqType) -> Target {
     Target {

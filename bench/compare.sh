@@ -1,0 +1,112 @@
+#!/usr/bin/env bash
+# Side-by-side extraction benchmark (issue 10, item 6): one generated table of ROWS rows x 25
+# mixed-type columns in PostgreSQL and in MariaDB, then ROUNDS interleaved rounds of
+#   pg-csv      psql  \copy (SELECT …) TO … CSV
+#   pg-binary   psql  \copy (SELECT …) TO … (FORMAT binary)   (the physical floor)
+#   my-batch    mariadb --batch --quick                       (MariaDB's raw export)
+#   ds-avro     datasync apply --dry-run, format: avro        (extract + encode, no upload)
+#   ds-ndjson   datasync apply --dry-run, format: ndjson
+#   sling       sling run … --tgt-object file://…csv          (if `sling` is in bench/.venv)
+#   dlt         dlt pipeline to local parquet files           (if `dlt` is in bench/.venv)
+# printing wall time, CPU (user+sys), peak RSS and output bytes per case (median over rounds),
+# and each case's ratio to its engine's raw export. Nothing here is part of `cargo test`.
+#
+#   bench/compare.sh [ROWS] [ROUNDS]        (default 1000000 3)
+#   BENCH_PEERS=1 bench/compare.sh           also installs sling and dlt into bench/.venv (PyPI)
+#
+# Needs psql and mariadb clients, /usr/bin/time, PostgreSQL 127.0.0.1:5432 (postgres, trust) and
+# MariaDB 127.0.0.1:3306 (root, no password).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROWS="${1:-1000000}"
+ROUNDS="${2:-3}"
+WORK=$(mktemp -d)
+trap 'rm -rf "$WORK"' EXIT
+PG="psql -X -q -h 127.0.0.1 -U postgres -d postgres"
+MY="mariadb -h 127.0.0.1 -u root"
+
+cargo build --release --bin datasync >/dev/null
+DS=target/release/datasync
+
+if [ "${BENCH_PEERS:-0}" = 1 ] && [ ! -x bench/.venv/bin/dlt ]; then
+  python3 -m venv bench/.venv
+  bench/.venv/bin/pip install -q sling 'dlt[parquet,postgres]' pymysql
+fi
+
+# 25 columns: ints, bigints, numerics, floats, text, dates, timestamps, bools, bytes.
+pg_cols="id bigint primary key, i1 int, i2 bigint, n1 numeric(12,2), n2 numeric(20,6), f1 double precision, f2 real, t1 text, t2 varchar(40), t3 text, d1 date, d2 date, ts1 timestamp, ts2 timestamptz, b1 boolean, b2 boolean, y1 bytea, i3 smallint, i4 int, n3 numeric(10,0), f3 double precision, t4 text, t5 varchar(10), ts3 timestamp, d3 date"
+pg_gen="g, g % 1000, g * 7919, (g % 100000) / 100.0, g / 7.0, g * 0.5, (g % 1000) * 0.25, md5(g::text), 'name ' || g, repeat('x', g % 50), date '2020-01-01' + (g % 1000), date '1999-12-31' + (g % 50), timestamp '2024-01-01' + g * interval '1 second', timestamptz '2024-01-01 00:00:00+00' + g * interval '1 ms', g % 2 = 0, g % 3 = 0, decode(md5(g::text), 'hex'), (g % 30000)::smallint, -g, g % 1000000, sqrt(g), 'é' || g, left(md5(g::text), 10), timestamp '2000-01-01' + g * interval '1 minute', date '2030-01-01' - (g % 100)"
+my_cols="id bigint primary key, i1 int, i2 bigint, n1 decimal(12,2), n2 decimal(20,6), f1 double, f2 float, t1 text, t2 varchar(40), t3 text, d1 date, d2 date, ts1 datetime(6), ts2 timestamp(3) NULL, b1 boolean, b2 boolean, y1 varbinary(16), i3 smallint, i4 int, n3 decimal(10,0), f3 double, t4 text, t5 varchar(10), ts3 datetime, d3 date"
+my_gen="g, g % 1000, g * 7919, (g % 100000) / 100.0, g / 7.0, g * 0.5, (g % 1000) * 0.25, md5(g), concat('name ', g), repeat('x', g % 50), date '2020-01-01' + interval (g % 1000) day, date '1999-12-31' + interval (g % 50) day, timestamp '2024-01-01' + interval g second, timestamp '2024-01-01' + interval (g % 100000000) * 1000 microsecond, g % 2 = 0, g % 3 = 0, unhex(md5(g)), g % 30000, -g, g % 1000000, sqrt(g), concat('é', g), left(md5(g), 10), timestamp '2000-01-01' + interval g minute, date '2030-01-01' - interval (g % 100) day"
+
+echo "generating $ROWS rows x 25 columns in PostgreSQL (bench_cmp.t) and MariaDB (bench_cmp.t)…" >&2
+$PG -c "DROP SCHEMA IF EXISTS bench_cmp CASCADE; CREATE SCHEMA bench_cmp; CREATE TABLE bench_cmp.t ($pg_cols); INSERT INTO bench_cmp.t SELECT $pg_gen FROM generate_series(1, $ROWS) g; ANALYZE bench_cmp.t;"
+$MY -e "DROP DATABASE IF EXISTS bench_cmp; CREATE DATABASE bench_cmp; CREATE TABLE bench_cmp.t ($my_cols); INSERT INTO bench_cmp.t WITH RECURSIVE s(g) AS (SELECT 1 UNION ALL SELECT g + 1 FROM s WHERE g < $ROWS) SELECT $my_gen FROM s;" --init-command="SET SESSION cte_max_recursion_depth = 100000000"
+
+manifest() { # manifest ENGINE FORMAT
+  local source
+  if [ "$1" = pg ]; then
+    source="  pg:\n    type: postgres\n    url: postgres://postgres@127.0.0.1:5432/postgres\n    tables:\n      bench_cmp.t: {}\n"
+  else
+    source="  my:\n    type: mysql\n    url: mysql://root@127.0.0.1:3306/bench_cmp\n    tables:\n      t: {}\n"
+  fi
+  printf "bigquery:\n  project: bench\n  dataset: bench\n  endpoint: ${DATASYNC_TEST_BIGQUERY_URL:-http://127.0.0.1:9050}\n  emulator: true\n  create_dataset: true\ndefaults:\n  format: $2\n  max_parse_failures: -1\nsources:\n$source" >"$WORK/$1-$2.yaml"
+  echo "$WORK/$1-$2.yaml"
+}
+
+# run NAME COMMAND…: one measured run; appends "name wall cpu rss_kb bytes" to $WORK/results.
+run() {
+  local name=$1; shift
+  local out="$WORK/out.$name"
+  rm -rf "$out"
+  /usr/bin/time -f '%e %U %S %M' -o "$WORK/time" bash -c "$*" >/dev/null 2>"$WORK/err" || {
+    echo "  $name failed: $(tail -n 3 "$WORK/err")" >&2; return 0; }
+  local bytes
+  bytes=$(if [ -e "$out" ]; then du -sb "$out" | cut -f1; else
+    sed -n 's/.*"bytes": *\([0-9]*\).*/\1/p' "$WORK/err" | head -n1; fi)
+  read -r wall user sys rss <"$WORK/time"
+  echo "$name $wall $(echo "$user + $sys" | bc) $rss ${bytes:-0}" >>"$WORK/results"
+}
+
+cases() {
+  run pg-csv "$PG -c \"\\copy (SELECT * FROM bench_cmp.t) TO '$WORK/out.pg-csv' CSV\""
+  run pg-binary "$PG -c \"\\copy (SELECT * FROM bench_cmp.t) TO '$WORK/out.pg-binary' (FORMAT binary)\""
+  run my-batch "$MY --batch --quick -e 'SELECT * FROM bench_cmp.t' > '$WORK/out.my-batch'"
+  for engine in pg my; do
+    for format in avro ndjson; do
+      run "ds-$engine-$format" "$DS -c $(manifest $engine $format) apply --dry-run --format json 1>&2 2>/dev/null"
+    done
+  done
+  if [ -x bench/.venv/bin/sling ]; then
+    run pg-sling "SLING_THREADS=1 bench/.venv/bin/sling run --src-conn 'postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable' --src-stream bench_cmp.t --tgt-object 'file://$WORK/out.pg-sling/t.csv'"
+    run my-sling "bench/.venv/bin/sling run --src-conn 'mysql://root@127.0.0.1:3306/bench_cmp' --src-stream bench_cmp.t --tgt-object 'file://$WORK/out.my-sling/t.csv'"
+  fi
+  if [ -x bench/.venv/bin/dlt ]; then
+    run pg-dlt "bench/.venv/bin/python bench/dlt_export.py postgresql://postgres@127.0.0.1:5432/postgres bench_cmp t '$WORK/out.pg-dlt'"
+    run my-dlt "bench/.venv/bin/python bench/dlt_export.py mysql+pymysql://root@127.0.0.1:3306/bench_cmp bench_cmp t '$WORK/out.my-dlt'"
+  fi
+}
+
+for round in $(seq 1 "$ROUNDS"); do
+  echo "round $round/$ROUNDS" >&2
+  cases
+done
+
+# Median per case, ratio to the engine's raw export (pg: COPY binary; my: mariadb --batch).
+python3 - "$WORK/results" "$ROWS" <<'PY'
+import statistics, sys, collections
+rows = int(sys.argv[2])
+runs = collections.defaultdict(list)
+for line in open(sys.argv[1]):
+    name, wall, cpu, rss, size = line.split()
+    runs[name].append((float(wall), float(cpu), int(rss), int(size)))
+med = {n: tuple(statistics.median(v[i] for v in r) for i in range(4)) for n, r in runs.items()}
+base = lambda n: med.get("pg-binary" if n.startswith(("pg", "ds-pg")) else "my-batch")
+print(f"{'case':<14}{'wall s':>8}{'cpu s':>8}{'rss MB':>8}{'out MB':>9}{'B/row':>7}{'x raw':>7}")
+for name, (wall, cpu, rss, size) in med.items():
+    b = base(name)
+    ratio = wall / b[0] if b and b[0] else float("nan")
+    print(f"{name:<14}{wall:>8.2f}{cpu:>8.2f}{rss/1024:>8.1f}{size/1e6:>9.1f}{size/rows:>7.0f}{ratio:>7.2f}")
+PY
+$PG -c "DROP SCHEMA bench_cmp CASCADE" >/dev/null
+$MY -e "DROP DATABASE bench_cmp"

@@ -1,0 +1,644 @@
+//! Value encoding to Avro object container files for BigQuery load jobs
+//! (`sourceFormat: AVRO`, `useAvroLogicalTypes: true`): the [`RowSink`] a table uses when its
+//! plan says `format: avro`. Policies, the bad-value budget and statistics are the shared
+//! [`RowPolicy`], exactly as for NDJSON.
+//!
+//! One extraction is one container file: the first chunk starts with the header (schema,
+//! codec, sync marker), then every chunk is whole snappy-compressed blocks, each ended by the
+//! marker. Chunks concatenated in order are therefore a valid file, so the resumable upload
+//! can cut them anywhere. The crate writes the header and compresses each block; the datum
+//! encoding of one row (the Avro binary encoding of a record is its fields' encodings in
+//! order) is written here, because `apache-avro` 0.21 exposes only its `Value`-based encoder,
+//! which allocates a `String` per field and per row.
+//!
+//! Types, following "Loading Avro data" (cloud.google.com/bigquery/docs/loading-data-cloud-storage-avro,
+//! "Logical types" and "Decimal logical type"):
+//! - INT64 `long` (exact beyond 2^53), FLOAT64 `double`, BOOL `boolean`, STRING `string`,
+//!   BYTES `bytes` (raw, no base64);
+//! - NUMERIC/BIGNUMERIC `bytes` with the `decimal` logical type at the field's precision and
+//!   scale (NUMERIC 38,9 and BIGNUMERIC 76,38 when unparameterised); the load sets
+//!   `decimalTargetTypes` so BigQuery keeps them NUMERIC/BIGNUMERIC;
+//! - DATE `int` `date`, TIME `long` `time-micros`, TIMESTAMP `long` `timestamp-micros`;
+//! - DATETIME `string` with `logicalType: datetime` (`YYYY-MM-DD HH:MM:SS.ffffff`): the
+//!   BigQuery convention for civil date-times (Beam's `BigQueryAvroUtils` writes the same);
+//! - NULLABLE as the union `["null", T]`, REPEATED as `array` (a NULL array is written empty).
+//!
+//! JSON, GEOGRAPHY and INTERVAL have no exact Avro form (BigQuery reads them from strings
+//! only through a billed conversion), so such a table is loaded as NDJSON:
+//! [`avro_obstacle`] says why, and the plan shows it.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use apache_avro::{Codec as AvroCodec, Schema, Writer};
+use base64::Engine as _;
+use bytes::Bytes;
+use chrono::{Datelike, NaiveDate, NaiveDateTime, NaiveTime, Timelike};
+use num_bigint::BigInt;
+use serde_json::json;
+use sha2::{Digest, Sha256};
+
+use super::ndjson::{CHUNK_SIZE, Target, check_decimal_fits, null_element, write_scalar};
+use super::rows::RowPolicy;
+pub use crate::schema::policy::avro_obstacle;
+use crate::schema::{
+    Bad, BadKind, BqType, ColumnMapping, Decoded, ExtractStats, FieldMode, RowSink,
+    TooManyBadValues, TypePolicies, Val, WarehouseField,
+};
+
+/// Precision and scale of a decimal field's Avro `decimal` type.
+fn decimal_params(field: &WarehouseField) -> (u32, u32) {
+    match (field.bq_type, field.precision, field.scale) {
+        (_, Some(p), Some(s)) => (p, s),
+        (_, Some(p), None) => (p, 0),
+        (BqType::Numeric, ..) => (38, 9),
+        _ => (76, 38),
+    }
+}
+
+/// The Avro type of one value of `field`.
+fn avro_type(field: &WarehouseField) -> serde_json::Value {
+    match field.bq_type {
+        BqType::Int64 => json!("long"),
+        BqType::Float64 => json!("double"),
+        BqType::Bool => json!("boolean"),
+        BqType::Bytes => json!("bytes"),
+        BqType::Numeric | BqType::BigNumeric => {
+            let (precision, scale) = decimal_params(field);
+            json!({"type": "bytes", "logicalType": "decimal", "precision": precision, "scale": scale})
+        }
+        BqType::Date => json!({"type": "int", "logicalType": "date"}),
+        BqType::Time => json!({"type": "long", "logicalType": "time-micros"}),
+        BqType::Timestamp => json!({"type": "long", "logicalType": "timestamp-micros"}),
+        BqType::Datetime => json!({"type": "string", "logicalType": "datetime"}),
+        _ => json!("string"),
+    }
+}
+
+/// The Avro record schema of a load with `fields`.
+pub fn avro_schema(fields: &[WarehouseField]) -> serde_json::Value {
+    let fields: Vec<serde_json::Value> = fields
+        .iter()
+        .map(|field| {
+            let item = avro_type(field);
+            match field.mode {
+                FieldMode::Required => json!({"name": field.name, "type": item}),
+                FieldMode::Nullable => {
+                    json!({"name": field.name, "type": ["null", item], "default": null})
+                }
+                FieldMode::Repeated => {
+                    json!({"name": field.name, "type": {"type": "array", "items": item}})
+                }
+            }
+        })
+        .collect();
+    json!({"type": "record", "name": "Row", "fields": fields})
+}
+
+/// Avro `long`/`int`: zig-zag, then base-128 varint.
+fn put_long(buf: &mut Vec<u8>, n: i64) {
+    let mut z = ((n << 1) ^ (n >> 63)) as u64;
+    while z >= 0x80 {
+        buf.push((z as u8) | 0x80);
+        z >>= 7;
+    }
+    buf.push(z as u8);
+}
+
+/// Avro `bytes`/`string`: length, then the bytes.
+fn put_bytes(buf: &mut Vec<u8>, bytes: &[u8]) {
+    put_long(buf, bytes.len() as i64);
+    buf.extend_from_slice(bytes);
+}
+
+fn check_year(date: NaiveDate) -> Result<(), Bad<'static>> {
+    if (1..=9999).contains(&date.year()) {
+        Ok(())
+    } else {
+        Err(Bad::new(
+            BadKind::OutOfRange,
+            format!("date {date} is outside 0001-01-01..9999-12-31"),
+        ))
+    }
+}
+
+/// Microseconds of `time` (a leap second is written as :59.999999, as in NDJSON).
+fn time_micros(time: NaiveTime) -> i64 {
+    let nanos = time.nanosecond();
+    let (second, micros) = if nanos >= 1_000_000_000 {
+        (59, 999_999)
+    } else {
+        (time.second(), nanos / 1000)
+    };
+    i64::from(time.num_seconds_from_midnight() - time.second() + second) * 1_000_000
+        + i64::from(micros)
+}
+
+fn epoch_micros(moment: NaiveDateTime) -> Result<i64, Bad<'static>> {
+    check_year(moment.date())?;
+    let days = i64::from(moment.date().num_days_from_ce() - 719_163);
+    Ok(days * 86_400_000_000 + time_micros(moment.time()))
+}
+
+fn put_datetime_text(buf: &mut Vec<u8>, moment: NaiveDateTime) -> Result<(), Bad<'static>> {
+    check_year(moment.date())?;
+    let micros = time_micros(moment.time());
+    let text = format!(
+        "{} {:02}:{:02}:{:02}.{:06}",
+        moment.date().format("%Y-%m-%d"),
+        micros / 3_600_000_000,
+        micros / 60_000_000 % 60,
+        micros / 1_000_000 % 60,
+        micros % 1_000_000
+    );
+    put_bytes(buf, text.as_bytes());
+    Ok(())
+}
+
+/// A decimal text as the two's-complement big-endian unscaled integer at `scale`. The text
+/// has already been checked to fit.
+fn put_decimal(buf: &mut Vec<u8>, text: &str, scale: u32) -> Result<(), Bad<'static>> {
+    let (negative, body) = match text.strip_prefix('-') {
+        Some(body) => (true, body),
+        None => (false, text),
+    };
+    let (int, frac) = body.split_once('.').unwrap_or((body, ""));
+    let frac = frac.trim_end_matches('0');
+    let mut digits = String::with_capacity(int.len() + scale as usize + 1);
+    if negative {
+        digits.push('-');
+    }
+    digits.push_str(int.trim_start_matches('0'));
+    digits.push_str(frac);
+    digits.extend(std::iter::repeat_n(
+        '0',
+        (scale as usize).saturating_sub(frac.len()),
+    ));
+    let malformed = || Bad::new(BadKind::Malformed, format!("`{text}` is not a decimal"));
+    let bytes = if digits.trim_start_matches('-').is_empty() {
+        vec![0]
+    } else if digits.len() <= 38 {
+        let n: i128 = digits.parse().map_err(|_| malformed())?;
+        minimal_twos_complement(&n.to_be_bytes()).to_vec()
+    } else {
+        let n = BigInt::parse_bytes(digits.as_bytes(), 10).ok_or_else(malformed)?;
+        n.to_signed_bytes_be()
+    };
+    put_bytes(buf, &bytes);
+    Ok(())
+}
+
+/// Drops the leading bytes that only repeat the sign.
+fn minimal_twos_complement(bytes: &[u8]) -> &[u8] {
+    let mut at = 0;
+    while at + 1 < bytes.len() {
+        let (byte, next) = (bytes[at], bytes[at + 1]);
+        if (byte == 0 && next & 0x80 == 0) || (byte == 0xff && next & 0x80 != 0) {
+            at += 1;
+        } else {
+            break;
+        }
+    }
+    &bytes[at..]
+}
+
+/// Appends one scalar value (not NULL, not an array) as `target`. On error nothing is
+/// appended. The common pairs are written directly; every other conversion goes through the
+/// NDJSON writer's (the same checks, the same texts) and is decoded from its JSON.
+pub fn write_avro_scalar(
+    buf: &mut Vec<u8>,
+    scratch: &mut Vec<u8>,
+    value: &Val<'_>,
+    target: Target,
+) -> Result<(), Bad<'static>> {
+    use BqType as T;
+    let start = buf.len();
+    let result = match (value, target.bq_type) {
+        (Val::Int(n), T::Int64) => {
+            put_long(buf, *n);
+            Ok(())
+        }
+        (Val::UInt(n), T::Int64) if i64::try_from(*n).is_ok() => {
+            put_long(buf, *n as i64);
+            Ok(())
+        }
+        (Val::Bool(b), T::Bool) => {
+            buf.push(u8::from(*b));
+            Ok(())
+        }
+        (Val::F64(f), T::Float64) if f.is_finite() => {
+            buf.extend_from_slice(&f.to_le_bytes());
+            Ok(())
+        }
+        (Val::Text(text), T::String) => {
+            put_bytes(buf, text.as_bytes());
+            Ok(())
+        }
+        (Val::Text(text), T::Bytes) => {
+            put_bytes(buf, text.as_bytes());
+            Ok(())
+        }
+        (Val::Bytes(bytes), T::Bytes) => {
+            put_bytes(buf, bytes);
+            Ok(())
+        }
+        (Val::Decimal(text), T::Numeric | T::BigNumeric) => {
+            check_decimal_fits(text, target.bq_type, target.precision, target.scale)
+                .and_then(|()| put_decimal(buf, text, decimal_scale(target)))
+        }
+        (Val::Date(date), T::Date) => check_year(*date).map(|()| {
+            put_long(buf, i64::from(date.num_days_from_ce() - 719_163));
+        }),
+        (Val::Timestamp(moment) | Val::DateTime(moment), T::Timestamp) => {
+            epoch_micros(*moment).map(|micros| put_long(buf, micros))
+        }
+        (Val::Timestamp(moment) | Val::DateTime(moment), T::Datetime) => {
+            put_datetime_text(buf, *moment)
+        }
+        (Val::Date(date), T::Timestamp | T::Datetime) => {
+            let moment = date.and_time(NaiveTime::MIN);
+            if target.bq_type == T::Timestamp {
+                epoch_micros(moment).map(|micros| put_long(buf, micros))
+            } else {
+                put_datetime_text(buf, moment)
+            }
+        }
+        (Val::Time(time), T::Time) => {
+            put_long(buf, time_micros(*time));
+            Ok(())
+        }
+        _ => via_json(buf, scratch, value, target),
+    };
+    if result.is_err() {
+        buf.truncate(start);
+    }
+    result
+}
+
+fn decimal_scale(target: Target) -> u32 {
+    match (target.bq_type, target.precision, target.scale) {
+        (_, Some(_), Some(s)) => s,
+        (_, Some(_), None) => 0,
+        (BqType::Numeric, ..) => 9,
+        _ => 38,
+    }
+}
+
+/// The conversions the fast paths leave out, through the NDJSON writer's text.
+fn via_json(
+    buf: &mut Vec<u8>,
+    scratch: &mut Vec<u8>,
+    value: &Val<'_>,
+    target: Target,
+) -> Result<(), Bad<'static>> {
+    use BqType as T;
+    scratch.clear();
+    write_scalar(scratch, value, target)?;
+    let malformed =
+        |what: &str| Bad::new(BadKind::Malformed, format!("cannot write {what} as Avro"));
+    let json: serde_json::Value =
+        serde_json::from_slice(scratch).map_err(|_| malformed("this value"))?;
+    let text = json.as_str();
+    match (target.bq_type, text) {
+        (T::String, Some(text)) => put_bytes(buf, text.as_bytes()),
+        (T::Int64, Some(text)) => put_long(buf, text.parse().map_err(|_| malformed(text))?),
+        (T::Numeric | T::BigNumeric, Some(text)) => {
+            put_decimal(buf, text, decimal_scale(target))?;
+        }
+        (T::Float64, None) => {
+            let f = json.as_f64().ok_or_else(|| malformed("this number"))?;
+            buf.extend_from_slice(&f.to_le_bytes());
+        }
+        (T::Bool, None) => buf.push(u8::from(json.as_bool().ok_or_else(|| malformed("this"))?)),
+        (T::Bytes, Some(text)) => {
+            let bytes = base64::engine::general_purpose::STANDARD
+                .decode(text)
+                .map_err(|_| malformed(text))?;
+            put_bytes(buf, &bytes);
+        }
+        (T::Date, Some(text)) => {
+            let date = NaiveDate::parse_from_str(text, "%Y-%m-%d").map_err(|_| malformed(text))?;
+            check_year(date)?;
+            put_long(buf, i64::from(date.num_days_from_ce() - 719_163));
+        }
+        (T::Timestamp | T::Datetime, Some(text)) => {
+            let moment = parse_moment(text).ok_or_else(|| malformed(text))?;
+            if target.bq_type == T::Timestamp {
+                put_long(buf, epoch_micros(moment)?);
+            } else {
+                put_datetime_text(buf, moment)?;
+            }
+        }
+        (T::Time, Some(text)) => {
+            let time =
+                NaiveTime::parse_from_str(text, "%H:%M:%S%.f").map_err(|_| malformed(text))?;
+            put_long(buf, time_micros(time));
+        }
+        (target, _) => return Err(malformed(target.as_str())),
+    }
+    Ok(())
+}
+
+/// `YYYY-MM-DD[T ]HH:MM:SS[.f][Z]`.
+fn parse_moment(text: &str) -> Option<NaiveDateTime> {
+    let text = text.strip_suffix('Z').unwrap_or(text);
+    ["%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%d %H:%M:%S%.f"]
+        .iter()
+        .find_map(|format| NaiveDateTime::parse_from_str(text, format).ok())
+}
+
+/// One column as the encoder writes it.
+struct Column {
+    target: Target,
+    mode: FieldMode,
+}
+
+/// Per-extraction Avro encoder: one container file, cut into chunks of whole blocks.
+pub struct AvroWriter {
+    columns: Vec<Column>,
+    policy: RowPolicy,
+    /// The file header, until the first chunk carries it.
+    header: Option<Vec<u8>>,
+    marker: [u8; 16],
+    /// Encoded rows of the current block.
+    block: Vec<u8>,
+    block_rows: u64,
+    batch_rows: u64,
+    row: Vec<u8>,
+    scratch: Vec<u8>,
+}
+
+impl AvroWriter {
+    /// A writer for `columns` of the table `table`, with the same arguments as
+    /// [`NdjsonWriter::new`](super::NdjsonWriter::new); `fields` is the load schema (the
+    /// staging table's fields: the file's schema must match them by name).
+    pub fn new(
+        table: String,
+        columns: &[ColumnMapping],
+        policies: TypePolicies,
+        max_bad_values: Option<u64>,
+        key_columns: &[String],
+        batch_size: u64,
+    ) -> Self {
+        let fields: Vec<WarehouseField> = columns
+            .iter()
+            .map(|column| WarehouseField {
+                name: column.target.clone(),
+                ..column.field.clone()
+            })
+            .collect();
+        let mut seed = Sha256::new();
+        seed.update(table.as_bytes());
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |elapsed| elapsed.as_nanos());
+        seed.update(nanos.to_le_bytes());
+        let mut marker = [0u8; 16];
+        marker.copy_from_slice(&seed.finalize()[..16]);
+        Self {
+            columns: columns
+                .iter()
+                .map(|column| Column {
+                    target: Target::of(&column.field),
+                    mode: column.field.mode,
+                })
+                .collect(),
+            policy: RowPolicy::new(table, columns, policies, max_bad_values, key_columns),
+            header: Some(header(&fields, marker)),
+            marker,
+            block: Vec::with_capacity(CHUNK_SIZE + 64 * 1024),
+            block_rows: 0,
+            batch_rows: batch_size.max(1),
+            row: Vec::with_capacity(4096),
+            scratch: Vec::new(),
+        }
+    }
+
+    fn write_value(&mut self, index: usize, value: Val<'_>) -> Result<(), String> {
+        let Column { target, mode } = self.columns[index];
+        let nullable = mode == FieldMode::Nullable;
+        match value {
+            Val::Null if mode == FieldMode::Repeated => put_long(&mut self.row, 0),
+            Val::Null if mode == FieldMode::Required => {
+                return Err(format!(
+                    "column `{}`: NULL in a REQUIRED field",
+                    self.policy.name(index)
+                ));
+            }
+            Val::Null => put_long(&mut self.row, 0),
+            Val::Array(items) if mode == FieldMode::Repeated => {
+                if !items.is_empty() {
+                    put_long(&mut self.row, items.len() as i64);
+                    for item in items {
+                        self.write_element(index, item, target)?;
+                    }
+                }
+                put_long(&mut self.row, 0);
+            }
+            Val::Array(_) => {
+                return Err(format!(
+                    "column `{}`: an array in a non-REPEATED field",
+                    self.policy.name(index)
+                ));
+            }
+            value => {
+                let at = self.row.len();
+                if nullable {
+                    put_long(&mut self.row, 1);
+                }
+                if mode == FieldMode::Repeated {
+                    put_long(&mut self.row, 1);
+                }
+                let written = write_avro_scalar(&mut self.row, &mut self.scratch, &value, target);
+                if let Err(bad) = written {
+                    self.row.truncate(at);
+                    match self.policy.resolve(index, bad)? {
+                        Some(value) => return self.write_value(index, value),
+                        None => return self.write_value(index, Val::Null),
+                    }
+                }
+                if mode == FieldMode::Repeated {
+                    put_long(&mut self.row, 0);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn write_element(&mut self, index: usize, item: Val<'_>, target: Target) -> Result<(), String> {
+        let written = match &item {
+            Val::Null => Err(null_element()),
+            item => write_avro_scalar(&mut self.row, &mut self.scratch, item, target),
+        };
+        let Err(bad) = written else { return Ok(()) };
+        match self.policy.resolve(index, bad)? {
+            Some(item) => write_avro_scalar(&mut self.row, &mut self.scratch, &item, target)
+                .map_err(|bad| bad.message),
+            None => Err(format!(
+                "column `{}`: NULL array element",
+                self.policy.name(index)
+            )),
+        }
+    }
+
+    fn encode_row<'r>(
+        &mut self,
+        mut decode: impl FnMut(usize) -> Decoded<'r>,
+    ) -> Result<(), TooManyBadValues> {
+        self.row.clear();
+        self.policy.begin_row();
+        let mut outcome = Ok(());
+        for index in 0..self.columns.len() {
+            let written = self
+                .policy
+                .decode(index, &mut decode)
+                .and_then(|value| self.write_value(index, value));
+            if written.is_err() {
+                outcome = written;
+                break;
+            }
+        }
+        // The row's bytes are counted once compressed, per block (see `take_chunk`).
+        let outcome = outcome.map(|()| {
+            self.block.extend_from_slice(&self.row);
+            self.block_rows += 1;
+            0
+        });
+        self.policy.end_row(outcome, &mut decode)
+    }
+
+    /// The header (first time only) and the current rows as one compressed block.
+    fn take_chunk(&mut self) -> Bytes {
+        let mut out = self.header.take().unwrap_or_default();
+        if self.block_rows > 0 {
+            let mut block =
+                std::mem::replace(&mut self.block, Vec::with_capacity(CHUNK_SIZE + 64 * 1024));
+            // Snappy never fails on a Vec; a failure would leave the block uncompressed and
+            // the file invalid, so it is surfaced as an empty block instead of garbage.
+            if AvroCodec::Snappy.compress(&mut block).is_err() {
+                block.clear();
+            }
+            put_long(&mut out, self.block_rows as i64);
+            put_long(&mut out, block.len() as i64);
+            out.extend_from_slice(&block);
+            out.extend_from_slice(&self.marker);
+        }
+        self.block_rows = 0;
+        self.policy.stats.bytes += out.len() as u64;
+        Bytes::from(out)
+    }
+}
+
+/// The container header for `fields` with `marker` (written by `apache-avro`).
+fn header(fields: &[WarehouseField], marker: [u8; 16]) -> Vec<u8> {
+    let schema = Schema::parse(&avro_schema(fields)).unwrap_or(Schema::Null);
+    let writer = Writer::builder()
+        .schema(&schema)
+        .codec(AvroCodec::Snappy)
+        .marker(marker)
+        .writer(Vec::new())
+        .build();
+    writer.into_inner().unwrap_or_default()
+}
+
+/// Decodes an Avro container file (with `apache-avro`) into rows in the NDJSON writer's
+/// conventions (INT64 and decimals as strings, BYTES as base64, temporal texts), by the BigQuery
+/// types of `fields`: what the fake warehouse stores, and what tests compare.
+pub fn decode_rows(
+    fields: &[WarehouseField],
+    data: &[u8],
+) -> Result<Vec<serde_json::Map<String, serde_json::Value>>, String> {
+    let reader = apache_avro::Reader::new(data).map_err(|error| error.to_string())?;
+    let mut rows = Vec::new();
+    for record in reader {
+        let record = record.map_err(|error| error.to_string())?;
+        let apache_avro::types::Value::Record(values) = record else {
+            return Err("not a record".into());
+        };
+        let mut row = serde_json::Map::new();
+        for (name, value) in values {
+            let field = fields
+                .iter()
+                .find(|field| field.name == name)
+                .ok_or_else(|| format!("no such field: {name}"))?;
+            row.insert(name, json_of(field, value)?);
+        }
+        rows.push(row);
+    }
+    Ok(rows)
+}
+
+fn json_of(
+    field: &WarehouseField,
+    value: apache_avro::types::Value,
+) -> Result<serde_json::Value, String> {
+    use apache_avro::types::Value as A;
+    let micros_text = |micros: i64, format: &str| {
+        chrono::DateTime::from_timestamp_micros(micros)
+            .map(|moment| moment.naive_utc().format(format).to_string())
+            .ok_or_else(|| format!("{micros} is out of range"))
+    };
+    Ok(match value {
+        A::Null => serde_json::Value::Null,
+        A::Union(_, inner) => json_of(field, *inner)?,
+        A::Array(items) => serde_json::Value::Array(
+            items
+                .into_iter()
+                .map(|item| json_of(field, item))
+                .collect::<Result<_, _>>()?,
+        ),
+        A::Long(n) => json!(n.to_string()),
+        A::Double(f) => json!(f),
+        A::Boolean(b) => json!(b),
+        A::String(text) if field.bq_type == BqType::Datetime => json!(text.replacen(' ', "T", 1)),
+        A::String(text) => json!(text),
+        A::Bytes(bytes) => json!(base64::engine::general_purpose::STANDARD.encode(bytes)),
+        A::Decimal(decimal) => {
+            let bytes: Vec<u8> = Vec::try_from(&decimal).map_err(|error| error.to_string())?;
+            let digits = BigInt::from_signed_bytes_be(&bytes).to_string();
+            let scale = decimal_params(field).1 as usize;
+            let (sign, digits) = match digits.strip_prefix('-') {
+                Some(rest) => ("-", rest.to_string()),
+                None => ("", digits),
+            };
+            let digits = format!("{digits:0>width$}", width = scale + 1);
+            let (int, frac) = digits.split_at(digits.len() - scale);
+            let frac = frac.trim_end_matches('0');
+            json!(if frac.is_empty() {
+                format!("{sign}{int}")
+            } else {
+                format!("{sign}{int}.{frac}")
+            })
+        }
+        A::Date(days) => json!(micros_text(i64::from(days) * 86_400_000_000, "%Y-%m-%d")?),
+        A::TimeMicros(micros) => json!(micros_text(micros, "%H:%M:%S%.6f")?),
+        A::TimestampMicros(micros) => json!(micros_text(micros, "%Y-%m-%dT%H:%M:%S%.6fZ")?),
+        other => return Err(format!("unexpected Avro value {other:?}")),
+    })
+}
+
+impl RowSink for AvroWriter {
+    fn push<'r>(
+        &mut self,
+        decode: impl FnMut(usize) -> Decoded<'r>,
+    ) -> Result<(), TooManyBadValues> {
+        self.encode_row(decode)
+    }
+
+    /// A full chunk to send, if the block reached [`CHUNK_SIZE`] or `batch_size` rows.
+    fn full_chunk(&mut self) -> Option<Bytes> {
+        (self.block.len() >= CHUNK_SIZE || self.block_rows >= self.batch_rows)
+            .then(|| self.take_chunk())
+    }
+
+    /// The last block; `None` when no row was ever written (nothing to load, as for NDJSON).
+    fn finish(&mut self) -> Option<Bytes> {
+        (self.block_rows > 0).then(|| self.take_chunk())
+    }
+
+    fn stats(&self) -> &ExtractStats {
+        &self.policy.stats
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -410,7 +410,7 @@ fn run(context: &Context<'_>) -> Result<ExitStatus, Error> {
             print_stdout(&format!("{schema}\n"));
             Ok(ExitStatus::Success)
         }
-        Command::Validate(args) => validate(cli, env, args),
+        Command::Validate(args) => validate(cli, env, args, &context.from_file),
         Command::EnvToManifest(args) => env_to_manifest(cli, env, args),
         Command::Plan(args) => runtime()?.block_on(plan(context, args)),
         Command::Apply(args) => runtime()?.block_on(apply(context, args)),
@@ -537,7 +537,12 @@ fn warn_if_legacy(loaded: &Loaded) {
 /// `validate`: every problem on stderr for humans; with `--format json` also one JSON document
 /// on stdout with every problem located by line, column and code (and the effective values
 /// with `--show-effective`).
-fn validate(cli: &Cli, env: &Env, args: &ValidateArgs) -> Result<ExitStatus, Error> {
+fn validate(
+    cli: &Cli,
+    env: &Env,
+    args: &ValidateArgs,
+    from_file: &[String],
+) -> Result<ExitStatus, Error> {
     let input = match manifest_input(&cli.global, env) {
         Ok(input) => input,
         // `--format json` answers in JSON whatever fails, even before there is a manifest.
@@ -563,6 +568,10 @@ fn validate(cli: &Cli, env: &Env, args: &ValidateArgs) -> Result<ExitStatus, Err
         Err(error) => return Err(error),
     };
     let outcome = manifest::load(&input);
+    if let (Ok(loaded), DataFormat::Text) = (&outcome, args.format) {
+        // What the environment overrides is listed as in `plan` and `apply`.
+        effective::print_overrides(loaded, from_file);
+    }
     let (problems, source) = match &outcome {
         Ok(loaded) => (loaded.warnings.as_slice(), loaded.source.as_ref()),
         Err(failure) => (failure.problems.as_slice(), failure.source.as_ref()),

@@ -175,6 +175,11 @@ pub fn text(plan: &Plan) -> String {
         plan.destination,
         plan.tables.len()
     );
+    // An error several tables share (an unreachable source) is printed once, naming them.
+    let shared = shared_errors(plan);
+    for (message, labels) in &shared {
+        let _ = writeln!(out, "error: {message}\n    tables: {}\n", labels.join(", "));
+    }
     for table in &plan.tables {
         let _ = writeln!(
             out,
@@ -196,7 +201,11 @@ pub fn text(plan: &Plan) -> String {
             }
         }
         for error in &table.errors {
-            let _ = writeln!(out, "    error: {error}");
+            if shared.iter().any(|(message, _)| *message == error.message) {
+                let _ = writeln!(out, "    error: as above");
+            } else {
+                let _ = writeln!(out, "    error: {error}");
+            }
         }
         for warning in &table.warnings {
             let _ = writeln!(out, "    warning: {warning}");
@@ -206,6 +215,24 @@ pub fn text(plan: &Plan) -> String {
     out.push_str(&summary(plan));
     out.push('\n');
     out
+}
+
+/// Error messages more than one table has, with those tables, in plan order.
+fn shared_errors(plan: &Plan) -> Vec<(String, Vec<String>)> {
+    let mut found: Vec<(String, Vec<String>)> = Vec::new();
+    for table in &plan.tables {
+        for error in &table.errors {
+            match found
+                .iter_mut()
+                .find(|(message, _)| *message == error.message)
+            {
+                Some((_, labels)) => labels.push(table.label.clone()),
+                None => found.push((error.message.clone(), vec![table.label.clone()])),
+            }
+        }
+    }
+    found.retain(|(_, labels)| labels.len() > 1);
+    found
 }
 
 /// The plan as Markdown, for a pull-request comment.
@@ -283,6 +310,32 @@ mod tests {
             unsupported: Vec::new(),
         });
         assert_eq!(schema_diff("p.d", &plan), "");
+    }
+
+    #[test]
+    fn an_error_several_tables_share_is_printed_once() {
+        let failed = |key: &str| {
+            plan_table(TableInput {
+                spec: spec(key, WriteMode::Replace),
+                source: Err("cannot connect to source `shop`: Connection refused (os error 111) (at 127.0.0.1:1)".into()),
+                mapping: Err(Vec::new()),
+                existing: None,
+                existing_rows: None,
+                unsupported: Vec::new(),
+            })
+        };
+        let plan = Plan::new(
+            "p.d".into(),
+            false,
+            vec![failed("orders"), failed("customers")],
+        );
+        let text = text(&plan);
+        assert_eq!(text.matches("Connection refused").count(), 1, "{text}");
+        assert!(
+            text.contains("    tables: shop.orders, shop.customers\n"),
+            "{text}"
+        );
+        assert_eq!(text.matches("    error: as above").count(), 2, "{text}");
     }
 
     fn sample_plan() -> Plan {

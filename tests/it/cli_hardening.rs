@@ -330,6 +330,15 @@ fn values_a_dot_env_overrides_are_listed_before_planning() {
     );
     let out = run(datasync(dir.path()).args(["--env-file", "none", "plan"]));
     assert!(!out.stderr.contains("elsewhere"), "{}", out.stderr);
+    // `validate` lists them too.
+    let out = run(datasync(dir.path()).arg("validate"));
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(
+        out.stderr
+            .contains("bigquery.dataset = \"elsewhere\"  # env file (BQ_DATASET_ID)"),
+        "{}",
+        out.stderr
+    );
 }
 
 /// Random manifests and legacy environments (mutations of valid ones, fixed seed and case
@@ -450,4 +459,60 @@ fn a_dry_run_without_bigquery_extracts_every_row() {
     // Without --dry-run the same outage is an error.
     let out = run(datasync(dir.path()).arg("apply"));
     assert_eq!(out.code, 3, "{}", out.stderr);
+}
+
+/// A signal while connecting and planning (here: BigQuery accepts and never answers) stops the
+/// run at once and says what was interrupted.
+#[test]
+fn a_signal_during_planning_says_what_was_interrupted() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let endpoint = format!("http://{}", listener.local_addr().unwrap());
+    let _held = std::thread::spawn(move || {
+        let mut open = Vec::new();
+        for stream in listener.incoming().take(16) {
+            open.push(stream);
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let database = dir.path().join("shop.db");
+    std::fs::write(&database, b"").unwrap();
+    std::fs::write(
+        dir.path().join("sync.yaml"),
+        format!(
+            "bigquery:\n  project: my-project\n  dataset: analytics\n  endpoint: {endpoint}\n  emulator: true\nsources:\n  shop:\n    type: sqlite\n    database: {}\n    tables:\n      orders: {{}}\n",
+            database.display()
+        ),
+    )
+    .unwrap();
+    let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("datasync"))
+        .current_dir(dir.path())
+        .env_clear()
+        .env("NO_COLOR", "1")
+        .env("GCE_METADATA_HOST", "127.0.0.1:9")
+        .arg("plan")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let started = std::time::Instant::now();
+    let killed = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let output = child.wait_with_output().unwrap();
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(10),
+        "took {:?}",
+        started.elapsed()
+    );
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(
+            "interrupted by SIGTERM while connecting to the sources and BigQuery and planning; nothing was written"
+        ),
+        "{stderr}"
+    );
 }

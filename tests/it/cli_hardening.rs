@@ -484,7 +484,7 @@ fn a_signal_during_planning_says_what_was_interrupted() {
         ),
     )
     .unwrap();
-    let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("datasync"))
+    let child = std::process::Command::new(assert_cmd::cargo::cargo_bin("datasync"))
         .current_dir(dir.path())
         .env_clear()
         .env("NO_COLOR", "1")

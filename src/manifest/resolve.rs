@@ -1115,6 +1115,45 @@ fn resolve_table(
     })
 }
 
+impl TableSpec {
+    /// The table entry in its file shape, every default written out (see [`Manifest::to_raw`]).
+    pub fn to_raw(&self) -> RawTable {
+        let table = self;
+        let policies = table.types;
+        RawTable {
+            target: (!is_pattern(&table.key)).then(|| table.target.clone()),
+            enabled: Some(table.enabled),
+            columns: table.columns.clone(),
+            exclude_columns: Some(table.exclude_columns.clone()).filter(|list| !list.is_empty()),
+            primary_key: table.primary_key.clone(),
+            cursor: table.cursor.clone(),
+            mode: Some(table.mode),
+            batch_size: Some(table.batch_size),
+            format: Some(table.format),
+            max_parse_failures: Some(
+                table
+                    .max_parse_failures
+                    .map_or(-1, |n| i64::try_from(n).unwrap_or(i64::MAX)),
+            ),
+            column_types: Some(table.column_types.clone()).filter(|map| !map.is_empty()),
+            partition_by: table
+                .partition_by
+                .as_ref()
+                .map(|p| format!("{}:{}", p.column, p.granularity)),
+            cluster_by: Some(table.cluster_by.clone()).filter(|list| !list.is_empty()),
+            allow_recreate: Some(table.allow_recreate),
+            types: Some(RawTypePolicies {
+                tinyint1_as_bool: Some(policies.tinyint1_as_bool),
+                zero_dates: Some(policies.zero_dates),
+                non_finite: Some(policies.non_finite),
+                invalid_utf8: Some(policies.invalid_utf8),
+                decimal_overflow: Some(policies.decimal_overflow),
+                geometry: Some(policies.geometry),
+            }),
+        }
+    }
+}
+
 impl Manifest {
     /// The manifest in its file shape with every default written out: what `validate
     /// --show-effective` prints and what `env-to-manifest` serialises.
@@ -1134,43 +1173,7 @@ impl Manifest {
                 .iter()
                 .chain(&self.patterns)
                 .filter(|table| table.source == source.name)
-                .map(|table| {
-                    let policies = table.types;
-                    let raw = RawTable {
-                        target: (!is_pattern(&table.key)).then(|| table.target.clone()),
-                        enabled: Some(table.enabled),
-                        columns: table.columns.clone(),
-                        exclude_columns: Some(table.exclude_columns.clone())
-                            .filter(|list| !list.is_empty()),
-                        primary_key: table.primary_key.clone(),
-                        cursor: table.cursor.clone(),
-                        mode: Some(table.mode),
-                        batch_size: Some(table.batch_size),
-                        format: Some(table.format),
-                        max_parse_failures: Some(
-                            table
-                                .max_parse_failures
-                                .map_or(-1, |n| i64::try_from(n).unwrap_or(i64::MAX)),
-                        ),
-                        column_types: Some(table.column_types.clone())
-                            .filter(|map| !map.is_empty()),
-                        partition_by: table
-                            .partition_by
-                            .as_ref()
-                            .map(|p| format!("{}:{}", p.column, p.granularity)),
-                        cluster_by: Some(table.cluster_by.clone()).filter(|list| !list.is_empty()),
-                        allow_recreate: Some(table.allow_recreate),
-                        types: Some(RawTypePolicies {
-                            tinyint1_as_bool: Some(policies.tinyint1_as_bool),
-                            zero_dates: Some(policies.zero_dates),
-                            non_finite: Some(policies.non_finite),
-                            invalid_utf8: Some(policies.invalid_utf8),
-                            decimal_overflow: Some(policies.decimal_overflow),
-                            geometry: Some(policies.geometry),
-                        }),
-                    };
-                    (table.key.clone(), Some(raw))
-                })
+                .map(|table| (table.key.clone(), Some(table.to_raw())))
                 .collect();
             sources.insert(
                 source.name.clone(),

@@ -64,47 +64,8 @@ pub fn plan_table(input: TableInput) -> TablePlan {
         existing_rows,
         unsupported,
     } = input;
-    let at = Location::Table(spec.label());
-    let (source_table, mapping, mut schema) = match (source, mapping) {
-        (Err(error), _) => (
-            None,
-            None,
-            SchemaPlan::failed(
-                TableAction::Error,
-                vec![Diagnostic::error(Code::PlanSourceError, error).at(at.clone())],
-            ),
-        ),
-        (Ok(table), Err(errors)) => (
-            Some(table),
-            None,
-            SchemaPlan::failed(TableAction::Error, errors),
-        ),
-        (Ok(table), Ok(_)) if !unsupported.is_empty() => (
-            Some(table),
-            None,
-            SchemaPlan::failed(
-                TableAction::Blocked,
-                vec![
-                    Diagnostic::error(
-                        Code::PlanUnsupportedTarget,
-                        format!(
-                            "target `{}` can't be synced: {}",
-                            spec.target,
-                            unsupported.join("; ")
-                        ),
-                    )
-                    .at(at.clone()),
-                ],
-            ),
-        ),
-        (Ok(table), Ok(mapping)) => {
-            let mut schema = plan_schema(&spec, &mapping.table, existing.as_ref());
-            for diagnostic in schema.warnings.iter_mut().chain(&mut schema.errors) {
-                diagnostic.location = at.clone();
-            }
-            (Some(table), Some(mapping), schema)
-        }
-    };
+    let (source_table, mapping, mut schema) =
+        plan_inputs(&spec, source, mapping, existing.as_ref(), &unsupported);
     let mut warnings = mapping
         .as_ref()
         .map(|mapping| mapping.warnings.clone())
@@ -184,6 +145,58 @@ pub fn plan_table(input: TableInput) -> TablePlan {
         source_fingerprint: source_table.as_ref().map(source_fingerprint),
         spec,
         source_table,
+    }
+}
+
+/// What is known decides the schema plan: a source error, a mapping error or an unreadable
+/// target fails the table; otherwise the schema is planned against the existing target.
+fn plan_inputs(
+    spec: &TableSpec,
+    source: Result<SourceTable, String>,
+    mapping: Result<TableMapping, Vec<Diagnostic>>,
+    existing: Option<&WarehouseTable>,
+    unsupported: &[String],
+) -> (Option<SourceTable>, Option<TableMapping>, SchemaPlan) {
+    let at = Location::Table(spec.label());
+    match (source, mapping) {
+        (Err(error), _) => (
+            None,
+            None,
+            SchemaPlan::failed(
+                TableAction::Error,
+                vec![Diagnostic::error(Code::PlanSourceError, error).at(at.clone())],
+            ),
+        ),
+        (Ok(table), Err(errors)) => (
+            Some(table),
+            None,
+            SchemaPlan::failed(TableAction::Error, errors),
+        ),
+        (Ok(table), Ok(_)) if !unsupported.is_empty() => (
+            Some(table),
+            None,
+            SchemaPlan::failed(
+                TableAction::Blocked,
+                vec![
+                    Diagnostic::error(
+                        Code::PlanUnsupportedTarget,
+                        format!(
+                            "target `{}` can't be synced: {}",
+                            spec.target,
+                            unsupported.join("; ")
+                        ),
+                    )
+                    .at(at.clone()),
+                ],
+            ),
+        ),
+        (Ok(table), Ok(mapping)) => {
+            let mut schema = plan_schema(spec, &mapping.table, existing);
+            for diagnostic in schema.warnings.iter_mut().chain(&mut schema.errors) {
+                diagnostic.location = at.clone();
+            }
+            (Some(table), Some(mapping), schema)
+        }
     }
 }
 

@@ -199,6 +199,8 @@ codes! {
     PlanStale => "datasync::plan::stale",
     /// The existing target has columns or a kind datasync cannot sync into.
     PlanUnsupportedTarget => "datasync::plan::unsupported_target",
+    /// A table failed while apply ran it (the message says how, and what state it left).
+    ApplyTableFailed => "datasync::apply::table_failed",
 }
 
 impl fmt::Display for Code {

@@ -4,6 +4,7 @@ use std::fmt::Write as _;
 
 use serde::Serialize;
 
+use crate::diagnostic::Code;
 use crate::plan::TablePlan;
 use crate::plan::render::group_digits;
 use crate::source::ExtractStats;
@@ -48,9 +49,40 @@ pub struct TableOutcome {
     /// Why it failed or was skipped.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// The stable code of `error` (the plan's diagnostic code for a skipped table).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub code: Option<Code>,
 }
 
 impl TableOutcome {
+    /// `table` with `status` and nothing counted yet.
+    fn new(table: &TablePlan, status: TableStatus) -> Self {
+        Self {
+            table: table.label.clone(),
+            target: table.target.clone(),
+            status,
+            rows_extracted: 0,
+            rows_loaded: None,
+            bytes: 0,
+            bad_values: 0,
+            rows_left_out: 0,
+            bad_value_samples: Vec::new(),
+            seconds: 0.0,
+            error: None,
+            code: None,
+        }
+    }
+
+    /// `stats` counted in.
+    fn with_stats(mut self, stats: &ExtractStats) -> Self {
+        self.rows_extracted = stats.rows;
+        self.bytes = stats.bytes;
+        self.bad_values = stats.bad_values;
+        self.rows_left_out = stats.failed_rows;
+        self.bad_value_samples = stats.failures.iter().take(5).cloned().collect();
+        self
+    }
+
     /// A table that ran.
     pub fn done(
         table: &TablePlan,
@@ -58,19 +90,10 @@ impl TableOutcome {
         loaded: Option<u64>,
         seconds: f64,
     ) -> Self {
-        Self {
-            table: table.label.clone(),
-            target: table.target.clone(),
-            status: TableStatus::Done,
-            rows_extracted: stats.rows,
-            rows_loaded: loaded,
-            bytes: stats.bytes,
-            bad_values: stats.bad_values,
-            rows_left_out: stats.failed_rows,
-            bad_value_samples: stats.failures.iter().take(5).cloned().collect(),
-            seconds,
-            error: None,
-        }
+        let mut outcome = Self::new(table, TableStatus::Done).with_stats(stats);
+        outcome.rows_loaded = loaded;
+        outcome.seconds = seconds;
+        outcome
     }
 
     /// A table that failed.
@@ -80,38 +103,22 @@ impl TableOutcome {
         stats: Option<&ExtractStats>,
         seconds: f64,
     ) -> Self {
-        Self {
-            table: table.label.clone(),
-            target: table.target.clone(),
-            status: TableStatus::Failed,
-            rows_extracted: stats.map_or(0, |stats| stats.rows),
-            rows_loaded: None,
-            bytes: stats.map_or(0, |stats| stats.bytes),
-            bad_values: stats.map_or(0, |stats| stats.bad_values),
-            rows_left_out: stats.map_or(0, |stats| stats.failed_rows),
-            bad_value_samples: stats
-                .map(|stats| stats.failures.iter().take(5).cloned().collect())
-                .unwrap_or_default(),
-            seconds,
-            error: Some(error),
+        let mut outcome = Self::new(table, TableStatus::Failed);
+        if let Some(stats) = stats {
+            outcome = outcome.with_stats(stats);
         }
+        outcome.seconds = seconds;
+        outcome.error = Some(error);
+        outcome.code = Some(Code::ApplyTableFailed);
+        outcome
     }
 
     /// A table the plan does not run.
     pub fn skipped(table: &TablePlan, error: String) -> Self {
-        Self {
-            table: table.label.clone(),
-            target: table.target.clone(),
-            status: TableStatus::Skipped,
-            rows_extracted: 0,
-            rows_loaded: None,
-            bytes: 0,
-            bad_values: 0,
-            rows_left_out: 0,
-            bad_value_samples: Vec::new(),
-            seconds: 0.0,
-            error: Some(error),
-        }
+        let mut outcome = Self::new(table, TableStatus::Skipped);
+        outcome.error = Some(error);
+        outcome.code = table.errors.first().map(|diagnostic| diagnostic.code);
+        outcome
     }
 }
 
@@ -238,6 +245,7 @@ mod tests {
             bad_value_samples: Vec::new(),
             seconds: 0.0,
             error: None,
+            code: None,
         }
     }
 
@@ -256,8 +264,10 @@ mod tests {
         let mut failed = outcome("shop.customers", TableStatus::Failed);
         failed.rows_extracted = 10;
         failed.error = Some("load into staging failed: quota exceeded".into());
+        failed.code = Some(Code::ApplyTableFailed);
         let mut skipped = outcome("shop.items", TableStatus::Skipped);
         skipped.error = Some("incompatible change: `id`: INT64 → STRING".into());
+        skipped.code = Some(Code::PlanIncompatible);
         ApplyReport {
             destination: "demo-project.shop".into(),
             dry_run: false,

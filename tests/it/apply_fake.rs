@@ -221,6 +221,10 @@ async fn a_failed_final_write_keeps_the_target() {
     executor.run_id = "run2".into();
     let report = executor.run(&plan1).await;
     assert_eq!(report.tables[0].status, TableStatus::Failed);
+    assert_eq!(
+        report.tables[0].code.map(|code| code.as_str()),
+        Some("datasync::apply::table_failed")
+    );
     assert_eq!(ids(&warehouse, "items"), ["1", "2", "3"]);
 }
 
@@ -295,6 +299,11 @@ async fn blocked_tables_are_skipped_and_reported() {
     assert_eq!(plan.tables[0].action, TableAction::Blocked);
     let report = executor.run(&plan).await;
     assert_eq!(report.tables[0].status, TableStatus::Skipped);
+    // The report carries the plan's code (JSON consumers match on it).
+    assert_eq!(
+        report.tables[0].code.map(|code| code.as_str()),
+        Some("datasync::plan::incompatible")
+    );
     assert!(
         report.text().contains("allow_recreate"),
         "{}",

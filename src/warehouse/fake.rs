@@ -633,18 +633,6 @@ impl Warehouse for FakeWarehouse {
         lost_reply(&mut state, "insert_from")
     }
 
-    async fn truncate(&self, table: &str) -> Result<(), WarehouseError> {
-        let mut state = self.begin("truncate", format!("truncate {table}"))?;
-        let context = format!("truncate {table}");
-        state
-            .tables
-            .get_mut(table)
-            .ok_or_else(|| not_found(&context, table))?
-            .1
-            .clear();
-        Ok(())
-    }
-
     async fn max_value(&self, table: &str, column: &str) -> Result<Value, WarehouseError> {
         let state = self.begin("max_value", format!("max_value {table}.{column}"))?;
         let context = format!("max of {column} in table {table}");

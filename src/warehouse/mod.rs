@@ -591,9 +591,6 @@ pub trait Warehouse: Send + Sync {
         replace: bool,
     ) -> Result<(), WarehouseError>;
 
-    /// Removes every row of `table`, keeping its schema.
-    async fn truncate(&self, table: &str) -> Result<(), WarehouseError>;
-
     /// Runs one copy job and waits for it. Idempotent per job ID (an existing job is awaited).
     async fn copy_table(&self, request: &CopyRequest) -> Result<(), WarehouseError>;
 

@@ -588,17 +588,6 @@ impl Warehouse for BigQuery {
         Ok(())
     }
 
-    async fn truncate(&self, table: &str) -> Result<(), WarehouseError> {
-        let context = format!("truncate table {}.{table}", self.dataset);
-        self.run_query(
-            &context,
-            &format!("TRUNCATE TABLE {}", self.qualified(table)),
-            &[],
-        )
-        .await?;
-        Ok(())
-    }
-
     async fn max_value(&self, table: &str, column: &str) -> Result<Value, WarehouseError> {
         let context = format!("max of {column} in table {}.{table}", self.dataset);
         let sql = format!(

@@ -524,17 +524,7 @@ impl Executor {
         let warehouse = &self.warehouse;
         let staging = staging_table(&table.target, &self.run_id);
         let (sender, mut receiver) = mpsc::channel::<Bytes>(4);
-        let progress = Arc::clone(&self.progress);
-        let label = table.label.clone();
-        let report = move |rows: u64| progress(&label, rows);
-        let extraction = source.extract(
-            source_table,
-            &extract.columns,
-            filter,
-            row_sink(source_table, extract),
-            sender,
-            &report,
-        );
+        let extraction = self.extraction(table, source, source_table, extract, filter, sender);
         let request = LoadRequest {
             table: staging.clone(),
             schema: WarehouseTable {
@@ -742,22 +732,41 @@ impl Executor {
         // the bytes.
         let (sender, mut receiver) = mpsc::channel::<Bytes>(4);
         let drain = tokio::spawn(async move { while receiver.recv().await.is_some() {} });
-        let progress = Arc::clone(&self.progress);
-        let label = table.label.clone();
-        let report = move |rows: u64| progress(&label, rows);
-        let stats = source
-            .extract(
-                source_table,
-                &extract.columns,
-                filter,
-                row_sink(source_table, extract),
-                sender,
-                &report,
-            )
+        let stats = self
+            .extraction(table, source, source_table, extract, filter, sender)
             .await
             .map_err(|error| TableFailure::new(format!("extraction failed: {error}")))?;
         let _ = drain.await;
         Ok(stats)
+    }
+
+    /// The table's extraction: the plan's columns and bound, its sink, chunks into `out`,
+    /// progress reported under the table's label.
+    fn extraction<'a>(
+        &self,
+        table: &TablePlan,
+        source: &'a Source,
+        source_table: &'a SourceTable,
+        extract: &'a Extract,
+        filter: Option<&'a CursorFilter>,
+        out: mpsc::Sender<Bytes>,
+    ) -> impl std::future::Future<Output = Result<ExtractStats, crate::source::SourceError>> + 'a
+    {
+        let progress = Arc::clone(&self.progress);
+        let label = table.label.clone();
+        async move {
+            let report = move |rows: u64| progress(&label, rows);
+            source
+                .extract(
+                    source_table,
+                    &extract.columns,
+                    filter,
+                    row_sink(source_table, extract),
+                    out,
+                    &report,
+                )
+                .await
+        }
     }
 }
 

@@ -124,6 +124,9 @@ pub(super) fn plan_lines(plan: &crate::plan::Plan, stdout: bool) {
                 "error".into(),
                 crate::diagnostic::messages(&table.errors).join("; ").into(),
             );
+            if let Some(error) = table.errors.first() {
+                fields.insert("code".into(), error.code.as_str().into());
+            }
             emit("error", "table cannot run", fields);
         }
     }

@@ -516,3 +516,30 @@ fn a_signal_during_planning_says_what_was_interrupted() {
         "{stderr}"
     );
 }
+
+/// In JSON-log mode a table that cannot run is one line with its error's stable code.
+#[test]
+fn a_table_that_cannot_run_logs_its_code() {
+    let dir = tempfile::tempdir().unwrap();
+    let database = dir.path().join("shop.db");
+    std::fs::write(&database, b"").unwrap();
+    std::fs::write(
+        dir.path().join("sync.yaml"),
+        format!(
+            "bigquery:\n  project: my-project\n  dataset: analytics\n  endpoint: http://127.0.0.1:9\n  emulator: true\nsources:\n  shop:\n    type: sqlite\n    database: {}\n    tables:\n      orders: {{}}\n",
+            database.display()
+        ),
+    )
+    .unwrap();
+    // A dry run plans without BigQuery; the table is missing from the source.
+    let out = run(datasync(dir.path()).args(["--log-format", "json", "apply", "--dry-run"]));
+    assert_eq!(out.code, 1, "{}", out.stderr);
+    let lines = assert_json_lines(&out.stderr);
+    let line = lines
+        .iter()
+        .find(|line| line["msg"] == "table cannot run")
+        .unwrap_or_else(|| panic!("{}", out.stderr));
+    assert_eq!(line["table"], "shop.orders");
+    assert_eq!(line["code"], "datasync::plan::source_error");
+    assert_eq!(line["error"], "table `orders` not found in SQLite source");
+}

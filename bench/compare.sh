@@ -28,10 +28,14 @@ MY="mariadb -h 127.0.0.1 -u root"
 cargo build --release --bin datasync >/dev/null
 DS=target/release/datasync
 
+# sling: the PyPI package `sling` downloads its binary from GitHub at first use; the platform
+# wheel `sling-linux-amd64` carries it, so the bench installs that and runs the binary directly.
+SLING=bench/.venv/lib/python3.11/site-packages/sling_linux_amd64/bin/sling-linux-amd64
 if [ "${BENCH_PEERS:-0}" = 1 ] && [ ! -x bench/.venv/bin/dlt ]; then
   python3 -m venv bench/.venv
-  bench/.venv/bin/pip install -q sling 'dlt[parquet,postgres]' pymysql
+  bench/.venv/bin/pip install -q sling-linux-amd64 'dlt[parquet,postgres]' pymysql
 fi
+[ -f "$SLING" ] && chmod +x "$SLING"
 
 # 25 columns: ints, bigints, numerics, floats, text, dates, timestamps, bools, bytes.
 pg_cols="id bigint primary key, i1 int, i2 bigint, n1 numeric(12,2), n2 numeric(20,6), f1 double precision, f2 real, t1 text, t2 varchar(40), t3 text, d1 date, d2 date, ts1 timestamp, ts2 timestamptz, b1 boolean, b2 boolean, y1 bytea, i3 smallint, i4 int, n3 numeric(10,0), f3 double precision, t4 text, t5 varchar(10), ts3 timestamp, d3 date"
@@ -77,9 +81,9 @@ cases() {
       run "ds-$engine-$format" "$DS -c $(manifest $engine $format) apply --dry-run --format json 1>&2 2>/dev/null"
     done
   done
-  if [ -x bench/.venv/bin/sling ]; then
-    run pg-sling "SLING_THREADS=1 bench/.venv/bin/sling run --src-conn 'postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable' --src-stream bench_cmp.t --tgt-object 'file://$WORK/out.pg-sling/t.csv'"
-    run my-sling "bench/.venv/bin/sling run --src-conn 'mysql://root@127.0.0.1:3306/bench_cmp' --src-stream bench_cmp.t --tgt-object 'file://$WORK/out.my-sling/t.csv'"
+  if [ -x "$SLING" ]; then
+    run pg-sling "SLING_THREADS=1 $SLING run --src-conn 'postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable' --src-stream bench_cmp.t --tgt-object 'file://$WORK/out.pg-sling/t.csv'"
+    run my-sling "$SLING run --src-conn 'mysql://root@127.0.0.1:3306/bench_cmp' --src-stream bench_cmp.t --tgt-object 'file://$WORK/out.my-sling/t.csv'"
   fi
   if [ -x bench/.venv/bin/dlt ]; then
     run pg-dlt "bench/.venv/bin/python bench/dlt_export.py postgresql://postgres@127.0.0.1:5432/postgres bench_cmp t '$WORK/out.pg-dlt'"

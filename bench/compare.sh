@@ -33,7 +33,7 @@ DS=target/release/datasync
 SLING=bench/.venv/lib/python3.11/site-packages/sling_linux_amd64/bin/sling-linux-amd64
 if [ "${BENCH_PEERS:-0}" = 1 ] && [ ! -x bench/.venv/bin/dlt ]; then
   python3 -m venv bench/.venv
-  bench/.venv/bin/pip install -q sling-linux-amd64 'dlt[parquet,postgres]' pymysql
+  bench/.venv/bin/pip install -q sling-linux-amd64 'dlt[parquet]' sqlalchemy 'psycopg[binary]' pymysql
 fi
 [ -f "$SLING" ] && chmod +x "$SLING"
 

@@ -31,15 +31,15 @@ fn bigquery_url() -> String {
 }
 
 /// One test's world: a PostgreSQL schema and a BigQuery dataset, both unique, both dropped.
-struct World {
+pub(crate) struct World {
     name: String,
     pool: sqlx::PgPool,
-    warehouse: BigQuery,
-    dir: tempfile::TempDir,
+    pub(crate) warehouse: BigQuery,
+    pub(crate) dir: tempfile::TempDir,
 }
 
 impl World {
-    async fn new(test: &str) -> Self {
+    pub(crate) async fn new(test: &str) -> Self {
         let name = format!("dse2e_{test}_{}", std::process::id());
         let pool = sqlx::postgres::PgPoolOptions::new()
             .max_connections(2)
@@ -80,12 +80,12 @@ impl World {
         }
     }
 
-    async fn sql(&self, statements: &str) {
+    pub(crate) async fn sql(&self, statements: &str) {
         let script = format!("SET search_path = {};\n{statements}", self.name);
         sqlx::raw_sql(&script).execute(&self.pool).await.unwrap();
     }
 
-    fn manifest(&self, tables: &str) -> String {
+    pub(crate) fn manifest(&self, tables: &str) -> String {
         let text = format!(
             "bigquery:\n  project: datasync-test\n  dataset: {name}\n  endpoint: {bq}\n  emulator: true\nsources:\n  pg:\n    type: postgres\n    url: {pg}\n    schema: {name}\n    tables:\n{tables}",
             name = self.name,
@@ -127,7 +127,7 @@ impl World {
             .collect()
     }
 
-    async fn count(&self, table: &str) -> u64 {
+    pub(crate) async fn count(&self, table: &str) -> u64 {
         let sql = format!("SELECT COUNT(*) FROM `datasync-test.{}.{table}`", self.name);
         let result = self.warehouse.query(&sql, &[]).await.unwrap();
         let cell = result.scalar().cloned().unwrap_or_default();

@@ -1,7 +1,7 @@
 //! `datasync init` against PostgreSQL and MariaDB (`validate` accepts what it writes), and the
 //! `yes` prompt of `apply` through a pseudo-terminal (`script`, util-linux).
 
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 
 use sqlx::Executor as _;
 
@@ -148,32 +148,8 @@ async fn apply_asks_for_yes_on_a_terminal_only() {
         ),
     )
     .unwrap();
-    let binary = assert_cmd::cargo::cargo_bin("datasync");
     let on_terminal = |answer: &str, flags: &str| {
-        let mut child = Command::new("script")
-            .args([
-                "-qec",
-                &format!("{} apply {flags}", binary.display()),
-                "/dev/null",
-            ])
-            .current_dir(dir.path())
-            .env_clear()
-            .env("NO_COLOR", "1")
-            .env("PATH", "/usr/bin:/bin")
-            .env("GCE_METADATA_HOST", "127.0.0.1:9")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("`script` (util-linux) runs the command on a pseudo-terminal");
-        use std::io::Write as _;
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(answer.as_bytes())
-            .unwrap();
-        child.wait_with_output().unwrap()
+        crate::support::on_terminal(dir.path(), &format!("apply {flags}"), answer)
     };
     let cancelled = on_terminal("no\n", "");
     let shown = text(&cancelled);

@@ -16,4 +16,5 @@ mod shard;
 mod source_mysql;
 mod source_postgres;
 mod source_session;
+mod terminal;
 mod warehouse_bigquery;

@@ -181,3 +181,32 @@ pub fn ndjson_writer(table: &SourceTable, mapping: &TableMapping) -> NdjsonWrite
 }
 
 pub mod fakes;
+
+/// Runs `datasync <args>` in `dir` on a pseudo-terminal (util-linux `script`), typing `answer`
+/// on its terminal; the output is what the terminal showed.
+pub fn on_terminal(dir: &std::path::Path, args: &str, answer: &str) -> std::process::Output {
+    use std::io::Write as _;
+    use std::process::{Command, Stdio};
+    let binary = assert_cmd::cargo::cargo_bin("datasync");
+    let mut child = Command::new("script")
+        .args(["-qec", &format!("{} {args}", binary.display()), "/dev/null"])
+        .current_dir(dir)
+        .env_clear()
+        .env("NO_COLOR", "1")
+        .env("PATH", "/usr/bin:/bin")
+        .env("TERM", "xterm")
+        // Never reach a real metadata server from a test.
+        .env("GCE_METADATA_HOST", "127.0.0.1:9")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("`script` (util-linux) runs the command on a pseudo-terminal");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(answer.as_bytes())
+        .expect("type the answer");
+    child.wait_with_output().expect("datasync on a terminal")
+}

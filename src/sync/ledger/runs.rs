@@ -111,8 +111,8 @@ pub fn run_sql(destination: &str, pattern: bool) -> String {
         columns.join(", "),
         table_name(destination),
         quote_ident("run_id"),
-        quote_ident("started_at"),
         quote_ident("table"),
+        quote_ident("started_at"),
     )
 }
 
@@ -199,7 +199,7 @@ pub async fn list(
         .collect())
 }
 
-/// The rows of the run `run_id` (of tables matching `pattern`, when given), in start order.
+/// The rows of the run `run_id` (of tables matching `pattern`, when given), by table.
 pub async fn run_rows(
     warehouse: &dyn Warehouse,
     destination: &str,

@@ -51,7 +51,10 @@ fn completions_and_the_man_page_know_runs() {
         .output()
         .unwrap();
     let bash = String::from_utf8_lossy(&bash.stdout);
-    assert!(bash.contains("datasync__subcmd__runs"), "no `runs` in the bash completions");
+    assert!(
+        bash.contains("datasync__subcmd__runs"),
+        "no `runs` in the bash completions"
+    );
     assert!(bash.contains("--run"));
     let man = datasync(dir.path()).arg("man").output().unwrap();
     assert!(String::from_utf8_lossy(&man.stdout).contains("runs"));

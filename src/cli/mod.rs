@@ -7,6 +7,7 @@ mod init;
 mod legacy;
 mod logging;
 mod progress;
+mod runs;
 mod terraform;
 
 use std::io::{IsTerminal, Write};
@@ -36,6 +37,7 @@ Examples:
   datasync plan -out plan.json
   datasync apply plan.json
   datasync apply --table 'shop.order_*' --auto-approve
+  datasync runs --limit 5
 
 Without a command and with the legacy variables set (SYNC_DATABASES, no manifest file), datasync
 runs `apply`, as the Go tool did.";
@@ -91,6 +93,8 @@ enum Command {
     Plan(PlanArgs),
     /// Execute a plan: a saved one (`apply plan.json`) or a fresh one.
     Apply(ApplyArgs),
+    /// List recent runs from the dataset's run ledger (`_datasync_runs`), or one run's tables.
+    Runs(runs::RunsArgs),
     /// Print the manifest's JSON Schema.
     Schema,
     /// Print the manifest equivalent to the legacy environment variables.
@@ -414,6 +418,7 @@ fn run(context: &Context<'_>) -> Result<ExitStatus, Error> {
         Command::EnvToManifest(args) => env_to_manifest(cli, env, args),
         Command::Plan(args) => runtime()?.block_on(plan(context, args)),
         Command::Apply(args) => runtime()?.block_on(apply(context, args)),
+        Command::Runs(args) => runtime()?.block_on(runs::run(context, args)),
         Command::Init(args) => runtime()?.block_on(init::run(args)),
         Command::Completions { shell } => {
             let script = docs::completions(*shell);
@@ -974,6 +979,10 @@ async fn apply(context: &Context<'_>, args: &ApplyArgs) -> Result<ExitStatus, Er
                 .staging_expiration
                 .max(std::time::Duration::from_secs(1)),
         },
+        // Each shard records its own rows, with its shard.
+        ledger: std::sync::Arc::new(crate::sync::RunLedger::new(
+            shard.map(|shard| shard.to_string()),
+        )),
     };
     let run = executor.run(&plan);
     let report = tokio::select! {
@@ -1004,12 +1013,13 @@ async fn apply(context: &Context<'_>, args: &ApplyArgs) -> Result<ExitStatus, Er
     Ok(apply_status(&report))
 }
 
-/// README "Exit codes": 3 when a table failed at run time; 1 when the only failures are tables
-/// the plan blocked (a user error, as `plan` says); 0 otherwise.
+/// README "Exit codes": 3 when a table failed at run time or the run could not be recorded in
+/// the ledger (the targets were written, but 0 would claim more than is true); 1 when the only
+/// failures are tables the plan blocked (a user error, as `plan` says); 0 otherwise.
 fn apply_status(report: &crate::sync::ApplyReport) -> ExitStatus {
     use crate::sync::TableStatus;
     let any = |status| report.tables.iter().any(|table| table.status == status);
-    if any(TableStatus::Failed) {
+    if any(TableStatus::Failed) || report.ledger_failed() {
         ExitStatus::Failure
     } else if any(TableStatus::Skipped) {
         ExitStatus::UserError

@@ -1,6 +1,7 @@
 //! The executor: runs a [`Plan`], table by table, and reports what happened. It decides
 //! nothing: what to read (columns, codecs, bound, policies), the DDL and the write all come from
-//! the plan's steps; only the bound's value (the target's cursor maximum) is read at run time.
+//! the plan's steps; only the bound's value (the target's cursor maximum: the run ledger's
+//! watermark, or the target's `MAX` where the ledger has none) is read at run time.
 //!
 //! Every table goes through a staging table, so the target is never partial:
 //! 0. take the target's lease ([`super::lease`]): one run at a time per target;
@@ -15,6 +16,9 @@
 //!    key;
 //! 4. drop the staging table, release the lease.
 //!
+//! After every table, the run is recorded in the ledger ([`super::ledger`]): one load job with
+//! one row per table.
+//!
 //! A crash or Ctrl-C before step 2 leaves the target as it was; step 3 is atomic. A run first
 //! drops leftovers of dead runs: staging and backup tables past their expiry, lock tables
 //! whose lease expired.
@@ -28,6 +32,7 @@ use futures::StreamExt;
 use tokio::sync::mpsc;
 
 use super::lease::{self, LeaseSettings};
+use super::ledger::{RunLedger, watermark};
 use super::{
     BACKUP_PREFIX, DryRun, Progress, STAGING_PREFIX, backup_table, load_job_id, run_started_secs,
     staging_table,
@@ -38,7 +43,7 @@ use crate::source::{CursorFilter, ExtractStats, Source};
 use crate::sync::report::{ApplyReport, TableOutcome};
 use crate::warehouse::{
     AlterColumn, CopyRequest, Disposition, LoadOutcome, LoadRequest, LoadSink, MergeRequest,
-    TableMeta, Warehouse, WarehouseError, cursor_text,
+    TableMeta, Warehouse, WarehouseError,
 };
 
 /// How a report words a failure after which BigQuery may have carried the request out
@@ -65,6 +70,8 @@ pub struct Executor {
     pub run_id: String,
     /// Leases and expirations.
     pub settings: RunSettings,
+    /// The run ledger: watermarks read once per run, the run's rows written once at its end.
+    pub ledger: Arc<RunLedger>,
 }
 
 /// How a run guards against overlapping and dead runs.
@@ -138,31 +145,17 @@ impl TableFailure {
 }
 
 /// The source filter of a bound: `None` reads every row (also when the target is missing or
-/// holds no maximum yet). The value is read from the target now.
+/// holds no maximum yet). The value is read now: the ledger's watermark in `latest` when it
+/// still describes the target, else the target's `MAX` ([`watermark::read_bound`]).
 pub async fn read_bound(
     warehouse: &dyn Warehouse,
     target: &str,
     bound: &Bound,
+    latest: &watermark::Latest,
 ) -> Result<Option<CursorFilter>, WarehouseError> {
-    let Bound::AfterTargetMax {
-        source_column,
-        target_column,
-        bq_type,
-        inclusive,
-    } = bound
-    else {
-        return Ok(None);
-    };
-    // A missing target (to be created) holds no maximum.
-    if warehouse.get_table(target).await?.is_none() {
-        return Ok(None);
-    }
-    let max = warehouse.max_value(target, target_column).await?;
-    Ok(cursor_text(&max, *bq_type).map(|value| CursorFilter {
-        column: source_column.clone(),
-        value,
-        inclusive: *inclusive,
-    }))
+    Ok(watermark::read_bound(warehouse, target, bound, latest)
+        .await?
+        .and_then(|value| value.filter))
 }
 
 /// The row sink of an extraction: its format, columns, policies, bad-value budget, key and
@@ -196,11 +189,17 @@ impl Executor {
         if self.dry_run == DryRun::No && dataset_error.is_none() {
             self.drop_dead_leftovers().await;
         }
+        let dataset_exists =
+            dataset_error.is_none() && !(plan.create_dataset && self.dry_run == DryRun::Yes);
+        self.ledger
+            .begin(self.warehouse.as_ref(), plan, &self.run_id, dataset_exists)
+            .await;
+        let tables = self.noting_jobs(plan);
         // One task per table (at most `parallelism` at once), so the CPU-bound encoding of
         // several tables uses several cores.
         let outcomes: Vec<TableOutcome> = futures::stream::iter(plan.tables.iter())
             .map(|table| {
-                let executor = self.clone();
+                let executor = tables.clone();
                 let owned = table.clone();
                 let dataset_error = dataset_error.clone();
                 async move {
@@ -224,18 +223,56 @@ impl Executor {
             .buffered(self.parallelism.max(1))
             .collect()
             .await;
-        ApplyReport {
+        let mut report = ApplyReport {
             destination: plan.destination.clone(),
             dry_run: self.dry_run == DryRun::Yes,
             tables: outcomes,
             seconds: started.elapsed().as_secs_f64(),
+            ledger: None,
+        };
+        if self.dry_run == DryRun::No && dataset_error.is_none() {
+            report.ledger = self
+                .ledger
+                .record(self.warehouse.as_ref(), plan, &self.run_id, &report)
+                .await;
+        } else {
+            self.ledger.forget(&self.run_id);
+        }
+        report
+    }
+
+    /// This executor with a warehouse that notes each table's jobs for the ledger.
+    fn noting_jobs(&self, plan: &Plan) -> Self {
+        let mut targets = HashMap::new();
+        for table in &plan.tables {
+            targets.insert(
+                load_job_id(&self.run_id, &table.target),
+                table.target.clone(),
+            );
+            for step in ["write", "backup", "restore", "rejects"] {
+                targets.insert(
+                    write_job_id(&self.run_id, &table.target, step),
+                    table.target.clone(),
+                );
+            }
+        }
+        let warehouse = super::ledger::jobs::JobLog::new(
+            Arc::clone(&self.warehouse),
+            Arc::clone(&self.ledger),
+            &self.run_id,
+            targets,
+        );
+        Self {
+            warehouse: Arc::new(warehouse),
+            ..self.clone()
         }
     }
 
     /// What an interrupted run (Ctrl-C, SIGTERM, timeout) cleans up: cancel every job the run
     /// started (load, copies; a copy is atomic, so the target is old or new), then drop the
     /// staging tables and release the leases. A recreate's backup is kept (it may hold the only
-    /// copy of the old rows) until it expires.
+    /// copy of the old rows) until it expires. Last, the run is recorded in the ledger (best
+    /// effort, briefly): tables that had not finished as `interrupted`.
     pub async fn abort(&self, plan: &Plan) {
         for table in plan.tables.iter().filter(|table| table.action.runs()) {
             let mut jobs = vec![load_job_id(&self.run_id, &table.target)];
@@ -255,6 +292,13 @@ impl Executor {
                 &self.run_id,
             )
             .await;
+        }
+        if self.dry_run == DryRun::No {
+            self.ledger
+                .record_interrupted(self.warehouse.as_ref(), plan, &self.run_id)
+                .await;
+        } else {
+            self.ledger.forget(&self.run_id);
         }
     }
 
@@ -294,6 +338,13 @@ impl Executor {
     }
 
     async fn run_table(&self, table: &TablePlan) -> TableOutcome {
+        let outcome = self.run_table_logged(table).await;
+        self.ledger
+            .table_finished(&self.run_id, &table.target, &outcome);
+        outcome
+    }
+
+    async fn run_table_logged(&self, table: &TablePlan) -> TableOutcome {
         let started = Instant::now();
         if !table.action.runs() {
             return TableOutcome::skipped(
@@ -301,6 +352,7 @@ impl Executor {
                 crate::diagnostic::messages(&table.errors).join("; "),
             );
         }
+        self.ledger.table_started(&self.run_id, &table.target);
         let job_id = load_job_id(&self.run_id, &table.target);
         tracing::info!(
             database = %table.source,
@@ -387,6 +439,12 @@ impl Executor {
         let result = self
             .execute_leased(table, source, source_table, extract)
             .await;
+        if result.is_ok() {
+            // Still under the lease: what the next run checks before it trusts the watermark.
+            self.ledger
+                .note_written(self.warehouse.as_ref(), &self.run_id, &table.target)
+                .await;
+        }
         lease.release().await;
         result
     }
@@ -397,13 +455,22 @@ impl Executor {
         table: &TablePlan,
         extract: &Extract,
     ) -> Result<Option<CursorFilter>, TableFailure> {
-        read_bound(self.warehouse.as_ref(), &table.target, &extract.bound)
-            .await
-            .map_err(|error| {
-                TableFailure::new(format!(
-                    "reading the target's cursor maximum failed: {error}"
-                ))
-            })
+        let latest = self.ledger.latest(&self.run_id);
+        let filter = read_bound(
+            self.warehouse.as_ref(),
+            &table.target,
+            &extract.bound,
+            &latest,
+        )
+        .await
+        .map_err(|error| {
+            TableFailure::new(format!(
+                "reading the target's cursor maximum failed: {error}"
+            ))
+        })?;
+        self.ledger
+            .note_bound(&self.run_id, &table.target, filter.as_ref());
+        Ok(filter)
     }
 
     /// Stage, DDL and write, under the target's lease.
@@ -754,17 +821,17 @@ impl Executor {
     {
         let progress = Arc::clone(&self.progress);
         let label = table.label.clone();
+        // The sink also keeps this run's cursor maximum: the ledger's next watermark.
+        let sink = self.ledger.cursor_sink(
+            &self.run_id,
+            &table.target,
+            extract,
+            row_sink(source_table, extract),
+        );
         async move {
             let report = move |rows: u64| progress(&label, rows);
             source
-                .extract(
-                    source_table,
-                    &extract.columns,
-                    filter,
-                    row_sink(source_table, extract),
-                    out,
-                    &report,
-                )
+                .extract(source_table, &extract.columns, filter, sink, out, &report)
                 .await
         }
     }

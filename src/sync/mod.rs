@@ -4,10 +4,11 @@
 //!
 //! The planner makes every decision and records it in the [`crate::plan::Plan`]; the executor
 //! imports neither `manifest` nor `mapping` and only runs the plan's steps, reading at apply
-//! time nothing but run-time values (the target's cursor maximum).
+//! time nothing but run-time values (a bound's watermark, from the run ledger or the target).
 
 pub mod executor;
 pub mod lease;
+pub mod ledger;
 pub mod patterns;
 pub mod planner;
 pub mod report;
@@ -21,7 +22,8 @@ use crate::manifest::Manifest;
 use crate::source::Source;
 use crate::warehouse::{BigQuery, Warehouse};
 pub use executor::{Executor, RunSettings};
-pub use report::{ApplyReport, TableOutcome, TableStatus};
+pub use ledger::RunLedger;
+pub use report::{ApplyReport, LedgerOutcome, TableOutcome, TableStatus};
 
 /// Connected sources and warehouse.
 pub struct Session {

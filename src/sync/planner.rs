@@ -5,30 +5,40 @@
 use crate::error::Error;
 use crate::manifest::{Manifest, TableSpec};
 use crate::mapping::map_table;
-use crate::plan::{Plan, TableInput, TablePlan, plan_table};
+use crate::plan::{Bound, Plan, TableInput, TablePlan, plan_table};
 use crate::source::Source;
 use crate::warehouse::WarehouseError;
 
 use super::Session;
 use super::executor::read_bound;
+use super::ledger::watermark::{Latest, read_latest};
 
 /// Builds the plan of every enabled table of `manifest`.
 pub async fn plan(manifest: &Manifest, session: &Session) -> Result<Plan, Error> {
     let create_dataset = dataset_missing(manifest, session).await?;
+    let destination = format!(
+        "{}.{}",
+        manifest.bigquery.project, manifest.bigquery.dataset
+    );
     let mut tables = Vec::new();
     for spec in manifest.tables.iter().filter(|table| table.enabled) {
-        let mut table = plan_one(spec, session, create_dataset).await?;
-        table.estimated_rows = rows_to_move(session, &table).await;
-        tables.push(table);
+        tables.push(plan_one(spec, session, create_dataset).await?);
     }
-    Ok(Plan::new(
-        format!(
-            "{}.{}",
-            manifest.bigquery.project, manifest.bigquery.dataset
-        ),
-        create_dataset,
-        tables,
-    ))
+    // The ledger's watermarks, read once for every table (none when nothing is bounded).
+    let bounded = tables.iter().any(|table| {
+        table
+            .extract()
+            .is_some_and(|extract| matches!(extract.bound, Bound::AfterTargetMax { .. }))
+    });
+    let latest = if bounded && !create_dataset {
+        read_latest(session.warehouse.as_ref(), &destination).await
+    } else {
+        Latest::default()
+    };
+    for table in &mut tables {
+        table.estimated_rows = rows_to_move(session, table, &latest).await;
+    }
+    Ok(Plan::new(destination, create_dataset, tables))
 }
 
 /// Whether the dataset is missing and will be created (`create_dataset`); an error when it is
@@ -100,15 +110,20 @@ async fn plan_one(
 }
 
 /// Rows the table's run will move: for a bounded extraction, the rows past the target's cursor
-/// maximum now (counted with the bound the executor uses); else the catalog estimate, or an
-/// exact count when the catalog has none.
-async fn rows_to_move(session: &Session, table: &TablePlan) -> Option<u64> {
+/// maximum now (the ledger's watermark, else the target's `MAX`: the bound the executor uses);
+/// else the catalog estimate, or an exact count when the catalog has none.
+async fn rows_to_move(session: &Session, table: &TablePlan, latest: &Latest) -> Option<u64> {
     let extract = table.extract()?;
     let source: &Source = session.sources.get(&table.source)?;
     let source_table = table.source_table.as_ref()?;
-    let filter = read_bound(session.warehouse.as_ref(), &table.target, &extract.bound)
-        .await
-        .ok()?;
+    let filter = read_bound(
+        session.warehouse.as_ref(),
+        &table.target,
+        &extract.bound,
+        latest,
+    )
+    .await
+    .ok()?;
     if filter.is_none()
         && let Some(rows) = source_table.estimated_rows
     {

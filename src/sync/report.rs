@@ -122,6 +122,20 @@ impl TableOutcome {
     }
 }
 
+/// How the run was recorded in the dataset's run ledger (`_datasync_runs`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct LedgerOutcome {
+    /// `project.dataset._datasync_runs`.
+    pub table: String,
+    /// The run id the rows carry (`datasync runs --run RUN_ID`).
+    pub run_id: String,
+    /// Rows written (one per table).
+    pub rows: u64,
+    /// Why the rows were not written: the targets were written as reported, but the next run
+    /// reads its bounds from the targets.
+    pub error: Option<String>,
+}
+
 /// The whole run.
 #[derive(Debug, Clone, Serialize)]
 pub struct ApplyReport {
@@ -133,6 +147,9 @@ pub struct ApplyReport {
     pub tables: Vec<TableOutcome>,
     /// Wall time.
     pub seconds: f64,
+    /// The run's record in the ledger (none for a dry run, or when no table ran).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ledger: Option<LedgerOutcome>,
 }
 
 impl ApplyReport {
@@ -141,6 +158,13 @@ impl ApplyReport {
         self.tables
             .iter()
             .all(|table| table.status == TableStatus::Done)
+    }
+
+    /// Whether the run's ledger rows could not be written (the exit status says so).
+    pub fn ledger_failed(&self) -> bool {
+        self.ledger
+            .as_ref()
+            .is_some_and(|ledger| ledger.error.is_some())
     }
 
     /// A text table.
@@ -224,6 +248,26 @@ impl ApplyReport {
             group_digits(rows),
             self.seconds
         );
+        match &self.ledger {
+            Some(LedgerOutcome {
+                table,
+                run_id,
+                error: Some(error),
+                ..
+            }) => {
+                let _ = writeln!(
+                    out,
+                    "warning: run {run_id} is not recorded in `{table}` ({error}); the tables above were written as reported, and the next run reads its bounds from the targets"
+                );
+            }
+            Some(LedgerOutcome { table, run_id, .. }) => {
+                let _ = writeln!(
+                    out,
+                    "run {run_id} recorded in `{table}` (`datasync runs --run {run_id}`)"
+                );
+            }
+            None => {}
+        }
         out
     }
 }
@@ -273,6 +317,7 @@ mod tests {
             dry_run: false,
             tables: vec![done, failed, skipped],
             seconds: 13.0,
+            ledger: None,
         }
     }
 
@@ -284,6 +329,27 @@ mod tests {
     #[test]
     fn the_json_report() {
         insta::assert_json_snapshot!(report());
+    }
+
+    #[test]
+    fn the_ledger_line_says_where_the_run_is_recorded_or_why_not() {
+        let mut report = report();
+        report.ledger = Some(LedgerOutcome {
+            table: "demo-project.shop._datasync_runs".into(),
+            run_id: "1796000000_000001".into(),
+            rows: 3,
+            error: None,
+        });
+        assert!(!report.ledger_failed());
+        assert!(report.text().ends_with(
+            "run 1796000000_000001 recorded in `demo-project.shop._datasync_runs` (`datasync runs --run 1796000000_000001`)\n"
+        ), "{}", report.text());
+        report.ledger.as_mut().unwrap().error = Some("quota exceeded".into());
+        assert!(report.ledger_failed());
+        insta::assert_snapshot!(report.text().lines().last().unwrap(), @"warning: run 1796000000_000001 is not recorded in `demo-project.shop._datasync_runs` (quota exceeded); the tables above were written as reported, and the next run reads its bounds from the targets");
+        let json = serde_json::to_value(&report).unwrap();
+        assert_eq!(json["ledger"]["error"], "quota exceeded");
+        assert_eq!(json["ledger"]["rows"], 3);
     }
 
     #[test]

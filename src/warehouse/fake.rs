@@ -2,9 +2,12 @@
 //! an operation log.
 //!
 //! Supported: everything in the trait. `query` understands only `SELECT COUNT(*) FROM <table>`
-//! (anything else is an [`WarehouseError::Invalid`]); use [`Warehouse::merge`] and
-//! [`Warehouse::max_value`] for the rest. Rows are JSON objects as loaded (no type coercion);
-//! unknown keys and missing REQUIRED values fail the load, like BigQuery.
+//! and the run ledger's query of the latest `done` row per target (`sync::ledger`'s
+//! `latest_sql`); anything else is an
+//! [`WarehouseError::Invalid`]; use [`Warehouse::merge`] and [`Warehouse::max_value`] for the
+//! rest. Rows are JSON objects as loaded (no type coercion); unknown keys and missing REQUIRED
+//! values fail the load, like BigQuery. Every change of a table's rows or schema moves its
+//! `last_modified` (a counter), as BigQuery's `lastModifiedTime` moves.
 
 use std::cmp::Ordering;
 use std::collections::BTreeMap;
@@ -47,9 +50,19 @@ struct State {
     fail_later: Vec<(String, usize)>,
     /// Metadata and an etag (a version counter) per table.
     meta: BTreeMap<String, (TableMeta, u64)>,
+    /// `last_modified` per table: the `clock` of its last change.
+    modified: BTreeMap<String, u64>,
+    clock: u64,
 }
 
 impl State {
+    /// Moves `table`'s `last_modified`: its rows or schema changed.
+    fn touch(&mut self, table: &str) {
+        self.clock += 1;
+        let clock = self.clock;
+        self.modified.insert(table.to_string(), clock);
+    }
+
     /// Drops tables past their `expirationTime`, like BigQuery.
     fn expire(&mut self) {
         let now = chrono::Utc::now().timestamp_millis();
@@ -62,6 +75,7 @@ impl State {
         for name in expired {
             self.meta.remove(&name);
             self.tables.remove(&name);
+            self.modified.remove(&name);
         }
     }
 }
@@ -144,7 +158,18 @@ impl FakeWarehouse {
     pub fn insert_table(&self, table: WarehouseTable, rows: Vec<Map<String, Value>>) {
         let mut state = self.lock();
         state.dataset_exists = true;
+        state.touch(&table.name);
         state.tables.insert(table.name.clone(), (table, rows));
+    }
+
+    /// Appends rows to an existing table as another writer would (test setup; not logged):
+    /// its `last_modified` moves.
+    pub fn append_rows(&self, table: &str, rows: Vec<Map<String, Value>>) {
+        let mut state = self.lock();
+        if let Some((_, existing)) = state.tables.get_mut(table) {
+            existing.extend(rows);
+            state.touch(table);
+        }
     }
 
     /// Makes `table` read back as one datasync can't work with (like a RECORD column).
@@ -267,6 +292,65 @@ fn parse_rows(
     Ok(rows)
 }
 
+/// The run ledger's table (`sync::ledger::RUNS_TABLE`; the warehouse does not import `sync`,
+/// the ledger's tests check the two agree).
+const LEDGER_TABLE: &str = "_datasync_runs";
+
+/// The ledger's query (`sync::ledger::watermark::latest_sql`): per target, its `done` row with
+/// the greatest `finished_at` (then `run_id`), the selected columns in order.
+fn latest_runs(state: &State, sql: &str) -> Result<QueryRows, WarehouseError> {
+    let table = LEDGER_TABLE;
+    let (_, rows) = state
+        .tables
+        .get(table)
+        .ok_or_else(|| not_found("fake ledger query", table))?;
+    let selected: Vec<String> = sql
+        .trim_start_matches("SELECT ")
+        .split(" FROM ")
+        .next()
+        .unwrap_or_default()
+        .split(", ")
+        .map(|column| column.trim_matches('`').to_string())
+        .collect();
+    let text = |row: &Map<String, Value>, key: &str| {
+        row.get(key)
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string()
+    };
+    let mut latest: BTreeMap<String, &Map<String, Value>> = BTreeMap::new();
+    for row in rows.iter().filter(|row| text(row, "status") == "done") {
+        let order = |row: &Map<String, Value>| (text(row, "finished_at"), text(row, "run_id"));
+        let target = text(row, "target");
+        if latest
+            .get(&target)
+            .is_none_or(|kept| order(row) > order(kept))
+        {
+            latest.insert(target, row);
+        }
+    }
+    Ok(QueryRows {
+        columns: selected
+            .iter()
+            .map(|name| super::QueryColumn {
+                name: name.clone(),
+                bq_type: Some(crate::schema::BqType::String),
+                repeated: false,
+            })
+            .collect(),
+        rows: latest
+            .values()
+            .map(|row| {
+                selected
+                    .iter()
+                    .map(|name| row.get(name).cloned().unwrap_or(Value::Null))
+                    .collect()
+            })
+            .collect(),
+        num_dml_affected_rows: None,
+    })
+}
+
 /// Orders JSON scalars: numbers numerically (also numeric strings), otherwise as text.
 fn compare(a: &Value, b: &Value) -> Ordering {
     let number = |value: &Value| match value {
@@ -305,7 +389,7 @@ impl Warehouse for FakeWarehouse {
             table: table.clone(),
             num_rows: Some(rows.len() as u64),
             etag: state.meta.get(name).map(|(_, version)| version.to_string()),
-            last_modified: None,
+            last_modified: state.modified.get(name).map(u64::to_string),
             unsupported: state.unsupported.get(name).cloned().unwrap_or_default(),
             description: state
                 .meta
@@ -331,6 +415,7 @@ impl Warehouse for FakeWarehouse {
         state
             .tables
             .insert(table.name.clone(), (table.clone(), Vec::new()));
+        state.touch(&table.name);
         Ok(())
     }
 
@@ -382,6 +467,7 @@ impl Warehouse for FakeWarehouse {
             }
         }
         table.fields = fields;
+        state.touch(name);
         Ok(())
     }
 
@@ -389,6 +475,7 @@ impl Warehouse for FakeWarehouse {
         let mut state = self.begin("drop_table", format!("drop_table {name}"))?;
         state.tables.remove(name);
         state.meta.remove(name);
+        state.modified.remove(name);
         Ok(())
     }
 
@@ -468,6 +555,7 @@ impl Warehouse for FakeWarehouse {
             _ => new_rows,
         };
         state.tables.insert(request.table.clone(), (schema, rows));
+        state.touch(&request.table);
         let outcome = LoadOutcome {
             job_id: request.job_id.clone(),
             output_rows,
@@ -479,6 +567,11 @@ impl Warehouse for FakeWarehouse {
 
     async fn query(&self, sql: &str, _params: &[QueryParam]) -> Result<QueryRows, WarehouseError> {
         let state = self.begin("query", format!("query {sql}"))?;
+        if sql.contains(LEDGER_TABLE)
+            && sql.contains("QUALIFY ROW_NUMBER() OVER (PARTITION BY `target`")
+        {
+            return latest_runs(&state, sql);
+        }
         let words: Vec<&str> = sql.split_whitespace().collect();
         let context = "fake query";
         match words.as_slice() {
@@ -587,6 +680,7 @@ impl Warehouse for FakeWarehouse {
         outcome.affected_rows = inserted + updated;
         outcome.inserted = Some(inserted);
         outcome.updated = Some(updated);
+        state.touch(&request.target);
         lost_reply(&mut state, "merge")?;
         Ok(outcome)
     }
@@ -630,6 +724,7 @@ impl Warehouse for FakeWarehouse {
         } else {
             existing.extend(rows);
         }
+        state.touch(target);
         lost_reply(&mut state, "insert_from")
     }
 
@@ -687,6 +782,7 @@ impl Warehouse for FakeWarehouse {
                 return Err(invalid(&context, "Already Exists: table is not empty"));
             }
         }
+        state.touch(&request.target);
         lost_reply(&mut state, "copy_table")
     }
 
@@ -714,6 +810,7 @@ impl Warehouse for FakeWarehouse {
             .tables
             .insert(table.name.clone(), (table.clone(), Vec::new()));
         state.meta.insert(table.name.clone(), (meta.clone(), 1));
+        state.touch(&table.name);
         Ok(())
     }
 
@@ -744,6 +841,7 @@ impl Warehouse for FakeWarehouse {
             entry.0.expires_at_ms = meta.expires_at_ms;
         }
         entry.1 += 1;
+        state.touch(name);
         Ok(())
     }
 

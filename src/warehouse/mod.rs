@@ -167,7 +167,10 @@ pub struct ExistingTable {
     pub num_rows: Option<u64>,
     /// Metadata etag.
     pub etag: Option<String>,
-    /// Last modification, milliseconds since the epoch as BigQuery sends it.
+    /// Last modification (`lastModifiedTime`, milliseconds since the epoch as BigQuery sends
+    /// it): moves with every change of the table's rows or schema, so the run ledger trusts a
+    /// watermark only while it is the one recorded after the write. `None` where the server
+    /// keeps no such time (the emulator).
     pub last_modified: Option<String>,
     /// Why datasync can't work with this table, if it can't: columns of types it does not model
     /// (RECORD, RANGE; left out of `table`), or not a plain table (VIEW, EXTERNAL). The planner

@@ -11,13 +11,13 @@ use datasync::sync::{DryRun, Executor, Session, TableStatus, planner};
 use datasync::warehouse::{FakeWarehouse, Warehouse};
 use serde_json::Value;
 
-struct Setup {
+pub(crate) struct Setup {
     _dir: tempfile::TempDir,
-    path: String,
-    pool: sqlx::SqlitePool,
+    pub(crate) path: String,
+    pub(crate) pool: sqlx::SqlitePool,
 }
 
-async fn sqlite(statements: &str) -> Setup {
+pub(crate) async fn sqlite(statements: &str) -> Setup {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("source.db").display().to_string();
     let options = sqlx::sqlite::SqliteConnectOptions::new()
@@ -32,7 +32,7 @@ async fn sqlite(statements: &str) -> Setup {
     }
 }
 
-fn manifest(path: &str, tables: &str) -> datasync::manifest::Manifest {
+pub(crate) fn manifest(path: &str, tables: &str) -> datasync::manifest::Manifest {
     let text = format!(
         "bigquery: {{project: fake-project, dataset: ds}}\nsources:\n  lite:\n    type: sqlite\n    database: {path}\n    tables:\n{tables}"
     );
@@ -46,7 +46,7 @@ fn manifest(path: &str, tables: &str) -> datasync::manifest::Manifest {
 }
 
 /// The real planner, over the SQLite source and the fake warehouse.
-async fn plan(
+pub(crate) async fn plan(
     manifest: &datasync::manifest::Manifest,
     source: &Source,
     warehouse: &Arc<FakeWarehouse>,
@@ -59,7 +59,7 @@ async fn plan(
     planner::plan(manifest, &session).await.unwrap()
 }
 
-async fn executor(
+pub(crate) async fn executor(
     manifest: &datasync::manifest::Manifest,
     warehouse: Arc<FakeWarehouse>,
     dry_run: DryRun,
@@ -74,10 +74,19 @@ async fn executor(
         phases: datasync::sync::no_phases(),
         run_id: "run1".into(),
         settings: Default::default(),
+        ledger: Default::default(),
     }
 }
 
-fn ids(warehouse: &FakeWarehouse, table: &str) -> Vec<String> {
+/// datasync's tables in the dataset but the run ledger (which is permanent): staging, backup
+/// and lock tables.
+pub(crate) async fn leftovers(warehouse: &FakeWarehouse) -> Vec<String> {
+    let mut names = warehouse.list_tables("_datasync_").await.unwrap();
+    names.retain(|name| name != datasync::sync::ledger::RUNS_TABLE);
+    names
+}
+
+pub(crate) fn ids(warehouse: &FakeWarehouse, table: &str) -> Vec<String> {
     let mut ids: Vec<String> = warehouse
         .rows(table)
         .unwrap_or_default()
@@ -105,7 +114,7 @@ fn string_id_items() -> datasync::schema::WarehouseTable {
     }
 }
 
-const SEED: &str = "
+pub(crate) const SEED: &str = "
 CREATE TABLE items (id INTEGER PRIMARY KEY, name TEXT NOT NULL, price REAL);
 INSERT INTO items VALUES (1, 'a', 1.5), (2, 'b', 2.5), (3, 'c', NULL);
 CREATE TABLE notes (id INTEGER PRIMARY KEY, body TEXT);
@@ -142,6 +151,9 @@ async fn replace_loads_through_staging_then_creates_and_writes_atomically() {
             "copy_table _datasync_staging_items_run1 into items WRITE_TRUNCATE",
             "drop_table _datasync_staging_items_run1",
             "drop_table _datasync_lock_items",
+            // The run ledger: created on first use, one load for the whole run.
+            "create_table _datasync_runs",
+            "load _datasync_runs WRITE_APPEND datasync-ledger_run1",
         ]
     );
     assert!(
@@ -366,6 +378,9 @@ async fn recreate_drops_the_old_table_only_after_the_new_rows_are_verified() {
             "copy_table _datasync_staging_items_run2 into items WRITE_TRUNCATE",
             "drop_table _datasync_staging_items_run2",
             "drop_table _datasync_lock_items",
+            // No bounded table: the ledger was not read, so its creation answers 409.
+            "create_table _datasync_runs",
+            "load _datasync_runs WRITE_APPEND datasync-ledger_run2",
         ]
     );
 }
@@ -678,11 +693,7 @@ async fn a_partitioning_change_keeps_the_old_table_aside_until_the_new_one_is_co
         ]
     );
     assert!(
-        warehouse
-            .list_tables("_datasync_")
-            .await
-            .unwrap()
-            .is_empty(),
+        leftovers(&warehouse).await.is_empty(),
         "no staging, backup or lock table is left"
     );
 }
@@ -746,13 +757,7 @@ async fn overlapping_runs_take_turns_on_a_target() {
     assert_eq!(ids(&warehouse, "items"), ["1", "1", "2", "2", "3", "3"]);
     // The second run tried the lock at least once more while the first held it.
     assert!(warehouse.count("create_table _datasync_lock_items") >= 3);
-    assert!(
-        warehouse
-            .list_tables("_datasync_")
-            .await
-            .unwrap()
-            .is_empty()
-    );
+    assert!(leftovers(&warehouse).await.is_empty());
 }
 
 /// A dead run's staging and backup tables are dropped by the next run once past their expiry;
@@ -780,7 +785,7 @@ async fn the_next_run_drops_dead_runs_leftovers_past_their_expiry() {
     let plan = plan(&manifest, &executor.sources["lite"], &warehouse).await;
     assert!(executor.run(&plan).await.succeeded());
     assert_eq!(
-        warehouse.list_tables("_datasync_").await.unwrap(),
+        leftovers(&warehouse).await,
         [format!("_datasync_staging_other_{fresh}")]
     );
 }

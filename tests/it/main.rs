@@ -7,6 +7,8 @@ mod support;
 mod apply_fake;
 mod cli;
 mod cli_hardening;
+mod cli_runs;
+mod ledger_fake;
 mod manifest;
 mod source_sqlite;
 mod warehouse_auth;

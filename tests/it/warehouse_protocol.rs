@@ -1203,3 +1203,22 @@ async fn avro_loads_use_the_configured_chunk_size() {
         serde_json::json!(["NUMERIC", "BIGNUMERIC"])
     );
 }
+
+/// The run ledger trusts a watermark while the target's `lastModifiedTime` is the one it
+/// recorded: read from tables.get on BigQuery; on the emulator, which does not move it on data
+/// writes (scripts/EMULATOR.md), none is reported.
+#[tokio::test]
+async fn a_tables_last_modified_time_is_read_except_on_the_emulator() {
+    let (base, _) = serve(Arc::new(|_, _| {
+        canned(
+            200,
+            r#"{"tableReference":{"projectId":"p","datasetId":"d","tableId":"t"},"type":"TABLE","lastModifiedTime":"1796000001234","schema":{"fields":[{"name":"id","type":"INTEGER"}]}}"#,
+        )
+    }))
+    .await;
+    let real = client(&base).without_emulator_quirks();
+    let existing = real.get_table("t").await.unwrap().unwrap();
+    assert_eq!(existing.last_modified.as_deref(), Some("1796000001234"));
+    let emulated = client(&base).get_table("t").await.unwrap().unwrap();
+    assert_eq!(emulated.last_modified, None);
+}

@@ -32,7 +32,7 @@ fn bigquery_url() -> String {
 
 /// One test's world: a PostgreSQL schema and a BigQuery dataset, both unique, both dropped.
 pub(crate) struct World {
-    name: String,
+    pub(crate) name: String,
     pool: sqlx::PgPool,
     pub(crate) warehouse: BigQuery,
     pub(crate) dir: tempfile::TempDir,
@@ -97,7 +97,7 @@ impl World {
         path.display().to_string()
     }
 
-    fn datasync(&self, args: &[&str]) -> Output {
+    pub(crate) fn datasync(&self, args: &[&str]) -> Output {
         Command::cargo_bin("datasync")
             .unwrap()
             .current_dir(self.dir.path())
@@ -109,12 +109,12 @@ impl World {
     }
 
     /// Every row of a target table, sorted, as JSON text.
-    async fn rows(&self, table: &str, order_by: &str) -> Vec<String> {
+    pub(crate) async fn rows(&self, table: &str, order_by: &str) -> Vec<String> {
         self.select(table, "*", order_by).await
     }
 
     /// Some columns of every row, sorted, as JSON text.
-    async fn select(&self, table: &str, columns: &str, order_by: &str) -> Vec<String> {
+    pub(crate) async fn select(&self, table: &str, columns: &str, order_by: &str) -> Vec<String> {
         let sql = format!(
             "SELECT {columns} FROM `datasync-test.{}.{table}` ORDER BY {order_by}",
             self.name
@@ -125,6 +125,14 @@ impl World {
             .iter()
             .map(|row| serde_json::to_string(row).unwrap())
             .collect()
+    }
+
+    /// datasync's tables in the dataset but the run ledger (permanent by design): staging,
+    /// backup and lock tables.
+    pub(crate) async fn leftovers(&self) -> Vec<String> {
+        let mut names = self.warehouse.list_tables("_datasync_").await.unwrap();
+        names.retain(|name| name != datasync::sync::ledger::RUNS_TABLE);
+        names
     }
 
     pub(crate) async fn count(&self, table: &str) -> u64 {
@@ -167,7 +175,7 @@ impl Drop for World {
     }
 }
 
-fn text(output: &Output) -> String {
+pub(crate) fn text(output: &Output) -> String {
     format!(
         "{}\n{}",
         String::from_utf8_lossy(&output.stdout),
@@ -175,7 +183,7 @@ fn text(output: &Output) -> String {
     )
 }
 
-fn assert_code(output: &Output, code: i32) {
+pub(crate) fn assert_code(output: &Output, code: i32) {
     assert_eq!(output.status.code(), Some(code), "{}", text(output));
 }
 
@@ -593,6 +601,15 @@ async fn killing_apply_leaves_every_target_old_or_new() {
             .is_empty(),
         "an interrupted run releases its lease"
     );
+    // ... and records itself in the ledger: the table it did not finish is `interrupted`.
+    let statuses = world
+        .select("_datasync_runs", "`status`", "`finished_at`")
+        .await;
+    assert_eq!(
+        statuses.last().map(String::as_str),
+        Some(r#"["interrupted"]"#),
+        "{statuses:?}"
+    );
 
     // 30 kills at pseudo-random moments (extraction, upload, load, copy): old or new, never
     // in between. Short leases and staging expirations so each run takes over the dead one's
@@ -644,7 +661,7 @@ async fn killing_apply_leaves_every_target_old_or_new() {
     assert_code(&world.datasync(&quick), 0);
     assert_eq!(world.count("big").await, 1_000_000);
     assert_eq!(
-        world.warehouse.list_tables("_datasync_").await.unwrap(),
+        world.leftovers().await,
         Vec::<String>::new(),
         "a dead run's staging or lock table remains past its expiry"
     );
@@ -932,7 +949,7 @@ async fn the_embedded_sqlite_demo_runs_end_to_end() {
 }
 
 /// Every job of the emulator's project whose configuration mentions `dataset` (jobs.list).
-async fn dataset_jobs(dataset: &str) -> Vec<serde_json::Value> {
+pub(crate) async fn dataset_jobs(dataset: &str) -> Vec<serde_json::Value> {
     let url = format!(
         "{}/bigquery/v2/projects/datasync-test/jobs?allUsers=true&maxResults=100000",
         bigquery_url()
@@ -990,12 +1007,7 @@ async fn replace_append_and_incremental_write_with_copy_jobs_and_no_query() {
         }
     }
     assert!(
-        world
-            .warehouse
-            .list_tables("_datasync_")
-            .await
-            .unwrap()
-            .is_empty(),
+        world.leftovers().await.is_empty(),
         "no staging or lock table is left"
     );
 }
@@ -1062,14 +1074,7 @@ async fn overlapping_applies_lose_and_duplicate_nothing() {
         );
     }
     assert_eq!(appended, (2 * PAIRS * 3) as u64);
-    assert!(
-        world
-            .warehouse
-            .list_tables("_datasync_")
-            .await
-            .unwrap()
-            .is_empty()
-    );
+    assert!(world.leftovers().await.is_empty());
 }
 
 /// A merge source with duplicate and NULL keys and a row BigQuery can't hold (an `int[]` with a

@@ -36,6 +36,10 @@
 //!   schema; not atomic there).
 //! - `create_table_with` / `patch_table_meta` / `list_tables` carry datasync's own metadata
 //!   (staging expirations, leases in lock tables; `If-Match` for a lease takeover).
+//! - `list_dataset` is one tables.list walk (1,000 tables a page, free) with each table's kind
+//!   and labels; `get_tables` reads many tables with at most [`GET_TABLES_CONCURRENCY`] calls
+//!   in flight, paced under BigQuery's per-method API rate. `plan` uses both instead of one
+//!   tables.get per manifest table.
 //! - `merge_statement` de-duplicates staging per key (greatest cursor wins) and leaves NULL keys
 //!   out.
 //! - A target with columns datasync does not model (RECORD, RANGE) or that is not a table reads
@@ -59,6 +63,8 @@
 //!   GEOGRAPHY columns made by DDL read back as STRING/BYTES, BYTES in NDJSON are not
 //!   base64-decoded. None of this can be fixed client-side.
 //! - The emulator sends no `dmlStats`, so [`MergeOutcome`] has only `affected_rows` there.
+//! - tables.list truncates at `maxResults` without a page token, and lists no labels: the
+//!   emulator is listed without `maxResults`, and its listing's labels are unknown (`None`).
 
 pub mod avro;
 mod bigquery;

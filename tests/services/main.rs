@@ -11,6 +11,7 @@ mod support;
 mod apply_e2e;
 mod cli_init;
 mod geography;
+mod plan_orphans;
 mod roundtrip;
 mod shard;
 mod source_mysql;

@@ -199,6 +199,9 @@ codes! {
     PlanStale => "datasync::plan::stale",
     /// The existing target has columns or a kind datasync cannot sync into.
     PlanUnsupportedTarget => "datasync::plan::unsupported_target",
+    /// A table of the dataset that datasync created and no table of the manifest writes any
+    /// more (it is kept: datasync never drops tables).
+    PlanOrphanedTarget => "datasync::plan::orphaned_target",
     /// A table failed while apply ran it (the message says how, and what state it left).
     ApplyTableFailed => "datasync::apply::table_failed",
 }

@@ -83,8 +83,8 @@ fn json_requested() -> bool {
     flag || std::env::var("LOG_ENV").is_ok_and(|value| value == "prod")
 }
 
-/// The plan as JSON log lines: one per table (`info`, or `error` when it cannot run), then the
-/// summary.
+/// The plan as JSON log lines: one per table (`info`, or `error` when it cannot run), one
+/// `warn` per orphaned target, then the summary.
 pub(super) fn plan_lines(plan: &crate::plan::Plan, stdout: bool) {
     let emit = |level: &str, msg: &str, fields: Map<String, Value>| {
         if stdout {
@@ -130,6 +130,15 @@ pub(super) fn plan_lines(plan: &crate::plan::Plan, stdout: bool) {
             emit("error", "table cannot run", fields);
         }
     }
+    for orphan in &plan.orphaned {
+        let mut fields = Map::new();
+        fields.insert("target_table".into(), orphan.target.clone().into());
+        fields.insert("code".into(), orphan.warning.code.as_str().into());
+        if let Some(help) = &orphan.warning.help {
+            fields.insert("hint".into(), help.clone().into());
+        }
+        emit("warn", &orphan.warning.message, fields);
+    }
     let mut fields = Map::new();
     fields.insert("destination".into(), plan.destination.clone().into());
     fields.insert("tables".into(), plan.tables.len().into());
@@ -142,6 +151,9 @@ pub(super) fn plan_lines(plan: &crate::plan::Plan, stdout: bool) {
             .count()
             .into(),
     );
+    if !plan.orphaned.is_empty() {
+        fields.insert("orphaned".into(), plan.orphaned.len().into());
+    }
     emit("info", "plan", fields);
 }
 

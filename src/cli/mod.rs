@@ -748,11 +748,9 @@ async fn prepare(
         tracing::debug!(lock_timeout = ?wait, "lock timeout");
     }
     if let Some(shard) = shard {
-        // Other shards' tables are left out before connecting: not introspected, not planned.
-        loaded
-            .manifest
-            .tables
-            .retain(|table| shard.owns(&table.label()));
+        // Other shards' tables are disabled before connecting: not introspected, not planned,
+        // but still the manifest's (their targets are not orphans).
+        disable_other_shards(&mut loaded.manifest, shard);
     }
     let limit = loaded.manifest.timeout;
     let deadline = limit.map(|limit| tokio::time::Instant::now() + limit);
@@ -778,6 +776,18 @@ async fn prepare(
     Ok((loaded, session, plan, deadline))
 }
 
+/// Disables the tables `shard` does not own.
+fn disable_other_shards(
+    manifest: &mut crate::manifest::Manifest,
+    shard: crate::plan::shard::Shard,
+) {
+    for table in &mut manifest.tables {
+        if !shard.owns(&table.label()) {
+            table.enabled = false;
+        }
+    }
+}
+
 /// Expands table patterns against the sources' catalogs (then applies `--table`) and plans.
 async fn plan_session(
     manifest: &mut crate::manifest::Manifest,
@@ -789,7 +799,7 @@ async fn plan_session(
         crate::sync::expand_patterns(manifest, &session).await?;
         select_tables(manifest, tables)?;
         if let Some(shard) = shard {
-            manifest.tables.retain(|table| shard.owns(&table.label()));
+            disable_other_shards(manifest, shard);
         }
     }
     let plan = crate::sync::planner::plan(manifest, &session).await?;

@@ -57,6 +57,7 @@ fn table(columns: Vec<SourceColumn>) -> SourceTable {
         qualifier: Some("db".into()),
         name: "t".into(),
         primary_key: Vec::new(),
+        unique_keys: Vec::new(),
         columns,
         estimated_rows: None,
         comment: None,

@@ -289,6 +289,58 @@ pub struct Plan {
     pub tables: Vec<TablePlan>,
     /// Hash of everything above.
     pub fingerprint: String,
+    /// Tables of the dataset that datasync created and no table of the manifest writes any
+    /// more, by name. Only reported: apply does nothing to them, so they are not part of the
+    /// fingerprint (a saved plan stays applicable when such a table is dropped meanwhile).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub orphaned: Vec<Orphan>,
+}
+
+/// A table of the dataset that datasync created (it carries the label `managed-by: datasync`)
+/// and that no table of the manifest maps to any more: the plan lists it with a hint; nothing
+/// drops it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Orphan {
+    /// Its name in the dataset.
+    pub target: String,
+    /// `datasync::plan::orphaned_target`, with the hint.
+    pub warning: Diagnostic,
+}
+
+/// The orphaned targets among `dataset`'s tables (`(name, created by datasync)`, as the
+/// dataset's listing and labels say): created by datasync, written by no table of the
+/// manifest (`mapped`: every table's target, disabled ones and other shards' included), and not
+/// one of datasync's working tables (`internal` prefixes: staging, backups, locks). Sorted by
+/// name. `destination` is `project:dataset`, for the hint.
+pub fn orphans(
+    destination: &str,
+    dataset: &[(String, bool)],
+    mapped: &[&str],
+    internal: &[&str],
+) -> Vec<Orphan> {
+    let mut found: Vec<Orphan> = dataset
+        .iter()
+        .filter(|(name, managed)| {
+            *managed
+                && !mapped.contains(&name.as_str())
+                && !internal.iter().any(|prefix| name.starts_with(prefix))
+        })
+        .map(|(name, _)| Orphan {
+            target: name.clone(),
+            warning: Diagnostic::warning(
+                crate::diagnostic::Code::PlanOrphanedTarget,
+                format!(
+                    "table `{name}` was created by datasync (label managed-by: datasync) but no table of the manifest writes it any more; it is kept as it is"
+                ),
+            )
+            .with_help(format!(
+                "datasync never drops a table: drop it yourself if it is no longer needed (`bq rm -t {destination}.{name}`), or add its source table back to the manifest"
+            ))
+            .at(crate::diagnostic::Location::Table(name.clone())),
+        })
+        .collect();
+    found.sort_by(|a, b| a.target.cmp(&b.target));
+    found
 }
 
 /// Hex SHA-256 of a value's JSON.
@@ -324,6 +376,7 @@ impl Plan {
             create_dataset,
             tables,
             fingerprint: String::new(),
+            orphaned: Vec::new(),
         };
         plan.fingerprint = plan.content_fingerprint();
         plan

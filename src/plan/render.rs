@@ -165,7 +165,43 @@ fn summary(plan: &Plan) -> String {
     if failing > 0 {
         let _ = write!(text, "; {failing} table(s) cannot run");
     }
+    if !plan.orphaned.is_empty() {
+        let _ = write!(text, "; {} orphaned target(s) kept", plan.orphaned.len());
+    }
     text
+}
+
+/// The heading of the orphaned targets' list.
+const ORPHANS_HEADING: &str =
+    "created by datasync, written by no table of the manifest now; kept, never dropped";
+
+/// The hint under the orphaned targets' list.
+fn orphans_hint(plan: &Plan) -> String {
+    let destination = plan.destination.replacen('.', ":", 1);
+    format!(
+        "drop one that is no longer needed yourself (`bq rm -t {destination}.TABLE`), or add its source table back to the manifest"
+    )
+}
+
+/// The orphaned targets as text (nothing when there are none).
+fn orphans_text(plan: &Plan) -> String {
+    if plan.orphaned.is_empty() {
+        return String::new();
+    }
+    let mut out = format!(
+        "? orphaned targets ({ORPHANS_HEADING}):
+"
+    );
+    for orphan in &plan.orphaned {
+        let _ = writeln!(out, "    {}", orphan.target);
+    }
+    let _ = writeln!(
+        out,
+        "    hint: {}
+",
+        orphans_hint(plan)
+    );
+    out
 }
 
 /// The human-readable plan.
@@ -212,6 +248,7 @@ pub fn text(plan: &Plan) -> String {
         }
         out.push('\n');
     }
+    out.push_str(&orphans_text(plan));
     out.push_str(&summary(plan));
     out.push('\n');
     out
@@ -275,6 +312,13 @@ pub fn markdown(plan: &Plan) -> String {
             let _ = writeln!(out, "- :warning: {warning}");
         }
         out.push_str("\n</details>\n\n");
+    }
+    if !plan.orphaned.is_empty() {
+        let _ = writeln!(out, "**Orphaned targets** ({ORPHANS_HEADING}):\n");
+        for orphan in &plan.orphaned {
+            let _ = writeln!(out, "- `{}`", orphan.target);
+        }
+        let _ = writeln!(out, "\n:bulb: {}\n", orphans_hint(plan));
     }
     out.push_str(&format!("**{}**\n", summary(plan)));
     out
@@ -417,6 +461,71 @@ mod tests {
     #[test]
     fn markdown_rendering() {
         insta::assert_snapshot!(markdown(&sample_plan()));
+    }
+
+    /// The sample plan with a dataset holding two orphaned targets, a table datasync did not
+    /// create, a mapped target and a working table.
+    fn plan_with_orphans() -> Plan {
+        let mut plan = sample_plan();
+        let dataset: Vec<(std::string::String, bool)> = [
+            ("orders_2019", true),
+            ("customers", true),
+            ("hand_made", false),
+            ("_datasync_lock_customers", true),
+            ("legacy_items", true),
+        ]
+        .iter()
+        .map(|(name, managed)| (name.to_string(), *managed))
+        .collect();
+        let mapped: Vec<&str> = plan
+            .tables
+            .iter()
+            .map(|table| table.target.as_str())
+            .collect();
+        plan.orphaned = crate::plan::orphans("demo-project:ds", &dataset, &mapped, &["_datasync_"]);
+        plan
+    }
+
+    #[test]
+    fn orphans_are_the_managed_unmapped_tables_that_are_not_working_tables() {
+        let plan = plan_with_orphans();
+        let names: Vec<&str> = plan
+            .orphaned
+            .iter()
+            .map(|orphan| orphan.target.as_str())
+            .collect();
+        assert_eq!(names, ["legacy_items", "orders_2019"]);
+        let warning = &plan.orphaned[0].warning;
+        assert_eq!(warning.code, crate::diagnostic::Code::PlanOrphanedTarget);
+        assert!(!warning.is_error());
+        assert!(
+            warning
+                .help
+                .as_deref()
+                .unwrap()
+                .contains("bq rm -t demo-project:ds.legacy_items"),
+            "{warning:?}"
+        );
+        // Reported, not acted on: the fingerprint and the actions are the sample plan's.
+        assert_eq!(plan.fingerprint, sample_plan().fingerprint);
+        assert!(plan.is_intact());
+        let json = serde_json::to_value(&plan).unwrap();
+        insta::assert_json_snapshot!(json["orphaned"]);
+        let back: Plan = serde_json::from_value(json).unwrap();
+        assert_eq!(back, plan);
+        // No orphans: no key in the JSON (saved plans without it still load).
+        let json = serde_json::to_value(sample_plan()).unwrap();
+        assert!(json.get("orphaned").is_none());
+    }
+
+    #[test]
+    fn text_rendering_with_orphans() {
+        insta::assert_snapshot!(text(&plan_with_orphans()));
+    }
+
+    #[test]
+    fn markdown_rendering_with_orphans() {
+        insta::assert_snapshot!(markdown(&plan_with_orphans()));
     }
 
     #[test]

@@ -23,6 +23,7 @@ pub(crate) fn source(rows: u64) -> SourceTable {
         name: "t".into(),
         columns: vec![],
         primary_key: vec!["id".into()],
+        unique_keys: Vec::new(),
         estimated_rows: Some(rows),
         comment: None,
     }

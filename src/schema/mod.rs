@@ -403,6 +403,12 @@ pub struct SourceTable {
     pub columns: Vec<SourceColumn>,
     /// Primary-key columns in key order.
     pub primary_key: Vec<String>,
+    /// The other unique keys (unique constraints and indexes over plain columns, not partial),
+    /// each in key order, sorted by index name: what a chunked extraction may split on when
+    /// there is no primary key. Left out of the JSON when empty, so tables without any keep
+    /// their fingerprint.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unique_keys: Vec<Vec<String>>,
     /// The catalog's row estimate, when it has one.
     pub estimated_rows: Option<u64>,
     /// Table comment.

@@ -129,6 +129,11 @@ pub enum Source {
     Sqlite(SqlitePool),
 }
 
+/// Logs one catalog query (at debug level: `bench/plan_many.sh` counts these lines).
+fn catalog_query(engine: &str, what: &str, tables: usize) {
+    tracing::debug!(engine, what, tables, "source catalog query");
+}
+
 /// Removes every occurrence of the secrets from a message.
 fn scrub(message: String, secrets: &[&str]) -> String {
     secrets
@@ -207,16 +212,35 @@ impl Source {
     }
 
     /// Introspects the table `name` (in `qualifier`: a PostgreSQL schema, a MySQL database, a
-    /// SQLite attached database) from the catalogs.
+    /// SQLite attached database) from the catalogs: [`Source::describe_many`] of one table.
     pub async fn describe(
         &self,
         qualifier: Option<&str>,
         name: &str,
     ) -> Result<SourceTable, SourceError> {
+        let mut tables = self.describe_many(qualifier, &[name.to_string()]).await?;
+        tables.pop().unwrap_or_else(|| {
+            Err(SourceError::Invalid(format!(
+                "describing `{name}` returned nothing"
+            )))
+        })
+    }
+
+    /// Introspects the tables `names` of one `qualifier` with one set of catalog queries for all
+    /// of them (PostgreSQL: pg_catalog and information_schema; MySQL/MariaDB:
+    /// information_schema; SQLite: its pragmas, table by table, on the local file), so planning
+    /// thousands of tables costs a few queries, not a few per table. One result per name, in
+    /// order: a table the catalog lacks is its own [`SourceError::TableNotFound`]; the outer
+    /// error is a failed query, which leaves every table undescribed.
+    pub async fn describe_many(
+        &self,
+        qualifier: Option<&str>,
+        names: &[String],
+    ) -> Result<Vec<Result<SourceTable, SourceError>>, SourceError> {
         match self {
-            Self::Mysql(pool) => mysql::describe(pool, qualifier, name).await,
-            Self::Postgres(pool) => postgres::describe(pool, qualifier, name).await,
-            Self::Sqlite(pool) => sqlite::describe(pool, qualifier, name).await,
+            Self::Mysql(pool) => mysql::describe_many(pool, qualifier, names).await,
+            Self::Postgres(pool) => postgres::describe_many(pool, qualifier, names).await,
+            Self::Sqlite(pool) => sqlite::describe_many(pool, qualifier, names).await,
         }
     }
 
@@ -228,6 +252,7 @@ impl Source {
         filter: Option<&CursorFilter>,
     ) -> Result<u64, SourceError> {
         let statement = sql::count_sql(self.dialect(), table, columns, filter)?;
+        tracing::debug!(table = %table.label(), "counting rows");
         let count = match self {
             Self::Mysql(pool) => scalar(&statement).fetch_one(pool).await,
             Self::Postgres(pool) => scalar(&statement).fetch_one(pool).await,

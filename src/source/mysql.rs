@@ -3,6 +3,7 @@
 //! SET as CHAR).
 
 use std::borrow::Cow;
+use std::collections::HashMap;
 use std::str::FromStr;
 use std::sync::Arc;
 
@@ -141,111 +142,266 @@ fn get_i64(row: &MySqlRow, index: usize) -> Result<Option<i64>, SourceError> {
         .map_err(qerr("reading information_schema"))
 }
 
-pub(super) async fn describe(
+/// Above this many tables, a catalog query reads the whole database and the tables are picked
+/// here: an `IN` list of thousands of placeholders is no cheaper (information_schema visits the
+/// database's tables either way), and a statement takes at most 65,535 placeholders.
+const NAME_LIST_LIMIT: usize = 1000;
+
+/// `AND table_name IN (?, …)` for up to [`NAME_LIST_LIMIT`] names, else nothing.
+fn name_filter(names: &[String]) -> String {
+    if names.is_empty() || names.len() > NAME_LIST_LIMIT {
+        return String::new();
+    }
+    format!(" AND table_name IN ({})", vec!["?"; names.len()].join(", "))
+}
+
+/// Runs a catalog query of `database` whose SQL ends with [`name_filter`]'s predicate.
+async fn catalog_rows(
+    pool: &MySqlPool,
+    sql: &str,
+    database: &str,
+    names: &[String],
+) -> Result<Vec<MySqlRow>, sqlx::Error> {
+    let mut query = sqlx::query(sql).bind(database);
+    if !name_filter(names).is_empty() {
+        for name in names {
+            query = query.bind(name);
+        }
+    }
+    query.fetch_all(pool).await
+}
+
+/// A table of the catalog, while its columns and keys are read.
+#[derive(Default)]
+struct Found {
+    estimated_rows: Option<u64>,
+    comment: Option<String>,
+    columns: Vec<MySqlRow>,
+    primary_key: Vec<String>,
+    unique_keys: Vec<Vec<String>>,
+    json_checks: Vec<String>,
+}
+
+/// The tables `names` of `qualifier` (default: the connection's database), in the order asked,
+/// from one set of information_schema queries for all of them; a table the catalog lacks is its
+/// own [`SourceError::TableNotFound`]. An error of a query fails them all.
+pub(super) async fn describe_many(
     pool: &MySqlPool,
     qualifier: Option<&str>,
-    name: &str,
-) -> Result<SourceTable, SourceError> {
-    let database: String = match qualifier {
-        Some(database) => database.to_string(),
-        None => {
-            let row = sqlx::query("SELECT DATABASE()")
-                .fetch_one(pool)
-                .await
-                .map_err(qerr("reading the current database"))?;
-            get_text(&row, 0)?.ok_or_else(|| {
-                SourceError::Invalid(format!(
-                    "table `{name}` has no database qualifier and the connection selects none: write it `database.table` or set `database`"
-                ))
-            })?
-        }
+    names: &[String],
+) -> Result<Vec<Result<SourceTable, SourceError>>, SourceError> {
+    let database = database_or_current(pool, qualifier, names).await?;
+    let context = match names {
+        [name] => format!("describing `{database}.{name}`"),
+        _ => format!("describing {} tables of database `{database}`", names.len()),
     };
-    let label = format!("{database}.{name}");
-    let context = format!("describing `{label}`");
-    let table = sqlx::query(
-        "SELECT CAST(table_rows AS SIGNED), table_comment, table_type
-         FROM information_schema.tables WHERE table_schema = ? AND table_name = ?",
+    let filter = name_filter(names);
+    super::catalog_query("MySQL", "tables", names.len());
+    let tables = catalog_rows(
+        pool,
+        &format!(
+            "SELECT table_name, CAST(table_rows AS SIGNED), table_comment
+             FROM information_schema.tables WHERE table_schema = ?{filter}"
+        ),
+        &database,
+        names,
     )
-    .bind(&database)
-    .bind(name)
-    .fetch_optional(pool)
     .await
     .map_err(qerr(&context))?;
-    let Some(table) = table else {
-        return Err(SourceError::TableNotFound {
-            table: label,
-            engine: "MySQL",
-            hint: " (check the database and the table name)".into(),
-        });
-    };
-    let estimated_rows = get_i64(&table, 0)?.and_then(|rows| u64::try_from(rows).ok());
-    let comment = get_text(&table, 1)?.filter(|comment| !comment.is_empty());
-
-    let rows = sqlx::query(
-        "SELECT column_name, data_type, column_type, is_nullable,
-                CAST(numeric_precision AS SIGNED), CAST(numeric_scale AS SIGNED),
-                CAST(character_maximum_length AS SIGNED), column_comment, CAST(ordinal_position AS SIGNED)
-         FROM information_schema.columns WHERE table_schema = ? AND table_name = ?
-         ORDER BY ordinal_position",
-    )
-    .bind(&database)
-    .bind(name)
-    .fetch_all(pool)
-    .await
-    .map_err(qerr(&context))?;
-    let key_rows = sqlx::query(
-        "SELECT column_name FROM information_schema.key_column_usage
-         WHERE table_schema = ? AND table_name = ? AND constraint_name = 'PRIMARY'
-         ORDER BY ordinal_position",
-    )
-    .bind(&database)
-    .bind(name)
-    .fetch_all(pool)
-    .await
-    .map_err(qerr(&context))?;
-    let mut primary_key = Vec::new();
-    for row in &key_rows {
-        primary_key.extend(get_text(row, 0)?);
+    let mut found: HashMap<String, Found> = HashMap::with_capacity(tables.len());
+    for row in &tables {
+        found.insert(
+            get_text(row, 0)?.unwrap_or_default(),
+            Found {
+                estimated_rows: get_i64(row, 1)?.and_then(|rows| u64::try_from(rows).ok()),
+                comment: get_text(row, 2)?.filter(|comment| !comment.is_empty()),
+                ..Found::default()
+            },
+        );
     }
-    // MariaDB stores JSON as LONGTEXT with a `json_valid(`col`)` CHECK. MySQL 8's
-    // check_constraints has no table_name column: the query fails there, and JSON is native.
-    let checks = sqlx::query(
-        "SELECT check_clause FROM information_schema.check_constraints WHERE constraint_schema = ? AND table_name = ?",
-    )
-    .bind(&database)
-    .bind(name)
-    .fetch_all(pool)
-    .await
-    .unwrap_or_default();
-    let mut json_checks = Vec::new();
-    for row in &checks {
-        if let Some(clause) = get_text(row, 0)? {
-            json_checks.push(clause.to_ascii_lowercase().replace(' ', ""));
-        }
+    if !found.is_empty() {
+        read_catalog_details(pool, &database, names, &context, &mut found).await?;
     }
-
-    let columns = rows
+    names
         .iter()
-        .map(|row| column(row, &primary_key, &json_checks))
-        .collect::<Result<Vec<_>, _>>()?;
-    Ok(SourceTable {
-        qualifier: Some(database),
-        name: name.to_string(),
-        columns,
-        primary_key,
-        estimated_rows,
-        comment,
+        .map(|name| match lookup(&found, name) {
+            Some(table) => {
+                let columns = table
+                    .columns
+                    .iter()
+                    .map(|row| column(row, &table.primary_key, &table.json_checks))
+                    .collect::<Result<Vec<_>, _>>()?;
+                Ok(Ok(SourceTable {
+                    qualifier: Some(database.clone()),
+                    name: name.clone(),
+                    columns,
+                    primary_key: table.primary_key.clone(),
+                    unique_keys: table.unique_keys.clone(),
+                    estimated_rows: table.estimated_rows,
+                    comment: table.comment.clone(),
+                }))
+            }
+            None => Ok(Err(SourceError::TableNotFound {
+                table: format!("{database}.{name}"),
+                engine: "MySQL",
+                hint: " (check the database and the table name)".into(),
+            })),
+        })
+        .collect()
+}
+
+/// `qualifier`, or the connection's database (an error naming the first table when there is
+/// none).
+async fn database_or_current(
+    pool: &MySqlPool,
+    qualifier: Option<&str>,
+    names: &[String],
+) -> Result<String, SourceError> {
+    if let Some(database) = qualifier {
+        return Ok(database.to_string());
+    }
+    super::catalog_query("MySQL", "current database", 0);
+    let row = sqlx::query("SELECT DATABASE()")
+        .fetch_one(pool)
+        .await
+        .map_err(qerr("reading the current database"))?;
+    get_text(&row, 0)?.ok_or_else(|| {
+        let name = names.first().map_or("", String::as_str);
+        SourceError::Invalid(format!(
+            "table `{name}` has no database qualifier and the connection selects none: write it `database.table` or set `database`"
+        ))
     })
 }
 
-/// One row of `information_schema.columns` (in the order `describe` selects them).
+/// The table the catalog calls `name`; else the one table whose name differs only in case
+/// (servers with `lower_case_table_names` store names in lower case and match them so).
+fn lookup<'a>(found: &'a HashMap<String, Found>, name: &str) -> Option<&'a Found> {
+    found.get(name).or_else(|| {
+        let mut close = found
+            .iter()
+            .filter(|(known, _)| known.eq_ignore_ascii_case(name));
+        match (close.next(), close.next()) {
+            (Some((_, table)), None) => Some(table),
+            _ => None,
+        }
+    })
+}
+
+/// Columns, keys and JSON checks of the `found` tables, one query each.
+async fn read_catalog_details(
+    pool: &MySqlPool,
+    database: &str,
+    names: &[String],
+    context: &str,
+    found: &mut HashMap<String, Found>,
+) -> Result<(), SourceError> {
+    let filter = name_filter(names);
+    super::catalog_query("MySQL", "columns", names.len());
+    let columns = catalog_rows(
+        pool,
+        &format!(
+            "SELECT table_name, column_name, data_type, column_type, is_nullable,
+                    CAST(numeric_precision AS SIGNED), CAST(numeric_scale AS SIGNED),
+                    CAST(character_maximum_length AS SIGNED), column_comment,
+                    CAST(ordinal_position AS SIGNED)
+             FROM information_schema.columns WHERE table_schema = ?{filter}
+             ORDER BY table_name, ordinal_position"
+        ),
+        database,
+        names,
+    )
+    .await
+    .map_err(qerr(context))?;
+    for row in columns {
+        if let Some(table) = found.get_mut(&get_text(&row, 0)?.unwrap_or_default()) {
+            table.columns.push(row);
+        }
+    }
+    super::catalog_query("MySQL", "keys", names.len());
+    let keys = catalog_rows(
+        pool,
+        &format!(
+            "SELECT table_name, index_name, column_name, sub_part IS NOT NULL
+             FROM information_schema.statistics WHERE table_schema = ? AND non_unique = 0{filter}
+             ORDER BY CAST(table_name AS BINARY), index_name <> 'PRIMARY',
+                      CAST(index_name AS BINARY), seq_in_index"
+        ),
+        database,
+        names,
+    )
+    .await
+    .map_err(qerr(context))?;
+    add_keys(&keys, found)?;
+    // MariaDB stores JSON as LONGTEXT with a `json_valid(`col`)` CHECK. MySQL 8's
+    // check_constraints has no table_name column: the query fails there, and JSON is native.
+    super::catalog_query("MySQL", "checks", names.len());
+    let checks = catalog_rows(
+        pool,
+        &format!(
+            "SELECT table_name, check_clause FROM information_schema.check_constraints
+             WHERE constraint_schema = ?{filter}"
+        ),
+        database,
+        names,
+    )
+    .await
+    .unwrap_or_default();
+    for row in &checks {
+        if let (Some(table), Some(clause)) = (
+            found.get_mut(&get_text(row, 0)?.unwrap_or_default()),
+            get_text(row, 1)?,
+        ) {
+            table
+                .json_checks
+                .push(clause.to_ascii_lowercase().replace(' ', ""));
+        }
+    }
+    Ok(())
+}
+
+/// Primary and unique keys from `information_schema.statistics` rows (table, index, column,
+/// prefix?) in table, index and position order. A unique index over a column prefix or an
+/// expression does not make its columns unique, so it is left out.
+fn add_keys(rows: &[MySqlRow], found: &mut HashMap<String, Found>) -> Result<(), SourceError> {
+    // (table, index, columns, usable), in the rows' order.
+    let mut keys: Vec<(String, String, Vec<String>, bool)> = Vec::new();
+    for row in rows {
+        let table = get_text(row, 0)?.unwrap_or_default();
+        let index = get_text(row, 1)?.unwrap_or_default();
+        let column = get_text(row, 2)?;
+        let usable = column.is_some() && get_i64(row, 3)? != Some(1);
+        match keys.last_mut() {
+            Some((known_table, known_index, columns, known_usable))
+                if *known_table == table && *known_index == index =>
+            {
+                *known_usable &= usable;
+                columns.extend(column);
+            }
+            _ => keys.push((table, index, column.into_iter().collect(), usable)),
+        }
+    }
+    for (table, index, columns, usable) in keys {
+        let Some(table) = found.get_mut(&table) else {
+            continue;
+        };
+        if index == "PRIMARY" {
+            table.primary_key = columns;
+        } else if usable {
+            table.unique_keys.push(columns);
+        }
+    }
+    Ok(())
+}
+
+/// One row of `information_schema.columns` (in the order [`read_catalog_details`] selects
+/// them: the table name first).
 fn column(
     row: &MySqlRow,
     primary_key: &[String],
     json_checks: &[String],
 ) -> Result<SourceColumn, SourceError> {
-    let name = get_text(row, 0)?.unwrap_or_default();
-    let data_type = get_text(row, 1)?.unwrap_or_default().to_ascii_lowercase();
+    let name = get_text(row, 1)?.unwrap_or_default();
+    let data_type = get_text(row, 2)?.unwrap_or_default().to_ascii_lowercase();
     let to_u32 = |value: Option<i64>| value.and_then(|value| u32::try_from(value).ok());
     let is_json = matches!(data_type.as_str(), "longtext" | "text" | "mediumtext")
         && json_checks.iter().any(|clause| {
@@ -260,21 +416,21 @@ fn column(
     let numeric = matches!(data_type.as_str(), "decimal" | "numeric" | "bit");
     Ok(SourceColumn {
         primary_key: primary_key.contains(&name),
-        ordinal: to_u32(get_i64(row, 8)?).unwrap_or(0),
-        column_type: get_text(row, 2)?.unwrap_or_default(),
-        nullable: get_text(row, 3)?.as_deref() == Some("YES"),
+        ordinal: to_u32(get_i64(row, 9)?).unwrap_or(0),
+        column_type: get_text(row, 3)?.unwrap_or_default(),
+        nullable: get_text(row, 4)?.as_deref() == Some("YES"),
         precision: if numeric {
-            to_u32(get_i64(row, 4)?)
-        } else {
-            None
-        },
-        scale: if numeric && data_type != "bit" {
             to_u32(get_i64(row, 5)?)
         } else {
             None
         },
-        max_length: get_i64(row, 6)?.and_then(|length| u64::try_from(length).ok()),
-        comment: get_text(row, 7)?.filter(|comment| !comment.is_empty()),
+        scale: if numeric && data_type != "bit" {
+            to_u32(get_i64(row, 6)?)
+        } else {
+            None
+        },
+        max_length: get_i64(row, 7)?.and_then(|length| u64::try_from(length).ok()),
+        comment: get_text(row, 8)?.filter(|comment| !comment.is_empty()),
         is_json,
         data_type,
         name,

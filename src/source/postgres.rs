@@ -3,6 +3,7 @@
 //! scalars).
 
 use std::borrow::Cow;
+use std::collections::HashMap;
 use std::str::FromStr;
 use std::sync::Arc;
 
@@ -103,43 +104,176 @@ fn qerr(context: &str) -> impl Fn(sqlx::Error) -> SourceError + '_ {
     move |error| SourceError::query(context, error)
 }
 
-pub(super) async fn describe(
+/// The tables `names` of `qualifier` (default: the connection's current schema), in the order
+/// asked, from one set of catalog queries for all of them (tables, columns, keys); a table the
+/// catalog lacks is its own [`SourceError::TableNotFound`]. An error of a query fails them all.
+pub(super) async fn describe_many(
     pool: &PgPool,
     qualifier: Option<&str>,
-    name: &str,
-) -> Result<SourceTable, SourceError> {
+    names: &[String],
+) -> Result<Vec<Result<SourceTable, SourceError>>, SourceError> {
     let schema: String = match qualifier {
         Some(schema) => schema.to_string(),
-        None => sqlx::query_scalar("SELECT current_schema()::text")
-            .fetch_one(pool)
-            .await
-            .map_err(qerr("reading the current schema"))?,
+        None => {
+            super::catalog_query("PostgreSQL", "current schema", 0);
+            sqlx::query_scalar("SELECT current_schema()::text")
+                .fetch_one(pool)
+                .await
+                .map_err(qerr("reading the current schema"))?
+        }
     };
-    let label = format!("{schema}.{name}");
-    let context = format!("describing `{label}`");
-    let table = sqlx::query(
-        "SELECT c.oid::int8, c.reltuples::float8, obj_description(c.oid, 'pg_class')
+    let context = match names {
+        [name] => format!("describing `{schema}.{name}`"),
+        _ => format!("describing {} tables of schema `{schema}`", names.len()),
+    };
+    super::catalog_query("PostgreSQL", "tables", names.len());
+    let tables = sqlx::query(
+        "SELECT c.oid::int8, c.relname::text, c.reltuples::float8, obj_description(c.oid, 'pg_class')
          FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-         WHERE n.nspname = $1 AND c.relname = $2 AND c.relkind IN ('r', 'p', 'v', 'm', 'f')",
+         WHERE n.nspname = $1 AND c.relname = ANY($2::text[])
+           AND c.relkind IN ('r', 'p', 'v', 'm', 'f')",
     )
     .bind(&schema)
-    .bind(name)
-    .fetch_optional(pool)
+    .bind(names)
+    .fetch_all(pool)
     .await
     .map_err(qerr(&context))?;
-    let Some(table) = table else {
-        return Err(SourceError::TableNotFound {
-            table: label,
-            engine: "PostgreSQL",
-            hint: " (names are case-sensitive; check the schema and the table name)".into(),
-        });
-    };
-    let oid: i64 = table.try_get(0).map_err(qerr(&context))?;
-    let reltuples: f64 = table.try_get(1).map_err(qerr(&context))?;
-    let comment: Option<String> = table.try_get(2).map_err(qerr(&context))?;
+    let mut found: HashMap<String, Found> = HashMap::with_capacity(tables.len());
+    for row in &tables {
+        let reltuples: f64 = row.try_get(2).map_err(qerr(&context))?;
+        found.insert(
+            row.try_get(1).map_err(qerr(&context))?,
+            Found {
+                oid: row.try_get(0).map_err(qerr(&context))?,
+                // reltuples is -1 for a never-analysed table (PostgreSQL 14+).
+                estimated_rows: (reltuples >= 0.0).then_some(reltuples as u64),
+                comment: row.try_get(3).map_err(qerr(&context))?,
+                columns: Vec::new(),
+                keys: Keys::default(),
+            },
+        );
+    }
+    let oids: Vec<i64> = found.values().map(|table| table.oid).collect();
+    let by_oid: HashMap<i64, String> = found
+        .iter()
+        .map(|(name, table)| (table.oid, name.clone()))
+        .collect();
+    if !oids.is_empty() {
+        for (oid, keys) in read_keys(pool, &oids, &context).await? {
+            if let Some(table) = by_oid.get(&oid).and_then(|name| found.get_mut(name)) {
+                table.keys = keys;
+            }
+        }
+        for (oid, column) in read_columns(pool, &schema, &oids, &context).await? {
+            if let Some(table) = by_oid.get(&oid).and_then(|name| found.get_mut(name)) {
+                table.columns.push(column);
+            }
+        }
+    }
+    Ok(names
+        .iter()
+        .map(|name| match found.get(name) {
+            Some(table) => Ok(table.source_table(&schema, name)),
+            None => Err(SourceError::TableNotFound {
+                table: format!("{schema}.{name}"),
+                engine: "PostgreSQL",
+                hint: " (names are case-sensitive; check the schema and the table name)".into(),
+            }),
+        })
+        .collect())
+}
 
+/// A table the catalog has, while its columns and keys are read.
+struct Found {
+    oid: i64,
+    estimated_rows: Option<u64>,
+    comment: Option<String>,
+    columns: Vec<SourceColumn>,
+    keys: Keys,
+}
+
+/// A table's primary key and its other unique keys.
+#[derive(Default)]
+struct Keys {
+    primary: Vec<String>,
+    unique: Vec<Vec<String>>,
+}
+
+impl Found {
+    fn source_table(&self, schema: &str, name: &str) -> SourceTable {
+        let mut columns = self.columns.clone();
+        for column in &mut columns {
+            column.primary_key = self.keys.primary.contains(&column.name);
+        }
+        SourceTable {
+            qualifier: Some(schema.to_string()),
+            name: name.to_string(),
+            columns,
+            primary_key: self.keys.primary.clone(),
+            unique_keys: self.keys.unique.clone(),
+            estimated_rows: self.estimated_rows,
+            comment: self.comment.clone(),
+        }
+    }
+}
+
+/// The primary key and the unique keys (over plain columns, not partial) of every table in
+/// `oids`, in key order; unique keys sorted by index name.
+async fn read_keys(
+    pool: &PgPool,
+    oids: &[i64],
+    context: &str,
+) -> Result<HashMap<i64, Keys>, SourceError> {
+    super::catalog_query("PostgreSQL", "keys", oids.len());
     let rows = sqlx::query(
-        "SELECT a.attname::text,
+        "SELECT i.indrelid::int8, i.indisprimary, ic.relname::text, a.attname::text
+         FROM pg_index i
+         JOIN pg_class ic ON ic.oid = i.indexrelid
+         CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, position)
+         JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
+         WHERE i.indrelid = ANY($1::int8[]::oid[])
+           AND (i.indisprimary OR (i.indisunique AND i.indpred IS NULL AND i.indexprs IS NULL))
+         ORDER BY i.indrelid, NOT i.indisprimary, ic.relname, k.position",
+    )
+    .bind(oids)
+    .fetch_all(pool)
+    .await
+    .map_err(qerr(context))?;
+    let mut keys: HashMap<i64, Keys> = HashMap::new();
+    let mut last_index: Option<(i64, String)> = None;
+    for row in &rows {
+        let oid: i64 = row.try_get(0).map_err(qerr(context))?;
+        let primary: bool = row.try_get(1).map_err(qerr(context))?;
+        let index: String = row.try_get(2).map_err(qerr(context))?;
+        let column: String = row.try_get(3).map_err(qerr(context))?;
+        let table = keys.entry(oid).or_default();
+        if primary {
+            table.primary.push(column);
+            continue;
+        }
+        let same = last_index
+            .as_ref()
+            .is_some_and(|(last_oid, last)| *last_oid == oid && *last == index);
+        match table.unique.last_mut() {
+            Some(key) if same => key.push(column),
+            _ => table.unique.push(vec![column]),
+        }
+        last_index = Some((oid, index));
+    }
+    Ok(keys)
+}
+
+/// The columns of every table in `oids` (all in `schema`), in table and column order.
+async fn read_columns(
+    pool: &PgPool,
+    schema: &str,
+    oids: &[i64],
+    context: &str,
+) -> Result<Vec<(i64, SourceColumn)>, SourceError> {
+    super::catalog_query("PostgreSQL", "columns", oids.len());
+    let rows = sqlx::query(
+        "SELECT a.attrelid::int8,
+                a.attname::text,
                 a.attnum::int4,
                 CASE WHEN t.typcategory = 'A' THEN t.typname::text
                      WHEN ic.data_type = 'USER-DEFINED' THEN ic.udt_name::text
@@ -151,74 +285,50 @@ pub(super) async fn describe(
                 ic.character_maximum_length::int8,
                 col_description(a.attrelid, a.attnum)
          FROM pg_attribute a
+         JOIN pg_class c ON c.oid = a.attrelid
          JOIN pg_type t ON t.oid = a.atttypid
          LEFT JOIN information_schema.columns ic
-                ON ic.table_schema = $2 AND ic.table_name = $3 AND ic.column_name = a.attname
-         WHERE a.attrelid = $1::int8::oid AND a.attnum > 0 AND NOT a.attisdropped
-         ORDER BY a.attnum",
+                ON ic.table_schema = $2 AND ic.table_name = c.relname AND ic.column_name = a.attname
+         WHERE a.attrelid = ANY($1::int8[]::oid[]) AND a.attnum > 0 AND NOT a.attisdropped
+         ORDER BY a.attrelid, a.attnum",
     )
-    .bind(oid)
-    .bind(&schema)
-    .bind(name)
+    .bind(oids)
+    .bind(schema)
     .fetch_all(pool)
     .await
-    .map_err(qerr(&context))?;
-    let primary_key: Vec<String> = sqlx::query_scalar(
-        "SELECT a.attname::text
-         FROM pg_index i
-         CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, position)
-         JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
-         WHERE i.indrelid = $1::int8::oid AND i.indisprimary
-         ORDER BY k.position",
-    )
-    .bind(oid)
-    .fetch_all(pool)
-    .await
-    .map_err(qerr(&context))?;
-
+    .map_err(qerr(context))?;
     let mut columns = Vec::with_capacity(rows.len());
-    for row in rows {
-        let get_u32 = |index: usize| -> Result<Option<u32>, SourceError> {
-            let value: Option<i64> = row.try_get(index).map_err(qerr(&context))?;
-            Ok(value.and_then(|value| u32::try_from(value).ok()))
-        };
-        let name: String = row.try_get(0).map_err(qerr(&context))?;
-        let ordinal: i32 = row.try_get(1).map_err(qerr(&context))?;
-        let data_type: String = row.try_get(2).map_err(qerr(&context))?;
-        let data_type = data_type.to_lowercase();
-        let precision = if data_type == "numeric" {
-            get_u32(5)?
-        } else {
-            None
-        };
-        let scale = if data_type == "numeric" {
-            get_u32(6)?
-        } else {
-            None
-        };
-        let max_length: Option<i64> = row.try_get(7).map_err(qerr(&context))?;
-        columns.push(SourceColumn {
-            primary_key: primary_key.contains(&name),
-            name,
-            ordinal: u32::try_from(ordinal).unwrap_or(0),
-            data_type,
-            column_type: row.try_get(3).map_err(qerr(&context))?,
-            nullable: row.try_get(4).map_err(qerr(&context))?,
-            precision,
-            scale,
-            max_length: max_length.and_then(|length| u64::try_from(length).ok()),
-            comment: row.try_get(8).map_err(qerr(&context))?,
-            is_json: false,
-        });
+    for row in &rows {
+        let oid: i64 = row.try_get(0).map_err(qerr(context))?;
+        columns.push((oid, column(row, context)?));
     }
-    Ok(SourceTable {
-        qualifier: Some(schema),
-        name: name.to_string(),
-        columns,
-        primary_key,
-        // reltuples is -1 for a never-analysed table (PostgreSQL 14+).
-        estimated_rows: (reltuples >= 0.0).then_some(reltuples as u64),
-        comment,
+    Ok(columns)
+}
+
+/// One row of [`read_columns`] (from its second column on); `primary_key` is set later.
+fn column(row: &PgRow, context: &str) -> Result<SourceColumn, SourceError> {
+    let get_u32 = |index: usize| -> Result<Option<u32>, SourceError> {
+        let value: Option<i64> = row.try_get(index).map_err(qerr(context))?;
+        Ok(value.and_then(|value| u32::try_from(value).ok()))
+    };
+    let name: String = row.try_get(1).map_err(qerr(context))?;
+    let ordinal: i32 = row.try_get(2).map_err(qerr(context))?;
+    let data_type: String = row.try_get(3).map_err(qerr(context))?;
+    let data_type = data_type.to_lowercase();
+    let numeric = data_type == "numeric";
+    let max_length: Option<i64> = row.try_get(8).map_err(qerr(context))?;
+    Ok(SourceColumn {
+        name,
+        ordinal: u32::try_from(ordinal).unwrap_or(0),
+        column_type: row.try_get(4).map_err(qerr(context))?,
+        nullable: row.try_get(5).map_err(qerr(context))?,
+        precision: if numeric { get_u32(6)? } else { None },
+        scale: if numeric { get_u32(7)? } else { None },
+        max_length: max_length.and_then(|length| u64::try_from(length).ok()),
+        primary_key: false,
+        comment: row.try_get(9).map_err(qerr(context))?,
+        is_json: false,
+        data_type,
     })
 }
 

@@ -39,13 +39,33 @@ fn qerr(context: &str) -> impl Fn(sqlx::Error) -> SourceError + '_ {
     move |error| SourceError::query(context, error)
 }
 
-pub(super) async fn describe(
+/// The tables `names` of the file (or the attached database `qualifier`), in the order asked.
+/// SQLite's catalog is the local file: its pragmas are read table by table (no round trip to
+/// save); a query error fails them all, like a server's batched catalog query.
+pub(super) async fn describe_many(
+    pool: &SqlitePool,
+    qualifier: Option<&str>,
+    names: &[String],
+) -> Result<Vec<Result<SourceTable, SourceError>>, SourceError> {
+    let mut tables = Vec::with_capacity(names.len());
+    for name in names {
+        match describe(pool, qualifier, name).await {
+            Ok(table) => tables.push(Ok(table)),
+            Err(error @ SourceError::TableNotFound { .. }) => tables.push(Err(error)),
+            Err(error) => return Err(error),
+        }
+    }
+    Ok(tables)
+}
+
+async fn describe(
     pool: &SqlitePool,
     qualifier: Option<&str>,
     name: &str,
 ) -> Result<SourceTable, SourceError> {
     let schema = qualifier.unwrap_or("main");
     let context = format!("describing `{name}`");
+    super::catalog_query("SQLite", "columns", 1);
     let rows = sqlx::query(
         "SELECT name, type, \"notnull\", pk, cid FROM pragma_table_info(?1, ?2) ORDER BY cid",
     )
@@ -109,9 +129,48 @@ pub(super) async fn describe(
         name: name.to_string(),
         columns,
         primary_key: keys.into_iter().map(|(_, name)| name).collect(),
+        unique_keys: unique_keys(pool, schema, name, &context).await?,
         estimated_rows: None,
         comment: None,
     })
+}
+
+/// The unique indexes of `name` but its primary key, over plain columns and not partial (an
+/// expression column has no name), each in key order, sorted by index name.
+async fn unique_keys(
+    pool: &SqlitePool,
+    schema: &str,
+    name: &str,
+    context: &str,
+) -> Result<Vec<Vec<String>>, SourceError> {
+    super::catalog_query("SQLite", "keys", 1);
+    let rows = sqlx::query(
+        "SELECT l.name, i.name FROM pragma_index_list(?1, ?2) AS l
+         JOIN pragma_index_info(l.name, ?2) AS i
+         WHERE l.\"unique\" = 1 AND l.origin <> 'pk' AND l.partial = 0
+         ORDER BY l.name, i.seqno",
+    )
+    .bind(name)
+    .bind(schema)
+    .fetch_all(pool)
+    .await
+    .map_err(qerr(context))?;
+    let mut keys: Vec<(String, Option<Vec<String>>)> = Vec::new();
+    for row in &rows {
+        let index: String = row.try_get(0).map_err(qerr(context))?;
+        let column: Option<String> = row.try_get(1).map_err(qerr(context))?;
+        match keys.last_mut() {
+            Some((known, columns)) if *known == index => match (columns.as_mut(), column) {
+                (Some(columns), Some(column)) => columns.push(column),
+                _ => *columns = None,
+            },
+            _ => keys.push((index, column.map(|column| vec![column]))),
+        }
+    }
+    Ok(keys
+        .into_iter()
+        .filter_map(|(_, columns)| columns)
+        .collect())
 }
 
 fn parse_datetime(text: &str) -> Option<NaiveDateTime> {

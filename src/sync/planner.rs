@@ -1,29 +1,89 @@
 //! The planner: introspects every enabled table and its target, maps it, and records every
 //! decision in a [`Plan`] (see [`crate::plan::plan_table`]); then counts the rows each table
-//! will move, with the same bound the executor will use.
+//! will move, with the same bound the executor will use, and lists the dataset's orphaned
+//! targets.
+//!
+//! Thousands of tables cost a few calls, not a few per table:
+//! - the source catalogs are read with one set of queries per source and schema/database
+//!   ([`Source::describe_many`]), a few schemas at once;
+//! - BigQuery is asked once per dataset which tables exist (tables.list, paged, free), then
+//!   tables.get is called only for the targets that exist, a bounded number at a time
+//!   ([`crate::warehouse::Warehouse::get_tables`]);
+//! - row counts (and cursor maxima) run a bounded number at a time.
+//!
+//! Nothing is spawned: each stage is a stream of futures polled together (`buffered`), so a
+//! plan of 10,000 tables holds at most the source pools' connections and a fixed number of
+//! requests in flight.
+//!
+//! Why tables.get rather than one `INFORMATION_SCHEMA` query per dataset
+//! (<https://cloud.google.com/bigquery/docs/information-schema-intro>): the views would answer
+//! in one job, but a query is billed (at least 10 MB per query on demand) and needs a job in
+//! the dataset's location, and they do not carry everything a plan compares exactly:
+//! `INFORMATION_SCHEMA.COLUMNS.data_type` gives precision/scale and nesting as DDL text to
+//! parse, the partitioning's granularity and field only appear inside `TABLES.ddl`, and
+//! `numRows` is not there at all (`TABLE_STORAGE` is per region and lags). tables.get returns
+//! the exact resource the plan already decodes, costs nothing, and only existing targets need
+//! one; the price is the API's per-user, per-method rate
+//! (<https://cloud.google.com/bigquery/quotas#api_request_quotas>), which `get_tables` stays
+//! under. The emulator has no `INFORMATION_SCHEMA` worth the name either.
+
+use std::collections::{HashMap, HashSet};
+
+use futures::StreamExt;
+use indexmap::IndexMap;
 
 use crate::error::Error;
 use crate::manifest::{Manifest, TableSpec};
 use crate::mapping::map_table;
-use crate::plan::{Bound, Plan, TableInput, TablePlan, plan_table};
+use crate::plan::{Bound, Orphan, Plan, TableInput, TablePlan, orphans, plan_table};
+use crate::schema::SourceTable;
 use crate::source::Source;
-use crate::warehouse::WarehouseError;
+use crate::warehouse::{ExistingTable, ListedTable, WarehouseError, is_managed};
 
 use super::Session;
 use super::executor::read_bound;
 use super::ledger::watermark::{Latest, read_latest};
 
+/// Catalog query sets (one per source and schema) run at once.
+const DESCRIBE_CONCURRENCY: usize = 4;
+
+/// Row counts and cursor maxima run at once (each source's pool bounds its connections too).
+const COUNT_CONCURRENCY: usize = 16;
+
+/// The prefix of datasync's own tables (staging, backup, lock, key-set, rejects, the run
+/// ledger): never targets, never orphans.
+const INTERNAL_PREFIXES: [&str; 1] = ["_datasync_"];
+
 /// Builds the plan of every enabled table of `manifest`.
 pub async fn plan(manifest: &Manifest, session: &Session) -> Result<Plan, Error> {
-    let create_dataset = dataset_missing(manifest, session).await?;
     let destination = format!(
         "{}.{}",
         manifest.bigquery.project, manifest.bigquery.dataset
     );
-    let mut tables = Vec::new();
-    for spec in manifest.tables.iter().filter(|table| table.enabled) {
-        tables.push(plan_one(spec, session, create_dataset).await?);
-    }
+    let create_dataset = dataset_missing(manifest, session).await?;
+    let listed = if create_dataset {
+        Vec::new()
+    } else {
+        session
+            .warehouse
+            .list_dataset()
+            .await
+            .map_err(|source| planning(&destination, source))?
+    };
+    let specs: Vec<&TableSpec> = manifest
+        .tables
+        .iter()
+        .filter(|table| table.enabled)
+        .collect();
+    let sources = describe_all(&specs, session).await;
+    let mut existing = existing_targets(&specs, &listed, session)
+        .await
+        .map_err(|source| planning(&destination, source))?;
+    let mut tables: Vec<TablePlan> = specs
+        .iter()
+        .zip(sources)
+        .map(|(spec, source)| plan_one(spec, source, existing.remove(&spec.target)))
+        .collect();
     // The ledger's watermarks, read once for every table (none when nothing is bounded).
     let bounded = tables.iter().any(|table| {
         table
@@ -35,10 +95,27 @@ pub async fn plan(manifest: &Manifest, session: &Session) -> Result<Plan, Error>
     } else {
         Latest::default()
     };
-    for table in &mut tables {
-        table.estimated_rows = rows_to_move(session, table, &latest).await;
+    let counts: Vec<Option<u64>> = futures::stream::iter(0..tables.len())
+        .map(|index| rows_to_move(session, &tables[index], &latest))
+        .buffered(COUNT_CONCURRENCY)
+        .collect()
+        .await;
+    for (table, rows) in tables.iter_mut().zip(counts) {
+        table.estimated_rows = rows;
     }
-    Ok(Plan::new(destination, create_dataset, tables))
+    let orphaned = orphaned(manifest, session, &listed)
+        .await
+        .map_err(|source| planning(&destination, source))?;
+    let mut plan = Plan::new(destination, create_dataset, tables);
+    plan.orphaned = orphaned;
+    Ok(plan)
+}
+
+fn planning(destination: &str, source: WarehouseError) -> Error {
+    Error::Planning {
+        context: format!("dataset `{destination}`"),
+        source: Box::new(source),
+    }
 }
 
 /// Whether the dataset is missing and will be created (`create_dataset`); an error when it is
@@ -62,35 +139,99 @@ async fn dataset_missing(manifest: &Manifest, session: &Session) -> Result<bool,
     }
 }
 
-/// Introspects, maps and plans one table.
-async fn plan_one(
-    spec: &TableSpec,
+/// A source table, or why there is none (the plan shows the message).
+type Described = Result<SourceTable, String>;
+
+/// Every spec's source table (or why it has none), in order: one [`Source::describe_many`]
+/// per source and qualifier, [`DESCRIBE_CONCURRENCY`] at a time.
+async fn describe_all(specs: &[&TableSpec], session: &Session) -> Vec<Result<SourceTable, String>> {
+    let mut groups: IndexMap<(&str, Option<&str>), Vec<usize>> = IndexMap::new();
+    for (index, spec) in specs.iter().enumerate() {
+        groups
+            .entry((spec.source.as_str(), spec.qualifier.as_deref()))
+            .or_default()
+            .push(index);
+    }
+    let groups: Vec<_> = groups.into_iter().collect();
+    let described: Vec<(Vec<usize>, Vec<Described>)> = futures::stream::iter(0..groups.len())
+        .map(|group| {
+            let ((source, qualifier), indexes) = &groups[group];
+            let names: Vec<String> = indexes
+                .iter()
+                .map(|&index| specs[index].name.clone())
+                .collect();
+            async move {
+                let tables = describe_group(session, source, *qualifier, &names).await;
+                (indexes.clone(), tables)
+            }
+        })
+        .buffer_unordered(DESCRIBE_CONCURRENCY)
+        .collect()
+        .await;
+    let mut out: Vec<Option<Result<SourceTable, String>>> = vec![None; specs.len()];
+    for (indexes, tables) in described {
+        for (index, table) in indexes.into_iter().zip(tables) {
+            out[index] = Some(table);
+        }
+    }
+    out.into_iter()
+        .map(|table| table.unwrap_or_else(|| Err("the source was not described".into())))
+        .collect()
+}
+
+/// The tables `names` of one source and qualifier, or why each has none.
+async fn describe_group(
     session: &Session,
-    dataset_missing: bool,
-) -> Result<TablePlan, Error> {
-    let source = match session.sources.get(&spec.source) {
-        Some(source) => source
-            .describe(spec.qualifier.as_deref(), &spec.name)
-            .await
-            .map_err(|error| error.to_string()),
-        None => Err(session
+    source: &str,
+    qualifier: Option<&str>,
+    names: &[String],
+) -> Vec<Result<SourceTable, String>> {
+    let Some(connected) = session.sources.get(source) else {
+        let error = session
             .source_errors
-            .get(&spec.source)
+            .get(source)
             .cloned()
-            .unwrap_or_else(|| "source not connected".into())),
+            .unwrap_or_else(|| "source not connected".into());
+        return vec![Err(error); names.len()];
     };
-    let existing = if dataset_missing {
-        None
-    } else {
-        session
-            .warehouse
-            .get_table(&spec.target)
-            .await
-            .map_err(|source| Error::Planning {
-                context: format!("target `{}`", spec.target),
-                source: Box::new(source),
-            })?
-    };
+    match connected.describe_many(qualifier, names).await {
+        Ok(tables) => tables
+            .into_iter()
+            .map(|table| table.map_err(|error| error.to_string()))
+            .collect(),
+        Err(error) => vec![Err(error.to_string()); names.len()],
+    }
+}
+
+/// The specs' targets that exist, read with tables.get: only those the dataset's listing
+/// shows (a missing target needs no call), each once.
+async fn existing_targets(
+    specs: &[&TableSpec],
+    listed: &[ListedTable],
+    session: &Session,
+) -> Result<HashMap<String, ExistingTable>, WarehouseError> {
+    let present: HashSet<&str> = listed.iter().map(|table| table.name.as_str()).collect();
+    let mut wanted: Vec<String> = Vec::new();
+    let mut seen = HashSet::new();
+    for spec in specs {
+        if present.contains(spec.target.as_str()) && seen.insert(spec.target.as_str()) {
+            wanted.push(spec.target.clone());
+        }
+    }
+    let fetched = session.warehouse.get_tables(&wanted).await?;
+    Ok(wanted
+        .into_iter()
+        .zip(fetched)
+        .filter_map(|(name, table)| table.map(|table| (name, table)))
+        .collect())
+}
+
+/// Maps and plans one table from its introspected source and existing target.
+fn plan_one(
+    spec: &TableSpec,
+    source: Result<SourceTable, String>,
+    existing: Option<ExistingTable>,
+) -> TablePlan {
     let mapping = match &source {
         Ok(table) => map_table(table, spec),
         Err(_) => Err(Vec::new()),
@@ -99,14 +240,14 @@ async fn plan_one(
         .as_ref()
         .map(|table| table.unsupported.clone())
         .unwrap_or_default();
-    Ok(plan_table(TableInput {
+    plan_table(TableInput {
         spec: spec.clone(),
         source,
         mapping,
         existing_rows: existing.as_ref().and_then(|table| table.num_rows),
         existing: existing.map(|table| table.table),
         unsupported,
-    }))
+    })
 }
 
 /// Rows the table's run will move: for a bounded extraction, the rows past the target's cursor
@@ -116,14 +257,20 @@ async fn rows_to_move(session: &Session, table: &TablePlan, latest: &Latest) -> 
     let extract = table.extract()?;
     let source: &Source = session.sources.get(&table.source)?;
     let source_table = table.source_table.as_ref()?;
-    let filter = read_bound(
-        session.warehouse.as_ref(),
-        &table.target,
-        &extract.bound,
-        latest,
-    )
-    .await
-    .ok()?;
+    // A missing target holds no maximum ([`read_bound`]'s rule); the listing already said it
+    // is missing, so BigQuery is not asked again.
+    let filter = if table.existing.is_none() {
+        None
+    } else {
+        read_bound(
+            session.warehouse.as_ref(),
+            &table.target,
+            &extract.bound,
+            latest,
+        )
+        .await
+        .ok()?
+    };
     if filter.is_none()
         && let Some(rows) = source_table.estimated_rows
     {
@@ -133,4 +280,66 @@ async fn rows_to_move(session: &Session, table: &TablePlan, latest: &Latest) -> 
         .count_rows(source_table, &extract.columns, filter.as_ref())
         .await
         .ok()
+}
+
+/// The dataset's tables datasync created that no table of the manifest writes (see
+/// [`orphans`]). None are reported while a pattern's source is not connected: the tables it
+/// would match, and so their targets, are unknown. Where the listing carries no labels (the
+/// emulator), the candidates' labels are read with tables.get.
+async fn orphaned(
+    manifest: &Manifest,
+    session: &Session,
+    listed: &[ListedTable],
+) -> Result<Vec<Orphan>, WarehouseError> {
+    if manifest
+        .patterns
+        .iter()
+        .any(|pattern| !session.sources.contains_key(&pattern.source))
+    {
+        return Ok(Vec::new());
+    }
+    let mapped: Vec<&str> = manifest
+        .tables
+        .iter()
+        .map(|table| table.target.as_str())
+        .collect();
+    let candidates: Vec<&ListedTable> = listed
+        .iter()
+        .filter(|table| !mapped.contains(&table.name.as_str()))
+        .filter(|table| {
+            !INTERNAL_PREFIXES
+                .iter()
+                .any(|prefix| table.name.starts_with(prefix))
+        })
+        .collect();
+    let unlabelled: Vec<String> = candidates
+        .iter()
+        .filter(|table| table.labels.is_none())
+        .map(|table| table.name.clone())
+        .collect();
+    let read: HashMap<String, bool> = unlabelled
+        .iter()
+        .cloned()
+        .zip(session.warehouse.get_tables(&unlabelled).await?)
+        .map(|(name, table)| (name, table.is_some_and(|table| is_managed(&table.labels))))
+        .collect();
+    let dataset: Vec<(String, bool)> = candidates
+        .iter()
+        .map(|table| {
+            let managed = match &table.labels {
+                Some(labels) => is_managed(labels),
+                None => read.get(&table.name).copied().unwrap_or(false),
+            };
+            (table.name.clone(), managed)
+        })
+        .collect();
+    Ok(orphans(
+        &format!(
+            "{}:{}",
+            manifest.bigquery.project, manifest.bigquery.dataset
+        ),
+        &dataset,
+        &mapped,
+        &INTERNAL_PREFIXES,
+    ))
 }

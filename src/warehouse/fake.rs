@@ -19,8 +19,9 @@ use serde_json::{Map, Value};
 use tokio::sync::mpsc::Receiver;
 
 use super::{
-    AlterColumn, CopyRequest, Disposition, ExistingTable, LoadOutcome, LoadRequest, MergeOutcome,
-    MergeRequest, QueryParam, QueryRows, TableMeta, Warehouse, WarehouseError,
+    AlterColumn, CopyRequest, Disposition, ExistingTable, ListedTable, LoadOutcome, LoadRequest,
+    MANAGED_BY_LABEL, MergeOutcome, MergeRequest, QueryParam, QueryRows, TableMeta, Warehouse,
+    WarehouseError,
 };
 use crate::schema::{FieldMode, LoadFormat, WarehouseField, WarehouseTable};
 
@@ -28,7 +29,8 @@ use crate::schema::{FieldMode, LoadFormat, WarehouseField, WarehouseTable};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct InjectedFailure {
     /// Operation name as in the log: `ensure_dataset`, `get_table`, `create_table`,
-    /// `alter_table`, `drop_table`, `load`, `query`, `merge`, `max_value`, `cancel_job`.
+    /// `alter_table`, `drop_table`, `load`, `query`, `merge`, `max_value`, `cancel_job`,
+    /// `list_tables`, `list_dataset`.
     pub operation: String,
     /// What [`WarehouseError::retryable`] reports.
     pub retryable: bool,
@@ -53,6 +55,12 @@ struct State {
     /// `last_modified` per table: the `clock` of its last change.
     modified: BTreeMap<String, u64>,
     clock: u64,
+    /// Labels per table (`create_table` sets [`MANAGED_BY_LABEL`], like BigQuery's).
+    labels: BTreeMap<String, BTreeMap<String, String>>,
+    /// How long each `get_table` takes (to observe concurrency).
+    get_delay: Option<std::time::Duration>,
+    /// `get_table` calls in flight now, and the most seen at once.
+    gets_in_flight: (usize, usize),
 }
 
 impl State {
@@ -76,6 +84,7 @@ impl State {
             self.meta.remove(&name);
             self.tables.remove(&name);
             self.modified.remove(&name);
+            self.labels.remove(&name);
         }
     }
 }
@@ -170,6 +179,25 @@ impl FakeWarehouse {
             existing.extend(rows);
             state.touch(table);
         }
+    }
+
+    /// Sets a label on a table (test setup; not logged).
+    pub fn set_label(&self, table: &str, key: &str, value: &str) {
+        self.lock()
+            .labels
+            .entry(table.to_string())
+            .or_default()
+            .insert(key.to_string(), value.to_string());
+    }
+
+    /// Makes every `get_table` take `delay` (to observe how many run at once).
+    pub fn slow_get_table(&self, delay: std::time::Duration) {
+        self.lock().get_delay = Some(delay);
+    }
+
+    /// The most `get_table` calls that were in flight at once.
+    pub fn peak_concurrent_get_tables(&self) -> usize {
+        self.lock().gets_in_flight.1
     }
 
     /// Makes `table` read back as one datasync can't work with (like a RECORD column).
@@ -384,7 +412,17 @@ impl Warehouse for FakeWarehouse {
     }
 
     async fn get_table(&self, name: &str) -> Result<Option<ExistingTable>, WarehouseError> {
-        let state = self.begin("get_table", format!("get_table {name}"))?;
+        let delay = {
+            let mut state = self.begin("get_table", format!("get_table {name}"))?;
+            state.gets_in_flight.0 += 1;
+            state.gets_in_flight.1 = state.gets_in_flight.1.max(state.gets_in_flight.0);
+            state.get_delay
+        };
+        if let Some(delay) = delay {
+            tokio::time::sleep(delay).await;
+        }
+        let mut state = self.lock();
+        state.gets_in_flight.0 -= 1;
         Ok(state.tables.get(name).map(|(table, rows)| ExistingTable {
             table: table.clone(),
             num_rows: Some(rows.len() as u64),
@@ -395,6 +433,7 @@ impl Warehouse for FakeWarehouse {
                 .meta
                 .get(name)
                 .and_then(|(meta, _)| meta.description.clone()),
+            labels: state.labels.get(name).cloned().unwrap_or_default(),
         }))
     }
 
@@ -416,6 +455,11 @@ impl Warehouse for FakeWarehouse {
             .tables
             .insert(table.name.clone(), (table.clone(), Vec::new()));
         state.touch(&table.name);
+        let labels = BTreeMap::from([(
+            MANAGED_BY_LABEL.0.to_string(),
+            MANAGED_BY_LABEL.1.to_string(),
+        )]);
+        state.labels.insert(table.name.clone(), labels);
         Ok(())
     }
 
@@ -476,6 +520,7 @@ impl Warehouse for FakeWarehouse {
         state.tables.remove(name);
         state.meta.remove(name);
         state.modified.remove(name);
+        state.labels.remove(name);
         Ok(())
     }
 
@@ -852,6 +897,22 @@ impl Warehouse for FakeWarehouse {
             .keys()
             .filter(|name| name.starts_with(prefix))
             .cloned()
+            .collect())
+    }
+
+    async fn list_dataset(&self) -> Result<Vec<ListedTable>, WarehouseError> {
+        let state = self.begin("list_dataset", "list_dataset".into())?;
+        if !state.dataset_exists {
+            return Err(not_found("list tables", "dataset"));
+        }
+        Ok(state
+            .tables
+            .keys()
+            .map(|name| ListedTable {
+                name: name.clone(),
+                kind: Some("TABLE".into()),
+                labels: Some(state.labels.get(name).cloned().unwrap_or_default()),
+            })
             .collect())
     }
 }

@@ -36,6 +36,10 @@
 //!   schema; not atomic there).
 //! - `create_table_with` / `patch_table_meta` / `list_tables` carry datasync's own metadata
 //!   (staging expirations, leases in lock tables; `If-Match` for a lease takeover).
+//! - `list_dataset` is one tables.list walk (1,000 tables a page, free) with each table's kind
+//!   and labels; `get_tables` reads many tables with at most [`GET_TABLES_CONCURRENCY`] calls
+//!   in flight, paced under BigQuery's per-method API rate. `plan` uses both instead of one
+//!   tables.get per manifest table.
 //! - `merge_statement` de-duplicates staging per key (greatest cursor wins) and leaves NULL keys
 //!   out.
 //! - A target with columns datasync does not model (RECORD, RANGE) or that is not a table reads
@@ -59,6 +63,8 @@
 //!   GEOGRAPHY columns made by DDL read back as STRING/BYTES, BYTES in NDJSON are not
 //!   base64-decoded. None of this can be fixed client-side.
 //! - The emulator sends no `dmlStats`, so [`MergeOutcome`] has only `affected_rows` there.
+//! - tables.list truncates at `maxResults` without a page token, and lists no labels: the
+//!   emulator is listed without `maxResults`, and its listing's labels are unknown (`None`).
 
 pub mod avro;
 mod bigquery;
@@ -66,6 +72,7 @@ mod fake;
 pub mod ndjson;
 mod rows;
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -178,6 +185,71 @@ pub struct ExistingTable {
     pub unsupported: Vec<String>,
     /// The table's description (datasync's lock tables keep their lease here).
     pub description: Option<String>,
+    /// The table's labels ([`MANAGED_BY_LABEL`] on the tables datasync creates).
+    pub labels: BTreeMap<String, String>,
+}
+
+/// The label on every table datasync creates
+/// (<https://cloud.google.com/bigquery/docs/labels-intro>: lowercase keys and values, letters,
+/// digits, `_` and `-`): how `plan` tells the targets it made from the dataset's other tables.
+pub const MANAGED_BY_LABEL: (&str, &str) = ("managed-by", "datasync");
+
+/// One table of the dataset as tables.list shows it: no schema, but its name, kind and labels.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListedTable {
+    /// The table's name in the dataset.
+    pub name: String,
+    /// `TABLE`, `VIEW`, `EXTERNAL`, `MATERIALIZED_VIEW`, `SNAPSHOT`, when the listing says.
+    pub kind: Option<String>,
+    /// Its labels; `None` when the listing does not carry them (the emulator's tables.list
+    /// never does: ask tables.get).
+    pub labels: Option<BTreeMap<String, String>>,
+}
+
+/// Whether `labels` mark a table datasync created ([`MANAGED_BY_LABEL`]).
+pub fn is_managed(labels: &BTreeMap<String, String>) -> bool {
+    labels.get(MANAGED_BY_LABEL.0).map(String::as_str) == Some(MANAGED_BY_LABEL.1)
+}
+
+/// How many tables.get calls [`Warehouse::get_tables`] keeps in flight.
+pub const GET_TABLES_CONCURRENCY: usize = 16;
+
+/// [`Warehouse::get_table`] of every name, in order, with at most `concurrency` calls in flight
+/// and, with `per_second`, at most that many started per second. No task is spawned: the calls
+/// are futures polled together (`buffered`), so memory and connections stay bounded whatever the
+/// number of names. The first error ends it.
+pub async fn get_tables_bounded<W: Warehouse + ?Sized>(
+    warehouse: &W,
+    names: &[String],
+    concurrency: usize,
+    per_second: Option<u32>,
+) -> Result<Vec<Option<ExistingTable>>, WarehouseError> {
+    use futures::{StreamExt, TryStreamExt};
+    let start = tokio::time::Instant::now();
+    let spacing = per_second
+        .filter(|rate| *rate > 0)
+        .map(|rate| Duration::from_secs(1) / rate);
+    let slot = |index: usize| {
+        spacing
+            .map(|spacing| start + spacing.saturating_mul(u32::try_from(index).unwrap_or(u32::MAX)))
+    };
+    futures::stream::iter(0..names.len())
+        .map(|index| paced_get(warehouse, &names[index], slot(index)))
+        .buffered(concurrency.max(1))
+        .try_collect()
+        .await
+}
+
+/// [`Warehouse::get_table`], not before `at`.
+async fn paced_get<W: Warehouse + ?Sized>(
+    warehouse: &W,
+    name: &str,
+    at: Option<tokio::time::Instant>,
+) -> Result<Option<ExistingTable>, WarehouseError> {
+    if let Some(at) = at {
+        tokio::time::sleep_until(at).await;
+    }
+    warehouse.get_table(name).await
 }
 
 /// Table metadata datasync sets on its own tables (staging, locks, backups).
@@ -616,6 +688,19 @@ pub trait Warehouse: Send + Sync {
 
     /// The names of the dataset's tables that start with `prefix` (tables.list, every page).
     async fn list_tables(&self, prefix: &str) -> Result<Vec<String>, WarehouseError>;
+
+    /// Every table of the dataset with its kind and labels (tables.list, every page: free, and
+    /// one call per 1,000 tables).
+    async fn list_dataset(&self) -> Result<Vec<ListedTable>, WarehouseError>;
+
+    /// [`Warehouse::get_table`] of each name, in order, a bounded number at a time
+    /// ([`get_tables_bounded`] with [`GET_TABLES_CONCURRENCY`]).
+    async fn get_tables(
+        &self,
+        names: &[String],
+    ) -> Result<Vec<Option<ExistingTable>>, WarehouseError> {
+        get_tables_bounded(self, names, GET_TABLES_CONCURRENCY, None).await
+    }
 }
 
 /// The text form of a column maximum read back from BigQuery (see [`Warehouse::max_value`]),
@@ -932,6 +1017,112 @@ mod tests {
             ..request
         };
         assert!(merge_statement(&no_keys, |name| name.to_string()).is_err());
+    }
+
+    #[tokio::test]
+    async fn get_tables_keeps_order_and_a_bounded_number_in_flight() {
+        let fake = FakeWarehouse::with_dataset();
+        for name in ["a", "c"] {
+            fake.insert_table(
+                WarehouseTable {
+                    name: name.into(),
+                    fields: vec![WarehouseField::new(
+                        "id",
+                        BqType::Int64,
+                        FieldMode::Required,
+                    )],
+                    partitioning: None,
+                    clustering: Vec::new(),
+                },
+                Vec::new(),
+            );
+        }
+        fake.set_label("a", MANAGED_BY_LABEL.0, MANAGED_BY_LABEL.1);
+        fake.slow_get_table(Duration::from_millis(5));
+        let mut names: Vec<String> = (0..60).map(|index| format!("missing{index}")).collect();
+        names.insert(7, "a".into());
+        names.push("c".into());
+        let got = fake.get_tables(&names).await.unwrap();
+        assert_eq!(got.len(), names.len());
+        assert_eq!(
+            got[7].as_ref().map(|table| table.table.name.as_str()),
+            Some("a")
+        );
+        assert!(is_managed(&got[7].as_ref().unwrap().labels));
+        assert_eq!(
+            got[61].as_ref().map(|table| table.table.name.as_str()),
+            Some("c")
+        );
+        assert!(!is_managed(&got[61].as_ref().unwrap().labels));
+        assert_eq!(got.iter().filter(|table| table.is_some()).count(), 2);
+        assert_eq!(fake.count("get_table"), names.len());
+        // Overlapping calls, but never more than the bound.
+        let peak = fake.peak_concurrent_get_tables();
+        assert!(peak > 1 && peak <= GET_TABLES_CONCURRENCY, "peak {peak}");
+    }
+
+    #[tokio::test]
+    async fn get_tables_bounded_paces_its_calls() {
+        let fake = FakeWarehouse::with_dataset();
+        let names: Vec<String> = (0..21).map(|index| format!("t{index}")).collect();
+        let started = std::time::Instant::now();
+        get_tables_bounded(&fake, &names, 16, Some(100))
+            .await
+            .unwrap();
+        // 21 calls at most 100 a second: the last starts 200 ms after the first.
+        assert!(
+            started.elapsed() >= Duration::from_millis(195),
+            "{:?}",
+            started.elapsed()
+        );
+        assert_eq!(fake.count("get_table"), 21);
+    }
+
+    #[tokio::test]
+    async fn the_listing_carries_the_managed_by_label_of_created_tables() {
+        let fake = FakeWarehouse::with_dataset();
+        let table = |name: &str| WarehouseTable {
+            name: name.into(),
+            fields: vec![WarehouseField::new(
+                "id",
+                BqType::Int64,
+                FieldMode::Required,
+            )],
+            partitioning: None,
+            clustering: Vec::new(),
+        };
+        fake.create_table(&table("made")).await.unwrap();
+        fake.insert_table(table("foreign"), Vec::new());
+        fake.create_table_with(&table("_datasync_lock_made"), &TableMeta::default())
+            .await
+            .unwrap();
+        let listed = fake.list_dataset().await.unwrap();
+        let managed: Vec<(&str, bool)> = listed
+            .iter()
+            .map(|table| {
+                (
+                    table.name.as_str(),
+                    is_managed(table.labels.as_ref().unwrap()),
+                )
+            })
+            .collect();
+        assert_eq!(
+            managed,
+            [
+                ("_datasync_lock_made", false),
+                ("foreign", false),
+                ("made", true)
+            ]
+        );
+        fake.drop_table("made").await.unwrap();
+        assert_eq!(fake.list_dataset().await.unwrap().len(), 2);
+        assert!(
+            FakeWarehouse::new()
+                .list_dataset()
+                .await
+                .unwrap_err()
+                .is_not_found()
+        );
     }
 
     #[test]

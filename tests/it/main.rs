@@ -10,6 +10,7 @@ mod cli_hardening;
 mod cli_runs;
 mod ledger_fake;
 mod manifest;
+mod plan_many;
 mod source_sqlite;
 mod warehouse_auth;
 mod warehouse_protocol;

@@ -91,3 +91,52 @@ async fn sqlite_type_matrix() {
         "table `nope` not found in SQLite source"
     );
 }
+
+/// One describe of many tables gives each table exactly what describing it alone gives, in the
+/// order asked, with a missing table as its own error.
+#[tokio::test]
+async fn describing_many_tables_equals_describing_each() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("source.db");
+    {
+        let options = SqliteConnectOptions::new()
+            .filename(&path)
+            .create_if_missing(true);
+        let pool = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(options)
+            .await
+            .expect("create db");
+        pool.execute(sqlx::raw_sql(SETUP)).await.expect("setup");
+        pool.execute(sqlx::raw_sql(
+            "CREATE TABLE keyed (a INTEGER NOT NULL, b TEXT, c TEXT, d TEXT, PRIMARY KEY (b, a));
+             CREATE UNIQUE INDEX keyed_cd ON keyed (d, c);
+             CREATE UNIQUE INDEX keyed_partial ON keyed (c) WHERE c IS NOT NULL;
+             CREATE UNIQUE INDEX keyed_expr ON keyed (lower(c));
+             CREATE INDEX keyed_plain ON keyed (d);
+             CREATE VIEW named AS SELECT id, \"order\" FROM \"user\";",
+        ))
+        .await
+        .expect("more tables");
+        pool.close().await;
+    }
+    let source = connect(SourceKind::Sqlite, &format!("sqlite://{}", path.display())).await;
+    let names: Vec<String> = ["named", "user", "nope", "keyed"]
+        .iter()
+        .map(|name| name.to_string())
+        .collect();
+    let many = source.describe_many(None, &names).await.expect("describe");
+    assert_eq!(many.len(), names.len());
+    for (name, described) in names.iter().zip(&many) {
+        match (described, source.describe(None, name).await) {
+            (Ok(batch), Ok(alone)) => assert_eq!(batch, &alone, "{name}"),
+            (Err(batch), Err(alone)) => assert_eq!(batch.to_string(), alone.to_string()),
+            (batch, alone) => panic!("{name}: {batch:?} vs {alone:?}"),
+        }
+    }
+    let keyed = many[3].as_ref().expect("keyed");
+    assert_eq!(keyed.primary_key, ["b", "a"]);
+    // Partial and expression indexes do not make columns unique.
+    assert_eq!(keyed.unique_keys, [vec!["d".to_string(), "c".to_string()]]);
+    assert!(many[2].is_err());
+}

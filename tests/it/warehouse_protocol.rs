@@ -1222,3 +1222,99 @@ async fn a_tables_last_modified_time_is_read_except_on_the_emulator() {
     let emulated = client(&base).get_table("t").await.unwrap().unwrap();
     assert_eq!(emulated.last_modified, None);
 }
+
+/// tables.list is read page after page (1,000 a page) with each table's kind and labels, as
+/// real BigQuery sends them (a table without labels has none); the emulator, which truncates
+/// at `maxResults` without a page token and lists no labels, is asked without `maxResults` and
+/// its labels are unknown.
+#[tokio::test]
+async fn the_dataset_listing_reads_every_page_with_kinds_and_labels() {
+    let (base, seen) = serve(Arc::new(|request, _| {
+        let page = if request.target.contains("pageToken=p2") {
+            r#"{"tables":[{"tableReference":{"projectId":"p","datasetId":"d","tableId":"c"},"type":"VIEW"}]}"#
+        } else {
+            r#"{"nextPageToken":"p2","tables":[
+                {"tableReference":{"projectId":"p","datasetId":"d","tableId":"a"},"type":"TABLE","labels":{"managed-by":"datasync","team":"x"}},
+                {"tableReference":{"projectId":"p","datasetId":"d","tableId":"b"},"type":"TABLE"}]}"#
+        };
+        canned(200, page)
+    }))
+    .await;
+    let listed = client(&base)
+        .without_emulator_quirks()
+        .list_dataset()
+        .await
+        .unwrap();
+    let summary: Vec<(String, Option<String>, Option<bool>)> = listed
+        .iter()
+        .map(|table| {
+            (
+                table.name.clone(),
+                table.kind.clone(),
+                table.labels.as_ref().map(datasync::warehouse::is_managed),
+            )
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            ("a".into(), Some("TABLE".into()), Some(true)),
+            ("b".into(), Some("TABLE".into()), Some(false)),
+            ("c".into(), Some("VIEW".into()), Some(false)),
+        ]
+    );
+    let targets: Vec<String> = seen
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|request| request.target.clone())
+        .collect();
+    assert_eq!(
+        targets,
+        [
+            "/bigquery/v2/projects/p/datasets/d/tables?maxResults=1000",
+            "/bigquery/v2/projects/p/datasets/d/tables?maxResults=1000&pageToken=p2",
+        ]
+    );
+    seen.lock().unwrap().clear();
+    let emulated = client(&base).list_dataset().await.unwrap();
+    assert_eq!(emulated.len(), 3);
+    assert!(emulated.iter().all(|table| table.labels.is_none()));
+    assert!(
+        seen.lock()
+            .unwrap()
+            .iter()
+            .all(|request| !request.target.contains("maxResults")),
+        "{:?}",
+        seen.lock().unwrap()
+    );
+}
+
+/// tables.get of many targets on real BigQuery starts at most 80 calls a second (under the API's
+/// 100 requests per second per user and method); the emulator is not paced.
+#[tokio::test]
+async fn many_tables_gets_are_paced_on_real_bigquery() {
+    let (base, seen) = serve(Arc::new(|_, _| {
+        canned(
+            404,
+            r#"{"error":{"code":404,"message":"Not found","errors":[{"reason":"notFound"}]}}"#,
+        )
+    }))
+    .await;
+    let names: Vec<String> = (0..17).map(|index| format!("t{index}")).collect();
+    let started = std::time::Instant::now();
+    let got = client(&base)
+        .without_emulator_quirks()
+        .get_tables(&names)
+        .await
+        .unwrap();
+    // 17 calls at 80 a second: the last starts 200 ms after the first.
+    assert!(
+        started.elapsed() >= Duration::from_millis(195),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(got.len(), 17);
+    assert!(got.iter().all(Option::is_none));
+    assert_eq!(seen.lock().unwrap().len(), 17);
+}

@@ -12,6 +12,7 @@ mod apply_e2e;
 mod cli_init;
 mod geography;
 mod ledger_e2e;
+mod plan_orphans;
 mod roundtrip;
 mod shard;
 mod source_mysql;

@@ -162,3 +162,90 @@ async fn mysql_type_matrix() {
     assert_eq!(ids, ["\"4\"", "\"18446744073709551615\""]);
     insta::assert_snapshot!("mysql_missing", redact(&outcome.missing));
 }
+
+/// Tables beside the type matrix: keys of every kind.
+const MORE: &str = r#"
+CREATE TABLE {D}.keyed (a INT NOT NULL, b VARCHAR(10) NOT NULL, c VARCHAR(10), d INT,
+  e VARCHAR(10), t TEXT,
+  PRIMARY KEY (b, a), UNIQUE KEY keyed_cd (d, c), UNIQUE KEY keyed_z (e),
+  UNIQUE KEY keyed_prefix (t(5)), KEY keyed_plain (d)) COMMENT 'with keys'
+"#;
+
+/// One information_schema query set for many tables of a database gives each exactly what
+/// describing it alone gives (the type matrix included), in the order asked; a missing table is
+/// its own error. Also past the `IN`-list limit, where the whole database is read.
+#[tokio::test]
+async fn mysql_describing_many_tables_equals_describing_each() {
+    let url = url("DATASYNC_TEST_MYSQL_URL", DEFAULT_URL);
+    let source = connect(SourceKind::Mysql, &url).await;
+    let Source::Mysql(admin) = &source else {
+        unreachable!()
+    };
+    let database = unique("ds-batch");
+    let quoted = format!("`{database}`");
+    admin
+        .execute(sqlx::raw_sql(&format!("CREATE DATABASE {quoted}")))
+        .await
+        .expect("create database");
+    let compared = async {
+        admin
+            .execute(sqlx::raw_sql(&CREATE.replace("{D}", &quoted)))
+            .await
+            .expect("create table");
+        admin
+            .execute(sqlx::raw_sql(&MORE.replace("{D}", &quoted)))
+            .await
+            .expect("more tables");
+        let names: Vec<String> = ["keyed", "order", "nope"]
+            .iter()
+            .map(|name| name.to_string())
+            .collect();
+        let mut alone = Vec::new();
+        for name in &names {
+            alone.push(source.describe(Some(&database), name).await);
+        }
+        let many = source.describe_many(Some(&database), &names).await?;
+        // 1,500 names (repeated): past the `IN`-list limit.
+        let long: Vec<String> = names.iter().cycle().take(1500).cloned().collect();
+        let whole = source.describe_many(Some(&database), &long).await?;
+        Ok::<_, SourceError>((names, alone, many, whole))
+    }
+    .await;
+    admin
+        .execute(sqlx::raw_sql(&format!("DROP DATABASE {quoted}")))
+        .await
+        .expect("drop database");
+    let (names, alone, many, whole) = compared.expect("describe");
+    let same = |batch: &Result<_, SourceError>, alone: &Result<_, SourceError>, name: &str| match (
+        batch, alone,
+    ) {
+        (Ok(batch), Ok(alone)) => assert_eq!(batch, alone, "{name}"),
+        (Err(batch), Err(alone)) => assert_eq!(batch.to_string(), alone.to_string()),
+        (batch, alone) => panic!("{name}: {batch:?} vs {alone:?}"),
+    };
+    for ((name, batch), alone) in names.iter().zip(&many).zip(&alone) {
+        same(batch, alone, name);
+    }
+    assert_eq!(whole.len(), 1500);
+    for (index, batch) in whole.iter().enumerate() {
+        same(batch, &alone[index % 3], &names[index % 3]);
+    }
+    let keyed = many[0].as_ref().expect("keyed");
+    assert_eq!(keyed.primary_key, ["b", "a"]);
+    // Sorted by index name; a unique column prefix makes no column unique.
+    assert_eq!(
+        keyed.unique_keys,
+        [
+            vec!["d".to_string(), "c".to_string()],
+            vec!["e".to_string()]
+        ]
+    );
+    assert_eq!(keyed.comment.as_deref(), Some("with keys"));
+    let matrix = many[1].as_ref().expect("order");
+    assert_eq!(matrix.primary_key, ["id"]);
+    assert!(
+        matrix.columns.iter().any(|column| column.is_json),
+        "MariaDB JSON"
+    );
+    assert!(many[2].is_err());
+}

@@ -231,3 +231,88 @@ async fn postgres_connect_error_hides_password() {
     assert!(!text.contains("Sup3rSecret"), "{text}");
     assert!(text.contains("source `test`"), "{text}");
 }
+
+/// Tables beside the type matrix: keys of every kind, a view, a partitioned table.
+const MORE: &str = r#"
+CREATE TABLE {S}.keyed (a int NOT NULL, b text NOT NULL, c text, d int, e text, gone int,
+  PRIMARY KEY (b, a));
+ALTER TABLE {S}.keyed DROP COLUMN gone;
+ALTER TABLE {S}.keyed ADD CONSTRAINT keyed_cd UNIQUE (d, c);
+CREATE UNIQUE INDEX keyed_z ON {S}.keyed (e);
+CREATE UNIQUE INDEX keyed_partial ON {S}.keyed (c) WHERE c IS NOT NULL;
+CREATE UNIQUE INDEX keyed_expr ON {S}.keyed (lower(c));
+CREATE INDEX keyed_plain ON {S}.keyed (d);
+COMMENT ON TABLE {S}.keyed IS 'with keys';
+INSERT INTO {S}.keyed VALUES (1, 'x', 'c', 1, 'e');
+ANALYZE {S}.keyed;
+CREATE VIEW {S}.v AS SELECT id, "User" FROM {S}."Types Table";
+CREATE TABLE {S}.parted (id int8 PRIMARY KEY, at date) PARTITION BY RANGE (id);
+"#;
+
+/// One catalog query set for many tables of a schema gives each exactly what describing it
+/// alone gives (the type matrix included), in the order asked; a missing table is its own
+/// error.
+#[tokio::test]
+async fn postgres_describing_many_tables_equals_describing_each() {
+    let url = url("DATASYNC_TEST_POSTGRES_URL", DEFAULT_URL);
+    let source = connect(SourceKind::Postgres, &url).await;
+    let Source::Postgres(admin) = &source else {
+        unreachable!()
+    };
+    let schema = unique("DsBatch");
+    scratch(admin, &schema).await;
+    let more = admin
+        .execute(sqlx::raw_sql(
+            &MORE.replace("{S}", &format!("\"{schema}\"")),
+        ))
+        .await;
+    let names: Vec<String> = ["v", "Types Table", "nope", "keyed", "parted", "types table"]
+        .iter()
+        .map(|name| name.to_string())
+        .collect();
+    let compared = async {
+        more.expect("more tables");
+        let many = source.describe_many(Some(&schema), &names).await?;
+        let mut alone = Vec::new();
+        for name in &names {
+            alone.push(source.describe(Some(&schema), name).await);
+        }
+        Ok::<_, SourceError>((many, alone))
+    }
+    .await;
+    admin
+        .execute(sqlx::raw_sql(&format!("DROP SCHEMA \"{schema}\" CASCADE")))
+        .await
+        .expect("drop schema");
+    let (many, alone) = compared.expect("describe");
+    assert_eq!(many.len(), names.len());
+    for ((name, batch), alone) in names.iter().zip(&many).zip(&alone) {
+        match (batch, alone) {
+            (Ok(batch), Ok(alone)) => assert_eq!(batch, alone, "{name}"),
+            (Err(batch), Err(alone)) => assert_eq!(batch.to_string(), alone.to_string()),
+            (batch, alone) => panic!("{name}: {batch:?} vs {alone:?}"),
+        }
+    }
+    assert!(
+        many[2].is_err() && many[5].is_err(),
+        "names are case-sensitive"
+    );
+    let keyed = many[3].as_ref().expect("keyed");
+    assert_eq!(keyed.primary_key, ["b", "a"]);
+    // Sorted by index name; partial and expression indexes make no column unique.
+    assert_eq!(
+        keyed.unique_keys,
+        [
+            vec!["d".to_string(), "c".to_string()],
+            vec!["e".to_string()]
+        ]
+    );
+    assert_eq!(keyed.estimated_rows, Some(1));
+    assert_eq!(keyed.comment.as_deref(), Some("with keys"));
+    let ordinals: Vec<u32> = keyed.columns.iter().map(|column| column.ordinal).collect();
+    assert_eq!(ordinals, [1, 2, 3, 4, 5], "the dropped column is left out");
+    let matrix = many[1].as_ref().expect("matrix");
+    assert_eq!(matrix.columns.len(), 35);
+    assert!(matrix.unique_keys.is_empty());
+    assert_eq!(many[4].as_ref().expect("parted").primary_key, ["id"]);
+}

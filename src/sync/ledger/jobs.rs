@@ -70,6 +70,17 @@ impl Warehouse for JobLog {
         self.inner.get_table(name).await
     }
 
+    async fn list_dataset(&self) -> Result<Vec<crate::warehouse::ListedTable>, WarehouseError> {
+        self.inner.list_dataset().await
+    }
+
+    async fn get_tables(
+        &self,
+        names: &[String],
+    ) -> Result<Vec<Option<ExistingTable>>, WarehouseError> {
+        self.inner.get_tables(names).await
+    }
+
     async fn create_table(&self, table: &WarehouseTable) -> Result<(), WarehouseError> {
         self.inner.create_table(table).await
     }

@@ -18,6 +18,8 @@ impl BigQuery {
         request: reqwest::RequestBuilder,
     ) -> Result<Reply, WarehouseError> {
         let token = self.token().await?;
+        // At debug level, one line per HTTP request (`bench/plan_many.sh` counts them).
+        tracing::debug!(context, "BigQuery request");
         let response = request
             .bearer_auth(token)
             .send()

@@ -25,9 +25,9 @@ pub use retry::RetryPolicy;
 pub use upload::{CHUNK_GRANULARITY, DEFAULT_CHUNK_SIZE, content_range, next_offset_from_range};
 
 use super::{
-    AlterColumn, CopyRequest, ExistingTable, LoadOutcome, LoadRequest, MergeOutcome, MergeRequest,
-    QueryParam, QueryRows, TableMeta, Warehouse, WarehouseError, alter_statements, merge_statement,
-    quote_ident,
+    AlterColumn, CopyRequest, ExistingTable, GET_TABLES_CONCURRENCY, ListedTable, LoadOutcome,
+    LoadRequest, MANAGED_BY_LABEL, MergeOutcome, MergeRequest, QueryParam, QueryRows, TableMeta,
+    Warehouse, WarehouseError, alter_statements, get_tables_bounded, merge_statement, quote_ident,
 };
 use crate::manifest::resolve::BigQuerySpec;
 use crate::schema::{FieldMode, WarehouseTable};
@@ -64,9 +64,6 @@ pub struct BigQuery {
     pub(super) chunk_size: usize,
     completed_loads: Mutex<HashMap<String, LoadOutcome>>,
 }
-
-/// The label on every table datasync creates.
-pub const MANAGED_BY_LABEL: (&str, &str) = ("managed-by", "datasync");
 
 impl std::fmt::Debug for BigQuery {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -310,6 +307,38 @@ impl BigQuery {
             .extend(prefix)
             .extend(segments);
         Ok(url)
+    }
+}
+
+/// Most tables.get calls [`Warehouse::get_tables`] starts per second on real BigQuery: under its
+/// 100 API requests per second per user and method
+/// (<https://cloud.google.com/bigquery/quotas#api_request_quotas>), leaving room for the
+/// process's other calls.
+const TABLES_GET_PER_SECOND: u32 = 80;
+
+impl BigQuery {
+    /// Every entry of tables.list, page after page (1,000 a page; free). The emulator answers
+    /// `maxResults` with that many tables and no `nextPageToken` (scripts/EMULATOR.md), so it
+    /// is asked without one and sends every table at once.
+    async fn list_pages(&self) -> Result<Vec<model::TableListEntry>, WarehouseError> {
+        let context = format!("list tables of {}.{}", self.project, self.dataset);
+        let mut entries = Vec::new();
+        let mut page: Option<String> = None;
+        loop {
+            let mut url = self.api_url(&["datasets", &self.dataset, "tables"])?;
+            if !self.emulator {
+                url.query_pairs_mut().append_pair("maxResults", "1000");
+            }
+            if let Some(token) = &page {
+                url.query_pairs_mut().append_pair("pageToken", token);
+            }
+            let list: TableList = self.send_json(&context, Method::GET, url, None).await?;
+            entries.extend(list.tables);
+            match list.next_page_token.filter(|token| !token.is_empty()) {
+                Some(token) if page.as_deref() != Some(token.as_str()) => page = Some(token),
+                _ => return Ok(entries),
+            }
+        }
     }
 }
 
@@ -649,27 +678,40 @@ impl Warehouse for BigQuery {
     }
 
     async fn list_tables(&self, prefix: &str) -> Result<Vec<String>, WarehouseError> {
-        let context = format!("list tables of {}.{}", self.project, self.dataset);
-        let mut names = Vec::new();
-        let mut page: Option<String> = None;
-        loop {
-            let mut url = self.api_url(&["datasets", &self.dataset, "tables"])?;
-            url.query_pairs_mut().append_pair("maxResults", "1000");
-            if let Some(token) = &page {
-                url.query_pairs_mut().append_pair("pageToken", token);
-            }
-            let list: TableList = self.send_json(&context, Method::GET, url, None).await?;
-            names.extend(
-                list.tables
-                    .into_iter()
-                    .map(|entry| entry.table_reference.table_id)
-                    .filter(|name| name.starts_with(prefix)),
-            );
-            match list.next_page_token.filter(|token| !token.is_empty()) {
-                Some(token) if page.as_deref() != Some(token.as_str()) => page = Some(token),
-                _ => return Ok(names),
-            }
-        }
+        Ok(self
+            .list_pages()
+            .await?
+            .into_iter()
+            .map(|entry| entry.table_reference.table_id)
+            .filter(|name| name.starts_with(prefix))
+            .collect())
+    }
+
+    async fn list_dataset(&self) -> Result<Vec<ListedTable>, WarehouseError> {
+        let emulator = self.emulator;
+        Ok(self
+            .list_pages()
+            .await?
+            .into_iter()
+            .map(|entry| ListedTable {
+                name: entry.table_reference.table_id,
+                kind: entry.kind,
+                // Real BigQuery lists a table's labels (none listed: it has none); the
+                // emulator lists none ever (scripts/EMULATOR.md).
+                labels: (!emulator).then(|| entry.labels.unwrap_or_default()),
+            })
+            .collect())
+    }
+
+    async fn get_tables(
+        &self,
+        names: &[String],
+    ) -> Result<Vec<Option<ExistingTable>>, WarehouseError> {
+        // tables.get is free, but BigQuery throttles API calls per user and method
+        // (https://cloud.google.com/bigquery/quotas#api_request_quotas): paced below that,
+        // with a bounded number in flight. The emulator has no such quota.
+        let pace = (!self.emulator).then_some(TABLES_GET_PER_SECOND);
+        get_tables_bounded(self, names, GET_TABLES_CONCURRENCY, pace).await
     }
 
     async fn cancel_job(&self, job_id: &str) -> Result<(), WarehouseError> {

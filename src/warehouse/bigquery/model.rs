@@ -1,6 +1,8 @@
 //! Our own serde structs for the BigQuery REST resources we use. They carry what the crate's
 //! models drop (precision, scale, maxLength) and tolerate what the emulator omits.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::Value;
 
@@ -120,13 +122,21 @@ pub(crate) struct TableResource {
     /// Milliseconds since the epoch, as a string (the emulator ignores it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expiration_time: Option<String>,
+    /// Labels (read back; `create_table` sets its own in the request body).
+    #[serde(default, skip_serializing)]
+    pub labels: Option<BTreeMap<String, String>>,
 }
 
-/// One entry of tables.list.
+/// One entry of tables.list: a partial table resource with, among others, its kind and labels
+/// (<https://cloud.google.com/bigquery/docs/reference/rest/v2/tables/list#response-body>).
 #[derive(Debug, Clone, Deserialize, Default)]
 #[serde(rename_all = "camelCase")]
 pub(crate) struct TableListEntry {
     pub table_reference: TableReference,
+    #[serde(default, rename = "type")]
+    pub kind: Option<String>,
+    #[serde(default)]
+    pub labels: Option<BTreeMap<String, String>>,
 }
 
 /// A tables.list page.
@@ -264,6 +274,7 @@ impl TableResource {
             last_modified: self.last_modified_time.clone(),
             unsupported,
             description: self.description.clone(),
+            labels: self.labels.clone().unwrap_or_default(),
         })
     }
 }

@@ -9,5 +9,6 @@ mod cli;
 mod cli_hardening;
 mod manifest;
 mod source_sqlite;
+mod source_ssh;
 mod warehouse_auth;
 mod warehouse_protocol;

@@ -16,4 +16,5 @@ mod shard;
 mod source_mysql;
 mod source_postgres;
 mod source_session;
+mod source_ssh;
 mod warehouse_bigquery;

@@ -683,6 +683,101 @@ async fn the_tunnel_keeps_tls_lives_with_the_source_and_reconnects() {
     drop(direct);
 }
 
+/// A CA and a server certificate for `name` it signed: (CA PEM, TLS acceptor).
+fn tls_for(name: &str) -> (String, tokio_rustls::TlsAcceptor) {
+    use tokio_rustls::rustls;
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params.key_usages = vec![
+        rcgen::KeyUsagePurpose::KeyCertSign,
+        rcgen::KeyUsagePurpose::DigitalSignature,
+    ];
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = rcgen::Issuer::new(ca_params, ca_key);
+    let mut leaf_params = rcgen::CertificateParams::new(vec![name.to_string()]).unwrap();
+    leaf_params.use_authority_key_identifier_extension = true;
+    leaf_params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
+    let leaf_key = rcgen::KeyPair::generate().unwrap();
+    let leaf = leaf_params.signed_by(&leaf_key, &issuer).unwrap();
+    let config = rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(
+        vec![leaf.der().clone()],
+        rustls::pki_types::PrivateKeyDer::Pkcs8(leaf_key.serialize_der().into()),
+    )
+    .unwrap();
+    (
+        ca.pem(),
+        tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config)),
+    )
+}
+
+/// A PostgreSQL server that only does TLS: it answers the SSLRequest, completes the handshake
+/// and reports the server name the client asked for, then hangs up.
+async fn tls_only_postgres(
+    acceptor: tokio_rustls::TlsAcceptor,
+) -> (u16, tokio::sync::mpsc::UnboundedReceiver<Option<String>>) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (seen, handshakes) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let mut request = [0u8; 8];
+            if stream.read_exact(&mut request).await.is_err() {
+                continue;
+            }
+            // SSLRequest: length 8, code 80877103.
+            assert_eq!(request, [0, 0, 0, 8, 4, 210, 22, 47]);
+            stream.write_all(b"S").await.unwrap();
+            if let Ok(tls) = acceptor.accept(stream).await {
+                let _ = seen.send(tls.get_ref().1.server_name().map(str::to_string));
+            }
+        }
+    });
+    (port, handshakes)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn verify_full_checks_the_database_host_name_through_the_tunnel() {
+    let sshd = Sshd::start();
+    let known = sshd.known_hosts("known_hosts", "host_key.pub");
+    for (certificate_for, verified) in [("localhost", true), ("db.elsewhere.example", false)] {
+        let (ca, acceptor) = tls_for(certificate_for);
+        let ca_file = sshd.path("ca.pem");
+        std::fs::write(&ca_file, ca).unwrap();
+        let (port, mut handshakes) = tls_only_postgres(acceptor).await;
+        // `localhost` is what the SSH server connects to, and what TLS must check.
+        let mut spec = spec(
+            SourceKind::Postgres,
+            &format!("postgres://reader@localhost:{port}/app"),
+            sshd.ssh("user_key", &known),
+        );
+        spec.tls.mode = TlsMode::VerifyFull;
+        spec.tls.ca = Some(ca_file.display().to_string());
+        let error = connect_error(&spec).await;
+        let handshake = tokio::time::timeout(Duration::from_millis(500), handshakes.recv()).await;
+        if verified {
+            assert_eq!(
+                handshake.ok().flatten(),
+                Some(Some("localhost".to_string())),
+                "no TLS handshake for `localhost` through the tunnel: {error}"
+            );
+        } else {
+            assert!(
+                handshake.is_err() || handshake.is_ok_and(|seen| seen.is_none()),
+                "a certificate for another host was accepted"
+            );
+            assert!(error.contains("certificate"), "{error}");
+        }
+    }
+}
+
 /// The pids of a process's descendants (Linux `/proc`), children first.
 fn children(pid: u32) -> Vec<u32> {
     let direct: Vec<u32> = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))

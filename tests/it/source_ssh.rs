@@ -130,6 +130,7 @@ fn ssh_mistakes_are_reported_at_once_with_their_lines() {
       host: bastion
       user: deploy
       keyfile: /k
+      key_passphrase: hunter3-phrase
       password: hunter2-ssh
     tables: {{t4: }}
 "
@@ -137,6 +138,7 @@ fn ssh_mistakes_are_reported_at_once_with_their_lines() {
     let failure = load(&text, env(&[("PASS", "p")])).unwrap_err();
     let rendered = render(&failure);
     assert!(!rendered.contains("hunter2-ssh"), "{rendered}");
+    assert!(!rendered.contains("hunter3-phrase"), "{rendered}");
     insta::assert_snapshot!(rendered);
 }
 

@@ -2,7 +2,12 @@
 # Ensure PostgreSQL and MariaDB are reachable on 127.0.0.1 for datasync's
 # integration tests. Idempotent: safe to run any number of times.
 #
-#   scripts/services.sh [postgres] [mariadb]     (default: both)
+#   scripts/services.sh [postgres] [mariadb] [ssh]     (default: postgres and mariadb)
+#
+# `ssh` only installs OpenSSH's server binary (/usr/sbin/sshd, Debian's openssh-server) for the
+# SSH tunnel tests, which start their own sshd on a free loopback port with a generated config
+# and host key. It never starts or reconfigures the system's sshd (a policy-rc.d keeps the
+# package from starting it while it installs).
 #
 # - reachable already      -> prints one line per service, changes nothing
 # - installed but stopped  -> starts it (needs root)
@@ -328,18 +333,47 @@ ensure_mariadb() {
     echo "MariaDB: running on $MY_HOST:$MY_PORT"
 }
 
+# ---------------------------------------------------------------- OpenSSH server (tests only)
+
+SSHD=/usr/sbin/sshd
+
+ensure_sshd() {
+    if [ -x "$SSHD" ]; then
+        echo "OpenSSH server: $SSHD is installed (the tests start their own on loopback)"
+        return 0
+    fi
+    is_root || die "OpenSSH's sshd is not installed. Install it as root: apt-get install -y openssh-server (the SSH tunnel tests start their own sshd; the system's is not needed)"
+    # policy-rc.d 101: the package must not start (or restart) the system's sshd while it
+    # installs; the tests run their own. Removed again right after.
+    local policy=/usr/sbin/policy-rc.d had_policy=0
+    if [ -e "$policy" ]; then had_policy=1; fi
+    if [ "$had_policy" -eq 0 ]; then
+        printf '#!/bin/sh\nexit 101\n' >"$policy"
+        chmod +x "$policy"
+    fi
+    apt_install openssh-server
+    if [ "$had_policy" -eq 0 ]; then rm -f "$policy"; fi
+    [ -x "$SSHD" ] || die "OpenSSH server: install did not provide $SSHD"
+    mark_ours sshd
+    echo "OpenSSH server: installed $SSHD (not started; the tests start their own on loopback)"
+}
+
 # ---------------------------------------------------------------- main
 
 want_pg=0
 want_my=0
+want_ssh=0
 [ "$#" -eq 0 ] && set -- postgres mariadb
 for service in "$@"; do
     case "$service" in
     postgres | postgresql) want_pg=1 ;;
     mariadb | mysql) want_my=1 ;;
-    *) die "unknown service $service (use postgres and/or mariadb)" ;;
+    ssh | sshd) want_ssh=1 ;;
+    *) die "unknown service $service (use postgres, mariadb and/or ssh)" ;;
     esac
 done
+
+[ "$want_ssh" -eq 1 ] && ensure_sshd
 
 if [ "$want_pg" -eq 1 ]; then
     ensure_postgres

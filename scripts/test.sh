@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Runs every datasync test against real services: PostgreSQL and MariaDB on loopback
-# (installed and started if missing) and the BigQuery emulator in a project-local venv.
+# (installed and started if missing), OpenSSH's sshd binary (installed if missing; the SSH
+# tunnel tests start their own on loopback) and the BigQuery emulator in a project-local venv.
 #
 #   scripts/test.sh [extra cargo test args]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-bash scripts/services.sh
+bash scripts/services.sh postgres mariadb ssh
 bash scripts/postgis.sh
 bash scripts/emulator.sh start
 

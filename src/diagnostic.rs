@@ -123,6 +123,8 @@ codes! {
     ManifestSchemaIgnored => "datasync::manifest::schema_ignored",
     /// Inconsistent TLS settings.
     ManifestTls => "datasync::manifest::tls",
+    /// An `ssh` tunnel setting that is missing, invalid or not for this engine.
+    ManifestSsh => "datasync::manifest::ssh",
     /// An empty or repeated column name in a list.
     ManifestColumn => "datasync::manifest::column",
     /// A column named by an option but not selected.

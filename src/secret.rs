@@ -117,8 +117,7 @@ mod tests {
 }
 
 /// Keys whose values are secrets wherever they appear in a manifest text.
-const SECRET_KEYS: &str =
-    r"(?i)\b(password|passwd|pwd|secret|token|private_key|client_secret|refresh_token)\b";
+const SECRET_KEYS: &str = r"(?i)\b(password|passwd|pwd|secret|token|private_key|client_secret|refresh_token|key_passphrase|passphrase)\b";
 
 fn secret_value_regex() -> &'static regex::Regex {
     static REGEX: std::sync::LazyLock<regex::Regex> = std::sync::LazyLock::new(|| {

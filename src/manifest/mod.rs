@@ -211,7 +211,14 @@ pub fn load(input: &ManifestInput) -> Result<Loaded, LoadFailure> {
         .filter(|problem| problem.code == Code::ManifestEnvVar)
         .filter_map(|problem| problem.pointer().map(str::to_string))
         .collect();
-    let manifest = check(&document, &mut problems);
+    let mut manifest = check(&document, &mut problems);
+    if let Some(manifest) = manifest.as_mut() {
+        resolve::expand_home(
+            manifest,
+            env::get(&input.env, env::vars::HOME),
+            &mut problems,
+        );
+    }
     problems.retain(|problem| {
         problem.code == Code::ManifestEnvVar
             || !problem
@@ -295,7 +302,10 @@ fn check_limits(text: &str) -> Result<(), document::SyntaxError> {
 fn check(document: &Value, problems: &mut Vec<Diagnostic>) -> Option<Manifest> {
     let mut repaired = document.clone();
     let mut removed: Vec<String> = Vec::new();
-    for error in validator().iter_errors(document) {
+    for error in validator()
+        .iter_errors(document)
+        .flat_map(|error| optional_branch(error.to_owned()))
+    {
         let problem = schema_problem(&error);
         if let Some(pointer) = problem.pointer()
             && !pointer.is_empty()
@@ -322,6 +332,39 @@ fn check(document: &Value, problems: &mut Vec<Diagnostic>) -> Option<Manifest> {
             }
             None
         }
+    }
+}
+
+/// The errors of an optional section (`tls`, `ssh`, …: `anyOf: [{$ref}, {type: null}]`) that is
+/// present: those of the object branch (a missing or unknown field, a value out of range), not
+/// one "invalid value" for the whole section. Other errors (scalars: an enum keeps its field's
+/// description) pass unchanged.
+fn optional_branch(
+    error: jsonschema::ValidationError<'static>,
+) -> Vec<jsonschema::ValidationError<'static>> {
+    use jsonschema::error::ValidationErrorKind;
+    let ValidationErrorKind::AnyOf { context } = error.kind() else {
+        return vec![error];
+    };
+    let null_branch = |branch: &[jsonschema::ValidationError<'static>]| {
+        matches!(branch, [only] if matches!(only.kind(), ValidationErrorKind::Type { .. })
+            && only.instance_path() == error.instance_path())
+    };
+    let object_branch = match context.as_slice() {
+        [first, second] if null_branch(second) && !first.is_empty() => 0,
+        [first, second] if null_branch(first) && !second.is_empty() => 1,
+        _ => return vec![error],
+    };
+    if !error.instance().is_object() {
+        return vec![error];
+    }
+    match error.into_parts().kind {
+        ValidationErrorKind::AnyOf { mut context } => context
+            .swap_remove(object_branch)
+            .into_iter()
+            .flat_map(optional_branch)
+            .collect(),
+        _ => Vec::new(),
     }
 }
 

@@ -272,6 +272,11 @@ pub struct RawSource {
     /// TLS settings.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<RawTls>,
+    /// Reach the database through an SSH server (a bastion host): `host` and `port` above are
+    /// then the database as the SSH server sees it (e.g. `localhost` for a database on the
+    /// bastion itself, or a private address). Not for SQLite sources, which are files.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ssh: Option<RawSsh>,
     /// Connection pool.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pool: Option<RawPool>,
@@ -337,6 +342,37 @@ pub struct RawTls {
     /// Path to the client certificate's PEM key.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key: Option<String>,
+}
+
+/// An SSH tunnel to a source. The server's host key must be in `known_hosts` (an unknown host
+/// or a changed key fails the connection; nothing is learned on first use).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawSsh {
+    /// The SSH server's host name or IP address, as recorded in `known_hosts`.
+    pub host: String,
+    /// The SSH server's port. Default: `22`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 65535))]
+    pub port: Option<u32>,
+    /// User name on the SSH server.
+    pub user: String,
+    /// Path to the private key file (OpenSSH, PEM or PKCS#8; Ed25519, ECDSA or RSA). `~/` is
+    /// the home directory (`HOME`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    /// Passphrase of an encrypted `key`. Use `${VAR}` to read it from the environment; it is
+    /// never printed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_passphrase: Option<String>,
+    /// Password authentication, tried when there is no `key` or the server refuses it. Use
+    /// `${VAR}`; it is never printed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password: Option<String>,
+    /// The known_hosts file (OpenSSH format, hashed entries included) that must hold the SSH
+    /// server's host key. Default: `~/.ssh/known_hosts`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub known_hosts: Option<String>,
 }
 
 /// Connection-pool settings of a source.

@@ -10,13 +10,14 @@ use serde::Serialize;
 use super::document::escape_segment;
 use super::env::parse_duration;
 use super::raw::{
-    RawDuration, RawManifest, RawSource, RawTable, RawTypePolicies, SourceKind, TlsMode, WriteMode,
+    RawDuration, RawManifest, RawSource, RawSsh, RawTable, RawTypePolicies, SourceKind, TlsMode,
+    WriteMode,
 };
 use super::{Code, Diagnostic, error_at, warning_at};
 use crate::names;
 pub use crate::schema::policy::TypePolicies;
 use crate::schema::{BqTypeSpec, LoadFormat};
-use crate::secret::Secret;
+use crate::secret::{REDACTED, Secret};
 
 /// Default rows per batch.
 pub const DEFAULT_BATCH_SIZE: u64 = 10_000;
@@ -137,6 +138,8 @@ pub struct SourceSpec {
     pub connection: Connection,
     /// TLS.
     pub tls: TlsSpec,
+    /// The SSH tunnel the database is reached through, if any.
+    pub ssh: Option<SshSpec>,
     /// Most pool connections (defaults to the manifest's parallelism).
     pub max_connections: u32,
     /// Idle connections kept.
@@ -178,6 +181,38 @@ pub struct TlsSpec {
     pub cert: Option<String>,
     /// Client key path.
     pub key: Option<String>,
+}
+
+/// Default SSH port.
+pub const DEFAULT_SSH_PORT: u16 = 22;
+/// The known_hosts file used when `ssh.known_hosts` is not set.
+pub const DEFAULT_KNOWN_HOSTS: &str = "~/.ssh/known_hosts";
+
+/// An SSH tunnel to a source: the SSH server, how to log in, which host keys to trust. The
+/// database's host and port (in [`Connection`]) are as the SSH server sees them.
+#[derive(Debug, Clone, Serialize)]
+pub struct SshSpec {
+    /// The SSH server's host name, as written (and as looked up in `known_hosts`).
+    pub host: String,
+    /// The SSH server's port.
+    pub port: u16,
+    /// User name on the SSH server.
+    pub user: String,
+    /// Private key file (`~/` expanded).
+    pub key: Option<String>,
+    /// Passphrase of `key`.
+    pub key_passphrase: Option<Secret>,
+    /// Password.
+    pub password: Option<Secret>,
+    /// The known_hosts file (`~/` expanded).
+    pub known_hosts: String,
+}
+
+impl SshSpec {
+    /// `user@host:port`, as shown in messages.
+    pub fn label(&self) -> String {
+        format!("{}@{}:{}", self.user, self.host, self.port)
+    }
 }
 
 /// Source timeouts; `None` means none.
@@ -743,6 +778,10 @@ fn resolve_source(
         .port
         .and_then(|port| u16::try_from(port).ok())
         .or_else(|| kind.default_port());
+    let ssh = source
+        .ssh
+        .as_ref()
+        .and_then(|ssh| resolve_ssh(source, ssh, &format!("{base}/ssh"), problems));
     SourceSpec {
         name: name.to_string(),
         kind,
@@ -757,10 +796,148 @@ fn resolve_source(
             schema: source.schema.clone(),
         },
         tls,
+        ssh,
         max_connections: pool.max_connections.unwrap_or(parallelism).max(1),
         min_connections: pool.min_connections.unwrap_or(0),
         max_lifetime,
         timeouts,
+    }
+}
+
+/// The `ssh` block of a source, checked: a networked engine, a server and a user, a way to log
+/// in. Paths keep their `~/` until [`expand_home`] (the environment is not known here).
+fn resolve_ssh(
+    source: &RawSource,
+    ssh: &RawSsh,
+    pointer: &str,
+    problems: &mut Vec<Diagnostic>,
+) -> Option<SshSpec> {
+    let kind = source.kind;
+    if kind.is_file() {
+        problems.push(
+            error_at(
+                pointer,
+                Code::ManifestSsh,
+                format!(
+                    "a {} source is a file on this machine: it cannot be reached through `ssh`",
+                    kind.as_str()
+                ),
+            )
+            .on_key()
+            .with_help("remove `ssh`, or copy the database file to where datasync runs"),
+        );
+        return None;
+    }
+    let before = problems.len();
+    for (field, value) in [("host", Some(&ssh.host)), ("user", Some(&ssh.user))]
+        .into_iter()
+        .chain([
+            ("key", ssh.key.as_ref()),
+            ("known_hosts", ssh.known_hosts.as_ref()),
+        ])
+    {
+        if value.is_some_and(|value| value.trim().is_empty()) {
+            problems.push(error_at(
+                &format!("{pointer}/{field}"),
+                Code::ManifestSsh,
+                format!("`ssh.{field}` is empty"),
+            ));
+        }
+    }
+    if ssh.key.is_none() && ssh.password.is_none() {
+        problems.push(
+            error_at(
+                pointer,
+                Code::ManifestSsh,
+                "`ssh` needs `key` (a private key file) or `password` to log in",
+            )
+            .on_key()
+            .with_help(
+                "add `key: ~/.ssh/id_ed25519` (its public half in the server's authorized_keys)",
+            ),
+        );
+    }
+    if ssh.key_passphrase.is_some() && ssh.key.is_none() {
+        problems.push(
+            error_at(
+                &format!("{pointer}/key_passphrase"),
+                Code::ManifestSsh,
+                "`ssh.key_passphrase` is set but there is no `ssh.key` it unlocks",
+            )
+            .on_key(),
+        );
+    }
+    if source.url.is_none()
+        && let Some(host) = &source.host
+        && host.starts_with('/')
+    {
+        let base = pointer.strip_suffix("/ssh").unwrap_or(pointer);
+        problems.push(error_at(
+            &format!("{base}/host"),
+            Code::ManifestSsh,
+            format!("`{host}` is a Unix socket: an SSH tunnel reaches a database by host and port"),
+        ));
+    }
+    (problems.len() == before).then(|| SshSpec {
+        host: ssh.host.trim().to_string(),
+        port: ssh
+            .port
+            .and_then(|port| u16::try_from(port).ok())
+            .unwrap_or(DEFAULT_SSH_PORT),
+        user: ssh.user.clone(),
+        key: ssh.key.clone(),
+        key_passphrase: ssh.key_passphrase.clone().map(Secret::new),
+        password: ssh.password.clone().map(Secret::new),
+        known_hosts: ssh
+            .known_hosts
+            .clone()
+            .unwrap_or_else(|| DEFAULT_KNOWN_HOSTS.to_string()),
+    })
+}
+
+/// Expands a leading `~/` of the SSH file paths with `home` (the environment's `HOME`); a `~/`
+/// path without a `HOME` is an error at the field (or at `ssh` for the default known_hosts).
+pub(super) fn expand_home(
+    manifest: &mut Manifest,
+    home: Option<&str>,
+    problems: &mut Vec<Diagnostic>,
+) {
+    for source in &mut manifest.sources {
+        let Some(ssh) = source.ssh.as_mut() else {
+            continue;
+        };
+        let base = format!("/sources/{}/ssh", escape_segment(&source.name));
+        let defaulted = ssh.known_hosts == DEFAULT_KNOWN_HOSTS;
+        let fields = [
+            ("key", ssh.key.as_mut()),
+            ("known_hosts", Some(&mut ssh.known_hosts)),
+        ];
+        for (field, path) in fields {
+            let Some(path) = path else { continue };
+            let Some(rest) = path.strip_prefix("~/") else {
+                continue;
+            };
+            match home.filter(|home| !home.is_empty()) {
+                Some(home) => *path = format!("{}/{rest}", home.trim_end_matches('/')),
+                None => {
+                    let (at, what) = if field == "known_hosts" && defaulted {
+                        (base.clone(), "the default `ssh.known_hosts`")
+                    } else {
+                        (format!("{base}/{field}"), "this path")
+                    };
+                    let mut problem = error_at(
+                        &at,
+                        Code::ManifestSsh,
+                        format!("{what} (`{path}`) starts with `~/` but HOME is not set"),
+                    )
+                    .with_help(format!("set HOME, or write the full path of `ssh.{field}`"));
+                    if at == base {
+                        problem = problem.on_key();
+                    }
+                    problems.push(problem);
+                }
+            }
+        }
     }
 }
 
@@ -1203,6 +1380,16 @@ impl Manifest {
                         ca: source.tls.ca.clone(),
                         cert: source.tls.cert.clone(),
                         key: source.tls.key.clone(),
+                    }),
+                    // The SSH secrets never leave as text (no legacy variable sets them).
+                    ssh: source.ssh.as_ref().map(|ssh| RawSsh {
+                        host: ssh.host.clone(),
+                        port: Some(u32::from(ssh.port)),
+                        user: ssh.user.clone(),
+                        key: ssh.key.clone(),
+                        key_passphrase: ssh.key_passphrase.as_ref().map(|_| REDACTED.into()),
+                        password: ssh.password.as_ref().map(|_| REDACTED.into()),
+                        known_hosts: Some(ssh.known_hosts.clone()),
                     }),
                     pool: Some(RawPool {
                         max_connections: Some(source.max_connections),

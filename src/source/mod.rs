@@ -11,6 +11,7 @@ mod mysql;
 mod postgres;
 mod sql;
 mod sqlite;
+mod ssh;
 
 use std::sync::Arc;
 
@@ -148,6 +149,11 @@ fn secrets(spec: &SourceSpec) -> Vec<String> {
     if let Some(password) = &spec.connection.password {
         out.push(password.expose().to_string());
     }
+    if let Some(ssh) = &spec.ssh {
+        for secret in [&ssh.password, &ssh.key_passphrase].into_iter().flatten() {
+            out.push(secret.expose().to_string());
+        }
+    }
     if let Some(url) = &spec.connection.url
         && let Some(password) = crate::secret::url_password(url.expose())
     {
@@ -160,6 +166,68 @@ fn tls_is_default(mode: TlsMode) -> bool {
     mode == TlsMode::Prefer
 }
 
+/// Why an engine could not connect.
+enum ConnectFailure {
+    /// The driver's error; through a tunnel, with the tunnel's own last failure (the driver
+    /// only saw its connection close).
+    Driver {
+        error: sqlx::Error,
+        tunnel: Option<String>,
+    },
+    /// The SSH tunnel could not be opened (the message names the SSH server).
+    Ssh(String),
+}
+
+impl From<sqlx::Error> for ConnectFailure {
+    fn from(error: sqlx::Error) -> Self {
+        Self::Driver {
+            error,
+            tunnel: None,
+        }
+    }
+}
+
+impl ConnectFailure {
+    /// A driver error through `tunnel`, if any.
+    fn through(error: sqlx::Error, tunnel: Option<&ssh::Tunnel>) -> Self {
+        Self::Driver {
+            error,
+            tunnel: tunnel.and_then(ssh::Tunnel::last_error),
+        }
+    }
+}
+
+/// The SSH tunnel of `spec` to the database at `host:port`, listening on a socket named
+/// `socket_name`; `None` without `ssh`. `socket` is a Unix socket the URL names (which a tunnel
+/// cannot reach).
+async fn open_tunnel(
+    spec: &SourceSpec,
+    host: &str,
+    port: u16,
+    socket: Option<&std::path::Path>,
+    socket_name: &str,
+) -> Result<Option<Arc<ssh::Tunnel>>, ConnectFailure> {
+    let Some(ssh) = &spec.ssh else {
+        return Ok(None);
+    };
+    if let Some(socket) =
+        socket.or_else(|| host.starts_with('/').then(|| std::path::Path::new(host)))
+    {
+        return Err(ConnectFailure::Ssh(format!(
+            "the database address is the Unix socket `{}`: an SSH tunnel reaches a database by host and port",
+            socket.display()
+        )));
+    }
+    let timeout = spec
+        .timeouts
+        .connect
+        .unwrap_or(crate::manifest::resolve::DEFAULT_CONNECT_TIMEOUT);
+    ssh::Tunnel::open(ssh, host, port, socket_name, timeout)
+        .await
+        .map(|tunnel| Some(Arc::new(tunnel)))
+        .map_err(ConnectFailure::Ssh)
+}
+
 impl Source {
     /// Connects with the spec's options and session settings (UTC, timeouts).
     pub async fn connect(spec: &SourceSpec) -> Result<Source, SourceError> {
@@ -168,15 +236,28 @@ impl Source {
         let result = match spec.kind {
             SourceKind::Mysql => mysql::connect(spec).await.map(Source::Mysql),
             SourceKind::Postgres => postgres::connect(spec).await.map(Source::Postgres),
-            SourceKind::Sqlite => sqlite::connect(spec).await.map(Source::Sqlite),
+            SourceKind::Sqlite if spec.ssh.is_some() => Err(ConnectFailure::Ssh(
+                "a sqlite source is a file: it cannot be reached through `ssh`".into(),
+            )),
+            SourceKind::Sqlite => sqlite::connect(spec)
+                .await
+                .map(Source::Sqlite)
+                .map_err(ConnectFailure::from),
         };
-        result.map_err(|error| SourceError::Connect {
-            source_name: spec.name.clone(),
-            message: format!(
-                "{}{}",
-                scrub(error.to_string(), &secret_refs),
-                address(spec)
-            ),
+        result.map_err(|failure| {
+            let message = match failure {
+                ConnectFailure::Ssh(message) => message,
+                // The tunnel's cause first: the driver only saw its connection close.
+                ConnectFailure::Driver {
+                    error,
+                    tunnel: Some(cause),
+                } => format!("{cause} (the driver: {error}){}", address(spec)),
+                ConnectFailure::Driver { error, .. } => format!("{error}{}", address(spec)),
+            };
+            SourceError::Connect {
+                source_name: spec.name.clone(),
+                message: scrub(message, &secret_refs),
+            }
         })
     }
 
@@ -376,10 +457,15 @@ fn address(spec: &SourceSpec) -> String {
     if spec.kind == SourceKind::Sqlite {
         return String::new();
     }
+    let through = spec
+        .ssh
+        .as_ref()
+        .map(|ssh| format!(" through the SSH server `{}`", ssh.label()))
+        .unwrap_or_default();
     match &spec.connection.url {
-        Some(url) => format!(" (at {})", crate::secret::redact_url(url.expose())),
+        Some(url) => format!(" (at {}{through})", crate::secret::redact_url(url.expose())),
         None => format!(
-            " (at {}:{})",
+            " (at {}:{}{through})",
             spec.connection.host,
             spec.connection
                 .port

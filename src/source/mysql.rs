@@ -12,14 +12,15 @@ use sqlx::mysql::{MySqlConnectOptions, MySqlPoolOptions, MySqlRow, MySqlSslMode}
 use sqlx::{Decode, Executor, MySql, MySqlPool, Row, ValueRef};
 
 use super::sql::Dialect;
-use super::{SourceError, sql, tls_is_default};
+use super::{ConnectFailure, SourceError, open_tunnel, sql, tls_is_default};
 use crate::manifest::raw::TlsMode;
 use crate::manifest::resolve::SourceSpec;
 use crate::schema::{
     Bad, BadKind, Codec, Decoded, SourceColumn, SourceTable, Val, decimal_text, text,
 };
 
-pub(super) async fn connect(spec: &SourceSpec) -> Result<MySqlPool, sqlx::Error> {
+/// The driver's options: the URL or the parts, TLS, the session's character set and zone.
+fn connect_options(spec: &SourceSpec) -> Result<MySqlConnectOptions, sqlx::Error> {
     let connection = &spec.connection;
     let mut options = match &connection.url {
         Some(url) => {
@@ -60,7 +61,24 @@ pub(super) async fn connect(spec: &SourceSpec) -> Result<MySqlPool, sqlx::Error>
     if let Some(key) = &spec.tls.key {
         options = options.ssl_client_key(key);
     }
-    options = options.charset("utf8mb4").timezone(Some("+00:00".into()));
+    Ok(options.charset("utf8mb4").timezone(Some("+00:00".into())))
+}
+
+pub(super) async fn connect(spec: &SourceSpec) -> Result<MySqlPool, ConnectFailure> {
+    let mut options = connect_options(spec)?;
+    // Through SSH only the socket changes: the host stays the TLS server name.
+    let tunnel = open_tunnel(
+        spec,
+        options.get_host(),
+        options.get_port(),
+        options.get_socket().map(std::path::PathBuf::as_path),
+        "mysql.sock",
+    )
+    .await?;
+    if let Some(tunnel) = &tunnel {
+        options = options.socket(tunnel.socket());
+    }
+    let hook_tunnel = tunnel.clone();
     let mut setup = vec!["SET time_zone = '+00:00'".to_string()];
     if let Some(read) = spec.timeouts.read {
         setup.push(format!(
@@ -82,6 +100,8 @@ pub(super) async fn connect(spec: &SourceSpec) -> Result<MySqlPool, sqlx::Error>
         .max_lifetime(spec.max_lifetime)
         .after_connect(move |conn, _meta| {
             let setup = Arc::clone(&setup);
+            // The pool's hook owns the tunnel: it lives exactly as long as the pool.
+            let _tunnel = hook_tunnel.clone();
             Box::pin(async move {
                 for statement in setup.iter() {
                     conn.execute(sqlx::raw_sql(statement)).await?;
@@ -115,9 +135,13 @@ pub(super) async fn connect(spec: &SourceSpec) -> Result<MySqlPool, sqlx::Error>
         <sqlx::MySqlConnection as sqlx::Connection>::connect_with(&options),
     )
     .await
-    .map_err(|_| sqlx::Error::PoolTimedOut)??;
+    .map_err(|_| sqlx::Error::PoolTimedOut)
+    .and_then(|connected| connected)
+    .map_err(|error| ConnectFailure::through(error, tunnel.as_deref()))?;
     let _ = sqlx::Connection::close(probe).await;
-    pool.connect_with(options).await
+    pool.connect_with(options)
+        .await
+        .map_err(|error| ConnectFailure::through(error, tunnel.as_deref()))
 }
 
 fn qerr(context: &str) -> impl Fn(sqlx::Error) -> SourceError + '_ {

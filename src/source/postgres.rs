@@ -11,14 +11,14 @@ use chrono::{NaiveDate, NaiveDateTime, NaiveTime, TimeDelta};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow, PgSslMode};
 use sqlx::{Executor, PgPool, Row, ValueRef};
 
-use super::{SourceError, tls_is_default};
+use super::{ConnectFailure, SourceError, open_tunnel, tls_is_default};
 use crate::manifest::raw::TlsMode;
 use crate::manifest::resolve::SourceSpec;
 use crate::schema::{
     Bad, BadKind, Codec, Decoded, SourceColumn, SourceTable, Val, decimal_text, text,
 };
 
-pub(super) async fn connect(spec: &SourceSpec) -> Result<PgPool, sqlx::Error> {
+pub(super) async fn connect(spec: &SourceSpec) -> Result<PgPool, ConnectFailure> {
     let connection = &spec.connection;
     let mut options = match &connection.url {
         Some(url) => PgConnectOptions::from_str(url.expose())?,
@@ -58,6 +58,20 @@ pub(super) async fn connect(spec: &SourceSpec) -> Result<PgPool, sqlx::Error> {
         options = options.ssl_client_key(key);
     }
     options = options.application_name("datasync");
+    // Through SSH only the socket changes: the host stays the TLS server name.
+    let socket_name = format!(".s.PGSQL.{}", options.get_port());
+    let tunnel = open_tunnel(
+        spec,
+        options.get_host(),
+        options.get_port(),
+        options.get_socket().map(std::path::PathBuf::as_path),
+        &socket_name,
+    )
+    .await?;
+    if let Some(tunnel) = &tunnel {
+        options = options.socket(tunnel.dir());
+    }
+    let hook_tunnel = tunnel.clone();
     let statement_ms = spec
         .timeouts
         .statement
@@ -73,6 +87,8 @@ pub(super) async fn connect(spec: &SourceSpec) -> Result<PgPool, sqlx::Error> {
         .max_lifetime(spec.max_lifetime)
         .after_connect(move |conn, _meta| {
             let setup = Arc::clone(&setup);
+            // The pool's hook owns the tunnel: it lives exactly as long as the pool.
+            let _tunnel = hook_tunnel.clone();
             Box::pin(async move {
                 for statement in setup.iter() {
                     conn.execute(sqlx::raw_sql(statement)).await?;
@@ -95,9 +111,13 @@ pub(super) async fn connect(spec: &SourceSpec) -> Result<PgPool, sqlx::Error> {
         <sqlx::PgConnection as sqlx::Connection>::connect_with(&options),
     )
     .await
-    .map_err(|_| sqlx::Error::PoolTimedOut)??;
+    .map_err(|_| sqlx::Error::PoolTimedOut)
+    .and_then(|connected| connected)
+    .map_err(|error| ConnectFailure::through(error, tunnel.as_deref()))?;
     let _ = sqlx::Connection::close(probe).await;
-    pool.connect_with(options).await
+    pool.connect_with(options)
+        .await
+        .map_err(|error| ConnectFailure::through(error, tunnel.as_deref()))
 }
 
 fn qerr(context: &str) -> impl Fn(sqlx::Error) -> SourceError + '_ {

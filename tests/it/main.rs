@@ -12,5 +12,6 @@ mod ledger_fake;
 mod manifest;
 mod plan_many;
 mod source_sqlite;
+mod source_ssh;
 mod warehouse_auth;
 mod warehouse_protocol;

@@ -18,5 +18,6 @@ mod shard;
 mod source_mysql;
 mod source_postgres;
 mod source_session;
+mod source_ssh;
 mod terminal;
 mod warehouse_bigquery;

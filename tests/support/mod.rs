@@ -55,6 +55,7 @@ pub fn source_spec(kind: SourceKind, url: &str) -> SourceSpec {
             cert: None,
             key: None,
         },
+        ssh: None,
         max_connections: 2,
         min_connections: 0,
         max_lifetime: None,

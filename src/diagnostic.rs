@@ -141,6 +141,9 @@ codes! {
     ManifestIncrementalWithoutCursor => "datasync::manifest::incremental_without_cursor",
     /// A `cursor` the mode does not use.
     ManifestCursorUnused => "datasync::manifest::cursor_unused",
+    /// `deletes: soft|hard` on a table whose mode is not `merge` (or no merge table inherits
+    /// the default).
+    ManifestDeletesWithoutMerge => "datasync::manifest::deletes_without_merge",
     /// An environment variable with an invalid value.
     EnvInvalid => "datasync::env::invalid",
     /// An environment variable that is ignored.

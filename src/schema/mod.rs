@@ -13,7 +13,8 @@ use serde::{Deserialize, Serialize};
 pub use codec::{Codec, ColumnMapping, GEOGRAPHY_REJECT, ReadAs};
 pub use engine::SourceKind;
 pub use policy::{
-    BadValuePolicy, DecimalOverflowPolicy, GeometryPolicy, LoadFormat, TypePolicies, Utf8Policy,
+    BadValuePolicy, DELETED_AT_COLUMN, DecimalOverflowPolicy, Deletes, GeometryPolicy, LoadFormat,
+    TypePolicies, Utf8Policy,
 };
 pub use value::{
     Bad, BadKind, Decoded, ExtractStats, MAX_REJECTS, Reject, RowSink, TooManyBadValues, Val,

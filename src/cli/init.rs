@@ -357,6 +357,7 @@ mod tests {
             name: name.into(),
             columns: columns.iter().map(|(n, t)| column(n, t)).collect(),
             primary_key: key.iter().map(|k| k.to_string()).collect(),
+            unique_keys: Vec::new(),
             estimated_rows: None,
             comment: None,
         }

@@ -24,6 +24,7 @@ fn spec(kind: SourceKind) -> TableSpec {
         partition_by: None,
         cluster_by: Vec::new(),
         allow_recreate: false,
+        deletes: crate::schema::Deletes::Keep,
         auto_create: true,
         types: TypePolicies::default(),
     }
@@ -57,6 +58,7 @@ fn table(columns: Vec<SourceColumn>) -> SourceTable {
         qualifier: Some("db".into()),
         name: "t".into(),
         primary_key: Vec::new(),
+        unique_keys: Vec::new(),
         columns,
         estimated_rows: None,
         comment: None,

@@ -404,6 +404,10 @@ pub struct SourceTable {
     pub columns: Vec<SourceColumn>,
     /// Primary-key columns in key order.
     pub primary_key: Vec<String>,
+    /// The columns of each unique index or constraint other than the primary key (whole-table
+    /// ones only: no partial or expression indexes), in index order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unique_keys: Vec<Vec<String>>,
     /// The catalog's row estimate, when it has one.
     pub estimated_rows: Option<u64>,
     /// Table comment.
@@ -411,6 +415,21 @@ pub struct SourceTable {
 }
 
 impl SourceTable {
+    /// Whether `columns` identify at most one row: they hold every column of the primary key
+    /// or of a unique index (a superset of a unique key is unique too).
+    pub fn is_unique_key(&self, columns: &[String]) -> bool {
+        std::iter::once(&self.primary_key)
+            .chain(&self.unique_keys)
+            .filter(|key| !key.is_empty())
+            .any(|key| {
+                key.iter().all(|part| {
+                    columns
+                        .iter()
+                        .any(|column| column.eq_ignore_ascii_case(part))
+                })
+            })
+    }
+
     /// `qualifier.table`, or the bare name of an unqualified table: how messages name it.
     pub fn label(&self) -> String {
         match &self.qualifier {

@@ -345,6 +345,22 @@ where
     Ok(sink.stats().clone())
 }
 
+/// A catalog's unique indexes, `(is primary, columns)` with the primary key first, as the
+/// primary key and the other unique keys (each set once: an index repeating the primary key's
+/// columns, or another index's, adds nothing).
+fn split_keys(indexes: Vec<(bool, Vec<String>)>) -> (Vec<String>, Vec<Vec<String>>) {
+    let mut primary_key = Vec::new();
+    let mut unique_keys: Vec<Vec<String>> = Vec::new();
+    for (primary, columns) in indexes {
+        if primary && primary_key.is_empty() {
+            primary_key = columns;
+        } else if columns != primary_key && !unique_keys.contains(&columns) && !columns.is_empty() {
+            unique_keys.push(columns);
+        }
+    }
+    (primary_key, unique_keys)
+}
+
 /// ` (at host:port)` for a networked source (the URL with its password masked when given as
 /// one), so a refused connection names what was refused.
 fn address(spec: &SourceSpec) -> String {

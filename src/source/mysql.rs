@@ -193,20 +193,44 @@ pub(super) async fn describe(
     .fetch_all(pool)
     .await
     .map_err(qerr(&context))?;
-    let key_rows = sqlx::query(
-        "SELECT column_name FROM information_schema.key_column_usage
-         WHERE table_schema = ? AND table_name = ? AND constraint_name = 'PRIMARY'
-         ORDER BY ordinal_position",
+    // The primary key and every unique index in one query; an index on a column prefix or an
+    // expression (MySQL 8 functional index: no column name) is not a uniqueness of whole
+    // columns and is left out.
+    let index_rows = sqlx::query(
+        "SELECT index_name, column_name, CAST(sub_part AS SIGNED)
+         FROM information_schema.statistics
+         WHERE table_schema = ? AND table_name = ? AND non_unique = 0
+         ORDER BY index_name = 'PRIMARY' DESC, index_name, seq_in_index",
     )
     .bind(&database)
     .bind(name)
     .fetch_all(pool)
     .await
     .map_err(qerr(&context))?;
-    let mut primary_key = Vec::new();
-    for row in &key_rows {
-        primary_key.extend(get_text(row, 0)?);
+    let mut indexes: Vec<(String, bool, Option<Vec<String>>)> = Vec::new();
+    for row in &index_rows {
+        let index = get_text(row, 0)?.unwrap_or_default();
+        let column = get_text(row, 1)?.filter(|_| get_i64(row, 2).ok().flatten().is_none());
+        match indexes.last_mut() {
+            Some((name, _, columns)) if *name == index => {
+                *columns = columns.take().zip(column).map(|(mut columns, column)| {
+                    columns.push(column);
+                    columns
+                });
+            }
+            _ => indexes.push((
+                index.clone(),
+                index == "PRIMARY",
+                column.map(|column| vec![column]),
+            )),
+        }
     }
+    let (primary_key, unique_keys) = super::split_keys(
+        indexes
+            .into_iter()
+            .filter_map(|(_, primary, columns)| columns.map(|columns| (primary, columns)))
+            .collect(),
+    );
     // MariaDB stores JSON as LONGTEXT with a `json_valid(`col`)` CHECK. MySQL 8's
     // check_constraints has no table_name column: the query fails there, and JSON is native.
     let checks = sqlx::query(
@@ -233,6 +257,7 @@ pub(super) async fn describe(
         name: name.to_string(),
         columns,
         primary_key,
+        unique_keys,
         estimated_rows,
         comment,
     })

@@ -163,18 +163,24 @@ pub(super) async fn describe(
     .fetch_all(pool)
     .await
     .map_err(qerr(&context))?;
-    let primary_key: Vec<String> = sqlx::query_scalar(
-        "SELECT a.attname::text
+    // The primary key and every unique index in one query: whole-table indexes only (a
+    // partial index is unique over its rows only, an expression index has no columns), key
+    // columns only (not INCLUDE ones), the primary key first.
+    let indexes: Vec<(bool, Vec<String>)> = sqlx::query_as(
+        "SELECT i.indisprimary, array_agg(a.attname::text ORDER BY k.position)
          FROM pg_index i
          CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, position)
          JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
-         WHERE i.indrelid = $1::int8::oid AND i.indisprimary
-         ORDER BY k.position",
+         WHERE i.indrelid = $1::int8::oid AND i.indisunique AND i.indpred IS NULL
+               AND i.indexprs IS NULL AND k.position <= i.indnkeyatts
+         GROUP BY i.indexrelid, i.indisprimary
+         ORDER BY i.indisprimary DESC, i.indexrelid",
     )
     .bind(oid)
     .fetch_all(pool)
     .await
     .map_err(qerr(&context))?;
+    let (primary_key, unique_keys) = super::split_keys(indexes);
 
     let mut columns = Vec::with_capacity(rows.len());
     for row in rows {
@@ -216,6 +222,7 @@ pub(super) async fn describe(
         name: name.to_string(),
         columns,
         primary_key,
+        unique_keys,
         // reltuples is -1 for a never-analysed table (PostgreSQL 14+).
         estimated_rows: (reltuples >= 0.0).then_some(reltuples as u64),
         comment,

@@ -104,14 +104,59 @@ pub(super) async fn describe(
         });
     }
     keys.sort();
+    let unique_keys = unique_indexes(pool, name, schema, &context).await?;
     Ok(SourceTable {
         qualifier: qualifier.map(str::to_string),
         name: name.to_string(),
         columns,
         primary_key: keys.into_iter().map(|(_, name)| name).collect(),
+        unique_keys,
         estimated_rows: None,
         comment: None,
     })
+}
+
+/// The table's unique indexes (`UNIQUE` constraints and `CREATE UNIQUE INDEX`) but the primary
+/// key, in one query over `pragma_index_list` and `pragma_index_info`: whole-table ones only (no
+/// partial index, no expression column, whose name is NULL).
+async fn unique_indexes(
+    pool: &SqlitePool,
+    name: &str,
+    schema: &str,
+    context: &str,
+) -> Result<Vec<Vec<String>>, SourceError> {
+    let rows = sqlx::query(
+        "SELECT il.name, ii.name FROM pragma_index_list(?1, ?2) AS il
+         JOIN pragma_index_info(il.name, ?2) AS ii
+         WHERE il.\"unique\" = 1 AND il.partial = 0 AND il.origin <> 'pk'
+         ORDER BY il.seq, ii.seqno",
+    )
+    .bind(name)
+    .bind(schema)
+    .fetch_all(pool)
+    .await
+    .map_err(qerr(context))?;
+    let mut indexes: Vec<(String, Option<Vec<String>>)> = Vec::new();
+    for row in &rows {
+        let index: String = row.try_get(0).map_err(qerr(context))?;
+        let column: Option<String> = row.try_get(1).map_err(qerr(context))?;
+        match indexes.last_mut() {
+            Some((last, columns)) if *last == index => {
+                *columns = columns.take().zip(column).map(|(mut columns, column)| {
+                    columns.push(column);
+                    columns
+                });
+            }
+            _ => indexes.push((index, column.map(|column| vec![column]))),
+        }
+    }
+    Ok(super::split_keys(
+        indexes
+            .into_iter()
+            .filter_map(|(_, columns)| columns.map(|columns| (false, columns)))
+            .collect(),
+    )
+    .1)
 }
 
 fn parse_datetime(text: &str) -> Option<NaiveDateTime> {

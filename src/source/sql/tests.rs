@@ -34,6 +34,7 @@ fn table(qualifier: Option<&str>, name: &str) -> SourceTable {
         name: name.into(),
         columns: Vec::new(),
         primary_key: Vec::new(),
+        unique_keys: Vec::new(),
         estimated_rows: None,
         comment: None,
     }

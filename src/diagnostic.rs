@@ -194,6 +194,8 @@ codes! {
     PlanMergeKeyNotUnique => "datasync::plan::merge_key_not_unique",
     /// A nullable cursor: rows whose cursor is NULL are never past the maximum.
     PlanNullableCursor => "datasync::plan::nullable_cursor",
+    /// The dry run that estimates a MERGE's bytes failed: its cost is unknown.
+    PlanWriteCostUnknown => "datasync::plan::write_cost_unknown",
     /// The source table could not be read.
     PlanSourceError => "datasync::plan::source_error",
     /// The source table could not be mapped.

@@ -2,12 +2,13 @@
 //! decision in a [`Plan`] (see [`crate::plan::plan_table`]); then counts the rows each table
 //! will move, with the same bound the executor will use.
 
+use crate::diagnostic::{Code, Diagnostic, Location};
 use crate::error::Error;
 use crate::manifest::{Manifest, TableSpec};
 use crate::mapping::map_table;
-use crate::plan::{Plan, TableInput, TablePlan, plan_table};
+use crate::plan::{Plan, TableInput, TablePlan, WriteCost, WriteOp, plan_table};
 use crate::source::Source;
-use crate::warehouse::WarehouseError;
+use crate::warehouse::{MergeRequest, WarehouseError};
 
 use super::Session;
 use super::executor::read_bound;
@@ -19,6 +20,7 @@ pub async fn plan(manifest: &Manifest, session: &Session) -> Result<Plan, Error>
     for spec in manifest.tables.iter().filter(|table| table.enabled) {
         let mut table = plan_one(spec, session, create_dataset).await?;
         table.estimated_rows = rows_to_move(session, &table).await;
+        estimate_write_cost(session, &mut table).await;
         tables.push(table);
     }
     Ok(Plan::new(
@@ -118,4 +120,47 @@ async fn rows_to_move(session: &Session, table: &TablePlan) -> Option<u64> {
         .count_rows(source_table, &extract.columns, filter.as_ref())
         .await
         .ok()
+}
+
+/// A MERGE into an existing target: what it (and its delete statement) will bill, from a dry
+/// run of each statement against the target (nothing runs, nothing is billed). The plan has
+/// decided the statements; only their bytes are read here. A failed dry run leaves the cost
+/// unknown, with a warning.
+async fn estimate_write_cost(session: &Session, table: &mut TablePlan) {
+    if table.write_cost.is_some() {
+        return;
+    }
+    let (
+        Some(WriteOp::Merge {
+            keys,
+            columns,
+            cursor,
+            deletes,
+            ..
+        }),
+        Some(existing),
+    ) = (table.write_op(), table.existing.as_ref())
+    else {
+        return;
+    };
+    let request = MergeRequest {
+        staging: super::staging_table(&table.target, "plan"),
+        target: table.target.clone(),
+        keys: keys.clone(),
+        columns: columns.clone(),
+        order_by: cursor.clone(),
+        job_id: None,
+        deletes: *deletes,
+        keys_table: Some(super::keys_table(&table.target, "plan")),
+    };
+    match session.warehouse.dry_run_merge(&request, existing).await {
+        Ok(statements) => table.write_cost = Some(WriteCost::dry_run(&statements)),
+        Err(error) => table.warnings.push(
+            Diagnostic::warning(
+                Code::PlanWriteCostUnknown,
+                format!("the MERGE's cost could not be estimated (its dry run failed): {error}"),
+            )
+            .at(Location::Table(table.label.clone())),
+        ),
+    }
 }

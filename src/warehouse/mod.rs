@@ -62,6 +62,7 @@
 
 pub mod avro;
 mod bigquery;
+pub mod dml;
 mod fake;
 pub mod ndjson;
 mod rows;
@@ -81,7 +82,7 @@ pub use fake::{FakeWarehouse, InjectedFailure};
 pub use ndjson::NdjsonWriter;
 
 use crate::schema::{
-    BqType, ColumnMapping, Decoded, ExtractStats, LoadFormat, RowSink, TooManyBadValues,
+    BqType, ColumnMapping, Decoded, Deletes, ExtractStats, LoadFormat, RowSink, TooManyBadValues,
     TypePolicies, WarehouseField, WarehouseTable,
 };
 
@@ -278,6 +279,9 @@ pub struct QueryParam {
     /// The value in BigQuery's text form (`"42"`, `"2024-01-02 03:04:05.123456+00:00"`), or
     /// `None` for NULL.
     pub value: Option<String>,
+    /// An `ARRAY<STRUCT<…>>` parameter instead: its fields (name, type) and one text value per
+    /// field for each element (`bq_type` and `value` are then unused).
+    pub struct_array: Option<(Vec<(String, BqType)>, Vec<Vec<String>>)>,
 }
 
 impl QueryParam {
@@ -287,7 +291,54 @@ impl QueryParam {
             name: name.into(),
             bq_type,
             value,
+            struct_array: None,
         }
+    }
+
+    /// An `ARRAY<STRUCT<fields>>` parameter holding `rows`.
+    pub fn struct_array(
+        name: impl Into<String>,
+        fields: Vec<(String, BqType)>,
+        rows: Vec<Vec<String>>,
+    ) -> Self {
+        Self {
+            name: name.into(),
+            bq_type: BqType::String,
+            value: None,
+            struct_array: Some((fields, rows)),
+        }
+    }
+
+    /// The parameter as the REST API spells it (`queryParameters[]`).
+    pub fn to_api(&self) -> serde_json::Value {
+        use serde_json::json;
+        let Some((fields, rows)) = &self.struct_array else {
+            return json!({
+                "name": self.name,
+                "parameterType": {"type": self.bq_type.as_str()},
+                "parameterValue": match &self.value { Some(value) => json!({"value": value}), None => json!({}) },
+            });
+        };
+        let struct_types: Vec<serde_json::Value> = fields
+            .iter()
+            .map(|(name, bq_type)| json!({"name": name, "type": {"type": bq_type.as_str()}}))
+            .collect();
+        let values: Vec<serde_json::Value> = rows
+            .iter()
+            .map(|row| {
+                let map: serde_json::Map<String, serde_json::Value> = fields
+                    .iter()
+                    .zip(row)
+                    .map(|((name, _), value)| (name.clone(), json!({"value": value})))
+                    .collect();
+                json!({"structValues": map})
+            })
+            .collect();
+        json!({
+            "name": self.name,
+            "parameterType": {"type": "ARRAY", "arrayType": {"type": "STRUCT", "structTypes": struct_types}},
+            "parameterValue": {"arrayValues": values},
+        })
     }
 }
 
@@ -345,6 +396,11 @@ pub struct MergeRequest {
     /// Run the MERGE as a query job with this client-chosen id (jobs.insert), so an interrupted
     /// run can cancel it; `None`: jobs.query.
     pub job_id: Option<String>,
+    /// Target rows whose key is not in `keys_table`: kept, soft-deleted or deleted, in one
+    /// transaction with the MERGE (see [`dml::deletes_statement`]).
+    pub deletes: Deletes,
+    /// The run's table of the source's whole key set (needed unless `deletes` is `keep`).
+    pub keys_table: Option<String>,
 }
 
 /// The result of a MERGE.
@@ -356,6 +412,25 @@ pub struct MergeOutcome {
     pub inserted: Option<u64>,
     /// Rows updated, when the server reports `dmlStats` (the emulator doesn't).
     pub updated: Option<u64>,
+    /// Rows deleted (`deletes: hard`) or soft-deleted (`soft`), when the server reports the
+    /// statement's `dmlStats` (the emulator doesn't).
+    pub deleted: Option<u64>,
+}
+
+/// Copies the rows of `from` whose key is among `values` into `into` (both of the dataset;
+/// `columns` in both): one `INSERT … SELECT` that only reads `from`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CopyRowsByKey {
+    /// The table read (a replace's target).
+    pub from: String,
+    /// The table written (this run's staging table).
+    pub into: String,
+    /// Columns copied (those `from` has).
+    pub columns: Vec<String>,
+    /// The key columns and their types.
+    pub keys: Vec<(String, BqType)>,
+    /// The keys to copy, one value per key column in BigQuery's text form.
+    pub values: Vec<Vec<String>>,
 }
 
 /// What went wrong talking to the warehouse.
@@ -613,6 +688,27 @@ pub trait Warehouse: Send + Sync {
 
     /// The names of the dataset's tables that start with `prefix` (tables.list, every page).
     async fn list_tables(&self, prefix: &str) -> Result<Vec<String>, WarehouseError>;
+
+    /// What `request`'s statements (the MERGE, and the delete statement with `deletes`) read
+    /// of the existing `target`: one dry run each (`configuration.dryRun`, nothing runs, nothing
+    /// is billed), as `(statement, totalBytesProcessed)`. The run's staging and keys tables don't
+    /// exist yet: a typed empty stand-in takes their place ([`dml::dry_run_statements`]).
+    async fn dry_run_merge(
+        &self,
+        request: &MergeRequest,
+        target: &WarehouseTable,
+    ) -> Result<Vec<(String, u64)>, WarehouseError>;
+
+    /// Rows of `table` that share their `keys` with an earlier row: `COUNT(*)` less the number
+    /// of distinct keys (what a MERGE's de-duplication leaves out).
+    async fn count_duplicate_keys(
+        &self,
+        table: &str,
+        keys: &[String],
+    ) -> Result<u64, WarehouseError>;
+
+    /// Runs `request` and returns the rows copied.
+    async fn copy_rows_by_key(&self, request: &CopyRowsByKey) -> Result<u64, WarehouseError>;
 }
 
 /// The text form of a column maximum read back from BigQuery (see [`Warehouse::max_value`]),
@@ -739,8 +835,41 @@ fn alter_action(change: &AlterColumn, explicit_numeric: bool) -> String {
     }
 }
 
-/// The MERGE statement for `request`; `qualify` turns a table name into a quoted full name.
+/// What a merge runs for `request`: the MERGE, or with `deletes` one multi-statement
+/// transaction of the MERGE and the delete statement; `qualify` turns a table name into a
+/// quoted full name.
 pub fn merge_statement(
+    request: &MergeRequest,
+    qualify: impl Fn(&str) -> String,
+) -> Result<String, WarehouseError> {
+    let sql = merge_only_statement(request, &qualify)?;
+    if request.deletes.is_keep() {
+        return Ok(sql);
+    }
+    let keys_table = request.keys_table.as_deref().ok_or_else(|| {
+        WarehouseError::Invalid(format!(
+            "merge {} into {}: `deletes: {}` needs the run's keys table",
+            request.staging,
+            request.target,
+            request.deletes.as_str()
+        ))
+    })?;
+    let deletes = dml::deletes_statement(
+        &qualify(&request.target),
+        &qualify(keys_table),
+        &request.keys,
+        request.deletes,
+    );
+    // One multi-statement transaction: the MERGE and the delete commit together or not at all
+    // (<https://cloud.google.com/bigquery/docs/transactions>).
+    Ok(format!(
+        "BEGIN TRANSACTION;\n{sql};\n{deletes};\nCOMMIT TRANSACTION;"
+    ))
+}
+
+/// The MERGE statement alone (de-duplicated staging, no NULL key; with `deletes: soft` a
+/// matched row is un-deleted).
+pub fn merge_only_statement(
     request: &MergeRequest,
     qualify: impl Fn(&str) -> String,
 ) -> Result<String, WarehouseError> {
@@ -778,6 +907,11 @@ pub fn merge_statement(
                 .any(|key| key.eq_ignore_ascii_case(column))
         })
         .map(|column| format!("{0} = S.{0}", quote_ident(column)))
+        .chain(
+            // A soft-deleted row whose key is back is un-deleted.
+            (request.deletes == Deletes::Soft)
+                .then(|| format!("{} = NULL", quote_ident(crate::schema::DELETED_AT_COLUMN))),
+        )
         .collect::<Vec<_>>();
     let columns = request
         .columns
@@ -906,6 +1040,8 @@ mod tests {
             columns: vec!["id".into(), "v".into()],
             order_by: Some("v".into()),
             job_id: None,
+            deletes: Deletes::Keep,
+            keys_table: None,
         };
         let sql = merge_statement(&request, |name| format!("`p.d.{name}`")).unwrap();
         assert_eq!(

@@ -744,11 +744,7 @@ sources:
         .map(|table| table.deletes.as_str())
         .collect();
     assert_eq!(deletes, ["hard", "keep", "keep"]);
-    assert!(
-        loaded.warnings.is_empty(),
-        "{:?}",
-        loaded.warnings
-    );
+    assert!(loaded.warnings.is_empty(), "{:?}", loaded.warnings);
 }
 
 #[test]

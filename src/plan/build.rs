@@ -560,6 +560,12 @@ fn plan_merge(steps: &mut [Step], op: &mut WriteOp, spec: &TableSpec, mapping: &
                 column.field.mode = crate::schema::FieldMode::Required;
             }
         }
+        // The soft-delete column is the target's alone: staging holds the source's rows (the
+        // MERGE names its columns), and a load file never carries it.
+        extract
+            .load_schema
+            .fields
+            .retain(|field| field.name != crate::schema::DELETED_AT_COLUMN);
     }
     if deletes.is_keep() {
         return;

@@ -371,4 +371,43 @@ mod tests {
             report.text()
         );
     }
+
+    #[test]
+    fn the_write_paths_findings_are_reported() {
+        let mut merged = outcome("shop.orders", TableStatus::Done);
+        merged.duplicate_keys = Some(1_200);
+        merged.deletes = Some(Deletes::Hard);
+        merged.rows_deleted = Some(3);
+        let mut soft = outcome("shop.users", TableStatus::Done);
+        soft.deletes = Some(Deletes::Soft);
+        let mut replaced = outcome("shop.prices", TableStatus::Done);
+        replaced.earlier_rows_kept = Some(2);
+        replaced.duplicate_keys = Some(0);
+        let report = ApplyReport {
+            destination: "p.d".into(),
+            dry_run: false,
+            tables: vec![merged, soft, replaced],
+            seconds: 1.0,
+        };
+        let text = report.text();
+        let notes: Vec<&str> = text
+            .lines()
+            .filter(|line| line.starts_with("shop.") && line.contains(": "))
+            .collect();
+        assert_eq!(
+            notes,
+            [
+                "shop.orders: warning: 1,200 staged row(s) shared a merge key with another row; one row per key was merged (the greatest cursor won)",
+                "shop.orders: 3 row(s) whose key left the source were deleted",
+                "shop.users: rows whose key left the source were soft-deleted (`_datasync_deleted_at` set) (BigQuery did not report how many)",
+                "shop.prices: 2 earlier row(s) kept for rejected rows (a replace drops no row an earlier run loaded)",
+            ]
+        );
+        let json = serde_json::to_value(&report).unwrap();
+        assert_eq!(json["tables"][0]["duplicate_keys"], 1_200);
+        assert_eq!(json["tables"][0]["deletes"], "hard");
+        assert_eq!(json["tables"][0]["rows_deleted"], 3);
+        assert!(json["tables"][1].get("rows_deleted").is_none());
+        assert_eq!(json["tables"][2]["earlier_rows_kept"], 2);
+    }
 }

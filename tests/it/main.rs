@@ -8,6 +8,7 @@ mod apply_fake;
 mod cli;
 mod cli_hardening;
 mod manifest;
+mod merge_protocol;
 mod source_sqlite;
 mod warehouse_auth;
 mod warehouse_protocol;

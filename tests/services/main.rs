@@ -16,4 +16,5 @@ mod shard;
 mod source_mysql;
 mod source_postgres;
 mod source_session;
+mod unique_keys;
 mod warehouse_bigquery;

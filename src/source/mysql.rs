@@ -193,44 +193,7 @@ pub(super) async fn describe(
     .fetch_all(pool)
     .await
     .map_err(qerr(&context))?;
-    // The primary key and every unique index in one query; an index on a column prefix or an
-    // expression (MySQL 8 functional index: no column name) is not a uniqueness of whole
-    // columns and is left out.
-    let index_rows = sqlx::query(
-        "SELECT index_name, column_name, CAST(sub_part AS SIGNED)
-         FROM information_schema.statistics
-         WHERE table_schema = ? AND table_name = ? AND non_unique = 0
-         ORDER BY index_name = 'PRIMARY' DESC, index_name, seq_in_index",
-    )
-    .bind(&database)
-    .bind(name)
-    .fetch_all(pool)
-    .await
-    .map_err(qerr(&context))?;
-    let mut indexes: Vec<(String, bool, Option<Vec<String>>)> = Vec::new();
-    for row in &index_rows {
-        let index = get_text(row, 0)?.unwrap_or_default();
-        let column = get_text(row, 1)?.filter(|_| get_i64(row, 2).ok().flatten().is_none());
-        match indexes.last_mut() {
-            Some((name, _, columns)) if *name == index => {
-                *columns = columns.take().zip(column).map(|(mut columns, column)| {
-                    columns.push(column);
-                    columns
-                });
-            }
-            _ => indexes.push((
-                index.clone(),
-                index == "PRIMARY",
-                column.map(|column| vec![column]),
-            )),
-        }
-    }
-    let (primary_key, unique_keys) = super::split_keys(
-        indexes
-            .into_iter()
-            .filter_map(|(_, primary, columns)| columns.map(|columns| (primary, columns)))
-            .collect(),
-    );
+    let (primary_key, unique_keys) = unique_indexes(pool, &database, name, &context).await?;
     // MariaDB stores JSON as LONGTEXT with a `json_valid(`col`)` CHECK. MySQL 8's
     // check_constraints has no table_name column: the query fails there, and JSON is native.
     let checks = sqlx::query(
@@ -261,6 +224,53 @@ pub(super) async fn describe(
         estimated_rows,
         comment,
     })
+}
+
+/// The primary key and every unique index in one query; an index on a column prefix or an
+/// expression (MySQL 8 functional index: no column name) is not a uniqueness of whole columns
+/// and is left out.
+async fn unique_indexes(
+    pool: &MySqlPool,
+    database: &str,
+    name: &str,
+    context: &str,
+) -> Result<(Vec<String>, Vec<Vec<String>>), SourceError> {
+    let rows = sqlx::query(
+        "SELECT index_name, column_name, CAST(sub_part AS SIGNED)
+         FROM information_schema.statistics
+         WHERE table_schema = ? AND table_name = ? AND non_unique = 0
+         ORDER BY index_name = 'PRIMARY' DESC, index_name, seq_in_index",
+    )
+    .bind(database)
+    .bind(name)
+    .fetch_all(pool)
+    .await
+    .map_err(qerr(context))?;
+    // (index, primary, its columns; `None` once a part is not a whole column)
+    let mut indexes: Vec<(String, bool, Option<Vec<String>>)> = Vec::new();
+    for row in &rows {
+        let index = get_text(row, 0)?.unwrap_or_default();
+        let column = get_text(row, 1)?.filter(|_| get_i64(row, 2).ok().flatten().is_none());
+        match indexes.last_mut() {
+            Some((name, _, columns)) if *name == index => {
+                *columns = columns.take().zip(column).map(|(mut columns, column)| {
+                    columns.push(column);
+                    columns
+                });
+            }
+            _ => indexes.push((
+                index.clone(),
+                index == "PRIMARY",
+                column.map(|column| vec![column]),
+            )),
+        }
+    }
+    Ok(super::split_keys(
+        indexes
+            .into_iter()
+            .filter_map(|(_, primary, columns)| columns.map(|columns| (primary, columns)))
+            .collect(),
+    ))
 }
 
 /// One row of `information_schema.columns` (in the order `describe` selects them).

@@ -163,24 +163,7 @@ pub(super) async fn describe(
     .fetch_all(pool)
     .await
     .map_err(qerr(&context))?;
-    // The primary key and every unique index in one query: whole-table indexes only (a
-    // partial index is unique over its rows only, an expression index has no columns), key
-    // columns only (not INCLUDE ones), the primary key first.
-    let indexes: Vec<(bool, Vec<String>)> = sqlx::query_as(
-        "SELECT i.indisprimary, array_agg(a.attname::text ORDER BY k.position)
-         FROM pg_index i
-         CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, position)
-         JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
-         WHERE i.indrelid = $1::int8::oid AND i.indisunique AND i.indpred IS NULL
-               AND i.indexprs IS NULL AND k.position <= i.indnkeyatts
-         GROUP BY i.indexrelid, i.indisprimary
-         ORDER BY i.indisprimary DESC, i.indexrelid",
-    )
-    .bind(oid)
-    .fetch_all(pool)
-    .await
-    .map_err(qerr(&context))?;
-    let (primary_key, unique_keys) = super::split_keys(indexes);
+    let (primary_key, unique_keys) = unique_indexes(pool, oid, &context).await?;
 
     let mut columns = Vec::with_capacity(rows.len());
     for row in rows {
@@ -227,6 +210,31 @@ pub(super) async fn describe(
         estimated_rows: (reltuples >= 0.0).then_some(reltuples as u64),
         comment,
     })
+}
+
+/// The primary key and every unique index in one query: whole-table indexes only (a partial
+/// index is unique over its rows only, an expression index has no columns), key columns only
+/// (not INCLUDE ones), the primary key first.
+async fn unique_indexes(
+    pool: &PgPool,
+    oid: i64,
+    context: &str,
+) -> Result<(Vec<String>, Vec<Vec<String>>), SourceError> {
+    let indexes: Vec<(bool, Vec<String>)> = sqlx::query_as(
+        "SELECT i.indisprimary, array_agg(a.attname::text ORDER BY k.position)
+         FROM pg_index i
+         CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, position)
+         JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
+         WHERE i.indrelid = $1::int8::oid AND i.indisunique AND i.indpred IS NULL
+               AND i.indexprs IS NULL AND k.position <= i.indnkeyatts
+         GROUP BY i.indexrelid, i.indisprimary
+         ORDER BY i.indisprimary DESC, i.indexrelid",
+    )
+    .bind(oid)
+    .fetch_all(pool)
+    .await
+    .map_err(qerr(context))?;
+    Ok(super::split_keys(indexes))
 }
 
 pub(super) fn decode<'a>(row: &'a PgRow, index: usize, codec: &'a Codec) -> Decoded<'a> {

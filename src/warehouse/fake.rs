@@ -269,6 +269,61 @@ fn parse_rows(
     Ok(rows)
 }
 
+/// A merge's `deletes` after its upsert, like the delete statement: target rows whose key is
+/// not in the keys table (and has no NULL part) are deleted or marked once. The rows affected.
+fn apply_deletes(
+    state: &mut State,
+    request: &MergeRequest,
+    context: &str,
+) -> Result<Option<u64>, WarehouseError> {
+    let Some(keys_table) = request
+        .keys_table
+        .as_ref()
+        .filter(|_| !request.deletes.is_keep())
+    else {
+        return Ok(None);
+    };
+    let key_of = |row: &Map<String, Value>| {
+        request
+            .keys
+            .iter()
+            .map(|key| row.get(key).cloned().unwrap_or(Value::Null))
+            .collect::<Vec<_>>()
+    };
+    let present: Vec<Vec<Value>> = state
+        .tables
+        .get(keys_table)
+        .ok_or_else(|| not_found(context, keys_table))?
+        .1
+        .iter()
+        .map(key_of)
+        .collect();
+    let (_, target) = state
+        .tables
+        .get_mut(&request.target)
+        .ok_or_else(|| not_found(context, &request.target))?;
+    let gone = |row: &Map<String, Value>| {
+        let key = key_of(row);
+        !key.iter().any(Value::is_null) && !present.contains(&key)
+    };
+    let before = target.len();
+    let affected = if request.deletes == Deletes::Hard {
+        target.retain(|row| !gone(row));
+        before - target.len()
+    } else {
+        let now = Value::String(chrono::Utc::now().to_rfc3339());
+        let mut marked = 0;
+        for row in target.iter_mut().filter(|row| gone(row)) {
+            if row.get(DELETED_AT_COLUMN).is_none_or(Value::is_null) {
+                row.insert(DELETED_AT_COLUMN.to_string(), now.clone());
+                marked += 1;
+            }
+        }
+        marked
+    };
+    Ok(Some(affected as u64))
+}
+
 /// Orders JSON scalars: numbers numerically (also numeric strings), otherwise as text.
 fn compare(a: &Value, b: &Value) -> Ordering {
     let number = |value: &Value| match value {
@@ -592,48 +647,7 @@ impl Warehouse for FakeWarehouse {
         outcome.affected_rows = inserted + updated;
         outcome.inserted = Some(inserted);
         outcome.updated = Some(updated);
-        if let Some(keys_table) = request
-            .keys_table
-            .as_ref()
-            .filter(|_| !request.deletes.is_keep())
-        {
-            let present: Vec<Vec<Value>> = state
-                .tables
-                .get(keys_table)
-                .ok_or_else(|| not_found(&context, keys_table))?
-                .1
-                .iter()
-                .map(key_of)
-                .collect();
-            let (_, target) = state
-                .tables
-                .get_mut(&request.target)
-                .ok_or_else(|| not_found(&context, &request.target))?;
-            // Like the delete statement: rows with a NULL key part are never touched.
-            let gone = |row: &Map<String, Value>| {
-                let key = key_of(row);
-                !key.iter().any(Value::is_null) && !present.contains(&key)
-            };
-            let before = target.len();
-            let deleted = match request.deletes {
-                Deletes::Hard => {
-                    target.retain(|row| !gone(row));
-                    before - target.len()
-                }
-                _ => {
-                    let now = Value::String(chrono::Utc::now().to_rfc3339());
-                    let mut marked = 0;
-                    for row in target.iter_mut().filter(|row| gone(row)) {
-                        if row.get(DELETED_AT_COLUMN).is_none_or(Value::is_null) {
-                            row.insert(DELETED_AT_COLUMN.to_string(), now.clone());
-                            marked += 1;
-                        }
-                    }
-                    marked
-                }
-            };
-            outcome.deleted = Some(deleted as u64);
-        }
+        outcome.deleted = apply_deletes(&mut state, request, &context)?;
         lost_reply(&mut state, "merge")?;
         Ok(outcome)
     }

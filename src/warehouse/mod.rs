@@ -279,9 +279,17 @@ pub struct QueryParam {
     /// The value in BigQuery's text form (`"42"`, `"2024-01-02 03:04:05.123456+00:00"`), or
     /// `None` for NULL.
     pub value: Option<String>,
-    /// An `ARRAY<STRUCT<…>>` parameter instead: its fields (name, type) and one text value per
-    /// field for each element (`bq_type` and `value` are then unused).
-    pub struct_array: Option<(Vec<(String, BqType)>, Vec<Vec<String>>)>,
+    /// An `ARRAY<STRUCT<…>>` parameter instead (`bq_type` and `value` are then unused).
+    pub struct_array: Option<StructArray>,
+}
+
+/// The value of an `ARRAY<STRUCT<…>>` query parameter.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StructArray {
+    /// The struct's fields: name and type.
+    pub fields: Vec<(String, BqType)>,
+    /// The elements: one text value per field each.
+    pub rows: Vec<Vec<String>>,
 }
 
 impl QueryParam {
@@ -305,14 +313,14 @@ impl QueryParam {
             name: name.into(),
             bq_type: BqType::String,
             value: None,
-            struct_array: Some((fields, rows)),
+            struct_array: Some(StructArray { fields, rows }),
         }
     }
 
     /// The parameter as the REST API spells it (`queryParameters[]`).
     pub fn to_api(&self) -> serde_json::Value {
         use serde_json::json;
-        let Some((fields, rows)) = &self.struct_array else {
+        let Some(StructArray { fields, rows }) = &self.struct_array else {
             return json!({
                 "name": self.name,
                 "parameterType": {"type": self.bq_type.as_str()},

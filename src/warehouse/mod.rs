@@ -37,7 +37,10 @@
 //! - `create_table_with` / `patch_table_meta` / `list_tables` carry datasync's own metadata
 //!   (staging expirations, leases in lock tables; `If-Match` for a lease takeover).
 //! - `merge_statement` de-duplicates staging per key (greatest cursor wins) and leaves NULL keys
-//!   out.
+//!   out; with `deletes` it is one `BEGIN TRANSACTION … COMMIT` script of the MERGE and the
+//!   delete statement ([`dml`]), whose row counts come from its child jobs (jobs.list
+//!   `parentJobId`).
+//! - `dry_run_merge` prices a MERGE with `configuration.dryRun` (nothing runs or bills).
 //! - A target with columns datasync does not model (RECORD, RANGE) or that is not a table reads
 //!   back with [`ExistingTable::unsupported`] reasons instead of failing.
 //! - [`WarehouseError::is_ambiguous`] tells a failure after which BigQuery may have acted (lost
@@ -58,7 +61,9 @@
 //! - BIGNUMERIC can't be created (HTTP 500), precision/scale/maxLength are dropped, JSON and
 //!   GEOGRAPHY columns made by DDL read back as STRING/BYTES, BYTES in NDJSON are not
 //!   base64-decoded. None of this can be fixed client-side.
-//! - The emulator sends no `dmlStats`, so [`MergeOutcome`] has only `affected_rows` there.
+//! - The emulator sends no `dmlStats`, so [`MergeOutcome`] has only `affected_rows` there; it
+//!   lists no child jobs of a script (the deleted count is unknown) and prices every dry run at
+//!   0 bytes.
 
 pub mod avro;
 mod bigquery;

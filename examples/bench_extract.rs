@@ -166,6 +166,7 @@ fn table_spec(kind: SourceKind, qualifier: Option<String>) -> TableSpec {
         partition_by: None,
         cluster_by: Vec::new(),
         allow_recreate: false,
+        deletes: datasync::schema::Deletes::Keep,
         auto_create: true,
         types: TypePolicies::default(),
     }

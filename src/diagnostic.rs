@@ -143,6 +143,9 @@ codes! {
     ManifestIncrementalWithoutCursor => "datasync::manifest::incremental_without_cursor",
     /// A `cursor` the mode does not use.
     ManifestCursorUnused => "datasync::manifest::cursor_unused",
+    /// `deletes: soft|hard` on a table whose mode is not `merge` (or no merge table inherits
+    /// the default).
+    ManifestDeletesWithoutMerge => "datasync::manifest::deletes_without_merge",
     /// An environment variable with an invalid value.
     EnvInvalid => "datasync::env::invalid",
     /// An environment variable that is ignored.
@@ -193,6 +196,8 @@ codes! {
     PlanMergeKeyNotUnique => "datasync::plan::merge_key_not_unique",
     /// A nullable cursor: rows whose cursor is NULL are never past the maximum.
     PlanNullableCursor => "datasync::plan::nullable_cursor",
+    /// The dry run that estimates a MERGE's bytes failed: its cost is unknown.
+    PlanWriteCostUnknown => "datasync::plan::write_cost_unknown",
     /// The source table could not be read.
     PlanSourceError => "datasync::plan::source_error",
     /// The source table could not be mapped.

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 pub use crate::schema::engine::SourceKind;
 pub use crate::schema::policy::{
-    BadValuePolicy, DecimalOverflowPolicy, GeometryPolicy, LoadFormat, Utf8Policy,
+    BadValuePolicy, DecimalOverflowPolicy, Deletes, GeometryPolicy, LoadFormat, Utf8Policy,
 };
 
 /// A datasync manifest: where to read (sources), what to sync (tables) and where to write
@@ -224,6 +224,11 @@ pub struct RawDefaults {
     /// replaced by the source's. Default: `false`. Legacy variable: `ALLOW_TABLE_RECREATION`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub allow_recreate: Option<bool>,
+    /// What `merge` tables do with target rows whose key is gone from the source: `keep`,
+    /// `soft` (set `_datasync_deleted_at`) or `hard` (delete them). Applies to the tables in
+    /// mode `merge` only; each run then also reads the source's whole key set. Default: `keep`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deletes: Option<Deletes>,
     /// Type-mapping policies.
     #[serde(default, skip_serializing_if = "RawTypePolicies::is_empty")]
     pub types: RawTypePolicies,
@@ -465,6 +470,14 @@ pub struct RawTable {
     /// Default: `defaults.allow_recreate`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub allow_recreate: Option<bool>,
+    /// Mode `merge` only: what happens to target rows whose key is gone from the source.
+    /// `keep` leaves them; `soft` sets their `_datasync_deleted_at` (a NULLABLE TIMESTAMP column
+    /// datasync adds; NULL again when the key comes back); `hard` deletes them. With `soft` or
+    /// `hard` every run also reads the source's whole key set (the key columns only, whatever
+    /// the cursor) and removes the rows in the same transaction as the MERGE. Default:
+    /// `defaults.deletes` for a merge table, else `keep`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deletes: Option<Deletes>,
     /// Type-mapping policies for this table. Default: `defaults.types`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub types: Option<RawTypePolicies>,

@@ -16,7 +16,7 @@ use super::raw::{
 use super::{Code, Diagnostic, error_at, warning_at};
 use crate::names;
 pub use crate::schema::policy::TypePolicies;
-use crate::schema::{BqTypeSpec, LoadFormat};
+use crate::schema::{BqTypeSpec, Deletes, LoadFormat};
 use crate::secret::{REDACTED, Secret};
 
 /// Default rows per batch.
@@ -296,6 +296,10 @@ pub struct TableSpec {
     pub cluster_by: Vec<String>,
     /// Drop-and-recreate allowed on incompatible changes.
     pub allow_recreate: bool,
+    /// `merge`: what happens to target rows whose key is gone from the source (`keep` for every
+    /// other mode).
+    #[serde(default, skip_serializing_if = "Deletes::is_keep")]
+    pub deletes: Deletes,
     /// Create and evolve the target table.
     pub auto_create: bool,
     /// Type policies.
@@ -527,6 +531,7 @@ pub fn resolve(raw: &RawManifest) -> (Option<Manifest>, Vec<Diagnostic>) {
     }
 
     let (sources, all) = resolve_sources(raw, parallelism, default_policies, &mut problems);
+    check_default_deletes(raw, &all, &mut problems);
     let (patterns, tables): (Vec<TableSpec>, Vec<TableSpec>) =
         all.into_iter().partition(|table| is_pattern(&table.key));
     let exclude = raw
@@ -1207,6 +1212,23 @@ fn check_mode(
         ),
         _ => {}
     }
+    if let Some(deletes) = table.deletes.filter(|deletes| !deletes.is_keep())
+        && mode != WriteMode::Merge
+    {
+        problems.push(
+            error_at(
+                &format!("{pointer}/deletes"),
+                Code::ManifestDeletesWithoutMerge,
+                format!(
+                    "`deletes: {}` needs mode `merge` (the key decides which rows are gone), but table `{key}` uses `{}`",
+                    deletes.as_str(),
+                    mode.as_str()
+                ),
+            )
+            .on_key()
+            .with_help("set `mode: merge` with a `primary_key`, or remove `deletes`"),
+        );
+    }
     if table.cursor.is_some() && !matches!(mode, WriteMode::Incremental | WriteMode::Merge) {
         problems.push(
             warning_at(
@@ -1220,6 +1242,36 @@ fn check_mode(
             .on_key(),
         );
     }
+}
+
+/// A table's `deletes`: its own, else the defaults' for a merge table; `keep` for every other
+/// mode (a table's own `deletes` on another mode is an error, see [`check_mode`]).
+fn table_deletes(table: &RawTable, mode: WriteMode, default: Option<Deletes>) -> Deletes {
+    if mode != WriteMode::Merge {
+        return Deletes::Keep;
+    }
+    table.deletes.or(default).unwrap_or_default()
+}
+
+/// `defaults.deletes` that no merge table inherits is a warning: it does nothing.
+fn check_default_deletes(raw: &RawManifest, tables: &[TableSpec], problems: &mut Vec<Diagnostic>) {
+    let Some(deletes) = raw.defaults.deletes.filter(|deletes| !deletes.is_keep()) else {
+        return;
+    };
+    if tables.iter().any(|table| table.mode == WriteMode::Merge) {
+        return;
+    }
+    problems.push(
+        warning_at(
+            "/defaults/deletes",
+            Code::ManifestDeletesWithoutMerge,
+            format!(
+                "`deletes: {}` applies to tables in mode `merge` only, and no table uses it",
+                deletes.as_str()
+            ),
+        )
+        .on_key(),
+    );
 }
 
 fn resolve_table(
@@ -1287,6 +1339,7 @@ fn resolve_table(
             .allow_recreate
             .or(defaults.allow_recreate)
             .unwrap_or(false),
+        deletes: table_deletes(table, mode, defaults.deletes),
         auto_create: defaults.auto_create.unwrap_or(true),
         types,
     })
@@ -1319,6 +1372,7 @@ impl TableSpec {
                 .map(|p| format!("{}:{}", p.column, p.granularity)),
             cluster_by: Some(table.cluster_by.clone()).filter(|list| !list.is_empty()),
             allow_recreate: Some(table.allow_recreate),
+            deletes: (table.mode == WriteMode::Merge).then_some(table.deletes),
             types: Some(RawTypePolicies {
                 tinyint1_as_bool: Some(policies.tinyint1_as_bool),
                 zero_dates: Some(policies.zero_dates),
@@ -1431,6 +1485,7 @@ impl Manifest {
                 auto_create: first.map(|table| table.auto_create),
                 parallelism: Some(self.parallelism),
                 allow_recreate: None,
+                deletes: None,
                 types: RawTypePolicies::default(),
             },
             sources,

@@ -24,6 +24,7 @@ fn spec(kind: SourceKind) -> TableSpec {
         partition_by: None,
         cluster_by: Vec::new(),
         allow_recreate: false,
+        deletes: crate::schema::Deletes::Keep,
         auto_create: true,
         types: TypePolicies::default(),
     }

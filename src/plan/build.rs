@@ -2,7 +2,8 @@
 
 use super::diff::{self, FieldChange};
 use super::{
-    Bound, Extract, Step, TableAction, TablePlan, WriteOp, source_fingerprint, target_fingerprint,
+    Bound, CostBasis, Extract, KeyColumn, Step, TableAction, TablePlan, WriteCost, WriteOp,
+    source_fingerprint, target_fingerprint,
 };
 use crate::diagnostic::{Code, Diagnostic, Location};
 use crate::manifest::TableSpec;
@@ -72,6 +73,7 @@ pub fn plan_table(input: TableInput) -> TablePlan {
         .unwrap_or_default();
     warnings.append(&mut schema.warnings);
     let mut steps = Vec::new();
+    let mut write_cost = None;
     if let (Some(mapping), Some(load_schema)) = (&mapping, &schema.target_schema)
         && schema.action.runs()
     {
@@ -92,21 +94,7 @@ pub fn plan_table(input: TableInput) -> TablePlan {
         steps.append(&mut schema.ddl);
         let mut op = plan_write(&spec, mapping, source_table.as_ref());
         warnings.extend(write_warnings(&spec, mapping, source_table.as_ref(), &op));
-        if let WriteOp::Merge { keys, .. } = &op {
-            // A NULL key never matches (`=`), so such a row would be inserted again on every
-            // run: it is rejected like a bad value instead (`_datasync_rejects`).
-            if let Some(Step::Stage(extract)) = steps.first_mut() {
-                for column in &mut extract.columns {
-                    if keys
-                        .iter()
-                        .any(|key| key.eq_ignore_ascii_case(&column.target))
-                        && column.field.mode == crate::schema::FieldMode::Nullable
-                    {
-                        column.field.mode = crate::schema::FieldMode::Required;
-                    }
-                }
-            }
-        }
+        plan_merge(&mut steps, &mut op, &spec, mapping);
         if recreate {
             // One WRITE_TRUNCATE copy replaces rows and schema atomically; a partitioning
             // change can't be copied over, so the old table is kept aside meanwhile.
@@ -121,6 +109,7 @@ pub fn plan_table(input: TableInput) -> TablePlan {
         {
             cluster_on_key(&mut steps, schema.target_schema.as_mut(), keys);
         }
+        write_cost = planned_write_cost(&op, existing.is_some());
         steps.push(Step::Write { op });
     }
     // The staging load, the DDL and the write each use one table operation.
@@ -140,6 +129,7 @@ pub fn plan_table(input: TableInput) -> TablePlan {
         estimated_rows: source_table.as_ref().and_then(|table| table.estimated_rows),
         existing_rows,
         table_operations,
+        write_cost,
         warnings,
         errors: schema.errors,
         source_fingerprint: source_table.as_ref().map(source_fingerprint),
@@ -190,7 +180,14 @@ fn plan_inputs(
                 ],
             ),
         ),
-        (Ok(table), Ok(mapping)) => {
+        (Ok(table), Ok(mut mapping)) => {
+            if let Err(error) = add_deleted_at(spec, &mut mapping) {
+                return (
+                    Some(table),
+                    None,
+                    SchemaPlan::failed(TableAction::Error, vec![error.at(at)]),
+                );
+            }
             let mut schema = plan_schema(spec, &mapping.table, existing);
             for diagnostic in schema.warnings.iter_mut().chain(&mut schema.errors) {
                 diagnostic.location = at.clone();
@@ -403,9 +400,9 @@ fn cluster_on_key(steps: &mut [Step], target: Option<&mut WarehouseTable>, keys:
     }
 }
 
-/// What the write can't guarantee: a merge key that is not the source's primary key (several
-/// rows may share it: the greatest cursor wins, duplicates are only reported), a nullable
-/// cursor (its NULL rows are never past the maximum).
+/// What the write can't guarantee: a merge key that is neither the source's primary key nor a
+/// unique index (several rows may share it: the greatest cursor wins, apply reports how many
+/// rows shared a key), a nullable cursor (its NULL rows are never past the maximum).
 fn write_warnings(
     spec: &TableSpec,
     mapping: &TableMapping,
@@ -413,25 +410,25 @@ fn write_warnings(
     op: &WriteOp,
 ) -> Vec<Diagnostic> {
     let mut warnings = Vec::new();
-    if let (WriteOp::Merge { .. }, Some(source), Some(key)) = (op, source, &spec.primary_key) {
-        let same = key.len() == source.primary_key.len()
-            && key.iter().all(|column| {
-                source
-                    .primary_key
-                    .iter()
-                    .any(|pk| pk.eq_ignore_ascii_case(column))
-            });
-        if !same {
-            warnings.push(Diagnostic::warning(
-                Code::PlanMergeKeyNotUnique,
-                format!(
-                    "merge key [{}] is not the primary key of `{}` ([{}]): rows sharing a key are merged as one (the greatest cursor wins)",
-                    key.join(", "),
-                    source.name,
-                    source.primary_key.join(", ")
-                ),
-            ));
-        }
+    if let (WriteOp::Merge { .. }, Some(source), Some(key)) = (op, source, &spec.primary_key)
+        && !source.is_unique_key(key)
+    {
+        let mut known = vec![format!("primary key [{}]", source.primary_key.join(", "))];
+        known.extend(
+            source
+                .unique_keys
+                .iter()
+                .map(|unique| format!("unique [{}]", unique.join(", "))),
+        );
+        warnings.push(Diagnostic::warning(
+            Code::PlanMergeKeyNotUnique,
+            format!(
+                "merge key [{}] is neither the primary key nor a unique index of `{}` ({}): rows sharing a key are merged as one (the greatest cursor wins) and apply reports how many",
+                key.join(", "),
+                source.name,
+                known.join("; ")
+            ),
+        ));
     }
     let cursor = spec
         .cursor
@@ -463,7 +460,10 @@ fn plan_write(spec: &TableSpec, mapping: &TableMapping, source: Option<&SourceTa
         .map(|column| column.target.clone())
         .collect();
     match spec.mode {
-        WriteMode::Replace => WriteOp::Replace { columns },
+        WriteMode::Replace => WriteOp::Replace {
+            columns,
+            keep_rejected: replace_key(mapping),
+        },
         WriteMode::Append | WriteMode::Incremental => WriteOp::Append { columns },
         WriteMode::Merge => {
             let key = spec
@@ -488,7 +488,136 @@ fn plan_write(spec: &TableSpec, mapping: &TableMapping, source: Option<&SourceTa
                 keys,
                 columns,
                 cursor,
+                deletes: spec.deletes,
+                key_set: None,
             }
+        }
+    }
+}
+
+/// The key a replace finds a rejected row's earlier version by: the table's key columns
+/// (the manifest's `primary_key`, else the source's), when every one of them is synced.
+fn replace_key(mapping: &TableMapping) -> Vec<KeyColumn> {
+    let key: Vec<KeyColumn> = mapping
+        .key_columns
+        .iter()
+        .filter_map(|name| mapping.column(name))
+        .map(|column| KeyColumn {
+            source: column.source.name.clone(),
+            target: column.target.clone(),
+            bq_type: column.field.bq_type,
+        })
+        .collect();
+    if key.len() == mapping.key_columns.len() {
+        key
+    } else {
+        Vec::new()
+    }
+}
+
+/// `deletes: soft` on a merge table: the target gets a NULLABLE TIMESTAMP
+/// `_datasync_deleted_at` (created with the table, or added like any new column). No source
+/// column may already be written there.
+fn add_deleted_at(spec: &TableSpec, mapping: &mut TableMapping) -> Result<(), Diagnostic> {
+    use crate::schema::{BqType, DELETED_AT_COLUMN, Deletes, FieldMode, WarehouseField};
+    if spec.mode != WriteMode::Merge || spec.deletes != Deletes::Soft {
+        return Ok(());
+    }
+    if mapping.table.field(DELETED_AT_COLUMN).is_some() {
+        return Err(Diagnostic::error(
+            Code::MappingNameCollision,
+            format!(
+                "`deletes: soft` writes `{DELETED_AT_COLUMN}`, but a source column is already written there; rename it with `columns`/`exclude_columns` or use `deletes: hard`"
+            ),
+        ));
+    }
+    let mut field = WarehouseField::new(DELETED_AT_COLUMN, BqType::Timestamp, FieldMode::Nullable);
+    field.description = Some(
+        "datasync: when the row's key left the source (deletes: soft); NULL while it is there"
+            .into(),
+    );
+    mapping.table.fields.push(field);
+    Ok(())
+}
+
+/// A merge: key columns are REQUIRED in the load (a NULL key never matches `=`, so such a row
+/// would be inserted again on every run: it is rejected like a bad value, into
+/// `_datasync_rejects`); with `deletes`, the extraction of the source's whole key set.
+fn plan_merge(steps: &mut [Step], op: &mut WriteOp, spec: &TableSpec, mapping: &TableMapping) {
+    let WriteOp::Merge {
+        keys,
+        deletes,
+        key_set,
+        ..
+    } = op
+    else {
+        return;
+    };
+    let is_key = |target: &str| keys.iter().any(|key| key.eq_ignore_ascii_case(target));
+    if let Some(Step::Stage(extract)) = steps.first_mut() {
+        for column in &mut extract.columns {
+            if is_key(&column.target) && column.field.mode == crate::schema::FieldMode::Nullable {
+                column.field.mode = crate::schema::FieldMode::Required;
+            }
+        }
+        // The soft-delete column is the target's alone: staging holds the source's rows (the
+        // MERGE names its columns), and a load file never carries it.
+        extract
+            .load_schema
+            .fields
+            .retain(|field| field.name != crate::schema::DELETED_AT_COLUMN);
+    }
+    if deletes.is_keep() {
+        return;
+    }
+    // Only the key columns, NULLABLE (a NULL key matches no target row, it needs no reject),
+    // never bounded: a key missing from this set means the row is gone from the source.
+    let columns: Vec<_> = keys
+        .iter()
+        .filter_map(|key| {
+            mapping
+                .columns
+                .iter()
+                .find(|column| column.target.eq_ignore_ascii_case(key))
+        })
+        .cloned()
+        .map(|mut column| {
+            column.field.mode = crate::schema::FieldMode::Nullable;
+            column
+        })
+        .collect();
+    if columns.len() != keys.len() {
+        return;
+    }
+    let load_schema = WarehouseTable {
+        name: spec.target.clone(),
+        fields: columns.iter().map(|column| column.field.clone()).collect(),
+        partitioning: None,
+        clustering: Vec::new(),
+    };
+    let (format, format_reason) = plan_format(spec.format, &load_schema);
+    *key_set = Some(Box::new(Extract {
+        columns,
+        bound: Bound::All,
+        load_schema,
+        batch_size: mapping.batch_size,
+        policies: mapping.policies,
+        max_bad_values: mapping.max_parse_failures,
+        key_columns: mapping.key_columns.clone(),
+        format,
+        format_reason,
+    }));
+}
+
+/// What the write bills, where the plan alone knows it: a copy job is free, a MERGE into a new
+/// target reads no target bytes. A MERGE into an existing target is left to the planner's dry
+/// run (`None` here).
+fn planned_write_cost(op: &WriteOp, target_exists: bool) -> Option<WriteCost> {
+    match op {
+        WriteOp::Merge { .. } if target_exists => None,
+        WriteOp::Merge { .. } => Some(WriteCost::new_target(&super::Plan::statements(op))),
+        WriteOp::Replace { .. } | WriteOp::Append { .. } | WriteOp::Recreate { .. } => {
+            Some(WriteCost::free(CostBasis::CopyJob))
         }
     }
 }
@@ -552,7 +681,12 @@ mod tests {
         assert_eq!(
             created.write_op(),
             Some(&WriteOp::Replace {
-                columns: vec!["id".into()]
+                columns: vec!["id".into()],
+                keep_rejected: vec![KeyColumn {
+                    source: "id".into(),
+                    target: "id".into(),
+                    bq_type: BqType::Int64,
+                }],
             })
         );
     }
@@ -667,5 +801,207 @@ mod tests {
         assert!(existing.target_schema.unwrap().clustering.is_empty());
         let replaced = plan(WriteMode::Replace, None, ids());
         assert!(replaced.target_schema.unwrap().clustering.is_empty());
+    }
+
+    fn merge_with(settings: &str, existing: Option<WarehouseTable>) -> TablePlan {
+        plan_table(TableInput {
+            spec: crate::plan::testing::spec_with("t", settings),
+            source: Ok(source(10)),
+            mapping: mapped(
+                table(
+                    "t",
+                    &[
+                        ("id", BqType::Int64, FieldMode::Nullable),
+                        ("v", BqType::String, FieldMode::Nullable),
+                    ],
+                ),
+                vec![],
+            ),
+            existing_rows: existing.as_ref().map(|_| 3),
+            existing,
+            unsupported: Vec::new(),
+        })
+    }
+
+    #[test]
+    fn deletes_read_the_whole_key_set_even_when_the_merge_is_bounded() {
+        use crate::schema::Deletes;
+        let existing = table(
+            "t",
+            &[
+                ("id", BqType::Int64, FieldMode::Nullable),
+                ("v", BqType::String, FieldMode::Nullable),
+            ],
+        );
+        let planned = merge_with(
+            "mode: merge, primary_key: [id], cursor: v, deletes: hard",
+            Some(existing),
+        );
+        assert!(matches!(
+            planned.extract().unwrap().bound,
+            Bound::AfterTargetMax { .. }
+        ));
+        let Some(WriteOp::Merge {
+            deletes, key_set, ..
+        }) = planned.write_op()
+        else {
+            panic!("not a merge")
+        };
+        assert_eq!(*deletes, Deletes::Hard);
+        let key_set = key_set.as_ref().expect("a key set");
+        assert_eq!(key_set.bound, Bound::All, "never bounded");
+        let names: Vec<&str> = key_set
+            .columns
+            .iter()
+            .map(|column| column.target.as_str())
+            .collect();
+        assert_eq!(names, ["id"], "key columns only");
+        // The key set takes NULL keys (they match nothing); staging refuses them.
+        assert_eq!(key_set.load_schema.fields[0].mode, FieldMode::Nullable);
+        assert_eq!(
+            planned.extract().unwrap().columns[0].field.mode,
+            FieldMode::Required
+        );
+        // No soft-delete column for hard deletes; without deletes, no key set.
+        assert!(
+            planned
+                .target_schema
+                .unwrap()
+                .field("_datasync_deleted_at")
+                .is_none()
+        );
+        let keep = merge_with("mode: merge, primary_key: [id]", None);
+        assert!(matches!(
+            keep.write_op(),
+            Some(WriteOp::Merge {
+                key_set: None,
+                deletes: Deletes::Keep,
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn soft_deletes_add_a_nullable_timestamp_like_any_new_column() {
+        let created = merge_with("mode: merge, primary_key: [id], deletes: soft", None);
+        let field = created
+            .target_schema
+            .as_ref()
+            .unwrap()
+            .field("_datasync_deleted_at")
+            .cloned()
+            .expect("the soft-delete column");
+        assert_eq!(
+            (field.bq_type, field.mode),
+            (BqType::Timestamp, FieldMode::Nullable)
+        );
+        // Not a source column: never extracted, never written by the MERGE's column list.
+        assert!(
+            created
+                .write_op()
+                .unwrap()
+                .columns()
+                .iter()
+                .all(|c| c != "_datasync_deleted_at")
+        );
+        let existing = table(
+            "t",
+            &[
+                ("id", BqType::Int64, FieldMode::Nullable),
+                ("v", BqType::String, FieldMode::Nullable),
+            ],
+        );
+        let altered = merge_with(
+            "mode: merge, primary_key: [id], deletes: soft",
+            Some(existing.clone()),
+        );
+        assert_eq!(altered.action, TableAction::Update);
+        assert!(altered.steps.iter().any(|step| matches!(
+            step,
+            Step::AlterTable { changes } if changes.iter().any(|change| matches!(change, FieldChange::Add { field } if field.name == "_datasync_deleted_at"))
+        )));
+        let mut with_column = existing;
+        with_column.fields.push(field);
+        let synced = merge_with(
+            "mode: merge, primary_key: [id], deletes: soft",
+            Some(with_column),
+        );
+        assert_eq!(synced.action, TableAction::Sync);
+    }
+
+    #[test]
+    fn a_merge_key_that_is_a_unique_index_is_not_warned_about() {
+        let mut source = source(10);
+        source.unique_keys = vec![vec!["v".into()]];
+        let warned = |key: &str| {
+            plan_table(TableInput {
+                spec: crate::plan::testing::spec_with(
+                    "t",
+                    &format!("mode: merge, primary_key: [{key}]"),
+                ),
+                source: Ok(source.clone()),
+                mapping: mapped(
+                    table(
+                        "t",
+                        &[
+                            ("id", BqType::Int64, FieldMode::Required),
+                            ("v", BqType::String, FieldMode::Required),
+                            ("w", BqType::String, FieldMode::Required),
+                        ],
+                    ),
+                    vec![],
+                ),
+                existing_rows: None,
+                existing: None,
+                unsupported: Vec::new(),
+            })
+            .warnings
+            .into_iter()
+            .filter(|warning| warning.code == Code::PlanMergeKeyNotUnique)
+            .map(|warning| warning.message)
+            .collect::<Vec<_>>()
+        };
+        assert!(warned("v").is_empty(), "a unique index");
+        assert!(warned("id").is_empty(), "the primary key");
+        assert!(warned("w, id").is_empty(), "a superset of the primary key");
+        assert_eq!(
+            warned("w"),
+            [
+                "merge key [w] is neither the primary key nor a unique index of `t` (primary key [id]; unique [v]): rows sharing a key are merged as one (the greatest cursor wins) and apply reports how many"
+            ]
+        );
+    }
+
+    #[test]
+    fn the_write_cost_is_free_for_copies_and_left_to_a_dry_run_for_a_merge() {
+        use crate::plan::CostBasis;
+        let copy = plan(WriteMode::Replace, Some(ids()), ids());
+        assert_eq!(copy.write_cost, Some(WriteCost::free(CostBasis::CopyJob)));
+        let append = plan(WriteMode::Incremental, Some(ids()), ids());
+        assert_eq!(append.write_cost.unwrap().bytes, 0);
+        // An existing merge target: the planner's dry run fills it in.
+        assert_eq!(plan(WriteMode::Merge, Some(ids()), ids()).write_cost, None);
+        let new = plan(WriteMode::Merge, None, ids()).write_cost.unwrap();
+        assert_eq!(new.basis, CostBasis::NewTarget);
+        assert_eq!(new.bytes, 2 * crate::plan::cost::MIN_BYTES_PER_TABLE);
+    }
+
+    #[test]
+    fn a_replace_keeps_rejected_rows_by_its_key_when_the_key_is_synced() {
+        let planned = plan(WriteMode::Replace, None, ids());
+        let Some(WriteOp::Replace { keep_rejected, .. }) = planned.write_op() else {
+            panic!("not a replace")
+        };
+        assert_eq!(keep_rejected.len(), 1);
+        // The key column is not synced: no key to find earlier rows by.
+        let other = plan(
+            WriteMode::Replace,
+            None,
+            table("t", &[("v", BqType::String, FieldMode::Nullable)]),
+        );
+        assert!(matches!(
+            other.write_op(),
+            Some(WriteOp::Replace { keep_rejected, .. }) if keep_rejected.is_empty()
+        ));
     }
 }

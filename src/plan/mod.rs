@@ -5,6 +5,7 @@
 
 mod build;
 pub mod chunks;
+pub mod cost;
 pub mod diff;
 pub mod render;
 pub mod shard;
@@ -20,8 +21,9 @@ use crate::manifest::TableSpec;
 use crate::manifest::raw::WriteMode;
 use crate::manifest::resolve::TypePolicies;
 use crate::mapping::ColumnMapping;
-use crate::schema::{BqType, LoadFormat, SourceTable, WarehouseTable};
+use crate::schema::{BqType, Deletes, LoadFormat, SourceTable, WarehouseTable};
 pub use build::{TableInput, plan_table};
+pub use cost::{CostBasis, TotalWriteCost, WriteCost};
 pub use diff::FieldChange;
 
 /// Version of the plan's JSON format (`plan --format json`, `plan --out`).
@@ -168,9 +170,17 @@ impl Bound {
 pub enum WriteOp {
     /// Replace every row: one copy job staging → target, `WRITE_TRUNCATE` (free, atomic). An
     /// empty source stages an empty table, so it empties the target.
+    ///
+    /// No row an earlier run loaded is lost to a bad value: when this run rejects rows, the
+    /// target's current rows for the rejected keys are copied into staging first (the target
+    /// is only read); without a key, a run with rejects fails the table if the target has rows.
     Replace {
         /// Target columns.
         columns: Vec<String>,
+        /// The key that finds a rejected row's earlier version in the target (the manifest's
+        /// `primary_key`, else the source's); empty when the table has none.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        keep_rejected: Vec<KeyColumn>,
     },
     /// Add the rows: one copy job staging → target, `WRITE_APPEND` (free, atomic).
     Append {
@@ -197,14 +207,33 @@ pub enum WriteOp {
         /// The cursor's target column: among staged rows sharing a key, the greatest wins.
         #[serde(default)]
         cursor: Option<String>,
+        /// Target rows whose key is gone from the source: kept, soft-deleted
+        /// (`_datasync_deleted_at`) or deleted, in the MERGE's transaction.
+        #[serde(default, skip_serializing_if = "Deletes::is_keep")]
+        deletes: Deletes,
+        /// With `deletes`: the source's whole key set (key columns only, never bounded), staged
+        /// into this run's keys table `_datasync_keys_<target>_<run id>`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        key_set: Option<Box<Extract>>,
     },
+}
+
+/// One key column of a table: its source and target names and the target's type.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyColumn {
+    /// The source column (as a rejected row's record names it).
+    pub source: String,
+    /// The target column.
+    pub target: String,
+    /// Its BigQuery type (of the query parameter that carries its values).
+    pub bq_type: BqType,
 }
 
 impl WriteOp {
     /// The target columns written.
     pub fn columns(&self) -> &[String] {
         match self {
-            Self::Replace { columns }
+            Self::Replace { columns, .. }
             | Self::Append { columns }
             | Self::Recreate { columns, .. }
             | Self::Merge { columns, .. } => columns,
@@ -242,6 +271,10 @@ pub struct TablePlan {
     pub existing_rows: Option<u64>,
     /// BigQuery table operations this table uses (quota: 1,500 per table per day).
     pub table_operations: u32,
+    /// What the write will bill (on-demand): 0 for a copy job; for a MERGE, a dry run's
+    /// estimate. `None` when it could not be estimated.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub write_cost: Option<WriteCost>,
     /// Lossy mappings, renames, dropped columns.
     pub warnings: Vec<Diagnostic>,
     /// Why the table cannot run.
@@ -287,6 +320,9 @@ pub struct Plan {
     pub create_dataset: bool,
     /// Tables, in manifest order (disabled tables are left out).
     pub tables: Vec<TablePlan>,
+    /// What the writes of the tables that run bill, summed (on-demand).
+    #[serde(default)]
+    pub write_cost: TotalWriteCost,
     /// Hash of everything above.
     pub fingerprint: String,
     /// Tables of the dataset that datasync created and no table of the manifest writes any
@@ -375,11 +411,24 @@ impl Plan {
             destination,
             create_dataset,
             tables,
+            write_cost: TotalWriteCost::default(),
             fingerprint: String::new(),
             orphaned: Vec::new(),
         };
-        plan.fingerprint = plan.content_fingerprint();
+        plan.refingerprint();
         plan
+    }
+
+    /// The statements a table's write runs, for display (`MERGE`, `DELETE`, `UPDATE`).
+    pub fn statements(op: &WriteOp) -> Vec<&'static str> {
+        match op {
+            WriteOp::Merge { deletes, .. } => match deletes {
+                Deletes::Keep => vec!["MERGE"],
+                Deletes::Hard => vec!["MERGE", "DELETE"],
+                Deletes::Soft => vec!["MERGE", "UPDATE"],
+            },
+            _ => Vec::new(),
+        }
     }
 
     /// Whether any table's schema changes (what `--detailed-exitcode` reports as 2).
@@ -406,8 +455,14 @@ impl Plan {
         ))
     }
 
-    /// Re-fingerprints after a change made by the planner (row counts filled in).
+    /// Re-fingerprints (and sums the write costs again) after a change made by the planner.
     pub fn refingerprint(&mut self) {
+        self.write_cost = TotalWriteCost::of(
+            self.tables
+                .iter()
+                .filter(|table| table.action.runs())
+                .map(|table| table.write_cost.as_ref()),
+        );
         self.fingerprint = self.content_fingerprint();
     }
 

@@ -3,7 +3,8 @@
 
 use std::fmt::Write as _;
 
-use super::{FieldChange, Plan, TableAction, TablePlan};
+use super::cost::{human_bytes, human_dollars};
+use super::{CostBasis, FieldChange, Plan, TableAction, TablePlan};
 use crate::schema::{WarehouseField, WarehouseTable};
 
 fn schema_lines(table: &WarehouseTable) -> String {
@@ -106,11 +107,58 @@ fn mode_text(plan: &TablePlan) -> String {
             " where {source_column} {operator} max(target.{target_column})"
         );
     }
+    if let Some(super::WriteOp::Merge { deletes, .. }) = plan.write_op()
+        && !deletes.is_keep()
+    {
+        let _ = write!(
+            text,
+            ", deletes {} (the whole key set is read every run)",
+            deletes.as_str()
+        );
+    }
     if let Some(extract) = plan.extract() {
         let _ = write!(text, ", {}", extract.format.as_str());
         if let Some(reason) = &extract.format_reason {
             let _ = write!(text, " because {reason}");
         }
+    }
+    text
+}
+
+/// What a table's write bills: `copy job, free`, or the statements, their bytes and dollars
+/// and where the figure comes from; `None` for a table that does not run.
+fn write_cost_text(plan: &TablePlan) -> Option<String> {
+    let op = plan.write_op()?;
+    let Some(cost) = &plan.write_cost else {
+        return Some("cost unknown (see the warning)".to_string());
+    };
+    let statements = super::Plan::statements(op);
+    Some(match &cost.basis {
+        CostBasis::CopyJob => "copy job, free (0 bytes billed)".to_string(),
+        basis => format!(
+            "{} bills ~{} (~{}): {}",
+            cost.what(&statements),
+            human_bytes(cost.bytes),
+            human_dollars(cost.dollars),
+            if matches!(basis, CostBasis::NewTarget) {
+                "a new target, every table at BigQuery's 10 MiB minimum"
+            } else {
+                "the target side from a dry run, this run's tables at their 10 MiB minimum"
+            }
+        ),
+    })
+}
+
+/// The plan's write cost for the closing line.
+fn total_cost_text(plan: &Plan) -> String {
+    let total = &plan.write_cost;
+    let mut text = format!(
+        "writes bill ~{} (~{} on demand)",
+        human_bytes(total.bytes),
+        human_dollars(total.dollars)
+    );
+    if total.unknown > 0 {
+        let _ = write!(text, " plus {} table(s) of unknown cost", total.unknown);
     }
     text
 }
@@ -158,9 +206,10 @@ fn summary(plan: &Plan) -> String {
         "No schema changes".to_string()
     };
     let mut text = format!(
-        "{head}; {} table(s) to sync, ~{} rows to move, {operations} BigQuery table operation(s) (limit 1,500 per table per day)",
+        "{head}; {} table(s) to sync, ~{} rows to move, {operations} BigQuery table operation(s) (limit 1,500 per table per day), {}",
         runnable.len(),
-        group_digits(total_rows)
+        group_digits(total_rows),
+        total_cost_text(plan)
     );
     if failing > 0 {
         let _ = write!(text, "; {failing} table(s) cannot run");
@@ -227,6 +276,9 @@ pub fn text(plan: &Plan) -> String {
             mode_text(table),
             rows(table.estimated_rows)
         );
+        if let Some(cost) = write_cost_text(table) {
+            let _ = writeln!(out, "    write: {cost}");
+        }
         for change in &table.changes {
             let _ = writeln!(out, "    {}", change_line(change));
         }
@@ -275,17 +327,20 @@ fn shared_errors(plan: &Plan) -> Vec<(String, Vec<String>)> {
 /// The plan as Markdown, for a pull-request comment.
 pub fn markdown(plan: &Plan) -> String {
     let mut out = format!("### datasync plan for `bq://{}`\n\n", plan.destination);
-    out.push_str("| | source | target | action | mode | rows |\n|---|---|---|---|---|---|\n");
+    out.push_str(
+        "| | source | target | action | mode | rows | write |\n|---|---|---|---|---|---|---|\n",
+    );
     for table in &plan.tables {
         let _ = writeln!(
             out,
-            "| `{}` | `{}` | `{}` | {} | {} | {} |",
+            "| `{}` | `{}` | `{}` | {} | {} | {} | {} |",
             table.action.symbol(),
             table.label,
             table.target,
             action_text(table.action),
             mode_text(table).replace('|', "\\|"),
-            rows(table.estimated_rows)
+            rows(table.estimated_rows),
+            write_cost_text(table).map_or_else(|| "-".to_string(), |cost| cost.replace('|', "\\|"))
         );
     }
     out.push('\n');
@@ -449,7 +504,24 @@ mod tests {
                 existing_rows: Some(3),
                 unsupported: Vec::new(),
             }),
+            plan_table(TableInput {
+                spec: crate::plan::testing::spec_with(
+                    "users",
+                    "mode: merge, primary_key: [id], deletes: soft",
+                ),
+                source: Ok(source(500)),
+                mapping: mapped(table("users", &[("id", Int64, Required)]), vec![]),
+                existing: None,
+                existing_rows: None,
+                unsupported: Vec::new(),
+            }),
         ];
+        let mut tables = tables;
+        // What the planner's dry run of the orders MERGE said: 3 GiB of the target.
+        tables[1].write_cost = Some(crate::plan::WriteCost::dry_run(&[(
+            "MERGE".into(),
+            3 << 30,
+        )]));
         Plan::new("demo-project.ds".into(), false, tables)
     }
 
@@ -582,7 +654,8 @@ mod tests {
                 TableAction::Create,
                 TableAction::Update,
                 TableAction::Sync,
-                TableAction::Blocked
+                TableAction::Blocked,
+                TableAction::Create
             ]
         );
         assert!(plan.has_changes());

@@ -4,9 +4,16 @@ use crate::manifest::raw::WriteMode;
 use crate::schema::{BqType, FieldMode, SourceTable, WarehouseField, WarehouseTable};
 
 pub(crate) fn spec(key: &str, mode: WriteMode) -> crate::manifest::TableSpec {
+    spec_with(
+        key,
+        &format!("mode: {}, primary_key: [id], cursor: id", mode.as_str()),
+    )
+}
+
+/// A table spec from its manifest entry's settings, e.g. `mode: merge, deletes: hard`.
+pub(crate) fn spec_with(key: &str, settings: &str) -> crate::manifest::TableSpec {
     let text = format!(
-        "bigquery: {{project: demo-project, dataset: ds}}\nsources:\n  shop:\n    type: postgres\n    url: postgres://u@h/db\n    tables:\n      {key}: {{mode: {}, primary_key: [id], cursor: id}}\n",
-        mode.as_str()
+        "bigquery: {{project: demo-project, dataset: ds}}\nsources:\n  shop:\n    type: postgres\n    url: postgres://u@h/db\n    tables:\n      {key}: {{{settings}}}\n"
     );
     let loaded = crate::manifest::load(&crate::manifest::ManifestInput {
         name: None,

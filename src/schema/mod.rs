@@ -13,7 +13,8 @@ use serde::{Deserialize, Serialize};
 pub use codec::{Codec, ColumnMapping, GEOGRAPHY_REJECT, ReadAs};
 pub use engine::SourceKind;
 pub use policy::{
-    BadValuePolicy, DecimalOverflowPolicy, GeometryPolicy, LoadFormat, TypePolicies, Utf8Policy,
+    BadValuePolicy, DELETED_AT_COLUMN, DecimalOverflowPolicy, Deletes, GeometryPolicy, LoadFormat,
+    TypePolicies, Utf8Policy,
 };
 pub use value::{
     Bad, BadKind, Decoded, ExtractStats, MAX_REJECTS, Reject, RowSink, TooManyBadValues, Val,
@@ -416,6 +417,21 @@ pub struct SourceTable {
 }
 
 impl SourceTable {
+    /// Whether `columns` identify at most one row: they hold every column of the primary key
+    /// or of a unique index (a superset of a unique key is unique too).
+    pub fn is_unique_key(&self, columns: &[String]) -> bool {
+        std::iter::once(&self.primary_key)
+            .chain(&self.unique_keys)
+            .filter(|key| !key.is_empty())
+            .any(|key| {
+                key.iter().all(|part| {
+                    columns
+                        .iter()
+                        .any(|column| column.eq_ignore_ascii_case(part))
+                })
+            })
+    }
+
     /// `qualifier.table`, or the bare name of an unqualified table: how messages name it.
     pub fn label(&self) -> String {
         match &self.qualifier {

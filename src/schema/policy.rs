@@ -101,6 +101,39 @@ impl LoadFormat {
     }
 }
 
+/// What `merge` does with target rows whose key is gone from the source (deletes without CDC).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Deletes {
+    /// Keep them: the target keeps every row it ever received.
+    #[default]
+    Keep,
+    /// Set their `_datasync_deleted_at` column (a NULLABLE TIMESTAMP datasync adds) to the
+    /// time of the run; a key that comes back is set to NULL again.
+    Soft,
+    /// Delete them.
+    Hard,
+}
+
+impl Deletes {
+    /// The lowercase name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Keep => "keep",
+            Self::Soft => "soft",
+            Self::Hard => "hard",
+        }
+    }
+
+    /// Whether this is `keep` (nothing is deleted).
+    pub fn is_keep(&self) -> bool {
+        *self == Self::Keep
+    }
+}
+
+/// The NULLABLE TIMESTAMP column `deletes: soft` adds to a merge target.
+pub const DELETED_AT_COLUMN: &str = "_datasync_deleted_at";
+
 /// Why `table` cannot be loaded as Avro exactly, if it cannot (see `warehouse::avro`).
 pub fn avro_obstacle(table: &WarehouseTable) -> Option<String> {
     table.fields.iter().find_map(|field| match field.bq_type {

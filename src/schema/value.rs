@@ -83,6 +83,8 @@ pub enum BadKind {
     OutOfRange,
     /// A value the decoder cannot read.
     Malformed,
+    /// NULL in a REQUIRED field (a merge key is REQUIRED in the load: such a row is rejected).
+    NullRequired,
 }
 
 impl BadKind {
@@ -94,6 +96,7 @@ impl BadKind {
             Self::InvalidUtf8 => "invalid_utf8",
             Self::OutOfRange => "out_of_range",
             Self::Malformed => "malformed",
+            Self::NullRequired => "null_in_required",
         }
     }
 }

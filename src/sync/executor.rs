@@ -34,8 +34,8 @@ use tokio::sync::mpsc;
 use super::lease::{self, LeaseSettings};
 use super::ledger::{RunLedger, watermark};
 use super::{
-    BACKUP_PREFIX, DryRun, Progress, STAGING_PREFIX, backup_table, load_job_id, run_started_secs,
-    staging_table,
+    BACKUP_PREFIX, DryRun, KEYS_PREFIX, Progress, STAGING_PREFIX, backup_table, keys_table,
+    load_job_id, run_started_secs, staging_table,
 };
 use crate::plan::{Bound, Extract, FieldChange, Plan, Step, TablePlan, WriteOp};
 use crate::schema::{SourceTable, WarehouseTable};
@@ -45,6 +45,9 @@ use crate::warehouse::{
     AlterColumn, CopyRequest, Disposition, LoadOutcome, LoadRequest, LoadSink, MergeRequest,
     TableMeta, Warehouse, WarehouseError,
 };
+
+mod paths;
+pub use paths::WriteNotes;
 
 /// How a report words a failure after which BigQuery may have carried the request out
 /// ([`WarehouseError::is_ambiguous`]).
@@ -276,7 +279,7 @@ impl Executor {
     pub async fn abort(&self, plan: &Plan) {
         for table in plan.tables.iter().filter(|table| table.action.runs()) {
             let mut jobs = vec![load_job_id(&self.run_id, &table.target)];
-            for step in ["write", "backup", "restore"] {
+            for step in ["keys", "write", "backup", "restore"] {
                 jobs.push(write_job_id(&self.run_id, &table.target, step));
             }
             for job in jobs {
@@ -286,6 +289,12 @@ impl Executor {
                 .warehouse
                 .drop_table(&staging_table(&table.target, &self.run_id))
                 .await;
+            if has_key_set(table) {
+                let _ = self
+                    .warehouse
+                    .drop_table(&keys_table(&table.target, &self.run_id))
+                    .await;
+            }
             lease::release_lock(
                 self.warehouse.as_ref(),
                 &lease::lock_table(&table.target),
@@ -302,7 +311,7 @@ impl Executor {
         }
     }
 
-    /// Drops what dead runs left: staging and backup tables older than
+    /// Drops what dead runs left: staging, key-set and backup tables older than
     /// [`RunSettings::staging_ttl`] (BigQuery expires them too; the emulator does not), lock
     /// tables whose lease expired. Best effort: failures are logged.
     async fn drop_dead_leftovers(&self) {
@@ -310,7 +319,12 @@ impl Executor {
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |now| now.as_secs());
         let ttl = self.settings.staging_ttl.as_secs();
-        for prefix in [STAGING_PREFIX, BACKUP_PREFIX, lease::LOCK_PREFIX] {
+        for prefix in [
+            STAGING_PREFIX,
+            KEYS_PREFIX,
+            BACKUP_PREFIX,
+            lease::LOCK_PREFIX,
+        ] {
             let names = match self.warehouse.list_tables(prefix).await {
                 Ok(names) => names,
                 Err(error) => {
@@ -373,7 +387,7 @@ impl Executor {
         let seconds = started.elapsed().as_secs_f64();
         let duration = format!("{seconds:.3}s");
         match result {
-            Ok((stats, loaded)) => {
+            Ok((stats, loaded, notes)) => {
                 tracing::info!(
                     database = %table.source,
                     run_id = %self.run_id,
@@ -386,10 +400,13 @@ impl Executor {
                     bad_values = stats.bad_values,
                     rows_rejected = stats.failed_rows,
                     rejects_table = REJECTS_TABLE,
+                    duplicate_keys = notes.duplicate_keys,
+                    rows_deleted = notes.deleted,
+                    earlier_rows_kept = notes.kept_rows,
                     seconds,
                     "table synced"
                 );
-                TableOutcome::done(table, &stats, loaded, seconds)
+                TableOutcome::done(table, &stats, loaded, &notes, seconds)
             }
             Err(failure) => {
                 tracing::error!(
@@ -407,10 +424,7 @@ impl Executor {
         }
     }
 
-    async fn execute(
-        &self,
-        table: &TablePlan,
-    ) -> Result<(ExtractStats, Option<u64>), TableFailure> {
+    async fn execute(&self, table: &TablePlan) -> Result<Executed, TableFailure> {
         let source_table = table
             .source_table
             .as_ref()
@@ -426,7 +440,7 @@ impl Executor {
             let stats = self
                 .extract_to_drain(source, table, source_table, extract, filter.as_ref())
                 .await?;
-            return Ok((stats, None));
+            return Ok((stats, None, WriteNotes::default()));
         }
         let lease = lease::acquire(
             Arc::clone(&self.warehouse),
@@ -480,7 +494,7 @@ impl Executor {
         source: &Source,
         source_table: &SourceTable,
         extract: &Extract,
-    ) -> Result<(ExtractStats, Option<u64>), TableFailure> {
+    ) -> Result<Executed, TableFailure> {
         let filter = self.bound(table, extract).await?;
         let staging = staging_table(&table.target, &self.run_id);
         self.create_staging(&staging, extract).await?;
@@ -494,16 +508,38 @@ impl Executor {
             },
             Err(failure) => Err(failure),
         };
+        let staged = match staged {
+            Ok((stats, outcome)) => {
+                match self
+                    .prepare_write(table, source, source_table, &stats)
+                    .await
+                {
+                    Ok(notes) => Ok((stats, outcome, notes)),
+                    Err(message) => Err(TableFailure::with_stats(message, stats)),
+                }
+            }
+            Err(failure) => Err(failure),
+        };
         let result = match staged {
-            Ok((stats, outcome)) => self
-                .finish(table, &stats)
-                .await
-                .map(|()| (stats.clone(), Some(outcome.output_rows)))
-                .map_err(|message| TableFailure::with_stats(message, stats)),
+            Ok((stats, outcome, mut notes)) => match self.finish(table, &stats).await {
+                Ok(deleted) => {
+                    notes.deleted = deleted;
+                    Ok((stats, Some(outcome.output_rows), notes))
+                }
+                Err(message) => Err(TableFailure::with_stats(message, stats)),
+            },
             Err(failure) => Err(failure),
         };
         if let Err(error) = self.warehouse.drop_table(&staging).await {
             tracing::warn!(table = %table.label, error = %error, "could not drop the staging table");
+        }
+        if has_key_set(table)
+            && let Err(error) = self
+                .warehouse
+                .drop_table(&keys_table(&table.target, &self.run_id))
+                .await
+        {
+            tracing::warn!(table = %table.label, error = %error, "could not drop the key-set table");
         }
         result
     }
@@ -674,12 +710,14 @@ impl Executor {
         Ok((stats, outcome))
     }
 
-    /// The steps after [`Step::Stage`], on verified rows: the DDL, then the write.
-    async fn finish(&self, table: &TablePlan, stats: &ExtractStats) -> Result<(), String> {
+    /// The steps after [`Step::Stage`], on verified rows: the DDL, then the write; the rows a
+    /// merge deleted when BigQuery says.
+    async fn finish(&self, table: &TablePlan, stats: &ExtractStats) -> Result<Option<u64>, String> {
         (self.phases)(&table.label, super::Phase::Write);
         let warehouse = self.warehouse.as_ref();
         let staging = staging_table(&table.target, &self.run_id);
         let mut schema_changed = false;
+        let mut deleted = None;
         for step in &table.steps {
             match step {
                 Step::Stage(_) => {}
@@ -696,7 +734,8 @@ impl Executor {
                     schema_changed = true;
                 }
                 Step::Write { op } => {
-                    self.write(&staging, &table.target, op)
+                    deleted = self
+                        .write(&staging, &table.target, op)
                         .await
                         .map_err(|error| {
                             if error.is_ambiguous() {
@@ -711,11 +750,17 @@ impl Executor {
             }
         }
         tracing::debug!(table = %table.label, rows = stats.rows, "target written");
-        Ok(())
+        Ok(deleted)
     }
 
-    /// [`Step::Write`]: one atomic job from staging into the target.
-    async fn write(&self, staging: &str, target: &str, op: &WriteOp) -> Result<(), WarehouseError> {
+    /// [`Step::Write`]: one atomic job from staging into the target; a merge's deleted rows when
+    /// BigQuery reports them.
+    async fn write(
+        &self,
+        staging: &str,
+        target: &str,
+        op: &WriteOp,
+    ) -> Result<Option<u64>, WarehouseError> {
         let copy = |source: &str, into: &str, disposition, step: &str| CopyRequest {
             source: source.to_string(),
             target: into.to_string(),
@@ -724,16 +769,14 @@ impl Executor {
         };
         let warehouse = self.warehouse.as_ref();
         match op {
-            WriteOp::Replace { .. } | WriteOp::Recreate { backup: false, .. } => {
-                warehouse
-                    .copy_table(&copy(staging, target, Disposition::Truncate, "write"))
-                    .await
-            }
-            WriteOp::Append { .. } => {
-                warehouse
-                    .copy_table(&copy(staging, target, Disposition::Append, "write"))
-                    .await
-            }
+            WriteOp::Replace { .. } | WriteOp::Recreate { backup: false, .. } => warehouse
+                .copy_table(&copy(staging, target, Disposition::Truncate, "write"))
+                .await
+                .map(|()| None),
+            WriteOp::Append { .. } => warehouse
+                .copy_table(&copy(staging, target, Disposition::Append, "write"))
+                .await
+                .map(|()| None),
             WriteOp::Recreate { backup: true, .. } => {
                 let backup = backup_table(target, &self.run_id);
                 warehouse
@@ -767,12 +810,14 @@ impl Executor {
                 if let Err(error) = warehouse.drop_table(&backup).await {
                     tracing::warn!(table = %backup, %error, "could not drop the backup");
                 }
-                Ok(())
+                Ok(None)
             }
             WriteOp::Merge {
                 keys,
                 columns,
                 cursor,
+                deletes,
+                key_set,
             } => warehouse
                 .merge(&MergeRequest {
                     staging: staging.to_string(),
@@ -781,9 +826,11 @@ impl Executor {
                     columns: columns.clone(),
                     order_by: cursor.clone(),
                     job_id: Some(write_job_id(&self.run_id, target, "write")),
+                    deletes: *deletes,
+                    keys_table: key_set.as_ref().map(|_| keys_table(target, &self.run_id)),
                 })
                 .await
-                .map(|_| ()),
+                .map(|outcome| outcome.deleted),
         }
     }
 
@@ -835,6 +882,21 @@ impl Executor {
                 .await
         }
     }
+}
+
+/// What a table's run produced: its extraction, the rows BigQuery loaded (`None` in a dry
+/// run), what the write paths found.
+type Executed = (ExtractStats, Option<u64>, WriteNotes);
+
+/// Whether the table's write stages the source's key set (a merge with `deletes`).
+fn has_key_set(table: &TablePlan) -> bool {
+    matches!(
+        table.write_op(),
+        Some(WriteOp::Merge {
+            key_set: Some(_),
+            ..
+        })
+    )
 }
 
 /// One DDL step on the target.

@@ -117,9 +117,18 @@ pub const STAGING_PREFIX: &str = "_datasync_staging_";
 /// Prefix of the backups a recreate with a partitioning change keeps while it runs.
 pub const BACKUP_PREFIX: &str = "_datasync_backup_";
 
+/// Prefix of a merge's key-set tables (`deletes: soft|hard`; followed by the target's name and
+/// the run id).
+pub const KEYS_PREFIX: &str = "_datasync_keys_";
+
 /// The staging table of a target in a run: per run, so overlapping runs never share one.
 pub fn staging_table(target: &str, run_id: &str) -> String {
     format!("{STAGING_PREFIX}{target}_{run_id}")
+}
+
+/// The table of the source's whole key set a merge with `deletes` stages in a run.
+pub fn keys_table(target: &str, run_id: &str) -> String {
+    format!("{KEYS_PREFIX}{target}_{run_id}")
 }
 
 /// The backup of a target in a run (recreate with a partitioning change).

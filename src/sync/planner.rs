@@ -32,13 +32,16 @@ use std::collections::{HashMap, HashSet};
 use futures::StreamExt;
 use indexmap::IndexMap;
 
+use crate::diagnostic::{Code, Diagnostic, Location};
 use crate::error::Error;
 use crate::manifest::{Manifest, TableSpec};
 use crate::mapping::map_table;
-use crate::plan::{Bound, Orphan, Plan, TableInput, TablePlan, orphans, plan_table};
+use crate::plan::{
+    Bound, Orphan, Plan, TableInput, TablePlan, WriteCost, WriteOp, orphans, plan_table,
+};
 use crate::schema::SourceTable;
 use crate::source::Source;
-use crate::warehouse::{ExistingTable, ListedTable, WarehouseError, is_managed};
+use crate::warehouse::{ExistingTable, ListedTable, MergeRequest, WarehouseError, is_managed};
 
 use super::Session;
 use super::executor::read_bound;
@@ -102,6 +105,7 @@ pub async fn plan(manifest: &Manifest, session: &Session) -> Result<Plan, Error>
         .await;
     for (table, rows) in tables.iter_mut().zip(counts) {
         table.estimated_rows = rows;
+        estimate_write_cost(session, table).await;
     }
     let orphaned = orphaned(manifest, session, &listed)
         .await
@@ -342,4 +346,47 @@ async fn orphaned(
         &mapped,
         &INTERNAL_PREFIXES,
     ))
+}
+
+/// A MERGE into an existing target: what it (and its delete statement) will bill, from a dry
+/// run of each statement against the target (nothing runs, nothing is billed). The plan has
+/// decided the statements; only their bytes are read here. A failed dry run leaves the cost
+/// unknown, with a warning.
+async fn estimate_write_cost(session: &Session, table: &mut TablePlan) {
+    if table.write_cost.is_some() {
+        return;
+    }
+    let (
+        Some(WriteOp::Merge {
+            keys,
+            columns,
+            cursor,
+            deletes,
+            ..
+        }),
+        Some(existing),
+    ) = (table.write_op(), table.existing.as_ref())
+    else {
+        return;
+    };
+    let request = MergeRequest {
+        staging: super::staging_table(&table.target, "plan"),
+        target: table.target.clone(),
+        keys: keys.clone(),
+        columns: columns.clone(),
+        order_by: cursor.clone(),
+        job_id: None,
+        deletes: *deletes,
+        keys_table: Some(super::keys_table(&table.target, "plan")),
+    };
+    match session.warehouse.dry_run_merge(&request, existing).await {
+        Ok(statements) => table.write_cost = Some(WriteCost::dry_run(&statements)),
+        Err(error) => table.warnings.push(
+            Diagnostic::warning(
+                Code::PlanWriteCostUnknown,
+                format!("the MERGE's cost could not be estimated (its dry run failed): {error}"),
+            )
+            .at(Location::Table(table.label.clone())),
+        ),
+    }
 }

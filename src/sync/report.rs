@@ -5,9 +5,11 @@ use std::fmt::Write as _;
 use serde::Serialize;
 
 use crate::diagnostic::Code;
-use crate::plan::TablePlan;
 use crate::plan::render::group_digits;
+use crate::plan::{TablePlan, WriteOp};
+use crate::schema::Deletes;
 use crate::source::ExtractStats;
+use crate::sync::executor::WriteNotes;
 
 /// A table's end state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -44,6 +46,20 @@ pub struct TableOutcome {
     /// The first bad-value messages, each naming its row.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub bad_value_samples: Vec<String>,
+    /// Merge: staged rows that shared their key with another staged row (one per key was
+    /// merged, the greatest cursor winning); a warning when above 0.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub duplicate_keys: Option<u64>,
+    /// Merge with `deletes`: `hard` or `soft`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub deletes: Option<Deletes>,
+    /// Target rows deleted (`hard`) or soft-deleted (`soft`) because their key left the
+    /// source, when BigQuery reports it (the emulator does not).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rows_deleted: Option<u64>,
+    /// Replace: rows an earlier run loaded, kept because this run rejected their new version.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub earlier_rows_kept: Option<u64>,
     /// Seconds.
     pub seconds: f64,
     /// Why it failed or was skipped.
@@ -67,6 +83,10 @@ impl TableOutcome {
             bad_values: 0,
             rows_left_out: 0,
             bad_value_samples: Vec::new(),
+            duplicate_keys: None,
+            deletes: None,
+            rows_deleted: None,
+            earlier_rows_kept: None,
             seconds: 0.0,
             error: None,
             code: None,
@@ -88,11 +108,21 @@ impl TableOutcome {
         table: &TablePlan,
         stats: &ExtractStats,
         loaded: Option<u64>,
+        notes: &WriteNotes,
         seconds: f64,
     ) -> Self {
         let mut outcome = Self::new(table, TableStatus::Done).with_stats(stats);
         outcome.rows_loaded = loaded;
         outcome.seconds = seconds;
+        outcome.duplicate_keys = notes.duplicate_keys;
+        outcome.deletes = match table.write_op() {
+            Some(WriteOp::Merge { deletes, .. }) if !deletes.is_keep() && loaded.is_some() => {
+                Some(*deletes)
+            }
+            _ => None,
+        };
+        outcome.rows_deleted = notes.deleted;
+        outcome.earlier_rows_kept = notes.kept_rows;
         outcome
     }
 
@@ -233,6 +263,9 @@ impl ApplyReport {
             for sample in &table.bad_value_samples {
                 let _ = writeln!(out, "{}: {sample}", table.table);
             }
+            for note in write_notes(table) {
+                let _ = writeln!(out, "{}: {note}", table.table);
+            }
         }
         let done = self
             .tables
@@ -272,6 +305,40 @@ impl ApplyReport {
     }
 }
 
+/// What a table's write paths found, one line each: duplicate merge keys (a warning), rows
+/// whose key left the source, a replace's earlier rows kept for rejected keys.
+fn write_notes(table: &TableOutcome) -> Vec<String> {
+    let mut notes = Vec::new();
+    if let Some(duplicates) = table.duplicate_keys.filter(|count| *count > 0) {
+        notes.push(format!(
+            "warning: {} staged row(s) shared a merge key with another row; one row per key was merged (the greatest cursor won)",
+            group_digits(duplicates)
+        ));
+    }
+    if let Some(deletes) = table.deletes {
+        let what = match deletes {
+            Deletes::Soft => "soft-deleted (`_datasync_deleted_at` set)",
+            Deletes::Hard | Deletes::Keep => "deleted",
+        };
+        notes.push(match table.rows_deleted {
+            Some(rows) => format!(
+                "{} row(s) whose key left the source were {what}",
+                group_digits(rows)
+            ),
+            None => format!(
+                "rows whose key left the source were {what} (BigQuery did not report how many)"
+            ),
+        });
+    }
+    if let Some(kept) = table.earlier_rows_kept {
+        notes.push(format!(
+            "{} earlier row(s) kept for rejected rows (a replace drops no row an earlier run loaded)",
+            group_digits(kept)
+        ));
+    }
+    notes
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -287,6 +354,10 @@ mod tests {
             bad_values: 0,
             rows_left_out: 0,
             bad_value_samples: Vec::new(),
+            duplicate_keys: None,
+            deletes: None,
+            rows_deleted: None,
+            earlier_rows_kept: None,
             seconds: 0.0,
             error: None,
             code: None,
@@ -365,5 +436,45 @@ mod tests {
             "{}",
             report.text()
         );
+    }
+
+    #[test]
+    fn the_write_paths_findings_are_reported() {
+        let mut merged = outcome("shop.orders", TableStatus::Done);
+        merged.duplicate_keys = Some(1_200);
+        merged.deletes = Some(Deletes::Hard);
+        merged.rows_deleted = Some(3);
+        let mut soft = outcome("shop.users", TableStatus::Done);
+        soft.deletes = Some(Deletes::Soft);
+        let mut replaced = outcome("shop.prices", TableStatus::Done);
+        replaced.earlier_rows_kept = Some(2);
+        replaced.duplicate_keys = Some(0);
+        let report = ApplyReport {
+            destination: "p.d".into(),
+            dry_run: false,
+            tables: vec![merged, soft, replaced],
+            seconds: 1.0,
+            ledger: None,
+        };
+        let text = report.text();
+        let notes: Vec<&str> = text
+            .lines()
+            .filter(|line| line.starts_with("shop.") && line.contains(": "))
+            .collect();
+        assert_eq!(
+            notes,
+            [
+                "shop.orders: warning: 1,200 staged row(s) shared a merge key with another row; one row per key was merged (the greatest cursor won)",
+                "shop.orders: 3 row(s) whose key left the source were deleted",
+                "shop.users: rows whose key left the source were soft-deleted (`_datasync_deleted_at` set) (BigQuery did not report how many)",
+                "shop.prices: 2 earlier row(s) kept for rejected rows (a replace drops no row an earlier run loaded)",
+            ]
+        );
+        let json = serde_json::to_value(&report).unwrap();
+        assert_eq!(json["tables"][0]["duplicate_keys"], 1_200);
+        assert_eq!(json["tables"][0]["deletes"], "hard");
+        assert_eq!(json["tables"][0]["rows_deleted"], 3);
+        assert!(json["tables"][1].get("rows_deleted").is_none());
+        assert_eq!(json["tables"][2]["earlier_rows_kept"], 2);
     }
 }

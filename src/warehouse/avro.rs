@@ -419,10 +419,7 @@ impl AvroWriter {
         match value {
             Val::Null if mode == FieldMode::Repeated => put_long(&mut self.row, 0),
             Val::Null if mode == FieldMode::Required => {
-                return Err(format!(
-                    "column `{}`: NULL in a REQUIRED field",
-                    self.policy.name(index)
-                ));
+                return Err(self.policy.null_in_required(index));
             }
             Val::Null => put_long(&mut self.row, 0),
             Val::Array(items) if mode == FieldMode::Repeated => {

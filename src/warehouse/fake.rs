@@ -19,11 +19,13 @@ use serde_json::{Map, Value};
 use tokio::sync::mpsc::Receiver;
 
 use super::{
-    AlterColumn, CopyRequest, Disposition, ExistingTable, ListedTable, LoadOutcome, LoadRequest,
-    MANAGED_BY_LABEL, MergeOutcome, MergeRequest, QueryParam, QueryRows, TableMeta, Warehouse,
-    WarehouseError,
+    AlterColumn, CopyRequest, CopyRowsByKey, Disposition, ExistingTable, ListedTable, LoadOutcome,
+    LoadRequest, MANAGED_BY_LABEL, MergeOutcome, MergeRequest, QueryParam, QueryRows, TableMeta,
+    Warehouse, WarehouseError,
 };
-use crate::schema::{FieldMode, LoadFormat, WarehouseField, WarehouseTable};
+use crate::schema::{
+    DELETED_AT_COLUMN, Deletes, FieldMode, LoadFormat, WarehouseField, WarehouseTable,
+};
 
 /// A failure to inject into the next call of one operation.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -379,6 +381,61 @@ fn latest_runs(state: &State, sql: &str) -> Result<QueryRows, WarehouseError> {
     })
 }
 
+/// A merge's `deletes` after its upsert, like the delete statement: target rows whose key is
+/// not in the keys table (and has no NULL part) are deleted or marked once. The rows affected.
+fn apply_deletes(
+    state: &mut State,
+    request: &MergeRequest,
+    context: &str,
+) -> Result<Option<u64>, WarehouseError> {
+    let Some(keys_table) = request
+        .keys_table
+        .as_ref()
+        .filter(|_| !request.deletes.is_keep())
+    else {
+        return Ok(None);
+    };
+    let key_of = |row: &Map<String, Value>| {
+        request
+            .keys
+            .iter()
+            .map(|key| row.get(key).cloned().unwrap_or(Value::Null))
+            .collect::<Vec<_>>()
+    };
+    let present: Vec<Vec<Value>> = state
+        .tables
+        .get(keys_table)
+        .ok_or_else(|| not_found(context, keys_table))?
+        .1
+        .iter()
+        .map(key_of)
+        .collect();
+    let (_, target) = state
+        .tables
+        .get_mut(&request.target)
+        .ok_or_else(|| not_found(context, &request.target))?;
+    let gone = |row: &Map<String, Value>| {
+        let key = key_of(row);
+        !key.iter().any(Value::is_null) && !present.contains(&key)
+    };
+    let before = target.len();
+    let affected = if request.deletes == Deletes::Hard {
+        target.retain(|row| !gone(row));
+        before - target.len()
+    } else {
+        let now = Value::String(chrono::Utc::now().to_rfc3339());
+        let mut marked = 0;
+        for row in target.iter_mut().filter(|row| gone(row)) {
+            if row.get(DELETED_AT_COLUMN).is_none_or(Value::is_null) {
+                row.insert(DELETED_AT_COLUMN.to_string(), now.clone());
+                marked += 1;
+            }
+        }
+        marked
+    };
+    Ok(Some(affected as u64))
+}
+
 /// Orders JSON scalars: numbers numerically (also numeric strings), otherwise as text.
 fn compare(a: &Value, b: &Value) -> Ordering {
     let number = |value: &Value| match value {
@@ -714,6 +771,9 @@ impl Warehouse for FakeWarehouse {
             match target.iter_mut().find(|row| key_of(row) == key) {
                 Some(row) => {
                     row.extend(values);
+                    if request.deletes == Deletes::Soft {
+                        row.insert(DELETED_AT_COLUMN.to_string(), Value::Null);
+                    }
                     updated += 1;
                 }
                 None => {
@@ -726,8 +786,116 @@ impl Warehouse for FakeWarehouse {
         outcome.inserted = Some(inserted);
         outcome.updated = Some(updated);
         state.touch(&request.target);
+        outcome.deleted = apply_deletes(&mut state, request, &context)?;
         lost_reply(&mut state, "merge")?;
         Ok(outcome)
+    }
+
+    async fn dry_run_merge(
+        &self,
+        request: &MergeRequest,
+        target: &WarehouseTable,
+    ) -> Result<Vec<(String, u64)>, WarehouseError> {
+        let state = self.begin(
+            "dry_run_merge",
+            format!("dry_run_merge into {}", request.target),
+        )?;
+        let statements = super::dml::dry_run_statements(request, target, str::to_string)?;
+        // The target's JSON bytes stand for its size (q + t, roughly): what the fake can tell.
+        let bytes: u64 = state
+            .tables
+            .get(&request.target)
+            .map(|(_, rows)| {
+                rows.iter()
+                    .map(|row| Value::Object(row.clone()).to_string().len() as u64)
+                    .sum()
+            })
+            .unwrap_or(0);
+        Ok(statements
+            .into_iter()
+            .map(|(name, _)| (name, bytes))
+            .collect())
+    }
+
+    async fn count_duplicate_keys(
+        &self,
+        table: &str,
+        keys: &[String],
+    ) -> Result<u64, WarehouseError> {
+        let state = self.begin(
+            "count_duplicate_keys",
+            format!("count_duplicate_keys {table}"),
+        )?;
+        let (_, rows) = state
+            .tables
+            .get(table)
+            .ok_or_else(|| not_found("duplicate keys", table))?;
+        let mut seen: Vec<Vec<Value>> = Vec::new();
+        let mut duplicates = 0;
+        for row in rows {
+            let key: Vec<Value> = keys
+                .iter()
+                .map(|key| row.get(key).cloned().unwrap_or(Value::Null))
+                .collect();
+            if seen.contains(&key) {
+                duplicates += 1;
+            } else {
+                seen.push(key);
+            }
+        }
+        Ok(duplicates)
+    }
+
+    async fn copy_rows_by_key(&self, request: &CopyRowsByKey) -> Result<u64, WarehouseError> {
+        let mut state = self.begin(
+            "copy_rows_by_key",
+            format!(
+                "copy_rows_by_key {} into {} keys={}",
+                request.from,
+                request.into,
+                request.values.len()
+            ),
+        )?;
+        let context = format!("copy rows of {} into {}", request.from, request.into);
+        // Keys compare as BigQuery's text form (a loaded number and its text are one key).
+        let text = |value: &Value| match value {
+            Value::String(text) => text.clone(),
+            other => other.to_string(),
+        };
+        let (_, from) = state
+            .tables
+            .get(&request.from)
+            .ok_or_else(|| not_found(&context, &request.from))?;
+        let copied: Vec<Map<String, Value>> = from
+            .iter()
+            .filter(|row| {
+                let key: Vec<String> = request
+                    .keys
+                    .iter()
+                    .map(|(name, _)| row.get(name).map(text).unwrap_or_default())
+                    .collect();
+                request.values.contains(&key)
+            })
+            .map(|row| {
+                request
+                    .columns
+                    .iter()
+                    .map(|column| {
+                        (
+                            column.clone(),
+                            row.get(column).cloned().unwrap_or(Value::Null),
+                        )
+                    })
+                    .collect()
+            })
+            .collect();
+        let count = copied.len() as u64;
+        let (_, into) = state
+            .tables
+            .get_mut(&request.into)
+            .ok_or_else(|| not_found(&context, &request.into))?;
+        into.extend(copied);
+        Ok(count)
     }
 
     async fn insert_from(
@@ -1020,6 +1188,8 @@ mod tests {
                 columns: vec!["id".into(), "v".into()],
                 order_by: None,
                 job_id: None,
+                deletes: Deletes::Keep,
+                keys_table: None,
             })
             .await
             .unwrap();

@@ -41,7 +41,10 @@
 //!   in flight, paced under BigQuery's per-method API rate. `plan` uses both instead of one
 //!   tables.get per manifest table.
 //! - `merge_statement` de-duplicates staging per key (greatest cursor wins) and leaves NULL keys
-//!   out.
+//!   out; with `deletes` it is one `BEGIN TRANSACTION … COMMIT` script of the MERGE and the
+//!   delete statement ([`dml`]), whose row counts come from its child jobs (jobs.list
+//!   `parentJobId`).
+//! - `dry_run_merge` prices a MERGE with `configuration.dryRun` (nothing runs or bills).
 //! - A target with columns datasync does not model (RECORD, RANGE) or that is not a table reads
 //!   back with [`ExistingTable::unsupported`] reasons instead of failing.
 //! - [`WarehouseError::is_ambiguous`] tells a failure after which BigQuery may have acted (lost
@@ -62,12 +65,15 @@
 //! - BIGNUMERIC can't be created (HTTP 500), precision/scale/maxLength are dropped, JSON and
 //!   GEOGRAPHY columns made by DDL read back as STRING/BYTES, BYTES in NDJSON are not
 //!   base64-decoded. None of this can be fixed client-side.
-//! - The emulator sends no `dmlStats`, so [`MergeOutcome`] has only `affected_rows` there.
+//! - The emulator sends no `dmlStats`, so [`MergeOutcome`] has only `affected_rows` there; it
+//!   lists no child jobs of a script (the deleted count is unknown) and prices every dry run at
+//!   0 bytes.
 //! - tables.list truncates at `maxResults` without a page token, and lists no labels: the
 //!   emulator is listed without `maxResults`, and its listing's labels are unknown (`None`).
 
 pub mod avro;
 mod bigquery;
+pub mod dml;
 mod fake;
 pub mod ndjson;
 mod rows;
@@ -88,7 +94,7 @@ pub use fake::{FakeWarehouse, InjectedFailure};
 pub use ndjson::NdjsonWriter;
 
 use crate::schema::{
-    BqType, ColumnMapping, Decoded, ExtractStats, LoadFormat, RowSink, TooManyBadValues,
+    BqType, ColumnMapping, Decoded, Deletes, ExtractStats, LoadFormat, RowSink, TooManyBadValues,
     TypePolicies, WarehouseField, WarehouseTable,
 };
 
@@ -353,6 +359,17 @@ pub struct QueryParam {
     /// The value in BigQuery's text form (`"42"`, `"2024-01-02 03:04:05.123456+00:00"`), or
     /// `None` for NULL.
     pub value: Option<String>,
+    /// An `ARRAY<STRUCT<…>>` parameter instead (`bq_type` and `value` are then unused).
+    pub struct_array: Option<StructArray>,
+}
+
+/// The value of an `ARRAY<STRUCT<…>>` query parameter.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StructArray {
+    /// The struct's fields: name and type.
+    pub fields: Vec<(String, BqType)>,
+    /// The elements: one text value per field each.
+    pub rows: Vec<Vec<String>>,
 }
 
 impl QueryParam {
@@ -362,7 +379,54 @@ impl QueryParam {
             name: name.into(),
             bq_type,
             value,
+            struct_array: None,
         }
+    }
+
+    /// An `ARRAY<STRUCT<fields>>` parameter holding `rows`.
+    pub fn struct_array(
+        name: impl Into<String>,
+        fields: Vec<(String, BqType)>,
+        rows: Vec<Vec<String>>,
+    ) -> Self {
+        Self {
+            name: name.into(),
+            bq_type: BqType::String,
+            value: None,
+            struct_array: Some(StructArray { fields, rows }),
+        }
+    }
+
+    /// The parameter as the REST API spells it (`queryParameters[]`).
+    pub fn to_api(&self) -> serde_json::Value {
+        use serde_json::json;
+        let Some(StructArray { fields, rows }) = &self.struct_array else {
+            return json!({
+                "name": self.name,
+                "parameterType": {"type": self.bq_type.as_str()},
+                "parameterValue": match &self.value { Some(value) => json!({"value": value}), None => json!({}) },
+            });
+        };
+        let struct_types: Vec<serde_json::Value> = fields
+            .iter()
+            .map(|(name, bq_type)| json!({"name": name, "type": {"type": bq_type.as_str()}}))
+            .collect();
+        let values: Vec<serde_json::Value> = rows
+            .iter()
+            .map(|row| {
+                let map: serde_json::Map<String, serde_json::Value> = fields
+                    .iter()
+                    .zip(row)
+                    .map(|((name, _), value)| (name.clone(), json!({"value": value})))
+                    .collect();
+                json!({"structValues": map})
+            })
+            .collect();
+        json!({
+            "name": self.name,
+            "parameterType": {"type": "ARRAY", "arrayType": {"type": "STRUCT", "structTypes": struct_types}},
+            "parameterValue": {"arrayValues": values},
+        })
     }
 }
 
@@ -420,6 +484,11 @@ pub struct MergeRequest {
     /// Run the MERGE as a query job with this client-chosen id (jobs.insert), so an interrupted
     /// run can cancel it; `None`: jobs.query.
     pub job_id: Option<String>,
+    /// Target rows whose key is not in `keys_table`: kept, soft-deleted or deleted, in one
+    /// transaction with the MERGE (see [`dml::deletes_statement`]).
+    pub deletes: Deletes,
+    /// The run's table of the source's whole key set (needed unless `deletes` is `keep`).
+    pub keys_table: Option<String>,
 }
 
 /// The result of a MERGE.
@@ -431,6 +500,25 @@ pub struct MergeOutcome {
     pub inserted: Option<u64>,
     /// Rows updated, when the server reports `dmlStats` (the emulator doesn't).
     pub updated: Option<u64>,
+    /// Rows deleted (`deletes: hard`) or soft-deleted (`soft`), when the server reports the
+    /// statement's `dmlStats` (the emulator doesn't).
+    pub deleted: Option<u64>,
+}
+
+/// Copies the rows of `from` whose key is among `values` into `into` (both of the dataset;
+/// `columns` in both): one `INSERT … SELECT` that only reads `from`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CopyRowsByKey {
+    /// The table read (a replace's target).
+    pub from: String,
+    /// The table written (this run's staging table).
+    pub into: String,
+    /// Columns copied (those `from` has).
+    pub columns: Vec<String>,
+    /// The key columns and their types.
+    pub keys: Vec<(String, BqType)>,
+    /// The keys to copy, one value per key column in BigQuery's text form.
+    pub values: Vec<Vec<String>>,
 }
 
 /// What went wrong talking to the warehouse.
@@ -701,6 +789,27 @@ pub trait Warehouse: Send + Sync {
     ) -> Result<Vec<Option<ExistingTable>>, WarehouseError> {
         get_tables_bounded(self, names, GET_TABLES_CONCURRENCY, None).await
     }
+
+    /// What `request`'s statements (the MERGE, and the delete statement with `deletes`) read
+    /// of the existing `target`: one dry run each (`configuration.dryRun`, nothing runs, nothing
+    /// is billed), as `(statement, totalBytesProcessed)`. The run's staging and keys tables don't
+    /// exist yet: a typed empty stand-in takes their place ([`dml::dry_run_statements`]).
+    async fn dry_run_merge(
+        &self,
+        request: &MergeRequest,
+        target: &WarehouseTable,
+    ) -> Result<Vec<(String, u64)>, WarehouseError>;
+
+    /// Rows of `table` that share their `keys` with an earlier row: `COUNT(*)` less the number
+    /// of distinct keys (what a MERGE's de-duplication leaves out).
+    async fn count_duplicate_keys(
+        &self,
+        table: &str,
+        keys: &[String],
+    ) -> Result<u64, WarehouseError>;
+
+    /// Runs `request` and returns the rows copied.
+    async fn copy_rows_by_key(&self, request: &CopyRowsByKey) -> Result<u64, WarehouseError>;
 }
 
 /// The text form of a column maximum read back from BigQuery (see [`Warehouse::max_value`]),
@@ -827,8 +936,41 @@ fn alter_action(change: &AlterColumn, explicit_numeric: bool) -> String {
     }
 }
 
-/// The MERGE statement for `request`; `qualify` turns a table name into a quoted full name.
+/// What a merge runs for `request`: the MERGE, or with `deletes` one multi-statement
+/// transaction of the MERGE and the delete statement; `qualify` turns a table name into a
+/// quoted full name.
 pub fn merge_statement(
+    request: &MergeRequest,
+    qualify: impl Fn(&str) -> String,
+) -> Result<String, WarehouseError> {
+    let sql = merge_only_statement(request, &qualify)?;
+    if request.deletes.is_keep() {
+        return Ok(sql);
+    }
+    let keys_table = request.keys_table.as_deref().ok_or_else(|| {
+        WarehouseError::Invalid(format!(
+            "merge {} into {}: `deletes: {}` needs the run's keys table",
+            request.staging,
+            request.target,
+            request.deletes.as_str()
+        ))
+    })?;
+    let deletes = dml::deletes_statement(
+        &qualify(&request.target),
+        &qualify(keys_table),
+        &request.keys,
+        request.deletes,
+    );
+    // One multi-statement transaction: the MERGE and the delete commit together or not at all
+    // (<https://cloud.google.com/bigquery/docs/transactions>).
+    Ok(format!(
+        "BEGIN TRANSACTION;\n{sql};\n{deletes};\nCOMMIT TRANSACTION;"
+    ))
+}
+
+/// The MERGE statement alone (de-duplicated staging, no NULL key; with `deletes: soft` a
+/// matched row is un-deleted).
+pub fn merge_only_statement(
     request: &MergeRequest,
     qualify: impl Fn(&str) -> String,
 ) -> Result<String, WarehouseError> {
@@ -866,6 +1008,11 @@ pub fn merge_statement(
                 .any(|key| key.eq_ignore_ascii_case(column))
         })
         .map(|column| format!("{0} = S.{0}", quote_ident(column)))
+        .chain(
+            // A soft-deleted row whose key is back is un-deleted.
+            (request.deletes == Deletes::Soft)
+                .then(|| format!("{} = NULL", quote_ident(crate::schema::DELETED_AT_COLUMN))),
+        )
         .collect::<Vec<_>>();
     let columns = request
         .columns
@@ -994,6 +1141,8 @@ mod tests {
             columns: vec!["id".into(), "v".into()],
             order_by: Some("v".into()),
             job_id: None,
+            deletes: Deletes::Keep,
+            keys_table: None,
         };
         let sql = merge_statement(&request, |name| format!("`p.d.{name}`")).unwrap();
         assert_eq!(

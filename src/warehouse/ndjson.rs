@@ -644,10 +644,7 @@ impl NdjsonWriter {
                 self.line.extend_from_slice(b"[]");
                 Ok(())
             }
-            Val::Null if mode == FieldMode::Required => Err(format!(
-                "column `{}`: NULL in a REQUIRED field",
-                self.policy.name(index)
-            )),
+            Val::Null if mode == FieldMode::Required => Err(self.policy.null_in_required(index)),
             Val::Null => {
                 self.line.extend_from_slice(b"null");
                 Ok(())

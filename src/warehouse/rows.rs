@@ -103,7 +103,9 @@ impl RowPolicy {
                     _ => Err(format!("column `{}`: {}", column.name, bad.message)),
                 };
             }
-            BadKind::OutOfRange | BadKind::Malformed => BadValuePolicy::Error,
+            BadKind::OutOfRange | BadKind::Malformed | BadKind::NullRequired => {
+                BadValuePolicy::Error
+            }
         };
         match policy {
             BadValuePolicy::Null if column.mode != FieldMode::Required => {
@@ -120,6 +122,13 @@ impl RowPolicy {
             )),
             BadValuePolicy::Error => Err(format!("column `{}`: {}", column.name, bad.message)),
         }
+    }
+
+    /// A NULL in the REQUIRED column `index` (e.g. a NULL merge key): a bad value like any
+    /// other (counted against `max_parse_failures`) that fails its row; the message says why.
+    pub fn null_in_required(&mut self, index: usize) -> String {
+        self.count_bad(BadKind::NullRequired);
+        format!("column `{}`: NULL in a REQUIRED field", self.name(index))
     }
 
     /// Decodes column `index`, resolving a bad value by policy (NULL when the policy says so).

@@ -146,6 +146,7 @@ async fn replace_loads_through_staging_then_creates_and_writes_atomically() {
         log,
         [
             "list_tables _datasync_staging_",
+            "list_tables _datasync_keys_",
             "list_tables _datasync_backup_",
             "list_tables _datasync_lock_",
             "create_table _datasync_lock_items",
@@ -373,6 +374,7 @@ async fn recreate_drops_the_old_table_only_after_the_new_rows_are_verified() {
         log,
         [
             "list_tables _datasync_staging_",
+            "list_tables _datasync_keys_",
             "list_tables _datasync_backup_",
             "list_tables _datasync_lock_",
             "create_table _datasync_lock_items",
@@ -784,6 +786,7 @@ async fn the_next_run_drops_dead_runs_leftovers_past_their_expiry() {
     let fresh = format!("{}_000002", now - 60);
     leftover(format!("_datasync_staging_other_{old}"));
     leftover(format!("_datasync_backup_other_{old}"));
+    leftover(format!("_datasync_keys_other_{old}"));
     leftover(format!("_datasync_staging_other_{fresh}"));
     let executor = executor(&manifest, Arc::clone(&warehouse), DryRun::No).await;
     let plan = plan(&manifest, &executor.sources["lite"], &warehouse).await;
@@ -826,4 +829,423 @@ async fn a_failed_restore_names_the_backup_holding_the_old_rows() {
         warehouse.rows("_datasync_backup_items_run1").unwrap(),
         vec![old_row]
     );
+}
+
+fn rows_by_id(warehouse: &FakeWarehouse, table: &str) -> Vec<serde_json::Map<String, Value>> {
+    let mut rows = warehouse.rows(table).unwrap_or_default();
+    rows.sort_by_key(|row| {
+        row["id"]
+            .to_string()
+            .trim_matches('"')
+            .parse::<i64>()
+            .unwrap_or_default()
+    });
+    rows
+}
+
+/// `deletes: hard`: the key set is staged with the rows, the MERGE and the delete run as one
+/// write, a source row deleted since is gone from the target, and the keys table is dropped.
+#[tokio::test]
+async fn a_hard_delete_merge_removes_rows_whose_key_left_the_source() {
+    let setup = sqlite(SEED).await;
+    let manifest = manifest(
+        &setup.path,
+        "      items:\n        mode: merge\n        primary_key: [id]\n        cursor: id\n        deletes: hard\n",
+    );
+    let warehouse = Arc::new(FakeWarehouse::with_dataset());
+    let mut executor = executor(&manifest, Arc::clone(&warehouse), DryRun::No).await;
+    let first = plan(&manifest, &executor.sources["lite"], &warehouse).await;
+    assert!(executor.run(&first).await.succeeded());
+    assert_eq!(ids(&warehouse, "items"), ["1", "2", "3"]);
+
+    sqlx::raw_sql("DELETE FROM items WHERE id = 2; INSERT INTO items VALUES (4, 'd', 4.0);")
+        .execute(&setup.pool)
+        .await
+        .unwrap();
+    let second = plan(&manifest, &executor.sources["lite"], &warehouse).await;
+    executor.run_id = "run2".into();
+    let before = warehouse.log().len();
+    let report = executor.run(&second).await;
+    assert!(report.succeeded(), "{}", report.text());
+    assert_eq!(ids(&warehouse, "items"), ["1", "3", "4"]);
+    assert_eq!(report.tables[0].rows_deleted, Some(1));
+    // The bounded extraction read ids >= 3 only; the key set read every key, unbounded.
+    assert_eq!(report.tables[0].rows_extracted, 2);
+    assert!(
+        report
+            .text()
+            .contains("lite.items: 1 row(s) whose key left the source were deleted"),
+        "{}",
+        report.text()
+    );
+    let log: Vec<String> = warehouse.log()[before..]
+        .iter()
+        .filter(|entry| !entry.starts_with("get_table") && !entry.starts_with("max_value"))
+        .filter(|entry| !entry.starts_with("list_tables"))
+        .cloned()
+        .collect();
+    assert_eq!(
+        log,
+        [
+            "create_table _datasync_lock_items",
+            "create_table _datasync_staging_items_run2",
+            "load _datasync_staging_items_run2 WRITE_APPEND datasync_run2_items",
+            "count_duplicate_keys _datasync_staging_items_run2",
+            "create_table _datasync_keys_items_run2",
+            "load _datasync_keys_items_run2 WRITE_APPEND datasync_run2_items_keys",
+            "merge _datasync_staging_items_run2 into items",
+            "drop_table _datasync_staging_items_run2",
+            "drop_table _datasync_keys_items_run2",
+            "drop_table _datasync_lock_items",
+        ]
+    );
+}
+
+/// `deletes: soft` on a composite key: the target gets `_datasync_deleted_at`; a deleted key
+/// is marked (once), one that comes back is un-marked; other rows keep NULL.
+#[tokio::test]
+async fn a_soft_delete_merge_marks_gone_composite_keys_and_unmarks_returning_ones() {
+    let setup = sqlite(
+        "CREATE TABLE stock (shop TEXT NOT NULL, sku INTEGER NOT NULL, qty INTEGER, PRIMARY KEY (shop, sku));
+         INSERT INTO stock VALUES ('a', 1, 10), ('a', 2, 20), ('b', 1, 30);",
+    )
+    .await;
+    let manifest = manifest(
+        &setup.path,
+        "      stock:\n        mode: merge\n        deletes: soft\n",
+    );
+    let warehouse = Arc::new(FakeWarehouse::with_dataset());
+    let mut executor = executor(&manifest, Arc::clone(&warehouse), DryRun::No).await;
+    let deleted_at = |warehouse: &FakeWarehouse| {
+        let mut marks: Vec<(String, bool)> = warehouse
+            .rows("stock")
+            .unwrap()
+            .iter()
+            .map(|row| {
+                (
+                    format!(
+                        "{}{}",
+                        row["shop"].as_str().unwrap(),
+                        row["sku"].to_string().trim_matches('"')
+                    ),
+                    row.get("_datasync_deleted_at")
+                        .is_some_and(|at| !at.is_null()),
+                )
+            })
+            .collect();
+        marks.sort();
+        marks
+    };
+    let first = plan(&manifest, &executor.sources["lite"], &warehouse).await;
+    assert!(
+        first.tables[0]
+            .target_schema
+            .as_ref()
+            .unwrap()
+            .field("_datasync_deleted_at")
+            .is_some()
+    );
+    assert!(executor.run(&first).await.succeeded());
+
+    sqlx::raw_sql("DELETE FROM stock WHERE shop = 'a' AND sku = 2;")
+        .execute(&setup.pool)
+        .await
+        .unwrap();
+    executor.run_id = "run2".into();
+    let report = executor
+        .run(&plan(&manifest, &executor.sources["lite"], &warehouse).await)
+        .await;
+    assert!(report.succeeded(), "{}", report.text());
+    assert_eq!(report.tables[0].rows_deleted, Some(1));
+    assert!(
+        report
+            .text()
+            .contains("1 row(s) whose key left the source were soft-deleted"),
+        "{}",
+        report.text()
+    );
+    assert_eq!(
+        deleted_at(&warehouse),
+        [
+            ("a1".into(), false),
+            ("a2".into(), true),
+            ("b1".into(), false)
+        ]
+    );
+    // Still gone: already marked, not marked again.
+    executor.run_id = "run3".into();
+    let report = executor
+        .run(&plan(&manifest, &executor.sources["lite"], &warehouse).await)
+        .await;
+    assert_eq!(report.tables[0].rows_deleted, Some(0));
+
+    sqlx::raw_sql("INSERT INTO stock VALUES ('a', 2, 21);")
+        .execute(&setup.pool)
+        .await
+        .unwrap();
+    executor.run_id = "run4".into();
+    let report = executor
+        .run(&plan(&manifest, &executor.sources["lite"], &warehouse).await)
+        .await;
+    assert!(report.succeeded(), "{}", report.text());
+    assert_eq!(
+        deleted_at(&warehouse),
+        [
+            ("a1".into(), false),
+            ("a2".into(), false),
+            ("b1".into(), false)
+        ],
+        "the key came back"
+    );
+}
+
+/// A merge key that is not unique at the source: the plan warns, apply counts the staged rows
+/// that shared a key and says so; one row per key is merged.
+#[tokio::test]
+async fn a_merge_key_that_is_not_unique_is_warned_about_and_its_duplicates_counted() {
+    let setup = sqlite(
+        "CREATE TABLE visits (id INTEGER PRIMARY KEY, email TEXT NOT NULL, code TEXT NOT NULL UNIQUE, n INTEGER);
+         INSERT INTO visits VALUES (1, 'a@x', 'c1', 1), (2, 'a@x', 'c2', 2), (3, 'b@x', 'c3', 3), (4, 'a@x', 'c4', 4);",
+    )
+    .await;
+    let manifest = manifest(
+        &setup.path,
+        "      visits:\n        mode: merge\n        primary_key: [email]\n        cursor: n\n",
+    );
+    let warehouse = Arc::new(FakeWarehouse::with_dataset());
+    let executor = executor(&manifest, Arc::clone(&warehouse), DryRun::No).await;
+    let plan_ = plan(&manifest, &executor.sources["lite"], &warehouse).await;
+    let warnings: Vec<String> = plan_.tables[0]
+        .warnings
+        .iter()
+        .filter(|warning| warning.code == datasync::diagnostic::Code::PlanMergeKeyNotUnique)
+        .map(|warning| warning.message.clone())
+        .collect();
+    assert_eq!(
+        warnings,
+        [
+            "merge key [email] is neither the primary key nor a unique index of `visits` (primary key [id]; unique [code]): rows sharing a key are merged as one (the greatest cursor wins) and apply reports how many"
+        ]
+    );
+    let report = executor.run(&plan_).await;
+    assert!(report.succeeded(), "{}", report.text());
+    assert_eq!(report.tables[0].duplicate_keys, Some(2));
+    assert!(
+        report.text().contains(
+            "lite.visits: warning: 2 staged row(s) shared a merge key with another row; one row per key was merged (the greatest cursor won)"
+        ),
+        "{}",
+        report.text()
+    );
+    let json = serde_json::to_value(&report).unwrap();
+    assert_eq!(json["tables"][0]["duplicate_keys"], 2);
+    let rows = warehouse.rows("visits").unwrap();
+    assert_eq!(rows.len(), 2, "one row per key");
+
+    // A unique index as the key: no warning.
+    let manifest = self::manifest(
+        &setup.path,
+        "      visits:\n        mode: merge\n        primary_key: [code]\n",
+    );
+    let unique = plan(&manifest, &executor.sources["lite"], &warehouse).await;
+    assert!(
+        unique.tables[0]
+            .warnings
+            .iter()
+            .all(|warning| warning.code != datasync::diagnostic::Code::PlanMergeKeyNotUnique)
+    );
+}
+
+const REJECTING: &str = "
+CREATE TABLE prices (id INTEGER PRIMARY KEY, amount INTEGER NOT NULL);
+INSERT INTO prices VALUES (1, 10), (2, 20), (3, 30);
+";
+
+/// A replace run that rejects a row keeps that row's earlier version: the target's current row
+/// for the rejected key is copied into staging before the copy job, and the report says so.
+#[tokio::test]
+async fn a_replace_with_rejects_keeps_the_rows_an_earlier_run_loaded() {
+    let setup = sqlite(REJECTING).await;
+    let manifest = manifest(&setup.path, "      prices: {}\n");
+    let warehouse = Arc::new(FakeWarehouse::with_dataset());
+    let mut executor = executor(&manifest, Arc::clone(&warehouse), DryRun::No).await;
+    assert!(
+        executor
+            .run(&plan(&manifest, &executor.sources["lite"], &warehouse).await)
+            .await
+            .succeeded()
+    );
+    // A value the INT64 column can't hold: row 2 is rejected this time, row 3 changes.
+    sqlx::raw_sql("UPDATE prices SET amount = 'lots' WHERE id = 2; UPDATE prices SET amount = 31 WHERE id = 3;")
+        .execute(&setup.pool)
+        .await
+        .unwrap();
+    executor.run_id = "run2".into();
+    let report = executor
+        .run(&plan(&manifest, &executor.sources["lite"], &warehouse).await)
+        .await;
+    assert!(report.succeeded(), "{}", report.text());
+    let amounts: Vec<String> = rows_by_id(&warehouse, "prices")
+        .iter()
+        .map(|row| row["amount"].to_string().trim_matches('"').to_string())
+        .collect();
+    assert_eq!(
+        amounts,
+        ["10", "20", "31"],
+        "row 2 keeps its earlier version"
+    );
+    assert_eq!(report.tables[0].rows_left_out, 1);
+    assert_eq!(report.tables[0].earlier_rows_kept, Some(1));
+    let text = report.text();
+    assert!(
+        text.contains("lite.prices: 1 earlier row(s) kept for rejected rows (a replace drops no row an earlier run loaded)"),
+        "{text}"
+    );
+    assert!(text.contains("_datasync_rejects"), "{text}");
+    assert_eq!(warehouse.rows("_datasync_rejects").unwrap().len(), 1);
+    assert_eq!(
+        warehouse.count("copy_rows_by_key prices into _datasync_staging_prices_run2 keys=1"),
+        1
+    );
+}
+
+/// Without a key, a replace run that rejects rows can't find their earlier versions: the table
+/// fails with a clear message and the target keeps every row.
+#[tokio::test]
+async fn a_replace_with_rejects_and_no_key_fails_and_keeps_the_target() {
+    let setup = sqlite(
+        "CREATE TABLE prices (id INTEGER, amount INTEGER NOT NULL);
+         INSERT INTO prices VALUES (1, 10), (2, 20);",
+    )
+    .await;
+    let manifest = manifest(&setup.path, "      prices: {}\n");
+    let warehouse = Arc::new(FakeWarehouse::with_dataset());
+    let mut executor = executor(&manifest, Arc::clone(&warehouse), DryRun::No).await;
+    assert!(
+        executor
+            .run(&plan(&manifest, &executor.sources["lite"], &warehouse).await)
+            .await
+            .succeeded()
+    );
+    sqlx::raw_sql(
+        "UPDATE prices SET amount = 'lots' WHERE id = 2; INSERT INTO prices VALUES (3, 30);",
+    )
+    .execute(&setup.pool)
+    .await
+    .unwrap();
+    executor.run_id = "run2".into();
+    let report = executor
+        .run(&plan(&manifest, &executor.sources["lite"], &warehouse).await)
+        .await;
+    assert_eq!(report.tables[0].status, TableStatus::Failed);
+    let error = report.tables[0].error.clone().unwrap();
+    assert_eq!(
+        error,
+        "1 row(s) were rejected (see `_datasync_rejects`) and their earlier versions in `prices` can't be found: the table has no key; the target was not written and keeps its rows (fix the rows, or set `primary_key`)"
+    );
+    assert_eq!(
+        ids(&warehouse, "prices"),
+        ["1", "2"],
+        "the target keeps its rows"
+    );
+}
+
+/// NULL merge keys are bad values like any other: rejected into `_datasync_rejects`, named by
+/// the report, and counted against `max_parse_failures` (more of them than it allows fail the
+/// table before anything is written).
+#[tokio::test]
+async fn null_merge_keys_are_rejected_and_counted_against_max_parse_failures() {
+    let setup = sqlite(
+        "CREATE TABLE m (k INTEGER, v TEXT);
+         INSERT INTO m VALUES (1, 'a'), (NULL, 'n1'), (2, 'b'), (NULL, 'n2');",
+    )
+    .await;
+    let within = manifest(
+        &setup.path,
+        "      m:\n        mode: merge\n        primary_key: [k]\n        max_parse_failures: 2\n",
+    );
+    let warehouse = Arc::new(FakeWarehouse::with_dataset());
+    let executor = executor(&within, Arc::clone(&warehouse), DryRun::No).await;
+    let report = executor
+        .run(&plan(&within, &executor.sources["lite"], &warehouse).await)
+        .await;
+    assert!(report.succeeded(), "{}", report.text());
+    assert_eq!(
+        (report.tables[0].bad_values, report.tables[0].rows_left_out),
+        (2, 2)
+    );
+    assert!(
+        report.text().contains(
+            "lite.m: warning: 2 row(s) left out by bad values (max_parse_failures allows it); they are in `fake-project.ds._datasync_rejects`"
+        ),
+        "{}",
+        report.text()
+    );
+    assert_eq!(warehouse.rows("_datasync_rejects").unwrap().len(), 2);
+
+    let over = manifest(
+        &setup.path,
+        "      m:\n        mode: merge\n        primary_key: [k]\n        max_parse_failures: 1\n        target: m2\n",
+    );
+    let report = executor
+        .run(&plan(&over, &executor.sources["lite"], &warehouse).await)
+        .await;
+    assert_eq!(report.tables[0].status, TableStatus::Failed);
+    let error = report.tables[0].error.clone().unwrap();
+    assert!(
+        error.contains("2 bad values, more than max_parse_failures (1)"),
+        "{error}"
+    );
+    assert!(warehouse.rows("m2").is_none(), "nothing was written");
+}
+
+/// The plan prices each write: copy jobs are free, a MERGE into an existing target is priced
+/// by a dry run of its statements (the fake reports the target's bytes), a total closes it.
+#[tokio::test]
+async fn the_plan_prices_merges_with_a_dry_run_and_copies_as_free() {
+    let setup = sqlite(SEED).await;
+    let manifest = manifest(
+        &setup.path,
+        "      items:\n        mode: merge\n        primary_key: [id]\n        deletes: hard\n      notes: {}\n",
+    );
+    let warehouse = Arc::new(FakeWarehouse::with_dataset());
+    let executor = executor(&manifest, Arc::clone(&warehouse), DryRun::No).await;
+    let first = plan(&manifest, &executor.sources["lite"], &warehouse).await;
+    // New targets: no dry run.
+    assert_eq!(warehouse.count("dry_run_merge"), 0);
+    assert_eq!(
+        first.tables[0].write_cost.as_ref().unwrap().basis,
+        datasync::plan::CostBasis::NewTarget
+    );
+    assert!(executor.run(&first).await.succeeded());
+    let second = plan(&manifest, &executor.sources["lite"], &warehouse).await;
+    assert_eq!(warehouse.count("dry_run_merge into items"), 1);
+    let cost = second.tables[0].write_cost.clone().unwrap();
+    assert_eq!(
+        cost.basis,
+        datasync::plan::CostBasis::DryRun {
+            statements: vec!["MERGE".into(), "DELETE".into()]
+        }
+    );
+    assert_eq!(cost.bytes, 4 * datasync::plan::cost::MIN_BYTES_PER_TABLE);
+    assert_eq!(second.tables[1].write_cost.as_ref().unwrap().bytes, 0);
+    assert_eq!(second.write_cost.bytes, cost.bytes);
+    let text = datasync::plan::render::text(&second);
+    assert!(
+        text.contains(
+            "    write: MERGE + DELETE bills ~40.0 MiB (~$0.0002): the target side from a dry run"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains("    write: copy job, free (0 bytes billed)"),
+        "{text}"
+    );
+    assert!(
+        text.contains("writes bill ~40.0 MiB (~$0.0002 on demand)"),
+        "{text}"
+    );
+    let json = serde_json::to_value(&second).unwrap();
+    assert_eq!(json["tables"][0]["write_cost"]["bytes"], cost.bytes);
+    assert_eq!(json["write_cost"]["bytes"], cost.bytes);
 }

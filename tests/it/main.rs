@@ -10,6 +10,7 @@ mod cli_hardening;
 mod cli_runs;
 mod ledger_fake;
 mod manifest;
+mod merge_protocol;
 mod plan_many;
 mod source_sqlite;
 mod source_ssh;

@@ -690,6 +690,63 @@ sources:
     insta::assert_snapshot!(render(&failure));
 }
 
+/// `deletes` needs `merge`: on another mode it is an error at its line; a default no merge
+/// table inherits is a warning; a merge table inherits the default, other tables keep rows.
+#[test]
+fn deletes_is_valid_only_with_merge_and_reported_at_its_line() {
+    let text = "\
+bigquery:
+  project: my-project
+  dataset: analytics
+defaults:
+  deletes: hard
+sources:
+  shop:
+    type: postgres
+    url: postgres://postgres@127.0.0.1/shop
+    tables:
+      orders:
+        mode: replace
+        deletes: soft
+      items:
+        mode: incremental
+        cursor: id
+";
+    let failure = load_yaml(text, Env::new()).unwrap_err();
+    assert_eq!(errors(&failure).len(), 1, "{}", render(&failure));
+    insta::assert_snapshot!(render(&failure));
+
+    let fine = "\
+bigquery:
+  project: my-project
+  dataset: analytics
+defaults:
+  deletes: hard
+sources:
+  shop:
+    type: postgres
+    url: postgres://postgres@127.0.0.1/shop
+    tables:
+      orders:
+        mode: merge
+        primary_key: [id]
+      notes:
+        mode: merge
+        primary_key: [id]
+        deletes: keep
+      items: {}
+";
+    let loaded = load_yaml(fine, Env::new()).unwrap();
+    let deletes: Vec<&str> = loaded
+        .manifest
+        .tables
+        .iter()
+        .map(|table| table.deletes.as_str())
+        .collect();
+    assert_eq!(deletes, ["hard", "keep", "keep"]);
+    assert!(loaded.warnings.is_empty(), "{:?}", loaded.warnings);
+}
+
 #[test]
 fn syntax_errors_point_at_the_text() {
     let failure = load_yaml(

@@ -140,3 +140,34 @@ async fn describing_many_tables_equals_describing_each() {
     assert_eq!(keyed.unique_keys, [vec!["d".to_string(), "c".to_string()]]);
     assert!(many[2].is_err());
 }
+
+/// SQLite's unique indexes and constraints beside the primary key: whole-table ones only.
+#[tokio::test]
+async fn sqlite_describe_reads_unique_indexes() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("u.db");
+    let options = sqlx::sqlite::SqliteConnectOptions::new()
+        .filename(&path)
+        .create_if_missing(true);
+    let pool = sqlx::SqlitePool::connect_with(options).await.unwrap();
+    sqlx::raw_sql(
+        "CREATE TABLE t (id INTEGER PRIMARY KEY, email TEXT UNIQUE, a INT, b INT, note TEXT, UNIQUE (a, b));
+         CREATE UNIQUE INDEX t_note ON t (note) WHERE note IS NOT NULL;
+         CREATE UNIQUE INDEX t_lower ON t (lower(email));
+         CREATE INDEX t_plain ON t (note);",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let spec = crate::support::source_spec(
+        datasync::manifest::raw::SourceKind::Sqlite,
+        &format!("sqlite://{}", path.display()),
+    );
+    let source = datasync::source::Source::connect(&spec).await.unwrap();
+    let table = source.describe(None, "t").await.unwrap();
+    assert_eq!(table.primary_key, ["id"]);
+    assert_eq!(
+        table.unique_keys,
+        [vec!["a".to_string(), "b".into()], vec!["email".into()]]
+    );
+}

@@ -1136,3 +1136,195 @@ async fn merge_dedups_keys_and_rejected_rows_land_in_the_rejects_table() {
         .count();
     assert_eq!(merges, 2, "one MERGE job per run, with a client job id");
 }
+
+/// `deletes` on PostgreSQL → emulator: `hard` on a key bounded by a cursor (the key set is
+/// read whole anyway), `soft` on a composite key. A deleted source row is gone from the hard
+/// target and marked in the soft one; re-inserted, it is un-marked. The MERGE and its delete
+/// ran as one transaction script; no key-set table is left behind.
+#[tokio::test(flavor = "multi_thread")]
+async fn merge_deletes_follow_the_source_keys_hard_and_soft() {
+    let world = World::new("deletes").await;
+    world
+        .sql(
+            "CREATE TABLE h (id bigint PRIMARY KEY, v text NOT NULL, c bigint NOT NULL);
+             INSERT INTO h VALUES (1, 'a', 1), (2, 'b', 1), (3, 'c', 1);
+             CREATE TABLE s (shop text NOT NULL, sku bigint NOT NULL, qty bigint, PRIMARY KEY (shop, sku));
+             INSERT INTO s VALUES ('a', 1, 10), ('a', 2, 20), ('b', 1, 30);",
+        )
+        .await;
+    let manifest = world.manifest(
+        "      h:\n        mode: merge\n        cursor: c\n        deletes: hard\n      s:\n        mode: merge\n        deletes: soft\n",
+    );
+    assert_code(&world.datasync(&["-c", &manifest, "apply"]), 0);
+    // Existing merge targets: priced by dry runs (the emulator says 0 bytes: the minimums).
+    let plan = world.datasync(&["-c", &manifest, "plan"]);
+    assert_code(&plan, 0);
+    let said = text(&plan);
+    assert!(
+        said.contains("merge on [id] where c >= max(target.c), deletes hard (the whole key set is read every run)"),
+        "{said}"
+    );
+    assert!(
+        said.contains(
+            "    write: MERGE + DELETE bills ~40.0 MiB (~$0.0002): the target side from a dry run"
+        ),
+        "{said}"
+    );
+    assert!(
+        said.contains("    write: MERGE + UPDATE bills ~40.0 MiB"),
+        "{said}"
+    );
+
+    world
+        .sql("DELETE FROM h WHERE id = 2; DELETE FROM s WHERE shop = 'a' AND sku = 2;")
+        .await;
+    let output = world.datasync(&["-c", &manifest, "apply"]);
+    assert_code(&output, 0);
+    let said = text(&output);
+    assert!(
+        said.contains(
+            "pg.h: rows whose key left the source were deleted (BigQuery did not report how many)"
+        ),
+        "{said}"
+    );
+    assert!(
+        said.contains("pg.s: rows whose key left the source were soft-deleted"),
+        "{said}"
+    );
+    assert_eq!(
+        world.select("h", "id, v", "id").await,
+        [r#"[1,"a"]"#, r#"[3,"c"]"#]
+    );
+    let marks = || {
+        world.select(
+            "s",
+            "shop, sku, qty, _datasync_deleted_at IS NOT NULL",
+            "shop, sku",
+        )
+    };
+    assert_eq!(
+        marks().await,
+        [
+            r#"["a",1,10,false]"#,
+            r#"["a",2,20,true]"#,
+            r#"["b",1,30,false]"#
+        ]
+    );
+
+    world.sql("INSERT INTO s VALUES ('a', 2, 21);").await;
+    assert_code(&world.datasync(&["-c", &manifest, "apply"]), 0);
+    assert_eq!(
+        marks().await,
+        [
+            r#"["a",1,10,false]"#,
+            r#"["a",2,21,false]"#,
+            r#"["b",1,30,false]"#
+        ],
+        "the key came back"
+    );
+    let scripts = dataset_jobs(&world.name)
+        .await
+        .into_iter()
+        .filter_map(|job| {
+            job["configuration"]["query"]["query"]
+                .as_str()
+                .map(str::to_string)
+        })
+        .filter(|sql| sql.starts_with("BEGIN TRANSACTION;\nMERGE"))
+        .count();
+    assert_eq!(scripts, 6, "one transaction per table and run");
+    assert!(
+        world
+            .warehouse
+            .list_tables("_datasync_keys_")
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+/// A replace run whose PostgreSQL row now holds an `int[]` with a NULL element: the row is in
+/// `_datasync_rejects`, the run says so, and the row the earlier run loaded is still in the
+/// target (its current version was carried into staging before the copy job).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_replace_keeps_the_earlier_row_of_a_rejected_one() {
+    let world = World::new("keepreject").await;
+    world
+        .sql(
+            "CREATE TABLE t (id bigint PRIMARY KEY, v text NOT NULL, tags int[]);
+             INSERT INTO t VALUES (1, 'a', '{1}'), (2, 'b', '{2}'), (3, 'c', '{3}');",
+        )
+        .await;
+    let manifest = world.manifest("      t: {}\n");
+    assert_code(&world.datasync(&["-c", &manifest, "apply"]), 0);
+    world
+        .sql("UPDATE t SET tags = '{2,NULL}', v = 'B' WHERE id = 2; UPDATE t SET v = 'C' WHERE id = 3;")
+        .await;
+    let output = world.datasync(&["-c", &manifest, "apply"]);
+    assert_code(&output, 0);
+    let said = text(&output);
+    assert!(said.contains("1 row(s) left out by bad values"), "{said}");
+    assert!(said.contains("_datasync_rejects"), "{said}");
+    assert!(
+        said.contains("pg.t: 1 earlier row(s) kept for rejected rows (a replace drops no row an earlier run loaded)"),
+        "{said}"
+    );
+    assert_eq!(
+        world.select("t", "id, v", "id").await,
+        [r#"[1,"a"]"#, r#"[2,"b"]"#, r#"[3,"C"]"#],
+        "row 2 keeps the version an earlier run loaded"
+    );
+    let rejects = world
+        .select("_datasync_rejects", "`key`, `column`", "`key`")
+        .await;
+    assert_eq!(rejects, [r#"["(id=2)","tags"]"#]);
+}
+
+/// MariaDB → emulator: `deletes: hard` on a composite primary key.
+#[tokio::test(flavor = "multi_thread")]
+async fn mariadb_merge_hard_deletes_on_a_composite_key() {
+    let world = World::new("mariadel").await;
+    let database = format!("ds-del-{}", std::process::id());
+    let server = sqlx::mysql::MySqlPoolOptions::new()
+        .max_connections(1)
+        .connect(&mysql_url())
+        .await
+        .unwrap_or_else(|error| {
+            panic!(
+                "MariaDB at {} is unreachable ({error}); run scripts/services.sh",
+                mysql_url()
+            )
+        });
+    let run = |sql: String| {
+        let server = server.clone();
+        async move { sqlx::raw_sql(&sql).execute(&server).await.unwrap() }
+    };
+    run(format!(
+        "DROP DATABASE IF EXISTS `{database}`; CREATE DATABASE `{database}`; USE `{database}`;
+         CREATE TABLE stock (shop VARCHAR(8) NOT NULL, sku INT NOT NULL, qty INT, PRIMARY KEY (shop, sku));
+         INSERT INTO stock VALUES ('a', 1, 10), ('a', 2, 20), ('b', 1, 30);"
+    ))
+    .await;
+    let server_url = mysql_url()
+        .rsplit_once('/')
+        .map_or_else(mysql_url, |(server, _)| server.to_string());
+    let manifest_text = format!(
+        "bigquery:\n  project: datasync-test\n  dataset: {name}\n  endpoint: {bq}\n  emulator: true\nsources:\n  shop:\n    type: mysql\n    url: {server_url}/{database}\n    tables:\n      stock:\n        mode: merge\n        deletes: hard\n",
+        name = world.name,
+        bq = bigquery_url(),
+    );
+    let path = world.dir.path().join("maria.yaml");
+    std::fs::write(&path, manifest_text).unwrap();
+    let manifest = path.display().to_string();
+    assert_code(&world.datasync(&["-c", &manifest, "apply"]), 0);
+    run(format!(
+        "DELETE FROM `{database}`.stock WHERE shop = 'a' AND sku = 2;"
+    ))
+    .await;
+    assert_code(&world.datasync(&["-c", &manifest, "apply"]), 0);
+    assert_eq!(
+        world.select("stock", "shop, sku", "shop, sku").await,
+        [r#"["a",1]"#, r#"["b",1]"#]
+    );
+    run(format!("DROP DATABASE IF EXISTS `{database}`")).await;
+}

@@ -20,4 +20,5 @@ mod source_postgres;
 mod source_session;
 mod source_ssh;
 mod terminal;
+mod unique_keys;
 mod warehouse_bigquery;

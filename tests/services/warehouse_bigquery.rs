@@ -482,6 +482,8 @@ async fn merge_and_max_value() {
             columns: vec!["id".into(), "name".into(), "ts".into()],
             order_by: None,
             job_id: None,
+            deletes: datasync::schema::Deletes::Keep,
+            keys_table: None,
         };
         let outcome = client.merge(&merge).await.unwrap();
         assert_eq!(outcome.affected_rows, 2);

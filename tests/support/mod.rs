@@ -89,6 +89,7 @@ pub fn table_spec(kind: SourceKind, qualifier: Option<&str>, name: &str) -> Tabl
         partition_by: None,
         cluster_by: Vec::new(),
         allow_recreate: false,
+        deletes: datasync::schema::Deletes::Keep,
         auto_create: true,
         types: TypePolicies::default(),
     }

@@ -70,6 +70,29 @@ impl Warehouse for JobLog {
         self.inner.get_table(name).await
     }
 
+    async fn dry_run_merge(
+        &self,
+        request: &MergeRequest,
+        target: &WarehouseTable,
+    ) -> Result<Vec<(String, u64)>, WarehouseError> {
+        self.inner.dry_run_merge(request, target).await
+    }
+
+    async fn count_duplicate_keys(
+        &self,
+        table: &str,
+        keys: &[String],
+    ) -> Result<u64, WarehouseError> {
+        self.inner.count_duplicate_keys(table, keys).await
+    }
+
+    async fn copy_rows_by_key(
+        &self,
+        request: &crate::warehouse::CopyRowsByKey,
+    ) -> Result<u64, WarehouseError> {
+        self.inner.copy_rows_by_key(request).await
+    }
+
     async fn list_dataset(&self) -> Result<Vec<crate::warehouse::ListedTable>, WarehouseError> {
         self.inner.list_dataset().await
     }

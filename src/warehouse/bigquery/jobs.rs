@@ -153,18 +153,7 @@ impl BigQuery {
         }
         if !params.is_empty() {
             body["parameterMode"] = json!("NAMED");
-            body["queryParameters"] = Value::Array(
-                params
-                    .iter()
-                    .map(|param| {
-                        json!({
-                            "name": param.name,
-                            "parameterType": {"type": param.bq_type.as_str()},
-                            "parameterValue": match &param.value { Some(value) => json!({"value": value}), None => json!({}) },
-                        })
-                    })
-                    .collect(),
-            );
+            body["queryParameters"] = Value::Array(params.iter().map(QueryParam::to_api).collect());
         }
         let url = self.api_url(&["queries"])?;
         let mut response: QueryResponse = self
@@ -347,12 +336,105 @@ impl BigQuery {
             .statistics
             .and_then(|statistics| statistics.query)
             .unwrap_or_default();
+        if query.statement_type.as_deref() == Some("SCRIPT") {
+            return Ok(self.script_outcome(context, job_id).await);
+        }
         let stats = query.dml_stats.unwrap_or_default();
         Ok(crate::warehouse::MergeOutcome {
             affected_rows: query.num_dml_affected_rows.unwrap_or_default(),
             inserted: stats.inserted_row_count,
             updated: stats.updated_row_count,
+            deleted: None,
         })
+    }
+
+    /// What a finished script (the MERGE and its delete statement) did, from its child jobs'
+    /// `dmlStats` (jobs.list `parentJobId`; a script's own statistics carry none,
+    /// <https://cloud.google.com/bigquery/docs/reference/rest/v2/jobs/list>): the MERGE's
+    /// inserted and updated rows, the DELETE's deleted rows or the soft delete's UPDATE's
+    /// updated rows. Unknown (`None`) where BigQuery does not say, as on the emulator; the
+    /// write itself succeeded either way, so a failure here is only logged.
+    async fn script_outcome(&self, context: &str, job_id: &str) -> crate::warehouse::MergeOutcome {
+        let mut outcome = crate::warehouse::MergeOutcome::default();
+        let children = match self.child_jobs(context, job_id).await {
+            Ok(children) => children,
+            Err(error) => {
+                tracing::warn!(context, %error, "could not read the script's statement statistics");
+                return outcome;
+            }
+        };
+        for child in children {
+            let Some(query) = child.statistics.and_then(|statistics| statistics.query) else {
+                continue;
+            };
+            let stats = query.dml_stats.unwrap_or_default();
+            match query.statement_type.as_deref() {
+                Some("MERGE") => {
+                    outcome.affected_rows = query.num_dml_affected_rows.unwrap_or_default();
+                    outcome.inserted = stats.inserted_row_count;
+                    outcome.updated = stats.updated_row_count;
+                }
+                Some("DELETE") => outcome.deleted = stats.deleted_row_count,
+                Some("UPDATE") => outcome.deleted = stats.updated_row_count,
+                _ => {}
+            }
+        }
+        outcome
+    }
+
+    /// The child jobs of a script (every page).
+    async fn child_jobs(
+        &self,
+        context: &str,
+        job_id: &str,
+    ) -> Result<Vec<JobResource>, WarehouseError> {
+        let mut jobs = Vec::new();
+        let mut page: Option<String> = None;
+        loop {
+            let mut url = self.api_url(&["jobs"])?;
+            {
+                let mut pairs = url.query_pairs_mut();
+                pairs.append_pair("parentJobId", job_id);
+                if let Some(token) = &page {
+                    pairs.append_pair("pageToken", token);
+                }
+            }
+            let list: super::model::JobList =
+                self.send_json(context, Method::GET, url, None).await?;
+            jobs.extend(list.jobs);
+            match list.next_page_token.filter(|token| !token.is_empty()) {
+                Some(token) if page.as_deref() != Some(token.as_str()) => page = Some(token),
+                _ => return Ok(jobs),
+            }
+        }
+    }
+
+    /// A dry run of one statement (jobs.insert with `configuration.dryRun`: validated and
+    /// priced, not run, not billed): its `totalBytesProcessed`
+    /// (<https://cloud.google.com/bigquery/docs/running-queries#dry-run>).
+    pub(super) async fn dry_run(&self, context: &str, sql: &str) -> Result<u64, WarehouseError> {
+        let mut reference = json!({"projectId": self.project});
+        if let Some(location) = self.job_location().await? {
+            reference["location"] = json!(location);
+        }
+        let body = json!({
+            "jobReference": reference,
+            "configuration": {"dryRun": true, "query": {"query": sql, "useLegacySql": false}},
+        });
+        let url = self.api_url(&["jobs"])?;
+        let job: JobResource = self
+            .send_json(context, Method::POST, url, Some(&body))
+            .await?;
+        job.check(context, "dry run")?;
+        let statistics = job.statistics.unwrap_or_default();
+        statistics
+            .query
+            .and_then(|query| query.total_bytes_processed)
+            .or(statistics.total_bytes_processed)
+            .ok_or_else(|| WarehouseError::Protocol {
+                context: context.to_string(),
+                message: "the dry run reported no totalBytesProcessed".into(),
+            })
     }
 
     /// The emulator fails a `WRITE_TRUNCATE` copy whose source schema differs from the target's

@@ -25,9 +25,10 @@ pub use retry::RetryPolicy;
 pub use upload::{CHUNK_GRANULARITY, DEFAULT_CHUNK_SIZE, content_range, next_offset_from_range};
 
 use super::{
-    AlterColumn, CopyRequest, ExistingTable, GET_TABLES_CONCURRENCY, ListedTable, LoadOutcome,
-    LoadRequest, MANAGED_BY_LABEL, MergeOutcome, MergeRequest, QueryParam, QueryRows, TableMeta,
-    Warehouse, WarehouseError, alter_statements, get_tables_bounded, merge_statement, quote_ident,
+    AlterColumn, CopyRequest, CopyRowsByKey, ExistingTable, GET_TABLES_CONCURRENCY, ListedTable,
+    LoadOutcome, LoadRequest, MANAGED_BY_LABEL, MergeOutcome, MergeRequest, QueryParam, QueryRows,
+    TableMeta, Warehouse, WarehouseError, alter_statements, get_tables_bounded, merge_statement,
+    quote_ident,
 };
 use crate::manifest::resolve::BigQuerySpec;
 use crate::schema::{FieldMode, WarehouseTable};
@@ -587,7 +588,63 @@ impl Warehouse for BigQuery {
             affected_rows: rows.num_dml_affected_rows.unwrap_or_default(),
             inserted: stats.inserted_row_count,
             updated: stats.updated_row_count,
+            deleted: None,
         })
+    }
+
+    async fn dry_run_merge(
+        &self,
+        request: &MergeRequest,
+        target: &WarehouseTable,
+    ) -> Result<Vec<(String, u64)>, WarehouseError> {
+        let statements =
+            super::dml::dry_run_statements(request, target, |name| self.qualified(name))?;
+        let mut priced = Vec::with_capacity(statements.len());
+        for (name, sql) in statements {
+            let context = format!(
+                "dry run of the {name} into {}.{}",
+                self.dataset, request.target
+            );
+            priced.push((name, self.dry_run(&context, &sql).await?));
+        }
+        Ok(priced)
+    }
+
+    async fn count_duplicate_keys(
+        &self,
+        table: &str,
+        keys: &[String],
+    ) -> Result<u64, WarehouseError> {
+        let context = format!("duplicate keys in {}.{table}", self.dataset);
+        let sql = super::dml::duplicate_keys_query(&self.qualified(table), keys);
+        let (rows, _) = self.run_query(&context, &sql, &[]).await?;
+        Ok(rows
+            .scalar()
+            .and_then(|cell| cell.as_u64().or_else(|| cell.as_str()?.parse().ok()))
+            .unwrap_or(0))
+    }
+
+    async fn copy_rows_by_key(&self, request: &CopyRowsByKey) -> Result<u64, WarehouseError> {
+        let context = format!(
+            "copy rows by key from {}.{} into {}.{}",
+            self.dataset, request.from, self.dataset, request.into
+        );
+        let keys: Vec<String> = request.keys.iter().map(|(name, _)| name.clone()).collect();
+        let sql = super::dml::copy_rows_by_key_statement(
+            &self.qualified(&request.from),
+            &self.qualified(&request.into),
+            &request.columns,
+            &keys,
+        );
+        let fields = request
+            .keys
+            .iter()
+            .enumerate()
+            .map(|(index, (_, bq_type))| (format!("k{index}"), *bq_type))
+            .collect();
+        let param = QueryParam::struct_array("keys", fields, request.values.clone());
+        let (rows, _) = self.run_query(&context, &sql, &[param]).await?;
+        Ok(rows.num_dml_affected_rows.unwrap_or_default())
     }
 
     async fn insert_from(

@@ -392,6 +392,9 @@ pub(crate) struct JobStatistics {
     pub load: Option<LoadStatistics>,
     #[serde(default)]
     pub query: Option<QueryJobStatistics>,
+    /// `statistics.totalBytesProcessed` (a dry run's estimate, also in `query`).
+    #[serde(default, deserialize_with = "de_opt_u64")]
+    pub total_bytes_processed: Option<u64>,
 }
 
 #[derive(Debug, Clone, Deserialize, Default)]
@@ -401,6 +404,21 @@ pub(crate) struct QueryJobStatistics {
     pub num_dml_affected_rows: Option<u64>,
     #[serde(default)]
     pub dml_stats: Option<DmlStats>,
+    #[serde(default, deserialize_with = "de_opt_u64")]
+    pub total_bytes_processed: Option<u64>,
+    /// `MERGE`, `DELETE`, `UPDATE`, `SCRIPT`, …
+    #[serde(default)]
+    pub statement_type: Option<String>,
+}
+
+/// jobs.list: one page of jobs (the child jobs of a script with `parentJobId`).
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct JobList {
+    #[serde(default)]
+    pub jobs: Vec<JobResource>,
+    #[serde(default)]
+    pub next_page_token: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize, Default)]
@@ -468,6 +486,8 @@ pub(crate) struct DmlStats {
     pub inserted_row_count: Option<u64>,
     #[serde(default, deserialize_with = "de_opt_u64")]
     pub updated_row_count: Option<u64>,
+    #[serde(default, deserialize_with = "de_opt_u64")]
+    pub deleted_row_count: Option<u64>,
 }
 
 /// `jobs.query` and `jobs.getQueryResults` responses.

@@ -392,3 +392,32 @@ fn flagged_geography_values_are_bad_values_of_their_row() {
         ]
     );
 }
+
+/// A NULL merge key (REQUIRED in the load) is a bad value like any other: its row goes to the
+/// rejects and it counts against `max_parse_failures`, so too many of them fail the table.
+#[test]
+fn a_null_in_a_required_key_is_counted_against_the_budget() {
+    let map = mapping(&[
+        ("id", BqType::Int64, FieldMode::Required),
+        ("v", BqType::String, FieldMode::Nullable),
+    ]);
+    let mut encoder = writer(&map, TypePolicies::default(), Some(1), 10_000);
+    let row = |id: Option<i64>| {
+        move |index: usize| match (index, id) {
+            (0, Some(id)) => Ok(Val::Int(id)),
+            (0, None) => Ok(Val::Null),
+            _ => Ok(Val::Text("x".into())),
+        }
+    };
+    encoder.push(row(Some(1))).unwrap();
+    encoder.push(row(None)).unwrap();
+    let stats = encoder.stats();
+    assert_eq!((stats.rows, stats.failed_rows, stats.bad_values), (1, 1, 1));
+    assert_eq!(stats.by_kind.get("null_in_required"), Some(&1));
+    assert_eq!(stats.rejects[0].key, "(id=NULL)");
+    assert_eq!(stats.rejects[0].column, "id");
+    assert_eq!(stats.rejects[0].reason, "NULL in a REQUIRED field");
+    // The second one is over the budget of 1: the table fails.
+    let error = encoder.push(row(None)).unwrap_err();
+    assert_eq!((error.count, error.max), (2, 1));
+}

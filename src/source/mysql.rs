@@ -179,7 +179,9 @@ pub(super) async fn describe(
         });
     };
     let estimated_rows = get_i64(&table, 0)?.and_then(|rows| u64::try_from(rows).ok());
-    let comment = get_text(&table, 1)?.filter(|comment| !comment.is_empty());
+    // A view's `table_comment` is the word `VIEW`, not a description.
+    let is_view = get_text(&table, 2)?.is_some_and(|kind| kind.eq_ignore_ascii_case("VIEW"));
+    let comment = get_text(&table, 1)?.filter(|comment| !comment.is_empty() && !is_view);
 
     let rows = sqlx::query(
         "SELECT column_name, data_type, column_type, is_nullable,

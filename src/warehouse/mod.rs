@@ -36,6 +36,11 @@
 //!   schema; not atomic there).
 //! - `create_table_with` / `patch_table_meta` / `list_tables` carry datasync's own metadata
 //!   (staging expirations, leases in lock tables; `If-Match` for a lease takeover).
+//! - `update_table` is a read-modify-write tables.patch of the target's descriptions and
+//!   clustering: the schema it sends is the one tables.get returned (policy tags and all), with
+//!   only the descriptions changed, under `If-Match`.
+//! - Every job (load, copy, query, MERGE) carries [`labels`]; created tables carry
+//!   `managed-by: datasync` and `bigquery.labels`.
 //! - `merge_statement` de-duplicates staging per key (greatest cursor wins) and leaves NULL keys
 //!   out.
 //! - A target with columns datasync does not model (RECORD, RANGE) or that is not a table reads
@@ -63,6 +68,7 @@
 pub mod avro;
 mod bigquery;
 mod fake;
+pub mod labels;
 pub mod ndjson;
 mod rows;
 
@@ -81,7 +87,7 @@ pub use fake::{FakeWarehouse, InjectedFailure};
 pub use ndjson::NdjsonWriter;
 
 use crate::schema::{
-    BqType, ColumnMapping, Decoded, ExtractStats, LoadFormat, RowSink, TooManyBadValues,
+    BqType, ColumnMapping, Decoded, ExtractStats, Lineage, LoadFormat, RowSink, TooManyBadValues,
     TypePolicies, WarehouseField, WarehouseTable,
 };
 
@@ -121,6 +127,17 @@ impl LoadSink {
                 key_columns,
                 batch_size,
             )),
+        }
+    }
+}
+
+impl LoadSink {
+    /// The sink with the lineage columns appended to every row (`None`: unchanged).
+    pub fn with_lineage(self, lineage: Option<&Lineage>) -> Self {
+        match (self, lineage) {
+            (Self::Ndjson(sink), Some(lineage)) => Self::Ndjson(sink.with_lineage(lineage)),
+            (Self::Avro(sink), Some(lineage)) => Self::Avro(sink.with_lineage(lineage)),
+            (sink, None) => sink,
         }
     }
 }
@@ -185,6 +202,26 @@ pub struct TableMeta {
     pub expires_at_ms: Option<i64>,
     /// `description`.
     pub description: Option<String>,
+}
+
+/// An in-place change of a table's metadata: one `tables.patch` (no job, nothing billed).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TableUpdate {
+    /// The new table description.
+    pub description: Option<String>,
+    /// New column descriptions, by column name.
+    pub column_descriptions: Vec<(String, String)>,
+    /// The new clustering columns.
+    pub clustering: Option<Vec<String>>,
+}
+
+impl TableUpdate {
+    /// Whether it changes nothing.
+    pub fn is_empty(&self) -> bool {
+        self.description.is_none()
+            && self.column_descriptions.is_empty()
+            && self.clustering.is_none()
+    }
 }
 
 /// One copy job: `source` into `target` (same dataset), with `jobs.insert`
@@ -613,6 +650,10 @@ pub trait Warehouse: Send + Sync {
 
     /// The names of the dataset's tables that start with `prefix` (tables.list, every page).
     async fn list_tables(&self, prefix: &str) -> Result<Vec<String>, WarehouseError>;
+
+    /// Changes a table's descriptions and clustering in place (tables.patch: free, no query).
+    /// Columns keep everything else (types, modes, policy tags); a missing column is an error.
+    async fn update_table(&self, name: &str, update: &TableUpdate) -> Result<(), WarehouseError>;
 }
 
 /// The text form of a column maximum read back from BigQuery (see [`Warehouse::max_value`]),

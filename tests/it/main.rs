@@ -10,4 +10,5 @@ mod cli_hardening;
 mod manifest;
 mod source_sqlite;
 mod warehouse_auth;
+mod warehouse_metadata;
 mod warehouse_protocol;

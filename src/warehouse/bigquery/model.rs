@@ -218,6 +218,7 @@ impl TableResource {
             schema: Some(schema_resource(table)),
             time_partitioning: partitioning_resource(table),
             clustering: clustering_resource(table),
+            description: table.description.clone().filter(|text| !text.is_empty()),
             ..Self::default()
         }
     }
@@ -258,6 +259,7 @@ impl TableResource {
                     .as_ref()
                     .map(|clustering| clustering.fields.clone())
                     .unwrap_or_default(),
+                description: self.description.clone().filter(|text| !text.is_empty()),
             },
             num_rows: self.num_rows,
             etag: self.etag.clone(),

@@ -8,6 +8,7 @@ use crate::mapping::map_table;
 use crate::plan::{Plan, TableInput, TablePlan, plan_table};
 use crate::source::Source;
 use crate::warehouse::WarehouseError;
+use crate::warehouse::labels::{self, JobLabels};
 
 use super::Session;
 use super::executor::read_bound;
@@ -106,9 +107,14 @@ async fn rows_to_move(session: &Session, table: &TablePlan) -> Option<u64> {
     let extract = table.extract()?;
     let source: &Source = session.sources.get(&table.source)?;
     let source_table = table.source_table.as_ref()?;
-    let filter = read_bound(session.warehouse.as_ref(), &table.target, &extract.bound)
-        .await
-        .ok()?;
+    // The query reading the target's maximum is labelled with the table (plans have no run).
+    let labels = JobLabels::for_table(None, &table.target);
+    let filter = labels::scope(
+        labels,
+        read_bound(session.warehouse.as_ref(), &table.target, &extract.bound),
+    )
+    .await
+    .ok()?;
     if filter.is_none()
         && let Some(rows) = source_table.estimated_rows
     {

@@ -339,7 +339,13 @@ fn incompatibilities(
 /// (a clustering change is patched in after the write: [`plan_metadata`]).
 fn staging_schema(target: &WarehouseTable, existing: Option<&WarehouseTable>) -> WarehouseTable {
     let mut staging = target.clone();
-    if let Some(existing) = existing {
+    // A recreate may drop a column the target is clustered on: staging can't cluster on it.
+    if let Some(existing) = existing
+        && existing
+            .clustering
+            .iter()
+            .all(|column| target.field(column).is_some())
+    {
         staging.clustering.clone_from(&existing.clustering);
     }
     staging
@@ -849,5 +855,29 @@ mod tests {
         )));
         assert_eq!(changes.len(), 2);
         assert_eq!(added.metadata_changes().len(), 2);
+    }
+
+    #[test]
+    fn a_recreate_that_drops_the_clustering_column_stages_without_it() {
+        let mut existing = table(
+            "t",
+            &[
+                ("id", BqType::String, FieldMode::Nullable),
+                ("gone", BqType::Int64, FieldMode::Nullable),
+            ],
+        );
+        existing.clustering = vec!["gone".into()];
+        let mut spec = spec("t", WriteMode::Replace);
+        spec.allow_recreate = true;
+        let planned = plan_table(TableInput {
+            spec,
+            source: Ok(source(10)),
+            mapping: mapped(ids(), vec![]),
+            existing_rows: Some(3),
+            existing: Some(existing),
+            unsupported: Vec::new(),
+        });
+        assert_eq!(planned.action, TableAction::Recreate);
+        assert!(planned.extract().unwrap().load_schema.clustering.is_empty());
     }
 }

@@ -643,6 +643,33 @@ mod tests {
     }
 
     #[test]
+    fn the_json_plan_carries_layout_and_the_patch_step() {
+        let json = serde_json::to_value(metadata_plan()).unwrap();
+        let created = &json["tables"][0]["target_schema"];
+        assert_eq!(
+            created["partitioning"],
+            serde_json::json!({"type": "MONTH", "field": "at"})
+        );
+        assert_eq!(created["clustering"], serde_json::json!(["id"]));
+        let steps = json["tables"][1]["steps"].as_array().unwrap();
+        let patch = steps.last().unwrap();
+        assert_eq!(patch["step"], "patch_table");
+        assert_eq!(
+            patch["changes"][3],
+            serde_json::json!({"change": "clustering", "from": ["id"], "to": ["id", "note"]})
+        );
+        assert_eq!(
+            json["tables"][1]["existing"]["clustering"],
+            serde_json::json!(["id"])
+        );
+        // The staging load keeps the target's clustering until the patch.
+        assert_eq!(
+            steps[0]["load_schema"]["clustering"],
+            serde_json::json!(["id"])
+        );
+    }
+
+    #[test]
     fn metadata_text_rendering() {
         insta::assert_snapshot!(text(&metadata_plan()));
     }

@@ -85,7 +85,7 @@ pub fn metadata_changes(
 const SHOWN_CHARS: usize = 60;
 
 /// A description as one short plan line: quoted, line breaks shown as `⏎`, cut at
-/// [`SHOWN_CHARS`] characters with `…`; `(none)` for no description.
+/// 60 characters with `…`; `(none)` for no description.
 pub fn shown(description: Option<&str>) -> String {
     let Some(text) = description else {
         return "(none)".to_string();

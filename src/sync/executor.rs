@@ -13,7 +13,12 @@
 //!    `WRITE_APPEND` (both free: no query bytes), recreate = copy `WRITE_TRUNCATE` (schema and
 //!    rows swap atomically; with a partitioning change via a backup), merge = `MERGE` on the
 //!    key;
-//! 4. drop the staging table, release the lease.
+//! 4. [`Step::PatchTable`]: descriptions and clustering in place (one tables.patch, no job),
+//!    after the write, whose copy saw staging and target clustered alike;
+//! 5. drop the staging table, release the lease.
+//!
+//! Every job a table's run starts carries the run id and the target as labels
+//! ([`labels::scope`]), and a table with lineage columns gets the run's values from its sink.
 //!
 //! A crash or Ctrl-C before step 2 leaves the target as it was; step 3 is atomic. A run first
 //! drops leftovers of dead runs: staging and backup tables past their expiry, lock tables

@@ -169,6 +169,8 @@ fn table_spec(kind: SourceKind, qualifier: Option<String>) -> TableSpec {
         deletes: datasync::schema::Deletes::Keep,
         auto_create: true,
         types: TypePolicies::default(),
+        description: None,
+        lineage: false,
     }
 }
 

@@ -139,6 +139,12 @@ codes! {
     ManifestCluster => "datasync::manifest::cluster",
     /// Mode `merge` without `primary_key`.
     ManifestMergeWithoutKey => "datasync::manifest::merge_without_key",
+    /// A `bigquery.labels` key or value that breaks BigQuery's label rules, or one datasync
+    /// sets itself.
+    ManifestLabel => "datasync::manifest::label",
+    /// `lineage: true` with a column named like a lineage column in `columns` or
+    /// `column_types`.
+    ManifestLineageColumn => "datasync::manifest::lineage_column",
     /// Mode `incremental` without `cursor`.
     ManifestIncrementalWithoutCursor => "datasync::manifest::incremental_without_cursor",
     /// A `cursor` the mode does not use.
@@ -178,6 +184,8 @@ codes! {
     MappingPrimaryKey => "datasync::mapping::primary_key",
     /// `cursor` names a column that is not synced.
     MappingCursor => "datasync::mapping::cursor",
+    /// A synced column takes the name of a lineage column (`lineage: true`).
+    MappingLineageCollision => "datasync::mapping::lineage_collision",
     /// The change to the target is incompatible (type narrowed, column dropped, …).
     PlanIncompatible => "datasync::plan::incompatible",
     /// The table is blocked: an incompatible change without `allow_recreate`.

@@ -44,6 +44,71 @@ pub fn table_problem(name: &str) -> Option<String> {
     None
 }
 
+/// The label on every table and job datasync makes.
+pub const MANAGED_BY_LABEL: (&str, &str) = ("managed-by", "datasync");
+/// The label key naming the run a job belongs to.
+pub const RUN_LABEL_KEY: &str = "datasync-run";
+/// The label key naming the target table a job is for.
+pub const TABLE_LABEL_KEY: &str = "datasync-table";
+/// The label keys datasync sets itself, which `bigquery.labels` may not use.
+pub const DATASYNC_LABEL_KEYS: [&str; 3] = [MANAGED_BY_LABEL.0, RUN_LABEL_KEY, TABLE_LABEL_KEY];
+
+/// The longest label key or value BigQuery accepts, in characters.
+pub const LABEL_MAX_CHARS: usize = 63;
+
+/// Whether `c` may appear in a label key or value: a lowercase letter (international ones too),
+/// a digit, `_` or `-` (<https://cloud.google.com/bigquery/docs/labels-intro#requirements>).
+fn label_char(c: char) -> bool {
+    c.is_lowercase() || c.is_numeric() || c == '_' || c == '-'
+}
+
+/// Why `key` is not a valid label key, or `None`: 1–63 characters, lowercase letters, digits,
+/// `_` and `-`, starting with a lowercase letter.
+pub fn label_key_problem(key: &str) -> Option<String> {
+    let count = key.chars().count();
+    let ok = (1..=LABEL_MAX_CHARS).contains(&count)
+        && key.starts_with(char::is_lowercase)
+        && key.chars().all(label_char);
+    (!ok).then(|| {
+        format!("`{key}` is not a valid label key: 1-63 lowercase letters, digits, `_` and `-`, starting with a lowercase letter")
+    })
+}
+
+/// Why `value` is not a valid label value, or `None`: at most 63 lowercase letters, digits, `_`
+/// and `-` (it may be empty).
+pub fn label_value_problem(value: &str) -> Option<String> {
+    let ok = value.chars().count() <= LABEL_MAX_CHARS && value.chars().all(label_char);
+    (!ok).then(|| {
+        format!("`{value}` is not a valid label value: at most 63 lowercase letters, digits, `_` and `-`")
+    })
+}
+
+/// A valid label value for `text` (a run id, a table name): lowercased, every other character
+/// `_`; longer than 63 characters, cut and ended by 8 hex digits of its hash, so two long
+/// names stay apart.
+pub fn sanitize_label_value(text: &str) -> String {
+    let clean: String = text
+        .chars()
+        .flat_map(char::to_lowercase)
+        .map(|c| {
+            if c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    if clean.chars().count() <= LABEL_MAX_CHARS {
+        return clean;
+    }
+    // FNV-1a: stable across builds, no dependency.
+    let hash = text.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |hash, byte| {
+        (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
+    });
+    let head: String = clean.chars().take(LABEL_MAX_CHARS - 9).collect();
+    format!("{head}-{:08x}", hash as u32)
+}
+
 /// Prefixes BigQuery reserves for column names.
 const RESERVED_COLUMN_PREFIXES: &[&str] = &[
     "_table_",
@@ -124,6 +189,37 @@ mod tests {
         assert!(column_problem("1col").is_some());
         assert!(column_problem("_PARTITIONTIME").is_some());
         assert!(column_problem("my col").is_some());
+    }
+
+    #[test]
+    fn labels_follow_bigquerys_rules() {
+        for key in ["team", "cost-center", "env_2", "équipe"] {
+            assert_eq!(label_key_problem(key), None, "{key}");
+        }
+        for key in ["", "Team", "2team", "-x", "a.b", "a b", &"k".repeat(64)] {
+            assert!(label_key_problem(key).is_some(), "{key}");
+        }
+        for value in ["", "data", "1234", "eu-west_1"] {
+            assert_eq!(label_value_problem(value), None, "{value}");
+        }
+        for value in ["Data", "a/b", &"v".repeat(64)] {
+            assert!(label_value_problem(value).is_some(), "{value}");
+        }
+        assert_eq!(
+            sanitize_label_value("1700000000_123456"),
+            "1700000000_123456"
+        );
+        assert_eq!(
+            sanitize_label_value("Public__Orders 2024"),
+            "public__orders_2024"
+        );
+        let long = sanitize_label_value(&"Very_Long_Table_Name_".repeat(5));
+        assert_eq!(long.chars().count(), 63);
+        assert_eq!(label_value_problem(&long), None);
+        assert_ne!(
+            long,
+            sanitize_label_value(&"Very_Long_Table_Name_".repeat(6))
+        );
     }
 
     #[test]

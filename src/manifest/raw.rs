@@ -92,6 +92,13 @@ pub struct RawBigQuery {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 1024))]
     pub upload_chunk_mib: Option<u64>,
+    /// Labels for cost attribution, e.g. `{team: data, env: prod}`: set on every table datasync
+    /// creates and on every job it starts (load, copy, query, MERGE), next to datasync's own
+    /// `managed-by: datasync`, `datasync-run: <run id>` and `datasync-table: <target>`, whose
+    /// keys they may not use. Keys: 1-63 lowercase letters, digits, `_` and `-`, starting with a
+    /// letter; values: at most 63 of the same (quote digits-only values: `"1234"`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub labels: Option<IndexMap<String, String>>,
 }
 
 /// How rows are written into the target table.
@@ -229,6 +236,13 @@ pub struct RawDefaults {
     /// mode `merge` only; each run then also reads the source's whole key set. Default: `keep`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deletes: Option<Deletes>,
+    /// Add the lineage columns to every target: `_datasync_synced_at` (TIMESTAMP, when the run
+    /// that wrote the row started: the same for every row of a run) and `_datasync_run_id`
+    /// (STRING). They are written with the rows (no query), added to an existing target as
+    /// NULLABLE columns, and updated by `merge`. A source column of either name is an error.
+    /// Default: `false`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lineage: Option<bool>,
     /// Type-mapping policies.
     #[serde(default, skip_serializing_if = "RawTypePolicies::is_empty")]
     pub types: RawTypePolicies,
@@ -478,6 +492,16 @@ pub struct RawTable {
     /// `defaults.deletes` for a merge table, else `keep`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deletes: Option<Deletes>,
+    /// The BigQuery table's description. Default: the source table's comment (PostgreSQL
+    /// `COMMENT ON TABLE`, MySQL/MariaDB `COMMENT=`; SQLite has none). When neither is set the
+    /// target's description is left as it is. A change is applied in place after the write.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1))]
+    pub description: Option<String>,
+    /// Add the lineage columns `_datasync_synced_at` and `_datasync_run_id` to this target.
+    /// Default: `defaults.lineage`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lineage: Option<bool>,
     /// Type-mapping policies for this table. Default: `defaults.types`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub types: Option<RawTypePolicies>,

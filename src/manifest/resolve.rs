@@ -79,6 +79,9 @@ pub struct BigQuerySpec {
     /// Resumable-upload chunk size in MiB; `None`: 32.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub upload_chunk_mib: Option<u64>,
+    /// `bigquery.labels`, checked against BigQuery's label rules: on created tables and jobs.
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub labels: std::collections::BTreeMap<String, String>,
     /// The environment variables the BigQuery client uses (credentials discovery, proxies, CA),
     /// taken from the manifest's environment snapshot.
     #[serde(skip)]
@@ -304,6 +307,12 @@ pub struct TableSpec {
     pub auto_create: bool,
     /// Type policies.
     pub types: TypePolicies,
+    /// The target's description (else the source table's comment).
+    #[serde(default)]
+    pub description: Option<String>,
+    /// Add the lineage columns.
+    #[serde(default)]
+    pub lineage: bool,
 }
 
 impl TableSpec {
@@ -430,6 +439,56 @@ fn check_bigquery(raw: &RawManifest, problems: &mut Vec<Diagnostic>) -> (String,
     (project, dataset)
 }
 
+/// BigQuery allows 64 labels on a table or job; datasync's own take three of them.
+const MAX_USER_LABELS: usize = 64 - names::DATASYNC_LABEL_KEYS.len();
+
+/// `bigquery.labels`, each key and value checked against BigQuery's label rules
+/// (<https://cloud.google.com/bigquery/docs/labels-intro#requirements>); the valid ones.
+fn check_labels(
+    raw: &RawManifest,
+    problems: &mut Vec<Diagnostic>,
+) -> std::collections::BTreeMap<String, String> {
+    let mut labels = std::collections::BTreeMap::new();
+    let Some(raw_labels) = &raw.bigquery.labels else {
+        return labels;
+    };
+    if raw_labels.len() > MAX_USER_LABELS {
+        problems.push(
+            error_at(
+                "/bigquery/labels",
+                Code::ManifestLabel,
+                format!(
+                    "{} labels are too many: BigQuery allows 64 per job or table, and datasync sets {} itself",
+                    raw_labels.len(),
+                    names::DATASYNC_LABEL_KEYS.len()
+                ),
+            )
+            .on_key(),
+        );
+    }
+    for (key, value) in raw_labels {
+        let pointer = format!("/bigquery/labels/{}", escape_segment(key));
+        if names::DATASYNC_LABEL_KEYS.contains(&key.as_str()) {
+            problems.push(
+                error_at(
+                    &pointer,
+                    Code::ManifestLabel,
+                    format!("label `{key}` is set by datasync itself"),
+                )
+                .on_key()
+                .with_help("choose another key"),
+            );
+        } else if let Some(message) = names::label_key_problem(key) {
+            problems.push(error_at(&pointer, Code::ManifestLabel, message).on_key());
+        } else if let Some(message) = names::label_value_problem(value) {
+            problems.push(error_at(&pointer, Code::ManifestLabel, message));
+        } else {
+            labels.insert(key.clone(), value.clone());
+        }
+    }
+    labels
+}
+
 /// Every source and its tables, with the check that no two enabled tables share a target.
 fn resolve_sources(
     raw: &RawManifest,
@@ -513,6 +572,7 @@ pub fn resolve(raw: &RawManifest) -> (Option<Manifest>, Vec<Diagnostic>) {
     let mut problems = Vec::new();
 
     let (project, dataset) = check_bigquery(raw, &mut problems);
+    let labels = check_labels(raw, &mut problems);
     let defaults = &raw.defaults;
     let timeout = duration(
         defaults.timeout.as_ref(),
@@ -560,6 +620,7 @@ pub fn resolve(raw: &RawManifest) -> (Option<Manifest>, Vec<Diagnostic>) {
             ca_file: raw.bigquery.ca_file.clone(),
             create_dataset: raw.bigquery.create_dataset.unwrap_or(false),
             upload_chunk_mib: raw.bigquery.upload_chunk_mib,
+            labels,
             env: BigQueryEnv::default(),
         },
         timeout,
@@ -1305,6 +1366,10 @@ fn resolve_table(
     let (column_types, partition_by, cluster_by) =
         check_named_columns(table, &exclude, pointer, problems);
     check_mode(key, table, mode, pointer, problems);
+    let lineage = table.lineage.or(defaults.lineage).unwrap_or(false);
+    if lineage {
+        check_lineage_columns(table, pointer, problems);
+    }
     let max_parse_failures = table
         .max_parse_failures
         .or(defaults.max_parse_failures)
@@ -1342,7 +1407,50 @@ fn resolve_table(
         deletes: table_deletes(table, mode, defaults.deletes),
         auto_create: defaults.auto_create.unwrap_or(true),
         types,
+        description: table.description.clone(),
+        lineage,
     })
+}
+
+/// With `lineage: true`, `columns` and `column_types` may not name a lineage column: the
+/// source column would collide with the one datasync adds (`exclude_columns` may name it).
+fn check_lineage_columns(table: &RawTable, pointer: &str, problems: &mut Vec<Diagnostic>) {
+    let lineage = |column: &str| {
+        [
+            crate::schema::LINEAGE_SYNCED_AT,
+            crate::schema::LINEAGE_RUN_ID,
+        ]
+        .into_iter()
+        .find(|name| name.eq_ignore_ascii_case(&names::sanitize_column(column)))
+    };
+    let message = |column: &str, name: &str| {
+        format!("column `{column}` collides with `{name}`, a lineage column `lineage: true` adds")
+    };
+    for (position, column) in table.columns.iter().flatten().enumerate() {
+        if let Some(name) = lineage(column) {
+            problems.push(
+                error_at(
+                    &format!("{pointer}/columns/{position}"),
+                    Code::ManifestLineageColumn,
+                    message(column, name),
+                )
+                .with_help("leave it out of `columns`, or turn `lineage` off"),
+            );
+        }
+    }
+    for column in table.column_types.iter().flat_map(IndexMap::keys) {
+        if let Some(name) = lineage(column) {
+            problems.push(
+                error_at(
+                    &format!("{pointer}/column_types/{}", escape_segment(column)),
+                    Code::ManifestLineageColumn,
+                    message(column, name),
+                )
+                .on_key()
+                .with_help("add it to `exclude_columns`, or turn `lineage` off"),
+            );
+        }
+    }
 }
 
 impl TableSpec {
@@ -1373,6 +1481,8 @@ impl TableSpec {
             cluster_by: Some(table.cluster_by.clone()).filter(|list| !list.is_empty()),
             allow_recreate: Some(table.allow_recreate),
             deletes: (table.mode == WriteMode::Merge).then_some(table.deletes),
+            description: table.description.clone(),
+            lineage: Some(table.lineage),
             types: Some(RawTypePolicies {
                 tinyint1_as_bool: Some(policies.tinyint1_as_bool),
                 zero_dates: Some(policies.zero_dates),
@@ -1475,6 +1585,13 @@ impl Manifest {
                 ca_file: self.bigquery.ca_file.clone(),
                 create_dataset: Some(self.bigquery.create_dataset),
                 upload_chunk_mib: self.bigquery.upload_chunk_mib,
+                labels: (!self.bigquery.labels.is_empty()).then(|| {
+                    self.bigquery
+                        .labels
+                        .iter()
+                        .map(|(key, value)| (key.clone(), value.clone()))
+                        .collect()
+                }),
             },
             defaults: RawDefaults {
                 mode: None,
@@ -1486,6 +1603,7 @@ impl Manifest {
                 parallelism: Some(self.parallelism),
                 allow_recreate: None,
                 deletes: None,
+                lineage: None,
                 types: RawTypePolicies::default(),
             },
             sources,

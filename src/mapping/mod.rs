@@ -65,6 +65,9 @@ pub struct TableMapping {
     /// `batch_size`). Chunks are cut at about 1 MiB too; either way the whole table still goes
     /// into one load job.
     pub batch_size: u64,
+    /// The table ends with the lineage columns (`lineage: true`), which the row sink fills.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub lineage: bool,
 }
 
 impl TableMapping {
@@ -128,16 +131,24 @@ pub fn map_table(source: &SourceTable, spec: &TableSpec) -> Result<TableMapping,
     let (selected, overrides) = select_columns(source, spec, &mut found);
     let columns = map_columns(spec, &selected, &overrides, &mut found);
     let (partitioning, clustering) = layout(spec, &columns, &mut found);
+    if spec.lineage {
+        check_lineage_names(&columns, &mut found);
+    }
     if !found.errors.is_empty() {
         return Err(found.errors);
     }
-    let fields = columns.iter().map(|column| column.field.clone()).collect();
+    let mut fields: Vec<WarehouseField> =
+        columns.iter().map(|column| column.field.clone()).collect();
+    if spec.lineage {
+        fields.extend(crate::schema::lineage_fields());
+    }
     Ok(TableMapping {
         table: WarehouseTable {
             name: spec.target.clone(),
             fields,
             partitioning,
             clustering,
+            description: table_description(spec, source),
         },
         columns,
         warnings: found.warnings,
@@ -148,7 +159,34 @@ pub fn map_table(source: &SourceTable, spec: &TableSpec) -> Result<TableMapping,
             .primary_key
             .clone()
             .unwrap_or_else(|| source.primary_key.clone()),
+        lineage: spec.lineage,
     })
+}
+
+/// The target's description: the manifest's `description`, else the source table's comment;
+/// `None` (leave the target's as it is) when neither says anything.
+fn table_description(spec: &TableSpec, source: &SourceTable) -> Option<String> {
+    spec.description
+        .clone()
+        .or_else(|| source.comment.clone())
+        .filter(|text| !text.trim().is_empty())
+}
+
+/// With `lineage: true`, no synced column may take a lineage column's BigQuery name.
+fn check_lineage_names(columns: &[ColumnMapping], found: &mut Found) {
+    for column in columns {
+        let Some(lineage) = crate::schema::lineage_fields()
+            .into_iter()
+            .find(|field| field.name.eq_ignore_ascii_case(&column.target))
+        else {
+            continue;
+        };
+        let message = format!(
+            "column `{}` collides with `{}`, a lineage column `lineage: true` adds (BigQuery names ignore case): add it to `exclude_columns`, or turn lineage off",
+            column.source.name, lineage.name
+        );
+        found.column_error(Code::MappingLineageCollision, &column.source.name, message);
+    }
 }
 
 /// The diagnostics of one table's mapping.

@@ -27,6 +27,8 @@ fn spec(kind: SourceKind) -> TableSpec {
         deletes: crate::schema::Deletes::Keep,
         auto_create: true,
         types: TypePolicies::default(),
+        description: None,
+        lineage: false,
     }
 }
 
@@ -671,4 +673,76 @@ fn merge_without_primary_key_takes_the_sources() {
     id.primary_key = false;
     let errors = messages(&map_table(&table(vec![id]), &spec).unwrap_err());
     assert!(errors[0].contains("no primary key"), "{errors:?}");
+}
+
+#[test]
+fn the_table_comment_or_the_manifest_describes_the_target() {
+    let mut source = table(vec![column("id", "bigint", "bigint", None, None, false)]);
+    let described = |source: &SourceTable, description: Option<&str>| {
+        let mut spec = spec(SourceKind::Postgres);
+        spec.description = description.map(str::to_string);
+        map_table(source, &spec).unwrap().table.description
+    };
+    // No comment, no manifest description: nothing to say (the target's is left alone).
+    assert_eq!(described(&source, None), None);
+    source.comment = Some("   ".into());
+    assert_eq!(described(&source, None), None);
+    source.comment = Some("Orders placed".into());
+    assert_eq!(described(&source, None).as_deref(), Some("Orders placed"));
+    assert_eq!(
+        described(&source, Some("Curated orders")).as_deref(),
+        Some("Curated orders")
+    );
+}
+
+#[test]
+fn lineage_appends_two_nullable_columns_and_refuses_a_source_column_of_their_name() {
+    let source = table(vec![
+        column("id", "bigint", "bigint", None, None, false),
+        column("v", "text", "text", None, None, true),
+    ]);
+    let mut spec = spec(SourceKind::Postgres);
+    spec.lineage = true;
+    let mapping = map_table(&source, &spec).unwrap();
+    assert!(mapping.lineage);
+    // Only the source's columns are read; the sink appends the lineage values.
+    assert_eq!(mapping.columns.len(), 2);
+    let lines: Vec<String> = mapping
+        .table
+        .fields
+        .iter()
+        .map(crate::schema::WarehouseField::diff_line)
+        .collect();
+    assert_eq!(
+        lines,
+        [
+            "id INT64 REQUIRED",
+            "v STRING NULLABLE",
+            "_datasync_synced_at TIMESTAMP NULLABLE",
+            "_datasync_run_id STRING NULLABLE"
+        ]
+    );
+    let colliding = table(vec![
+        column("id", "bigint", "bigint", None, None, false),
+        column(
+            "_datasync_SYNCED_at",
+            "timestamp",
+            "timestamp",
+            None,
+            None,
+            true,
+        ),
+    ]);
+    let errors = messages(&map_table(&colliding, &spec).unwrap_err());
+    assert_eq!(
+        errors,
+        [
+            "column `_datasync_SYNCED_at` collides with `_datasync_synced_at`, a lineage column `lineage: true` adds (BigQuery names ignore case): add it to `exclude_columns`, or turn lineage off"
+        ]
+    );
+    spec.exclude_columns = vec!["_datasync_SYNCED_at".into()];
+    assert!(map_table(&colliding, &spec).is_ok());
+    spec.lineage = false;
+    spec.exclude_columns.clear();
+    assert!(map_table(&colliding, &spec).is_ok());
 }

@@ -74,22 +74,24 @@ pub fn plan_table(input: TableInput) -> TablePlan {
     warnings.append(&mut schema.warnings);
     let mut steps = Vec::new();
     let mut write_cost = None;
-    if let (Some(mapping), Some(load_schema)) = (&mapping, &schema.target_schema)
+    if let (Some(mapping), Some(target_schema)) = (&mapping, &schema.target_schema)
         && schema.action.runs()
     {
         let recreate = schema.action == TableAction::Recreate;
         let bound = plan_bound(&spec, mapping, &schema.ddl, recreate);
-        let (format, format_reason) = plan_format(spec.format, load_schema);
+        let load_schema = staging_schema(target_schema, existing.as_ref());
+        let (format, format_reason) = plan_format(spec.format, &load_schema);
         steps.push(Step::Stage(Box::new(Extract {
             columns: mapping.columns.clone(),
             bound,
-            load_schema: load_schema.clone(),
+            load_schema,
             batch_size: mapping.batch_size,
             policies: mapping.policies,
             max_bad_values: mapping.max_parse_failures,
             key_columns: mapping.key_columns.clone(),
             format,
             format_reason,
+            lineage: mapping.lineage,
         })));
         steps.append(&mut schema.ddl);
         let mut op = plan_write(&spec, mapping, source_table.as_ref());
@@ -101,7 +103,7 @@ pub fn plan_table(input: TableInput) -> TablePlan {
             op = WriteOp::Recreate {
                 columns: op.columns().to_vec(),
                 backup: existing.as_ref().map(|table| &table.partitioning)
-                    != Some(&load_schema.partitioning),
+                    != Some(&target_schema.partitioning),
             };
         }
         if schema.action == TableAction::Create
@@ -111,9 +113,17 @@ pub fn plan_table(input: TableInput) -> TablePlan {
         }
         write_cost = planned_write_cost(&op, existing.is_some());
         steps.push(Step::Write { op });
+        if let (Some(existing), Some(target)) = (&existing, &schema.target_schema) {
+            plan_metadata(&mut steps, &mut schema.action, target, existing);
+        }
     }
-    // The staging load, the DDL and the write each use one table operation.
-    let table_operations = u32::try_from(steps.len()).unwrap_or(u32::MAX);
+    // The staging load, the DDL and the write each use one table operation; a tables.patch
+    // is no job (it only counts against the metadata-update rate).
+    let table_operations = steps
+        .iter()
+        .filter(|step| !matches!(step, Step::PatchTable { .. }))
+        .count();
+    let table_operations = u32::try_from(table_operations).unwrap_or(u32::MAX);
     TablePlan {
         label: spec.label(),
         source: spec.source.clone(),
@@ -231,7 +241,7 @@ fn plan_schema(
         ddl: Vec::new(),
         changes: changes.clone(),
         target_schema: None,
-        warnings: layout_warnings(desired, existing),
+        warnings: Vec::new(),
         errors: Vec::new(),
     };
     for change in &changes {
@@ -321,19 +331,39 @@ fn incompatibilities(
     incompatible
 }
 
-/// A clustering change is not applied: a warning.
-fn layout_warnings(desired: &WarehouseTable, existing: &WarehouseTable) -> Vec<Diagnostic> {
-    if !desired.clustering.is_empty() && desired.clustering != existing.clustering {
-        return vec![Diagnostic::warning(
-            Code::PlanClusteringChange,
-            format!(
-                "clustering is [{}] in BigQuery, [{}] in the manifest; it is not changed",
-                existing.clustering.join(", "),
-                desired.clustering.join(", ")
-            ),
-        )];
+/// The staging table's schema: the target's as it will be, but with the clustering the target
+/// has now when it exists, so the write's copy job sees staging and target clustered alike
+/// (a clustering change is patched in after the write: [`plan_metadata`]).
+fn staging_schema(target: &WarehouseTable, existing: Option<&WarehouseTable>) -> WarehouseTable {
+    let mut staging = target.clone();
+    // A recreate may drop a column the target is clustered on: staging can't cluster on it.
+    if let Some(existing) = existing
+        && existing
+            .clustering
+            .iter()
+            .all(|column| target.field(column).is_some())
+    {
+        staging.clustering.clone_from(&existing.clustering);
     }
-    Vec::new()
+    staging
+}
+
+/// The in-place metadata changes of an existing target (descriptions, clustering): one
+/// [`Step::PatchTable`] after the write. A table whose only changes are these is updated.
+fn plan_metadata(
+    steps: &mut Vec<Step>,
+    action: &mut TableAction,
+    target: &WarehouseTable,
+    existing: &WarehouseTable,
+) {
+    let changes = super::metadata::metadata_changes(target, existing);
+    if changes.is_empty() {
+        return;
+    }
+    if *action == TableAction::Sync {
+        *action = TableAction::Update;
+    }
+    steps.push(Step::PatchTable { changes });
 }
 
 /// Which rows the run reads. `incremental` and `merge` with a cursor read past the target's
@@ -454,11 +484,18 @@ fn write_warnings(
 /// The write: the mode's statement over the mapped target columns; a merge key in target
 /// names (the manifest's `primary_key`, else the source's).
 fn plan_write(spec: &TableSpec, mapping: &TableMapping, source: Option<&SourceTable>) -> WriteOp {
-    let columns: Vec<String> = mapping
+    let mut columns: Vec<String> = mapping
         .columns
         .iter()
         .map(|column| column.target.clone())
         .collect();
+    if mapping.lineage {
+        columns.extend(
+            crate::schema::lineage_fields()
+                .into_iter()
+                .map(|field| field.name),
+        );
+    }
     match spec.mode {
         WriteMode::Replace => WriteOp::Replace {
             columns,
@@ -590,6 +627,7 @@ fn plan_merge(steps: &mut [Step], op: &mut WriteOp, spec: &TableSpec, mapping: &
         return;
     }
     let load_schema = WarehouseTable {
+        description: None,
         name: spec.target.clone(),
         fields: columns.iter().map(|column| column.field.clone()).collect(),
         partitioning: None,
@@ -597,6 +635,7 @@ fn plan_merge(steps: &mut [Step], op: &mut WriteOp, spec: &TableSpec, mapping: &
     };
     let (format, format_reason) = plan_format(spec.format, &load_schema);
     *key_set = Some(Box::new(Extract {
+        lineage: false,
         columns,
         bound: Bound::All,
         load_schema,
@@ -674,6 +713,7 @@ mod tests {
                 Step::CreateTable => "create",
                 Step::AlterTable { .. } => "alter",
                 Step::Write { .. } => "write",
+                Step::PatchTable { .. } => "patch",
             })
             .collect();
         assert_eq!(kinds, ["stage", "create", "write"]);
@@ -1003,5 +1043,179 @@ mod tests {
             other.write_op(),
             Some(WriteOp::Replace { keep_rejected, .. }) if keep_rejected.is_empty()
         ));
+    }
+
+    fn with_metadata(
+        mode: WriteMode,
+        existing: WarehouseTable,
+        desired: WarehouseTable,
+    ) -> TablePlan {
+        plan(mode, Some(existing), desired)
+    }
+
+    #[test]
+    fn a_clustering_change_is_patched_after_the_write_with_staging_clustered_like_the_target() {
+        let mut existing = ids();
+        existing.clustering = vec!["id".into()];
+        let mut desired = ids();
+        desired.fields.push(crate::schema::WarehouseField::new(
+            "kind",
+            BqType::String,
+            FieldMode::Nullable,
+        ));
+        existing.fields.push(desired.fields[1].clone());
+        desired.clustering = vec!["kind".into(), "id".into()];
+        for mode in [WriteMode::Append, WriteMode::Replace, WriteMode::Merge] {
+            let planned = with_metadata(mode, existing.clone(), desired.clone());
+            assert_eq!(planned.action, TableAction::Update, "{mode:?}");
+            // The copy into the target runs while both are clustered by [id].
+            assert_eq!(planned.extract().unwrap().load_schema.clustering, ["id"]);
+            assert_eq!(
+                planned.target_schema.as_ref().unwrap().clustering,
+                ["kind", "id"]
+            );
+            let kinds: Vec<bool> = planned
+                .steps
+                .iter()
+                .map(|step| matches!(step, Step::PatchTable { .. }))
+                .collect();
+            assert_eq!(kinds, [false, false, true], "stage, write, then patch");
+            // A tables.patch is no job: still 2 table operations.
+            assert_eq!(planned.table_operations, 2);
+        }
+        // After the patch the target is clustered as asked: nothing left to change.
+        let mut patched = existing;
+        patched.clustering = desired.clustering.clone();
+        let again = with_metadata(WriteMode::Append, patched, desired);
+        assert_eq!(again.action, TableAction::Sync);
+        assert!(again.metadata_changes().is_empty());
+    }
+
+    #[test]
+    fn description_changes_are_planned_and_no_comment_is_no_change() {
+        let described = |table: Option<&str>, column: Option<&str>| {
+            let mut table_shape = ids();
+            table_shape.description = table.map(str::to_string);
+            table_shape.fields[0].description = column.map(str::to_string);
+            table_shape
+        };
+        // No comment at the source, none in BigQuery (or one set by hand): nothing to do.
+        for existing in [
+            described(None, None),
+            described(Some("by hand"), Some("too")),
+        ] {
+            let planned = with_metadata(WriteMode::Replace, existing, described(None, None));
+            assert_eq!(planned.action, TableAction::Sync);
+            assert_eq!(planned.steps.len(), 2, "stage and write only");
+        }
+        let planned = with_metadata(
+            WriteMode::Replace,
+            described(Some("Old"), None),
+            described(Some("New"), Some("The key")),
+        );
+        assert_eq!(planned.action, TableAction::Update);
+        assert_eq!(
+            planned.metadata_changes(),
+            [
+                crate::plan::MetadataChange::Description {
+                    from: Some("Old".into()),
+                    to: "New".into()
+                },
+                crate::plan::MetadataChange::ColumnDescription {
+                    column: "id".into(),
+                    from: None,
+                    to: "The key".into()
+                },
+            ]
+        );
+        // Staging carries the descriptions the target will have (a copy that takes them from
+        // its source leaves the target right too).
+        let staging = &planned.extract().unwrap().load_schema;
+        assert_eq!(staging.description.as_deref(), Some("New"));
+        assert_eq!(staging.fields[0].description.as_deref(), Some("The key"));
+        // The next plan, against the patched target, has nothing to change.
+        let again = with_metadata(
+            WriteMode::Replace,
+            planned.target_schema.clone().unwrap(),
+            described(Some("New"), Some("The key")),
+        );
+        assert_eq!(again.action, TableAction::Sync);
+        assert!(again.metadata_changes().is_empty());
+    }
+
+    #[test]
+    fn lineage_columns_are_planned_written_and_added_like_other_columns() {
+        let lineage_plan = |mode, existing: Option<WarehouseTable>| {
+            let mut mapping = mapped(ids(), vec![]).unwrap();
+            mapping.lineage = true;
+            mapping.table.fields.extend(crate::schema::lineage_fields());
+            plan_table(TableInput {
+                spec: spec("t", mode),
+                source: Ok(source(10)),
+                mapping: Ok(mapping),
+                existing_rows: existing.as_ref().map(|_| 3),
+                existing,
+                unsupported: Vec::new(),
+            })
+        };
+        let created = lineage_plan(WriteMode::Merge, None);
+        assert!(created.extract().unwrap().lineage);
+        let Some(WriteOp::Merge { columns, .. }) = created.write_op() else {
+            panic!("not a merge")
+        };
+        // MERGE updates them with the rest.
+        assert_eq!(columns, &["id", "_datasync_synced_at", "_datasync_run_id"]);
+        let lines: Vec<String> = created
+            .target_schema
+            .unwrap()
+            .fields
+            .iter()
+            .map(crate::schema::WarehouseField::diff_line)
+            .collect();
+        assert_eq!(
+            lines,
+            [
+                "id INT64 REQUIRED",
+                "_datasync_synced_at TIMESTAMP NULLABLE",
+                "_datasync_run_id STRING NULLABLE"
+            ]
+        );
+        // An existing target gets them with ALTER TABLE ADD COLUMN (NULLABLE), described after
+        // the write.
+        let added = lineage_plan(WriteMode::Append, Some(ids()));
+        assert_eq!(added.action, TableAction::Update);
+        let Some(Step::AlterTable { changes }) = added.steps.get(1) else {
+            panic!("{:?}", added.steps)
+        };
+        assert!(changes.iter().all(|change| matches!(
+            change,
+            FieldChange::Add { field } if field.mode == FieldMode::Nullable
+        )));
+        assert_eq!(changes.len(), 2);
+        assert_eq!(added.metadata_changes().len(), 2);
+    }
+
+    #[test]
+    fn a_recreate_that_drops_the_clustering_column_stages_without_it() {
+        let mut existing = table(
+            "t",
+            &[
+                ("id", BqType::String, FieldMode::Nullable),
+                ("gone", BqType::Int64, FieldMode::Nullable),
+            ],
+        );
+        existing.clustering = vec!["gone".into()];
+        let mut spec = spec("t", WriteMode::Replace);
+        spec.allow_recreate = true;
+        let planned = plan_table(TableInput {
+            spec,
+            source: Ok(source(10)),
+            mapping: mapped(ids(), vec![]),
+            existing_rows: Some(3),
+            existing: Some(existing),
+            unsupported: Vec::new(),
+        });
+        assert_eq!(planned.action, TableAction::Recreate);
+        assert!(planned.extract().unwrap().load_schema.clustering.is_empty());
     }
 }

@@ -207,7 +207,8 @@ pub fn diff_table(desired: &WarehouseTable, existing: &WarehouseTable) -> Vec<Fi
 }
 
 /// The table as it will be after the in-place changes: existing columns in their order (widened,
-/// relaxed), then added ones. Loads use this schema.
+/// relaxed), then added ones; the descriptions and clustering the manifest and the source ask
+/// for (others kept). The staging load uses this schema with the target's current clustering.
 pub fn evolved_table(
     desired: &WarehouseTable,
     existing: &WarehouseTable,
@@ -238,6 +239,15 @@ pub fn evolved_table(
             FieldChange::Incompatible { .. } | FieldChange::Dropped { .. } => {}
         }
     }
+    // Descriptions the source (or the manifest) gives win; the others stay as they are.
+    for field in &mut fields {
+        if let Some(description) = desired
+            .field(&field.name)
+            .and_then(|wanted| wanted.description.clone())
+        {
+            field.description = Some(description);
+        }
+    }
     WarehouseTable {
         name: existing.name.clone(),
         fields,
@@ -245,11 +255,16 @@ pub fn evolved_table(
             .partitioning
             .clone()
             .or_else(|| desired.partitioning.clone()),
-        clustering: if existing.clustering.is_empty() {
-            desired.clustering.clone()
-        } else {
+        // A clustering change is made in place after the write (`Step::PatchTable`).
+        clustering: if desired.clustering.is_empty() {
             existing.clustering.clone()
+        } else {
+            desired.clustering.clone()
         },
+        description: desired
+            .description
+            .clone()
+            .or_else(|| existing.description.clone()),
     }
 }
 
@@ -275,6 +290,7 @@ mod tests {
             fields,
             partitioning: None,
             clustering: vec![],
+            description: None,
         }
     }
 

@@ -7,6 +7,7 @@ mod build;
 pub mod chunks;
 pub mod cost;
 pub mod diff;
+pub mod metadata;
 pub mod render;
 pub mod shard;
 pub mod stale;
@@ -25,6 +26,7 @@ use crate::schema::{BqType, Deletes, LoadFormat, SourceTable, WarehouseTable};
 pub use build::{TableInput, plan_table};
 pub use cost::{CostBasis, TotalWriteCost, WriteCost};
 pub use diff::FieldChange;
+pub use metadata::MetadataChange;
 
 /// Version of the plan's JSON format (`plan --format json`, `plan --out`).
 pub const FORMAT_VERSION: u32 = 3;
@@ -35,7 +37,7 @@ pub const FORMAT_VERSION: u32 = 3;
 pub enum TableAction {
     /// The target does not exist: create it.
     Create,
-    /// Add, relax or widen columns in place.
+    /// Change the table in place: add, relax or widen columns; descriptions; clustering.
     Update,
     /// Schema already right: only rows move.
     Sync,
@@ -98,6 +100,13 @@ pub enum Step {
         /// How.
         op: WriteOp,
     },
+    /// Change the target's descriptions and clustering in place (one `tables.patch`: no job,
+    /// nothing billed), after the write: the write's copy job still sees the clustering the
+    /// staging table was made with.
+    PatchTable {
+        /// The metadata changes.
+        changes: Vec<MetadataChange>,
+    },
 }
 
 /// What to read from the source and how: every decision of the extraction, made at plan time.
@@ -124,6 +133,10 @@ pub struct Extract {
     /// Why the table is loaded as NDJSON although Avro was asked for.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub format_reason: Option<String>,
+    /// The row sink appends the lineage columns ([`crate::schema::LINEAGE_SYNCED_AT`],
+    /// [`crate::schema::LINEAGE_RUN_ID`]) to every row, after `columns`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub lineage: bool,
 }
 
 /// Plans saved before the field existed loaded NDJSON.
@@ -304,6 +317,17 @@ impl TablePlan {
             Step::Write { op } => Some(op),
             _ => None,
         })
+    }
+
+    /// The in-place metadata changes apply makes after the write (none if it makes none).
+    pub fn metadata_changes(&self) -> &[MetadataChange] {
+        self.steps
+            .iter()
+            .find_map(|step| match step {
+                Step::PatchTable { changes } => Some(changes.as_slice()),
+                _ => None,
+            })
+            .unwrap_or_default()
     }
 }
 

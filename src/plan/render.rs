@@ -66,6 +66,71 @@ fn change_line(change: &FieldChange) -> String {
     }
 }
 
+fn partitioning_text(partitioning: Option<&crate::schema::TimePartitioning>) -> String {
+    partitioning.map_or_else(
+        || "none".to_string(),
+        |p| format!("{}({})", p.granularity, p.field),
+    )
+}
+
+/// The table's layout where it is decided: the partitioning and clustering of a table being
+/// created, and a partitioning change (which BigQuery can't make in place). A clustering change
+/// is a metadata change ([`TablePlan::metadata_changes`]).
+fn layout_lines(plan: &TablePlan) -> Vec<String> {
+    let mut lines = Vec::new();
+    match (
+        plan.action,
+        &plan.target_schema,
+        &plan.existing,
+        &plan.desired,
+    ) {
+        (TableAction::Create, Some(target), _, _) => {
+            let mut parts = Vec::new();
+            if target.partitioning.is_some() {
+                parts.push(format!(
+                    "partitioned by {}",
+                    partitioning_text(target.partitioning.as_ref())
+                ));
+            }
+            if !target.clustering.is_empty() {
+                parts.push(format!(
+                    "clustered by {}",
+                    super::metadata::columns_text(&target.clustering)
+                ));
+            }
+            if !parts.is_empty() {
+                lines.push(parts.join(", "));
+            }
+        }
+        (TableAction::Recreate | TableAction::Blocked, _, Some(existing), Some(desired))
+            if desired.partitioning.is_some() && desired.partitioning != existing.partitioning =>
+        {
+            let (from, to) = (
+                partitioning_text(existing.partitioning.as_ref()),
+                partitioning_text(desired.partitioning.as_ref()),
+            );
+            lines.push(if plan.action == TableAction::Recreate {
+                format!("-/+ partitioning {from} -> {to} (BigQuery can't change it in place: the table is recreated)")
+            } else {
+                format!("! partitioning {from} -> {to} (BigQuery can't change it in place: needs `allow_recreate`)")
+            });
+        }
+        _ => {}
+    }
+    lines
+}
+
+/// Everything the plan says about a table besides its columns: layout and metadata changes.
+fn table_lines(plan: &TablePlan) -> Vec<String> {
+    let mut lines = layout_lines(plan);
+    lines.extend(
+        plan.metadata_changes()
+            .iter()
+            .map(super::MetadataChange::line),
+    );
+    lines
+}
+
 fn rows(count: Option<u64>) -> String {
     count.map_or_else(
         || "? rows".to_string(),
@@ -276,11 +341,18 @@ pub fn text(plan: &Plan) -> String {
             mode_text(table),
             rows(table.estimated_rows)
         );
+        let (layout, metadata) = (layout_lines(table), table.metadata_changes());
+        for line in &layout {
+            let _ = writeln!(out, "    {line}");
+        }
         if let Some(cost) = write_cost_text(table) {
             let _ = writeln!(out, "    write: {cost}");
         }
         for change in &table.changes {
             let _ = writeln!(out, "    {}", change_line(change));
+        }
+        for change in metadata {
+            let _ = writeln!(out, "    {}", change.line());
         }
         let diff = schema_diff(&plan.destination, table);
         if table.action != TableAction::Sync && !diff.is_empty() {
@@ -346,7 +418,8 @@ pub fn markdown(plan: &Plan) -> String {
     out.push('\n');
     for table in &plan.tables {
         let diff = schema_diff(&plan.destination, table);
-        let has_notes = !table.errors.is_empty() || !table.warnings.is_empty();
+        let lines = table_lines(table);
+        let has_notes = !table.errors.is_empty() || !table.warnings.is_empty() || !lines.is_empty();
         if (table.action == TableAction::Sync || diff.is_empty()) && !has_notes {
             continue;
         }
@@ -357,6 +430,12 @@ pub fn markdown(plan: &Plan) -> String {
             table.target,
             action_text(table.action)
         );
+        for line in &lines {
+            let _ = writeln!(out, "- <code>{}</code>", html_escape(line));
+        }
+        if !lines.is_empty() {
+            out.push('\n');
+        }
         if !diff.is_empty() {
             let _ = writeln!(out, "```diff\n{}```\n", diff);
         }
@@ -377,6 +456,13 @@ pub fn markdown(plan: &Plan) -> String {
     }
     out.push_str(&format!("**{}**\n", summary(plan)));
     out
+}
+
+/// `text` safe inside HTML (`&`, `<`, `>`).
+fn html_escape(text: &str) -> String {
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
 }
 
 /// The field list of a table as text (for logs).
@@ -601,7 +687,7 @@ mod tests {
     }
 
     #[test]
-    fn partitioning_changes_block_and_clustering_changes_warn() {
+    fn partitioning_changes_block_and_clustering_changes_are_patched_in_place() {
         use BqType::*;
         use FieldMode::*;
         let mut desired = table("t", &[("id", Int64, Required), ("at", Timestamp, Nullable)]);
@@ -628,20 +714,150 @@ mod tests {
             "{:?}",
             blocked.errors
         );
+        assert!(blocked.steps.is_empty());
+        let rendered = text(&Plan::new("p.d".into(), false, vec![blocked]));
         assert!(
-            blocked
-                .warnings
-                .iter()
-                .any(|w| w.message.contains("clustering is []")),
-            "{:?}",
-            blocked.warnings
+            rendered.contains("    ! partitioning none -> DAY(at) (BigQuery can't change it in place: needs `allow_recreate`)\n"),
+            "{rendered}"
         );
-        let mut same = existing;
-        same.partitioning = desired.partitioning.clone();
+        // Same partitioning, other clustering: an in-place update, patched after the write.
+        let mut partitioned = existing;
+        partitioned.partitioning = desired.partitioning.clone();
+        let reclustered = plan_table(input(partitioned.clone()));
+        assert_eq!(reclustered.action, TableAction::Update);
+        assert!(
+            reclustered.warnings.is_empty(),
+            "{:?}",
+            reclustered.warnings
+        );
+        assert_eq!(
+            reclustered.metadata_changes(),
+            [crate::plan::MetadataChange::Clustering {
+                from: vec![],
+                to: vec!["id".into()]
+            }]
+        );
+        let mut same = partitioned;
         same.clustering = desired.clustering.clone();
         let fine = plan_table(input(same));
         assert_eq!(fine.action, TableAction::Sync);
         assert!(fine.warnings.is_empty(), "{:?}", fine.warnings);
+        assert!(fine.metadata_changes().is_empty());
+    }
+
+    /// Layout and metadata: a created table's partitioning and clustering, a clustering change
+    /// and description changes of an existing one, a partitioning change that recreates.
+    fn metadata_plan() -> Plan {
+        use BqType::*;
+        use FieldMode::*;
+        let described = |name: &str, bq_type, mode, description: &str| WarehouseField {
+            description: Some(description.into()),
+            ..WarehouseField::new(name, bq_type, mode)
+        };
+        let mut events = table(
+            "events",
+            &[("id", Int64, Required), ("at", Timestamp, Required)],
+        );
+        events.partitioning = Some(crate::schema::TimePartitioning {
+            granularity: "MONTH".into(),
+            field: "at".into(),
+        });
+        events.clustering = vec!["id".into()];
+        events.description = Some("Everything that happened".into());
+        let mut orders = WarehouseTable {
+            fields: vec![
+                WarehouseField::new("id", Int64, Required),
+                described(
+                    "note",
+                    String,
+                    Nullable,
+                    "What the customer wrote\nat checkout",
+                ),
+            ],
+            clustering: vec!["id".into(), "note".into()],
+            description: Some(
+                "Orders placed in the shop, one row per order, whatever channel they came through"
+                    .into(),
+            ),
+            ..table("orders", &[])
+        };
+        let mut existing_orders = orders.clone();
+        existing_orders.clustering = vec!["id".into()];
+        existing_orders.description = Some("Orders".into());
+        existing_orders.fields[1].description = None;
+        orders
+            .fields
+            .push(described("channel", String, Nullable, "Web or app"));
+        let mut recreated = events.clone();
+        recreated.name = "visits".into();
+        let mut existing_visits = recreated.clone();
+        existing_visits.partitioning = None;
+        let mut recreate_spec = spec("visits", WriteMode::Replace);
+        recreate_spec.allow_recreate = true;
+        let tables = vec![
+            plan_table(TableInput {
+                spec: spec("events", WriteMode::Append),
+                source: Ok(source(5)),
+                mapping: mapped(events, vec![]),
+                existing: None,
+                existing_rows: None,
+                unsupported: Vec::new(),
+            }),
+            plan_table(TableInput {
+                spec: spec("orders", WriteMode::Replace),
+                source: Ok(source(5)),
+                mapping: mapped(orders, vec![]),
+                existing: Some(existing_orders),
+                existing_rows: Some(5),
+                unsupported: Vec::new(),
+            }),
+            plan_table(TableInput {
+                spec: recreate_spec,
+                source: Ok(source(5)),
+                mapping: mapped(recreated, vec![]),
+                existing: Some(existing_visits),
+                existing_rows: Some(5),
+                unsupported: Vec::new(),
+            }),
+        ];
+        Plan::new("demo-project.ds".into(), false, tables)
+    }
+
+    #[test]
+    fn the_json_plan_carries_layout_and_the_patch_step() {
+        let json = serde_json::to_value(metadata_plan()).unwrap();
+        let created = &json["tables"][0]["target_schema"];
+        assert_eq!(
+            created["partitioning"],
+            serde_json::json!({"type": "MONTH", "field": "at"})
+        );
+        assert_eq!(created["clustering"], serde_json::json!(["id"]));
+        let steps = json["tables"][1]["steps"].as_array().unwrap();
+        let patch = steps.last().unwrap();
+        assert_eq!(patch["step"], "patch_table");
+        assert_eq!(
+            patch["changes"][3],
+            serde_json::json!({"change": "clustering", "from": ["id"], "to": ["id", "note"]})
+        );
+        assert_eq!(
+            json["tables"][1]["existing"]["clustering"],
+            serde_json::json!(["id"])
+        );
+        // The staging load keeps the target's clustering until the patch.
+        assert_eq!(
+            steps[0]["load_schema"]["clustering"],
+            serde_json::json!(["id"])
+        );
+    }
+
+    #[test]
+    fn metadata_text_rendering() {
+        insta::assert_snapshot!(text(&metadata_plan()));
+    }
+
+    #[test]
+    fn metadata_markdown_rendering() {
+        insta::assert_snapshot!(markdown(&metadata_plan()));
     }
 
     #[test]

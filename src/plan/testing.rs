@@ -45,6 +45,7 @@ pub(crate) fn table(name: &str, fields: &[(&str, BqType, FieldMode)]) -> Warehou
             .collect(),
         partitioning: None,
         clustering: vec![],
+        description: None,
     }
 }
 
@@ -86,5 +87,6 @@ pub(crate) fn mapped(
         max_parse_failures: Some(100),
         key_columns: vec!["id".into()],
         batch_size: 10_000,
+        lineage: false,
     })
 }

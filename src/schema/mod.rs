@@ -352,6 +352,9 @@ pub struct WarehouseTable {
     /// Clustering columns.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub clustering: Vec<String>,
+    /// The table's description. In a desired table, `None` leaves the target's as it is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
 }
 
 impl WarehouseTable {
@@ -361,6 +364,43 @@ impl WarehouseTable {
             .iter()
             .find(|field| field.name.eq_ignore_ascii_case(name))
     }
+}
+
+/// The column `lineage: true` adds: when the run that wrote the row started (the same value for
+/// every row of a run).
+pub const LINEAGE_SYNCED_AT: &str = "_datasync_synced_at";
+/// The column `lineage: true` adds: the id of the run that wrote the row.
+pub const LINEAGE_RUN_ID: &str = "_datasync_run_id";
+
+/// The two lineage columns as BigQuery fields (NULLABLE: rows written before lineage was turned
+/// on hold NULL), with their descriptions.
+pub fn lineage_fields() -> [WarehouseField; 2] {
+    let described = |name: &str, bq_type, description: &str| WarehouseField {
+        description: Some(description.to_string()),
+        ..WarehouseField::new(name, bq_type, FieldMode::Nullable)
+    };
+    [
+        described(
+            LINEAGE_SYNCED_AT,
+            BqType::Timestamp,
+            "When the datasync run that last wrote this row started",
+        ),
+        described(
+            LINEAGE_RUN_ID,
+            BqType::String,
+            "The id of the datasync run that last wrote this row",
+        ),
+    ]
+}
+
+/// The values a run writes into the lineage columns of every row: filled by the row sink, not
+/// by a query.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lineage {
+    /// The run's start, microseconds since the epoch.
+    pub synced_at_micros: i64,
+    /// The run id.
+    pub run_id: String,
 }
 
 /// One column as introspected at the source.

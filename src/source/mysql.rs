@@ -224,7 +224,7 @@ pub(super) async fn describe_many(
     let tables = catalog_rows(
         pool,
         &format!(
-            "SELECT table_name, CAST(table_rows AS SIGNED), table_comment
+            "SELECT table_name, CAST(table_rows AS SIGNED), table_comment, table_type
              FROM information_schema.tables WHERE table_schema = ?{filter}"
         ),
         &database,
@@ -234,11 +234,13 @@ pub(super) async fn describe_many(
     .map_err(qerr(&context))?;
     let mut found: HashMap<String, Found> = HashMap::with_capacity(tables.len());
     for row in &tables {
+        // A view's `table_comment` is the word `VIEW`, not a description.
+        let is_view = get_text(row, 3)?.is_some_and(|kind| kind.eq_ignore_ascii_case("VIEW"));
         found.insert(
             get_text(row, 0)?.unwrap_or_default(),
             Found {
                 estimated_rows: get_i64(row, 1)?.and_then(|rows| u64::try_from(rows).ok()),
-                comment: get_text(row, 2)?.filter(|comment| !comment.is_empty()),
+                comment: get_text(row, 2)?.filter(|comment| !comment.is_empty() && !is_view),
                 ..Found::default()
             },
         );

@@ -14,7 +14,12 @@
 //!    `WRITE_APPEND` (both free: no query bytes), recreate = copy `WRITE_TRUNCATE` (schema and
 //!    rows swap atomically; with a partitioning change via a backup), merge = `MERGE` on the
 //!    key;
-//! 4. drop the staging table, release the lease.
+//! 4. [`Step::PatchTable`]: descriptions and clustering in place (one tables.patch, no job),
+//!    after the write, whose copy saw staging and target clustered alike;
+//! 5. drop the staging table, release the lease.
+//!
+//! Every job a table's run starts carries the run id and the target as labels
+//! ([`labels::scope`]), and a table with lineage columns gets the run's values from its sink.
 //!
 //! After every table, the run is recorded in the ledger ([`super::ledger`]): one load job with
 //! one row per table.
@@ -37,13 +42,14 @@ use super::{
     BACKUP_PREFIX, DryRun, KEYS_PREFIX, Progress, STAGING_PREFIX, backup_table, keys_table,
     load_job_id, run_started_secs, staging_table,
 };
-use crate::plan::{Bound, Extract, FieldChange, Plan, Step, TablePlan, WriteOp};
-use crate::schema::{SourceTable, WarehouseTable};
+use crate::plan::{Bound, Extract, FieldChange, MetadataChange, Plan, Step, TablePlan, WriteOp};
+use crate::schema::{Lineage, SourceTable, WarehouseTable};
 use crate::source::{CursorFilter, ExtractStats, Source};
 use crate::sync::report::{ApplyReport, TableOutcome};
+use crate::warehouse::labels::{self, JobLabels};
 use crate::warehouse::{
     AlterColumn, CopyRequest, Disposition, LoadOutcome, LoadRequest, LoadSink, MergeRequest,
-    TableMeta, Warehouse, WarehouseError,
+    TableMeta, TableUpdate, Warehouse, WarehouseError,
 };
 
 mod paths;
@@ -116,6 +122,7 @@ fn rejects_schema() -> WarehouseTable {
         ],
         partitioning: None,
         clustering: Vec::new(),
+        description: None,
     }
 }
 
@@ -162,8 +169,8 @@ pub async fn read_bound(
 }
 
 /// The row sink of an extraction: its format, columns, policies, bad-value budget, key and
-/// batch size, all from the plan.
-fn row_sink(source_table: &SourceTable, extract: &Extract) -> LoadSink {
+/// batch size, all from the plan; with the plan's lineage columns, this run's values.
+fn row_sink(source_table: &SourceTable, extract: &Extract, run_id: &str) -> LoadSink {
     LoadSink::new(
         extract.format,
         source_table.label(),
@@ -173,6 +180,20 @@ fn row_sink(source_table: &SourceTable, extract: &Extract) -> LoadSink {
         &extract.key_columns,
         extract.batch_size,
     )
+    .with_lineage(extract.lineage.then(|| lineage(run_id)).as_ref())
+}
+
+/// The lineage values of a run: its start, read from the run id (`new_run_id`, made when the
+/// run starts, so every row and table of the run gets the same), and the id. A run id that
+/// carries no time (hand-made, in tests) gets the current time.
+fn lineage(run_id: &str) -> Lineage {
+    let synced_at_micros = super::run_started_at(run_id)
+        .unwrap_or_else(chrono::Utc::now)
+        .timestamp_micros();
+    Lineage {
+        synced_at_micros,
+        run_id: run_id.to_string(),
+    }
 }
 
 impl Executor {
@@ -377,7 +398,9 @@ impl Executor {
             "table started"
         );
         (self.phases)(&table.label, super::Phase::Extract);
-        let result = self.execute(table).await;
+        // Every job of the table carries the run and the target (cost attribution).
+        let job_labels = JobLabels::for_table(Some(&self.run_id), &table.target);
+        let result = labels::scope(job_labels, self.execute(table)).await;
         let phase = if result.is_ok() {
             super::Phase::Done
         } else {
@@ -596,9 +619,11 @@ impl Executor {
         let expires = chrono::Utc::now()
             + chrono::Duration::from_std(self.settings.staging_ttl)
                 .unwrap_or(chrono::Duration::MAX);
+        // The target's description as it will be: a copy that takes the source's metadata
+        // gives the target the right one.
         let meta = TableMeta {
             expires_at_ms: Some(expires.timestamp_millis()),
-            description: Some(format!("datasync staging of run {}", self.run_id)),
+            description: extract.load_schema.description.clone(),
         };
         let schema = WarehouseTable {
             name: staging.to_string(),
@@ -747,6 +772,9 @@ impl Executor {
                             }
                         })?;
                 }
+                Step::PatchTable { changes } => {
+                    patch_metadata(warehouse, &table.target, changes).await?;
+                }
             }
         }
         tracing::debug!(table = %table.label, rows = stats.rows, "target written");
@@ -873,7 +901,7 @@ impl Executor {
             &self.run_id,
             &table.target,
             extract,
-            row_sink(source_table, extract),
+            row_sink(source_table, extract, &self.run_id),
         );
         async move {
             let report = move |rows: u64| progress(&label, rows);
@@ -929,8 +957,39 @@ async fn run_ddl(
                 .alter_table(&table.target, &alter_changes(changes))
                 .await
         }
-        Step::Stage(_) | Step::Write { .. } => Ok(()),
+        Step::Stage(_) | Step::Write { .. } | Step::PatchTable { .. } => Ok(()),
     }
+}
+
+/// [`Step::PatchTable`], after the write: the target's descriptions and clustering in place.
+/// Its rows are written by then, and a failure says so.
+async fn patch_metadata(
+    warehouse: &dyn Warehouse,
+    target: &str,
+    changes: &[MetadataChange],
+) -> Result<(), String> {
+    warehouse
+        .update_table(target, &table_update(changes))
+        .await
+        .map_err(|error| {
+            format!(
+                "the rows were written, but updating the target's descriptions or clustering failed: {error}; `datasync plan` shows what is left to change"
+            )
+        })
+}
+
+fn table_update(changes: &[MetadataChange]) -> TableUpdate {
+    let mut update = TableUpdate::default();
+    for change in changes {
+        match change {
+            MetadataChange::Description { to, .. } => update.description = Some(to.clone()),
+            MetadataChange::ColumnDescription { column, to, .. } => update
+                .column_descriptions
+                .push((column.clone(), to.clone())),
+            MetadataChange::Clustering { to, .. } => update.clustering = Some(to.clone()),
+        }
+    }
+    update
 }
 
 fn alter_changes(changes: &[FieldChange]) -> Vec<AlterColumn> {

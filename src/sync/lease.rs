@@ -124,6 +124,7 @@ fn lock_schema(table: &str) -> WarehouseTable {
         )],
         partitioning: None,
         clustering: Vec::new(),
+        description: None,
     }
 }
 

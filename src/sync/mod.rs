@@ -148,6 +148,18 @@ pub fn run_started_secs(table: &str) -> Option<u64> {
         .flatten()
 }
 
+/// When the run with this id started ([`new_run_id`]: `<seconds>_<micros>`), or `None` for
+/// an id of another form.
+pub fn run_started_at(run_id: &str) -> Option<chrono::DateTime<chrono::Utc>> {
+    let (secs, micros) = run_id.split_once('_')?;
+    if micros.len() != 6 || !micros.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let secs: i64 = secs.parse().ok()?;
+    let micros: i64 = micros.parse().ok()?;
+    chrono::DateTime::from_timestamp_micros(secs.checked_mul(1_000_000)?.checked_add(micros)?)
+}
+
 fn sanitize_job_part(text: &str) -> String {
     text.chars()
         .map(|c| {

@@ -41,6 +41,7 @@ use crate::plan::{
 };
 use crate::schema::SourceTable;
 use crate::source::Source;
+use crate::warehouse::labels::{self, JobLabels};
 use crate::warehouse::{ExistingTable, ListedTable, MergeRequest, WarehouseError, is_managed};
 
 use super::Session;
@@ -262,15 +263,19 @@ async fn rows_to_move(session: &Session, table: &TablePlan, latest: &Latest) -> 
     let source: &Source = session.sources.get(&table.source)?;
     let source_table = table.source_table.as_ref()?;
     // A missing target holds no maximum ([`read_bound`]'s rule); the listing already said it
-    // is missing, so BigQuery is not asked again.
+    // is missing, so BigQuery is not asked again. The query reading the target's maximum is
+    // labelled with the table (plans have no run).
     let filter = if table.existing.is_none() {
         None
     } else {
-        read_bound(
-            session.warehouse.as_ref(),
-            &table.target,
-            &extract.bound,
-            latest,
+        labels::scope(
+            JobLabels::for_table(None, &table.target),
+            read_bound(
+                session.warehouse.as_ref(),
+                &table.target,
+                &extract.bound,
+                latest,
+            ),
         )
         .await
         .ok()?

@@ -41,7 +41,7 @@ use super::ndjson::{CHUNK_SIZE, Target, check_decimal_fits, null_element, write_
 use super::rows::RowPolicy;
 pub use crate::schema::policy::avro_obstacle;
 use crate::schema::{
-    Bad, BadKind, BqType, ColumnMapping, Decoded, ExtractStats, FieldMode, RowSink,
+    Bad, BadKind, BqType, ColumnMapping, Decoded, ExtractStats, FieldMode, Lineage, RowSink,
     TooManyBadValues, TypePolicies, Val, WarehouseField,
 };
 
@@ -365,9 +365,29 @@ pub struct AvroWriter {
     batch_rows: u64,
     row: Vec<u8>,
     scratch: Vec<u8>,
+    /// The file's fields (the load schema's, in order).
+    fields: Vec<WarehouseField>,
+    /// Encoded after the columns of every row: the lineage columns, if any.
+    suffix: Vec<u8>,
 }
 
 impl AvroWriter {
+    /// The writer with the lineage columns (`lineage: true`) after the columns of every row:
+    /// `timestamp-micros` and `string` (both NULLABLE unions), the same on every row.
+    pub fn with_lineage(mut self, lineage: &Lineage) -> Self {
+        self.fields.extend(crate::schema::lineage_fields());
+        if self.header.is_some() {
+            self.header = Some(header(&self.fields, self.marker));
+        }
+        let mut suffix = Vec::new();
+        put_long(&mut suffix, 1);
+        put_long(&mut suffix, lineage.synced_at_micros);
+        put_long(&mut suffix, 1);
+        put_bytes(&mut suffix, lineage.run_id.as_bytes());
+        self.suffix = suffix;
+        self
+    }
+
     /// A writer for `columns` of the table `table`, with the same arguments as
     /// [`NdjsonWriter::new`](super::NdjsonWriter::new); `fields` is the load schema (the
     /// staging table's fields: the file's schema must match them by name).
@@ -404,6 +424,8 @@ impl AvroWriter {
                 .collect(),
             policy: RowPolicy::new(table, columns, policies, max_bad_values, key_columns),
             header: Some(header(&fields, marker)),
+            fields,
+            suffix: Vec::new(),
             marker,
             block: Vec::with_capacity(CHUNK_SIZE + 64 * 1024),
             block_rows: 0,
@@ -496,6 +518,7 @@ impl AvroWriter {
         }
         // The row's bytes are counted once compressed, per block (see `take_chunk`).
         let outcome = outcome.map(|()| {
+            self.row.extend_from_slice(&self.suffix);
             self.block.extend_from_slice(&self.row);
             self.block_rows += 1;
             0

@@ -205,6 +205,7 @@ mod tests {
             ));
         }
         WarehouseTable {
+            description: None,
             name: "tgt".into(),
             fields,
             partitioning: None,

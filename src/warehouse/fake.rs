@@ -18,10 +18,11 @@ use bytes::Bytes;
 use serde_json::{Map, Value};
 use tokio::sync::mpsc::Receiver;
 
+use super::labels::{self, JobLabels};
 use super::{
     AlterColumn, CopyRequest, CopyRowsByKey, Disposition, ExistingTable, ListedTable, LoadOutcome,
     LoadRequest, MANAGED_BY_LABEL, MergeOutcome, MergeRequest, QueryParam, QueryRows, TableMeta,
-    Warehouse, WarehouseError,
+    TableUpdate, Warehouse, WarehouseError,
 };
 use crate::schema::{
     DELETED_AT_COLUMN, Deletes, FieldMode, LoadFormat, WarehouseField, WarehouseTable,
@@ -32,7 +33,7 @@ use crate::schema::{
 pub struct InjectedFailure {
     /// Operation name as in the log: `ensure_dataset`, `get_table`, `create_table`,
     /// `alter_table`, `drop_table`, `load`, `query`, `merge`, `max_value`, `cancel_job`,
-    /// `list_tables`, `list_dataset`.
+    /// `list_tables`, `list_dataset`, `copy_table`, `update_table`.
     pub operation: String,
     /// What [`WarehouseError::retryable`] reports.
     pub retryable: bool,
@@ -63,6 +64,8 @@ struct State {
     get_delay: Option<std::time::Duration>,
     /// `get_table` calls in flight now, and the most seen at once.
     gets_in_flight: (usize, usize),
+    /// Every job-like operation with the [`labels::current`] it ran under.
+    job_labels: Vec<(String, JobLabels)>,
 }
 
 impl State {
@@ -151,6 +154,26 @@ impl FakeWarehouse {
         self.lock().log.clone()
     }
 
+    /// Every job BigQuery would run (load, query, merge, copy, `max_value`, DDL), as its log
+    /// entry with the labels it ran under ([`labels::scope`]).
+    pub fn job_labels(&self) -> Vec<(String, JobLabels)> {
+        self.lock().job_labels.clone()
+    }
+
+    /// A table's description and its columns' (test checks).
+    pub fn descriptions(&self, table: &str) -> Option<(Option<String>, Vec<Option<String>>)> {
+        self.lock().tables.get(table).map(|(table, _)| {
+            (
+                table.description.clone(),
+                table
+                    .fields
+                    .iter()
+                    .map(|field| field.description.clone())
+                    .collect(),
+            )
+        })
+    }
+
     /// How many logged operations start with `prefix`.
     pub fn count(&self, prefix: &str) -> usize {
         self.lock()
@@ -218,6 +241,9 @@ impl FakeWarehouse {
     ) -> Result<std::sync::MutexGuard<'_, State>, WarehouseError> {
         let mut state = self.lock();
         state.expire();
+        if JOBS.contains(&operation) {
+            state.job_labels.push((entry.clone(), labels::current()));
+        }
         state.log.push(entry);
         if let Some(index) = state
             .fail_later
@@ -249,6 +275,17 @@ impl FakeWarehouse {
         Ok(state)
     }
 }
+
+/// The operations that are jobs in BigQuery (they carry job labels there).
+const JOBS: &[&str] = &[
+    "load",
+    "query",
+    "merge",
+    "max_value",
+    "copy_table",
+    "alter_table",
+    "insert_from",
+];
 
 /// After a write did its work: the injected "lost reply" of `operation`, if any.
 fn lost_reply(state: &mut State, operation: &str) -> Result<(), WarehouseError> {
@@ -436,6 +473,23 @@ fn apply_deletes(
     Ok(Some(affected as u64))
 }
 
+/// Same column names (ignoring case), types and modes: descriptions don't matter to a copy.
+fn same_columns(a: &WarehouseTable, b: &WarehouseTable) -> bool {
+    a.fields.len() == b.fields.len()
+        && a.fields.iter().zip(&b.fields).all(|(x, y)| {
+            x.name.eq_ignore_ascii_case(&y.name)
+                && WarehouseField {
+                    description: None,
+                    name: String::new(),
+                    ..x.clone()
+                } == WarehouseField {
+                    description: None,
+                    name: String::new(),
+                    ..y.clone()
+                }
+        })
+}
+
 /// Orders JSON scalars: numbers numerically (also numeric strings), otherwise as text.
 fn compare(a: &Value, b: &Value) -> Ordering {
     let number = |value: &Value| match value {
@@ -480,17 +534,25 @@ impl Warehouse for FakeWarehouse {
         }
         let mut state = self.lock();
         state.gets_in_flight.0 -= 1;
-        Ok(state.tables.get(name).map(|(table, rows)| ExistingTable {
-            table: table.clone(),
-            num_rows: Some(rows.len() as u64),
-            etag: state.meta.get(name).map(|(_, version)| version.to_string()),
-            last_modified: state.modified.get(name).map(u64::to_string),
-            unsupported: state.unsupported.get(name).cloned().unwrap_or_default(),
-            description: state
+        Ok(state.tables.get(name).map(|(table, rows)| {
+            // Datasync's own tables keep their description in the metadata.
+            let description = state
                 .meta
                 .get(name)
-                .and_then(|(meta, _)| meta.description.clone()),
-            labels: state.labels.get(name).cloned().unwrap_or_default(),
+                .and_then(|(meta, _)| meta.description.clone())
+                .or_else(|| table.description.clone());
+            ExistingTable {
+                table: WarehouseTable {
+                    description: description.clone(),
+                    ..table.clone()
+                },
+                num_rows: Some(rows.len() as u64),
+                etag: state.meta.get(name).map(|(_, version)| version.to_string()),
+                last_modified: state.modified.get(name).map(u64::to_string),
+                unsupported: state.unsupported.get(name).cloned().unwrap_or_default(),
+                description,
+                labels: state.labels.get(name).cloned().unwrap_or_default(),
+            }
         }))
     }
 
@@ -987,8 +1049,23 @@ impl Warehouse for FakeWarehouse {
                 // WRITE_TRUNCATE replaces rows and schema; the target's metadata stays.
                 state.tables.insert(request.target.clone(), (renamed, rows));
             }
-            (Some((existing, _)), Disposition::Append) if existing.fields != renamed.fields => {
+            (Some((existing, _)), Disposition::Append) if !same_columns(existing, &renamed) => {
                 return Err(invalid(&context, "Provided Schema does not match Table"));
+            }
+            // Like BigQuery ("Incompatible table partitioning specification"): a copy appends
+            // only between tables partitioned and clustered alike.
+            (Some((existing, _)), Disposition::Append)
+                if existing.partitioning != renamed.partitioning
+                    || existing.clustering != renamed.clustering =>
+            {
+                return Err(invalid(
+                    &context,
+                    format!(
+                        "Incompatible table partitioning specification: the destination is clustered by [{}], the source by [{}]",
+                        existing.clustering.join(", "),
+                        renamed.clustering.join(", ")
+                    ),
+                ));
             }
             (Some((_, existing)), Disposition::Append) => existing.extend(rows),
             (Some(_), Disposition::Empty) => {
@@ -1058,6 +1135,32 @@ impl Warehouse for FakeWarehouse {
         Ok(())
     }
 
+    async fn update_table(&self, name: &str, update: &TableUpdate) -> Result<(), WarehouseError> {
+        let mut state = self.begin("update_table", format!("update_table {name}"))?;
+        let context = format!("update the metadata of table {name}");
+        let (table, _) = state
+            .tables
+            .get_mut(name)
+            .ok_or_else(|| not_found(&context, name))?;
+        let mut changed = table.clone();
+        for (column, description) in &update.column_descriptions {
+            let field = changed
+                .fields
+                .iter_mut()
+                .find(|field| field.name.eq_ignore_ascii_case(column))
+                .ok_or_else(|| invalid(&context, format!("no column {column}")))?;
+            field.description = Some(description.clone());
+        }
+        if let Some(description) = &update.description {
+            changed.description = Some(description.clone());
+        }
+        if let Some(clustering) = &update.clustering {
+            changed.clustering.clone_from(clustering);
+        }
+        *table = changed;
+        Ok(())
+    }
+
     async fn list_tables(&self, prefix: &str) -> Result<Vec<String>, WarehouseError> {
         let state = self.begin("list_tables", format!("list_tables {prefix}"))?;
         Ok(state
@@ -1100,6 +1203,7 @@ mod tests {
             ],
             partitioning: None,
             clustering: Vec::new(),
+            description: None,
         }
     }
 

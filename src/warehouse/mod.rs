@@ -40,6 +40,11 @@
 //!   and labels; `get_tables` reads many tables with at most [`GET_TABLES_CONCURRENCY`] calls
 //!   in flight, paced under BigQuery's per-method API rate. `plan` uses both instead of one
 //!   tables.get per manifest table.
+//! - `update_table` is a read-modify-write tables.patch of the target's descriptions and
+//!   clustering: the schema it sends is the one tables.get returned (policy tags and all), with
+//!   only the descriptions changed, under `If-Match`.
+//! - Every job (load, copy, query, MERGE) carries [`labels`]; created tables carry
+//!   `managed-by: datasync` and `bigquery.labels`.
 //! - `merge_statement` de-duplicates staging per key (greatest cursor wins) and leaves NULL keys
 //!   out; with `deletes` it is one `BEGIN TRANSACTION … COMMIT` script of the MERGE and the
 //!   delete statement ([`dml`]), whose row counts come from its child jobs (jobs.list
@@ -75,6 +80,7 @@ pub mod avro;
 mod bigquery;
 pub mod dml;
 mod fake;
+pub mod labels;
 pub mod ndjson;
 mod rows;
 
@@ -94,8 +100,8 @@ pub use fake::{FakeWarehouse, InjectedFailure};
 pub use ndjson::NdjsonWriter;
 
 use crate::schema::{
-    BqType, ColumnMapping, Decoded, Deletes, ExtractStats, LoadFormat, RowSink, TooManyBadValues,
-    TypePolicies, WarehouseField, WarehouseTable,
+    BqType, ColumnMapping, Decoded, Deletes, ExtractStats, Lineage, LoadFormat, RowSink,
+    TooManyBadValues, TypePolicies, WarehouseField, WarehouseTable,
 };
 
 /// The row sink of one extraction, in the table's planned load format.
@@ -134,6 +140,17 @@ impl LoadSink {
                 key_columns,
                 batch_size,
             )),
+        }
+    }
+}
+
+impl LoadSink {
+    /// The sink with the lineage columns appended to every row (`None`: unchanged).
+    pub fn with_lineage(self, lineage: Option<&Lineage>) -> Self {
+        match (self, lineage) {
+            (Self::Ndjson(sink), Some(lineage)) => Self::Ndjson(sink.with_lineage(lineage)),
+            (Self::Avro(sink), Some(lineage)) => Self::Avro(sink.with_lineage(lineage)),
+            (sink, None) => sink,
         }
     }
 }
@@ -266,6 +283,26 @@ pub struct TableMeta {
     pub expires_at_ms: Option<i64>,
     /// `description`.
     pub description: Option<String>,
+}
+
+/// An in-place change of a table's metadata: one `tables.patch` (no job, nothing billed).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TableUpdate {
+    /// The new table description.
+    pub description: Option<String>,
+    /// New column descriptions, by column name.
+    pub column_descriptions: Vec<(String, String)>,
+    /// The new clustering columns.
+    pub clustering: Option<Vec<String>>,
+}
+
+impl TableUpdate {
+    /// Whether it changes nothing.
+    pub fn is_empty(&self) -> bool {
+        self.description.is_none()
+            && self.column_descriptions.is_empty()
+            && self.clustering.is_none()
+    }
 }
 
 /// One copy job: `source` into `target` (same dataset), with `jobs.insert`
@@ -810,6 +847,10 @@ pub trait Warehouse: Send + Sync {
 
     /// Runs `request` and returns the rows copied.
     async fn copy_rows_by_key(&self, request: &CopyRowsByKey) -> Result<u64, WarehouseError>;
+
+    /// Changes a table's descriptions and clustering in place (tables.patch: free, no query).
+    /// Columns keep everything else (types, modes, policy tags); a missing column is an error.
+    async fn update_table(&self, name: &str, update: &TableUpdate) -> Result<(), WarehouseError>;
 }
 
 /// The text form of a column maximum read back from BigQuery (see [`Warehouse::max_value`]),
@@ -1174,6 +1215,7 @@ mod tests {
         for name in ["a", "c"] {
             fake.insert_table(
                 WarehouseTable {
+                    description: None,
                     name: name.into(),
                     fields: vec![WarehouseField::new(
                         "id",
@@ -1231,6 +1273,7 @@ mod tests {
     async fn the_listing_carries_the_managed_by_label_of_created_tables() {
         let fake = FakeWarehouse::with_dataset();
         let table = |name: &str| WarehouseTable {
+            description: None,
             name: name.into(),
             fields: vec![WarehouseField::new(
                 "id",

@@ -20,7 +20,8 @@ use chrono::{Datelike, NaiveDate, NaiveDateTime, NaiveTime, Timelike};
 use super::rows::RowPolicy;
 use crate::schema::{
     Bad, BadKind, BqType, ColumnMapping, Decoded, ExtractStats, FieldMode, GEOGRAPHY_REJECT,
-    RowSink, TooManyBadValues, TypePolicies, Val, WarehouseField,
+    LINEAGE_RUN_ID, LINEAGE_SYNCED_AT, Lineage, RowSink, TooManyBadValues, TypePolicies, Val,
+    WarehouseField,
 };
 
 /// Target chunk size sent to the sink.
@@ -597,9 +598,36 @@ pub struct NdjsonWriter {
     chunk_rows: u64,
     /// Most rows per chunk (the table's `batch_size`).
     batch_rows: u64,
+    /// Written after the columns of every row: the lineage columns, if any.
+    suffix: Vec<u8>,
 }
 
 impl NdjsonWriter {
+    /// The writer with the lineage columns (`lineage: true`) after the columns of every row:
+    /// the run's start as a TIMESTAMP and the run id, the same on every row.
+    pub fn with_lineage(mut self, lineage: &Lineage) -> Self {
+        let synced_at = chrono::DateTime::from_timestamp_micros(lineage.synced_at_micros)
+            .unwrap_or_default()
+            .format("%Y-%m-%dT%H:%M:%S%.6fZ")
+            .to_string();
+        let mut suffix = Vec::new();
+        for (name, value) in [
+            (LINEAGE_SYNCED_AT, synced_at.as_str()),
+            (LINEAGE_RUN_ID, lineage.run_id.as_str()),
+        ] {
+            suffix.push(if self.columns.is_empty() && suffix.is_empty() {
+                b'{'
+            } else {
+                b','
+            });
+            push_json_str(&mut suffix, name);
+            suffix.push(b':');
+            push_json_str(&mut suffix, value);
+        }
+        self.suffix = suffix;
+        self
+    }
+
     /// A writer for `columns` of the table `table` (a label for messages). `policies` and
     /// `max_bad_values` (`None` = unlimited) govern bad values; `key_columns` are the source
     /// columns naming a row in failure messages; a chunk holds at most `batch_size` rows.
@@ -633,6 +661,7 @@ impl NdjsonWriter {
             chunk: Vec::with_capacity(CHUNK_SIZE + 64 * 1024),
             chunk_rows: 0,
             batch_rows: batch_size.max(1),
+            suffix: Vec::new(),
         }
     }
 
@@ -716,6 +745,7 @@ impl NdjsonWriter {
             }
         }
         let outcome = outcome.map(|()| {
+            self.line.extend_from_slice(&self.suffix);
             self.line.extend_from_slice(b"}\n");
             self.chunk.extend_from_slice(&self.line);
             self.chunk_rows += 1;

@@ -111,6 +111,7 @@ fn string_id_items() -> datasync::schema::WarehouseTable {
         )],
         partitioning: None,
         clustering: vec![],
+        description: None,
     }
 }
 
@@ -1248,4 +1249,181 @@ async fn the_plan_prices_merges_with_a_dry_run_and_copies_as_free() {
     let json = serde_json::to_value(&second).unwrap();
     assert_eq!(json["tables"][0]["write_cost"]["bytes"], cost.bytes);
     assert_eq!(json["write_cost"]["bytes"], cost.bytes);
+}
+
+/// A run id as `new_run_id` makes it: the run started at 2023-11-14T22:13:20.000001Z.
+const TIMED_RUN: &str = "1700000000_000001";
+
+#[tokio::test]
+async fn lineage_columns_descriptions_and_job_labels_reach_the_target() {
+    let setup = sqlite(SEED).await;
+    let manifest = manifest(
+        &setup.path,
+        "      items:\n        description: Things we sell\n        lineage: true\n      notes:\n        mode: merge\n        lineage: true\n        format: ndjson\n",
+    );
+    let warehouse = Arc::new(FakeWarehouse::with_dataset());
+    let mut executor = executor(&manifest, Arc::clone(&warehouse), DryRun::No).await;
+    executor.run_id = TIMED_RUN.into();
+    let first = plan(&manifest, &executor.sources["lite"], &warehouse).await;
+    let report = executor.run(&first).await;
+    assert!(report.succeeded(), "{}", report.text());
+
+    // Avro (items) and NDJSON (notes) sinks fill the lineage columns of every row with the
+    // run's start and id, the same for every row and table.
+    for table in ["items", "notes"] {
+        let rows = warehouse.rows(table).unwrap();
+        assert_eq!(rows.len(), if table == "items" { 3 } else { 2 });
+        for row in rows {
+            assert_eq!(
+                row["_datasync_synced_at"], "2023-11-14T22:13:20.000001Z",
+                "{table}: {row:?}"
+            );
+            assert_eq!(row["_datasync_run_id"], TIMED_RUN, "{table}: {row:?}");
+        }
+    }
+    let (description, columns) = warehouse.descriptions("items").unwrap();
+    assert_eq!(description.as_deref(), Some("Things we sell"));
+    assert_eq!(
+        columns.last().unwrap().as_deref(),
+        Some("The id of the datasync run that last wrote this row")
+    );
+    assert_eq!(warehouse.descriptions("notes").unwrap().0, None);
+
+    // Every job of the run carries the run and its table.
+    let jobs = warehouse.job_labels();
+    assert!(jobs.iter().any(|(entry, _)| entry.starts_with("merge")));
+    for (entry, labels) in &jobs {
+        assert_eq!(labels.run.as_deref(), Some(TIMED_RUN), "{entry}");
+        let table = labels.table.as_deref().unwrap_or_default();
+        assert!(
+            ["items", "notes"].contains(&table) && entry.contains(table),
+            "{entry}: {labels:?}"
+        );
+    }
+
+    // A second run merges again and refreshes the run id; the plan has nothing to change.
+    let second = plan(&manifest, &executor.sources["lite"], &warehouse).await;
+    assert!(
+        !second.has_changes(),
+        "{}",
+        datasync::plan::render::text(&second)
+    );
+    executor.run_id = "1700000100_000000".into();
+    assert!(executor.run(&second).await.succeeded());
+    let notes = warehouse.rows("notes").unwrap();
+    assert_eq!(notes.len(), 2);
+    assert!(
+        notes
+            .iter()
+            .all(|row| row["_datasync_run_id"] == "1700000100_000000"
+                && row["_datasync_synced_at"] == "2023-11-14T22:15:00.000000Z"),
+        "{notes:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_source_column_named_like_a_lineage_column_is_a_mapping_error() {
+    let setup = sqlite("CREATE TABLE t (id INTEGER PRIMARY KEY, _DataSync_Run_Id TEXT);").await;
+    let manifest = manifest(&setup.path, "      t: {lineage: true}\n");
+    let warehouse = Arc::new(FakeWarehouse::with_dataset());
+    let executor = executor(&manifest, Arc::clone(&warehouse), DryRun::No).await;
+    let planned = plan(&manifest, &executor.sources["lite"], &warehouse).await;
+    assert_eq!(planned.tables[0].action, TableAction::Error);
+    let text = datasync::plan::render::text(&planned);
+    assert!(
+        text.contains(
+            "column `_DataSync_Run_Id` collides with `_datasync_run_id`, a lineage column `lineage: true` adds (BigQuery names ignore case): add it to `exclude_columns`, or turn lineage off"
+        ),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn a_clustering_change_and_a_new_description_are_patched_in_after_the_write() {
+    let setup = sqlite(SEED).await;
+    let warehouse = Arc::new(FakeWarehouse::with_dataset());
+    let before = manifest(
+        &setup.path,
+        "      items:\n        mode: append\n        cluster_by: [id]\n",
+    );
+    let mut executor = executor(&before, Arc::clone(&warehouse), DryRun::No).await;
+    let first = plan(&before, &executor.sources["lite"], &warehouse).await;
+    assert!(executor.run(&first).await.succeeded());
+
+    let after = manifest(
+        &setup.path,
+        "      items:\n        mode: append\n        cluster_by: [name, id]\n        description: Things we sell\n",
+    );
+    let second = plan(&after, &executor.sources["lite"], &warehouse).await;
+    assert_eq!(second.tables[0].action, TableAction::Update);
+    assert!(second.has_changes());
+    let text = datasync::plan::render::text(&second);
+    assert!(
+        text.contains("    ~ clustering [id] -> [name, id] (in place;")
+            && text.contains("    ~ description (none) -> \"Things we sell\""),
+        "{text}"
+    );
+    executor.run_id = "run2".into();
+    let report = executor.run(&second).await;
+    assert!(report.succeeded(), "{}", report.text());
+    // The copy appended while staging and target were both clustered by [id] (the fake, like
+    // BigQuery, refuses a copy between differently clustered tables); then the patch.
+    let log = warehouse.log();
+    let copy = log
+        .iter()
+        .position(|entry| {
+            entry == "copy_table _datasync_staging_items_run2 into items WRITE_APPEND"
+        })
+        .unwrap_or_else(|| panic!("{log:#?}"));
+    let patch = log
+        .iter()
+        .position(|entry| entry == "update_table items")
+        .unwrap_or_else(|| panic!("{log:#?}"));
+    assert!(copy < patch, "{log:#?}");
+    assert_eq!(ids(&warehouse, "items"), ["1", "1", "2", "2", "3", "3"]);
+    let target = warehouse.get_table("items").await.unwrap().unwrap().table;
+    assert_eq!(target.clustering, ["name", "id"]);
+    assert_eq!(target.description.as_deref(), Some("Things we sell"));
+
+    // Done: the next plan has nothing to change, and the next run's copy still works.
+    let third = plan(&after, &executor.sources["lite"], &warehouse).await;
+    assert_eq!(third.tables[0].action, TableAction::Sync);
+    assert!(!third.has_changes());
+    executor.run_id = "run3".into();
+    assert!(executor.run(&third).await.succeeded());
+}
+
+#[tokio::test]
+async fn a_failed_metadata_patch_says_the_rows_were_written() {
+    let setup = sqlite(SEED).await;
+    let manifest = manifest(&setup.path, "      items:\n        mode: append\n");
+    let warehouse = Arc::new(FakeWarehouse::with_dataset());
+    let mut executor = executor(&manifest, Arc::clone(&warehouse), DryRun::No).await;
+    let first = plan(&manifest, &executor.sources["lite"], &warehouse).await;
+    assert!(executor.run(&first).await.succeeded());
+    let described = datasync::manifest::Manifest {
+        tables: manifest
+            .tables
+            .iter()
+            .cloned()
+            .map(|mut table| {
+                table.description = Some("Things we sell".into());
+                table
+            })
+            .collect(),
+        ..manifest.clone()
+    };
+    let second = plan(&described, &executor.sources["lite"], &warehouse).await;
+    warehouse.fail_next("update_table", false);
+    executor.run_id = "run2".into();
+    let report = executor.run(&second).await;
+    assert_eq!(report.tables[0].status, TableStatus::Failed);
+    let text = report.text();
+    assert!(
+        text.contains(
+            "the rows were written, but updating the target's descriptions or clustering failed"
+        ),
+        "{text}"
+    );
+    assert_eq!(ids(&warehouse, "items").len(), 6);
 }

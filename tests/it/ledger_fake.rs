@@ -307,6 +307,7 @@ async fn failed_and_skipped_tables_are_recorded_with_their_errors() {
     let warehouse = Arc::new(FakeWarehouse::with_dataset());
     warehouse.insert_table(
         datasync::schema::WarehouseTable {
+            description: None,
             name: "items".into(),
             fields: vec![datasync::schema::WarehouseField::new(
                 "id",

@@ -15,4 +15,5 @@ mod plan_many;
 mod source_sqlite;
 mod source_ssh;
 mod warehouse_auth;
+mod warehouse_metadata;
 mod warehouse_protocol;

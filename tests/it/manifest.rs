@@ -938,3 +938,92 @@ fn editors_accept_the_example_manifest_against_the_committed_schema() {
         .collect();
     assert!(errors.is_empty(), "{errors:#?}");
 }
+
+#[test]
+fn bad_labels_and_lineage_columns_are_reported_with_their_lines() {
+    let text = "\
+bigquery:
+  project: my-project
+  dataset: analytics
+  labels:
+    team: data
+    Cost-Center: x1
+    env: Prod
+    managed-by: me
+defaults:
+  lineage: true
+sources:
+  shop:
+    type: postgres
+    url: postgres://postgres@127.0.0.1/shop
+    tables:
+      orders:
+        columns: [id, _datasync_synced_at]
+      items:
+        lineage: false
+        columns: [id, _datasync_run_id]
+      notes:
+        column_types:
+          _DataSync_Run_Id: STRING
+";
+    let failure = load_yaml(text, Env::new()).unwrap_err();
+    assert_eq!(errors(&failure).len(), 5, "{}", render(&failure));
+    insta::assert_snapshot!(render(&failure));
+}
+
+#[test]
+fn descriptions_lineage_and_labels_resolve_with_their_defaults() {
+    let text = "\
+bigquery:
+  project: my-project
+  dataset: analytics
+  labels: {team: data, cost-center: \"1234\", empty: \"\"}
+defaults:
+  lineage: true
+sources:
+  shop:
+    type: postgres
+    url: postgres://postgres@127.0.0.1/shop
+    tables:
+      orders:
+        description: Orders placed in the shop
+      items:
+        lineage: false
+        exclude_columns: [_datasync_run_id]
+";
+    let loaded =
+        load_yaml(text, Env::new()).unwrap_or_else(|failure| panic!("{}", render(&failure)));
+    let manifest = loaded.manifest;
+    let labels: Vec<(&str, &str)> = manifest
+        .bigquery
+        .labels
+        .iter()
+        .map(|(key, value)| (key.as_str(), value.as_str()))
+        .collect();
+    assert_eq!(
+        labels,
+        [("cost-center", "1234"), ("empty", ""), ("team", "data")]
+    );
+    let orders = &manifest.tables[0];
+    assert_eq!(
+        orders.description.as_deref(),
+        Some("Orders placed in the shop")
+    );
+    assert!(orders.lineage);
+    assert!(!manifest.tables[1].lineage);
+    assert_eq!(manifest.tables[1].description, None);
+    // An empty description is a schema error, not a silent "clear".
+    let failure = load_yaml(
+        &text.replace(
+            "description: Orders placed in the shop",
+            "description: \"\"",
+        ),
+        Env::new(),
+    )
+    .unwrap_err();
+    assert!(
+        render(&failure).contains("description"),
+        "{}",
+        render(&failure)
+    );
+}

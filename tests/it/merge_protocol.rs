@@ -29,6 +29,7 @@ fn client(base: &str) -> BigQuery {
 
 fn items() -> WarehouseTable {
     WarehouseTable {
+        description: None,
         name: "items".into(),
         fields: vec![
             WarehouseField::new("id", BqType::Int64, FieldMode::Required),

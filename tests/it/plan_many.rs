@@ -70,6 +70,7 @@ async fn session(manifest: &Manifest, warehouse: &Arc<FakeWarehouse>) -> Session
 async fn create_target(warehouse: &FakeWarehouse, name: &str) {
     warehouse
         .create_table(&WarehouseTable {
+            description: None,
             name: name.into(),
             fields: vec![
                 WarehouseField::new("id", BqType::Int64, FieldMode::Required),
@@ -203,6 +204,7 @@ async fn targets_datasync_made_that_left_the_manifest_are_orphaned_and_kept() {
     // Not datasync's: never reported.
     warehouse.insert_table(
         WarehouseTable {
+            description: None,
             name: "hand_made".into(),
             fields: vec![WarehouseField::new("x", BqType::Int64, FieldMode::Nullable)],
             partitioning: None,

@@ -170,6 +170,7 @@ fn load_request(job_id: &str) -> LoadRequest {
             )],
             partitioning: None,
             clustering: Vec::new(),
+            description: None,
         },
         disposition: Disposition::Truncate,
         job_id: job_id.into(),

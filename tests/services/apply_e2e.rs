@@ -1328,3 +1328,256 @@ async fn mariadb_merge_hard_deletes_on_a_composite_key() {
     );
     run(format!("DROP DATABASE IF EXISTS `{database}`")).await;
 }
+
+/// The emulator's table resource (tables.get), as JSON.
+async fn table_resource(world: &World, table: &str) -> serde_json::Value {
+    let url = format!(
+        "{}/bigquery/v2/projects/datasync-test/datasets/{}/tables/{table}",
+        bigquery_url(),
+        world.name
+    );
+    reqwest::get(url).await.unwrap().json().await.unwrap()
+}
+
+fn field_description<'a>(table: &'a serde_json::Value, column: &str) -> Option<&'a str> {
+    table["schema"]["fields"]
+        .as_array()?
+        .iter()
+        .find(|field| field["name"] == column)?
+        .get("description")?
+        .as_str()
+}
+
+/// A PostgreSQL table comment becomes the table's description; `bigquery.labels` are on the
+/// created table; a changed comment, a new column comment and a clustering change are one
+/// in-place update (tables.patch after the write, which the emulator honours), and the plan
+/// after it has nothing to change.
+#[tokio::test(flavor = "multi_thread")]
+async fn table_comments_and_clustering_changes_are_applied_in_place() {
+    let world = World::new("tdescr").await;
+    world
+        .sql(
+            "CREATE TABLE notes (id bigint PRIMARY KEY, kind text, body text);
+             COMMENT ON TABLE notes IS 'Notes customers left';
+             INSERT INTO notes SELECT g, 'k' || (g % 3), 'b' || g FROM generate_series(1, 30) g;",
+        )
+        .await;
+    let manifest = world.manifest("      notes:\n        mode: append\n        cluster_by: [id]\n");
+    let with_labels = |path: &str| {
+        let text = std::fs::read_to_string(path).unwrap().replace(
+            "  emulator: true\n",
+            "  emulator: true\n  labels: {team: data}\n",
+        );
+        std::fs::write(path, text).unwrap();
+    };
+    with_labels(&manifest);
+    assert_code(&world.datasync(&["-c", &manifest, "apply"]), 0);
+    let table = table_resource(&world, "notes").await;
+    assert_eq!(table["description"], "Notes customers left", "{table:#}");
+    assert_eq!(table["labels"]["managed-by"], "datasync", "{table:#}");
+    assert_eq!(table["labels"]["team"], "data", "{table:#}");
+    assert_code(
+        &world.datasync(&["-c", &manifest, "plan", "--detailed-exitcode"]),
+        0,
+    );
+
+    world
+        .sql(
+            "COMMENT ON TABLE notes IS 'Notes customers left at checkout';
+             COMMENT ON COLUMN notes.body IS 'What they wrote';",
+        )
+        .await;
+    let manifest =
+        world.manifest("      notes:\n        mode: append\n        cluster_by: [kind, id]\n");
+    with_labels(&manifest);
+    let plan = world.datasync(&["-c", &manifest, "plan", "--detailed-exitcode"]);
+    assert_code(&plan, 2);
+    let shown = text(&plan);
+    for line in [
+        "~ pg.notes -> notes (update schema, append",
+        "    ~ description \"Notes customers left\" -> \"Notes customers left at checkout\"",
+        "    ~ column body description (none) -> \"What they wrote\"",
+        "    ~ clustering [id] -> [kind, id] (in place; data written from now on is clustered by the new columns, stored rows are not re-clustered)",
+        "Plan: 0 to create, 1 to update, 0 to recreate",
+    ] {
+        assert!(shown.contains(line), "{line}\n{shown}");
+    }
+    assert_code(&world.datasync(&["-c", &manifest, "apply"]), 0);
+    let table = table_resource(&world, "notes").await;
+    assert_eq!(table["description"], "Notes customers left at checkout");
+    assert_eq!(field_description(&table, "body"), Some("What they wrote"));
+    assert_eq!(
+        table["clustering"]["fields"],
+        serde_json::json!(["kind", "id"])
+    );
+    assert_eq!(table["labels"]["managed-by"], "datasync", "{table:#}");
+    // The append ran before the patch (staging and target clustered alike): 30 + 30 rows.
+    assert_eq!(world.count("notes").await, 60);
+    assert_code(
+        &world.datasync(&["-c", &manifest, "plan", "--detailed-exitcode"]),
+        0,
+    );
+}
+
+/// `_datasync_run_id` and `_datasync_synced_at` of every row of a run: the run's id and its
+/// start (the run id is `<seconds>_<micros>` of the start), one value for the whole run.
+fn lineage_of(rows: &[String]) -> Vec<(String, i64)> {
+    rows.iter()
+        .map(|row| {
+            let cells: Vec<serde_json::Value> = serde_json::from_str(row).unwrap();
+            let run = cells[0].as_str().unwrap_or_default().to_string();
+            let at = cells[1]
+                .as_i64()
+                .or_else(|| cells[1].as_str().and_then(|text| text.parse().ok()))
+                .unwrap_or(-1);
+            (run, at)
+        })
+        .collect()
+}
+
+fn started_micros(run_id: &str) -> i64 {
+    let (secs, micros) = run_id.split_once('_').unwrap();
+    secs.parse::<i64>().unwrap() * 1_000_000 + micros.parse::<i64>().unwrap()
+}
+
+/// A MariaDB table comment becomes the description; `lineage: true` fills both lineage columns
+/// (Avro and NDJSON loads alike), `merge` refreshes them, and they are added to an existing
+/// PostgreSQL target as NULLABLE columns (old rows NULL, new rows filled).
+#[tokio::test(flavor = "multi_thread")]
+async fn lineage_columns_and_a_mariadb_table_comment_reach_the_emulator() {
+    let world = World::new("lineage").await;
+    let database = format!("ds-lineage-{}", std::process::id());
+    let server = sqlx::mysql::MySqlPoolOptions::new()
+        .max_connections(1)
+        .connect(&mysql_url())
+        .await
+        .unwrap_or_else(|error| {
+            panic!(
+                "MariaDB at {} is unreachable ({error}); run scripts/services.sh",
+                mysql_url()
+            )
+        });
+    sqlx::raw_sql(&format!(
+        "DROP DATABASE IF EXISTS `{database}`; CREATE DATABASE `{database}`; USE `{database}`;
+         CREATE TABLE items (id INT PRIMARY KEY, name VARCHAR(20) NOT NULL) COMMENT='Things we sell';
+         INSERT INTO items VALUES (1, 'a'), (2, 'b'), (3, 'c');
+         CREATE TABLE docs (id INT PRIMARY KEY, doc JSON);
+         INSERT INTO docs VALUES (1, '{{\"a\": 1}}');
+         CREATE VIEW item_names AS SELECT id, name FROM items;"
+    ))
+    .execute(&server)
+    .await
+    .unwrap();
+    let server_url = mysql_url()
+        .rsplit_once('/')
+        .map_or_else(mysql_url, |(server, _)| server.to_string());
+    let text_of = |tables: &str| {
+        format!(
+            "bigquery:\n  project: datasync-test\n  dataset: {name}\n  endpoint: {bq}\n  emulator: true\ndefaults:\n  lineage: true\nsources:\n  shop:\n    type: mysql\n    url: {server_url}/{database}\n    tables:\n{tables}",
+            name = world.name,
+            bq = bigquery_url(),
+        )
+    };
+    let path = world.dir.path().join("maria.yaml");
+    // `docs` has a JSON column: loaded as NDJSON; `items` as Avro.
+    std::fs::write(
+        &path,
+        text_of("      items: {mode: merge}\n      docs: {}\n      item_names: {}\n"),
+    )
+    .unwrap();
+    let manifest = path.display().to_string();
+    assert_code(&world.datasync(&["-c", &manifest, "apply"]), 0);
+    let table = table_resource(&world, "items").await;
+    assert_eq!(table["description"], "Things we sell", "{table:#}");
+    assert_eq!(
+        field_description(&table, "_datasync_run_id"),
+        Some("The id of the datasync run that last wrote this row")
+    );
+    let items = lineage_of(
+        &world
+            .select("items", "_datasync_run_id, _datasync_synced_at", "id")
+            .await,
+    );
+    let docs = lineage_of(
+        &world
+            .select("docs", "_datasync_run_id, _datasync_synced_at", "id")
+            .await,
+    );
+    assert_eq!(items.len(), 3);
+    let run = items[0].0.clone();
+    assert!(
+        items
+            .iter()
+            .chain(&docs)
+            .all(|row| *row == (run.clone(), started_micros(&run))),
+        "one run id and start for every row of the run: {items:?} {docs:?}"
+    );
+    // A view's catalog comment (the word `VIEW`) is no description.
+    let view = table_resource(&world, "item_names").await;
+    assert!(
+        view.get("description")
+            .is_none_or(serde_json::Value::is_null),
+        "{view:#}"
+    );
+    assert_code(
+        &world.datasync(&["-c", &manifest, "plan", "--detailed-exitcode"]),
+        0,
+    );
+
+    // A merge rewrites the rows it matches: their lineage is the new run's.
+    sqlx::raw_sql(&format!(
+        "UPDATE `{database}`.items SET name = 'z' WHERE id = 2"
+    ))
+    .execute(&server)
+    .await
+    .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(5));
+    assert_code(&world.datasync(&["-c", &manifest, "apply"]), 0);
+    let merged = lineage_of(
+        &world
+            .select("items", "_datasync_run_id, _datasync_synced_at", "id")
+            .await,
+    );
+    assert_ne!(merged[1].0, run, "{merged:?}");
+    assert_eq!(merged[1].1, started_micros(&merged[1].0));
+    sqlx::raw_sql(&format!("DROP DATABASE IF EXISTS `{database}`"))
+        .execute(&server)
+        .await
+        .unwrap();
+
+    // PostgreSQL, an existing incremental target: lineage turned on later adds the columns.
+    world
+        .sql(
+            "CREATE TABLE events (id bigint PRIMARY KEY, at timestamptz NOT NULL);
+             INSERT INTO events SELECT g, timestamptz '2024-01-01 00:00:00+00' + g * interval '1 minute' FROM generate_series(1, 5) g;",
+        )
+        .await;
+    let events = "      events:\n        mode: incremental\n        cursor: at\n";
+    let manifest = world.manifest(events);
+    assert_code(&world.datasync(&["-c", &manifest, "apply"]), 0);
+    world
+        .sql("INSERT INTO events VALUES (6, timestamptz '2025-01-01 00:00:00+00');")
+        .await;
+    let manifest = world.manifest(&format!("{events}        lineage: true\n"));
+    let plan = world.datasync(&["-c", &manifest, "plan", "--detailed-exitcode"]);
+    assert_code(&plan, 2);
+    let shown = text(&plan);
+    assert!(
+        shown.contains("    + add column _datasync_synced_at TIMESTAMP NULLABLE")
+            && shown.contains("    + add column _datasync_run_id STRING NULLABLE"),
+        "{shown}"
+    );
+    assert_code(&world.datasync(&["-c", &manifest, "apply"]), 0);
+    let rows = lineage_of(
+        &world
+            .select("events", "_datasync_run_id, _datasync_synced_at", "id")
+            .await,
+    );
+    assert_eq!(rows.len(), 6, "{rows:?}");
+    assert!(rows[..5].iter().all(|(run, _)| run.is_empty()), "{rows:?}");
+    assert_eq!(rows[5].1, started_micros(&rows[5].0), "{rows:?}");
+    assert_code(
+        &world.datasync(&["-c", &manifest, "plan", "--detailed-exitcode"]),
+        0,
+    );
+}

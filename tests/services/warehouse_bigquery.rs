@@ -94,6 +94,7 @@ fn simple_table(name: &str) -> WarehouseTable {
         ],
         partitioning: None,
         clustering: Vec::new(),
+        description: None,
     }
 }
 
@@ -200,6 +201,7 @@ async fn create_and_get_table_with_all_types() {
                 field: "ts".into(),
             }),
             clustering: vec!["id".into()],
+            description: Some("Every type".into()),
         };
         assert!(client.get_table("all_types").await.unwrap().is_none());
         client.create_table(&table).await.unwrap();
@@ -217,6 +219,7 @@ async fn create_and_get_table_with_all_types() {
         };
         assert_eq!(shape(&got.table), shape(&table));
         assert_eq!(got.table.name, "all_types");
+        assert_eq!(got.table.description.as_deref(), Some("Every type"));
         // The emulator drops precision/scale/maxLength (documented); real BigQuery keeps them.
         let error = client.create_table(&table).await.unwrap_err();
         assert!(error.is_duplicate(), "{error}");
@@ -229,6 +232,7 @@ async fn create_and_get_table_with_all_types() {
             fields: vec![field("x", BqType::BigNumeric, FieldMode::Nullable)],
             partitioning: None,
             clustering: Vec::new(),
+            description: None,
         };
         let strict = BigQuery::new(&spec(client.dataset()))
             .unwrap()

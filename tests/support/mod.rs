@@ -92,6 +92,8 @@ pub fn table_spec(kind: SourceKind, qualifier: Option<&str>, name: &str) -> Tabl
         deletes: datasync::schema::Deletes::Keep,
         auto_create: true,
         types: TypePolicies::default(),
+        description: None,
+        lineage: false,
     }
 }
 

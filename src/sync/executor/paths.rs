@@ -114,7 +114,7 @@ impl Executor {
             source_table,
             &key_set.columns,
             None,
-            row_sink(source_table, key_set),
+            row_sink(source_table, key_set, &self.run_id),
             sender,
             &no_progress,
         );

@@ -93,6 +93,14 @@ impl Warehouse for JobLog {
         self.inner.copy_rows_by_key(request).await
     }
 
+    async fn update_table(
+        &self,
+        name: &str,
+        update: &crate::warehouse::TableUpdate,
+    ) -> Result<(), WarehouseError> {
+        self.inner.update_table(name, update).await
+    }
+
     async fn list_dataset(&self) -> Result<Vec<crate::warehouse::ListedTable>, WarehouseError> {
         self.inner.list_dataset().await
     }

@@ -50,6 +50,7 @@ pub fn schema() -> WarehouseTable {
     let field = |name: &str, bq_type| WarehouseField::new(name, bq_type, FieldMode::Nullable);
     let text = |name: &str| field(name, BqType::String);
     WarehouseTable {
+        description: None,
         name: RUNS_TABLE.to_string(),
         fields: vec![
             text("run_id"),

@@ -293,6 +293,7 @@ fn tables_avro_cannot_carry_exactly_are_named() {
         fields,
         partitioning: None,
         clustering: Vec::new(),
+        description: None,
     };
     let ok = table(vec![field("id", BqType::Int64, FieldMode::Required)]);
     assert_eq!(avro_obstacle(&ok), None);
@@ -321,4 +322,49 @@ fn decimals_are_twos_complement_at_the_field_scale() {
     put_decimal(&mut buf, "1.28", 2).unwrap();
     // 128 needs a leading zero byte to stay positive.
     assert_eq!(buf, [4, 0x00, 0x80]);
+}
+
+#[test]
+fn both_sinks_append_the_same_lineage_values_to_every_row() {
+    let (columns, rows) = every_type();
+    let policies = TypePolicies::default();
+    let lineage = crate::schema::Lineage {
+        synced_at_micros: 1_700_000_000_000_001,
+        run_id: "1700000000_000001".into(),
+    };
+    let mut avro =
+        AvroWriter::new("t".into(), &columns, policies, None, &[], 1).with_lineage(&lineage);
+    let mut ndjson =
+        NdjsonWriter::new("t".into(), &columns, policies, None, &[], 1).with_lineage(&lineage);
+    let avro_bytes = push_all(&mut avro, &rows);
+    let ndjson_bytes = push_all(&mut ndjson, &rows);
+    let mut fields = fields_of(&columns);
+    fields.extend(crate::schema::lineage_fields());
+    // The file's schema ends with the two NULLABLE lineage fields.
+    let reader = apache_avro::Reader::new(&avro_bytes[..]).unwrap();
+    let schema = serde_json::to_value(reader.writer_schema()).unwrap();
+    let names: Vec<&str> = schema["fields"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|field| field["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        &names[names.len() - 2..],
+        ["_datasync_synced_at", "_datasync_run_id"]
+    );
+    let decoded = decode_rows(&fields, &avro_bytes).unwrap();
+    let written = ndjson_rows(&ndjson_bytes);
+    assert_eq!(decoded.len(), 2);
+    for row in decoded.iter().chain(&written) {
+        assert_eq!(row["_datasync_synced_at"], "2023-11-14T22:13:20.000001Z");
+        assert_eq!(row["_datasync_run_id"], "1700000000_000001");
+    }
+    assert!(
+        ndjson_bytes.split(|b| *b == b'\n').next().unwrap().ends_with(
+            br#","_datasync_synced_at":"2023-11-14T22:13:20.000001Z","_datasync_run_id":"1700000000_000001"}"#
+        )
+    );
+    // Chunks cut per row (batch size 1) still concatenate to one valid file.
+    assert_eq!(avro.stats().rows, 2);
 }

@@ -147,6 +147,7 @@ impl BigQuery {
             "formatOptions": {"useInt64Timestamp": true},
             "timeoutMs": 10_000,
             "requestId": request_id(sql),
+            "labels": self.job_labels(),
         });
         if let Some(location) = self.job_location().await? {
             body["location"] = json!(location);
@@ -274,12 +275,15 @@ impl BigQuery {
         }
         let body = json!({
             "jobReference": reference,
-            "configuration": {"copy": {
-                "sourceTable": table(&request.source),
-                "destinationTable": table(&request.target),
-                "writeDisposition": request.disposition.as_api(),
-                "createDisposition": "CREATE_IF_NEEDED",
-            }},
+            "configuration": {
+                "copy": {
+                    "sourceTable": table(&request.source),
+                    "destinationTable": table(&request.target),
+                    "writeDisposition": request.disposition.as_api(),
+                    "createDisposition": "CREATE_IF_NEEDED",
+                },
+                "labels": self.job_labels(),
+            },
         });
         if self.emulator && request.disposition == Disposition::Truncate {
             self.emulator_truncate_copy_prelude(request).await?;
@@ -316,7 +320,10 @@ impl BigQuery {
         }
         let body = json!({
             "jobReference": reference,
-            "configuration": {"query": {"query": sql, "useLegacySql": false}},
+            "configuration": {
+                "query": {"query": sql, "useLegacySql": false},
+                "labels": self.job_labels(),
+            },
         });
         let url = self.api_url(&["jobs"])?;
         let job: JobResource = match self
@@ -450,9 +457,8 @@ impl BigQuery {
         ) else {
             return Ok(());
         };
-        let mut renamed = source.table.clone();
-        renamed.name = target.table.name.clone();
-        if renamed != target.table {
+        // Descriptions are no part of the shape: the copy keeps the target's.
+        if !super::same_shape(&target.table, &source.table) {
             self.drop_table(&request.target).await?;
         }
         Ok(())

@@ -1,7 +1,7 @@
 //! [`Warehouse`] over the BigQuery REST API (reqwest + our own serde structs). Access tokens
 //! come from a `gcp_bigquery_client::auth::Authenticator`.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -16,6 +16,7 @@ use tokio::sync::mpsc::Receiver;
 mod auth;
 mod client;
 mod jobs;
+mod metadata;
 mod model;
 mod net;
 mod retry;
@@ -26,9 +27,9 @@ pub use upload::{CHUNK_GRANULARITY, DEFAULT_CHUNK_SIZE, content_range, next_offs
 
 use super::{
     AlterColumn, CopyRequest, CopyRowsByKey, ExistingTable, GET_TABLES_CONCURRENCY, ListedTable,
-    LoadOutcome, LoadRequest, MANAGED_BY_LABEL, MergeOutcome, MergeRequest, QueryParam, QueryRows,
-    TableMeta, Warehouse, WarehouseError, alter_statements, get_tables_bounded, merge_statement,
-    quote_ident,
+    LoadOutcome, LoadRequest, MergeOutcome, MergeRequest, QueryParam, QueryRows, TableMeta,
+    TableUpdate, Warehouse, WarehouseError, alter_statements, get_tables_bounded, labels,
+    merge_statement, quote_ident,
 };
 use crate::manifest::resolve::BigQuerySpec;
 use crate::schema::{FieldMode, WarehouseTable};
@@ -64,6 +65,8 @@ pub struct BigQuery {
     pub(super) retry: RetryPolicy,
     pub(super) chunk_size: usize,
     completed_loads: Mutex<HashMap<String, LoadOutcome>>,
+    /// `bigquery.labels` (checked): on created tables and on every job.
+    user_labels: BTreeMap<String, String>,
 }
 
 impl std::fmt::Debug for BigQuery {
@@ -128,7 +131,19 @@ impl BigQuery {
                 .and_then(|mib| usize::try_from(mib.clamp(1, 1024)).ok())
                 .map_or(DEFAULT_CHUNK_SIZE, |mib| mib << 20),
             completed_loads: Mutex::new(HashMap::new()),
+            user_labels: spec.labels.clone(),
         })
+    }
+
+    /// The labels of a job started now: datasync's, the manifest's, and the run and table of
+    /// the current [`labels::scope`] (`configuration.labels` / jobs.query `labels`).
+    pub(super) fn job_labels(&self) -> Value {
+        json!(labels::current().to_map(&self.user_labels))
+    }
+
+    /// The labels of a table datasync creates (inventories and storage cost reports).
+    fn table_labels(&self) -> Value {
+        json!(labels::table_labels(&self.user_labels))
     }
 
     /// Sends `bigquery.impersonate_service_account`'s `generateAccessToken` to `base` instead
@@ -429,7 +444,7 @@ impl Warehouse for BigQuery {
         // Every table datasync creates says so, for inventories and cost reports
         // (https://cloud.google.com/bigquery/docs/labels-intro: lowercase keys and values,
         // letters, digits, `_` and `-`).
-        body["labels"] = serde_json::json!({ MANAGED_BY_LABEL.0: MANAGED_BY_LABEL.1 });
+        body["labels"] = self.table_labels();
         let url = self.api_url(&["datasets", &self.dataset, "tables"])?;
         match self.send(&context, Method::POST, url, Some(&body)).await {
             // A retried insert whose first reply was lost: the table is ours if it has the
@@ -706,8 +721,9 @@ impl Warehouse for BigQuery {
         let mut resource = TableResource::new(&self.project, &self.dataset, table);
         resource.description = meta.description.clone();
         resource.expiration_time = meta.expires_at_ms.map(|ms| ms.to_string());
-        let body = serde_json::to_value(resource)
+        let mut body = serde_json::to_value(resource)
             .map_err(|error| WarehouseError::Invalid(format!("{context}: {error}")))?;
+        body["labels"] = self.table_labels();
         let url = self.api_url(&["datasets", &self.dataset, "tables"])?;
         self.send(&context, Method::POST, url, Some(&body))
             .await
@@ -781,5 +797,9 @@ impl Warehouse for BigQuery {
             Err(error) if error.is_not_found() => Ok(()),
             other => other.map(drop),
         }
+    }
+
+    async fn update_table(&self, name: &str, update: &TableUpdate) -> Result<(), WarehouseError> {
+        self.patch_table_metadata(name, update).await
     }
 }

@@ -228,6 +228,7 @@ impl TableResource {
             schema: Some(schema_resource(table)),
             time_partitioning: partitioning_resource(table),
             clustering: clustering_resource(table),
+            description: table.description.clone().filter(|text| !text.is_empty()),
             ..Self::default()
         }
     }
@@ -268,6 +269,7 @@ impl TableResource {
                     .as_ref()
                     .map(|clustering| clustering.fields.clone())
                     .unwrap_or_default(),
+                description: self.description.clone().filter(|text| !text.is_empty()),
             },
             num_rows: self.num_rows,
             etag: self.etag.clone(),

@@ -246,7 +246,7 @@ impl BigQuery {
         if let Some(location) = location {
             reference["location"] = json!(location);
         }
-        json!({"jobReference": reference, "configuration": {"load": load}})
+        json!({"jobReference": reference, "configuration": {"load": load, "labels": self.job_labels()}})
     }
 
     /// The whole resumable load; `first` is the first non-empty input chunk.

@@ -40,7 +40,9 @@ fn extract(bq_type: BqType, format: LoadFormat) -> Extract {
         column("c", bq_type, FieldMode::Nullable),
     ];
     Extract {
+        lineage: false,
         load_schema: WarehouseTable {
+            description: None,
             name: "t".into(),
             fields: columns.iter().map(|column| column.field.clone()).collect(),
             partitioning: None,

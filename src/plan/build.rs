@@ -88,6 +88,7 @@ pub fn plan_table(input: TableInput) -> TablePlan {
             key_columns: mapping.key_columns.clone(),
             format,
             format_reason,
+            chunking: Default::default(),
         })));
         steps.append(&mut schema.ddl);
         let mut op = plan_write(&spec, mapping, source_table.as_ref());

@@ -19,6 +19,7 @@ pub async fn plan(manifest: &Manifest, session: &Session) -> Result<Plan, Error>
     for spec in manifest.tables.iter().filter(|table| table.enabled) {
         let mut table = plan_one(spec, session, create_dataset).await?;
         table.estimated_rows = rows_to_move(session, &table).await;
+        plan_chunks(session, &mut table).await;
         tables.push(table);
     }
     Ok(Plan::new(
@@ -118,4 +119,40 @@ async fn rows_to_move(session: &Session, table: &TablePlan) -> Option<u64> {
         .count_rows(source_table, &extract.columns, filter.as_ref())
         .await
         .ok()
+}
+
+/// Splits a large MySQL/PostgreSQL table into chunks: the source's facts (size, integer keys
+/// and their bounds, pages) read now, the decision made by
+/// [`crate::plan::chunks::plan_chunking`]. A table whose facts can't be read is one chunk.
+async fn plan_chunks(session: &Session, table: &mut TablePlan) {
+    let (Some(source), Some(source_table), Some(extract)) = (
+        session.sources.get(&table.source),
+        table.source_table.as_ref(),
+        table.extract(),
+    ) else {
+        return;
+    };
+    let facts = match source.chunk_facts(source_table).await {
+        Ok(Some(facts)) => facts,
+        Ok(None) => return,
+        Err(error) => {
+            tracing::warn!(table = %table.label, %error, "cannot read the table's size: it is read as one chunk");
+            return;
+        }
+    };
+    let bounded = !matches!(extract.bound, crate::plan::Bound::All);
+    let settings = crate::plan::chunks::ChunkSettings {
+        chunk_bytes: table.spec.chunk_bytes,
+        table_parallelism: table.spec.table_parallelism,
+        consistency: table.spec.consistency,
+    };
+    let chunking = crate::plan::chunks::plan_chunking(
+        &facts,
+        settings,
+        table.estimated_rows.filter(|_| bounded),
+        source_table.estimated_rows,
+    );
+    if let Some(extract) = table.extract_mut() {
+        extract.chunking = chunking;
+    }
 }

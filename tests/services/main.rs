@@ -9,6 +9,7 @@
 mod support;
 
 mod apply_e2e;
+mod chunks;
 mod cli_init;
 mod geography;
 mod roundtrip;

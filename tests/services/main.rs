@@ -12,6 +12,7 @@ mod apply_e2e;
 mod chunks;
 mod cli_init;
 mod geography;
+mod resume;
 mod roundtrip;
 mod shard;
 mod source_mysql;

@@ -183,4 +183,5 @@ pub fn ndjson_writer(table: &SourceTable, mapping: &TableMapping) -> NdjsonWrite
     )
 }
 
+pub mod bigquery_fake;
 pub mod fakes;

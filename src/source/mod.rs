@@ -259,13 +259,18 @@ impl Source {
 
     /// What the planner needs to split `table` into chunks (its size, its integer keys and
     /// their bounds, its pages); `None` for engines that read a table as one chunk (SQLite).
+    /// The keys are only looked up (and their bounds read) for a table larger than
+    /// `keys_above` bytes: a smaller one is one chunk anyway.
     pub async fn chunk_facts(
         &self,
         table: &SourceTable,
+        keys_above: u64,
     ) -> Result<Option<crate::schema::ChunkFacts>, SourceError> {
         match self {
-            Self::Postgres(pool) => postgres::chunk_facts(pool, table).await.map(Some),
-            Self::Mysql(pool) => mysql::chunk_facts(pool, table).await.map(Some),
+            Self::Postgres(pool) => postgres::chunk_facts(pool, table, keys_above)
+                .await
+                .map(Some),
+            Self::Mysql(pool) => mysql::chunk_facts(pool, table, keys_above).await.map(Some),
             Self::Sqlite(_) => Ok(None),
         }
     }

@@ -470,6 +470,7 @@ fn decode_time<'a>(bytes: &'a [u8], codec: &Codec) -> Decoded<'a> {
 pub(super) async fn chunk_facts(
     pool: &MySqlPool,
     table: &SourceTable,
+    keys_above: u64,
 ) -> Result<crate::schema::ChunkFacts, SourceError> {
     let context = format!("reading the size of `{}`", table.label());
     let database = table.qualifier.clone().unwrap_or_default();
@@ -487,6 +488,15 @@ pub(super) async fn chunk_facts(
     };
     let bytes = get_i64(&row, 0)?.and_then(|bytes| u64::try_from(bytes).ok());
     let engine = get_text(&row, 1)?.unwrap_or_default();
+    let mut facts = crate::schema::ChunkFacts {
+        bytes,
+        pages: None,
+        keys: Vec::new(),
+        snapshot_capable: engine.eq_ignore_ascii_case("InnoDB"),
+    };
+    if bytes.is_none_or(|bytes| bytes <= keys_above) {
+        return Ok(facts);
+    }
     let keys = sqlx::query(
         "SELECT s.column_name, s.index_name = 'PRIMARY'
          FROM information_schema.statistics s
@@ -506,12 +516,6 @@ pub(super) async fn chunk_facts(
     .fetch_all(pool)
     .await
     .map_err(qerr(&context))?;
-    let mut facts = crate::schema::ChunkFacts {
-        bytes,
-        pages: None,
-        keys: Vec::new(),
-        snapshot_capable: engine.eq_ignore_ascii_case("InnoDB"),
-    };
     if let Some(key) = keys.first() {
         let column = get_text(key, 0)?.unwrap_or_default();
         let primary = get_i64(key, 1)? == Some(1);

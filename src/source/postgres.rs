@@ -468,6 +468,7 @@ pub(crate) fn numeric_text(bytes: &[u8]) -> Result<String, Bad<'static>> {
 pub(super) async fn chunk_facts(
     pool: &PgPool,
     table: &SourceTable,
+    keys_above: u64,
 ) -> Result<crate::schema::ChunkFacts, SourceError> {
     let context = format!("reading the size of `{}`", table.label());
     let schema = table.qualifier.clone().unwrap_or_else(|| "public".into());
@@ -491,6 +492,17 @@ pub(super) async fn chunk_facts(
     let bytes: i64 = row.try_get(2).map_err(qerr(&context))?;
     let pages: i64 = row.try_get(3).map_err(qerr(&context))?;
     let version: i32 = row.try_get(4).map_err(qerr(&context))?;
+    let mut facts = crate::schema::ChunkFacts {
+        bytes: u64::try_from(bytes).ok(),
+        pages: (version >= 140_000 && matches!(relkind.as_str(), "r" | "m"))
+            .then(|| u64::try_from(pages).ok())
+            .flatten(),
+        keys: Vec::new(),
+        snapshot_capable: true,
+    };
+    if facts.bytes.is_none_or(|bytes| bytes <= keys_above) {
+        return Ok(facts);
+    }
     let keys: Vec<(String, bool)> = sqlx::query_as(
         "SELECT a.attname::text, i.indisprimary
          FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0]
@@ -503,14 +515,6 @@ pub(super) async fn chunk_facts(
     .fetch_all(pool)
     .await
     .map_err(qerr(&context))?;
-    let mut facts = crate::schema::ChunkFacts {
-        bytes: u64::try_from(bytes).ok(),
-        pages: (version >= 140_000 && matches!(relkind.as_str(), "r" | "m"))
-            .then(|| u64::try_from(pages).ok())
-            .flatten(),
-        keys: Vec::new(),
-        snapshot_capable: true,
-    };
     // The best key only: its bounds are read with its index (two index probes).
     if let Some((column, primary)) = keys.into_iter().next() {
         let dialect = super::sql::Postgres;

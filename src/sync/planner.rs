@@ -132,7 +132,11 @@ async fn plan_chunks(session: &Session, table: &mut TablePlan) {
     ) else {
         return;
     };
-    let facts = match source.chunk_facts(source_table).await {
+    // A table no larger than one chunk needs no key bounds (an incremental run moves less).
+    let facts = match source
+        .chunk_facts(source_table, table.spec.chunk_bytes)
+        .await
+    {
         Ok(Some(facts)) => facts,
         Ok(None) => return,
         Err(error) => {

@@ -53,7 +53,12 @@ pub struct RunJobs(Arc<Mutex<RunJobsInner>>);
 struct RunJobsInner {
     jobs: Vec<String>,
     runs: Vec<(String, String)>,
+    /// The dataset's staging tables when the run (by id) first looked: one tables.list per
+    /// run, not per table; `None` inside when the listing failed.
+    staging: Option<(String, StagingList)>,
 }
+
+type StagingList = Arc<tokio::sync::OnceCell<Option<Vec<String>>>>;
 
 impl RunJobs {
     fn lock(&self) -> std::sync::MutexGuard<'_, RunJobsInner> {
@@ -70,6 +75,37 @@ impl RunJobs {
         self.lock()
             .runs
             .push((target.to_string(), run_id.to_string()));
+    }
+
+    /// The dataset's staging tables, listed once per run.
+    async fn staging_tables(
+        &self,
+        warehouse: &dyn crate::warehouse::Warehouse,
+        run_id: &str,
+    ) -> Vec<String> {
+        let cell = {
+            let mut inner = self.lock();
+            match &inner.staging {
+                Some((run, cell)) if run == run_id => Arc::clone(cell),
+                _ => {
+                    let cell = StagingList::default();
+                    inner.staging = Some((run_id.to_string(), Arc::clone(&cell)));
+                    cell
+                }
+            }
+        };
+        cell.get_or_init(|| async {
+            match warehouse.list_tables(STAGING_PREFIX).await {
+                Ok(names) => Some(names),
+                Err(error) => {
+                    tracing::warn!(%error, "cannot list staging tables: killed runs are not resumed");
+                    None
+                }
+            }
+        })
+        .await
+        .clone()
+        .unwrap_or_default()
     }
 
     /// The chunk load jobs started so far.
@@ -181,6 +217,22 @@ impl Executor {
         let chunks = planned_chunks(extract);
         if let Some(resumed) = self.resumable(fingerprint, table, &chunks).await {
             self.jobs.adopt(&table.target, &resumed.run_id);
+            // It lives another staging lifetime from now (it was to expire a day after the
+            // killed run created it).
+            let expires = chrono::Utc::now()
+                + chrono::Duration::from_std(self.settings.staging_ttl)
+                    .unwrap_or(chrono::Duration::MAX);
+            let meta = crate::warehouse::TableMeta {
+                expires_at_ms: Some(expires.timestamp_millis()),
+                description: None,
+            };
+            if let Err(error) = self
+                .warehouse
+                .patch_table_meta(&resumed.staging, &meta, None)
+                .await
+            {
+                tracing::warn!(table = %table.label, %error, "could not extend the resumed staging table's expiration");
+            }
             return Ok(resumed);
         }
         let staging = staging_table(&table.target, &self.run_id);
@@ -269,6 +321,10 @@ impl Executor {
             let _ = self.warehouse.drop_table(&staging).await;
             return None;
         }
+        if skipped == 0 {
+            // Nothing loaded to keep: start afresh (the empty table expires like any leftover).
+            return None;
+        }
         Some(StagingRun {
             run_id,
             staging,
@@ -288,7 +344,10 @@ impl Executor {
         chunks: usize,
     ) -> Option<(String, String)> {
         let prefix = format!("{STAGING_PREFIX}{target}_");
-        let names = self.warehouse.list_tables(&prefix).await.ok()?;
+        let names = self
+            .jobs
+            .staging_tables(self.warehouse.as_ref(), &self.run_id)
+            .await;
         let mut found: Option<(u64, u64, String, String)> = None;
         for name in names {
             let Some(run_id) = name.strip_prefix(&prefix) else {

@@ -5,9 +5,10 @@
 //! Every table goes through a staging table, so the target is never partial:
 //! 0. take the target's lease ([`super::lease`]): one run at a time per target;
 //! 1. [`Step::Stage`]: create this run's staging table `_datasync_staging_<target>_<run id>`
-//!    (the target's partitioning and clustering, an `expirationTime`), stream the rows into
-//!    ONE resumable load job, check that BigQuery loaded exactly the rows extracted (an empty
-//!    source stages an empty table);
+//!    (the target's partitioning and clustering, an `expirationTime`) — or take over a killed
+//!    run's of the same plan — and stream the plan's chunks into it, one resumable load job
+//!    per chunk, read by the table's readers on one snapshot ([`super::chunks`]); check that
+//!    BigQuery loaded exactly the rows extracted (an empty source stages an empty table);
 //! 2. the DDL steps (create/alter) — only now, so a failed load changes nothing;
 //! 3. [`Step::Write`]: one atomic job — replace = copy job `WRITE_TRUNCATE`, append = copy job
 //!    `WRITE_APPEND` (both free: no query bytes), recreate = copy `WRITE_TRUNCATE` (schema and
@@ -17,7 +18,8 @@
 //!
 //! A crash or Ctrl-C before step 2 leaves the target as it was; step 3 is atomic. A run first
 //! drops leftovers of dead runs: staging and backup tables past their expiry, lock tables
-//! whose lease expired.
+//! whose lease expired (or whose holder was a process of this host that is gone). A rerun of
+//! a killed `apply` of the same saved plan keeps the chunks it loaded.
 
 use std::collections::HashMap;
 use std::sync::Arc;

@@ -138,7 +138,7 @@ async fn replace_loads_through_staging_then_creates_and_writes_atomically() {
             "list_tables _datasync_lock_",
             "create_table _datasync_lock_items",
             // A killed run of this plan would have left a staging table to resume.
-            "list_tables _datasync_staging_items_",
+            "list_tables _datasync_staging_",
             "create_table _datasync_staging_items_run1",
             format!(
                 "load _datasync_staging_items_run1 WRITE_APPEND {}",
@@ -368,7 +368,7 @@ async fn recreate_drops_the_old_table_only_after_the_new_rows_are_verified() {
             "list_tables _datasync_lock_",
             "create_table _datasync_lock_items",
             // A killed run of this plan would have left a staging table to resume.
-            "list_tables _datasync_staging_items_",
+            "list_tables _datasync_staging_",
             "create_table _datasync_staging_items_run2",
             format!(
                 "load _datasync_staging_items_run2 WRITE_APPEND {}",

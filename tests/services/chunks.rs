@@ -370,3 +370,88 @@ async fn a_mariadb_user_without_lock_tables_is_told_about_per_chunk() {
     }
     world.drop().await;
 }
+
+/// MariaDB → the emulator through the binary: the plan shows the split, every chunk is an Avro
+/// load job appending to one staging table, and the target holds every row once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mariadb_chunks_load_into_the_emulator_as_avro_once_each() {
+    use datasync::manifest::resolve::BigQuerySpec;
+    use datasync::warehouse::BigQuery;
+    let world = mariadb_world().await;
+    let endpoint = url("DATASYNC_TEST_BIGQUERY_URL", "http://127.0.0.1:9050");
+    let dataset = unique("dschunks");
+    let warehouse = BigQuery::new(&BigQuerySpec {
+        project: "datasync-test".into(),
+        dataset: dataset.clone(),
+        location: Some("US".into()),
+        endpoint: Some(endpoint.clone()),
+        emulator: true,
+        create_dataset: true,
+        ..BigQuerySpec::default()
+    })
+    .unwrap();
+    if let Err(error) = warehouse.ensure_dataset(true).await {
+        panic!(
+            "the emulator at {endpoint} is unreachable ({error}); run scripts/emulator.sh start"
+        );
+    }
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("sync.yaml"),
+        format!(
+            "bigquery: {{project: datasync-test, dataset: {dataset}, endpoint: \"{endpoint}\", emulator: true}}\nsources:\n  db:\n{}    tables:\n      accounts: {{chunk_bytes: 512KiB, format: avro}}\n",
+            world.source("root")
+        ),
+    )
+    .unwrap();
+    let run = |args: &[&str]| {
+        assert_cmd::Command::cargo_bin("datasync")
+            .unwrap()
+            .current_dir(dir.path())
+            .env_clear()
+            .env("NO_COLOR", "1")
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let plan = tokio::task::block_in_place(|| run(&["plan"]));
+    let text =
+        String::from_utf8_lossy(&plan.stderr).into_owned() + &String::from_utf8_lossy(&plan.stdout);
+    assert!(plan.status.success(), "{text}");
+    assert!(
+        regex::Regex::new(r"avro, \d+ chunks by id \(2 readers\)")
+            .unwrap()
+            .is_match(&text),
+        "{text}"
+    );
+    let apply =
+        tokio::task::block_in_place(|| run(&["apply", "--auto-approve", "--format", "json"]));
+    assert!(
+        apply.status.success(),
+        "{}",
+        String::from_utf8_lossy(&apply.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&apply.stdout).unwrap();
+    let chunks = report["tables"][0]["chunks"].as_u64().unwrap();
+    assert!(chunks >= 2, "{report:#}");
+    assert_eq!(report["tables"][0]["rows_loaded"], ROWS);
+    let counted = warehouse
+        .query(
+            &format!(
+                "SELECT COUNT(*), COUNT(DISTINCT id), SUM(balance) FROM `datasync-test.{dataset}.accounts`"
+            ),
+            &[],
+        )
+        .await
+        .unwrap();
+    let cell = |index: usize| {
+        let value = &counted.rows[0][index];
+        value
+            .as_i64()
+            .or_else(|| value.as_str().and_then(|text| text.parse().ok()))
+            .unwrap()
+    };
+    assert_eq!((cell(0), cell(1), cell(2)), (ROWS, ROWS, ROWS * BALANCE));
+    let _ = warehouse.delete_dataset().await;
+    world.drop().await;
+}

@@ -103,6 +103,8 @@ codes! {
     ManifestEmulatorCredentials => "datasync::manifest::emulator_credentials",
     /// A bad duration.
     ManifestDuration => "datasync::manifest::duration",
+    /// A bad size (`chunk_bytes`).
+    ManifestSize => "datasync::manifest::size",
     /// A `${VAR}` reference that cannot be expanded.
     ManifestEnvVar => "datasync::manifest::env_var",
     /// The manifest has no sources.

@@ -206,7 +206,8 @@ struct ApplyArgs {
     #[command(flatten)]
     run: RunArgs,
     /// How long a target's lease lasts unless renewed (renewed every third of it while the table
-    /// runs); a killed run's lease is taken over once it has expired.
+    /// runs); a killed run's lease is taken over once it has expired, or at once when its
+    /// holder was a process of this host that no longer runs.
     #[arg(long, value_name = "DURATION", default_value = "10m", value_parser = humantime::parse_duration)]
     lease_duration: std::time::Duration,
     /// How long this run's staging tables live (their BigQuery `expirationTime`); a later run
@@ -993,6 +994,7 @@ async fn apply(context: &Context<'_>, args: &ApplyArgs) -> Result<ExitStatus, Er
         ledger: std::sync::Arc::new(crate::sync::RunLedger::new(
             shard.map(|shard| shard.to_string()),
         )),
+        jobs: Default::default(),
     };
     let run = executor.run(&plan);
     let report = tokio::select! {

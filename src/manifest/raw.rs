@@ -8,6 +8,7 @@ use indexmap::IndexMap;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+pub use crate::schema::chunk::Consistency;
 pub use crate::schema::engine::SourceKind;
 pub use crate::schema::policy::{
     BadValuePolicy, DecimalOverflowPolicy, Deletes, GeometryPolicy, LoadFormat, Utf8Policy,
@@ -87,8 +88,10 @@ pub struct RawBigQuery {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub create_dataset: Option<bool>,
     /// Resumable-upload chunk size in MiB (each chunk is one HTTP request; a whole MiB is always
-    /// a multiple of the 256 KiB the protocol requires). Memory per table in flight is about
-    /// twice this. Default: `32`.
+    /// a multiple of the 256 KiB the protocol requires,
+    /// <https://cloud.google.com/bigquery/docs/reference/api-uploads#resumable>). Every reader of
+    /// a table holds about one such chunk (plus ~3 MiB of encoded rows in flight), so a table
+    /// takes about `table_parallelism` × this. Default: `32`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 1024))]
     pub upload_chunk_mib: Option<u64>,
@@ -159,6 +162,37 @@ impl JsonSchema for RawDuration {
 /// What a duration string must look like (checked again, exactly, by humantime).
 pub const DURATION_PATTERN: &str = r"^\s*[0-9]+\s*([a-zA-Z]+)?(\s*[0-9]+\s*[a-zA-Z]+)*\s*$";
 
+/// A size in bytes: a whole number of bytes (`1048576`) or a number with a unit (`"1GiB"`,
+/// `"256MiB"`, `"500MB"`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum RawByteSize {
+    /// Bytes.
+    Bytes(u64),
+    /// Text with a unit, e.g. `1GiB`.
+    Text(String),
+}
+
+impl JsonSchema for RawByteSize {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "ByteSize".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "description": "A size: whole bytes (`1048576`) or a number with a unit (`\"1GiB\"`, `\"256MiB\"`, `\"500MB\"`; KiB/MiB/GiB/TiB are powers of 1024, KB/MB/GB/TB of 1000).",
+            "oneOf": [
+                { "type": "integer", "minimum": 1 },
+                { "type": "string", "pattern": BYTE_SIZE_PATTERN }
+            ]
+        })
+    }
+}
+
+/// What a size string must look like: a number and a word (the unit is checked, with a message
+/// naming the units, when the manifest is resolved).
+pub const BYTE_SIZE_PATTERN: &str = r"^\s*[0-9]+\s*[A-Za-z]*\s*$";
+
 /// Type-mapping policies. Every choice is lossless by default.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -227,6 +261,22 @@ pub struct RawDefaults {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 64))]
     pub parallelism: Option<u32>,
+    /// Target size of one chunk of a MySQL/MariaDB or PostgreSQL table, in estimated bytes
+    /// read (the table's size on disk): a larger table is split into ranges of its integer
+    /// primary key (or another integer unique key; PostgreSQL without one: ctid page ranges),
+    /// each read by its own reader and loaded by its own load job. Default: `1GiB`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chunk_bytes: Option<RawByteSize>,
+    /// Readers of one table at once (connections reading its chunks). Default: `2`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 64))]
+    pub table_parallelism: Option<u32>,
+    /// Whether the chunks of a table come from one snapshot: `snapshot` (PostgreSQL: one
+    /// exported snapshot; MySQL/MariaDB: a short `LOCK TABLES … READ` while every reader starts
+    /// a consistent-snapshot transaction, which needs the LOCK TABLES privilege) or `per-chunk`
+    /// (each chunk is consistent, the table is not). Default: `snapshot`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consistency: Option<Consistency>,
     /// Allow `apply` to drop and recreate a table whose schema changed incompatibly. Its rows are
     /// replaced by the source's. Default: `false`. Legacy variable: `ALLOW_TABLE_RECREATION`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -398,7 +448,8 @@ pub struct RawSsh {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawPool {
-    /// Most connections open at once. Default: `parallelism` (one per table being synced).
+    /// Most connections open at once. Default: `parallelism` × the largest `table_parallelism`
+    /// of the source's tables (every reader of every table being synced).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 1000))]
     pub max_connections: Option<u32>,
@@ -465,6 +516,16 @@ pub struct RawTable {
     /// Load file format, `avro` or `ndjson`. Default: `defaults.format`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub format: Option<LoadFormat>,
+    /// Target chunk size of this table, e.g. `256MiB`. Default: `defaults.chunk_bytes`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chunk_bytes: Option<RawByteSize>,
+    /// Readers of this table at once. Default: `defaults.table_parallelism`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 64))]
+    pub table_parallelism: Option<u32>,
+    /// `snapshot` or `per-chunk`. Default: `defaults.consistency`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consistency: Option<Consistency>,
     /// Bad values tolerated; `-1` unlimited. Default: `defaults.max_parse_failures`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = -1))]

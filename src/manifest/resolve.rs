@@ -10,8 +10,8 @@ use serde::Serialize;
 use super::document::escape_segment;
 use super::env::parse_duration;
 use super::raw::{
-    RawDuration, RawManifest, RawSource, RawSsh, RawTable, RawTypePolicies, SourceKind, TlsMode,
-    WriteMode,
+    Consistency, RawByteSize, RawDuration, RawManifest, RawSource, RawSsh, RawTable,
+    RawTypePolicies, SourceKind, TlsMode, WriteMode,
 };
 use super::{Code, Diagnostic, error_at, warning_at};
 use crate::names;
@@ -25,6 +25,10 @@ pub const DEFAULT_BATCH_SIZE: u64 = 10_000;
 pub const DEFAULT_MAX_PARSE_FAILURES: i64 = 100;
 /// Default number of tables synced at once.
 pub const DEFAULT_PARALLELISM: u32 = 4;
+/// Default target size of one chunk of a table: 1 GiB.
+pub const DEFAULT_CHUNK_BYTES: u64 = 1 << 30;
+/// Default readers of one table at once.
+pub const DEFAULT_TABLE_PARALLELISM: u32 = 2;
 /// Default connect timeout.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -289,6 +293,15 @@ pub struct TableSpec {
     /// Load format asked for.
     #[serde(default)]
     pub format: LoadFormat,
+    /// Target size of one chunk, estimated bytes.
+    #[serde(default = "default_chunk_bytes")]
+    pub chunk_bytes: u64,
+    /// Readers of the table at once.
+    #[serde(default = "default_table_parallelism")]
+    pub table_parallelism: u32,
+    /// Whether its chunks come from one snapshot.
+    #[serde(default)]
+    pub consistency: Consistency,
     /// Bad values tolerated; `None` = unlimited.
     pub max_parse_failures: Option<u64>,
     /// Forced BigQuery types by source column.
@@ -313,6 +326,61 @@ pub struct TableSpec {
     /// Add the lineage columns.
     #[serde(default)]
     pub lineage: bool,
+}
+
+fn default_chunk_bytes() -> u64 {
+    DEFAULT_CHUNK_BYTES
+}
+
+fn default_table_parallelism() -> u32 {
+    DEFAULT_TABLE_PARALLELISM
+}
+
+/// A size in bytes from a [`RawByteSize`]; a problem at `pointer` when it does not parse.
+fn byte_size(value: &RawByteSize, pointer: &str, problems: &mut Vec<Diagnostic>) -> Option<u64> {
+    let parsed = match value {
+        RawByteSize::Bytes(bytes) => Some(*bytes),
+        RawByteSize::Text(text) => parse_byte_size(text),
+    };
+    match parsed {
+        Some(bytes) if bytes > 0 => Some(bytes),
+        _ => {
+            let shown = match value {
+                RawByteSize::Bytes(bytes) => bytes.to_string(),
+                RawByteSize::Text(text) => text.clone(),
+            };
+            problems.push(error_at(
+                pointer,
+                Code::ManifestSize,
+                format!("`{shown}` is not a size; use bytes (`1048576`) or a unit (`256MiB`, `1GiB`, `500MB`)"),
+            ));
+            None
+        }
+    }
+}
+
+/// `"256MiB"` → 268435456: a whole number, optionally with a unit (B, KB/MB/GB/TB in powers of
+/// 1000, KiB/MiB/GiB/TiB in powers of 1024; case-insensitive).
+pub fn parse_byte_size(text: &str) -> Option<u64> {
+    let text = text.trim();
+    let digits = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let number: u64 = text[..digits].parse().ok()?;
+    let unit = text[digits..].trim().to_ascii_lowercase();
+    let factor: u64 = match unit.as_str() {
+        "" | "b" => 1,
+        "kb" => 1_000,
+        "mb" => 1_000_000,
+        "gb" => 1_000_000_000,
+        "tb" => 1_000_000_000_000,
+        "kib" => 1 << 10,
+        "mib" => 1 << 20,
+        "gib" => 1 << 30,
+        "tib" => 1 << 40,
+        _ => return None,
+    };
+    number.checked_mul(factor)
 }
 
 impl TableSpec {
@@ -517,7 +585,7 @@ fn resolve_sources(
                 .on_key(),
             );
         }
-        let spec = resolve_source(source_name, source, &base, parallelism, problems);
+        let mut spec = resolve_source(source_name, source, &base, parallelism, problems);
         if source.tables.is_empty() {
             problems.push(
                 warning_at(
@@ -561,6 +629,21 @@ fn resolve_sources(
                 }
             }
             tables.push(table_spec);
+        }
+        if source
+            .pool
+            .as_ref()
+            .and_then(|pool| pool.max_connections)
+            .is_none()
+        {
+            // Every reader of every table being synced at once.
+            let readers = tables
+                .iter()
+                .filter(|table| table.source == spec.name)
+                .map(|table| table.table_parallelism)
+                .max()
+                .unwrap_or(1);
+            spec.max_connections = parallelism.saturating_mul(readers).max(1);
         }
         sources.push(spec);
     }
@@ -1378,6 +1461,12 @@ fn resolve_table(
         .types
         .as_ref()
         .map_or(default_policies, |raw| default_policies.overlay(raw));
+    let chunk_bytes = match (&table.chunk_bytes, &defaults.chunk_bytes) {
+        (Some(size), _) => byte_size(size, &format!("{pointer}/chunk_bytes"), problems),
+        (None, Some(size)) => byte_size(size, "/defaults/chunk_bytes", problems),
+        (None, None) => None,
+    }
+    .unwrap_or(DEFAULT_CHUNK_BYTES);
     Some(TableSpec {
         source: source.name.clone(),
         source_kind: source.kind,
@@ -1396,6 +1485,16 @@ fn resolve_table(
             .or(defaults.batch_size)
             .unwrap_or(DEFAULT_BATCH_SIZE),
         format: table.format.or(defaults.format).unwrap_or_default(),
+        chunk_bytes,
+        table_parallelism: table
+            .table_parallelism
+            .or(defaults.table_parallelism)
+            .unwrap_or(DEFAULT_TABLE_PARALLELISM)
+            .max(1),
+        consistency: table
+            .consistency
+            .or(defaults.consistency)
+            .unwrap_or_default(),
         max_parse_failures: u64::try_from(max_parse_failures).ok(),
         column_types,
         partition_by,
@@ -1468,6 +1567,9 @@ impl TableSpec {
             mode: Some(table.mode),
             batch_size: Some(table.batch_size),
             format: Some(table.format),
+            chunk_bytes: Some(RawByteSize::Bytes(table.chunk_bytes)),
+            table_parallelism: Some(table.table_parallelism),
+            consistency: Some(table.consistency),
             max_parse_failures: Some(
                 table
                     .max_parse_failures
@@ -1601,6 +1703,9 @@ impl Manifest {
                 timeout: seconds(self.timeout),
                 auto_create: first.map(|table| table.auto_create),
                 parallelism: Some(self.parallelism),
+                chunk_bytes: None,
+                table_parallelism: None,
+                consistency: None,
                 allow_recreate: None,
                 deletes: None,
                 lineage: None,
@@ -1608,5 +1713,38 @@ impl Manifest {
             },
             sources,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn byte_sizes_parse_with_binary_and_decimal_units() {
+        assert_eq!(parse_byte_size("1GiB"), Some(1 << 30));
+        assert_eq!(parse_byte_size(" 256 mib "), Some(256 << 20));
+        assert_eq!(parse_byte_size("500MB"), Some(500_000_000));
+        assert_eq!(parse_byte_size("64KiB"), Some(64 << 10));
+        assert_eq!(parse_byte_size("4096"), Some(4096));
+        assert_eq!(parse_byte_size("7b"), Some(7));
+        assert_eq!(parse_byte_size("12 parsecs"), None);
+        assert_eq!(parse_byte_size("GiB"), None);
+        assert_eq!(parse_byte_size("99999999999TiB"), None, "overflow");
+        let mut problems = Vec::new();
+        assert_eq!(
+            byte_size(
+                &RawByteSize::Text("99999999999TiB".into()),
+                "/defaults/chunk_bytes",
+                &mut problems
+            ),
+            None
+        );
+        assert_eq!(problems[0].code, Code::ManifestSize);
+        assert!(
+            problems[0]
+                .message
+                .contains("`99999999999TiB` is not a size")
+        );
     }
 }

@@ -92,6 +92,7 @@ pub fn plan_table(input: TableInput) -> TablePlan {
             format,
             format_reason,
             lineage: mapping.lineage,
+            chunking: Default::default(),
         })));
         steps.append(&mut schema.ddl);
         let mut op = plan_write(&spec, mapping, source_table.as_ref());
@@ -636,6 +637,7 @@ fn plan_merge(steps: &mut [Step], op: &mut WriteOp, spec: &TableSpec, mapping: &
     let (format, format_reason) = plan_format(spec.format, &load_schema);
     *key_set = Some(Box::new(Extract {
         lineage: false,
+        chunking: Default::default(),
         columns,
         bound: Bound::All,
         load_schema,

@@ -137,6 +137,10 @@ pub struct Extract {
     /// [`crate::schema::LINEAGE_RUN_ID`]) to every row, after `columns`.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub lineage: bool,
+    /// How the rows are split for reading: key or page ranges, readers, consistency. Absent
+    /// (one chunk reading every row) for small tables, SQLite, and tables without a usable key.
+    #[serde(default, skip_serializing_if = "chunks::Chunking::is_single")]
+    pub chunking: chunks::Chunking,
 }
 
 /// Plans saved before the field existed loaded NDJSON.
@@ -307,6 +311,14 @@ impl TablePlan {
     pub fn extract(&self) -> Option<&Extract> {
         self.steps.iter().find_map(|step| match step {
             Step::Stage(extract) => Some(extract.as_ref()),
+            _ => None,
+        })
+    }
+
+    /// The extraction step, mutable (the planner fills in the chunks it read the bounds of).
+    pub fn extract_mut(&mut self) -> Option<&mut Extract> {
+        self.steps.iter_mut().find_map(|step| match step {
+            Step::Stage(extract) => Some(extract.as_mut()),
             _ => None,
         })
     }

@@ -186,6 +186,28 @@ fn mode_text(plan: &TablePlan) -> String {
         if let Some(reason) = &extract.format_reason {
             let _ = write!(text, " because {reason}");
         }
+        text.push_str(&chunk_text(&extract.chunking));
+    }
+    text
+}
+
+/// `, 8 chunks by id (2 readers)` for a split table; nothing for one chunk.
+fn chunk_text(chunking: &super::chunks::Chunking) -> String {
+    if chunking.is_single() {
+        return String::new();
+    }
+    let by = chunking
+        .key
+        .as_deref()
+        .map_or_else(|| "ctid pages".to_string(), str::to_string);
+    let mut text = format!(
+        ", {} chunks by {by} ({} reader{})",
+        chunking.count(),
+        chunking.readers,
+        if chunking.readers == 1 { "" } else { "s" }
+    );
+    if chunking.consistency == super::chunks::Consistency::PerChunk {
+        text.push_str(", per-chunk consistency");
     }
     text
 }
@@ -609,6 +631,66 @@ mod tests {
             3 << 30,
         )]));
         Plan::new("demo-project.ds".into(), false, tables)
+    }
+
+    #[test]
+    fn split_tables_show_their_chunks() {
+        use crate::plan::chunks::{ChunkRange, Chunking, Consistency};
+        let mut plan = sample_plan();
+        let extract = plan.tables[0].extract_mut().unwrap();
+        extract.chunking = Chunking {
+            key: Some("id".into()),
+            ranges: vec![
+                ChunkRange::Key {
+                    lo: None,
+                    hi: Some(10),
+                },
+                ChunkRange::Key {
+                    lo: Some(10),
+                    hi: None,
+                },
+            ],
+            readers: 2,
+            consistency: Consistency::Snapshot,
+            estimated_bytes: Some(2 << 30),
+        };
+        let extract = plan.tables[2].extract_mut().unwrap();
+        extract.chunking = Chunking {
+            key: None,
+            ranges: vec![
+                ChunkRange::Pages { lo: 0, hi: Some(5) },
+                ChunkRange::Pages { lo: 5, hi: Some(9) },
+                ChunkRange::Pages { lo: 9, hi: None },
+            ],
+            readers: 1,
+            consistency: Consistency::PerChunk,
+            estimated_bytes: Some(3 << 30),
+        };
+        plan.refingerprint();
+        let text = text(&plan);
+        assert!(
+            text.contains("+ shop.customers -> customers (create, replace, avro, 2 chunks by id (2 readers), ~1,250 rows)"),
+            "{text}"
+        );
+        assert!(
+            text.contains(", 3 chunks by ctid pages (1 reader), per-chunk consistency, ~7 rows)"),
+            "{text}"
+        );
+        let markdown = markdown(&plan);
+        assert!(
+            markdown.contains("| replace, avro, 2 chunks by id (2 readers) | ~1,250 rows |"),
+            "{markdown}"
+        );
+        // JSON lists every chunk; a table in one chunk has no `chunking`.
+        let json = serde_json::to_value(&plan).unwrap();
+        let stage = |table: usize| json["tables"][table]["steps"][0].clone();
+        assert_eq!(
+            stage(0)["chunking"]["ranges"],
+            serde_json::json!([{"kind": "key", "hi": 10}, {"kind": "key", "lo": 10}])
+        );
+        assert_eq!(stage(0)["chunking"]["consistency"], "snapshot");
+        assert_eq!(stage(2)["chunking"]["consistency"], "per-chunk");
+        assert!(stage(1).get("chunking").is_none(), "{}", stage(1));
     }
 
     #[test]

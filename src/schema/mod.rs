@@ -3,6 +3,7 @@
 //! bad-value policies ([`policy`]), the source engines ([`engine`]) and the values sources
 //! push into sinks ([`value`]). Pure data; every other module speaks in these types.
 
+pub mod chunk;
 pub mod codec;
 pub mod engine;
 pub mod policy;
@@ -10,6 +11,7 @@ pub mod value;
 
 use serde::{Deserialize, Serialize};
 
+pub use chunk::{ChunkFacts, ChunkRange, Consistency, KeyFacts};
 pub use codec::{Codec, ColumnMapping, GEOGRAPHY_REJECT, ReadAs};
 pub use engine::SourceKind;
 pub use policy::{

@@ -9,6 +9,7 @@
 
 mod mysql;
 mod postgres;
+mod readers;
 mod sql;
 mod sqlite;
 mod ssh;
@@ -25,9 +26,10 @@ use crate::manifest::raw::TlsMode;
 use crate::manifest::resolve::SourceSpec;
 pub use crate::schema::ExtractStats;
 use crate::schema::{
-    Codec, ColumnMapping, Decoded, ReadAs, RowSink, SourceKind, SourceTable, TooManyBadValues,
+    Codec, ColumnMapping, Decoded, RowSink, SourceKind, SourceTable, TooManyBadValues,
 };
 use crate::secret::REDACTED;
+pub use readers::{ChunkRead, EXTRA_READER_WAIT, LOCK_WAIT_SECONDS, Reader};
 use sql::{Dialect, Statement};
 
 /// Errors of a source.
@@ -345,7 +347,8 @@ impl Source {
 
     /// Reads `columns` (optionally only the rows above a cursor, in cursor order), pushes every
     /// row into `sink` and sends the sink's chunks to `out`. `progress` is called with the
-    /// number of rows written so far after each chunk.
+    /// number of rows written so far after each chunk. One statement on the pool: consistent
+    /// on its own. [`Source::open_readers`] reads a table in chunks.
     pub async fn extract<S: RowSink>(
         &self,
         table: &SourceTable,
@@ -355,36 +358,26 @@ impl Source {
         out: Sender<Bytes>,
         progress: &(dyn Fn(u64) + Send + Sync),
     ) -> Result<ExtractStats, SourceError> {
-        if columns.is_empty() {
-            return Err(SourceError::Invalid(format!(
-                "table `{}` has no column to extract",
-                table.name
-            )));
-        }
-        let dialect = match self {
-            Self::Mysql(pool)
-                if columns
-                    .iter()
-                    .any(|column| column.read_as == ReadAs::Geography) =>
-            {
-                mysql::geography_dialect(pool).await?
-            }
-            other => other.dialect(),
-        };
-        let statement = sql::select_sql(dialect, table, columns, filter)?;
+        Reader::pool(self)
+            .extract(table, columns, filter, None, sink, out, progress)
+            .await
+    }
+
+    /// What the planner needs to split `table` into chunks (its size, its integer keys and
+    /// their bounds, its pages); `None` for engines that read a table as one chunk (SQLite).
+    /// The keys are only looked up (and their bounds read) for a table larger than
+    /// `keys_above` bytes: a smaller one is one chunk anyway.
+    pub async fn chunk_facts(
+        &self,
+        table: &SourceTable,
+        keys_above: u64,
+    ) -> Result<Option<crate::schema::ChunkFacts>, SourceError> {
         match self {
-            Self::Mysql(pool) => {
-                let rows = query(&statement).fetch(pool);
-                drive(rows, columns, mysql::decode, sink, out, progress).await
-            }
-            Self::Postgres(pool) => {
-                let rows = query(&statement).fetch(pool);
-                drive(rows, columns, postgres::decode, sink, out, progress).await
-            }
-            Self::Sqlite(pool) => {
-                let rows = query(&statement).fetch(pool);
-                drive(rows, columns, sqlite::decode, sink, out, progress).await
-            }
+            Self::Postgres(pool) => postgres::chunk_facts(pool, table, keys_above)
+                .await
+                .map(Some),
+            Self::Mysql(pool) => mysql::chunk_facts(pool, table, keys_above).await.map(Some),
+            Self::Sqlite(_) => Ok(None),
         }
     }
 }

@@ -646,6 +646,85 @@ fn decode_time<'a>(bytes: &'a [u8], codec: &Codec) -> Decoded<'a> {
     Ok(Val::Text(Cow::Owned(out)))
 }
 
+/// The size (`DATA_LENGTH`), engine and integer keys (with their bounds now) of `table`, for
+/// chunking: a single-column unique index on a NOT NULL integer column, the primary key first.
+/// Only InnoDB tables can give several readers one snapshot.
+pub(super) async fn chunk_facts(
+    pool: &MySqlPool,
+    table: &SourceTable,
+    keys_above: u64,
+) -> Result<crate::schema::ChunkFacts, SourceError> {
+    let context = format!("reading the size of `{}`", table.label());
+    let database = table.qualifier.clone().unwrap_or_default();
+    let row = sqlx::query(
+        "SELECT CAST(data_length AS SIGNED), engine FROM information_schema.tables
+         WHERE table_schema = ? AND table_name = ?",
+    )
+    .bind(&database)
+    .bind(&table.name)
+    .fetch_optional(pool)
+    .await
+    .map_err(qerr(&context))?;
+    let Some(row) = row else {
+        return Ok(crate::schema::ChunkFacts::default());
+    };
+    let bytes = get_i64(&row, 0)?.and_then(|bytes| u64::try_from(bytes).ok());
+    let engine = get_text(&row, 1)?.unwrap_or_default();
+    let mut facts = crate::schema::ChunkFacts {
+        bytes,
+        pages: None,
+        keys: Vec::new(),
+        snapshot_capable: engine.eq_ignore_ascii_case("InnoDB"),
+    };
+    if bytes.is_none_or(|bytes| bytes <= keys_above) {
+        return Ok(facts);
+    }
+    let keys = sqlx::query(
+        "SELECT s.column_name, s.index_name = 'PRIMARY'
+         FROM information_schema.statistics s
+         JOIN information_schema.columns c
+           ON c.table_schema = s.table_schema AND c.table_name = s.table_name
+          AND c.column_name = s.column_name
+         WHERE s.table_schema = ? AND s.table_name = ? AND s.non_unique = 0
+           AND c.is_nullable = 'NO'
+           AND c.data_type IN ('tinyint', 'smallint', 'mediumint', 'int', 'bigint')
+           AND (SELECT COUNT(*) FROM information_schema.statistics s2
+                WHERE s2.table_schema = s.table_schema AND s2.table_name = s.table_name
+                  AND s2.index_name = s.index_name) = 1
+         ORDER BY s.index_name = 'PRIMARY' DESC, s.index_name",
+    )
+    .bind(&database)
+    .bind(&table.name)
+    .fetch_all(pool)
+    .await
+    .map_err(qerr(&context))?;
+    if let Some(key) = keys.first() {
+        let column = get_text(key, 0)?.unwrap_or_default();
+        let primary = get_i64(key, 1)? == Some(1);
+        let quoted = sql::Mysql.quote(&column)?;
+        let bounds = sqlx::query(&format!(
+            "SELECT CAST(MIN({quoted}) AS CHAR), CAST(MAX({quoted}) AS CHAR) FROM {}",
+            sql::Mysql.table_ref(table)?
+        ))
+        .fetch_one(pool)
+        .await
+        .map_err(qerr(&format!("reading the bounds of `{column}`")))?;
+        // An UNSIGNED BIGINT beyond i64 does not parse: the key is not used.
+        let parse = |text: Option<String>| text.and_then(|text| text.parse::<i64>().ok());
+        let (min, max) = (parse(get_text(&bounds, 0)?), parse(get_text(&bounds, 1)?));
+        let empty = get_text(&bounds, 0)?.is_none();
+        if empty || (min.is_some() && max.is_some()) {
+            facts.keys.push(crate::schema::KeyFacts {
+                column,
+                min,
+                max,
+                primary,
+            });
+        }
+    }
+    Ok(facts)
+}
+
 /// Tables and views of `database` (default: the connection's database, else every database but
 /// the system ones), sorted.
 pub(super) async fn list_tables(

@@ -591,6 +591,82 @@ pub(crate) fn numeric_text(bytes: &[u8]) -> Result<String, Bad<'static>> {
     }
 }
 
+/// The size, pages and integer keys (with their bounds now) of `table`, for chunking: a
+/// single-column, non-partial, NOT NULL unique index on an `int2`/`int4`/`int8` column (the
+/// primary key first). Pages only where ctid ranges are TID range scans (PostgreSQL 14+) of
+/// a plain table or materialized view.
+pub(super) async fn chunk_facts(
+    pool: &PgPool,
+    table: &SourceTable,
+    keys_above: u64,
+) -> Result<crate::schema::ChunkFacts, SourceError> {
+    let context = format!("reading the size of `{}`", table.label());
+    let schema = table.qualifier.clone().unwrap_or_else(|| "public".into());
+    let row = sqlx::query(
+        "SELECT c.oid::int8, c.relkind::text, COALESCE(pg_table_size(c.oid), 0)::int8,
+                (COALESCE(pg_relation_size(c.oid), 0) / current_setting('block_size')::int8)::int8,
+                current_setting('server_version_num')::int4
+         FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+         WHERE n.nspname = $1 AND c.relname = $2",
+    )
+    .bind(&schema)
+    .bind(&table.name)
+    .fetch_optional(pool)
+    .await
+    .map_err(qerr(&context))?;
+    let Some(row) = row else {
+        return Ok(crate::schema::ChunkFacts::default());
+    };
+    let oid: i64 = row.try_get(0).map_err(qerr(&context))?;
+    let relkind: String = row.try_get(1).map_err(qerr(&context))?;
+    let bytes: i64 = row.try_get(2).map_err(qerr(&context))?;
+    let pages: i64 = row.try_get(3).map_err(qerr(&context))?;
+    let version: i32 = row.try_get(4).map_err(qerr(&context))?;
+    let mut facts = crate::schema::ChunkFacts {
+        bytes: u64::try_from(bytes).ok(),
+        pages: (version >= 140_000 && matches!(relkind.as_str(), "r" | "m"))
+            .then(|| u64::try_from(pages).ok())
+            .flatten(),
+        keys: Vec::new(),
+        snapshot_capable: true,
+    };
+    if facts.bytes.is_none_or(|bytes| bytes <= keys_above) {
+        return Ok(facts);
+    }
+    let keys: Vec<(String, bool)> = sqlx::query_as(
+        "SELECT a.attname::text, i.indisprimary
+         FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0]
+         WHERE i.indrelid = $1::int8::oid AND i.indisunique AND i.indnkeyatts = 1
+           AND i.indpred IS NULL AND i.indexprs IS NULL AND a.attnotnull
+           AND a.atttypid IN ('int2'::regtype, 'int4'::regtype, 'int8'::regtype)
+         ORDER BY i.indisprimary DESC, a.attnum",
+    )
+    .bind(oid)
+    .fetch_all(pool)
+    .await
+    .map_err(qerr(&context))?;
+    // The best key only: its bounds are read with its index (two index probes).
+    if let Some((column, primary)) = keys.into_iter().next() {
+        let dialect = super::sql::Postgres;
+        use super::sql::Dialect as _;
+        let quoted = dialect.quote(&column)?;
+        let (min, max): (Option<i64>, Option<i64>) = sqlx::query_as(&format!(
+            "SELECT min({quoted})::int8, max({quoted})::int8 FROM {}",
+            dialect.table_ref(table)?
+        ))
+        .fetch_one(pool)
+        .await
+        .map_err(qerr(&format!("reading the bounds of `{column}`")))?;
+        facts.keys.push(crate::schema::KeyFacts {
+            column,
+            min,
+            max,
+            primary,
+        });
+    }
+    Ok(facts)
+}
+
 /// Tables and views of `schema` (default: every schema but the system ones), sorted.
 pub(super) async fn list_tables(
     pool: &PgPool,

@@ -52,14 +52,13 @@ pub(crate) trait Dialect: Sync {
 /// The predicate of one extraction chunk on `key` (a quoted integer key column, or ignored
 /// for page ranges): bounds are integers formatted here, never user text. `None` for a range
 /// the engine cannot express (ctid pages outside PostgreSQL).
-#[allow(dead_code, reason = "used by chunked extraction, issue 10 item 2")]
 pub(crate) fn chunk_predicate(
     dialect: &dyn Dialect,
     key: &str,
-    range: crate::plan::chunks::ChunkRange,
+    range: crate::schema::ChunkRange,
     postgres: bool,
 ) -> Result<Option<String>, SourceError> {
-    use crate::plan::chunks::ChunkRange;
+    use crate::schema::ChunkRange;
     Ok(match range {
         ChunkRange::Key { lo, hi } => {
             let quoted = dialect.quote(key)?;
@@ -380,12 +379,14 @@ pub(crate) fn count_sql(
     Ok(Statement { sql, bind })
 }
 
-/// `SELECT <columns> FROM t [WHERE cursor > $1 ORDER BY cursor]`.
+/// `SELECT <columns> FROM t [WHERE cursor > $1 [AND (<chunk>)] ORDER BY cursor]`; `chunk` is a
+/// [`chunk_predicate`].
 pub(crate) fn select_sql(
     dialect: &dyn Dialect,
     table: &SourceTable,
     columns: &[ColumnMapping],
     filter: Option<&CursorFilter>,
+    chunk: Option<&str>,
 ) -> Result<Statement, SourceError> {
     let select = columns
         .iter()
@@ -397,11 +398,18 @@ pub(crate) fn select_sql(
         dialect.table_ref(table)?
     );
     let mut bind = None;
-    if let Some(filter) = filter {
-        let (clause, value) = where_clause(dialect, table, columns, filter)?;
-        sql.push_str(&clause);
-        sql.push_str(&format!(" ORDER BY {}", dialect.quote(&filter.column)?));
-        bind = Some(value);
+    match (filter, chunk) {
+        (Some(filter), chunk) => {
+            let (clause, value) = where_clause(dialect, table, columns, filter)?;
+            sql.push_str(&clause);
+            if let Some(chunk) = chunk {
+                sql.push_str(&format!(" AND ({chunk})"));
+            }
+            sql.push_str(&format!(" ORDER BY {}", dialect.quote(&filter.column)?));
+            bind = Some(value);
+        }
+        (None, Some(chunk)) => sql.push_str(&format!(" WHERE {chunk}")),
+        (None, None) => {}
     }
     Ok(Statement { sql, bind })
 }

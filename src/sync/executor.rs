@@ -39,17 +39,17 @@ use tokio::sync::mpsc;
 use super::lease::{self, LeaseSettings};
 use super::ledger::{RunLedger, watermark};
 use super::{
-    BACKUP_PREFIX, DryRun, KEYS_PREFIX, Progress, STAGING_PREFIX, backup_table, keys_table,
-    load_job_id, run_started_secs, staging_table,
+    BACKUP_PREFIX, DryRun, KEYS_PREFIX, Progress, RunJobs, STAGING_PREFIX, StagingInfo,
+    backup_table, keys_table, load_job_id, run_started_secs, staging_table,
 };
 use crate::plan::{Bound, Extract, FieldChange, MetadataChange, Plan, Step, TablePlan, WriteOp};
-use crate::schema::{Lineage, SourceTable, WarehouseTable};
+use crate::schema::{Lineage, Reject, SourceTable, WarehouseTable};
 use crate::source::{CursorFilter, ExtractStats, Source};
 use crate::sync::report::{ApplyReport, TableOutcome};
 use crate::warehouse::labels::{self, JobLabels};
 use crate::warehouse::{
-    AlterColumn, CopyRequest, Disposition, LoadOutcome, LoadRequest, LoadSink, MergeRequest,
-    TableMeta, TableUpdate, Warehouse, WarehouseError,
+    AlterColumn, CopyRequest, Disposition, LoadRequest, LoadSink, MergeRequest, TableMeta,
+    TableUpdate, Warehouse, WarehouseError,
 };
 
 mod paths;
@@ -81,6 +81,8 @@ pub struct Executor {
     pub settings: RunSettings,
     /// The run ledger: watermarks read once per run, the run's rows written once at its end.
     pub ledger: Arc<RunLedger>,
+    /// The chunk jobs this run started and the killed runs it resumed (for [`Executor::abort`]).
+    pub jobs: RunJobs,
 }
 
 /// How a run guards against overlapping and dead runs.
@@ -133,23 +135,23 @@ fn write_job_id(run_id: &str, target: &str, step: &str) -> String {
 }
 
 /// A failure of one table, with what is known about it.
-struct TableFailure {
+pub(super) struct TableFailure {
     message: String,
-    stats: Option<ExtractStats>,
+    stats: Option<Box<ExtractStats>>,
 }
 
 impl TableFailure {
-    fn new(message: impl Into<String>) -> Self {
+    pub(super) fn new(message: impl Into<String>) -> Self {
         Self {
             message: message.into(),
             stats: None,
         }
     }
 
-    fn with_stats(message: impl Into<String>, stats: ExtractStats) -> Self {
+    pub(super) fn with_stats(message: impl Into<String>, stats: ExtractStats) -> Self {
         Self {
             message: message.into(),
-            stats: Some(stats),
+            stats: Some(Box::new(stats)),
         }
     }
 }
@@ -170,7 +172,7 @@ pub async fn read_bound(
 
 /// The row sink of an extraction: its format, columns, policies, bad-value budget, key and
 /// batch size, all from the plan; with the plan's lineage columns, this run's values.
-fn row_sink(source_table: &SourceTable, extract: &Extract, run_id: &str) -> LoadSink {
+pub(super) fn row_sink(source_table: &SourceTable, extract: &Extract, run_id: &str) -> LoadSink {
     LoadSink::new(
         extract.format,
         source_table.label(),
@@ -226,14 +228,14 @@ impl Executor {
                 let executor = tables.clone();
                 let owned = table.clone();
                 let dataset_error = dataset_error.clone();
+                let fingerprint = plan.fingerprint.clone();
                 async move {
                     if let Some(error) = dataset_error.filter(|_| table.action.runs()) {
                         return TableOutcome::failed(table, error, None, 0.0);
                     }
-                    let mut task =
-                        AbortOnDrop(tokio::spawn(
-                            async move { executor.run_table(&owned).await },
-                        ));
+                    let mut task = AbortOnDrop(tokio::spawn(async move {
+                        executor.run_table(&owned, &fingerprint).await
+                    }));
                     (&mut task.0).await.unwrap_or_else(|error| {
                         TableOutcome::failed(
                             table,
@@ -255,10 +257,14 @@ impl Executor {
             ledger: None,
         };
         if self.dry_run == DryRun::No && dataset_error.is_none() {
-            report.ledger = self
-                .ledger
-                .record(self.warehouse.as_ref(), plan, &self.run_id, &report)
-                .await;
+            // The ledger's load is the run's job too (cost attribution).
+            let ledger_labels = JobLabels::for_table(Some(&self.run_id), super::ledger::RUNS_TABLE);
+            report.ledger = labels::scope(
+                ledger_labels,
+                self.ledger
+                    .record(self.warehouse.as_ref(), plan, &self.run_id, &report),
+            )
+            .await;
         } else {
             self.ledger.forget(&self.run_id);
         }
@@ -298,18 +304,30 @@ impl Executor {
     /// copy of the old rows) until it expires. Last, the run is recorded in the ledger (best
     /// effort, briefly): tables that had not finished as `interrupted`.
     pub async fn abort(&self, plan: &Plan) {
+        for job in self.jobs.jobs() {
+            let _ = self.warehouse.cancel_job(&job).await;
+        }
+        let resumed = self.jobs.resumed();
         for table in plan.tables.iter().filter(|table| table.action.runs()) {
-            let mut jobs = vec![load_job_id(&self.run_id, &table.target)];
-            for step in ["keys", "write", "backup", "restore"] {
-                jobs.push(write_job_id(&self.run_id, &table.target, step));
+            let runs = std::iter::once(self.run_id.as_str()).chain(
+                resumed
+                    .iter()
+                    .filter(|(target, _)| *target == table.target)
+                    .map(|(_, run)| run.as_str()),
+            );
+            for run in runs {
+                let mut jobs = vec![load_job_id(run, &table.target)];
+                for step in ["keys", "write", "backup", "restore"] {
+                    jobs.push(write_job_id(run, &table.target, step));
+                }
+                for job in jobs {
+                    let _ = self.warehouse.cancel_job(&job).await;
+                }
+                let _ = self
+                    .warehouse
+                    .drop_table(&staging_table(&table.target, run))
+                    .await;
             }
-            for job in jobs {
-                let _ = self.warehouse.cancel_job(&job).await;
-            }
-            let _ = self
-                .warehouse
-                .drop_table(&staging_table(&table.target, &self.run_id))
-                .await;
             if has_key_set(table) {
                 let _ = self
                     .warehouse
@@ -324,9 +342,13 @@ impl Executor {
             .await;
         }
         if self.dry_run == DryRun::No {
-            self.ledger
-                .record_interrupted(self.warehouse.as_ref(), plan, &self.run_id)
-                .await;
+            let ledger_labels = JobLabels::for_table(Some(&self.run_id), super::ledger::RUNS_TABLE);
+            labels::scope(
+                ledger_labels,
+                self.ledger
+                    .record_interrupted(self.warehouse.as_ref(), plan, &self.run_id),
+            )
+            .await;
         } else {
             self.ledger.forget(&self.run_id);
         }
@@ -372,14 +394,14 @@ impl Executor {
         }
     }
 
-    async fn run_table(&self, table: &TablePlan) -> TableOutcome {
-        let outcome = self.run_table_logged(table).await;
+    async fn run_table(&self, table: &TablePlan, fingerprint: &str) -> TableOutcome {
+        let outcome = self.run_table_logged(table, fingerprint).await;
         self.ledger
             .table_finished(&self.run_id, &table.target, &outcome);
         outcome
     }
 
-    async fn run_table_logged(&self, table: &TablePlan) -> TableOutcome {
+    async fn run_table_logged(&self, table: &TablePlan, fingerprint: &str) -> TableOutcome {
         let started = Instant::now();
         if !table.action.runs() {
             return TableOutcome::skipped(
@@ -400,7 +422,7 @@ impl Executor {
         (self.phases)(&table.label, super::Phase::Extract);
         // Every job of the table carries the run and the target (cost attribution).
         let job_labels = JobLabels::for_table(Some(&self.run_id), &table.target);
-        let result = labels::scope(job_labels, self.execute(table)).await;
+        let result = labels::scope(job_labels, self.execute(table, fingerprint)).await;
         let phase = if result.is_ok() {
             super::Phase::Done
         } else {
@@ -410,7 +432,13 @@ impl Executor {
         let seconds = started.elapsed().as_secs_f64();
         let duration = format!("{seconds:.3}s");
         match result {
-            Ok((stats, loaded, notes)) => {
+            Ok(TableRun {
+                stats,
+                loaded,
+                notes,
+                chunks,
+                skipped,
+            }) => {
                 tracing::info!(
                     database = %table.source,
                     run_id = %self.run_id,
@@ -430,6 +458,7 @@ impl Executor {
                     "table synced"
                 );
                 TableOutcome::done(table, &stats, loaded, &notes, seconds)
+                    .with_chunks(chunks, skipped)
             }
             Err(failure) => {
                 tracing::error!(
@@ -442,12 +471,16 @@ impl Executor {
                     error = %failure.message,
                     "table failed"
                 );
-                TableOutcome::failed(table, failure.message, failure.stats.as_ref(), seconds)
+                TableOutcome::failed(table, failure.message, failure.stats.as_deref(), seconds)
             }
         }
     }
 
-    async fn execute(&self, table: &TablePlan) -> Result<Executed, TableFailure> {
+    async fn execute(
+        &self,
+        table: &TablePlan,
+        fingerprint: &str,
+    ) -> Result<TableRun, TableFailure> {
         let source_table = table
             .source_table
             .as_ref()
@@ -460,10 +493,16 @@ impl Executor {
         })?;
         if self.dry_run == DryRun::Yes {
             let filter = self.bound(table, extract).await?;
-            let stats = self
-                .extract_to_drain(source, table, source_table, extract, filter.as_ref())
+            let staged = self
+                .drain_chunks(fingerprint, table, source, filter, extract)
                 .await?;
-            return Ok((stats, None, WriteNotes::default()));
+            return Ok(TableRun {
+                stats: staged.stats,
+                loaded: None,
+                notes: WriteNotes::default(),
+                chunks: staged.chunks,
+                skipped: 0,
+            });
         }
         let lease = lease::acquire(
             Arc::clone(&self.warehouse),
@@ -474,7 +513,7 @@ impl Executor {
         .await
         .map_err(|error| TableFailure::new(error.to_string()))?;
         let result = self
-            .execute_leased(table, source, source_table, extract)
+            .execute_leased(fingerprint, table, source, source_table, extract)
             .await;
         if result.is_ok() {
             // Still under the lease: what the next run checks before it trusts the watermark.
@@ -510,56 +549,74 @@ impl Executor {
         Ok(filter)
     }
 
-    /// Stage, DDL and write, under the target's lease.
+    /// Stage, DDL and write, under the target's lease: into this run's staging table, or into
+    /// a killed run's of the same plan whose loaded chunks are kept (the DDL and the write then
+    /// run under that run's id, so a write the killed run already did is not done twice: its
+    /// copy job id exists). The chunks' rejects are recorded as each chunk loads
+    /// ([`super::chunks`]).
     async fn execute_leased(
         &self,
+        fingerprint: &str,
         table: &TablePlan,
-        source: &Source,
+        source: &Arc<Source>,
         source_table: &SourceTable,
         extract: &Extract,
-    ) -> Result<Executed, TableFailure> {
+    ) -> Result<TableRun, TableFailure> {
         let filter = self.bound(table, extract).await?;
-        let staging = staging_table(&table.target, &self.run_id);
-        self.create_staging(&staging, extract).await?;
-        let staged = self
-            .stage(table, source, source_table, extract, filter.as_ref())
-            .await;
-        let staged = match staged {
-            Ok((stats, outcome)) => match self.write_rejects(table, &stats).await {
-                Ok(()) => Ok((stats, outcome)),
-                Err(message) => Err(TableFailure::with_stats(message, stats)),
-            },
-            Err(failure) => Err(failure),
+        let run = self.staging_run(fingerprint, table, extract).await?;
+        if run.skipped > 0 {
+            tracing::info!(
+                table = %table.label,
+                resumed_run_id = %run.run_id,
+                skipped = run.skipped,
+                chunks = run.chunks,
+                "resumed: skipped {} of {} chunks already loaded",
+                run.skipped,
+                run.chunks
+            );
+        }
+        // The rows (and the ledger's notes, lineage values, labels) are this run's; the DDL and
+        // the write keep the staging run's ids.
+        let writer = Self {
+            run_id: run.run_id.clone(),
+            ..self.clone()
         };
+        let staged = self.stage_chunks(table, source, filter, &run).await;
         let staged = match staged {
-            Ok((stats, outcome)) => {
-                match self
-                    .prepare_write(table, source, source_table, &stats)
+            Ok(staged) => {
+                match writer
+                    .prepare_write(table, source, source_table, &staged.stats)
                     .await
                 {
-                    Ok(notes) => Ok((stats, outcome, notes)),
-                    Err(message) => Err(TableFailure::with_stats(message, stats)),
+                    Ok(notes) => Ok((staged, notes)),
+                    Err(message) => Err(TableFailure::with_stats(message, staged.stats)),
                 }
             }
             Err(failure) => Err(failure),
         };
         let result = match staged {
-            Ok((stats, outcome, mut notes)) => match self.finish(table, &stats).await {
+            Ok((staged, mut notes)) => match writer.finish(table, &staged.stats).await {
                 Ok(deleted) => {
                     notes.deleted = deleted;
-                    Ok((stats, Some(outcome.output_rows), notes))
+                    Ok(TableRun {
+                        stats: staged.stats,
+                        loaded: staged.loaded,
+                        notes,
+                        chunks: staged.chunks,
+                        skipped: staged.skipped,
+                    })
                 }
-                Err(message) => Err(TableFailure::with_stats(message, stats)),
+                Err(message) => Err(TableFailure::with_stats(message, staged.stats)),
             },
             Err(failure) => Err(failure),
         };
-        if let Err(error) = self.warehouse.drop_table(&staging).await {
+        if let Err(error) = self.warehouse.drop_table(&run.staging).await {
             tracing::warn!(table = %table.label, error = %error, "could not drop the staging table");
         }
         if has_key_set(table)
             && let Err(error) = self
                 .warehouse
-                .drop_table(&keys_table(&table.target, &self.run_id))
+                .drop_table(&keys_table(&table.target, &writer.run_id))
                 .await
         {
             tracing::warn!(table = %table.label, error = %error, "could not drop the key-set table");
@@ -569,17 +626,23 @@ impl Executor {
 
     /// Rows a value failed go to [`REJECTS_TABLE`] before the target is written (one load job
     /// per table, appending): if they can't be recorded, the table fails and nothing changes.
-    async fn write_rejects(&self, table: &TablePlan, stats: &ExtractStats) -> Result<(), String> {
-        if stats.rejects.is_empty() {
+    pub(super) async fn write_rejects(
+        &self,
+        label: &str,
+        target: &str,
+        rejects: &[Reject],
+        job_id: &str,
+    ) -> Result<(), String> {
+        if rejects.is_empty() {
             return Ok(());
         }
         let at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
         let mut lines = Vec::new();
-        for reject in &stats.rejects {
+        for reject in rejects {
             let line = serde_json::json!({
                 "run_id": self.run_id,
-                "table": table.label,
-                "target": table.target,
+                "table": label,
+                "target": target,
                 "key": reject.key,
                 "column": reject.column,
                 "reason": reject.reason,
@@ -596,7 +659,7 @@ impl Executor {
             table: REJECTS_TABLE.to_string(),
             schema: rejects_schema(),
             disposition: Disposition::Append,
-            job_id: write_job_id(&self.run_id, &table.target, "rejects"),
+            job_id: job_id.to_string(),
             allow_field_addition: false,
             format: crate::schema::LoadFormat::Ndjson,
         };
@@ -607,7 +670,7 @@ impl Executor {
             .map_err(|error| {
                 format!(
                     "recording {} rejected row(s) in `{REJECTS_TABLE}` failed, so the target was not written: {error}",
-                    stats.rejects.len()
+                    rejects.len()
                 )
             })
     }
@@ -615,7 +678,12 @@ impl Executor {
     /// This run's staging table: the load schema (the target's partitioning and clustering, so
     /// a copy into the target is valid) and an `expirationTime`, so a dead run's staging table
     /// is not permanent.
-    async fn create_staging(&self, staging: &str, extract: &Extract) -> Result<(), TableFailure> {
+    pub(super) async fn create_staging(
+        &self,
+        staging: &str,
+        extract: &Extract,
+        info: &StagingInfo,
+    ) -> Result<(), TableFailure> {
         let expires = chrono::Utc::now()
             + chrono::Duration::from_std(self.settings.staging_ttl)
                 .unwrap_or(chrono::Duration::MAX);
@@ -623,7 +691,8 @@ impl Executor {
         // gives the target the right one.
         let meta = TableMeta {
             expires_at_ms: Some(expires.timestamp_millis()),
-            description: extract.load_schema.description.clone(),
+            // What a rerun of the same plan finds it by (resume, [`super::chunks`]).
+            description: Some(info.description()),
         };
         let schema = WarehouseTable {
             name: staging.to_string(),
@@ -635,104 +704,6 @@ impl Executor {
             .map_err(|error| {
                 TableFailure::new(format!("creating the staging table failed: {error}"))
             })
-    }
-
-    /// [`Step::Stage`]: extraction feeds the upload through a bounded channel (memory stays
-    /// bounded); the first chunk is awaited before the upload starts. If extraction fails, the
-    /// upload is dropped unfinished. On success the staging table holds exactly the rows
-    /// extracted; on failure it is dropped.
-    async fn stage(
-        &self,
-        table: &TablePlan,
-        source: &Source,
-        source_table: &SourceTable,
-        extract: &Extract,
-        filter: Option<&CursorFilter>,
-    ) -> Result<(ExtractStats, LoadOutcome), TableFailure> {
-        let warehouse = &self.warehouse;
-        let staging = staging_table(&table.target, &self.run_id);
-        let (sender, mut receiver) = mpsc::channel::<Bytes>(4);
-        let extraction = self.extraction(table, source, source_table, extract, filter, sender);
-        let request = LoadRequest {
-            table: staging.clone(),
-            schema: WarehouseTable {
-                name: staging.clone(),
-                ..extract.load_schema.clone()
-            },
-            // Into this run's empty staging table: keeps its expiration.
-            disposition: Disposition::Append,
-            job_id: load_job_id(&self.run_id, &table.target),
-            allow_field_addition: false,
-            format: extract.format,
-        };
-        let upload = async {
-            // `None`: an empty source (or a failed extraction): the load stages an empty table.
-            let first = receiver.recv().await;
-            let (forward_sender, forward_receiver) = mpsc::channel::<Bytes>(4);
-            let forward = async move {
-                let Some(first) = first else { return };
-                if forward_sender.send(first).await.is_err() {
-                    return;
-                }
-                while let Some(chunk) = receiver.recv().await {
-                    if forward_sender.send(chunk).await.is_err() {
-                        return;
-                    }
-                }
-            };
-            tokio::join!(warehouse.load(&request, forward_receiver), forward).0
-        };
-        tokio::pin!(extraction, upload);
-        let mut extracted = None;
-        let mut loaded = None;
-        while extracted.is_none() || loaded.is_none() {
-            tokio::select! {
-                result = &mut extraction, if extracted.is_none() => {
-                    if let Err(error) = result {
-                        // A load that failed (e.g. could not start) closes the sink under the
-                        // extraction: report the load's own error, not the closed sink.
-                        let load_error = match loaded.take() {
-                            Some(Err(error)) => Some(error),
-                            _ => futures::FutureExt::now_or_never(&mut upload).and_then(Result::err),
-                        };
-                        let _ = warehouse.drop_table(&staging).await;
-                        return Err(TableFailure::new(match load_error {
-                            Some(load_error) => format!("load into staging failed: {load_error}"),
-                            None => format!("extraction failed (nothing was written): {error}"),
-                        }));
-                    }
-                    extracted = result.ok();
-                    (self.phases)(&table.label, super::Phase::Load);
-                }
-                result = &mut upload, if loaded.is_none() => loaded = Some(result),
-            }
-        }
-        let (Some(stats), Some(loaded)) = (extracted, loaded) else {
-            return Err(TableFailure::new(
-                "internal error: extraction or upload did not finish",
-            ));
-        };
-        let outcome = match loaded {
-            Ok(outcome) => outcome,
-            Err(error) => {
-                let _ = warehouse.drop_table(&staging).await;
-                return Err(TableFailure::with_stats(
-                    format!("load into staging failed: {error}"),
-                    stats,
-                ));
-            }
-        };
-        if outcome.output_rows != stats.rows {
-            let _ = warehouse.drop_table(&staging).await;
-            return Err(TableFailure::with_stats(
-                format!(
-                    "row count mismatch: extracted {} rows but BigQuery loaded {}; the target was not changed",
-                    stats.rows, outcome.output_rows
-                ),
-                stats,
-            ));
-        }
-        Ok((stats, outcome))
     }
 
     /// The steps after [`Step::Stage`], on verified rows: the DDL, then the write; the rows a
@@ -861,60 +832,19 @@ impl Executor {
                 .map(|outcome| outcome.deleted),
         }
     }
-
-    async fn extract_to_drain(
-        &self,
-        source: &Source,
-        table: &TablePlan,
-        source_table: &SourceTable,
-        extract: &Extract,
-        filter: Option<&CursorFilter>,
-    ) -> Result<ExtractStats, TableFailure> {
-        // A dry run encodes every row it would load and drops the chunks; the statistics count
-        // the bytes.
-        let (sender, mut receiver) = mpsc::channel::<Bytes>(4);
-        let drain = tokio::spawn(async move { while receiver.recv().await.is_some() {} });
-        let stats = self
-            .extraction(table, source, source_table, extract, filter, sender)
-            .await
-            .map_err(|error| TableFailure::new(format!("extraction failed: {error}")))?;
-        let _ = drain.await;
-        Ok(stats)
-    }
-
-    /// The table's extraction: the plan's columns and bound, its sink, chunks into `out`,
-    /// progress reported under the table's label.
-    fn extraction<'a>(
-        &self,
-        table: &TablePlan,
-        source: &'a Source,
-        source_table: &'a SourceTable,
-        extract: &'a Extract,
-        filter: Option<&'a CursorFilter>,
-        out: mpsc::Sender<Bytes>,
-    ) -> impl std::future::Future<Output = Result<ExtractStats, crate::source::SourceError>> + 'a
-    {
-        let progress = Arc::clone(&self.progress);
-        let label = table.label.clone();
-        // The sink also keeps this run's cursor maximum: the ledger's next watermark.
-        let sink = self.ledger.cursor_sink(
-            &self.run_id,
-            &table.target,
-            extract,
-            row_sink(source_table, extract, &self.run_id),
-        );
-        async move {
-            let report = move |rows: u64| progress(&label, rows);
-            source
-                .extract(source_table, &extract.columns, filter, sink, out, &report)
-                .await
-        }
-    }
 }
 
 /// What a table's run produced: its extraction, the rows BigQuery loaded (`None` in a dry
 /// run), what the write paths found.
-type Executed = (ExtractStats, Option<u64>, WriteNotes);
+/// What ran of one table: its statistics, the rows BigQuery loaded, what the write noted, its
+/// chunks.
+struct TableRun {
+    stats: ExtractStats,
+    loaded: Option<u64>,
+    notes: WriteNotes,
+    chunks: usize,
+    skipped: usize,
+}
 
 /// Whether the table's write stages the source's key set (a merge with `deletes`).
 fn has_key_set(table: &TablePlan) -> bool {
@@ -1006,7 +936,7 @@ fn alter_changes(changes: &[FieldChange]) -> Vec<AlterColumn> {
 
 /// Aborts a table's task when the run is dropped (Ctrl-C, SIGTERM, timeout), so nothing keeps
 /// writing behind the interruption's clean-up.
-struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+pub(super) struct AbortOnDrop<T>(pub(super) tokio::task::JoinHandle<T>);
 
 impl<T> Drop for AbortOnDrop<T> {
     fn drop(&mut self) {

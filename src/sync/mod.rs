@@ -6,6 +6,7 @@
 //! imports neither `manifest` nor `mapping` and only runs the plan's steps, reading at apply
 //! time nothing but run-time values (a bound's watermark, from the run ledger or the target).
 
+mod chunks;
 pub mod executor;
 pub mod lease;
 pub mod ledger;
@@ -21,6 +22,7 @@ use crate::error::Error;
 use crate::manifest::Manifest;
 use crate::source::Source;
 use crate::warehouse::{BigQuery, Warehouse};
+pub use chunks::RunJobs;
 pub use executor::{Executor, RunSettings};
 pub use ledger::RunLedger;
 pub use report::{ApplyReport, LedgerOutcome, TableOutcome, TableStatus};
@@ -160,7 +162,7 @@ pub fn run_started_at(run_id: &str) -> Option<chrono::DateTime<chrono::Utc>> {
     chrono::DateTime::from_timestamp_micros(secs.checked_mul(1_000_000)?.checked_add(micros)?)
 }
 
-fn sanitize_job_part(text: &str) -> String {
+pub(crate) fn sanitize_job_part(text: &str) -> String {
     text.chars()
         .map(|c| {
             if c.is_ascii_alphanumeric() || c == '_' || c == '-' {
@@ -176,6 +178,76 @@ fn sanitize_job_part(text: &str) -> String {
 /// BigQuery runs the load at most once), and an interrupted run can cancel it.
 pub fn load_job_id(run_id: &str, target: &str) -> String {
     format!("datasync_{run_id}_{}", sanitize_job_part(target))
+}
+
+/// The client-chosen id of the load job of chunk `index` of `target`, into the staging table
+/// of the run `staging_run`, for the plan with fingerprint `fingerprint`; `attempt` counts the
+/// redos of a chunk whose job failed (BigQuery keeps a failed job: its id can't load again).
+/// Deterministic, so a rerun of a killed apply of the same plan finds the chunks already
+/// loaded (jobs.get) and overlapping runs (each with its own staging table) never share one.
+pub fn chunk_job_id(
+    fingerprint: &str,
+    target: &str,
+    staging_run: &str,
+    index: usize,
+    attempt: u32,
+) -> String {
+    let plan: String = fingerprint.chars().take(8).collect();
+    let base = format!(
+        "datasync_{}_{}_{staging_run}_c{index}",
+        sanitize_job_part(&plan),
+        sanitize_job_part(target)
+    );
+    if attempt == 0 {
+        base
+    } else {
+        format!("{base}_a{attempt}")
+    }
+}
+
+/// What a staging table's description says: which run made it, for which plan, in how many
+/// chunks. A rerun of a killed apply of the same plan finds its staging table by it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StagingInfo {
+    /// The run that created the table.
+    pub run_id: String,
+    /// The plan's fingerprint.
+    pub plan: String,
+    /// The table's chunks.
+    pub chunks: usize,
+}
+
+impl StagingInfo {
+    /// The description text.
+    pub fn description(&self) -> String {
+        format!(
+            "datasync staging of run {} for plan {} ({} chunks)",
+            self.run_id, self.plan, self.chunks
+        )
+    }
+
+    /// Reads a description written by [`StagingInfo::description`].
+    pub fn parse(description: &str) -> Option<Self> {
+        let rest = description.strip_prefix("datasync staging of run ")?;
+        let (run_id, rest) = rest.split_once(" for plan ")?;
+        let (plan, rest) = rest.split_once(" (")?;
+        let chunks = rest.strip_suffix(" chunks)")?.parse().ok()?;
+        Some(Self {
+            run_id: run_id.to_string(),
+            plan: plan.to_string(),
+            chunks,
+        })
+    }
+}
+
+/// Whether `text` is a run id ([`new_run_id`]: `<seconds>_<6-digit micros>`).
+pub fn is_run_id(text: &str) -> bool {
+    text.split_once('_').is_some_and(|(secs, micros)| {
+        !secs.is_empty()
+            && secs.bytes().all(|b| b.is_ascii_digit())
+            && micros.len() == 6
+            && micros.bytes().all(|b| b.is_ascii_digit())
+    })
 }
 
 /// A run id: time-based, job-id safe.
@@ -220,4 +292,39 @@ pub async fn expand_patterns(
     let added = patterns::expand(manifest, &catalogs);
     manifest.tables.extend(added);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunk_job_ids_name_the_plan_the_target_the_staging_run_and_the_attempt() {
+        assert_eq!(
+            chunk_job_id("0123456789abcdef", "orders", "1700000000_000042", 3, 0),
+            "datasync_01234567_orders_1700000000_000042_c3"
+        );
+        assert_eq!(
+            chunk_job_id("0123456789abcdef", "my.orders", "1_000001", 0, 2),
+            "datasync_01234567_my_orders_1_000001_c0_a2"
+        );
+    }
+
+    #[test]
+    fn staging_descriptions_round_trip() {
+        let info = StagingInfo {
+            run_id: "1700000000_000042".into(),
+            plan: "0123456789abcdef".into(),
+            chunks: 8,
+        };
+        assert_eq!(
+            info.description(),
+            "datasync staging of run 1700000000_000042 for plan 0123456789abcdef (8 chunks)"
+        );
+        assert_eq!(StagingInfo::parse(&info.description()), Some(info));
+        assert_eq!(StagingInfo::parse("datasync staging of run 1_000001"), None);
+        assert!(is_run_id("1700000000_000042"));
+        assert!(!is_run_id("archive_1700000000_000042"));
+        assert!(!is_run_id("1700000000_42"));
+    }
 }

@@ -106,8 +106,15 @@ pub async fn plan(manifest: &Manifest, session: &Session) -> Result<Plan, Error>
         .await;
     for (table, rows) in tables.iter_mut().zip(counts) {
         table.estimated_rows = rows;
-        estimate_write_cost(session, table).await;
     }
+    // Chunks (a size query for the tables the catalog can't rule out) and MERGE costs (a dry
+    // run), a bounded number of tables at a time.
+    futures::stream::iter(tables.iter_mut())
+        .for_each_concurrent(COUNT_CONCURRENCY, |table| async move {
+            plan_chunks(session, table).await;
+            estimate_write_cost(session, table).await;
+        })
+        .await;
     let orphaned = orphaned(manifest, session, &listed)
         .await
         .map_err(|source| planning(&destination, source))?;
@@ -393,5 +400,45 @@ async fn estimate_write_cost(session: &Session, table: &mut TablePlan) {
             )
             .at(Location::Table(table.label.clone())),
         ),
+    }
+}
+
+/// Splits a large MySQL/PostgreSQL table into chunks: the source's facts (size, integer keys
+/// and their bounds, pages) read now, the decision made by
+/// [`crate::plan::chunks::plan_chunking`]. A table whose facts can't be read is one chunk.
+async fn plan_chunks(session: &Session, table: &mut TablePlan) {
+    let (Some(source), Some(source_table), Some(extract)) = (
+        session.sources.get(&table.source),
+        table.source_table.as_ref(),
+        table.extract(),
+    ) else {
+        return;
+    };
+    // A table no larger than one chunk needs no key bounds (an incremental run moves less).
+    let facts = match source
+        .chunk_facts(source_table, table.spec.chunk_bytes)
+        .await
+    {
+        Ok(Some(facts)) => facts,
+        Ok(None) => return,
+        Err(error) => {
+            tracing::warn!(table = %table.label, %error, "cannot read the table's size: it is read as one chunk");
+            return;
+        }
+    };
+    let bounded = !matches!(extract.bound, crate::plan::Bound::All);
+    let settings = crate::plan::chunks::ChunkSettings {
+        chunk_bytes: table.spec.chunk_bytes,
+        table_parallelism: table.spec.table_parallelism,
+        consistency: table.spec.consistency,
+    };
+    let chunking = crate::plan::chunks::plan_chunking(
+        &facts,
+        settings,
+        table.estimated_rows.filter(|_| bounded),
+        source_table.estimated_rows,
+    );
+    if let Some(extract) = table.extract_mut() {
+        extract.chunking = chunking;
     }
 }

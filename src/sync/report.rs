@@ -68,6 +68,15 @@ pub struct TableOutcome {
     /// The stable code of `error` (the plan's diagnostic code for a skipped table).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub code: Option<Code>,
+    /// Chunks the table was read in (1 unless the plan split it; 0 when it did not run).
+    pub chunks: usize,
+    /// Chunks a rerun of a killed apply found loaded already and did not read again.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub chunks_skipped: usize,
+}
+
+fn is_zero(count: &usize) -> bool {
+    *count == 0
 }
 
 impl TableOutcome {
@@ -90,7 +99,16 @@ impl TableOutcome {
             seconds: 0.0,
             error: None,
             code: None,
+            chunks: 0,
+            chunks_skipped: 0,
         }
+    }
+
+    /// With the table's chunk count and how many of them a resumed run skipped.
+    pub fn with_chunks(mut self, chunks: usize, skipped: usize) -> Self {
+        self.chunks = chunks;
+        self.chunks_skipped = skipped;
+        self
     }
 
     /// `stats` counted in.
@@ -243,6 +261,13 @@ impl ApplyReport {
             if let Some(error) = &table.error {
                 let _ = writeln!(out, "{}: {error}", table.table);
             }
+            if table.chunks_skipped > 0 {
+                let _ = writeln!(
+                    out,
+                    "{}: resumed: skipped {} of {} chunks already loaded",
+                    table.table, table.chunks_skipped, table.chunks
+                );
+            }
             if table.rows_left_out > 0 {
                 let _ = writeln!(
                     out,
@@ -361,6 +386,8 @@ mod tests {
             seconds: 0.0,
             error: None,
             code: None,
+            chunks: 0,
+            chunks_skipped: 0,
         }
     }
 
@@ -376,6 +403,8 @@ mod tests {
             "row id=9: column `born`: out of range; the row is left out".into(),
         ];
         done.seconds = 12.34;
+        done.chunks = 8;
+        done.chunks_skipped = 3;
         let mut failed = outcome("shop.customers", TableStatus::Failed);
         failed.rows_extracted = 10;
         failed.error = Some("load into staging failed: quota exceeded".into());

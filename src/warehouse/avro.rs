@@ -388,6 +388,11 @@ impl AvroWriter {
         self
     }
 
+    /// Holds the bad-value budget against `shared`, the table's count over all its chunks.
+    pub fn share_budget(&mut self, shared: super::rows::SharedBadValues) {
+        self.policy.share_budget(shared);
+    }
+
     /// A writer for `columns` of the table `table`, with the same arguments as
     /// [`NdjsonWriter::new`](super::NdjsonWriter::new); `fields` is the load schema (the
     /// staging table's fields: the file's schema must match them by name).

@@ -20,9 +20,9 @@ use tokio::sync::mpsc::Receiver;
 
 use super::labels::{self, JobLabels};
 use super::{
-    AlterColumn, CopyRequest, CopyRowsByKey, Disposition, ExistingTable, ListedTable, LoadOutcome,
-    LoadRequest, MANAGED_BY_LABEL, MergeOutcome, MergeRequest, QueryParam, QueryRows, TableMeta,
-    TableUpdate, Warehouse, WarehouseError,
+    AlterColumn, CopyRequest, CopyRowsByKey, Disposition, ExistingTable, JobState, ListedTable,
+    LoadOutcome, LoadRequest, MANAGED_BY_LABEL, MergeOutcome, MergeRequest, QueryParam, QueryRows,
+    TableMeta, TableUpdate, Warehouse, WarehouseError,
 };
 use crate::schema::{
     DELETED_AT_COLUMN, Deletes, FieldMode, LoadFormat, WarehouseField, WarehouseTable,
@@ -66,6 +66,14 @@ struct State {
     gets_in_flight: (usize, usize),
     /// Every job-like operation with the [`labels::current`] it ran under.
     job_labels: Vec<(String, JobLabels)>,
+    /// Jobs that ran and failed (a load the fake rejected), by id.
+    failed_jobs: BTreeMap<String, String>,
+    /// Job states set by a test (e.g. a load still running), by id.
+    job_states: BTreeMap<String, JobState>,
+    /// Copy jobs done, by id: a copy with a done job's id is not run again (BigQuery's 409).
+    copies: std::collections::BTreeSet<String>,
+    /// Loads whose job id contains this never finish (a run killed while they run).
+    hang_loads: Option<String>,
 }
 
 impl State {
@@ -223,6 +231,26 @@ impl FakeWarehouse {
     /// The most `get_table` calls that were in flight at once.
     pub fn peak_concurrent_get_tables(&self) -> usize {
         self.lock().gets_in_flight.1
+    }
+
+    /// Makes [`Warehouse::job_state`] report `state` for `job_id` (until a load with that id
+    /// finishes).
+    pub fn set_job_state(&self, job_id: &str, state: JobState) {
+        self.lock().job_states.insert(job_id.to_string(), state);
+    }
+
+    /// Makes every load whose job id contains `pattern` hang forever once logged (`None` to
+    /// stop): a test drops the run there, like a killed process.
+    pub fn hang_loads(&self, pattern: Option<&str>) {
+        self.lock().hang_loads = pattern.map(str::to_string);
+    }
+
+    /// Forgets the load job `job_id` (as if it never ran) without touching the rows it loaded:
+    /// what the emulator does with client job ids.
+    pub fn forget_job(&self, job_id: &str) {
+        let mut state = self.lock();
+        state.loads.remove(job_id);
+        state.failed_jobs.remove(job_id);
     }
 
     /// Makes `table` read back as one datasync can't work with (like a RECORD column).
@@ -506,6 +534,114 @@ fn compare(a: &Value, b: &Value) -> Ordering {
     }
 }
 
+impl FakeWarehouse {
+    /// [`Warehouse::load`]'s work.
+    async fn load_rows(
+        &self,
+        request: &LoadRequest,
+        mut data: Receiver<Bytes>,
+    ) -> Result<LoadOutcome, WarehouseError> {
+        let entry = format!(
+            "load {} {} {}",
+            request.table,
+            request.disposition.as_api(),
+            request.job_id
+        );
+        let (limit, done, failed, hang) = {
+            let state = self.begin("load", entry)?;
+            (
+                state.fail_load_after_bytes,
+                state.loads.get(&request.job_id).cloned(),
+                state.failed_jobs.get(&request.job_id).cloned(),
+                state
+                    .hang_loads
+                    .as_ref()
+                    .is_some_and(|pattern| request.job_id.contains(pattern.as_str())),
+            )
+        };
+        if hang {
+            std::future::pending::<()>().await;
+        }
+        if let Some(outcome) = done {
+            return Ok(outcome);
+        }
+        let context = format!("load table {} (job {})", request.table, request.job_id);
+        if let Some(message) = failed {
+            // A failed job's id can't load again: the existing job is the answer.
+            return Err(WarehouseError::Job {
+                context,
+                job_id: request.job_id.clone(),
+                reason: "invalid".into(),
+                message,
+                details: Vec::new(),
+            });
+        }
+        let mut bytes = Vec::new();
+        while let Some(chunk) = data.recv().await {
+            bytes.extend_from_slice(&chunk);
+            if limit.is_some_and(|limit| bytes.len() as u64 > limit) {
+                return Err(WarehouseError::Injected {
+                    operation: "load".into(),
+                    retryable: true,
+                    ambiguous: false,
+                });
+            }
+        }
+        let mut state = self.lock();
+        if !state.dataset_exists {
+            return Err(not_found(&context, "dataset"));
+        }
+        let existing = state.tables.get(&request.table).cloned();
+        let mut schema = match (&existing, request.disposition) {
+            (Some((table, _)), Disposition::Append | Disposition::Empty) => table.clone(),
+            _ => WarehouseTable {
+                name: request.table.clone(),
+                ..request.schema.clone()
+            },
+        };
+        if request.allow_field_addition {
+            for field in &request.schema.fields {
+                if schema.field(&field.name).is_none() {
+                    schema.fields.push(field.clone());
+                }
+            }
+        }
+        let new_rows = match request.format {
+            LoadFormat::Ndjson => parse_rows(&context, &schema, &bytes)?,
+            LoadFormat::Avro if bytes.is_empty() => Vec::new(),
+            LoadFormat::Avro => super::avro::decode_rows(&schema.fields, &bytes)
+                .map_err(|error| invalid(&context, format!("not an Avro file: {error}")))?,
+        };
+        let output_rows = new_rows.len() as u64;
+        let rows = match (existing, request.disposition) {
+            (Some((_, rows)), Disposition::Empty) if !rows.is_empty() => {
+                return Err(WarehouseError::Job {
+                    context,
+                    job_id: request.job_id.clone(),
+                    reason: "duplicate".into(),
+                    message: "table is not empty (WRITE_EMPTY)".into(),
+                    details: Vec::new(),
+                });
+            }
+            (Some((_, mut rows)), Disposition::Append) => {
+                rows.extend(new_rows);
+                rows
+            }
+            _ => new_rows,
+        };
+        state.tables.insert(request.table.clone(), (schema, rows));
+        state.touch(&request.table);
+        let outcome = LoadOutcome {
+            job_id: request.job_id.clone(),
+            output_rows,
+            bytes: bytes.len() as u64,
+            output_rows_is_total: false,
+        };
+        state.loads.insert(request.job_id.clone(), outcome.clone());
+        Ok(outcome)
+    }
+}
+
 #[async_trait]
 impl Warehouse for FakeWarehouse {
     async fn ensure_dataset(&self, create: bool) -> Result<(), WarehouseError> {
@@ -646,87 +782,19 @@ impl Warehouse for FakeWarehouse {
     async fn load(
         &self,
         request: &LoadRequest,
-        mut data: Receiver<Bytes>,
+        data: Receiver<Bytes>,
     ) -> Result<LoadOutcome, WarehouseError> {
-        let entry = format!(
-            "load {} {} {}",
-            request.table,
-            request.disposition.as_api(),
-            request.job_id
-        );
-        let (limit, done) = {
-            let state = self.begin("load", entry)?;
-            (
-                state.fail_load_after_bytes,
-                state.loads.get(&request.job_id).cloned(),
-            )
-        };
-        if let Some(outcome) = done {
-            return Ok(outcome);
+        let result = self.load_rows(request, data).await;
+        if let Err(error @ (WarehouseError::Api { .. } | WarehouseError::Job { .. })) = &result {
+            // The job ran and failed: its id is used up, like BigQuery's.
+            self.lock()
+                .failed_jobs
+                .insert(request.job_id.clone(), error.to_string());
         }
-        let context = format!("load table {} (job {})", request.table, request.job_id);
-        let mut bytes = Vec::new();
-        while let Some(chunk) = data.recv().await {
-            bytes.extend_from_slice(&chunk);
-            if limit.is_some_and(|limit| bytes.len() as u64 > limit) {
-                return Err(WarehouseError::Injected {
-                    operation: "load".into(),
-                    retryable: true,
-                    ambiguous: false,
-                });
-            }
+        if result.is_ok() {
+            self.lock().job_states.remove(&request.job_id);
         }
-        let mut state = self.lock();
-        if !state.dataset_exists {
-            return Err(not_found(&context, "dataset"));
-        }
-        let existing = state.tables.get(&request.table).cloned();
-        let mut schema = match (&existing, request.disposition) {
-            (Some((table, _)), Disposition::Append | Disposition::Empty) => table.clone(),
-            _ => WarehouseTable {
-                name: request.table.clone(),
-                ..request.schema.clone()
-            },
-        };
-        if request.allow_field_addition {
-            for field in &request.schema.fields {
-                if schema.field(&field.name).is_none() {
-                    schema.fields.push(field.clone());
-                }
-            }
-        }
-        let new_rows = match request.format {
-            LoadFormat::Ndjson => parse_rows(&context, &schema, &bytes)?,
-            LoadFormat::Avro if bytes.is_empty() => Vec::new(),
-            LoadFormat::Avro => super::avro::decode_rows(&schema.fields, &bytes)
-                .map_err(|error| invalid(&context, format!("not an Avro file: {error}")))?,
-        };
-        let output_rows = new_rows.len() as u64;
-        let rows = match (existing, request.disposition) {
-            (Some((_, rows)), Disposition::Empty) if !rows.is_empty() => {
-                return Err(WarehouseError::Job {
-                    context,
-                    job_id: request.job_id.clone(),
-                    reason: "duplicate".into(),
-                    message: "table is not empty (WRITE_EMPTY)".into(),
-                    details: Vec::new(),
-                });
-            }
-            (Some((_, mut rows)), Disposition::Append) => {
-                rows.extend(new_rows);
-                rows
-            }
-            _ => new_rows,
-        };
-        state.tables.insert(request.table.clone(), (schema, rows));
-        state.touch(&request.table);
-        let outcome = LoadOutcome {
-            job_id: request.job_id.clone(),
-            output_rows,
-            bytes: bytes.len() as u64,
-        };
-        state.loads.insert(request.job_id.clone(), outcome.clone());
-        Ok(outcome)
+        result
     }
 
     async fn query(&self, sql: &str, _params: &[QueryParam]) -> Result<QueryRows, WarehouseError> {
@@ -1024,6 +1092,27 @@ impl Warehouse for FakeWarehouse {
         Ok(())
     }
 
+    async fn job_state(&self, job_id: &str) -> Result<Option<JobState>, WarehouseError> {
+        let state = self.begin("job_state", format!("job_state {job_id}"))?;
+        if let Some(set) = state.job_states.get(job_id) {
+            return Ok(Some(set.clone()));
+        }
+        if let Some(outcome) = state.loads.get(job_id) {
+            return Ok(Some(JobState::Done {
+                output_rows: outcome.output_rows,
+            }));
+        }
+        if state.copies.contains(job_id) {
+            return Ok(Some(JobState::Done { output_rows: 0 }));
+        }
+        Ok(state
+            .failed_jobs
+            .get(job_id)
+            .map(|message| JobState::Failed {
+                message: message.clone(),
+            }))
+    }
+
     async fn copy_table(&self, request: &CopyRequest) -> Result<(), WarehouseError> {
         let mut state = self.begin(
             "copy_table",
@@ -1035,6 +1124,10 @@ impl Warehouse for FakeWarehouse {
             ),
         )?;
         let context = format!("copy {} into {}", request.source, request.target);
+        if state.copies.contains(&request.job_id) {
+            // The job exists and is done (BigQuery answers 409; the client awaits it).
+            return Ok(());
+        }
         let (schema, rows) = state
             .tables
             .get(&request.source)
@@ -1073,6 +1166,7 @@ impl Warehouse for FakeWarehouse {
             }
         }
         state.touch(&request.target);
+        state.copies.insert(request.job_id.clone());
         lost_reply(&mut state, "copy_table")
     }
 

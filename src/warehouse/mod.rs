@@ -98,6 +98,7 @@ pub use bigquery::RetryPolicy;
 pub use bigquery::{CHUNK_GRANULARITY, DEFAULT_CHUNK_SIZE, content_range, next_offset_from_range};
 pub use fake::{FakeWarehouse, InjectedFailure};
 pub use ndjson::NdjsonWriter;
+pub use rows::SharedBadValues;
 
 use crate::schema::{
     BqType, ColumnMapping, Decoded, Deletes, ExtractStats, Lineage, LoadFormat, RowSink,
@@ -151,6 +152,14 @@ impl LoadSink {
             (Self::Ndjson(sink), Some(lineage)) => Self::Ndjson(sink.with_lineage(lineage)),
             (Self::Avro(sink), Some(lineage)) => Self::Avro(sink.with_lineage(lineage)),
             (sink, None) => sink,
+        }
+    }
+
+    /// Holds the bad-value budget against `shared`, the table's count over all its chunks.
+    pub fn share_budget(&mut self, shared: SharedBadValues) {
+        match self {
+            Self::Ndjson(sink) => sink.share_budget(shared),
+            Self::Avro(sink) => sink.share_budget(shared),
         }
     }
 }
@@ -373,6 +382,27 @@ pub struct LoadOutcome {
     pub output_rows: u64,
     /// Bytes uploaded.
     pub bytes: u64,
+    /// `output_rows` is the table's row count after the load, not the job's rows (the
+    /// emulator): only a load into an empty table can be checked with it.
+    pub output_rows_is_total: bool,
+}
+
+/// What jobs.get says about a job: a chunk whose load job is DONE is not loaded again when a
+/// killed run is resumed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JobState {
+    /// Pending or running.
+    Running,
+    /// Finished without `errorResult`.
+    Done {
+        /// `statistics.load.outputRows` of a load job (0 for other jobs).
+        output_rows: u64,
+    },
+    /// Finished with `errorResult`: its id can't be used again.
+    Failed {
+        /// Why.
+        message: String,
+    },
 }
 
 /// One in-place schema change.
@@ -779,6 +809,10 @@ pub trait Warehouse: Send + Sync {
 
     /// Asks BigQuery to cancel a job (best effort; finished jobs are left alone).
     async fn cancel_job(&self, job_id: &str) -> Result<(), WarehouseError>;
+
+    /// The state of the job with the client-chosen id `job_id` (jobs.get), `None` when there
+    /// is no such job.
+    async fn job_state(&self, job_id: &str) -> Result<Option<JobState>, WarehouseError>;
 
     /// Writes every row of `staging` into `target` (same dataset, `columns` in both) in one
     /// atomic step. With `replace` the target's rows are replaced (`TRUNCATE` + `INSERT` in one

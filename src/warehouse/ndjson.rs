@@ -628,6 +628,11 @@ impl NdjsonWriter {
         self
     }
 
+    /// Holds the bad-value budget against `shared`, the table's count over all its chunks.
+    pub fn share_budget(&mut self, shared: super::rows::SharedBadValues) {
+        self.policy.share_budget(shared);
+    }
+
     /// A writer for `columns` of the table `table` (a label for messages). `policies` and
     /// `max_bad_values` (`None` = unlimited) govern bad values; `key_columns` are the source
     /// columns naming a row in failure messages; a chunk holds at most `batch_size` rows.

@@ -19,11 +19,16 @@ struct Column {
     mode: FieldMode,
 }
 
+/// Bad values of one table counted across all its chunks' sinks: the budget is per table.
+pub type SharedBadValues = std::sync::Arc<std::sync::atomic::AtomicU64>;
+
 /// Per-extraction policies, budget and statistics.
 pub struct RowPolicy {
     columns: Vec<Column>,
     policies: TypePolicies,
     max_failures: Option<u64>,
+    /// The table's count when its chunks are read by several sinks.
+    shared: Option<SharedBadValues>,
     key_columns: Vec<usize>,
     table: String,
     /// Statistics so far.
@@ -56,11 +61,18 @@ impl RowPolicy {
                 .collect(),
             policies,
             max_failures: max_bad_values,
+            shared: None,
             key_columns,
             table,
             stats: ExtractStats::default(),
             notes: Vec::new(),
         }
+    }
+
+    /// Counts bad values in `shared` too, and holds the budget against that total (the
+    /// table's, over every chunk).
+    pub fn share_budget(&mut self, shared: SharedBadValues) {
+        self.shared = Some(shared);
     }
 
     /// The source name of column `index`.
@@ -75,6 +87,9 @@ impl RowPolicy {
 
     fn count_bad(&mut self, kind: BadKind) {
         self.stats.bad_values += 1;
+        if let Some(shared) = &self.shared {
+            shared.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
         *self
             .stats
             .by_kind
@@ -176,10 +191,16 @@ impl RowPolicy {
                 self.stats.failures.push(format!("row {key}: {note}"));
             }
         }
+        let count = self
+            .shared
+            .as_ref()
+            .map_or(self.stats.bad_values, |shared| {
+                shared.load(std::sync::atomic::Ordering::Relaxed)
+            });
         match self.max_failures {
-            Some(max) if self.stats.bad_values > max => Err(TooManyBadValues {
+            Some(max) if count > max => Err(TooManyBadValues {
                 table: self.table.clone(),
-                count: self.stats.bad_values,
+                count,
                 max,
                 failures: self.stats.failures.clone(),
             }),

@@ -75,6 +75,7 @@ pub(crate) async fn executor(
         run_id: "run1".into(),
         settings: Default::default(),
         ledger: Default::default(),
+        jobs: Default::default(),
     }
 }
 
@@ -151,8 +152,14 @@ async fn replace_loads_through_staging_then_creates_and_writes_atomically() {
             "list_tables _datasync_backup_",
             "list_tables _datasync_lock_",
             "create_table _datasync_lock_items",
+            // A killed run of this plan would have left a staging table to resume.
+            "list_tables _datasync_staging_",
             "create_table _datasync_staging_items_run1",
-            "load _datasync_staging_items_run1 WRITE_APPEND datasync_run1_items",
+            format!(
+                "load _datasync_staging_items_run1 WRITE_APPEND {}",
+                datasync::sync::chunk_job_id(&plan.fingerprint, "items", "run1", 0, 0)
+            )
+            .as_str(),
             "create_table items",
             "copy_table _datasync_staging_items_run1 into items WRITE_TRUNCATE",
             "drop_table _datasync_staging_items_run1",
@@ -379,8 +386,14 @@ async fn recreate_drops_the_old_table_only_after_the_new_rows_are_verified() {
             "list_tables _datasync_backup_",
             "list_tables _datasync_lock_",
             "create_table _datasync_lock_items",
+            // A killed run of this plan would have left a staging table to resume.
+            "list_tables _datasync_staging_",
             "create_table _datasync_staging_items_run2",
-            "load _datasync_staging_items_run2 WRITE_APPEND datasync_run2_items",
+            format!(
+                "load _datasync_staging_items_run2 WRITE_APPEND {}",
+                datasync::sync::chunk_job_id(&plan.fingerprint, "items", "run2", 0, 0)
+            )
+            .as_str(),
             // One atomic copy swaps schema and rows: the target is never missing or empty.
             "copy_table _datasync_staging_items_run2 into items WRITE_TRUNCATE",
             "drop_table _datasync_staging_items_run2",
@@ -883,6 +896,8 @@ async fn a_hard_delete_merge_removes_rows_whose_key_left_the_source() {
         .iter()
         .filter(|entry| !entry.starts_with("get_table") && !entry.starts_with("max_value"))
         .filter(|entry| !entry.starts_with("list_tables"))
+        // The run ledger's read and write are the ledger tests' subject.
+        .filter(|entry| !entry.contains(datasync::sync::ledger::RUNS_TABLE))
         .cloned()
         .collect();
     assert_eq!(
@@ -890,7 +905,11 @@ async fn a_hard_delete_merge_removes_rows_whose_key_left_the_source() {
         [
             "create_table _datasync_lock_items",
             "create_table _datasync_staging_items_run2",
-            "load _datasync_staging_items_run2 WRITE_APPEND datasync_run2_items",
+            format!(
+                "load _datasync_staging_items_run2 WRITE_APPEND {}",
+                datasync::sync::chunk_job_id(&second.fingerprint, "items", "run2", 0, 0)
+            )
+            .as_str(),
             "count_duplicate_keys _datasync_staging_items_run2",
             "create_table _datasync_keys_items_run2",
             "load _datasync_keys_items_run2 WRITE_APPEND datasync_run2_items_keys",
@@ -1294,6 +1313,14 @@ async fn lineage_columns_descriptions_and_job_labels_reach_the_target() {
     assert!(jobs.iter().any(|(entry, _)| entry.starts_with("merge")));
     for (entry, labels) in &jobs {
         assert_eq!(labels.run.as_deref(), Some(TIMED_RUN), "{entry}");
+        if entry.contains(datasync::sync::ledger::RUNS_TABLE) {
+            // The run's one ledger load: labelled with the run and the ledger table.
+            assert_eq!(
+                labels.table.as_deref(),
+                Some(datasync::sync::ledger::RUNS_TABLE)
+            );
+            continue;
+        }
         let table = labels.table.as_deref().unwrap_or_default();
         assert!(
             ["items", "notes"].contains(&table) && entry.contains(table),
@@ -1426,4 +1453,335 @@ async fn a_failed_metadata_patch_says_the_rows_were_written() {
         "{text}"
     );
     assert_eq!(ids(&warehouse, "items").len(), 6);
+}
+
+/// 100 items; `bad` ids get a name that is not UTF-8.
+fn hundred_items(bad: &[i64]) -> String {
+    let mut seed = String::from(
+        "CREATE TABLE items (id INTEGER PRIMARY KEY, name TEXT NOT NULL);
+         WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 100)
+         INSERT INTO items SELECT i, 'item ' || i FROM n;",
+    );
+    for id in bad {
+        seed.push_str(&format!(
+            "UPDATE items SET name = CAST(x'ff' AS TEXT) WHERE id = {id};"
+        ));
+    }
+    seed
+}
+
+/// Splits the plan's first table into ranges of `id` at `bounds` (as the planner does for a
+/// large MySQL/PostgreSQL table; SQLite tables are never split by the planner), read by
+/// `readers` readers.
+fn split(plan: &mut Plan, bounds: &[i64], readers: u32) {
+    use datasync::plan::chunks::{Chunking, Consistency, key_ranges_from_bounds};
+    let extract = plan.tables[0].extract_mut().unwrap();
+    extract.chunking = Chunking {
+        key: Some("id".into()),
+        ranges: key_ranges_from_bounds(bounds),
+        readers,
+        consistency: Consistency::PerChunk,
+        estimated_bytes: None,
+    };
+    plan.refingerprint();
+}
+
+fn one_to(last: i64, except: &[i64]) -> Vec<String> {
+    (1..=last)
+        .filter(|id| !except.contains(id))
+        .map(|id| id.to_string())
+        .collect()
+}
+
+#[tokio::test]
+async fn a_split_table_loads_each_chunk_with_its_own_job_into_one_staging_table() {
+    let setup = sqlite(&hundred_items(&[])).await;
+    let manifest = manifest(&setup.path, "      items: {}\n");
+    let warehouse = Arc::new(FakeWarehouse::with_dataset());
+    let mut executor = executor(&manifest, Arc::clone(&warehouse), DryRun::No).await;
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let progress = Arc::clone(&seen);
+    executor.progress = Arc::new(move |_: &str, rows: u64| progress.lock().unwrap().push(rows));
+    let mut plan = plan(&manifest, &executor.sources["lite"], &warehouse).await;
+    split(&mut plan, &[26, 51, 76], 2);
+
+    let report = executor.run(&plan).await;
+    assert!(report.succeeded(), "{}", report.text());
+    assert_eq!(ids(&warehouse, "items"), one_to(100, &[]));
+    let table = &report.tables[0];
+    assert_eq!(
+        (table.chunks, table.rows_extracted, table.rows_loaded),
+        (4, 100, Some(100))
+    );
+    for index in 0..4 {
+        let job = datasync::sync::chunk_job_id(&plan.fingerprint, "items", "run1", index, 0);
+        assert_eq!(
+            warehouse.count(&format!(
+                "load _datasync_staging_items_run1 WRITE_APPEND {job}"
+            )),
+            1,
+            "{:?}",
+            warehouse.log()
+        );
+    }
+    assert_eq!(warehouse.count("load _datasync_staging"), 4);
+    assert_eq!(warehouse.count("create_table _datasync_staging"), 1);
+    // The target still takes one atomic write.
+    assert_eq!(warehouse.count("copy_table"), 1);
+    assert!(
+        warehouse
+            .list_tables("_datasync_")
+            .await
+            .unwrap()
+            .iter()
+            .all(|name| name == datasync::sync::ledger::RUNS_TABLE)
+    );
+    // Progress is the table's, over every chunk, in order.
+    let progress = seen.lock().unwrap().clone();
+    assert_eq!(progress.last(), Some(&100), "{progress:?}");
+    assert!(
+        progress.windows(2).all(|pair| pair[0] <= pair[1]),
+        "{progress:?}"
+    );
+
+    // A dry run reads the same chunks: the same counts, nothing loaded.
+    let dry = self::executor(&manifest, Arc::clone(&warehouse), DryRun::Yes).await;
+    let report = dry.run(&plan).await;
+    assert!(report.succeeded(), "{}", report.text());
+    assert_eq!(
+        (report.tables[0].chunks, report.tables[0].rows_extracted),
+        (4, 100)
+    );
+    assert_eq!(warehouse.count("load _datasync_staging"), 4);
+}
+
+#[tokio::test]
+async fn the_bad_value_budget_is_the_tables_over_all_its_chunks() {
+    // One bad value in each of three chunks: each chunk alone is within a budget of 2.
+    let setup = sqlite(&hundred_items(&[10, 40, 70])).await;
+    let tables = |max: u32| {
+        format!("      items: {{max_parse_failures: {max}, types: {{invalid_utf8: error}}}}\n")
+    };
+    let manifest_2 = manifest(&setup.path, &tables(2));
+    let warehouse = Arc::new(FakeWarehouse::with_dataset());
+    let executor = executor(&manifest_2, Arc::clone(&warehouse), DryRun::No).await;
+    let mut plan_2 = plan(&manifest_2, &executor.sources["lite"], &warehouse).await;
+    split(&mut plan_2, &[26, 51, 76], 2);
+    let report = executor.run(&plan_2).await;
+    let text = report.text();
+    assert_eq!(report.tables[0].status, TableStatus::Failed, "{text}");
+    assert!(
+        text.contains("3 bad values, more than max_parse_failures (2)"),
+        "{text}"
+    );
+    assert!(
+        warehouse.rows("items").is_none(),
+        "the target was not written"
+    );
+
+    // With 3 allowed the table loads; every chunk's rejects are in `_datasync_rejects` (a
+    // failed run's chunks may have recorded theirs too: its rows carry its run id).
+    let manifest_3 = manifest(&setup.path, &tables(3));
+    let mut plan_3 = plan(&manifest_3, &executor.sources["lite"], &warehouse).await;
+    split(&mut plan_3, &[26, 51, 76], 2);
+    let mut executor = executor;
+    executor.run_id = "run2".into();
+    let report = executor.run(&plan_3).await;
+    assert!(report.succeeded(), "{}", report.text());
+    assert_eq!(
+        (report.tables[0].bad_values, report.tables[0].rows_left_out),
+        (3, 3)
+    );
+    assert_eq!(ids(&warehouse, "items"), one_to(100, &[10, 40, 70]));
+    let mut rejected: Vec<String> = warehouse
+        .rows("_datasync_rejects")
+        .unwrap()
+        .iter()
+        .filter(|row| row["run_id"] == "run2")
+        .map(|row| row["key"].as_str().unwrap().to_string())
+        .collect();
+    rejected.sort();
+    assert_eq!(rejected, ["(id=10)", "(id=40)", "(id=70)"]);
+}
+
+/// Starts `executor` on `plan`, waits until a load whose job id contains `hang_at` starts (the
+/// fake holds it forever), then drops the run: a killed process, leaving its staging table.
+async fn kill_at(executor: &Executor, plan: &Plan, warehouse: &FakeWarehouse, hang_at: &str) {
+    warehouse.hang_loads(Some(hang_at));
+    let run = executor.run(plan);
+    tokio::pin!(run);
+    let started = std::time::Instant::now();
+    while !warehouse
+        .log()
+        .iter()
+        .any(|entry| entry.starts_with("load ") && entry.contains(hang_at))
+    {
+        tokio::select! {
+            report = &mut run => panic!("the run ended: {}", report.text()),
+            () = tokio::time::sleep(std::time::Duration::from_millis(10)) => {}
+        }
+        assert!(started.elapsed().as_secs() < 20, "{:?}", warehouse.log());
+    }
+    warehouse.hang_loads(None);
+}
+
+fn run_ids() -> (String, String) {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    (format!("{now}_000001"), format!("{now}_000002"))
+}
+
+#[tokio::test]
+async fn a_rerun_of_a_killed_apply_skips_the_chunks_it_loaded() {
+    use datasync::warehouse::JobState;
+    let setup = sqlite(&hundred_items(&[10])).await;
+    let manifest = manifest(
+        &setup.path,
+        "      items: {max_parse_failures: 5, types: {invalid_utf8: error}}\n",
+    );
+    let warehouse = Arc::new(FakeWarehouse::with_dataset());
+    let (killed, rerun) = run_ids();
+    let mut first = executor(&manifest, Arc::clone(&warehouse), DryRun::No).await;
+    first.run_id = killed.clone();
+    first.settings.lease.duration = std::time::Duration::from_millis(400);
+    let mut plan = plan(&manifest, &first.sources["lite"], &warehouse).await;
+    split(&mut plan, &[26, 51, 76], 1);
+    let job = |index, attempt| {
+        datasync::sync::chunk_job_id(&plan.fingerprint, "items", &killed, index, attempt)
+    };
+    // Killed while chunk 3 loads: chunks 1 and 2 (with chunk 1's rejected row) are loaded.
+    kill_at(&first, &plan, &warehouse, &job(2, 0)).await;
+    let staging = format!("_datasync_staging_items_{killed}");
+    assert_eq!(warehouse.rows(&staging).unwrap().len(), 49);
+    assert_eq!(warehouse.rows("_datasync_rejects").unwrap().len(), 1);
+    // What BigQuery may hold then: chunk 2's job still running, chunk 3's job failed.
+    warehouse.set_job_state(&job(1, 0), JobState::Running);
+    warehouse.set_job_state(
+        &job(2, 0),
+        JobState::Failed {
+            message: "killed".into(),
+        },
+    );
+    let finisher = Arc::clone(&warehouse);
+    let running = job(1, 0);
+    tokio::spawn(async move {
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        finisher.set_job_state(&running, JobState::Done { output_rows: 25 });
+    });
+
+    // The rerun (its lease waits out the killed run's) skips chunks 1 and 2.
+    let mut second = first.clone();
+    second.run_id = rerun.clone();
+    second.settings.lease.wait = std::time::Duration::from_secs(10);
+    let report = second.run(&plan).await;
+    let text = report.text();
+    assert!(report.succeeded(), "{text}");
+    assert!(
+        text.contains("lite.items: resumed: skipped 2 of 4 chunks already loaded"),
+        "{text}"
+    );
+    let json = serde_json::to_value(&report).unwrap();
+    assert_eq!(json["tables"][0]["chunks_skipped"], 2);
+    assert_eq!(json["tables"][0]["chunks"], 4);
+    // Exactly the source's rows once; the rejected row recorded once.
+    assert_eq!(ids(&warehouse, "items"), one_to(100, &[10]));
+    assert_eq!(warehouse.rows("_datasync_rejects").unwrap().len(), 1);
+    // Chunks 1 and 2 loaded once; chunk 3 again under its next attempt's id (the failed
+    // job's can't load again), chunk 4 for the first time; into the killed run's staging.
+    for (index, attempt, loads) in [(0, 0, 1), (1, 0, 1), (2, 1, 1), (3, 0, 1)] {
+        let entry = format!("load {staging} WRITE_APPEND {}", job(index, attempt));
+        assert_eq!(warehouse.count(&entry), loads, "{entry}");
+    }
+    assert_eq!(warehouse.count("create_table _datasync_staging"), 1);
+    assert_eq!(warehouse.count("copy_table"), 1);
+    for leftover in ["_datasync_staging_", "_datasync_lock_"] {
+        assert!(warehouse.list_tables(leftover).await.unwrap().is_empty());
+    }
+}
+
+#[tokio::test]
+async fn a_killed_run_whose_jobs_bigquery_does_not_know_starts_over_without_duplicates() {
+    // What the emulator does: client job ids are not kept, so no chunk can be proven loaded.
+    let setup = sqlite(&hundred_items(&[])).await;
+    let manifest = manifest(&setup.path, "      items: {}\n");
+    let warehouse = Arc::new(FakeWarehouse::with_dataset());
+    let (killed, rerun) = run_ids();
+    let mut first = executor(&manifest, Arc::clone(&warehouse), DryRun::No).await;
+    first.run_id = killed.clone();
+    first.settings.lease.duration = std::time::Duration::from_millis(300);
+    let mut plan = plan(&manifest, &first.sources["lite"], &warehouse).await;
+    split(&mut plan, &[26, 51, 76], 1);
+    let job = |index| datasync::sync::chunk_job_id(&plan.fingerprint, "items", &killed, index, 0);
+    kill_at(&first, &plan, &warehouse, &job(2)).await;
+    warehouse.forget_job(&job(0));
+    warehouse.forget_job(&job(1));
+
+    let mut second = first.clone();
+    second.run_id = rerun.clone();
+    second.settings.lease.wait = std::time::Duration::from_secs(10);
+    let report = second.run(&plan).await;
+    assert!(report.succeeded(), "{}", report.text());
+    assert_eq!(report.tables[0].chunks_skipped, 0);
+    assert!(!report.text().contains("resumed"), "{}", report.text());
+    assert_eq!(ids(&warehouse, "items"), one_to(100, &[]));
+    // The killed run's staging table (its rows unaccounted for) is dropped, not reused.
+    assert_eq!(
+        warehouse.count(&format!("drop_table _datasync_staging_items_{killed}")),
+        1
+    );
+    assert_eq!(
+        warehouse.count(&format!("load _datasync_staging_items_{rerun}")),
+        4
+    );
+    assert!(
+        warehouse
+            .list_tables("_datasync_")
+            .await
+            .unwrap()
+            .iter()
+            .all(|name| name == datasync::sync::ledger::RUNS_TABLE)
+    );
+}
+
+#[tokio::test]
+async fn a_lease_held_by_a_dead_process_of_this_host_is_taken_over_at_once() {
+    use datasync::sync::lease::{LeaseRecord, holder_is_dead, lock_table};
+    let Some(host) = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|name| name.trim().to_string())
+    else {
+        return; // no /proc: only the lease's expiry tells
+    };
+    let setup = sqlite(SEED).await;
+    let manifest = manifest(&setup.path, "      items: {}\n");
+    let warehouse = Arc::new(FakeWarehouse::with_dataset());
+    // A killed holder: this host, a pid no process has, its lease valid for another hour.
+    let record = LeaseRecord {
+        holder: "killed_run".into(),
+        expires_at_ms: chrono::Utc::now().timestamp_millis() + 3_600_000,
+        host: Some(host),
+        pid: Some(4_194_304 + 17),
+        started: Some(1),
+    };
+    assert!(holder_is_dead(&record));
+    let mut lock = string_id_items();
+    lock.name = lock_table("items");
+    warehouse
+        .create_table_with(
+            &lock,
+            &datasync::warehouse::TableMeta {
+                expires_at_ms: Some(record.expires_at_ms),
+                description: serde_json::to_string(&record).ok(),
+            },
+        )
+        .await
+        .unwrap();
+    let executor = executor(&manifest, Arc::clone(&warehouse), DryRun::No).await;
+    assert_eq!(executor.settings.lease.wait, std::time::Duration::ZERO);
+    let plan = plan(&manifest, &executor.sources["lite"], &warehouse).await;
+    let report = executor.run(&plan).await;
+    assert!(report.succeeded(), "{}", report.text());
+    assert_eq!(ids(&warehouse, "items"), ["1", "2", "3"]);
 }

@@ -1027,3 +1027,66 @@ sources:
         render(&failure)
     );
 }
+
+#[test]
+fn chunk_settings_resolve_with_units_defaults_and_overrides() {
+    let text = "\
+bigquery: {project: my-project, dataset: analytics}
+defaults:
+  chunk_bytes: 256MiB
+  table_parallelism: 3
+sources:
+  shop:
+    type: postgres
+    url: postgres://postgres@127.0.0.1/shop
+    tables:
+      orders: {}
+      events: {chunk_bytes: 500MB, table_parallelism: 1, consistency: per-chunk}
+      items: {chunk_bytes: 1048576}
+";
+    let loaded = load_yaml(text, Env::new()).unwrap();
+    let tables = &loaded.manifest.tables;
+    let settings = |index: usize| {
+        (
+            tables[index].chunk_bytes,
+            tables[index].table_parallelism,
+            tables[index].consistency.as_str(),
+        )
+    };
+    assert_eq!(settings(0), (256 << 20, 3, "snapshot"));
+    assert_eq!(settings(1), (500_000_000, 1, "per-chunk"));
+    assert_eq!(settings(2), (1 << 20, 3, "snapshot"));
+    // The pool defaults to every reader of every table at once: parallelism × 3.
+    assert_eq!(loaded.manifest.sources[0].max_connections, 4 * 3);
+    // Without settings: 1 GiB, 2 readers.
+    let plain = load_yaml(
+        "bigquery: {project: my-project, dataset: analytics}\nsources:\n  shop:\n    type: postgres\n    url: postgres://u@h/db\n    tables:\n      orders: {}\n",
+        Env::new(),
+    )
+    .unwrap();
+    assert_eq!(
+        (
+            plain.manifest.tables[0].chunk_bytes,
+            plain.manifest.tables[0].table_parallelism
+        ),
+        (1 << 30, 2)
+    );
+}
+
+#[test]
+fn a_bad_chunk_size_is_reported_at_its_line() {
+    let text = "\
+bigquery: {project: my-project, dataset: analytics}
+sources:
+  shop:
+    type: postgres
+    url: postgres://postgres@127.0.0.1/shop
+    tables:
+      orders: {chunk_bytes: 12 parsecs}
+      items: {consistency: sometimes}
+";
+    let failure = load_yaml(text, Env::new()).unwrap_err();
+    let rendered = render(&failure);
+    assert_eq!(errors(&failure).len(), 2, "{rendered}");
+    insta::assert_snapshot!(rendered);
+}

@@ -46,6 +46,9 @@ const ITEMS: &str = r#"{"tableReference":{"projectId":"p","datasetId":"d","table
     {"name":"id","type":"INTEGER","mode":"REQUIRED"},{"name":"name","type":"STRING","mode":"REQUIRED"},
     {"name":"price","type":"FLOAT","mode":"NULLABLE"}]}}"#;
 
+/// tables.list of the dataset: the items table.
+const LISTING: &str = r#"{"tables":[{"tableReference":{"projectId":"p","datasetId":"d","tableId":"items"},"type":"TABLE"}]}"#;
+
 /// A dry run's answer: MERGE 3 GiB, the DELETE 1 GiB of the target (what BigQuery would say).
 fn dry_run_answer(request: &Seen) -> String {
     let sql = request.json()["configuration"]["query"]["query"]
@@ -76,6 +79,7 @@ async fn the_plan_prices_a_merge_with_dry_runs_of_its_statements() {
         match (request.method.as_str(), request.path()) {
             ("GET", "/bigquery/v2/projects/p/datasets/d") => reply(200, DATASET),
             ("GET", "/bigquery/v2/projects/p/datasets/d/tables/items") => reply(200, ITEMS),
+            ("GET", "/bigquery/v2/projects/p/datasets/d/tables") => reply(200, LISTING),
             ("POST", "/bigquery/v2/projects/p/jobs") => reply(200, dry_run_answer(request)),
             _ => reply(500, r#"{"error":{"code":500,"message":"unexpected"}}"#),
         }

@@ -166,8 +166,9 @@ async fn sqlite_describe_reads_unique_indexes() {
     let source = datasync::source::Source::connect(&spec).await.unwrap();
     let table = source.describe(None, "t").await.unwrap();
     assert_eq!(table.primary_key, ["id"]);
+    // Sorted by index name: `sqlite_autoindex_t_1` (email), `sqlite_autoindex_t_2` (a, b).
     assert_eq!(
         table.unique_keys,
-        [vec!["a".to_string(), "b".into()], vec!["email".into()]]
+        [vec!["email".to_string()], vec!["a".into(), "b".into()]]
     );
 }

@@ -9,10 +9,12 @@
 mod support;
 
 mod apply_e2e;
+mod chunks;
 mod cli_init;
 mod geography;
 mod ledger_e2e;
 mod plan_orphans;
+mod resume;
 mod roundtrip;
 mod shard;
 mod source_mysql;

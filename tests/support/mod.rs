@@ -84,6 +84,9 @@ pub fn table_spec(kind: SourceKind, qualifier: Option<&str>, name: &str) -> Tabl
         mode: WriteMode::Replace,
         batch_size: 10_000,
         format: datasync::schema::LoadFormat::Avro,
+        chunk_bytes: 1 << 30,
+        table_parallelism: 2,
+        consistency: Default::default(),
         max_parse_failures: None,
         column_types: Default::default(),
         partition_by: None,
@@ -184,6 +187,7 @@ pub fn ndjson_writer(table: &SourceTable, mapping: &TableMapping) -> NdjsonWrite
     )
 }
 
+pub mod bigquery_fake;
 pub mod fakes;
 
 /// Runs `datasync <args>` in `dir` on a pseudo-terminal (util-linux `script`), typing `answer`

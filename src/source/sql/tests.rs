@@ -310,7 +310,7 @@ fn statements() {
         }
     );
     assert_eq!(
-        select_sql(&Postgres, &t, &columns, Some(&filter("id", "7", true))).unwrap(),
+        select_sql(&Postgres, &t, &columns, Some(&filter("id", "7", true)), None).unwrap(),
         Statement {
             sql: "SELECT \"id\", ST_AsText(\"g\") FROM \"public\".\"t\" WHERE (\"id\" >= $1::bigint OR \"id\" IS NULL) ORDER BY \"id\""
                 .into(),
@@ -321,22 +321,34 @@ fn statements() {
     let mut not_null = columns.clone();
     not_null[0].source.nullable = false;
     assert_eq!(
-        select_sql(&Postgres, &t, &not_null, Some(&filter("id", "7", true)))
-            .unwrap()
-            .sql,
+        select_sql(
+            &Postgres,
+            &t,
+            &not_null,
+            Some(&filter("id", "7", true)),
+            None
+        )
+        .unwrap()
+        .sql,
         "SELECT \"id\", ST_AsText(\"g\") FROM \"public\".\"t\" WHERE \"id\" >= $1::bigint ORDER BY \"id\""
     );
     assert_eq!(
-        select_sql(&Sqlite, &table(None, "t"), &columns[..1], None).unwrap(),
+        select_sql(&Sqlite, &table(None, "t"), &columns[..1], None, None).unwrap(),
         Statement {
             sql: "SELECT \"id\" FROM \"t\"".into(),
             bind: None
         }
     );
     assert_eq!(
-        select_sql(&Postgres, &t, &columns, Some(&filter("nope", "7", false)))
-            .unwrap_err()
-            .to_string(),
+        select_sql(
+            &Postgres,
+            &t,
+            &columns,
+            Some(&filter("nope", "7", false)),
+            None
+        )
+        .unwrap_err()
+        .to_string(),
         "cursor column `nope` is not extracted from `t`"
     );
 }
@@ -372,7 +384,7 @@ fn geography_is_read_as_longitude_first_wgs84_or_flagged() {
 
 #[test]
 fn chunk_predicates_per_engine() {
-    use crate::plan::chunks::ChunkRange;
+    use crate::schema::ChunkRange;
     let key = ChunkRange::Key {
         lo: Some(-5),
         hi: Some(100),
@@ -414,4 +426,42 @@ fn chunk_predicates_per_engine() {
         "ctid >= '(10,0)'::tid AND ctid < '(20,0)'::tid"
     );
     assert_eq!(chunk_predicate(&Mysql, "id", pages, false).unwrap(), None);
+}
+
+#[test]
+fn a_chunk_narrows_the_select_and_keeps_the_bound() {
+    let columns = vec![native("id", "bigint", Codec::Int)];
+    let t = table(Some("public"), "t");
+    let chunk = chunk_predicate(
+        &Postgres,
+        "id",
+        crate::schema::ChunkRange::Key {
+            lo: Some(10),
+            hi: Some(20),
+        },
+        true,
+    )
+    .unwrap()
+    .unwrap();
+    assert_eq!(
+        select_sql(&Postgres, &t, &columns, None, Some(&chunk))
+            .unwrap()
+            .sql,
+        r#"SELECT "id" FROM "public"."t" WHERE "id" >= 10 AND "id" < 20"#
+    );
+    assert_eq!(
+        select_sql(
+            &Postgres,
+            &t,
+            &columns,
+            Some(&filter("id", "7", false)),
+            Some(&chunk)
+        )
+        .unwrap(),
+        Statement {
+            sql: r#"SELECT "id" FROM "public"."t" WHERE "id" > $1::bigint AND ("id" >= 10 AND "id" < 20) ORDER BY "id""#
+                .into(),
+            bind: Some("7".into())
+        }
+    );
 }

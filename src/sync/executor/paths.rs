@@ -94,7 +94,12 @@ impl Executor {
         key_set: &Extract,
     ) -> Result<u64, String> {
         let keys = keys_table(&table.target, &self.run_id);
-        self.create_staging(&keys, key_set)
+        let info = crate::sync::StagingInfo {
+            run_id: self.run_id.clone(),
+            plan: "key set".into(),
+            chunks: 1,
+        };
+        self.create_staging(&keys, key_set, &info)
             .await
             .map_err(|failure| failure.message.replace("staging table", "key-set table"))?;
         let request = LoadRequest {

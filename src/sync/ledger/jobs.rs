@@ -46,7 +46,17 @@ impl JobLog {
     /// Notes `job_id` (as the server names it) for the target of the client id `client_id`,
     /// when the job ran or may have.
     fn note<T>(&self, client_id: &str, result: &Result<T, WarehouseError>, job_id: Option<&str>) {
-        let Some(target) = self.targets.get(client_id) else {
+        // The run's fixed job ids; else a chunk's (`datasync_<plan>_<target>_<run>_c<N>`) or a
+        // resumed run's, whose ids name the target: the longest target named wins.
+        let target = self.targets.get(client_id).or_else(|| {
+            self.targets
+                .values()
+                .filter(|target| {
+                    client_id.contains(&format!("_{}_", crate::sync::sanitize_job_part(target)))
+                })
+                .max_by_key(|target| target.len())
+        });
+        let Some(target) = target else {
             return;
         };
         let ran = match result {
@@ -99,6 +109,13 @@ impl Warehouse for JobLog {
         update: &crate::warehouse::TableUpdate,
     ) -> Result<(), WarehouseError> {
         self.inner.update_table(name, update).await
+    }
+
+    async fn job_state(
+        &self,
+        job_id: &str,
+    ) -> Result<Option<crate::warehouse::JobState>, WarehouseError> {
+        self.inner.job_state(job_id).await
     }
 
     async fn list_dataset(&self) -> Result<Vec<crate::warehouse::ListedTable>, WarehouseError> {

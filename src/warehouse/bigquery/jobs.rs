@@ -39,6 +39,34 @@ impl BigQuery {
         }
     }
 
+    /// jobs.get as a [`JobState`].
+    pub(super) async fn job_state_of(
+        &self,
+        job_id: &str,
+    ) -> Result<Option<crate::warehouse::JobState>, WarehouseError> {
+        use crate::warehouse::JobState;
+        Self::check_job_id(job_id)?;
+        let Some(job) = self.get_job(job_id, None).await? else {
+            return Ok(None);
+        };
+        if !job.is_done() {
+            return Ok(Some(JobState::Running));
+        }
+        Ok(Some(match job.check(&format!("job {job_id}"), job_id) {
+            Ok(()) => JobState::Done {
+                output_rows: job
+                    .statistics
+                    .as_ref()
+                    .and_then(|statistics| statistics.load.as_ref())
+                    .and_then(|load| load.output_rows)
+                    .unwrap_or(0),
+            },
+            Err(error) => JobState::Failed {
+                message: error.to_string(),
+            },
+        }))
+    }
+
     /// Polls jobs.get until the job is DONE (0.2 s doubling to 5 s between polls).
     pub(super) async fn wait_for_job(
         &self,
@@ -109,6 +137,7 @@ impl BigQuery {
             } else {
                 load.and_then(|load| load.input_file_bytes).unwrap_or(0)
             },
+            output_rows_is_total: self.emulator,
         })
     }
 
@@ -256,6 +285,7 @@ impl BigQuery {
             job_id: request.job_id.clone(),
             output_rows: 0,
             bytes: 0,
+            output_rows_is_total: false,
         })
     }
 

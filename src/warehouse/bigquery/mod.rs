@@ -787,6 +787,10 @@ impl Warehouse for BigQuery {
         get_tables_bounded(self, names, GET_TABLES_CONCURRENCY, pace).await
     }
 
+    async fn job_state(&self, job_id: &str) -> Result<Option<super::JobState>, WarehouseError> {
+        self.job_state_of(job_id).await
+    }
+
     async fn cancel_job(&self, job_id: &str) -> Result<(), WarehouseError> {
         let context = format!("cancel job {job_id}");
         let mut url = self.api_url(&["jobs", job_id, "cancel"])?;

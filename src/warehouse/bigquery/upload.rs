@@ -13,8 +13,8 @@
 //!    whole upload [`UPLOAD_FAILURE_FACTOR`] times as many. A successful status probe resets
 //!    nothing.
 //!
-//! At most about two chunks are in memory: the buffer (≤ chunk size + one input message) and the
-//! copy being sent.
+//! About one chunk is in memory per upload: the buffer (≤ chunk size + one input message),
+//! whose first chunk is the body being sent (shared, not copied).
 
 use bytes::{Buf, Bytes, BytesMut};
 use reqwest::{Method, StatusCode, Url};
@@ -131,12 +131,18 @@ impl Put {
     }
 }
 
-/// The bytes not yet acknowledged by the server, and the plan for the next PUT.
+/// The bytes not yet acknowledged by the server, and the plan for the next PUT. A PUT's body
+/// is split off the buffer without a copy and shared with the request (`Bytes`), so an upload
+/// holds about one chunk (plus one input message), not two; only a partial acknowledgement
+/// (the server kept part of a PUT) copies the rest once.
 #[derive(Debug)]
 pub(crate) struct ChunkBuffer {
     chunk_size: usize,
+    /// The body of the last PUT, from `offset` on (unacknowledged).
+    sent: Bytes,
+    /// The bytes after `sent`.
     pending: BytesMut,
-    /// Server offset of `pending[0]`.
+    /// Server offset of the first unacknowledged byte.
     offset: u64,
     closed: bool,
 }
@@ -146,19 +152,28 @@ impl ChunkBuffer {
         check_chunk_size(chunk_size)?;
         Ok(Self {
             chunk_size,
+            sent: Bytes::new(),
             pending: BytesMut::new(),
             offset: 0,
             closed: false,
         })
     }
 
+    fn unacknowledged(&self) -> usize {
+        self.sent.len() + self.pending.len()
+    }
+
     /// Whether more input is needed before the next PUT: a non-final PUT is only sent when at
     /// least one byte beyond it is known, so the final PUT is never empty.
     pub(crate) fn needs_input(&self) -> bool {
-        !self.closed && self.pending.len() <= self.chunk_size
+        !self.closed && self.unacknowledged() <= self.chunk_size
     }
 
     pub(crate) fn push(&mut self, bytes: &[u8]) {
+        if self.pending.capacity() == 0 && self.sent.is_empty() {
+            // One allocation for the chunk (untouched capacity is not resident memory).
+            self.pending.reserve(self.chunk_size + bytes.len());
+        }
         self.pending.extend_from_slice(bytes);
     }
 
@@ -168,25 +183,34 @@ impl ChunkBuffer {
 
     /// Bytes received so far.
     pub(crate) fn total_seen(&self) -> u64 {
-        self.offset + self.pending.len() as u64
+        self.offset + self.unacknowledged() as u64
     }
 
     /// The next PUT, or `None` while more input is needed (or nothing is left).
-    pub(crate) fn next_put(&self) -> Option<Put> {
-        if self.needs_input() || self.pending.is_empty() {
+    pub(crate) fn next_put(&mut self) -> Option<Put> {
+        if self.needs_input() || self.unacknowledged() == 0 {
             return None;
         }
-        if self.closed && self.pending.len() <= self.chunk_size {
-            return Some(Put {
-                start: self.offset,
-                body: Bytes::copy_from_slice(&self.pending),
-                total: Some(self.total_seen()),
-            });
+        let last = self.closed && self.unacknowledged() <= self.chunk_size;
+        let wanted = if last {
+            self.unacknowledged()
+        } else {
+            self.chunk_size
+        };
+        if wanted > self.sent.len() {
+            if !self.sent.is_empty() {
+                // The server kept part of the last PUT: the rest goes out with new bytes.
+                let mut merged = BytesMut::with_capacity(self.unacknowledged());
+                merged.extend_from_slice(&self.sent);
+                merged.extend_from_slice(&self.pending);
+                self.pending = merged;
+            }
+            self.sent = self.pending.split_to(wanted).freeze();
         }
         Some(Put {
             start: self.offset,
-            body: Bytes::copy_from_slice(&self.pending[..self.chunk_size]),
-            total: None,
+            body: self.sent.slice(..wanted),
+            total: last.then(|| self.total_seen()),
         })
     }
 
@@ -199,7 +223,15 @@ impl ChunkBuffer {
                 self.total_seen()
             ));
         }
-        self.pending.advance((committed - self.offset) as usize);
+        let mut done = (committed - self.offset) as usize;
+        let from_sent = done.min(self.sent.len());
+        self.sent.advance(from_sent);
+        if self.sent.is_empty() {
+            // Let go of the shared allocation, so `pending` can reuse it.
+            self.sent = Bytes::new();
+        }
+        done -= from_sent;
+        self.pending.advance(done);
         self.offset = committed;
         Ok(())
     }

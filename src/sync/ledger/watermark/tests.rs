@@ -41,6 +41,7 @@ fn extract(bq_type: BqType, format: LoadFormat) -> Extract {
     ];
     Extract {
         lineage: false,
+        chunking: Default::default(),
         load_schema: WarehouseTable {
             description: None,
             name: "t".into(),

@@ -252,6 +252,7 @@ async fn read_keys(
          CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, position)
          JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
          WHERE i.indrelid = ANY($1::int8[]::oid[])
+           AND k.position <= i.indnkeyatts
            AND (i.indisprimary OR (i.indisunique AND i.indpred IS NULL AND i.indexprs IS NULL))
          ORDER BY i.indrelid, NOT i.indisprimary, ic.relname, k.position",
     )
@@ -279,6 +280,18 @@ async fn read_keys(
             _ => table.unique.push(vec![column]),
         }
         last_index = Some((oid, index));
+    }
+    // Key columns only (`indnkeyatts`: an INCLUDE column is carried, not unique). An index
+    // that repeats the primary key, or another index's columns, adds nothing.
+    for table in keys.values_mut() {
+        let mut seen: Vec<Vec<String>> = vec![table.primary.clone()];
+        table.unique.retain(|key| {
+            let new = !seen.contains(key);
+            if new {
+                seen.push(key.clone());
+            }
+            new
+        });
     }
     Ok(keys)
 }

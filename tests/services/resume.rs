@@ -236,7 +236,8 @@ async fn a_killed_apply_resumes_against_bigquerys_job_ids_and_skips_loaded_chunk
             .into_iter()
             .filter(|name| name.starts_with("_datasync_"))
             .collect::<Vec<_>>(),
-        Vec::<String>::new()
+        // Only the run ledger stays (permanent by design).
+        vec![datasync::sync::ledger::RUNS_TABLE.to_string()]
     );
     world.drop().await;
 }

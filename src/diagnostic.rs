@@ -141,6 +141,9 @@ codes! {
     ManifestIncrementalWithoutCursor => "datasync::manifest::incremental_without_cursor",
     /// A `cursor` the mode does not use.
     ManifestCursorUnused => "datasync::manifest::cursor_unused",
+    /// A custom SQL source (`query`) that is empty, holds several statements or parameters,
+    /// or is named like a source table.
+    ManifestQuery => "datasync::manifest::query",
     /// An environment variable with an invalid value.
     EnvInvalid => "datasync::env::invalid",
     /// An environment variable that is ignored.

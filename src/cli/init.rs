@@ -359,6 +359,7 @@ mod tests {
             primary_key: key.iter().map(|k| k.to_string()).collect(),
             estimated_rows: None,
             comment: None,
+            query: None,
         }
     }
 

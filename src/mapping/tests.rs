@@ -26,6 +26,7 @@ fn spec(kind: SourceKind) -> TableSpec {
         allow_recreate: false,
         auto_create: true,
         types: TypePolicies::default(),
+        query: None,
     }
 }
 
@@ -60,6 +61,7 @@ fn table(columns: Vec<SourceColumn>) -> SourceTable {
         columns,
         estimated_rows: None,
         comment: None,
+        query: None,
     }
 }
 

@@ -5,6 +5,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::schema::SourceTable;
+
 /// Which rows one chunk reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
@@ -26,6 +28,32 @@ pub enum ChunkRange {
         /// Page after the last; `None` = to the end.
         hi: Option<u64>,
     },
+}
+
+/// What a source table can be split on for chunked extraction.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SplitOn {
+    /// PostgreSQL heap pages (ctid ranges).
+    Pages,
+    /// Ranges of these key columns (the first one, when it is an integer).
+    Key(Vec<String>),
+    /// Nothing: the table is read as one chunk.
+    Nothing,
+}
+
+/// What `table` can be split on: a custom SQL query is a derived table with no ctid pages and
+/// no key of its own, so it is one chunk unless its `primary_key` is given (that is then its
+/// key); a table splits on its primary key, or on pages in PostgreSQL.
+pub fn split_on(table: &SourceTable, postgres: bool) -> SplitOn {
+    match (
+        table.primary_key.is_empty(),
+        table.query.is_some(),
+        postgres,
+    ) {
+        (false, _, _) => SplitOn::Key(table.primary_key.clone()),
+        (true, false, true) => SplitOn::Pages,
+        _ => SplitOn::Nothing,
+    }
 }
 
 /// How many chunks `estimated_bytes` needs at `chunk_bytes` each, at most `max_chunks`.
@@ -126,6 +154,27 @@ mod tests {
         );
         // Repeated NTILE bounds are dropped.
         assert_eq!(key_ranges_from_bounds(&[10, 10, 20]).len(), 3);
+    }
+
+    #[test]
+    fn a_query_is_one_chunk_unless_it_names_its_key() {
+        let mut table = SourceTable {
+            qualifier: None,
+            name: "daily".into(),
+            columns: Vec::new(),
+            primary_key: Vec::new(),
+            estimated_rows: None,
+            comment: None,
+            query: Some("SELECT 1 AS x".into()),
+        };
+        assert_eq!(split_on(&table, true), SplitOn::Nothing);
+        assert_eq!(split_on(&table, false), SplitOn::Nothing);
+        table.primary_key = vec!["x".into()];
+        assert_eq!(split_on(&table, true), SplitOn::Key(vec!["x".into()]));
+        table.query = None;
+        table.primary_key.clear();
+        assert_eq!(split_on(&table, true), SplitOn::Pages);
+        assert_eq!(split_on(&table, false), SplitOn::Nothing);
     }
 
     #[test]

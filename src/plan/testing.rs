@@ -25,6 +25,7 @@ pub(crate) fn source(rows: u64) -> SourceTable {
         primary_key: vec!["id".into()],
         estimated_rows: Some(rows),
         comment: None,
+        query: None,
     }
 }
 

@@ -235,6 +235,7 @@ pub(super) async fn describe(
         primary_key,
         estimated_rows,
         comment,
+        query: None,
     })
 }
 

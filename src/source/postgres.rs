@@ -219,6 +219,7 @@ pub(super) async fn describe(
         // reltuples is -1 for a never-analysed table (PostgreSQL 14+).
         estimated_rows: (reltuples >= 0.0).then_some(reltuples as u64),
         comment,
+        query: None,
     })
 }
 

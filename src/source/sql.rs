@@ -3,6 +3,8 @@
 //! [`count_sql`] and [`select_sql`] builders over it.
 //!
 //! Every identifier is quoted; the cursor value is bound as a parameter, never spliced into SQL.
+//! A custom SQL source is read as a derived table, `SELECT … FROM (<query>) AS q [WHERE …]`,
+//! with the same bound parameter.
 
 use super::{CursorFilter, SourceError};
 use crate::schema::{Codec, ColumnMapping, GEOGRAPHY_REJECT, ReadAs, SourceTable};
@@ -40,8 +42,13 @@ pub(crate) trait Dialect: Sync {
         "count(*)"
     }
 
-    /// The table as a `FROM` item: `qualifier.table`, each part quoted.
+    /// The table as a `FROM` item: `qualifier.table`, each part quoted; a custom SQL source as
+    /// the derived table `(<query>) AS q` (on lines of its own, so a trailing `--` comment in
+    /// the query cannot swallow the closing parenthesis).
     fn table_ref(&self, table: &SourceTable) -> Result<String, SourceError> {
+        if let Some(query) = &table.query {
+            return Ok(format!("(\n{query}\n) AS q"));
+        }
         Ok(match &table.qualifier {
             Some(qualifier) => format!("{}.{}", self.quote(qualifier)?, self.quote(&table.name)?),
             None => self.quote(&table.name)?,
@@ -51,13 +58,14 @@ pub(crate) trait Dialect: Sync {
 
 /// The predicate of one extraction chunk on `key` (a quoted integer key column, or ignored
 /// for page ranges): bounds are integers formatted here, never user text. `None` for a range
-/// the engine cannot express (ctid pages outside PostgreSQL).
+/// the source cannot express: ctid pages need `pages`, a PostgreSQL table (not a custom SQL
+/// query, whose derived table has no ctid: [`crate::plan::chunks::split_on`]).
 #[allow(dead_code, reason = "used by chunked extraction, issue 10 item 2")]
 pub(crate) fn chunk_predicate(
     dialect: &dyn Dialect,
     key: &str,
     range: crate::plan::chunks::ChunkRange,
-    postgres: bool,
+    pages: bool,
 ) -> Result<Option<String>, SourceError> {
     use crate::plan::chunks::ChunkRange;
     Ok(match range {
@@ -74,7 +82,7 @@ pub(crate) fn chunk_predicate(
                 parts.join(" AND ")
             })
         }
-        ChunkRange::Pages { .. } if !postgres => None,
+        ChunkRange::Pages { .. } if !pages => None,
         ChunkRange::Pages { lo, hi } => Some(match hi {
             Some(hi) => format!("ctid >= '({lo},0)'::tid AND ctid < '({hi},0)'::tid"),
             None => format!("ctid >= '({lo},0)'::tid"),

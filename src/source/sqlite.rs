@@ -111,6 +111,7 @@ pub(super) async fn describe(
         primary_key: keys.into_iter().map(|(_, name)| name).collect(),
         estimated_rows: None,
         comment: None,
+        query: None,
     })
 }
 

@@ -2,6 +2,7 @@
 //! decision in a [`Plan`] (see [`crate::plan::plan_table`]); then counts the rows each table
 //! will move, with the same bound the executor will use.
 
+use crate::diagnostic::{Code, Diagnostic, Location};
 use crate::error::Error;
 use crate::manifest::{Manifest, TableSpec};
 use crate::mapping::map_table;
@@ -62,17 +63,30 @@ async fn dataset_missing(manifest: &Manifest, session: &Session) -> Result<bool,
     }
 }
 
-/// Introspects, maps and plans one table.
+/// Introspects (a table from the catalogs, a custom SQL query from its result metadata), maps
+/// and plans one table.
 async fn plan_one(
     spec: &TableSpec,
     session: &Session,
     dataset_missing: bool,
 ) -> Result<TablePlan, Error> {
+    let mut notes = Vec::new();
     let source = match session.sources.get(&spec.source) {
-        Some(source) => source
-            .describe(spec.qualifier.as_deref(), &spec.name)
-            .await
-            .map_err(|error| error.to_string()),
+        Some(source) => match &spec.query {
+            Some(query) => source
+                .describe_query(
+                    &spec.name,
+                    query,
+                    spec.primary_key.as_deref().unwrap_or(&[]),
+                )
+                .await
+                .map(|described| {
+                    notes = described.notes;
+                    described.table
+                }),
+            None => source.describe(spec.qualifier.as_deref(), &spec.name).await,
+        }
+        .map_err(|error| error.to_string()),
         None => Err(session
             .source_errors
             .get(&spec.source)
@@ -91,10 +105,16 @@ async fn plan_one(
                 source: Box::new(source),
             })?
     };
-    let mapping = match &source {
+    let mut mapping = match &source {
         Ok(table) => map_table(table, spec),
         Err(_) => Err(Vec::new()),
     };
+    if let Ok(mapping) = &mut mapping {
+        // What a query's result metadata could not tell (its types came from the driver).
+        mapping.warnings.extend(notes.into_iter().map(|note| {
+            Diagnostic::warning(Code::MappingNaturalType, note).at(Location::Table(spec.label()))
+        }));
+    }
     let unsupported = existing
         .as_ref()
         .map(|table| table.unsupported.clone())

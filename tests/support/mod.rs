@@ -90,6 +90,7 @@ pub fn table_spec(kind: SourceKind, qualifier: Option<&str>, name: &str) -> Tabl
         allow_recreate: false,
         auto_create: true,
         types: TypePolicies::default(),
+        query: None,
     }
 }
 

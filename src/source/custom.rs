@@ -187,13 +187,20 @@ async fn view_typmods(conn: &mut PgConnection, wrapped: &str) -> Result<Vec<i32>
     let mut transaction = conn.begin().await?;
     // The extended protocol: one statement, whatever the text holds.
     let created = sqlx::query(&format!("CREATE TEMP VIEW {view} AS {wrapped}"))
+        .persistent(false)
         .execute(&mut *transaction)
         .await;
     let typmods = match created {
+        // The view's oid is looked up when the statement runs (a cached plan would keep the
+        // oid of the previous call's view).
         Ok(_) => {
-            sqlx::query_scalar(&format!(
-                "SELECT atttypmod FROM pg_attribute WHERE attrelid = 'pg_temp.{view}'::regclass AND attnum > 0 ORDER BY attnum"
-            ))
+            sqlx::query_scalar(
+                "SELECT a.atttypmod FROM pg_attribute a
+                 JOIN pg_class c ON c.oid = a.attrelid
+                 WHERE c.relname = $1 AND c.relnamespace = pg_my_temp_schema() AND a.attnum > 0
+                 ORDER BY a.attnum",
+            )
+            .bind(view)
             .fetch_all(&mut *transaction)
             .await
         }
@@ -285,6 +292,7 @@ async fn mysql_table_types(
     sqlx::query(&format!(
         "CREATE TEMPORARY TABLE {table} AS {wrapped} LIMIT 0"
     ))
+    .persistent(false)
     .execute(&mut *conn)
     .await?;
     let rows = conn
@@ -406,6 +414,7 @@ async fn sqlite_declared_types(
     sqlx::query(&format!(
         "CREATE TEMP VIEW \"{DESCRIBE_NAME}\" AS {wrapped}"
     ))
+    .persistent(false)
     .execute(&mut *conn)
     .await?;
     let declared = sqlx::query_scalar(&format!(

@@ -58,17 +58,25 @@ async fn a_join_aggregate_query_lands_typed_like_table_columns() {
     assert!(table.warnings.is_empty(), "{:?}", table.warnings);
     assert_eq!(table.estimated_rows, Some(3), "counted through the wrapper");
     let source = table.source_table.as_ref().unwrap();
-    assert!(source.query.as_deref().unwrap().ends_with("-- one row per order"));
+    assert!(
+        source
+            .query
+            .as_deref()
+            .unwrap()
+            .ends_with("-- one row per order")
+    );
     let text = datasync::plan::render::text(&planned);
     assert!(text.contains("lite.query:daily_orders"), "{text}");
     let markdown = datasync::plan::render::markdown(&planned);
     assert!(markdown.contains("lite.query:daily_orders"), "{markdown}");
     let json = serde_json::to_value(&planned).unwrap();
     assert_eq!(json["tables"][0]["label"], "lite.query:daily_orders");
-    assert!(json["tables"][0]["spec"]["query"]
-        .as_str()
-        .unwrap()
-        .starts_with("SELECT o.id"));
+    assert!(
+        json["tables"][0]["spec"]["query"]
+            .as_str()
+            .unwrap()
+            .starts_with("SELECT o.id")
+    );
 
     let report = executor.run(&planned).await;
     assert!(report.succeeded(), "{}", report.text());
@@ -106,7 +114,11 @@ async fn an_incremental_query_run_twice_loads_only_the_new_rows() {
         Bound::AfterTargetMax { source_column, inclusive: false, .. } if source_column == "id"
     ));
     // A query's cursor is NULLABLE (unknown), which is no reason to warn on every plan.
-    assert!(first.tables[0].warnings.is_empty(), "{:?}", first.tables[0].warnings);
+    assert!(
+        first.tables[0].warnings.is_empty(),
+        "{:?}",
+        first.tables[0].warnings
+    );
     assert!(executor.run(&first).await.succeeded());
     assert_eq!(ids(&warehouse, "recent_orders"), ["10", "11", "12"]);
 
@@ -121,6 +133,11 @@ async fn an_incremental_query_run_twice_loads_only_the_new_rows() {
         second.tables[0].estimated_rows,
         Some(2),
         "the plan counts the query's rows past the maximum"
+    );
+    assert!(
+        second.tables[0].warnings.is_empty(),
+        "the temporary view is made again on the same connection: {:?}",
+        second.tables[0].warnings
     );
     executor.run_id = "run2".into();
     let report = executor.run(&second).await;

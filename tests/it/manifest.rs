@@ -752,14 +752,20 @@ sources:
         query: SELECT 1 AS x
         target: other_name
 ";
-    let loaded = load_yaml(text, Env::new()).unwrap_or_else(|failure| panic!("{}", render(&failure)));
+    let loaded =
+        load_yaml(text, Env::new()).unwrap_or_else(|failure| panic!("{}", render(&failure)));
     let table = &loaded.manifest.tables[0];
     assert_eq!(table.label(), "pg.query:daily_orders");
-    assert_eq!((table.target.as_str(), table.qualifier.as_deref()), ("daily_orders", None));
+    assert_eq!(
+        (table.target.as_str(), table.qualifier.as_deref()),
+        ("daily_orders", None)
+    );
     // No `${VAR}` expansion, `$$` kept, the trailing `;` cut.
     assert_eq!(
         table.query.as_deref(),
-        Some("SELECT day, sum(total)::numeric(12,2) AS total, $$a;b$$ AS tag, '${NOT_A_VAR}' AS raw FROM orders GROUP BY day")
+        Some(
+            "SELECT day, sum(total)::numeric(12,2) AS total, $$a;b$$ AS tag, '${NOT_A_VAR}' AS raw FROM orders GROUP BY day"
+        )
     );
     assert_eq!(loaded.manifest.tables[1].target, "other_name");
     assert!(loaded.warnings.is_empty(), "{:?}", loaded.warnings);

@@ -10,6 +10,7 @@ mod support;
 
 mod apply_e2e;
 mod cli_init;
+mod custom_sql;
 mod geography;
 mod ledger_e2e;
 mod roundtrip;

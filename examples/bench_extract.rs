@@ -167,6 +167,7 @@ fn table_spec(kind: SourceKind, qualifier: Option<String>) -> TableSpec {
         allow_recreate: false,
         auto_create: true,
         types: TypePolicies::default(),
+        query: None,
     }
 }
 

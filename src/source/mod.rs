@@ -238,7 +238,7 @@ impl Source {
             Self::Sqlite(pool) => custom::sqlite(pool, name, query).await?,
         };
         for column in &mut columns {
-            column.primary_key = primary_key.iter().any(|key| *key == column.name);
+            column.primary_key = primary_key.contains(&column.name);
         }
         Ok(QueryTable {
             table: SourceTable {

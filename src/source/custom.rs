@@ -18,6 +18,21 @@ fn qerr(context: &str) -> impl Fn(sqlx::Error) -> SourceError + '_ {
     move |error| SourceError::query(context, error)
 }
 
+/// What PostgreSQL's types lack without the temporary view.
+const PG_COST: &str = "its expression columns have no declared precision or length (a numeric expression maps to BIGNUMERIC; table columns keep theirs)";
+/// What MySQL's prepared-statement types lack without the temporary table.
+const MYSQL_COST: &str = "its columns are typed from the prepared statement, which gives no DECIMAL precision or scale (read as DECIMAL(65,30)) and no character set; grant CREATE TEMPORARY TABLES for exact types";
+/// What SQLite's inferred types lack without the temporary view.
+const SQLITE_COST: &str =
+    "its columns are typed as SQLite infers them, without declared types or precision";
+
+/// The plan's note when the server refused the temporary view or table (`error`: why; none
+/// when it was made but described fewer columns than the query has).
+fn refused_note(engine: &str, object: &str, error: Option<sqlx::Error>, cost: &str) -> String {
+    let why = error.map_or_else(String::new, |error| format!(" ({error})"));
+    format!("{engine} refused a temporary {object} of the query{why}: {cost}")
+}
+
 /// The query as the derived table datasync reads.
 fn wrapped(query: &str) -> String {
     format!("SELECT * FROM (\n{query}\n) AS q")
@@ -131,12 +146,7 @@ pub(super) async fn postgres(
                 })
                 .collect();
             if relations.iter().any(|(relation, _)| *relation == 0) {
-                let why = outcome
-                    .err()
-                    .map_or_else(String::new, |error| format!(": {error}"));
-                notes.push(format!(
-                    "the server refused a temporary view of the query{why}; its expression columns have no declared precision or length (a numeric expression maps to BIGNUMERIC)"
-                ));
+                notes.push(refused_note("PostgreSQL", "view", outcome.err(), PG_COST));
             }
             attribute_typmods(&mut conn, &relations)
                 .await
@@ -261,9 +271,7 @@ pub(super) async fn mysql(
             Ok((columns, Vec::new()))
         }
         outcome => {
-            let why = outcome
-                .err()
-                .map_or_else(String::new, |error| format!(" ({error})"));
+            let note = refused_note("MySQL", "table", outcome.err(), MYSQL_COST);
             let columns = names
                 .iter()
                 .zip(described.columns())
@@ -272,9 +280,6 @@ pub(super) async fn mysql(
                     mysql_column(position, name, &mysql_wire_type(column.type_info().name()))
                 })
                 .collect();
-            let note = format!(
-                "MySQL could not type the query through a temporary table{why}: its columns are typed from the prepared statement, which gives no DECIMAL precision or scale (read as DECIMAL(65,30)) and no character set; grant CREATE TEMPORARY TABLES for exact types"
-            );
             Ok((columns, vec![note]))
         }
     }
@@ -372,12 +377,7 @@ pub(super) async fn sqlite(
     let declared = match sqlite_declared_types(&mut conn, &wrapped).await {
         Ok(declared) if declared.len() == names.len() => declared,
         outcome => {
-            let why = outcome
-                .err()
-                .map_or_else(String::new, |error| format!(" ({error})"));
-            notes.push(format!(
-                "SQLite refused a temporary view of the query{why}: its columns are typed from the prepared statement, without declared precision"
-            ));
+            notes.push(refused_note("SQLite", "view", outcome.err(), SQLITE_COST));
             vec![String::new(); names.len()]
         }
     };
@@ -500,6 +500,24 @@ mod tests {
         assert_eq!(mysql_wire_type("BIGINT UNSIGNED"), "bigint unsigned");
         let column = mysql_column(0, "d", &mysql_wire_type("DECIMAL"));
         assert_eq!((column.precision, column.scale), (Some(65), Some(30)));
+    }
+
+    #[test]
+    fn a_refused_temporary_object_is_a_note_saying_what_it_costs() {
+        let refused =
+            sqlx::Error::Protocol("cannot execute CREATE VIEW in a read-only transaction".into());
+        assert_eq!(
+            refused_note("PostgreSQL", "view", Some(refused), PG_COST),
+            "PostgreSQL refused a temporary view of the query (encountered unexpected or invalid data: cannot execute CREATE VIEW in a read-only transaction): its expression columns have no declared precision or length (a numeric expression maps to BIGNUMERIC; table columns keep theirs)"
+        );
+        assert_eq!(
+            refused_note("MySQL", "table", None, MYSQL_COST),
+            "MySQL refused a temporary table of the query: its columns are typed from the prepared statement, which gives no DECIMAL precision or scale (read as DECIMAL(65,30)) and no character set; grant CREATE TEMPORARY TABLES for exact types"
+        );
+        assert_eq!(
+            refused_note("SQLite", "view", None, SQLITE_COST),
+            "SQLite refused a temporary view of the query: its columns are typed as SQLite infers them, without declared types or precision"
+        );
     }
 
     #[test]

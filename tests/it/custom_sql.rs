@@ -178,3 +178,26 @@ async fn a_broken_query_is_a_plan_error_naming_its_entry() {
     insta::assert_yaml_snapshot!(errors);
     assert_eq!(planned.tables[3].action, TableAction::Create);
 }
+
+#[tokio::test]
+async fn editing_the_query_makes_a_saved_plan_stale() {
+    let setup = sqlite(SHOP).await;
+    let warehouse = Arc::new(FakeWarehouse::with_dataset());
+    let entry = |query: &str| format!("      daily:\n        query: {query}\n");
+    let before = manifest(&setup.path, &entry("SELECT id, total FROM orders"));
+    let executor = executor(&before, Arc::clone(&warehouse), DryRun::No).await;
+    let saved = plan(&before, &executor.sources["lite"], &warehouse).await;
+    let again = plan(&before, &executor.sources["lite"], &warehouse).await;
+    assert!(datasync::plan::stale::check_fresh(&saved, &again).is_ok());
+    let after = manifest(
+        &setup.path,
+        &entry("SELECT id, total FROM orders WHERE total > 1"),
+    );
+    let fresh = plan(&after, &executor.sources["lite"], &warehouse).await;
+    assert_eq!(
+        datasync::plan::stale::check_fresh(&saved, &fresh)
+            .unwrap_err()
+            .to_string(),
+        "it is stale:\n  - lite.query:daily: its manifest entry changed\n  - lite.query:daily: the source table changed"
+    );
+}

@@ -343,10 +343,25 @@ async fn postgres_read_only_server_keeps_table_column_precision_and_says_why() {
     );
     assert_eq!(described.notes.len(), 1, "{:?}", described.notes);
     assert!(
-        described.notes[0].contains("refused a temporary view")
-            && described.notes[0].contains("read-only"),
+        described.notes[0].starts_with("PostgreSQL refused a temporary view of the query (")
+            && described.notes[0].contains("read-only transaction")
+            && described.notes[0].ends_with("table columns keep theirs)"),
         "{:?}",
         described.notes
+    );
+    // The plan shows the note as the table's warning, and the BIGNUMERIC it leads to.
+    let manifest = manifest_with(
+        &world,
+        &format!(
+            "  pg:\n    type: postgres\n    url: {read_only}\n    tables:\n      totals:\n        query: \"{query}\"\n"
+        ),
+    );
+    let plan = world.datasync(&["-c", &manifest, "plan"]);
+    let shown = text(&plan);
+    assert!(
+        shown.contains("PostgreSQL refused a temporary view of the query")
+            && shown.contains("spent BIGNUMERIC"),
+        "{shown}"
     );
     // On a writable session the same query keeps the cast's precision, and no note.
     let writable =

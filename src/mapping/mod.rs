@@ -118,10 +118,7 @@ impl Natural {
 /// Maps `source` for `spec`. Returns every error found, or the mapping.
 pub fn map_table(source: &SourceTable, spec: &TableSpec) -> Result<TableMapping, Vec<Diagnostic>> {
     let mut found = Found {
-        table: match &source.qualifier {
-            Some(qualifier) => format!("{qualifier}.{}", source.name),
-            None => source.name.clone(),
-        },
+        table: source.label(),
         errors: Vec::new(),
         warnings: Vec::new(),
     };
@@ -153,7 +150,7 @@ pub fn map_table(source: &SourceTable, spec: &TableSpec) -> Result<TableMapping,
 
 /// The diagnostics of one table's mapping.
 struct Found {
-    /// `qualifier.table` at the source.
+    /// `qualifier.table` at the source (`query:name` for a custom SQL source).
     table: String,
     errors: Vec<Diagnostic>,
     warnings: Vec<Diagnostic>,

@@ -201,3 +201,19 @@ async fn editing_the_query_makes_a_saved_plan_stale() {
         "it is stale:\n  - lite.query:daily: its manifest entry changed\n  - lite.query:daily: the source table changed"
     );
 }
+
+#[tokio::test]
+async fn column_options_name_the_query_in_their_errors() {
+    let setup = sqlite(SHOP).await;
+    let manifest = manifest(
+        &setup.path,
+        "      daily:\n        query: SELECT id, total FROM orders\n        columns: [id, totl]\n",
+    );
+    let warehouse = Arc::new(FakeWarehouse::with_dataset());
+    let executor = executor(&manifest, Arc::clone(&warehouse), DryRun::No).await;
+    let planned = plan(&manifest, &executor.sources["lite"], &warehouse).await;
+    assert_eq!(
+        planned.tables[0].errors[0].message,
+        "`columns` names `totl`, which table `query:daily` does not have (available: id, total)"
+    );
+}

@@ -174,6 +174,7 @@ fn table_spec(kind: SourceKind, qualifier: Option<String>) -> TableSpec {
         types: TypePolicies::default(),
         description: None,
         lineage: false,
+        query: None,
     }
 }
 

@@ -154,6 +154,9 @@ codes! {
     /// `deletes: soft|hard` on a table whose mode is not `merge` (or no merge table inherits
     /// the default).
     ManifestDeletesWithoutMerge => "datasync::manifest::deletes_without_merge",
+    /// A custom SQL source (`query`) that is empty, holds several statements or parameters,
+    /// or is named like a source table.
+    ManifestQuery => "datasync::manifest::query",
     /// An environment variable with an invalid value.
     EnvInvalid => "datasync::env::invalid",
     /// An environment variable that is ignored.

@@ -360,6 +360,7 @@ mod tests {
             unique_keys: Vec::new(),
             estimated_rows: None,
             comment: None,
+            query: None,
         }
     }
 

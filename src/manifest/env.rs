@@ -863,7 +863,8 @@ fn apply_table(
     }
 }
 
-/// Replaces `${VAR}` references in every string of `doc`; `$$` is a literal `$`. A string that is
+/// Replaces `${VAR}` references in every string of `doc` but a table's `query`; `$$` is a literal
+/// `$`. A string that is
 /// exactly one reference takes the variable's type (`port: ${PG_PORT}` becomes a number). Every
 /// missing variable is reported, not just the first.
 pub fn interpolate(doc: &mut Value, env: &Env, pointer: &str, problems: &mut Vec<Diagnostic>) {
@@ -891,7 +892,14 @@ pub fn interpolate(doc: &mut Value, env: &Env, pointer: &str, problems: &mut Vec
             }
         }
         Value::Object(object) => {
+            // A custom SQL `query` is sent as written: `$$` is PostgreSQL's dollar quote, and
+            // values reach the SQL only as bound parameters.
+            let segments: Vec<&str> = pointer.split('/').collect();
+            let table_entry = matches!(segments.as_slice(), ["", "sources", _, "tables", _]);
             for (key, value) in object.iter_mut() {
+                if table_entry && key == "query" {
+                    continue;
+                }
                 interpolate(
                     value,
                     env,

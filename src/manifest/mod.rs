@@ -9,6 +9,7 @@
 pub mod diagnostics;
 pub mod document;
 pub mod env;
+pub mod query;
 pub mod raw;
 pub mod resolve;
 

@@ -485,9 +485,17 @@ pub struct RawTimeouts {
 #[serde(deny_unknown_fields)]
 pub struct RawTable {
     /// Target table name in the dataset. Default: the source name, with `schema.table` becoming
-    /// `schema__table`.
+    /// `schema__table` (for a `query` entry: the entry's name).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub target: Option<String>,
+    /// Custom SQL instead of a source table: one `SELECT` (joins, aggregates, CTEs) whose result
+    /// rows are synced. The entry's name is then not a source table but the target's name (no
+    /// `target` needed; no pattern, no `schema.` prefix). Columns are typed from the
+    /// statement's result metadata like table columns; the `incremental`/`merge` bound is
+    /// added as `WHERE cursor > $1` around it (a bound parameter). One statement, without
+    /// parameters; `${VAR}` is not expanded in it. `merge` needs `primary_key`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub query: Option<String>,
     /// Whether the table is synced. Default: `true`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub enabled: Option<bool>,

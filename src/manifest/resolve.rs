@@ -326,6 +326,10 @@ pub struct TableSpec {
     /// Add the lineage columns.
     #[serde(default)]
     pub lineage: bool,
+    /// Custom SQL read instead of a table (checked: one statement, no parameters, no trailing
+    /// `;`); `key` and `name` are then the entry's name, `qualifier` is `None`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub query: Option<String>,
 }
 
 fn default_chunk_bytes() -> u64 {
@@ -384,9 +388,12 @@ pub fn parse_byte_size(text: &str) -> Option<u64> {
 }
 
 impl TableSpec {
-    /// `source.key`, as shown to users.
+    /// `source.key` (`source.query:key` for a custom SQL source), as shown to users.
     pub fn label(&self) -> String {
-        format!("{}.{}", self.source, self.key)
+        match self.query {
+            Some(_) => format!("{}.query:{}", self.source, self.key),
+            None => format!("{}.{}", self.source, self.key),
+        }
     }
 }
 
@@ -1428,7 +1435,15 @@ fn resolve_table(
     problems: &mut Vec<Diagnostic>,
 ) -> Option<TableSpec> {
     let defaults = &raw.defaults;
-    let (qualifier, name) = table_name(source, key, pointer, problems)?;
+    let query = match &table.query {
+        Some(text) => Some(check_query(source, key, text, pointer, problems)?),
+        None => None,
+    };
+    let (qualifier, name) = if query.is_some() {
+        (None, key.to_string())
+    } else {
+        table_name(source, key, pointer, problems)?
+    };
     let target = if is_pattern(key) {
         if table.target.is_some() {
             problems.push(
@@ -1452,6 +1467,17 @@ fn resolve_table(
     let lineage = table.lineage.or(defaults.lineage).unwrap_or(false);
     if lineage {
         check_lineage_columns(table, pointer, problems);
+    }
+    if query.is_some() && mode == WriteMode::Merge && table.primary_key.is_none() {
+        problems.push(
+            error_at(
+                pointer,
+                Code::ManifestMergeWithoutKey,
+                format!("query `{key}` uses mode `merge` but has no `primary_key` (a query has none of its own)"),
+            )
+            .on_key()
+            .with_help("add `primary_key: [id]`: the result columns that identify a row"),
+        );
     }
     let max_parse_failures = table
         .max_parse_failures
@@ -1508,6 +1534,7 @@ fn resolve_table(
         types,
         description: table.description.clone(),
         lineage,
+        query,
     })
 }
 
@@ -1552,6 +1579,52 @@ fn check_lineage_columns(table: &RawTable, pointer: &str, problems: &mut Vec<Dia
     }
 }
 
+/// A `query` entry: named like a target (not a pattern, not `schema.table`), its text checked
+/// for the source's engine. Returns the text as it is sent.
+fn check_query(
+    source: &SourceSpec,
+    key: &str,
+    text: &str,
+    pointer: &str,
+    problems: &mut Vec<Diagnostic>,
+) -> Option<String> {
+    let named = if is_pattern(key) {
+        Some(format!(
+            "`{key}` is a pattern, but a `query` entry is one table: name it by its target"
+        ))
+    } else if key.contains('.') {
+        Some(format!(
+            "`{key}` names a source table, but a `query` entry is named by its target: use a name without `.`"
+        ))
+    } else {
+        None
+    };
+    if let Some(message) = named {
+        problems.push(
+            error_at(pointer, Code::ManifestQuery, message)
+                .on_key()
+                .with_help(
+                    "e.g. `daily_orders: { query: \"SELECT …\" }` writes table `daily_orders`",
+                ),
+        );
+        return None;
+    }
+    match super::query::check(text, source.kind) {
+        Ok(sent) => Some(sent),
+        Err(problem) => {
+            problems.push(
+                error_at(
+                    &format!("{pointer}/query"),
+                    Code::ManifestQuery,
+                    problem.message,
+                )
+                .with_help(problem.help),
+            );
+            None
+        }
+    }
+}
+
 impl TableSpec {
     /// The table entry in its file shape, every default written out (see [`Manifest::to_raw`]).
     pub fn to_raw(&self) -> RawTable {
@@ -1585,6 +1658,7 @@ impl TableSpec {
             deletes: (table.mode == WriteMode::Merge).then_some(table.deletes),
             description: table.description.clone(),
             lineage: Some(table.lineage),
+            query: table.query.clone(),
             types: Some(RawTypePolicies {
                 tinyint1_as_bool: Some(policies.tinyint1_as_bool),
                 zero_dates: Some(policies.zero_dates),

@@ -121,10 +121,7 @@ impl Natural {
 /// Maps `source` for `spec`. Returns every error found, or the mapping.
 pub fn map_table(source: &SourceTable, spec: &TableSpec) -> Result<TableMapping, Vec<Diagnostic>> {
     let mut found = Found {
-        table: match &source.qualifier {
-            Some(qualifier) => format!("{qualifier}.{}", source.name),
-            None => source.name.clone(),
-        },
+        table: source.label(),
         errors: Vec::new(),
         warnings: Vec::new(),
     };
@@ -191,7 +188,7 @@ fn check_lineage_names(columns: &[ColumnMapping], found: &mut Found) {
 
 /// The diagnostics of one table's mapping.
 struct Found {
-    /// `qualifier.table` at the source.
+    /// `qualifier.table` at the source (`query:name` for a custom SQL source).
     table: String,
     errors: Vec<Diagnostic>,
     warnings: Vec<Diagnostic>,

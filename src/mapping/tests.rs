@@ -32,6 +32,7 @@ fn spec(kind: SourceKind) -> TableSpec {
         types: TypePolicies::default(),
         description: None,
         lineage: false,
+        query: None,
     }
 }
 
@@ -67,6 +68,7 @@ fn table(columns: Vec<SourceColumn>) -> SourceTable {
         columns,
         estimated_rows: None,
         comment: None,
+        query: None,
     }
 }
 

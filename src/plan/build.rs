@@ -433,7 +433,8 @@ fn cluster_on_key(steps: &mut [Step], target: Option<&mut WarehouseTable>, keys:
 
 /// What the write can't guarantee: a merge key that is neither the source's primary key nor a
 /// unique index (several rows may share it: the greatest cursor wins, apply reports how many
-/// rows shared a key), a nullable cursor (its NULL rows are never past the maximum).
+/// rows shared a key), a nullable cursor (its NULL rows are never past the maximum). A query's
+/// key is the `primary_key` it declares (it has no other).
 fn write_warnings(
     spec: &TableSpec,
     mapping: &TableMapping,
@@ -461,11 +462,14 @@ fn write_warnings(
             ),
         ));
     }
+    // A query's columns are all NULLABLE because its metadata can't prove otherwise, not
+    // because NULLs are likely: no warning on every plan (README: custom SQL).
+    let from_query = source.is_some_and(|table| table.query.is_some());
     let cursor = spec
         .cursor
         .as_deref()
         .and_then(|cursor| mapping.column(cursor))
-        .filter(|column| column.source.nullable);
+        .filter(|column| column.source.nullable && !from_query);
     if let Some(column) = cursor
         && matches!(spec.mode, WriteMode::Incremental | WriteMode::Merge)
     {

@@ -33,6 +33,7 @@ pub(crate) fn source(rows: u64) -> SourceTable {
         unique_keys: Vec::new(),
         estimated_rows: Some(rows),
         comment: None,
+        query: None,
     }
 }
 

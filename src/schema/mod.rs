@@ -456,6 +456,11 @@ pub struct SourceTable {
     pub estimated_rows: Option<u64>,
     /// Table comment.
     pub comment: Option<String>,
+    /// A custom SQL source (the manifest's `query`): the rows are this statement's, read as a
+    /// derived table `(<query>) AS q`; `name` is then the manifest entry's name, `qualifier`
+    /// is `None` and the columns come from the statement's result metadata.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub query: Option<String>,
 }
 
 impl SourceTable {
@@ -474,11 +479,13 @@ impl SourceTable {
             })
     }
 
-    /// `qualifier.table`, or the bare name of an unqualified table: how messages name it.
+    /// `qualifier.table`, the bare name of an unqualified table, or `query:name` for a custom
+    /// SQL source: how messages name it.
     pub fn label(&self) -> String {
-        match &self.qualifier {
-            Some(qualifier) => format!("{qualifier}.{}", self.name),
-            None => self.name.clone(),
+        match (&self.query, &self.qualifier) {
+            (Some(_), _) => format!("query:{}", self.name),
+            (None, Some(qualifier)) => format!("{qualifier}.{}", self.name),
+            (None, None) => self.name.clone(),
         }
     }
 }

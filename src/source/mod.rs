@@ -7,6 +7,7 @@
 //!
 //! This module knows the manifest only through the connection settings ([`SourceSpec`]).
 
+mod custom;
 mod mysql;
 mod postgres;
 mod readers;
@@ -29,6 +30,7 @@ use crate::schema::{
     Codec, ColumnMapping, Decoded, RowSink, SourceKind, SourceTable, TooManyBadValues,
 };
 use crate::secret::REDACTED;
+pub use custom::QueryTable;
 pub use readers::{ChunkRead, EXTRA_READER_WAIT, LOCK_WAIT_SECONDS, Reader};
 use sql::{Dialect, Statement};
 
@@ -327,6 +329,39 @@ impl Source {
         }
     }
 
+    /// Introspects the custom SQL `query` of the manifest entry `name` from the statement's
+    /// result metadata (never from its rows: the statement is prepared, not run). Columns are
+    /// typed as the engine's catalog would type a table column of the same type, so the same
+    /// natural mapping applies; `primary_key` (the manifest's) becomes the table's key.
+    pub async fn describe_query(
+        &self,
+        name: &str,
+        query: &str,
+        primary_key: &[String],
+    ) -> Result<QueryTable, SourceError> {
+        let (mut columns, notes) = match self {
+            Self::Mysql(pool) => custom::mysql(pool, name, query).await?,
+            Self::Postgres(pool) => custom::postgres(pool, name, query).await?,
+            Self::Sqlite(pool) => custom::sqlite(pool, name, query).await?,
+        };
+        for column in &mut columns {
+            column.primary_key = primary_key.contains(&column.name);
+        }
+        Ok(QueryTable {
+            table: SourceTable {
+                unique_keys: Vec::new(),
+                qualifier: None,
+                name: name.to_string(),
+                columns,
+                primary_key: primary_key.to_vec(),
+                estimated_rows: None,
+                comment: None,
+                query: Some(query.to_string()),
+            },
+            notes,
+        })
+    }
+
     /// Exact row count, optionally above a cursor (one of `columns`).
     pub async fn count_rows(
         &self,
@@ -509,6 +544,7 @@ mod tests {
         ) {
             assert_send(&async move {
                 let _ = source.describe(Some("public"), "t").await;
+                let _ = source.describe_query("q", "SELECT 1 AS x", &[]).await;
                 let _ = source.count_rows(&table, &columns, None).await;
                 let _ = source
                     .extract(&table, &columns, None, Counting::default(), out, &|_| {})

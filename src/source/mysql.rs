@@ -258,6 +258,7 @@ pub(super) async fn describe_many(
                     .map(|row| column(row, &table.primary_key, &table.json_checks))
                     .collect::<Result<Vec<_>, _>>()?;
                 Ok(Ok(SourceTable {
+                    query: None,
                     qualifier: Some(database.clone()),
                     name: name.clone(),
                     columns,

@@ -226,6 +226,7 @@ impl Found {
             column.primary_key = self.keys.primary.contains(&column.name);
         }
         SourceTable {
+            query: None,
             qualifier: Some(schema.to_string()),
             name: name.to_string(),
             columns,

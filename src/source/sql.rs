@@ -3,6 +3,8 @@
 //! [`count_sql`] and [`select_sql`] builders over it.
 //!
 //! Every identifier is quoted; the cursor value is bound as a parameter, never spliced into SQL.
+//! A custom SQL source is read as a derived table, `SELECT … FROM (<query>) AS q [WHERE …]`,
+//! with the same bound parameter.
 
 use super::{CursorFilter, SourceError};
 use crate::schema::{Codec, ColumnMapping, GEOGRAPHY_REJECT, ReadAs, SourceTable};
@@ -40,8 +42,13 @@ pub(crate) trait Dialect: Sync {
         "count(*)"
     }
 
-    /// The table as a `FROM` item: `qualifier.table`, each part quoted.
+    /// The table as a `FROM` item: `qualifier.table`, each part quoted; a custom SQL source as
+    /// the derived table `(<query>) AS q` (on lines of its own, so a trailing `--` comment in
+    /// the query cannot swallow the closing parenthesis).
     fn table_ref(&self, table: &SourceTable) -> Result<String, SourceError> {
+        if let Some(query) = &table.query {
+            return Ok(format!("(\n{query}\n) AS q"));
+        }
         Ok(match &table.qualifier {
             Some(qualifier) => format!("{}.{}", self.quote(qualifier)?, self.quote(&table.name)?),
             None => self.quote(&table.name)?,

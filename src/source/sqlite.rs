@@ -132,6 +132,7 @@ async fn describe(
         unique_keys: unique_keys(pool, schema, name, &context).await?,
         estimated_rows: None,
         comment: None,
+        query: None,
     })
 }
 

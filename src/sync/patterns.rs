@@ -50,9 +50,17 @@ pub fn expand(
     manifest: &Manifest,
     catalogs: &HashMap<String, Vec<CatalogEntry>>,
 ) -> Vec<TableSpec> {
+    // A custom SQL entry is named like its target, not like a source table: it takes no
+    // catalog entry (but its target, like every explicit entry's, is not written twice).
+    let targets: HashSet<&str> = manifest
+        .tables
+        .iter()
+        .map(|table| table.target.as_str())
+        .collect();
     let mut taken: HashSet<(String, Option<String>, String)> = manifest
         .tables
         .iter()
+        .filter(|table| table.query.is_none())
         .map(|table| {
             (
                 table.source.clone(),
@@ -90,6 +98,9 @@ pub fn expand(
                 continue;
             }
             let key = key_of(pattern, entry);
+            if targets.contains(key.replace('.', "__").as_str()) {
+                continue;
+            }
             let mut spec = pattern.clone();
             spec.target = key.replace('.', "__");
             spec.key = key;
@@ -202,6 +213,21 @@ mod tests {
         // `*` (the default schema) never reaches `sales`.
         assert_eq!(manifest.tables.len(), 1);
         assert_eq!(added[1].qualifier.as_deref(), Some("sales"));
+    }
+
+    #[test]
+    fn a_query_entry_takes_no_catalog_table_but_keeps_its_target() {
+        let manifest = manifest(&format!(
+            "{PG}      orders:\n        query: SELECT 1 AS id\n      users:\n        query: SELECT 2 AS id\n        target: people\n      \"*\": {{}}\n"
+        ));
+        let got: Vec<String> = expand(&manifest, &catalog())
+            .iter()
+            .map(TableSpec::label)
+            .collect();
+        // `orders` is the query's target: the table `orders` is not written over it; the
+        // query `users` (target `people`) leaves the table `users` to the pattern.
+        assert_eq!(got, ["pg.order_items", "pg.users"]);
+        assert_eq!(manifest.tables[0].label(), "pg.query:orders");
     }
 
     #[test]

@@ -86,7 +86,7 @@ pub async fn plan(manifest: &Manifest, session: &Session) -> Result<Plan, Error>
     let mut tables: Vec<TablePlan> = specs
         .iter()
         .zip(sources)
-        .map(|(spec, source)| plan_one(spec, source, existing.remove(&spec.target)))
+        .map(|(spec, (source, notes))| plan_one(spec, source, notes, existing.remove(&spec.target)))
         .collect();
     // The ledger's watermarks, read once for every table (none when nothing is bounded).
     let bounded = tables.iter().any(|table| {
@@ -154,11 +154,16 @@ async fn dataset_missing(manifest: &Manifest, session: &Session) -> Result<bool,
 /// A source table, or why there is none (the plan shows the message).
 type Described = Result<SourceTable, String>;
 
-/// Every spec's source table (or why it has none), in order: one [`Source::describe_many`]
-/// per source and qualifier, [`DESCRIBE_CONCURRENCY`] at a time.
-async fn describe_all(specs: &[&TableSpec], session: &Session) -> Vec<Result<SourceTable, String>> {
+/// Every spec's source table (or why it has none), in order, with what its description could
+/// not tell (a query typed by the driver): one [`Source::describe_many`] per source and
+/// qualifier, one [`Source::describe_query`] per custom SQL query, [`DESCRIBE_CONCURRENCY`] at
+/// a time.
+async fn describe_all(specs: &[&TableSpec], session: &Session) -> Vec<(Described, Vec<String>)> {
     let mut groups: IndexMap<(&str, Option<&str>), Vec<usize>> = IndexMap::new();
     for (index, spec) in specs.iter().enumerate() {
+        if spec.query.is_some() {
+            continue;
+        }
         groups
             .entry((spec.source.as_str(), spec.qualifier.as_deref()))
             .or_default()
@@ -180,15 +185,54 @@ async fn describe_all(specs: &[&TableSpec], session: &Session) -> Vec<Result<Sou
         .buffer_unordered(DESCRIBE_CONCURRENCY)
         .collect()
         .await;
-    let mut out: Vec<Option<Result<SourceTable, String>>> = vec![None; specs.len()];
+    let mut out: Vec<Option<(Described, Vec<String>)>> = vec![None; specs.len()];
     for (indexes, tables) in described {
         for (index, table) in indexes.into_iter().zip(tables) {
-            out[index] = Some(table);
+            out[index] = Some((table, Vec::new()));
         }
     }
+    let queries: Vec<(usize, (Described, Vec<String>))> = futures::stream::iter(
+        specs
+            .iter()
+            .enumerate()
+            .filter(|(_, spec)| spec.query.is_some()),
+    )
+    .map(|(index, spec)| async move { (index, describe_query(session, spec).await) })
+    .buffer_unordered(DESCRIBE_CONCURRENCY)
+    .collect()
+    .await;
+    for (index, described) in queries {
+        out[index] = Some(described);
+    }
     out.into_iter()
-        .map(|table| table.unwrap_or_else(|| Err("the source was not described".into())))
+        .map(|table| {
+            table.unwrap_or_else(|| (Err("the source was not described".into()), Vec::new()))
+        })
         .collect()
+}
+
+/// A custom SQL source's columns, typed from the query's result metadata, and what that
+/// metadata could not tell (the plan warns).
+async fn describe_query(session: &Session, spec: &TableSpec) -> (Described, Vec<String>) {
+    let (Some(source), Some(query)) = (session.sources.get(&spec.source), &spec.query) else {
+        let error = session
+            .source_errors
+            .get(&spec.source)
+            .cloned()
+            .unwrap_or_else(|| "source not connected".into());
+        return (Err(error), Vec::new());
+    };
+    match source
+        .describe_query(
+            &spec.name,
+            query,
+            spec.primary_key.as_deref().unwrap_or(&[]),
+        )
+        .await
+    {
+        Ok(described) => (Ok(described.table), described.notes),
+        Err(error) => (Err(error.to_string()), Vec::new()),
+    }
 }
 
 /// The tables `names` of one source and qualifier, or why each has none.
@@ -242,12 +286,19 @@ async fn existing_targets(
 fn plan_one(
     spec: &TableSpec,
     source: Result<SourceTable, String>,
+    notes: Vec<String>,
     existing: Option<ExistingTable>,
 ) -> TablePlan {
-    let mapping = match &source {
+    let mut mapping = match &source {
         Ok(table) => map_table(table, spec),
         Err(_) => Err(Vec::new()),
     };
+    if let Ok(mapping) = &mut mapping {
+        // What a query's result metadata could not tell (its types came from the driver).
+        mapping.warnings.extend(notes.into_iter().map(|note| {
+            Diagnostic::warning(Code::MappingNaturalType, note).at(Location::Table(spec.label()))
+        }));
+    }
     let unsupported = existing
         .as_ref()
         .map(|table| table.unsupported.clone())
@@ -407,6 +458,10 @@ async fn estimate_write_cost(session: &Session, table: &mut TablePlan) {
 /// and their bounds, pages) read now, the decision made by
 /// [`crate::plan::chunks::plan_chunking`]. A table whose facts can't be read is one chunk.
 async fn plan_chunks(session: &Session, table: &mut TablePlan) {
+    // A custom SQL query is read whole: its derived table has no size, pages or index.
+    if table.spec.query.is_some() {
+        return;
+    }
     let (Some(source), Some(source_table), Some(extract)) = (
         session.sources.get(&table.source),
         table.source_table.as_ref(),

@@ -8,6 +8,7 @@ mod apply_fake;
 mod cli;
 mod cli_hardening;
 mod cli_runs;
+mod custom_sql;
 mod ledger_fake;
 mod manifest;
 mod merge_protocol;

@@ -748,6 +748,91 @@ sources:
 }
 
 #[test]
+fn custom_sql_mistakes_are_reported_at_their_lines() {
+    let text = "\
+bigquery:
+  project: my-project
+  dataset: analytics
+sources:
+  shop:
+    type: mysql
+    url: mysql://reader@127.0.0.1/shop
+    tables:
+      two_statements:
+        query: |
+          SELECT id FROM orders;
+          DELETE FROM orders
+      with_parameter:
+        query: SELECT id FROM orders WHERE id > ?
+      nothing:
+        query: \"  -- just a comment\"
+      \"order_*\":
+        query: SELECT id FROM orders
+      shop.daily:
+        query: SELECT id FROM orders
+      merged:
+        query: SELECT id, total FROM orders
+        mode: merge
+        cursor: id
+";
+    let failure = load_yaml(text, Env::new()).unwrap_err();
+    assert_eq!(errors(&failure).len(), 6, "{}", render(&failure));
+    assert!(
+        failure
+            .problems
+            .iter()
+            .all(|problem| problem.code == "datasync::manifest::query"
+                || problem.code == "datasync::manifest::merge_without_key"),
+        "{:?}",
+        failure.problems
+    );
+    insta::assert_snapshot!(render(&failure));
+}
+
+#[test]
+fn a_custom_sql_entry_resolves_named_by_its_target_and_sent_as_written() {
+    let text = "\
+bigquery:
+  project: my-project
+  dataset: analytics
+sources:
+  pg:
+    type: postgres
+    url: postgres://reader@127.0.0.1/shop
+    tables:
+      daily_orders:
+        query: \"SELECT day, sum(total)::numeric(12,2) AS total, $$a;b$$ AS tag, '${NOT_A_VAR}' AS raw FROM orders GROUP BY day;\"
+        mode: merge
+        primary_key: [day]
+        cursor: day
+      renamed:
+        query: SELECT 1 AS x
+        target: other_name
+";
+    let loaded =
+        load_yaml(text, Env::new()).unwrap_or_else(|failure| panic!("{}", render(&failure)));
+    let table = &loaded.manifest.tables[0];
+    assert_eq!(table.label(), "pg.query:daily_orders");
+    assert_eq!(
+        (table.target.as_str(), table.qualifier.as_deref()),
+        ("daily_orders", None)
+    );
+    // No `${VAR}` expansion, `$$` kept, the trailing `;` cut.
+    assert_eq!(
+        table.query.as_deref(),
+        Some(
+            "SELECT day, sum(total)::numeric(12,2) AS total, $$a;b$$ AS tag, '${NOT_A_VAR}' AS raw FROM orders GROUP BY day"
+        )
+    );
+    assert_eq!(loaded.manifest.tables[1].target, "other_name");
+    assert!(loaded.warnings.is_empty(), "{:?}", loaded.warnings);
+    // The effective manifest keeps the query.
+    let raw = loaded.manifest.to_raw();
+    let entry = raw.sources["pg"].tables["daily_orders"].as_ref().unwrap();
+    assert_eq!(entry.query, table.query);
+}
+
+#[test]
 fn syntax_errors_point_at_the_text() {
     let failure = load_yaml(
         "bigquery:\n  project: [unclosed\n  dataset: x\n",

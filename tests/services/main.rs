@@ -11,6 +11,7 @@ mod support;
 mod apply_e2e;
 mod chunks;
 mod cli_init;
+mod custom_sql;
 mod geography;
 mod ledger_e2e;
 mod plan_orphans;

@@ -97,6 +97,7 @@ pub fn table_spec(kind: SourceKind, qualifier: Option<&str>, name: &str) -> Tabl
         types: TypePolicies::default(),
         description: None,
         lineage: false,
+        query: None,
     }
 }
 

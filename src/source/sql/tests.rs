@@ -37,6 +37,7 @@ fn table(qualifier: Option<&str>, name: &str) -> SourceTable {
         unique_keys: Vec::new(),
         estimated_rows: None,
         comment: None,
+        query: None,
     }
 }
 
@@ -464,4 +465,75 @@ fn a_chunk_narrows_the_select_and_keeps_the_bound() {
             bind: Some("7".into())
         }
     );
+}
+
+/// A custom SQL source: the query as a derived table, the bound a placeholder whatever the
+/// cursor value holds (never spliced into the SQL).
+#[test]
+fn a_query_is_wrapped_as_a_derived_table_and_its_bound_is_a_parameter() {
+    let query = "SELECT o.id, sum(i.price) AS total, max(o.at) AS at\nFROM orders o JOIN items i ON i.order_id = o.id\nGROUP BY o.id -- per order";
+    let mut source = table(None, "daily_orders");
+    source.query = Some(query.into());
+    let columns = vec![
+        native("id", "bigint", Codec::Int),
+        column("total", "numeric(12,2)", Codec::Decimal, ReadAs::Numeric),
+        native("at", "timestamp with time zone", Codec::Timestamp),
+    ];
+    let hostile = "2024-01-01'; DROP TABLE orders; --";
+    let wrapped = format!("(\n{query}\n) AS q");
+    for (dialect, placeholder, count) in [
+        (
+            &Postgres as &dyn Dialect,
+            "$1::timestamp with time zone",
+            "count(*)",
+        ),
+        (&Mysql, "CAST(? AS DATETIME(6))", "CAST(COUNT(*) AS SIGNED)"),
+        (&Sqlite, "?1", "count(*)"),
+    ] {
+        assert_eq!(dialect.table_ref(&source).unwrap(), wrapped);
+        let q = |name: &str| dialect.quote(name).unwrap();
+        let select = select_sql(
+            dialect,
+            &source,
+            &columns,
+            Some(&filter("at", hostile, false)),
+            None,
+        )
+        .unwrap();
+        assert_eq!(
+            select.sql,
+            format!(
+                "SELECT {}, {}, {} FROM {wrapped} WHERE {} > {placeholder} ORDER BY {}",
+                q("id"),
+                dialect.select_expr(&columns[1]).unwrap(),
+                q("at"),
+                q("at"),
+                q("at"),
+            )
+        );
+        assert!(!select.sql.contains("DROP"), "{}", select.sql);
+        assert!(select.bind.as_deref().unwrap().contains("DROP"));
+        let counted = count_sql(
+            dialect,
+            &source,
+            &columns,
+            Some(&filter("at", hostile, false)),
+        )
+        .unwrap();
+        assert_eq!(
+            counted.sql,
+            format!(
+                "SELECT {count} FROM {wrapped} WHERE {} > {placeholder}",
+                q("at")
+            )
+        );
+        assert!(!counted.sql.contains("DROP"));
+        assert_eq!(counted.bind, select.bind);
+        // Without a bound: the whole result.
+        assert_eq!(
+            count_sql(dialect, &source, &columns, None).unwrap().sql,
+            format!("SELECT {count} FROM {wrapped}")
+        );
+    }
+    assert_eq!(source.label(), "query:daily_orders");
 }

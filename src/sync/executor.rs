@@ -742,6 +742,9 @@ impl Executor {
                                 format!("writing the target failed (it was not changed): {error}")
                             }
                         })?;
+                    if matches!(op, WriteOp::Replace { .. } | WriteOp::Recreate { .. }) {
+                        self.restore_description(table).await;
+                    }
                 }
                 Step::PatchTable { changes } => {
                     patch_metadata(warehouse, &table.target, changes).await?;
@@ -750,6 +753,43 @@ impl Executor {
         }
         tracing::debug!(table = %table.label, rows = stats.rows, "target written");
         Ok(deleted)
+    }
+
+    /// A `WRITE_TRUNCATE` copy may take the source table's metadata along: BigQuery documents
+    /// that it replaces the schema (<https://cloud.google.com/bigquery/docs/reference/rest/v2/Job#jobconfigurationtablecopy>)
+    /// and not what happens to the description. Staging's description is its resume marker
+    /// ([`StagingInfo`]); if the target now shows it, the description it should have is put
+    /// back (one tables.get, free; a tables.patch only then). Best effort: logged.
+    async fn restore_description(&self, table: &TablePlan) {
+        let Ok(Some(existing)) = self.warehouse.get_table(&table.target).await else {
+            return;
+        };
+        if existing
+            .description
+            .as_deref()
+            .and_then(StagingInfo::parse)
+            .is_none()
+        {
+            return;
+        }
+        let wanted = table
+            .target_schema
+            .as_ref()
+            .and_then(|schema| schema.description.clone())
+            .or_else(|| {
+                table
+                    .existing
+                    .as_ref()
+                    .and_then(|schema| schema.description.clone())
+            });
+        let update = TableUpdate {
+            description: Some(wanted.unwrap_or_default()),
+            column_descriptions: Vec::new(),
+            clustering: None,
+        };
+        if let Err(error) = self.warehouse.update_table(&table.target, &update).await {
+            tracing::warn!(table = %table.label, %error, "could not restore the target's description after the copy");
+        }
     }
 
     /// [`Step::Write`]: one atomic job from staging into the target; a merge's deleted rows when

@@ -74,6 +74,9 @@ struct State {
     copies: std::collections::BTreeSet<String>,
     /// Loads whose job id contains this never finish (a run killed while they run).
     hang_loads: Option<String>,
+    /// A `WRITE_TRUNCATE` copy gives the target the source's description (BigQuery does not
+    /// document whether it does; datasync must be right either way).
+    copy_takes_description: bool,
 }
 
 impl State {
@@ -212,6 +215,11 @@ impl FakeWarehouse {
             existing.extend(rows);
             state.touch(table);
         }
+    }
+
+    /// Makes a `WRITE_TRUNCATE` copy give the target the source's description (test setup).
+    pub fn copies_take_the_description(&self) {
+        self.lock().copy_takes_description = true;
     }
 
     /// Sets a label on a table (test setup; not logged).
@@ -1133,8 +1141,18 @@ impl Warehouse for FakeWarehouse {
             .get(&request.source)
             .cloned()
             .ok_or_else(|| not_found(&context, &request.source))?;
+        let carried = if state.copy_takes_description {
+            state
+                .meta
+                .get(&request.source)
+                .and_then(|(meta, _)| meta.description.clone())
+                .or_else(|| schema.description.clone())
+        } else {
+            schema.description.clone()
+        };
         let renamed = WarehouseTable {
             name: request.target.clone(),
+            description: carried,
             ..schema
         };
         match (state.tables.get_mut(&request.target), request.disposition) {

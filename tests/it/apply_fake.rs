@@ -1785,3 +1785,38 @@ async fn a_lease_held_by_a_dead_process_of_this_host_is_taken_over_at_once() {
     assert!(report.succeeded(), "{}", report.text());
     assert_eq!(ids(&warehouse, "items"), ["1", "2", "3"]);
 }
+
+/// Should a `WRITE_TRUNCATE` copy carry staging's description (its resume marker) over to the
+/// target, the replace puts the target's own description back after the write.
+#[tokio::test]
+async fn a_copy_that_carries_the_staging_description_is_corrected() {
+    let setup = sqlite(SEED).await;
+    let manifest = manifest(
+        &setup.path,
+        "      items:\n        description: Things we sell\n",
+    );
+    let warehouse = Arc::new(FakeWarehouse::with_dataset());
+    warehouse.copies_take_the_description();
+    let executor = executor(&manifest, Arc::clone(&warehouse), DryRun::No).await;
+    let first = plan(&manifest, &executor.sources["lite"], &warehouse).await;
+    let report = executor.run(&first).await;
+    assert!(report.succeeded(), "{}", report.text());
+    assert_eq!(
+        warehouse
+            .get_table("items")
+            .await
+            .unwrap()
+            .unwrap()
+            .description
+            .as_deref(),
+        Some("Things we sell"),
+        "{:?}",
+        warehouse.log()
+    );
+    assert_eq!(
+        warehouse.count("update_table items"),
+        1,
+        "{:?}",
+        warehouse.log()
+    );
+}

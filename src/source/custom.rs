@@ -48,6 +48,29 @@ pub struct QueryTable {
     pub notes: Vec<String>,
 }
 
+/// What every engine starts from: the query's result column names (checked: named, no two
+/// alike) and the description of its wrapped form `SELECT * FROM (<query>) AS q` on `conn`
+/// (returned too), which the engine's own typing then refines.
+async fn describe_wrapped<DB: sqlx::Database>(
+    conn: &mut DB::Connection,
+    name: &str,
+    query: &str,
+    context: &str,
+) -> Result<(Vec<String>, String, sqlx::Describe<DB>), SourceError>
+where
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+{
+    let raw = (&mut *conn).describe(query).await.map_err(qerr(context))?;
+    let names: Vec<String> = raw.columns().iter().map(|c| c.name().to_string()).collect();
+    check_result_names(name, &names)?;
+    let wrapped = wrapped(query);
+    let described = (&mut *conn)
+        .describe(&wrapped)
+        .await
+        .map_err(qerr(context))?;
+    Ok((names, wrapped, described))
+}
+
 /// The temporary view or table a query is described through (dropped or rolled back at once).
 const DESCRIBE_NAME: &str = "_datasync_describe";
 
@@ -115,14 +138,8 @@ pub(super) async fn postgres(
 ) -> Result<(Vec<SourceColumn>, Vec<String>), SourceError> {
     let context = format!("describing query `{name}`");
     let mut conn = pool.acquire().await.map_err(qerr(&context))?;
-    let raw = (&mut *conn).describe(query).await.map_err(qerr(&context))?;
-    let names: Vec<String> = raw.columns().iter().map(|c| c.name().to_string()).collect();
-    check_result_names(name, &names)?;
-    let wrapped = wrapped(query);
-    let described = (&mut *conn)
-        .describe(&wrapped)
-        .await
-        .map_err(qerr(&context))?;
+    let (names, wrapped, described) =
+        describe_wrapped::<sqlx::Postgres>(&mut conn, name, query, &context).await?;
     let mut oids = Vec::with_capacity(names.len());
     for column in described.columns() {
         let oid = column.type_info().oid().ok_or_else(|| {
@@ -252,14 +269,8 @@ pub(super) async fn mysql(
 ) -> Result<(Vec<SourceColumn>, Vec<String>), SourceError> {
     let context = format!("describing query `{name}`");
     let mut conn = pool.acquire().await.map_err(qerr(&context))?;
-    let raw = (&mut *conn).describe(query).await.map_err(qerr(&context))?;
-    let names: Vec<String> = raw.columns().iter().map(|c| c.name().to_string()).collect();
-    check_result_names(name, &names)?;
-    let wrapped = wrapped(query);
-    let described = (&mut *conn)
-        .describe(&wrapped)
-        .await
-        .map_err(qerr(&context))?;
+    let (names, wrapped, described) =
+        describe_wrapped::<sqlx::MySql>(&mut conn, name, query, &context).await?;
     match mysql_table_types(&mut conn, &wrapped).await {
         Ok(types) if types.len() == names.len() => {
             let columns = names
@@ -365,14 +376,8 @@ pub(super) async fn sqlite(
 ) -> Result<(Vec<SourceColumn>, Vec<String>), SourceError> {
     let context = format!("describing query `{name}`");
     let mut conn = pool.acquire().await.map_err(qerr(&context))?;
-    let raw = (&mut *conn).describe(query).await.map_err(qerr(&context))?;
-    let names: Vec<String> = raw.columns().iter().map(|c| c.name().to_string()).collect();
-    check_result_names(name, &names)?;
-    let wrapped = wrapped(query);
-    let described = (&mut *conn)
-        .describe(&wrapped)
-        .await
-        .map_err(qerr(&context))?;
+    let (names, wrapped, described) =
+        describe_wrapped::<sqlx::Sqlite>(&mut conn, name, query, &context).await?;
     let mut notes = Vec::new();
     let declared = match sqlite_declared_types(&mut conn, &wrapped).await {
         Ok(declared) if declared.len() == names.len() => declared,

@@ -141,49 +141,66 @@ fn epoch_micros(moment: NaiveDateTime) -> Result<i64, Bad<'static>> {
 
 fn put_datetime_text(buf: &mut Vec<u8>, moment: NaiveDateTime) -> Result<(), Bad<'static>> {
     check_year(moment.date())?;
+    let date = moment.date();
     let micros = time_micros(moment.time());
-    let text = format!(
-        "{} {:02}:{:02}:{:02}.{:06}",
-        moment.date().format("%Y-%m-%d"),
-        micros / 3_600_000_000,
-        micros / 60_000_000 % 60,
-        micros / 1_000_000 % 60,
-        micros % 1_000_000
-    );
-    put_bytes(buf, text.as_bytes());
+    // `YYYY-MM-DD HH:MM:SS.ffffff`, digit by digit: chrono's `format` parses its pattern on
+    // every call, which was a tenth of an Avro extraction's time.
+    let mut text = *b"0000-00-00 00:00:00.000000";
+    let mut put = |at: usize, width: usize, mut n: u64| {
+        for slot in text[at..at + width].iter_mut().rev() {
+            *slot = b'0' + (n % 10) as u8;
+            n /= 10;
+        }
+    };
+    put(0, 4, u64::from(date.year().unsigned_abs()));
+    put(5, 2, u64::from(date.month()));
+    put(8, 2, u64::from(date.day()));
+    let micros = micros as u64;
+    put(11, 2, micros / 3_600_000_000);
+    put(14, 2, micros / 60_000_000 % 60);
+    put(17, 2, micros / 1_000_000 % 60);
+    put(20, 6, micros % 1_000_000);
+    put_bytes(buf, &text);
     Ok(())
 }
 
 /// A decimal text as the two's-complement big-endian unscaled integer at `scale`. The text
-/// has already been checked to fit.
+/// has already been checked to fit. Up to 38 digits (every NUMERIC, most BIGNUMERIC) are
+/// accumulated in an `i128` without allocating; longer ones go through `BigInt`.
 fn put_decimal(buf: &mut Vec<u8>, text: &str, scale: u32) -> Result<(), Bad<'static>> {
+    let malformed = || Bad::new(BadKind::Malformed, format!("`{text}` is not a decimal"));
     let (negative, body) = match text.strip_prefix('-') {
         Some(body) => (true, body),
-        None => (false, text),
+        None => (false, text.strip_prefix('+').unwrap_or(text)),
     };
     let (int, frac) = body.split_once('.').unwrap_or((body, ""));
     let frac = frac.trim_end_matches('0');
-    let mut digits = String::with_capacity(int.len() + scale as usize + 1);
-    if negative {
-        digits.push('-');
+    let int = int.trim_start_matches('0');
+    let pad = (scale as usize).saturating_sub(frac.len());
+    let digits = int.bytes().chain(frac.bytes());
+    if int.len() + frac.len() + pad <= 38 {
+        let mut n: i128 = 0;
+        for digit in digits {
+            if !digit.is_ascii_digit() {
+                return Err(malformed());
+            }
+            n = n * 10 + i128::from(digit - b'0');
+        }
+        n *= 10i128.pow(pad as u32);
+        if negative {
+            n = -n;
+        }
+        put_bytes(buf, minimal_twos_complement(&n.to_be_bytes()));
+        return Ok(());
     }
-    digits.push_str(int.trim_start_matches('0'));
-    digits.push_str(frac);
-    digits.extend(std::iter::repeat_n(
-        '0',
-        (scale as usize).saturating_sub(frac.len()),
-    ));
-    let malformed = || Bad::new(BadKind::Malformed, format!("`{text}` is not a decimal"));
-    let bytes = if digits.trim_start_matches('-').is_empty() {
-        vec![0]
-    } else if digits.len() <= 38 {
-        let n: i128 = digits.parse().map_err(|_| malformed())?;
-        minimal_twos_complement(&n.to_be_bytes()).to_vec()
-    } else {
-        let n = BigInt::parse_bytes(digits.as_bytes(), 10).ok_or_else(malformed)?;
-        n.to_signed_bytes_be()
-    };
-    put_bytes(buf, &bytes);
+    let mut text = String::with_capacity(int.len() + frac.len() + pad + 1);
+    if negative {
+        text.push('-');
+    }
+    text.extend(digits.map(char::from));
+    text.extend(std::iter::repeat_n('0', pad));
+    let n = BigInt::parse_bytes(text.as_bytes(), 10).ok_or_else(malformed)?;
+    put_bytes(buf, &n.to_signed_bytes_be());
     Ok(())
 }
 
@@ -228,6 +245,16 @@ pub fn write_avro_scalar(
         (Val::F64(f), T::Float64) if f.is_finite() => {
             buf.extend_from_slice(&f.to_le_bytes());
             Ok(())
+        }
+        (Val::F32(f), T::Float64) if f.is_finite() => {
+            // The double BigQuery reads from the NDJSON writer's text: the shortest text of the
+            // f32 (0.1, not 0.100000001490116), parsed as a double.
+            scratch.clear();
+            serde_json::to_writer(&mut *scratch, f)
+                .ok()
+                .and_then(|()| std::str::from_utf8(scratch).ok()?.parse::<f64>().ok())
+                .map(|double| buf.extend_from_slice(&double.to_le_bytes()))
+                .ok_or_else(|| Bad::new(BadKind::Malformed, format!("cannot write {f} as Avro")))
         }
         (Val::Text(text), T::String) => {
             put_bytes(buf, text.as_bytes());
@@ -369,6 +396,8 @@ pub struct AvroWriter {
     fields: Vec<WarehouseField>,
     /// Encoded after the columns of every row: the lineage columns, if any.
     suffix: Vec<u8>,
+    /// Compresses full blocks while the next is encoded.
+    blocks: Box<blocks::Blocks>,
 }
 
 impl AvroWriter {
@@ -437,6 +466,7 @@ impl AvroWriter {
             batch_rows: batch_size.max(1),
             row: Vec::with_capacity(4096),
             scratch: Vec::new(),
+            blocks: Box::new(blocks::Blocks::new(marker)),
         }
     }
 
@@ -521,7 +551,7 @@ impl AvroWriter {
                 break;
             }
         }
-        // The row's bytes are counted once compressed, per block (see `take_chunk`).
+        // The row's bytes are counted once compressed, per block (see `chunk`).
         let outcome = outcome.map(|()| {
             self.row.extend_from_slice(&self.suffix);
             self.block.extend_from_slice(&self.row);
@@ -531,23 +561,26 @@ impl AvroWriter {
         self.policy.end_row(outcome, &mut decode)
     }
 
-    /// The header (first time only) and the current rows as one compressed block.
-    fn take_chunk(&mut self) -> Bytes {
-        let mut out = self.header.take().unwrap_or_default();
-        if self.block_rows > 0 {
-            let mut block =
-                std::mem::replace(&mut self.block, Vec::with_capacity(CHUNK_SIZE + 64 * 1024));
-            // Snappy never fails on a Vec; a failure would leave the block uncompressed and
-            // the file invalid, so it is surfaced as an empty block instead of garbage.
-            if AvroCodec::Snappy.compress(&mut block).is_err() {
-                block.clear();
-            }
-            put_long(&mut out, self.block_rows as i64);
-            put_long(&mut out, block.len() as i64);
-            out.extend_from_slice(&block);
-            out.extend_from_slice(&self.marker);
+    /// Hands the current block to the compressor (see [`blocks`]).
+    fn submit_block(&mut self) -> Option<Vec<u8>> {
+        if self.block_rows == 0 {
+            return None;
         }
-        self.block_rows = 0;
+        let next = self.blocks.buffer(CHUNK_SIZE + 64 * 1024);
+        let block = std::mem::replace(&mut self.block, next);
+        let rows = std::mem::take(&mut self.block_rows);
+        self.blocks.submit(block, rows)
+    }
+
+    /// `framed` blocks as a chunk to send, after the header if it has not been sent.
+    fn chunk(&mut self, framed: Vec<u8>) -> Bytes {
+        let out = match self.header.take() {
+            Some(mut header) => {
+                header.extend_from_slice(&framed);
+                header
+            }
+            None => framed,
+        };
         self.policy.stats.bytes += out.len() as u64;
         Bytes::from(out)
     }
@@ -649,21 +682,30 @@ impl RowSink for AvroWriter {
         self.encode_row(decode)
     }
 
-    /// A full chunk to send, if the block reached [`CHUNK_SIZE`] or `batch_size` rows.
+    /// A chunk to send once the block reached [`CHUNK_SIZE`] or `batch_size` rows: the block
+    /// before it, compressed meanwhile (one block is always in flight).
     fn full_chunk(&mut self) -> Option<Bytes> {
-        (self.block.len() >= CHUNK_SIZE || self.block_rows >= self.batch_rows)
-            .then(|| self.take_chunk())
+        if self.block.len() < CHUNK_SIZE && self.block_rows < self.batch_rows {
+            return None;
+        }
+        let framed = self.submit_block()?;
+        Some(self.chunk(framed))
     }
 
-    /// The last block; `None` when no row was ever written (nothing to load, as for NDJSON).
+    /// The blocks still in flight and the last one; `None` when no row was ever written
+    /// (nothing to load, as for NDJSON).
     fn finish(&mut self) -> Option<Bytes> {
-        (self.block_rows > 0).then(|| self.take_chunk())
+        let mut framed = self.submit_block().unwrap_or_default();
+        framed.extend_from_slice(&self.blocks.drain());
+        (!framed.is_empty()).then(|| self.chunk(framed))
     }
 
     fn stats(&self) -> &ExtractStats {
         &self.policy.stats
     }
 }
+
+mod blocks;
 
 #[cfg(test)]
 mod tests;

@@ -193,12 +193,14 @@ fn chunks_concatenate_to_one_valid_file() {
     let columns = mapping(&[("id", field("id", BqType::Int64, FieldMode::Required))]);
     let mut sink = AvroWriter::new("t".into(), &columns, TypePolicies::default(), None, &[], 2);
     let mut chunks = Vec::new();
-    for id in 0..5 {
+    for id in 0..7 {
         sink.push(|_| Ok(Val::Int(id))).unwrap();
         chunks.extend(sink.full_chunk());
     }
     chunks.extend(sink.finish());
-    assert_eq!(chunks.len(), 3, "2 + 2 + 1 rows");
+    // Blocks of 2, 2, 2 and 1 rows; a full block is sent once the next one is full too (one
+    // is compressed meanwhile), and `finish` sends the one in flight with the last.
+    assert_eq!(chunks.len(), 3, "2, 2, then 2 + 1 rows");
     assert!(chunks[0].starts_with(b"Obj\x01"));
     assert!(
         !chunks[1].starts_with(b"Obj\x01"),
@@ -210,7 +212,7 @@ fn chunks_concatenate_to_one_valid_file() {
         .into_iter()
         .map(|row| row["id"].clone())
         .collect();
-    assert_eq!(ids, ["0", "1", "2", "3", "4"]);
+    assert_eq!(ids, ["0", "1", "2", "3", "4", "5", "6"]);
     assert!(sink.finish().is_none());
 }
 

@@ -9,6 +9,7 @@
 
 mod custom;
 mod mysql;
+mod pg_copy;
 mod postgres;
 mod readers;
 mod sql;

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::str::FromStr;
 use std::sync::Arc;
 
-use chrono::{NaiveDate, NaiveDateTime, NaiveTime, TimeDelta};
+use chrono::{NaiveDate, NaiveTime};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow, PgSslMode};
 use sqlx::{Executor, PgPool, Row, ValueRef};
 
@@ -397,12 +397,8 @@ fn be_i64(bytes: &[u8]) -> Option<i64> {
 }
 
 const PG_EPOCH_DAYS_FROM_CE: i32 = 730_120; // 2000-01-01
-
-fn pg_epoch() -> NaiveDateTime {
-    NaiveDate::from_num_days_from_ce_opt(PG_EPOCH_DAYS_FROM_CE)
-        .unwrap_or_default()
-        .and_time(NaiveTime::MIN)
-}
+/// 2000-01-01T00:00:00Z in microseconds since the Unix epoch.
+const PG_EPOCH_UNIX_MICROS: i64 = 946_684_800_000_000;
 
 /// Decodes one binary value.
 pub(crate) fn decode_binary<'a>(bytes: &'a [u8], codec: &'a Codec) -> Decoded<'a> {
@@ -437,9 +433,10 @@ pub(crate) fn decode_binary<'a>(bytes: &'a [u8], codec: &'a Codec) -> Decoded<'a
                 let sign = if days > 0 { "" } else { "-" };
                 return Err(Bad::new(BadKind::NonFinite, format!("date {sign}infinity")));
             }
-            pg_epoch()
-                .date()
-                .checked_add_signed(TimeDelta::days(days))
+            i32::try_from(days)
+                .ok()
+                .and_then(|days| days.checked_add(PG_EPOCH_DAYS_FROM_CE))
+                .and_then(NaiveDate::from_num_days_from_ce_opt)
                 .map(Val::Date)
                 .ok_or_else(|| Bad::new(BadKind::OutOfRange, "date out of range"))
         }
@@ -455,8 +452,10 @@ pub(crate) fn decode_binary<'a>(bytes: &'a [u8], codec: &'a Codec) -> Decoded<'a
                     format!("timestamp {sign}infinity"),
                 ));
             }
-            let value = pg_epoch()
-                .checked_add_signed(TimeDelta::microseconds(micros))
+            let value = micros
+                .checked_add(PG_EPOCH_UNIX_MICROS)
+                .and_then(chrono::DateTime::from_timestamp_micros)
+                .map(|moment| moment.naive_utc())
                 .ok_or_else(|| Bad::new(BadKind::OutOfRange, "timestamp out of range"))?;
             Ok(if matches!(codec, Codec::Timestamp) {
                 Val::Timestamp(value)

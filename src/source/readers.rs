@@ -20,9 +20,10 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use sqlx::{Executor as _, MySql, Postgres};
+use sqlx::{Executor as _, MySql};
 use tokio::sync::mpsc::Sender;
 
+use super::pg_copy::CopyConnection;
 use super::sql::{self, Dialect};
 use super::{CursorFilter, ExtractStats, Source, SourceError, drive, mysql, postgres, query};
 use crate::schema::{ChunkRange, ColumnMapping, Consistency, ReadAs, RowSink, SourceTable};
@@ -48,7 +49,7 @@ enum Connection {
     /// The pool: every statement is consistent on its own.
     Pool,
     /// A PostgreSQL transaction on the table's shared snapshot.
-    Postgres(sqlx::Transaction<'static, Postgres>),
+    Postgres(CopyConnection),
     /// A MySQL transaction started inside the table's lock window.
     Mysql(sqlx::Transaction<'static, MySql>),
 }
@@ -102,9 +103,17 @@ impl Reader {
             None => None,
         };
         let statement = sql::select_sql(dialect, table, columns, filter, predicate.as_deref())?;
+        // PostgreSQL reads through COPY, which binds no parameter: a read with a cursor bound
+        // (the bound value is never spliced into SQL) runs as a query instead.
+        let copy = statement.bind.is_none();
         match (&mut self.connection, &self.source) {
-            (Connection::Postgres(transaction), _) => {
-                let rows = query(&statement).fetch(&mut **transaction);
+            (Connection::Postgres(connection), _) if copy => {
+                connection
+                    .extract(&statement.sql, columns, sink, out, progress)
+                    .await
+            }
+            (Connection::Postgres(connection), _) => {
+                let rows = query(&statement).fetch(connection.connection());
                 drive(rows, columns, postgres::decode, sink, out, progress).await
             }
             (Connection::Mysql(transaction), _) => {
@@ -114,6 +123,15 @@ impl Reader {
             (Connection::Pool, Source::Mysql(pool)) => {
                 let rows = query(&statement).fetch(pool);
                 drive(rows, columns, mysql::decode, sink, out, progress).await
+            }
+            (Connection::Pool, Source::Postgres(pool)) if copy => {
+                let connection = pool
+                    .acquire()
+                    .await
+                    .map_err(|error| SourceError::query("reading rows", error))?;
+                CopyConnection::new(connection)
+                    .extract(&statement.sql, columns, sink, out, progress)
+                    .await
             }
             (Connection::Pool, Source::Postgres(pool)) => {
                 let rows = query(&statement).fetch(pool);
@@ -130,7 +148,11 @@ impl Reader {
     pub async fn close(self) {
         let ended = match self.connection {
             Connection::Pool => Ok(()),
-            Connection::Postgres(transaction) => transaction.commit().await,
+            Connection::Postgres(mut connection) => {
+                let ended = connection.connection().execute("COMMIT").await.map(drop);
+                connection.in_transaction = ended.is_err();
+                ended
+            }
             Connection::Mysql(transaction) => transaction.commit().await,
         };
         if let Err(error) = ended {
@@ -201,12 +223,21 @@ async fn postgres_readers(
 ) -> Result<Vec<Reader>, SourceError> {
     const BEGIN: &str = "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY";
     let context = "starting the readers' shared snapshot";
-    let mut first = pool
-        .begin_with(BEGIN)
-        .await
-        .map_err(snapshot_error(context))?;
+    // A connection of the pool in a transaction of our own (not sqlx's `Transaction`), so a
+    // reader dropped mid-COPY closes its connection instead of draining the rest of the table.
+    let begin = |connection: sqlx::pool::PoolConnection<sqlx::Postgres>| async move {
+        let mut connection = CopyConnection::new(connection);
+        connection.in_transaction = true;
+        connection
+            .connection()
+            .execute(BEGIN)
+            .await
+            .map_err(snapshot_error(context))?;
+        Ok::<_, SourceError>(connection)
+    };
+    let mut first = begin(pool.acquire().await.map_err(snapshot_error(context))?).await?;
     let snapshot: String = sqlx::query_scalar("SELECT pg_export_snapshot()")
-        .fetch_one(&mut *first)
+        .fetch_one(first.connection())
         .await
         .map_err(snapshot_error(context))?;
     // Snapshot ids are like `00000003-0000001B-1`; anything else is not spliced into SQL.
@@ -220,8 +251,7 @@ async fn postgres_readers(
         connection: Connection::Postgres(first),
     }];
     while readers.len() < wanted {
-        let Ok(begun) = tokio::time::timeout(EXTRA_READER_WAIT, pool.begin_with(BEGIN)).await
-        else {
+        let Ok(acquired) = tokio::time::timeout(EXTRA_READER_WAIT, pool.acquire()).await else {
             tracing::info!(
                 readers = readers.len(),
                 wanted,
@@ -229,14 +259,15 @@ async fn postgres_readers(
             );
             break;
         };
-        let mut transaction = begun.map_err(snapshot_error(context))?;
-        (&mut *transaction)
+        let mut connection = begin(acquired.map_err(snapshot_error(context))?).await?;
+        connection
+            .connection()
             .execute(format!("SET TRANSACTION SNAPSHOT '{snapshot}'").as_str())
             .await
             .map_err(snapshot_error("importing the readers' shared snapshot"))?;
         readers.push(Reader {
             source: source.clone(),
-            connection: Connection::Postgres(transaction),
+            connection: Connection::Postgres(connection),
         });
     }
     Ok(readers)

@@ -316,3 +316,53 @@ async fn postgres_describing_many_tables_equals_describing_each() {
     assert!(matrix.unique_keys.is_empty());
     assert_eq!(many[4].as_ref().expect("parted").primary_key, ["id"]);
 }
+
+/// PostgreSQL is read through `COPY … TO STDOUT (FORMAT binary)`. An extraction that stops
+/// early (here: the bad-value budget, at the first row) must close its connection: returned to
+/// the pool, the connection would first read and discard the rest of the table.
+#[tokio::test]
+async fn an_extraction_cut_short_closes_its_connection_instead_of_reading_on() {
+    let url = url("DATASYNC_TEST_POSTGRES_URL", DEFAULT_URL);
+    let source = connect(SourceKind::Postgres, &url).await;
+    let Source::Postgres(admin) = &source else {
+        unreachable!()
+    };
+    let schema = unique("DsCut");
+    admin
+        .execute(sqlx::raw_sql(&format!(
+            "CREATE SCHEMA \"{schema}\"; CREATE TABLE \"{schema}\".big AS SELECT g::int8 AS id, 'NaN'::float8 AS f, repeat('x', 200) AS t FROM generate_series(1, 300000) g"
+        )))
+        .await
+        .expect("create the table");
+    let mut spec = table_spec(SourceKind::Postgres, Some(&schema), "big");
+    spec.types.non_finite = BadValuePolicy::Error;
+    spec.max_parse_failures = Some(0);
+    let result = run(&source, &spec, None).await;
+    let copies = format!(
+        "SELECT count(*) FROM pg_stat_activity WHERE pid <> pg_backend_pid() AND query LIKE 'COPY (%{schema}%'"
+    );
+    let mut left = -1;
+    for _ in 0..50 {
+        left = sqlx::query_scalar::<_, i64>(&copies)
+            .fetch_one(admin)
+            .await
+            .expect("pg_stat_activity");
+        if left == 0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    // The pool still serves queries.
+    let answered: i32 = sqlx::query_scalar("SELECT 1")
+        .fetch_one(admin)
+        .await
+        .unwrap();
+    admin
+        .execute(sqlx::raw_sql(&format!("DROP SCHEMA \"{schema}\" CASCADE")))
+        .await
+        .expect("drop schema");
+    let error = result.err().expect("the budget of 0 stops the extraction");
+    assert!(matches!(error, SourceError::TooManyBadValues(_)), "{error}");
+    assert_eq!(left, 0, "the connection that ran the COPY is still open");
+    assert_eq!(answered, 1);
+}

@@ -279,7 +279,7 @@ impl Executor {
                 load_job_id(&self.run_id, &table.target),
                 table.target.clone(),
             );
-            for step in ["write", "backup", "restore", "rejects"] {
+            for step in ["write", "backup", "restore", "keys"] {
                 targets.insert(
                     write_job_id(&self.run_id, &table.target, step),
                     table.target.clone(),
@@ -290,6 +290,7 @@ impl Executor {
             Arc::clone(&self.warehouse),
             Arc::clone(&self.ledger),
             &self.run_id,
+            &plan.fingerprint,
             targets,
         );
         Self {

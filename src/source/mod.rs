@@ -8,6 +8,7 @@
 //! This module knows the manifest only through the connection settings ([`SourceSpec`]).
 
 mod custom;
+mod guarded;
 mod mysql;
 mod pg_copy;
 mod postgres;
@@ -448,7 +449,7 @@ where
 }
 
 /// Decodes a column of a row given its codec.
-type DecodeFn<R> = for<'a> fn(&'a R, usize, &'a Codec) -> Decoded<'a>;
+pub(super) type DecodeFn<R> = for<'a> fn(&'a R, usize, &'a Codec) -> Decoded<'a>;
 
 /// Pulls rows from `rows`, pushes them into `sink` and sends its full chunks to `out`.
 async fn drive<R, St, S>(

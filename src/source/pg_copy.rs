@@ -15,58 +15,27 @@
 //! COPY takes no bound parameters, and the cursor value is never spliced into SQL, so a read
 //! with a cursor bound goes through the query path instead (see `Reader::extract`).
 //!
-//! A COPY that is not read to the end leaves its connection streaming the rest of the table:
-//! sqlx would read and discard all of it before the connection's next use. [`CopyConnection`]
-//! closes such a connection instead of returning it to the pool.
+//! A COPY that is not read to the end leaves its connection streaming the rest of the table;
+//! [`Guarded`] closes such a connection instead of returning it to the pool.
 
 use std::sync::Arc;
 
 use bytes::{Buf, Bytes, BytesMut};
 use futures::StreamExt;
 use sqlx::Postgres;
-use sqlx::pool::PoolConnection;
 use tokio::sync::mpsc::Sender;
 
+use super::guarded::Guarded;
 use super::{ExtractStats, SourceError, postgres};
 use crate::schema::{Codec, ColumnMapping, Decoded, RowSink, Val};
 
 const SIGNATURE: &[u8; 11] = b"PGCOPY\n\xff\r\n\0";
 
-/// A pooled connection that is closed, not returned to the pool, when it is dropped inside a
-/// transaction it did not end or a COPY it did not finish.
-pub(super) struct CopyConnection {
-    connection: PoolConnection<Postgres>,
-    /// A transaction is open (`BEGIN` sent, no `COMMIT` yet).
-    pub(super) in_transaction: bool,
-    /// A COPY has started and has not been read to its end.
-    copying: bool,
-}
-
-impl Drop for CopyConnection {
-    fn drop(&mut self) {
-        if self.in_transaction || self.copying {
-            self.connection.close_on_drop();
-        }
-    }
-}
-
-impl CopyConnection {
-    pub(super) fn new(connection: PoolConnection<Postgres>) -> Self {
-        Self {
-            connection,
-            in_transaction: false,
-            copying: false,
-        }
-    }
-
-    /// The connection, for statements other than the COPY.
-    pub(super) fn connection(&mut self) -> &mut sqlx::PgConnection {
-        &mut self.connection
-    }
-
+/// Reads through COPY on `connection`.
+impl Guarded<Postgres> {
     /// Runs `COPY (<select>) TO STDOUT (FORMAT binary)`, pushes its rows into `sink` and the
     /// sink's chunks into `out`, as [`super::drive`] does for query rows.
-    pub(super) async fn extract<S: RowSink>(
+    pub(super) async fn copy_extract<S: RowSink>(
         &mut self,
         select: &str,
         columns: &[ColumnMapping],
@@ -76,9 +45,9 @@ impl CopyConnection {
     ) -> Result<ExtractStats, SourceError> {
         let statement = format!("COPY ({select}) TO STDOUT (FORMAT binary)");
         let failed = |error: sqlx::Error| SourceError::query("reading rows", error);
-        self.copying = true;
+        self.reading = true;
         let mut stream = self
-            .connection
+            .connection()
             .copy_out_raw(&statement)
             .await
             .map_err(failed)?;
@@ -103,7 +72,7 @@ impl CopyConnection {
         drop(stream);
         // The stream ends after CopyDone, CommandComplete and ReadyForQuery: the connection
         // is usable again.
-        self.copying = false;
+        self.reading = false;
         parser.finish()?;
         if let Some(chunk) = sink.finish() {
             out.send(chunk).await.map_err(|_| SourceError::SinkClosed)?;

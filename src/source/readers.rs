@@ -20,10 +20,10 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use sqlx::{Executor as _, MySql};
+use sqlx::{Executor as _, MySql, Postgres};
 use tokio::sync::mpsc::Sender;
 
-use super::pg_copy::CopyConnection;
+use super::guarded::Guarded;
 use super::sql::{self, Dialect};
 use super::{CursorFilter, ExtractStats, Source, SourceError, drive, mysql, postgres, query};
 use crate::schema::{ChunkRange, ColumnMapping, Consistency, ReadAs, RowSink, SourceTable};
@@ -44,14 +44,16 @@ pub struct ChunkRead<'a> {
     pub range: ChunkRange,
 }
 
-/// Where a reader's statements run.
+/// Where a reader's statements run. Connections are [`Guarded`] (transactions are begun and
+/// committed by hand, not with sqlx's `Transaction`), so a read cut short closes its
+/// connection instead of leaving the pool to read the rest of the table.
 enum Connection {
     /// The pool: every statement is consistent on its own.
     Pool,
     /// A PostgreSQL transaction on the table's shared snapshot.
-    Postgres(CopyConnection),
+    Postgres(Guarded<Postgres>),
     /// A MySQL transaction started inside the table's lock window.
-    Mysql(sqlx::Transaction<'static, MySql>),
+    Mysql(Guarded<MySql>),
 }
 
 /// One reader of a table's chunks.
@@ -106,37 +108,70 @@ impl Reader {
         // PostgreSQL reads through COPY, which binds no parameter: a read with a cursor bound
         // (the bound value is never spliced into SQL) runs as a query instead.
         let copy = statement.bind.is_none();
+        let failed = |error| SourceError::query("reading rows", error);
         match (&mut self.connection, &self.source) {
             (Connection::Postgres(connection), _) if copy => {
                 connection
-                    .extract(&statement.sql, columns, sink, out, progress)
+                    .copy_extract(&statement.sql, columns, sink, out, progress)
                     .await
             }
             (Connection::Postgres(connection), _) => {
-                let rows = query(&statement).fetch(connection.connection());
-                drive(rows, columns, postgres::decode, sink, out, progress).await
+                read(
+                    connection,
+                    &statement,
+                    postgres::decode,
+                    columns,
+                    sink,
+                    out,
+                    progress,
+                )
+                .await
             }
-            (Connection::Mysql(transaction), _) => {
-                let rows = query(&statement).fetch(&mut **transaction);
-                drive(rows, columns, mysql::decode, sink, out, progress).await
+            (Connection::Mysql(connection), _) => {
+                read(
+                    connection,
+                    &statement,
+                    mysql::decode,
+                    columns,
+                    sink,
+                    out,
+                    progress,
+                )
+                .await
             }
             (Connection::Pool, Source::Mysql(pool)) => {
-                let rows = query(&statement).fetch(pool);
-                drive(rows, columns, mysql::decode, sink, out, progress).await
-            }
-            (Connection::Pool, Source::Postgres(pool)) if copy => {
-                let connection = pool
-                    .acquire()
-                    .await
-                    .map_err(|error| SourceError::query("reading rows", error))?;
-                CopyConnection::new(connection)
-                    .extract(&statement.sql, columns, sink, out, progress)
-                    .await
+                let mut connection = Guarded::new(pool.acquire().await.map_err(failed)?);
+                read(
+                    &mut connection,
+                    &statement,
+                    mysql::decode,
+                    columns,
+                    sink,
+                    out,
+                    progress,
+                )
+                .await
             }
             (Connection::Pool, Source::Postgres(pool)) => {
-                let rows = query(&statement).fetch(pool);
-                drive(rows, columns, postgres::decode, sink, out, progress).await
+                let mut connection = Guarded::new(pool.acquire().await.map_err(failed)?);
+                if copy {
+                    connection
+                        .copy_extract(&statement.sql, columns, sink, out, progress)
+                        .await
+                } else {
+                    read(
+                        &mut connection,
+                        &statement,
+                        postgres::decode,
+                        columns,
+                        sink,
+                        out,
+                        progress,
+                    )
+                    .await
+                }
             }
+            // A SQLite read is a statement on a local file: stopping it leaves nothing to read.
             (Connection::Pool, Source::Sqlite(pool)) => {
                 let rows = query(&statement).fetch(pool);
                 drive(rows, columns, super::sqlite::decode, sink, out, progress).await
@@ -144,21 +179,53 @@ impl Reader {
         }
     }
 
-    /// Ends the reader's transaction (read only: nothing to commit, so a failure is harmless).
+    /// Ends the reader's transaction (read only: nothing to commit, so a failure is harmless;
+    /// the connection is then closed, not returned to the pool).
     pub async fn close(self) {
         let ended = match self.connection {
             Connection::Pool => Ok(()),
-            Connection::Postgres(mut connection) => {
-                let ended = connection.connection().execute("COMMIT").await.map(drop);
-                connection.in_transaction = ended.is_err();
-                ended
-            }
-            Connection::Mysql(transaction) => transaction.commit().await,
+            Connection::Postgres(connection) => commit(connection).await,
+            Connection::Mysql(connection) => commit(connection).await,
         };
         if let Err(error) = ended {
             tracing::debug!(%error, "ending a reader's transaction failed");
         }
     }
+}
+
+/// Commits `connection`'s transaction; the guard closes it if that fails.
+async fn commit<DB: sqlx::Database>(mut connection: Guarded<DB>) -> Result<(), sqlx::Error>
+where
+    for<'c> &'c mut DB::Connection: sqlx::Executor<'c, Database = DB>,
+{
+    connection.connection().execute("COMMIT").await?;
+    connection.in_transaction = false;
+    Ok(())
+}
+
+/// Runs `statement` as a query on `connection` and drives its rows into `sink` (see
+/// [`drive`]); the connection counts as mid-read until every row was read.
+async fn read<DB, S>(
+    connection: &mut Guarded<DB>,
+    statement: &sql::Statement,
+    decode: super::DecodeFn<DB::Row>,
+    columns: &[ColumnMapping],
+    sink: S,
+    out: Sender<Bytes>,
+    progress: &(dyn Fn(u64) + Send + Sync),
+) -> Result<ExtractStats, SourceError>
+where
+    DB: sqlx::Database,
+    S: RowSink,
+    for<'c> &'c mut DB::Connection: sqlx::Executor<'c, Database = DB>,
+    for<'q> String: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    for<'q> <DB as sqlx::Database>::Arguments<'q>: sqlx::IntoArguments<'q, DB>,
+{
+    connection.reading = true;
+    let rows = query::<DB>(statement).fetch(connection.connection());
+    let stats = drive(rows, columns, decode, sink, out, progress).await?;
+    connection.reading = false;
+    Ok(stats)
 }
 
 /// The SQL predicate of `chunk` in `dialect`.
@@ -226,7 +293,7 @@ async fn postgres_readers(
     // A connection of the pool in a transaction of our own (not sqlx's `Transaction`), so a
     // reader dropped mid-COPY closes its connection instead of draining the rest of the table.
     let begin = |connection: sqlx::pool::PoolConnection<sqlx::Postgres>| async move {
-        let mut connection = CopyConnection::new(connection);
+        let mut connection = Guarded::new(connection);
         connection.in_transaction = true;
         connection
             .connection()
@@ -284,13 +351,17 @@ async fn mysql_readers(
     const START: &str = "START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY";
     let context = "starting a reader's consistent snapshot";
     // The connections first, so the lock is never held while waiting for the pool.
-    let mut transactions = vec![pool.begin().await.map_err(snapshot_error(context))?];
-    while transactions.len() < wanted {
-        match tokio::time::timeout(EXTRA_READER_WAIT, pool.begin()).await {
-            Ok(begun) => transactions.push(begun.map_err(snapshot_error(context))?),
+    let mut connections = vec![Guarded::new(
+        pool.acquire().await.map_err(snapshot_error(context))?,
+    )];
+    while connections.len() < wanted {
+        match tokio::time::timeout(EXTRA_READER_WAIT, pool.acquire()).await {
+            Ok(acquired) => {
+                connections.push(Guarded::new(acquired.map_err(snapshot_error(context))?));
+            }
             Err(_) => {
                 tracing::info!(
-                    readers = transactions.len(),
+                    readers = connections.len(),
                     wanted,
                     "no more connections free: reading with fewer readers"
                 );
@@ -298,16 +369,19 @@ async fn mysql_readers(
             }
         }
     }
-    let lock = if transactions.len() > 1 {
+    let lock = if connections.len() > 1 {
         Some(lock_table(pool, table).await?)
     } else {
         None
     };
-    let mut readers = Vec::with_capacity(transactions.len());
+    let mut readers = Vec::with_capacity(connections.len());
     let mut started = Ok(());
-    for mut transaction in transactions {
+    for mut connection in connections {
         if started.is_ok() {
-            started = (&mut *transaction)
+            // Marked first: a START that fails half-way is closed with its connection.
+            connection.in_transaction = true;
+            started = connection
+                .connection()
                 .execute(START)
                 .await
                 .map(drop)
@@ -315,7 +389,7 @@ async fn mysql_readers(
         }
         readers.push(Reader {
             source: source.clone(),
-            connection: Connection::Mysql(transaction),
+            connection: Connection::Mysql(connection),
         });
     }
     if let Some(mut lock) = lock {

@@ -249,3 +249,57 @@ async fn mysql_describing_many_tables_equals_describing_each() {
     );
     assert!(many[2].is_err());
 }
+
+/// An extraction that stops early (the bad-value budget, at the first row) must not leave its
+/// connection to read the rest of the table: returned to the pool, sqlx would read and discard
+/// every remaining row before the connection's next use (a hidden full read, and a hang on a
+/// big table). Measured by what the server sent: the table is 150 MB.
+#[tokio::test]
+async fn an_extraction_cut_short_does_not_read_the_rest_of_the_table() {
+    use datasync::manifest::raw::BadValuePolicy;
+    let url = url("DATASYNC_TEST_MYSQL_URL", DEFAULT_URL);
+    let source = connect(SourceKind::Mysql, &url).await;
+    let Source::Mysql(admin) = &source else {
+        unreachable!()
+    };
+    let database = unique("ds-cut");
+    let quoted = format!("`{database}`");
+    let mut conn = admin.acquire().await.expect("connection");
+    conn.execute(sqlx::raw_sql(&format!(
+        "SET SESSION sql_mode = ''; SET SESSION max_recursive_iterations = 1000000; CREATE DATABASE {quoted}; CREATE TABLE {quoted}.big (id BIGINT PRIMARY KEY, d DATE, t VARCHAR(300)); INSERT INTO {quoted}.big WITH RECURSIVE s(g) AS (SELECT 1 UNION ALL SELECT g + 1 FROM s WHERE g < 500000) SELECT g, '0000-00-00', REPEAT('x', 300) FROM s"
+    )))
+    .await
+    .expect("create and fill the table");
+    drop(conn);
+    let sent = || async {
+        let row: (String, String) = sqlx::query_as("SHOW GLOBAL STATUS LIKE 'Bytes_sent'")
+            .fetch_one(admin)
+            .await
+            .expect("Bytes_sent");
+        row.1.parse::<u64>().expect("a byte count")
+    };
+    let mut spec = table_spec(SourceKind::Mysql, Some(&database), "big");
+    spec.types.zero_dates = BadValuePolicy::Error;
+    spec.max_parse_failures = Some(0);
+    let before = sent().await;
+    let result = run(&source, &spec, None).await;
+    // Let a connection that went back to the pool drain (it would, within this time).
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    let after = sent().await;
+    let answered: i32 = sqlx::query_scalar("SELECT 1")
+        .fetch_one(admin)
+        .await
+        .unwrap();
+    admin
+        .execute(sqlx::raw_sql(&format!("DROP DATABASE {quoted}")))
+        .await
+        .expect("drop database");
+    let error = result.err().expect("the budget of 0 stops the extraction");
+    assert!(matches!(error, SourceError::TooManyBadValues(_)), "{error}");
+    let megabytes = (after - before) / 1_000_000;
+    assert!(
+        megabytes < 75,
+        "the server sent {megabytes} MB of a 150 MB table after the extraction stopped at its first row"
+    );
+    assert_eq!(answered, 1);
+}

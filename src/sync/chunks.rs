@@ -351,7 +351,7 @@ impl Executor {
             .jobs
             .staging_tables(self.warehouse.as_ref(), &self.run_id)
             .await;
-        let mut found: Option<(u64, u64, String, String)> = None;
+        let mut found: Option<(u64, u32, String, String)> = None;
         for name in names {
             let Some(run_id) = name.strip_prefix(&prefix) else {
                 continue;
@@ -368,8 +368,7 @@ impl Executor {
             }) {
                 continue;
             }
-            let (secs, micros) = run_id.split_once('_')?;
-            let order = (secs.parse().unwrap_or(0), micros.parse().unwrap_or(0));
+            let order = super::run_order(run_id)?;
             if found.as_ref().is_none_or(|(s, m, _, _)| order > (*s, *m)) {
                 found = Some((order.0, order.1, run_id.to_string(), name.clone()));
             }

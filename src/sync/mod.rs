@@ -139,27 +139,47 @@ pub fn backup_table(target: &str, run_id: &str) -> String {
 }
 
 /// When the run that made a staging or backup table started (seconds since the epoch), read
-/// from the run id at the end of its name ([`new_run_id`]: `<seconds>_<micros>`); `None` for
-/// names that carry no such run id.
+/// from the run id at the end of its name ([`new_run_id`]); `None` for names that carry no
+/// such run id.
 pub fn run_started_secs(table: &str) -> Option<u64> {
     let mut parts = table.rsplitn(3, '_');
-    let micros = parts.next()?;
+    let sub = parts.next()?;
     let secs = parts.next()?;
-    (micros.len() == 6 && micros.bytes().all(|b| b.is_ascii_digit()))
-        .then(|| secs.parse().ok())
-        .flatten()
+    run_id_parts(&format!("{secs}_{sub}")).map(|(secs, _)| secs)
 }
 
-/// When the run with this id started ([`new_run_id`]: `<seconds>_<micros>`), or `None` for
-/// an id of another form.
-pub fn run_started_at(run_id: &str) -> Option<chrono::DateTime<chrono::Utc>> {
-    let (secs, micros) = run_id.split_once('_')?;
-    if micros.len() != 6 || !micros.bytes().all(|b| b.is_ascii_digit()) {
+/// The seconds and microseconds of a run id ([`new_run_id`]: `<seconds>_<micros><nonce>`,
+/// or `<seconds>_<micros>` as earlier versions made them).
+fn run_id_parts(run_id: &str) -> Option<(u64, u32)> {
+    let (secs, sub) = run_id.split_once('_')?;
+    let (micros, nonce) = sub.split_at_checked(6)?;
+    let valid = !secs.is_empty()
+        && secs.bytes().all(|b| b.is_ascii_digit())
+        && micros.bytes().all(|b| b.is_ascii_digit())
+        && (nonce.is_empty()
+            || (nonce.len() == 6
+                && nonce
+                    .bytes()
+                    .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))));
+    if !valid {
         return None;
     }
-    let secs: i64 = secs.parse().ok()?;
-    let micros: i64 = micros.parse().ok()?;
-    chrono::DateTime::from_timestamp_micros(secs.checked_mul(1_000_000)?.checked_add(micros)?)
+    Some((secs.parse().ok()?, micros.parse().ok()?))
+}
+
+/// When the run with this id started ([`new_run_id`]), or `None` for an id of another form.
+pub fn run_started_at(run_id: &str) -> Option<chrono::DateTime<chrono::Utc>> {
+    let (secs, micros) = run_id_parts(run_id)?;
+    let micros = i64::try_from(secs)
+        .ok()?
+        .checked_mul(1_000_000)?
+        .checked_add(i64::from(micros))?;
+    chrono::DateTime::from_timestamp_micros(micros)
+}
+
+/// The order of run ids by start (seconds, then microseconds); `None` for another form.
+pub fn run_order(run_id: &str) -> Option<(u64, u32)> {
+    run_id_parts(run_id)
 }
 
 pub(crate) fn sanitize_job_part(text: &str) -> String {
@@ -240,22 +260,36 @@ impl StagingInfo {
     }
 }
 
-/// Whether `text` is a run id ([`new_run_id`]: `<seconds>_<6-digit micros>`).
+/// Whether `text` is a run id ([`new_run_id`]).
 pub fn is_run_id(text: &str) -> bool {
-    text.split_once('_').is_some_and(|(secs, micros)| {
-        !secs.is_empty()
-            && secs.bytes().all(|b| b.is_ascii_digit())
-            && micros.len() == 6
-            && micros.bytes().all(|b| b.is_ascii_digit())
-    })
+    run_id_parts(text).is_some()
 }
 
-/// A run id: time-based, job-id safe.
+/// A run id: `<seconds>_<micros><nonce>`, e.g. `1796139922_525421a3f90c`: when the run started
+/// (to the microsecond: lineage and the sweep of old staging tables read it back) and 24
+/// random bits. Everything a run owns is named by its id (staging and key-set tables, job ids,
+/// its hold on a target's lease), so two runs must never share one; time alone does not
+/// ensure it: two applies started together, by one scheduler or as shards on several machines,
+/// can read the same microsecond (seen in the overlapping-applies test).
 pub fn new_run_id() -> String {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or(Duration::ZERO);
-    format!("{}_{:06}", now.as_secs(), now.subsec_micros())
+    let mut nonce = [0u8; 3];
+    if ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut nonce).is_err() {
+        // No system randomness: the process id and the clock's nanoseconds still separate
+        // two runs on one machine.
+        let mixed = std::process::id().rotate_left(8) ^ now.subsec_nanos();
+        nonce = [(mixed >> 16) as u8, (mixed >> 8) as u8, mixed as u8];
+    }
+    format!(
+        "{}_{:06}{:02x}{:02x}{:02x}",
+        now.as_secs(),
+        now.subsec_micros(),
+        nonce[0],
+        nonce[1],
+        nonce[2]
+    )
 }
 
 /// Adds to `manifest.tables` what its patterns match in the connected sources' catalogs (see
@@ -311,6 +345,35 @@ mod tests {
     }
 
     #[test]
+    fn run_ids_are_unique_and_carry_their_start() {
+        let before = chrono::Utc::now();
+        let ids: Vec<String> = (0..500).map(|_| new_run_id()).collect();
+        let distinct: std::collections::HashSet<&String> = ids.iter().collect();
+        assert_eq!(distinct.len(), ids.len(), "two runs got one id");
+        for id in &ids {
+            assert!(is_run_id(id), "{id}");
+            let started = run_started_at(id).unwrap();
+            assert!(
+                started >= before - chrono::Duration::milliseconds(1),
+                "{id}"
+            );
+            assert!(started <= chrono::Utc::now(), "{id}");
+            let staging = staging_table("orders", id);
+            assert_eq!(
+                run_started_secs(&staging),
+                Some(started.timestamp() as u64),
+                "{staging}"
+            );
+        }
+        assert_eq!(
+            run_started_at("1700000000_000042a3f90c")
+                .unwrap()
+                .timestamp_micros(),
+            1_700_000_000_000_042
+        );
+    }
+
+    #[test]
     fn staging_descriptions_round_trip() {
         let info = StagingInfo {
             run_id: "1700000000_000042".into(),
@@ -324,7 +387,10 @@ mod tests {
         assert_eq!(StagingInfo::parse(&info.description()), Some(info));
         assert_eq!(StagingInfo::parse("datasync staging of run 1_000001"), None);
         assert!(is_run_id("1700000000_000042"));
+        assert!(is_run_id("1700000000_000042a3f90c"));
         assert!(!is_run_id("archive_1700000000_000042"));
         assert!(!is_run_id("1700000000_42"));
+        assert!(!is_run_id("1700000000_000042A3F90C"));
+        assert!(!is_run_id("1700000000_000042a3f9"));
     }
 }

@@ -1435,9 +1435,10 @@ fn lineage_of(rows: &[String]) -> Vec<(String, i64)> {
         .collect()
 }
 
+/// `<seconds>_<micros><nonce>` → the run's start in microseconds.
 fn started_micros(run_id: &str) -> i64 {
-    let (secs, micros) = run_id.split_once('_').unwrap();
-    secs.parse::<i64>().unwrap() * 1_000_000 + micros.parse::<i64>().unwrap()
+    let (secs, sub) = run_id.split_once('_').unwrap();
+    secs.parse::<i64>().unwrap() * 1_000_000 + sub[..6].parse::<i64>().unwrap()
 }
 
 /// A MariaDB table comment becomes the description; `lineage: true` fills both lineage columns

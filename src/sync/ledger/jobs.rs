@@ -11,6 +11,7 @@ use tokio::sync::mpsc::Receiver;
 
 use super::RunLedger;
 use crate::schema::WarehouseTable;
+use crate::sync::is_run_id;
 use crate::warehouse::{
     AlterColumn, CopyRequest, ExistingTable, LoadOutcome, LoadRequest, MergeOutcome, MergeRequest,
     QueryParam, QueryRows, TableMeta, Warehouse, WarehouseError,
@@ -38,11 +39,6 @@ const STEPS: [&str; 4] = ["write", "backup", "restore", "keys"];
 fn strip_numbered<'t>(text: &'t str, tag: &str) -> Option<&'t str> {
     let (head, number) = text.rsplit_once(tag)?;
     (!number.is_empty() && number.bytes().all(|b| b.is_ascii_digit())).then_some(head)
-}
-
-/// Whether `part` is digits (a run id is `<seconds>_<sequence>`).
-fn digits(part: &str) -> bool {
-    !part.is_empty() && part.bytes().all(|b| b.is_ascii_digit())
 }
 
 impl JobLog {
@@ -87,15 +83,15 @@ impl JobLog {
             if let Some(target) = head.strip_suffix(&format!("_{}", self.run_id)) {
                 return self.spelled.get(target);
             }
-            let (head, sequence) = head.rsplit_once('_')?;
+            let (head, sub) = head.rsplit_once('_')?;
             let (target, seconds) = head.rsplit_once('_')?;
-            if digits(sequence) && digits(seconds) {
+            if is_run_id(&format!("{seconds}_{sub}")) {
                 return self.spelled.get(target);
             }
         }
         let (seconds, rest) = rest.split_once('_')?;
-        let (sequence, named) = rest.split_once('_')?;
-        if !digits(seconds) || !digits(sequence) {
+        let (sub, named) = rest.split_once('_')?;
+        if !is_run_id(&format!("{seconds}_{sub}")) {
             return None;
         }
         self.spelled.get(named).or_else(|| {
@@ -301,7 +297,11 @@ mod tests {
         let log = log(&["a", "a_b", "c0", "orders", "orders_write", "my.events"]);
         let named = |id: &str| log.named_target(id).cloned();
         for target in ["a", "a_b", "c0", "orders", "my.events"] {
-            for run in ["1700000000_000001", "1600000000_000042"] {
+            for run in [
+                "1700000000_000001",
+                "1600000000_000042",
+                "1600000000_000042a3f90c",
+            ] {
                 for (index, attempt) in [(0, 0), (3, 0), (0, 2), (12, 1)] {
                     let id = chunk_job_id("0123456789abcdef", target, run, index, attempt);
                     assert_eq!(named(&id).as_deref(), Some(target), "{id}");
@@ -311,7 +311,7 @@ mod tests {
             }
         }
         // A resumed run's table jobs.
-        let resumed = load_job_id("1600000000_000042", "a_b");
+        let resumed = load_job_id("1600000000_000042c0de00", "a_b");
         assert_eq!(named(&resumed).as_deref(), Some("a_b"));
         assert_eq!(named(&format!("{resumed}_keys")).as_deref(), Some("a_b"));
         let write = load_job_id("1600000000_000042", "orders_write");

@@ -1,7 +1,6 @@
 //! Protocol tests of `warehouse::BigQuery` against a tiny local HTTP server with canned answers:
 //! retries, resumable-upload chunking and recovery, duplicate job IDs, job errors.
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -11,126 +10,17 @@ use datasync::schema::{BqType, FieldMode, LoadFormat, WarehouseField, WarehouseT
 use datasync::warehouse::{
     BigQuery, CHUNK_GRANULARITY, Disposition, LoadRequest, RetryPolicy, Warehouse, WarehouseError,
 };
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
-/// One request as the server saw it.
-#[derive(Debug, Clone)]
-struct Seen {
-    method: String,
-    target: String,
-    headers: HashMap<String, String>,
-    body: Vec<u8>,
-}
+use crate::support::fakes::{self, Reply as Canned, Seen, reply as canned};
 
-impl Seen {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers.get(name).map(String::as_str)
-    }
-}
+type Handler = fakes::BaseHandler;
 
-struct Canned {
-    status: u16,
-    headers: Vec<(String, String)>,
-    body: String,
-}
-
-fn canned(status: u16, body: &str) -> Canned {
-    Canned {
-        status,
-        headers: Vec::new(),
-        body: body.into(),
-    }
-}
-
-type Handler = Arc<dyn Fn(&Seen, &str) -> Canned + Send + Sync>;
-
-/// Starts a server; returns its base URL and the requests it saw.
+/// Starts a server (the shared loopback fake); returns its base URL and the requests it saw.
 async fn serve(handler: Handler) -> (String, Arc<Mutex<Vec<Seen>>>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    let seen = Arc::new(Mutex::new(Vec::new()));
-    let (seen_task, base_task) = (seen.clone(), base.clone());
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            tokio::spawn(connection(
-                stream,
-                handler.clone(),
-                seen_task.clone(),
-                base_task.clone(),
-            ));
-        }
-    });
-    (base, seen)
-}
-
-async fn connection(
-    mut stream: TcpStream,
-    handler: Handler,
-    seen: Arc<Mutex<Vec<Seen>>>,
-    base: String,
-) {
-    let mut buffer = Vec::new();
-    loop {
-        let header_end = loop {
-            if let Some(position) = buffer.windows(4).position(|window| window == b"\r\n\r\n") {
-                break position;
-            }
-            let mut chunk = [0u8; 65536];
-            match stream.read(&mut chunk).await {
-                Ok(0) | Err(_) => return,
-                Ok(read) => buffer.extend_from_slice(&chunk[..read]),
-            }
-        };
-        let head = String::from_utf8_lossy(&buffer[..header_end]).to_string();
-        let mut lines = head.split("\r\n");
-        let mut request_line = lines.next().unwrap_or_default().split(' ');
-        let method = request_line.next().unwrap_or_default().to_string();
-        let target = request_line.next().unwrap_or_default().to_string();
-        let headers: HashMap<String, String> = lines
-            .filter_map(|line| line.split_once(':'))
-            .map(|(name, value)| (name.trim().to_ascii_lowercase(), value.trim().to_string()))
-            .collect();
-        let length: usize = headers
-            .get("content-length")
-            .and_then(|value| value.parse().ok())
-            .unwrap_or(0);
-        buffer.drain(..header_end + 4);
-        while buffer.len() < length {
-            let mut chunk = [0u8; 65536];
-            match stream.read(&mut chunk).await {
-                Ok(0) | Err(_) => return,
-                Ok(read) => buffer.extend_from_slice(&chunk[..read]),
-            }
-        }
-        let body: Vec<u8> = buffer.drain(..length).collect();
-        let request = Seen {
-            method,
-            target,
-            headers,
-            body,
-        };
-        let answer = handler(&request, &base);
-        seen.lock().unwrap().push(request);
-        if answer.status == 0 {
-            // "Lose the reply": close the connection after acting on the request.
-            return;
-        }
-        let mut response = format!(
-            "HTTP/1.1 {} Canned\r\nContent-Length: {}\r\n",
-            answer.status,
-            answer.body.len()
-        );
-        for (name, value) in &answer.headers {
-            response.push_str(&format!("{name}: {value}\r\n"));
-        }
-        response.push_str("Content-Type: application/json\r\n\r\n");
-        response.push_str(&answer.body);
-        if stream.write_all(response.as_bytes()).await.is_err() {
-            return;
-        }
-    }
+    let fake = fakes::serve_with_base(handler).await;
+    (fake.base.clone(), fake.log())
 }
 
 fn client(base: &str) -> BigQuery {

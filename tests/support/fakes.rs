@@ -77,6 +77,27 @@ impl Fake {
     pub fn seen(&self) -> Vec<Seen> {
         self.seen.lock().unwrap().clone()
     }
+
+    /// The requests as they come, to read while the fake runs.
+    pub fn log(&self) -> Arc<Mutex<Vec<Seen>>> {
+        Arc::clone(&self.seen)
+    }
+}
+
+/// A handler that is also told the fake's own base URL (for answers that point back at it,
+/// such as a resumable upload's session URI).
+pub type BaseHandler = Arc<dyn Fn(&Seen, &str) -> Reply + Send + Sync>;
+
+/// Starts a plain-HTTP fake whose handler is given the fake's base URL.
+pub async fn serve_with_base(handler: BaseHandler) -> Fake {
+    let base = Arc::new(std::sync::OnceLock::<String>::new());
+    let known = Arc::clone(&base);
+    let fake = serve(Arc::new(move |seen: &Seen| {
+        handler(seen, known.get().map(String::as_str).unwrap_or_default())
+    }))
+    .await;
+    let _ = base.set(fake.base.clone());
+    fake
 }
 
 /// Starts a plain-HTTP fake.
@@ -164,6 +185,10 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
         };
         let answer = handler(&request);
         seen.lock().unwrap().push(request);
+        if answer.status == 0 {
+            // "Lose the reply": close the connection after acting on the request.
+            return;
+        }
         let mut response = format!(
             "HTTP/1.1 {} Fake\r\nContent-Length: {}\r\nContent-Type: application/json\r\n",
             answer.status,

@@ -9,7 +9,6 @@
 //! Files" and "Required Codecs"). Written here with the `snap` and `crc32fast` crates rather
 //! than `apache_avro::Codec::compress`, which allocates and zeroes a new buffer per block.
 
-use std::collections::VecDeque;
 use std::sync::mpsc;
 use std::thread;
 
@@ -28,11 +27,10 @@ struct Done {
 /// Compresses and frames blocks, on a worker thread when one could be started.
 pub(super) struct Blocks {
     marker: [u8; 16],
+    /// Started with the first block.
     worker: Option<Worker>,
-    /// Without a worker: the encoder, used inline.
+    /// The encoder used inline, when no thread could be started (or the worker stopped).
     inline: Option<Box<Frame>>,
-    /// Framed blocks not yet taken, in order (inline mode).
-    ready: VecDeque<Vec<u8>>,
     /// Emptied buffers to encode the next blocks into.
     spare: Vec<Vec<u8>>,
 }
@@ -92,7 +90,6 @@ impl Blocks {
             marker,
             worker: None,
             inline: None,
-            ready: VecDeque::new(),
             spare: Vec::new(),
         }
     }
@@ -104,13 +101,11 @@ impl Blocks {
             .unwrap_or_else(|| Vec::with_capacity(capacity))
     }
 
-    fn start(&mut self) {
-        if self.worker.is_some() || self.inline.is_some() {
-            return;
-        }
+    /// The worker thread, or `None` (then blocks are framed inline) when none can be started.
+    fn start(marker: [u8; 16]) -> Option<Worker> {
         let (jobs, inbox) = mpsc::channel::<Job>();
         let (outbox, done) = mpsc::channel::<Done>();
-        let mut frame = Frame::new(self.marker);
+        let mut frame = Frame::new(marker);
         let spawned = thread::Builder::new()
             .name("avro-blocks".into())
             .spawn(move || {
@@ -123,63 +118,60 @@ impl Blocks {
                 }
             });
         match spawned {
-            Ok(_) => {
-                self.worker = Some(Worker {
-                    jobs,
-                    done,
-                    in_flight: 0,
-                });
-            }
+            Ok(_) => Some(Worker {
+                jobs,
+                done,
+                in_flight: 0,
+            }),
             Err(error) => {
                 tracing::debug!(%error, "compressing Avro blocks inline: no thread");
-                self.inline = Some(Box::new(Frame::new(self.marker)));
+                None
             }
         }
     }
 
-    /// Hands over a block of `rows` rows. Returns the oldest framed block when another is
-    /// still in flight (waiting for it), so one block at a time is compressed while the next
-    /// one is encoded.
+    /// Hands over a block of `rows` rows. With the worker, returns the oldest framed block once
+    /// another is in flight (waiting for it), so one block at a time is compressed while the
+    /// next one is encoded; inline, returns this block framed.
     pub(super) fn submit(&mut self, block: Vec<u8>, rows: u64) -> Option<Vec<u8>> {
-        self.start();
-        if let Some(worker) = &mut self.worker {
-            match worker.jobs.send(Job { block, rows }) {
-                Ok(()) => worker.in_flight += 1,
-                Err(mpsc::SendError(job)) => {
-                    // The worker is gone (it cannot panic short of running out of memory):
-                    // carry on inline.
-                    let framed = Frame::new(self.marker).frame(&job.block, job.rows);
-                    self.ready.push_back(framed);
-                }
-            }
-            if self
-                .worker
-                .as_ref()
-                .is_some_and(|worker| worker.in_flight > 1)
-            {
-                return self.receive();
-            }
-            return self.ready.pop_front();
+        if self.worker.is_none() && self.inline.is_none() {
+            self.worker = Self::start(self.marker);
         }
-        if let Some(frame) = &mut self.inline {
-            let framed = frame.frame(&block, rows);
-            let mut block = block;
-            block.clear();
-            self.spare.push(block);
-            self.ready.push_back(framed);
+        let Some(worker) = &mut self.worker else {
+            return Some(self.frame_inline(block, rows));
+        };
+        match worker.jobs.send(Job { block, rows }) {
+            Ok(()) => {
+                worker.in_flight += 1;
+                (worker.in_flight > 1).then(|| self.receive()).flatten()
+            }
+            Err(mpsc::SendError(job)) => {
+                // The worker is gone (it cannot panic short of running out of memory): the
+                // blocks it held are lost, and the file's load fails its row count check.
+                tracing::error!(
+                    lost = worker.in_flight,
+                    "the Avro block thread stopped; compressing inline from here"
+                );
+                self.worker = None;
+                Some(self.frame_inline(job.block, job.rows))
+            }
         }
-        self.ready.pop_front()
     }
 
-    /// The oldest block in flight, waited for.
+    fn frame_inline(&mut self, mut block: Vec<u8>, rows: u64) -> Vec<u8> {
+        let marker = self.marker;
+        let frame = self
+            .inline
+            .get_or_insert_with(|| Box::new(Frame::new(marker)));
+        let framed = frame.frame(&block, rows);
+        block.clear();
+        self.spare.push(block);
+        framed
+    }
+
+    /// The oldest block in flight, waited for; `None` when none is.
     fn receive(&mut self) -> Option<Vec<u8>> {
-        if let Some(framed) = self.ready.pop_front() {
-            return Some(framed);
-        }
-        let worker = self.worker.as_mut()?;
-        if worker.in_flight == 0 {
-            return None;
-        }
+        let worker = self.worker.as_mut().filter(|worker| worker.in_flight > 0)?;
         worker.in_flight -= 1;
         match worker.done.recv() {
             Ok(Done { framed, block }) => {
@@ -202,5 +194,29 @@ impl Blocks {
             out.extend_from_slice(&framed);
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The worker and the inline fallback frame a block alike, and the worker keeps one block
+    /// in flight: the first comes back with the second.
+    #[test]
+    fn blocks_are_framed_alike_on_the_worker_and_inline() {
+        let marker = [7u8; 16];
+        let (one, two) = (b"first rows ".repeat(500), b"second rows ".repeat(700));
+        let mut threaded = Blocks::new(marker);
+        assert_eq!(threaded.submit(one.clone(), 3), None, "in flight");
+        let first = threaded.submit(two.clone(), 4).expect("the first block");
+        let second = threaded.drain();
+        assert_eq!(threaded.drain(), Vec::<u8>::new());
+
+        let mut inline = Blocks::new(marker);
+        inline.inline = Some(Box::new(Frame::new(marker)));
+        assert_eq!(inline.submit(one, 3), Some(first));
+        assert_eq!(inline.submit(two, 4), Some(second));
+        assert!(inline.worker.is_none());
     }
 }

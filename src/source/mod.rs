@@ -464,16 +464,36 @@ where
     St: Stream<Item = Result<R, sqlx::Error>> + Unpin,
     S: RowSink,
 {
-    let codecs: Arc<[Codec]> = columns.iter().map(|column| column.codec.clone()).collect();
+    let codecs: Vec<Codec> = columns.iter().map(|column| column.codec.clone()).collect();
     while let Some(row) = rows.next().await {
         let row = row.map_err(|error| SourceError::query("reading rows", error))?;
         sink.push(|index| decode(&row, index, &codecs[index]))
             .map_err(SourceError::TooManyBadValues)?;
         if let Some(chunk) = sink.full_chunk() {
-            out.send(chunk).await.map_err(|_| SourceError::SinkClosed)?;
-            progress(sink.stats().rows);
+            send(&out, chunk, sink.stats().rows, progress).await?;
         }
     }
+    finish(sink, &out, progress).await
+}
+
+/// Sends a sink's chunk to `out`, then reports `rows`, the sink's rows so far.
+async fn send(
+    out: &Sender<Bytes>,
+    chunk: Bytes,
+    rows: u64,
+    progress: &(dyn Fn(u64) + Send + Sync),
+) -> Result<(), SourceError> {
+    out.send(chunk).await.map_err(|_| SourceError::SinkClosed)?;
+    progress(rows);
+    Ok(())
+}
+
+/// Sends `sink`'s last chunk and reports the final count: the extraction's statistics.
+async fn finish<S: RowSink>(
+    mut sink: S,
+    out: &Sender<Bytes>,
+    progress: &(dyn Fn(u64) + Send + Sync),
+) -> Result<ExtractStats, SourceError> {
     if let Some(chunk) = sink.finish() {
         out.send(chunk).await.map_err(|_| SourceError::SinkClosed)?;
     }

@@ -18,8 +18,6 @@
 //! A COPY that is not read to the end leaves its connection streaming the rest of the table;
 //! [`Guarded`] closes such a connection instead of returning it to the pool.
 
-use std::sync::Arc;
-
 use bytes::{Buf, Bytes, BytesMut};
 use futures::StreamExt;
 use sqlx::Postgres;
@@ -51,7 +49,7 @@ impl Guarded<Postgres> {
             .copy_out_raw(&statement)
             .await
             .map_err(failed)?;
-        let codecs: Arc<[Codec]> = columns.iter().map(|column| column.codec.clone()).collect();
+        let codecs: Vec<Codec> = columns.iter().map(|column| column.codec.clone()).collect();
         let mut parser = Parser::new(columns.len());
         while let Some(message) = stream.next().await {
             let message = message.map_err(failed)?;
@@ -59,14 +57,12 @@ impl Guarded<Postgres> {
             parser.feed(message, |data, fields| {
                 sink.push(|index| decode(data, fields[index], &codecs[index]))
                     .map_err(SourceError::TooManyBadValues)?;
-                if let Some(chunk) = sink.full_chunk() {
-                    full.push(chunk);
-                }
+                full.extend(sink.full_chunk());
                 Ok(())
             })?;
+            let rows = sink.stats().rows;
             for chunk in full {
-                out.send(chunk).await.map_err(|_| SourceError::SinkClosed)?;
-                progress(sink.stats().rows);
+                super::send(&out, chunk, rows, progress).await?;
             }
         }
         drop(stream);
@@ -74,11 +70,7 @@ impl Guarded<Postgres> {
         // is usable again.
         self.reading = false;
         parser.finish()?;
-        if let Some(chunk) = sink.finish() {
-            out.send(chunk).await.map_err(|_| SourceError::SinkClosed)?;
-        }
-        progress(sink.stats().rows);
-        Ok(sink.stats().clone())
+        super::finish(sink, &out, progress).await
     }
 }
 

@@ -105,27 +105,10 @@ impl Reader {
             None => None,
         };
         let statement = sql::select_sql(dialect, table, columns, filter, predicate.as_deref())?;
-        // PostgreSQL reads through COPY, which binds no parameter: a read with a cursor bound
-        // (the bound value is never spliced into SQL) runs as a query instead.
-        let copy = statement.bind.is_none();
         let failed = |error| SourceError::query("reading rows", error);
         match (&mut self.connection, &self.source) {
-            (Connection::Postgres(connection), _) if copy => {
-                connection
-                    .copy_extract(&statement.sql, columns, sink, out, progress)
-                    .await
-            }
             (Connection::Postgres(connection), _) => {
-                read(
-                    connection,
-                    &statement,
-                    postgres::decode,
-                    columns,
-                    sink,
-                    out,
-                    progress,
-                )
-                .await
+                read_postgres(connection, &statement, columns, sink, out, progress).await
             }
             (Connection::Mysql(connection), _) => {
                 read(
@@ -154,22 +137,7 @@ impl Reader {
             }
             (Connection::Pool, Source::Postgres(pool)) => {
                 let mut connection = Guarded::new(pool.acquire().await.map_err(failed)?);
-                if copy {
-                    connection
-                        .copy_extract(&statement.sql, columns, sink, out, progress)
-                        .await
-                } else {
-                    read(
-                        &mut connection,
-                        &statement,
-                        postgres::decode,
-                        columns,
-                        sink,
-                        out,
-                        progress,
-                    )
-                    .await
-                }
+                read_postgres(&mut connection, &statement, columns, sink, out, progress).await
             }
             // A SQLite read is a statement on a local file: stopping it leaves nothing to read.
             (Connection::Pool, Source::Sqlite(pool)) => {
@@ -201,6 +169,34 @@ where
     connection.connection().execute("COMMIT").await?;
     connection.in_transaction = false;
     Ok(())
+}
+
+/// Reads `statement` on a PostgreSQL connection: through COPY, which binds no parameter,
+/// unless it has a cursor bound (the value is never spliced into SQL), then as a query.
+async fn read_postgres<S: RowSink>(
+    connection: &mut Guarded<Postgres>,
+    statement: &sql::Statement,
+    columns: &[ColumnMapping],
+    sink: S,
+    out: Sender<Bytes>,
+    progress: &(dyn Fn(u64) + Send + Sync),
+) -> Result<ExtractStats, SourceError> {
+    if statement.bind.is_none() {
+        connection
+            .copy_extract(&statement.sql, columns, sink, out, progress)
+            .await
+    } else {
+        read(
+            connection,
+            statement,
+            postgres::decode,
+            columns,
+            sink,
+            out,
+            progress,
+        )
+        .await
+    }
 }
 
 /// Runs `statement` as a query on `connection` and drives its rows into `sink` (see

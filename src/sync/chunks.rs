@@ -368,7 +368,7 @@ impl Executor {
             }) {
                 continue;
             }
-            let order = super::run_order(run_id)?;
+            let order = super::run_id_order(run_id)?;
             if found.as_ref().is_none_or(|(s, m, _, _)| order > (*s, *m)) {
                 found = Some((order.0, order.1, run_id.to_string(), name.clone()));
             }

@@ -145,13 +145,13 @@ pub fn run_started_secs(table: &str) -> Option<u64> {
     let mut parts = table.rsplitn(3, '_');
     let sub = parts.next()?;
     let secs = parts.next()?;
-    run_id_parts(&format!("{secs}_{sub}")).map(|(secs, _)| secs)
+    run_id_parts(secs, sub).map(|(secs, _)| secs)
 }
 
-/// The seconds and microseconds of a run id ([`new_run_id`]: `<seconds>_<micros><nonce>`,
-/// or `<seconds>_<micros>` as earlier versions made them).
-fn run_id_parts(run_id: &str) -> Option<(u64, u32)> {
-    let (secs, sub) = run_id.split_once('_')?;
+/// The seconds and microseconds of the run id `<secs>_<sub>` ([`new_run_id`]: `sub` is
+/// `<micros><nonce>`, or `<micros>` as earlier versions made them), given as its two parts;
+/// `None` for another form. Also the order of run ids by start.
+pub(crate) fn run_id_parts(secs: &str, sub: &str) -> Option<(u64, u32)> {
     let (micros, nonce) = sub.split_at_checked(6)?;
     let valid = !secs.is_empty()
         && secs.bytes().all(|b| b.is_ascii_digit())
@@ -167,19 +167,20 @@ fn run_id_parts(run_id: &str) -> Option<(u64, u32)> {
     Some((secs.parse().ok()?, micros.parse().ok()?))
 }
 
+/// [`run_id_parts`] of a whole run id.
+pub(crate) fn run_id_order(run_id: &str) -> Option<(u64, u32)> {
+    let (secs, sub) = run_id.split_once('_')?;
+    run_id_parts(secs, sub)
+}
+
 /// When the run with this id started ([`new_run_id`]), or `None` for an id of another form.
 pub fn run_started_at(run_id: &str) -> Option<chrono::DateTime<chrono::Utc>> {
-    let (secs, micros) = run_id_parts(run_id)?;
+    let (secs, micros) = run_id_order(run_id)?;
     let micros = i64::try_from(secs)
         .ok()?
         .checked_mul(1_000_000)?
         .checked_add(i64::from(micros))?;
     chrono::DateTime::from_timestamp_micros(micros)
-}
-
-/// The order of run ids by start (seconds, then microseconds); `None` for another form.
-pub fn run_order(run_id: &str) -> Option<(u64, u32)> {
-    run_id_parts(run_id)
 }
 
 pub(crate) fn sanitize_job_part(text: &str) -> String {
@@ -262,7 +263,7 @@ impl StagingInfo {
 
 /// Whether `text` is a run id ([`new_run_id`]).
 pub fn is_run_id(text: &str) -> bool {
-    run_id_parts(text).is_some()
+    run_id_order(text).is_some()
 }
 
 /// A run id: `<seconds>_<micros><nonce>`, e.g. `1796139922_525421a3f90c`: when the run started

@@ -11,7 +11,7 @@ use tokio::sync::mpsc::Receiver;
 
 use super::RunLedger;
 use crate::schema::WarehouseTable;
-use crate::sync::is_run_id;
+use crate::sync::run_id_parts;
 use crate::warehouse::{
     AlterColumn, CopyRequest, ExistingTable, LoadOutcome, LoadRequest, MergeOutcome, MergeRequest,
     QueryParam, QueryRows, TableMeta, Warehouse, WarehouseError,
@@ -85,15 +85,13 @@ impl JobLog {
             }
             let (head, sub) = head.rsplit_once('_')?;
             let (target, seconds) = head.rsplit_once('_')?;
-            if is_run_id(&format!("{seconds}_{sub}")) {
+            if run_id_parts(seconds, sub).is_some() {
                 return self.spelled.get(target);
             }
         }
         let (seconds, rest) = rest.split_once('_')?;
         let (sub, named) = rest.split_once('_')?;
-        if !is_run_id(&format!("{seconds}_{sub}")) {
-            return None;
-        }
+        run_id_parts(seconds, sub)?;
         self.spelled.get(named).or_else(|| {
             STEPS.iter().find_map(|step| {
                 let target = named.strip_suffix(step)?.strip_suffix('_')?;

@@ -29,6 +29,23 @@ async fn insert(setup: &super::apply_fake::Setup, sql: &str) {
 
 const INCREMENTAL: &str = "      items:\n        mode: incremental\n        cursor: id\n";
 
+/// `items` of [`SEED`] synced once as [`INCREMENTAL`] (run `run1`), where each watermark test
+/// starts: the source, the manifest, the warehouse and the executor.
+async fn synced_once() -> (
+    super::apply_fake::Setup,
+    datasync::manifest::Manifest,
+    Arc<FakeWarehouse>,
+    datasync::sync::Executor,
+) {
+    let setup = sqlite(SEED).await;
+    let manifest = manifest(&setup.path, INCREMENTAL);
+    let warehouse = Arc::new(FakeWarehouse::with_dataset());
+    let executor = executor(&manifest, Arc::clone(&warehouse), DryRun::No).await;
+    let first = plan(&manifest, &executor.sources["lite"], &warehouse).await;
+    assert!(executor.run(&first).await.succeeded());
+    (setup, manifest, warehouse, executor)
+}
+
 #[tokio::test]
 async fn one_ledger_load_per_run_whatever_the_number_of_tables() {
     let setup = sqlite(&format!(
@@ -111,12 +128,7 @@ async fn one_ledger_load_per_run_whatever_the_number_of_tables() {
 
 #[tokio::test]
 async fn the_second_incremental_run_reads_its_bound_from_the_ledger_not_the_target() {
-    let setup = sqlite(SEED).await;
-    let manifest = manifest(&setup.path, INCREMENTAL);
-    let warehouse = Arc::new(FakeWarehouse::with_dataset());
-    let mut executor = executor(&manifest, Arc::clone(&warehouse), DryRun::No).await;
-    let first = plan(&manifest, &executor.sources["lite"], &warehouse).await;
-    assert!(executor.run(&first).await.succeeded());
+    let (setup, manifest, warehouse, mut executor) = synced_once().await;
 
     insert(
         &setup,
@@ -202,12 +214,7 @@ async fn without_a_ledger_entry_the_bound_comes_from_the_targets_max_once() {
 /// watermark is not trusted and the bound is the target's MAX — no row is loaded twice.
 #[tokio::test]
 async fn a_target_changed_since_its_ledger_row_falls_back_to_its_max() {
-    let setup = sqlite(SEED).await;
-    let manifest = manifest(&setup.path, INCREMENTAL);
-    let warehouse = Arc::new(FakeWarehouse::with_dataset());
-    let mut executor = executor(&manifest, Arc::clone(&warehouse), DryRun::No).await;
-    let first = plan(&manifest, &executor.sources["lite"], &warehouse).await;
-    assert!(executor.run(&first).await.succeeded());
+    let (setup, manifest, warehouse, mut executor) = synced_once().await;
 
     insert(
         &setup,
@@ -233,12 +240,7 @@ async fn a_target_changed_since_its_ledger_row_falls_back_to_its_max() {
 /// loads nothing twice.
 #[tokio::test]
 async fn after_a_lost_write_reply_the_next_run_loads_nothing_twice() {
-    let setup = sqlite(SEED).await;
-    let manifest = manifest(&setup.path, INCREMENTAL);
-    let warehouse = Arc::new(FakeWarehouse::with_dataset());
-    let mut executor = executor(&manifest, Arc::clone(&warehouse), DryRun::No).await;
-    let first = plan(&manifest, &executor.sources["lite"], &warehouse).await;
-    assert!(executor.run(&first).await.succeeded());
+    let (setup, manifest, warehouse, mut executor) = synced_once().await;
     insert(&setup, "INSERT INTO items VALUES (4, 'd', 4.0);").await;
     warehouse.fail_next_ambiguous("copy_table");
     executor.run_id = "run2".into();
@@ -365,12 +367,7 @@ async fn failed_and_skipped_tables_are_recorded_with_their_errors() {
 
 #[tokio::test]
 async fn a_dry_run_records_nothing() {
-    let setup = sqlite(SEED).await;
-    let manifest = manifest(&setup.path, INCREMENTAL);
-    let warehouse = Arc::new(FakeWarehouse::with_dataset());
-    let mut executor = executor(&manifest, Arc::clone(&warehouse), DryRun::No).await;
-    let first = plan(&manifest, &executor.sources["lite"], &warehouse).await;
-    assert!(executor.run(&first).await.succeeded());
+    let (setup, manifest, warehouse, mut executor) = synced_once().await;
     insert(&setup, "INSERT INTO items VALUES (4, 'd', 4.0);").await;
     executor.dry_run = DryRun::Yes;
     executor.run_id = "dry".into();
@@ -393,12 +390,7 @@ async fn a_dry_run_records_nothing() {
 /// it reads the ledger's newest watermark and loads only what that run did not.
 #[tokio::test]
 async fn a_saved_plan_reads_the_watermark_when_it_is_applied() {
-    let setup = sqlite(SEED).await;
-    let manifest = manifest(&setup.path, INCREMENTAL);
-    let warehouse = Arc::new(FakeWarehouse::with_dataset());
-    let mut executor = executor(&manifest, Arc::clone(&warehouse), DryRun::No).await;
-    let first = plan(&manifest, &executor.sources["lite"], &warehouse).await;
-    assert!(executor.run(&first).await.succeeded());
+    let (setup, manifest, warehouse, mut executor) = synced_once().await;
     let saved =
         serde_json::to_string(&plan(&manifest, &executor.sources["lite"], &warehouse).await)
             .unwrap();

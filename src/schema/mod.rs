@@ -19,8 +19,8 @@ pub use policy::{
     TypePolicies, Utf8Policy,
 };
 pub use value::{
-    Bad, BadKind, Decoded, ExtractStats, MAX_REJECTS, Reject, RowSink, TooManyBadValues, Val,
-    decimal_text, text,
+    Bad, BadKind, Decoded, ExtractStats, MAX_REJECTS, RawEncoding, RawRow, Reject, RowSink,
+    TooManyBadValues, Val, decimal_text, text,
 };
 
 /// A BigQuery column type (standard SQL names).

@@ -231,6 +231,34 @@ impl std::fmt::Display for TooManyBadValues {
     }
 }
 
+/// One row in the source's own wire encoding, beside the decoder of its values: a sink that
+/// can write some columns straight from these bytes skips the [`Val`] of each (see
+/// [`RowSink::push_raw`]).
+#[derive(Debug, Clone, Copy)]
+pub struct RawRow<'a> {
+    /// How the values are encoded.
+    pub encoding: RawEncoding,
+    /// The row's bytes.
+    pub data: &'a [u8],
+    /// Each column's byte range in `data`, `None` for NULL.
+    pub fields: &'a [Option<(usize, usize)>],
+}
+
+impl<'a> RawRow<'a> {
+    /// Column `index`'s bytes, `None` for NULL.
+    pub fn field(&self, index: usize) -> Option<&'a [u8]> {
+        let data: &'a [u8] = self.data;
+        self.fields[index].map(|(start, end)| &data[start..end])
+    }
+}
+
+/// The wire encodings a [`RawRow`] can carry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RawEncoding {
+    /// PostgreSQL's binary send format of each column's type (as in `COPY … (FORMAT binary)`).
+    PostgresBinary,
+}
+
 /// Where a source pushes the rows it reads: one row at a time, then whole chunks of encoded
 /// bytes (for instance NDJSON lines for a BigQuery load job) to send on.
 pub trait RowSink: Send {
@@ -241,6 +269,18 @@ pub trait RowSink: Send {
         &mut self,
         decode: impl FnMut(usize) -> Decoded<'r>,
     ) -> Result<(), TooManyBadValues>;
+
+    /// Writes one row given both as `raw` bytes and through `decode`, which must agree: the
+    /// bytes written are exactly those of [`push`](Self::push). A sink that transcodes some
+    /// columns directly overrides this; by default every column is decoded.
+    fn push_raw<'r>(
+        &mut self,
+        raw: RawRow<'r>,
+        decode: impl FnMut(usize) -> Decoded<'r>,
+    ) -> Result<(), TooManyBadValues> {
+        let _ = raw;
+        self.push(decode)
+    }
 
     /// A full chunk to send, if enough rows are buffered.
     fn full_chunk(&mut self) -> Option<Bytes>;

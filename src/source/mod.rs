@@ -33,6 +33,10 @@ use crate::schema::{
 };
 use crate::secret::REDACTED;
 pub use custom::QueryTable;
+#[cfg(test)]
+pub(crate) use postgres::decode_binary as pg_decode_binary;
+/// PostgreSQL's binary formats, for the Avro writer's transcoder.
+pub(crate) use postgres::{Numeric as PgNumeric, PG_EPOCH_UNIX_DAYS, PG_EPOCH_UNIX_MICROS, be_i64};
 pub use readers::{ChunkRead, EXTRA_READER_WAIT, LOCK_WAIT_SECONDS, Reader};
 use sql::{Dialect, Statement};
 

@@ -25,7 +25,7 @@ use tokio::sync::mpsc::Sender;
 
 use super::guarded::Guarded;
 use super::{ExtractStats, SourceError, postgres};
-use crate::schema::{Codec, ColumnMapping, Decoded, RowSink, Val};
+use crate::schema::{Codec, ColumnMapping, Decoded, RawEncoding, RawRow, RowSink, Val};
 
 const SIGNATURE: &[u8; 11] = b"PGCOPY\n\xff\r\n\0";
 
@@ -55,7 +55,12 @@ impl Guarded<Postgres> {
             let message = message.map_err(failed)?;
             let mut full = Vec::new();
             parser.feed(message, |data, fields| {
-                sink.push(|index| decode(data, fields[index], &codecs[index]))
+                let raw = RawRow {
+                    encoding: RawEncoding::PostgresBinary,
+                    data,
+                    fields,
+                };
+                sink.push_raw(raw, |index| decode(data, fields[index], &codecs[index]))
                     .map_err(SourceError::TooManyBadValues)?;
                 full.extend(sink.full_chunk());
                 Ok(())

@@ -387,7 +387,8 @@ fn malformed(what: &str, bytes: &[u8]) -> Bad<'static> {
     )
 }
 
-fn be_i64(bytes: &[u8]) -> Option<i64> {
+/// A binary `int2`, `int4` or `int8` (by its length).
+pub(crate) fn be_i64(bytes: &[u8]) -> Option<i64> {
     Some(match bytes.len() {
         2 => i64::from(i16::from_be_bytes(bytes.try_into().ok()?)),
         4 => i64::from(i32::from_be_bytes(bytes.try_into().ok()?)),
@@ -397,8 +398,52 @@ fn be_i64(bytes: &[u8]) -> Option<i64> {
 }
 
 const PG_EPOCH_DAYS_FROM_CE: i32 = 730_120; // 2000-01-01
+/// 2000-01-01 (PostgreSQL's epoch for binary dates) in days since 1970-01-01.
+pub(crate) const PG_EPOCH_UNIX_DAYS: i64 = 10_957;
 /// 2000-01-01T00:00:00Z in microseconds since the Unix epoch.
-const PG_EPOCH_UNIX_MICROS: i64 = 946_684_800_000_000;
+pub(crate) const PG_EPOCH_UNIX_MICROS: i64 = 946_684_800_000_000;
+
+/// The header of a binary `numeric` ("numeric_send" in PostgreSQL's `numeric.c`): digit
+/// count, weight of the first base-10000 digit, sign, display scale; then the digits.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Numeric<'a> {
+    /// Weight of the first digit: its value is `digit × 10000^weight`.
+    pub weight: i64,
+    /// `0x0000` positive, `0x4000` negative, `0xC000` NaN, `0xD000`/`0xF000` ±Infinity.
+    pub sign: u16,
+    /// Digits shown after the point.
+    pub dscale: usize,
+    /// The base-10000 digits, 2 bytes each, big-endian.
+    pub digits: &'a [u8],
+}
+
+impl<'a> Numeric<'a> {
+    /// The header of `bytes`, `None` if they are too short for it or for its digits.
+    pub(crate) fn parse(bytes: &'a [u8]) -> Option<Self> {
+        let read_u16 = |at: usize| -> Option<u16> {
+            Some(u16::from_be_bytes(bytes.get(at..at + 2)?.try_into().ok()?))
+        };
+        let ndigits = usize::from(read_u16(0)?);
+        Some(Self {
+            weight: i64::from(read_u16(2)? as i16),
+            sign: read_u16(4)?,
+            dscale: usize::from(read_u16(6)?),
+            digits: bytes.get(8..8 + ndigits * 2)?,
+        })
+    }
+
+    /// Digit `index` (0 past the last).
+    pub(crate) fn digit(&self, index: usize) -> u16 {
+        self.digits
+            .get(index * 2..index * 2 + 2)
+            .map_or(0, |pair| u16::from_be_bytes([pair[0], pair[1]]))
+    }
+
+    /// How many digits there are.
+    pub(crate) fn len(&self) -> usize {
+        self.digits.len() / 2
+    }
+}
 
 /// Decodes one binary value.
 pub(crate) fn decode_binary<'a>(bytes: &'a [u8], codec: &'a Codec) -> Decoded<'a> {
@@ -531,14 +576,9 @@ fn push_group(out: &mut String, digit: u16, pad: bool) {
 
 /// PostgreSQL binary numeric → exact decimal text with its display scale.
 pub(crate) fn numeric_text(bytes: &[u8]) -> Result<String, Bad<'static>> {
-    let read_u16 = |at: usize| -> Option<u16> {
-        Some(u16::from_be_bytes(bytes.get(at..at + 2)?.try_into().ok()?))
-    };
     let bad = || malformed("numeric", bytes);
-    let ndigits = usize::from(read_u16(0).ok_or_else(bad)?);
-    let weight = i64::from(read_u16(2).ok_or_else(bad)? as i16);
-    let sign = read_u16(4).ok_or_else(bad)?;
-    let dscale = usize::from(read_u16(6).ok_or_else(bad)?);
+    let numeric = Numeric::parse(bytes).ok_or_else(bad)?;
+    let (weight, sign, dscale) = (numeric.weight, numeric.sign, numeric.dscale);
     match sign {
         0x0000 | 0x4000 => {}
         0xC000 => return Err(Bad::new(BadKind::NonFinite, "numeric NaN")),
@@ -546,15 +586,13 @@ pub(crate) fn numeric_text(bytes: &[u8]) -> Result<String, Bad<'static>> {
         0xF000 => return Err(Bad::new(BadKind::NonFinite, "numeric -Infinity")),
         _ => return Err(bad()),
     }
-    let mut digits = Vec::with_capacity(ndigits);
-    for index in 0..ndigits {
-        let digit = read_u16(8 + index * 2).ok_or_else(bad)?;
-        if digit > 9999 {
-            return Err(bad());
-        }
-        digits.push(digit);
+    let digits: Vec<u16> = (0..numeric.len())
+        .map(|index| numeric.digit(index))
+        .collect();
+    if digits.iter().any(|&digit| digit > 9999) {
+        return Err(bad());
     }
-    let mut out = String::with_capacity(ndigits * 4 + dscale + 3);
+    let mut out = String::with_capacity(digits.len() * 4 + dscale + 3);
     if sign == 0x4000 {
         out.push('-');
     }

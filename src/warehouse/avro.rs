@@ -41,8 +41,8 @@ use super::ndjson::{CHUNK_SIZE, Target, check_decimal_fits, null_element, write_
 use super::rows::RowPolicy;
 pub use crate::schema::policy::avro_obstacle;
 use crate::schema::{
-    Bad, BadKind, BqType, ColumnMapping, Decoded, ExtractStats, FieldMode, Lineage, RowSink,
-    TooManyBadValues, TypePolicies, Val, WarehouseField,
+    Bad, BadKind, BqType, ColumnMapping, Decoded, ExtractStats, FieldMode, Lineage, RawEncoding,
+    RawRow, RowSink, TooManyBadValues, TypePolicies, Val, WarehouseField,
 };
 
 /// Precision and scale of a decimal field's Avro `decimal` type.
@@ -141,10 +141,14 @@ fn epoch_micros(moment: NaiveDateTime) -> Result<i64, Bad<'static>> {
 
 fn put_datetime_text(buf: &mut Vec<u8>, moment: NaiveDateTime) -> Result<(), Bad<'static>> {
     check_year(moment.date())?;
-    let date = moment.date();
-    let micros = time_micros(moment.time());
-    // `YYYY-MM-DD HH:MM:SS.ffffff`, digit by digit: chrono's `format` parses its pattern on
-    // every call, which was a tenth of an Avro extraction's time.
+    put_civil_text(buf, moment.date(), time_micros(moment.time()) as u64);
+    Ok(())
+}
+
+/// `YYYY-MM-DD HH:MM:SS.ffffff` of `date` (year 1 to 9999) at `micros` past midnight.
+fn put_civil_text(buf: &mut Vec<u8>, date: NaiveDate, micros: u64) {
+    // Digit by digit: chrono's `format` parses its pattern on every call, which was a tenth
+    // of an Avro extraction's time.
     let mut text = *b"0000-00-00 00:00:00.000000";
     let mut put = |at: usize, width: usize, mut n: u64| {
         for slot in text[at..at + width].iter_mut().rev() {
@@ -155,13 +159,19 @@ fn put_datetime_text(buf: &mut Vec<u8>, moment: NaiveDateTime) -> Result<(), Bad
     put(0, 4, u64::from(date.year().unsigned_abs()));
     put(5, 2, u64::from(date.month()));
     put(8, 2, u64::from(date.day()));
-    let micros = micros as u64;
     put(11, 2, micros / 3_600_000_000);
     put(14, 2, micros / 60_000_000 % 60);
     put(17, 2, micros / 1_000_000 % 60);
     put(20, 6, micros % 1_000_000);
     put_bytes(buf, &text);
-    Ok(())
+}
+
+/// The double BigQuery reads from the NDJSON writer's text of `f`: the shortest text of the
+/// f32 (0.1, not 0.100000001490116), parsed as a double.
+fn f32_as_double(scratch: &mut Vec<u8>, f: f32) -> Option<f64> {
+    scratch.clear();
+    serde_json::to_writer(&mut *scratch, &f).ok()?;
+    std::str::from_utf8(scratch).ok()?.parse::<f64>().ok()
 }
 
 /// A decimal text as the two's-complement big-endian unscaled integer at `scale`. The text
@@ -190,7 +200,7 @@ fn put_decimal(buf: &mut Vec<u8>, text: &str, scale: u32) -> Result<(), Bad<'sta
         if negative {
             n = -n;
         }
-        put_bytes(buf, minimal_twos_complement(&n.to_be_bytes()));
+        put_unscaled(buf, n);
         return Ok(());
     }
     let mut text = String::with_capacity(int.len() + frac.len() + pad + 1);
@@ -204,18 +214,12 @@ fn put_decimal(buf: &mut Vec<u8>, text: &str, scale: u32) -> Result<(), Bad<'sta
     Ok(())
 }
 
-/// Drops the leading bytes that only repeat the sign.
-fn minimal_twos_complement(bytes: &[u8]) -> &[u8] {
-    let mut at = 0;
-    while at + 1 < bytes.len() {
-        let (byte, next) = (bytes[at], bytes[at + 1]);
-        if (byte == 0 && next & 0x80 == 0) || (byte == 0xff && next & 0x80 != 0) {
-            at += 1;
-        } else {
-            break;
-        }
-    }
-    &bytes[at..]
+/// An unscaled decimal as Avro `bytes`: two's complement, big-endian, in the fewest bytes that
+/// keep the sign bit.
+fn put_unscaled(buf: &mut Vec<u8>, n: i128) {
+    let magnitude = if n < 0 { !n } else { n };
+    let len = (128 - magnitude.leading_zeros() as usize) / 8 + 1;
+    put_bytes(buf, &n.to_be_bytes()[16 - len..]);
 }
 
 /// Appends one scalar value (not NULL, not an array) as `target`. On error nothing is
@@ -246,16 +250,9 @@ pub fn write_avro_scalar(
             buf.extend_from_slice(&f.to_le_bytes());
             Ok(())
         }
-        (Val::F32(f), T::Float64) if f.is_finite() => {
-            // The double BigQuery reads from the NDJSON writer's text: the shortest text of the
-            // f32 (0.1, not 0.100000001490116), parsed as a double.
-            scratch.clear();
-            serde_json::to_writer(&mut *scratch, f)
-                .ok()
-                .and_then(|()| std::str::from_utf8(scratch).ok()?.parse::<f64>().ok())
-                .map(|double| buf.extend_from_slice(&double.to_le_bytes()))
-                .ok_or_else(|| Bad::new(BadKind::Malformed, format!("cannot write {f} as Avro")))
-        }
+        (Val::F32(f), T::Float64) if f.is_finite() => f32_as_double(scratch, *f)
+            .map(|double| buf.extend_from_slice(&double.to_le_bytes()))
+            .ok_or_else(|| Bad::new(BadKind::Malformed, format!("cannot write {f} as Avro"))),
         (Val::Text(text), T::String) => {
             put_bytes(buf, text.as_bytes());
             Ok(())
@@ -377,6 +374,8 @@ fn parse_moment(text: &str) -> Option<NaiveDateTime> {
 struct Column {
     target: Target,
     mode: FieldMode,
+    /// How its values are written straight from PostgreSQL's binary format, if they can be.
+    pg_direct: Option<pg_binary::Direct>,
 }
 
 /// Per-extraction Avro encoder: one container file, cut into chunks of whole blocks.
@@ -390,7 +389,6 @@ pub struct AvroWriter {
     block: Vec<u8>,
     block_rows: u64,
     batch_rows: u64,
-    row: Vec<u8>,
     scratch: Vec<u8>,
     /// The file's fields (the load schema's, in order).
     fields: Vec<WarehouseField>,
@@ -451,9 +449,14 @@ impl AvroWriter {
         Self {
             columns: columns
                 .iter()
-                .map(|column| Column {
-                    target: Target::of(&column.field),
-                    mode: column.field.mode,
+                .map(|column| {
+                    let target = Target::of(&column.field);
+                    let mode = column.field.mode;
+                    Column {
+                        target,
+                        mode,
+                        pg_direct: pg_binary::Direct::of(&column.codec, target, mode),
+                    }
                 })
                 .collect(),
             policy: RowPolicy::new(table, columns, policies, max_bad_values, key_columns),
@@ -464,29 +467,28 @@ impl AvroWriter {
             block: Vec::with_capacity(CHUNK_SIZE + 64 * 1024),
             block_rows: 0,
             batch_rows: batch_size.max(1),
-            row: Vec::with_capacity(4096),
             scratch: Vec::new(),
             blocks: Box::new(blocks::Blocks::new(marker)),
         }
     }
 
     fn write_value(&mut self, index: usize, value: Val<'_>) -> Result<(), String> {
-        let Column { target, mode } = self.columns[index];
+        let Column { target, mode, .. } = self.columns[index];
         let nullable = mode == FieldMode::Nullable;
         match value {
-            Val::Null if mode == FieldMode::Repeated => put_long(&mut self.row, 0),
+            Val::Null if mode == FieldMode::Repeated => put_long(&mut self.block, 0),
             Val::Null if mode == FieldMode::Required => {
                 return Err(self.policy.null_in_required(index));
             }
-            Val::Null => put_long(&mut self.row, 0),
+            Val::Null => put_long(&mut self.block, 0),
             Val::Array(items) if mode == FieldMode::Repeated => {
                 if !items.is_empty() {
-                    put_long(&mut self.row, items.len() as i64);
+                    put_long(&mut self.block, items.len() as i64);
                     for item in items {
                         self.write_element(index, item, target)?;
                     }
                 }
-                put_long(&mut self.row, 0);
+                put_long(&mut self.block, 0);
             }
             Val::Array(_) => {
                 return Err(format!(
@@ -495,23 +497,23 @@ impl AvroWriter {
                 ));
             }
             value => {
-                let at = self.row.len();
+                let at = self.block.len();
                 if nullable {
-                    put_long(&mut self.row, 1);
+                    put_long(&mut self.block, 1);
                 }
                 if mode == FieldMode::Repeated {
-                    put_long(&mut self.row, 1);
+                    put_long(&mut self.block, 1);
                 }
-                let written = write_avro_scalar(&mut self.row, &mut self.scratch, &value, target);
+                let written = write_avro_scalar(&mut self.block, &mut self.scratch, &value, target);
                 if let Err(bad) = written {
-                    self.row.truncate(at);
+                    self.block.truncate(at);
                     match self.policy.resolve(index, bad)? {
                         Some(value) => return self.write_value(index, value),
                         None => return self.write_value(index, Val::Null),
                     }
                 }
                 if mode == FieldMode::Repeated {
-                    put_long(&mut self.row, 0);
+                    put_long(&mut self.block, 0);
                 }
             }
         }
@@ -521,11 +523,11 @@ impl AvroWriter {
     fn write_element(&mut self, index: usize, item: Val<'_>, target: Target) -> Result<(), String> {
         let written = match &item {
             Val::Null => Err(null_element()),
-            item => write_avro_scalar(&mut self.row, &mut self.scratch, item, target),
+            item => write_avro_scalar(&mut self.block, &mut self.scratch, item, target),
         };
         let Err(bad) = written else { return Ok(()) };
         match self.policy.resolve(index, bad)? {
-            Some(item) => write_avro_scalar(&mut self.row, &mut self.scratch, &item, target)
+            Some(item) => write_avro_scalar(&mut self.block, &mut self.scratch, &item, target)
                 .map_err(|bad| bad.message),
             None => Err(format!(
                 "column `{}`: NULL array element",
@@ -534,14 +536,49 @@ impl AvroWriter {
         }
     }
 
+    /// Writes column `index` of `raw` directly (see [`pg_binary`]); `false`, with nothing
+    /// written, where the generic path must.
+    fn write_direct(&mut self, index: usize, raw: &RawRow<'_>) -> bool {
+        let column = &self.columns[index];
+        let direct = match (raw.encoding, column.pg_direct) {
+            (RawEncoding::PostgresBinary, Some(direct)) => direct,
+            (RawEncoding::PostgresBinary, None) => return false,
+        };
+        let nullable = column.mode == FieldMode::Nullable;
+        let Some(bytes) = raw.field(index) else {
+            // NULL: the union's first branch; a REQUIRED field's NULL is the policy's.
+            if nullable {
+                put_long(&mut self.block, 0);
+            }
+            return nullable;
+        };
+        let at = self.block.len();
+        if nullable {
+            put_long(&mut self.block, 1);
+        }
+        let written = direct.write(bytes, &mut self.block, &mut self.scratch);
+        if !written {
+            self.block.truncate(at);
+        }
+        written
+    }
+
     fn encode_row<'r>(
         &mut self,
+        raw: Option<RawRow<'r>>,
         mut decode: impl FnMut(usize) -> Decoded<'r>,
     ) -> Result<(), TooManyBadValues> {
-        self.row.clear();
+        // The row is written at the block's end, and cut off again if it fails.
+        let start = self.block.len();
         self.policy.begin_row();
         let mut outcome = Ok(());
         for index in 0..self.columns.len() {
+            if raw
+                .as_ref()
+                .is_some_and(|raw| self.write_direct(index, raw))
+            {
+                continue;
+            }
             let written = self
                 .policy
                 .decode(index, &mut decode)
@@ -552,12 +589,17 @@ impl AvroWriter {
             }
         }
         // The row's bytes are counted once compressed, per block (see `chunk`).
-        let outcome = outcome.map(|()| {
-            self.row.extend_from_slice(&self.suffix);
-            self.block.extend_from_slice(&self.row);
-            self.block_rows += 1;
-            0
-        });
+        let outcome = match outcome {
+            Ok(()) => {
+                self.block.extend_from_slice(&self.suffix);
+                self.block_rows += 1;
+                Ok(0)
+            }
+            Err(message) => {
+                self.block.truncate(start);
+                Err(message)
+            }
+        };
         self.policy.end_row(outcome, &mut decode)
     }
 
@@ -679,7 +721,16 @@ impl RowSink for AvroWriter {
         &mut self,
         decode: impl FnMut(usize) -> Decoded<'r>,
     ) -> Result<(), TooManyBadValues> {
-        self.encode_row(decode)
+        self.encode_row(None, decode)
+    }
+
+    /// The columns [`pg_binary`] can write straight from `raw`, and the rest decoded.
+    fn push_raw<'r>(
+        &mut self,
+        raw: RawRow<'r>,
+        decode: impl FnMut(usize) -> Decoded<'r>,
+    ) -> Result<(), TooManyBadValues> {
+        self.encode_row(Some(raw), decode)
     }
 
     /// A chunk to send once the block reached [`CHUNK_SIZE`] or `batch_size` rows: the block
@@ -706,6 +757,7 @@ impl RowSink for AvroWriter {
 }
 
 mod blocks;
+mod pg_binary;
 
 #[cfg(test)]
 mod tests;

@@ -101,7 +101,7 @@ pub use ndjson::NdjsonWriter;
 pub use rows::SharedBadValues;
 
 use crate::schema::{
-    BqType, ColumnMapping, Decoded, Deletes, ExtractStats, Lineage, LoadFormat, RowSink,
+    BqType, ColumnMapping, Decoded, Deletes, ExtractStats, Lineage, LoadFormat, RawRow, RowSink,
     TooManyBadValues, TypePolicies, WarehouseField, WarehouseTable,
 };
 
@@ -172,6 +172,17 @@ impl RowSink for LoadSink {
         match self {
             Self::Ndjson(sink) => sink.push(decode),
             Self::Avro(sink) => sink.push(decode),
+        }
+    }
+
+    fn push_raw<'r>(
+        &mut self,
+        raw: RawRow<'r>,
+        decode: impl FnMut(usize) -> Decoded<'r>,
+    ) -> Result<(), TooManyBadValues> {
+        match self {
+            Self::Ndjson(sink) => sink.push_raw(raw, decode),
+            Self::Avro(sink) => sink.push_raw(raw, decode),
         }
     }
 

@@ -20,7 +20,7 @@ use bytes::Bytes;
 
 use crate::plan::{Bound, Extract};
 use crate::schema::{
-    BadKind, BqType, Decoded, ExtractStats, FieldMode, RowSink, TooManyBadValues, Val,
+    BadKind, BqType, Decoded, ExtractStats, FieldMode, RawRow, RowSink, TooManyBadValues, Val,
 };
 use crate::source::CursorFilter;
 use crate::warehouse::ndjson::{Target, write_scalar};
@@ -607,6 +607,19 @@ impl<S: RowSink> RowSink for CursorSink<S> {
         });
         tracking.end_row(self.inner.stats().rows > before);
         result
+    }
+
+    /// Raw rows go through as such only while no cursor is tracked (the tracker reads the
+    /// cursor column's decoded value).
+    fn push_raw<'r>(
+        &mut self,
+        raw: RawRow<'r>,
+        decode: impl FnMut(usize) -> Decoded<'r>,
+    ) -> Result<(), TooManyBadValues> {
+        if self.tracking.is_none() {
+            return self.inner.push_raw(raw, decode);
+        }
+        self.push(decode)
     }
 
     fn full_chunk(&mut self) -> Option<Bytes> {

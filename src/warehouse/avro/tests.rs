@@ -370,3 +370,19 @@ fn both_sinks_append_the_same_lineage_values_to_every_row() {
     // Chunks cut per row (batch size 1) still concatenate to one valid file.
     assert_eq!(avro.stats().rows, 2);
 }
+
+#[test]
+fn unscaled_decimals_take_the_fewest_bytes_that_keep_the_sign() {
+    let mut values: Vec<i128> = vec![0, 1, -1, 127, 128, -128, -129, 255, 256, -256, -257];
+    values.extend([i64::MAX as i128, i64::MIN as i128, i128::MAX, i128::MIN]);
+    values.extend(
+        (0..127).flat_map(|shift| [1i128 << shift, -(1i128 << shift), (1i128 << shift) - 1]),
+    );
+    for n in values {
+        let mut buf = Vec::new();
+        put_unscaled(&mut buf, n);
+        let mut expected = Vec::new();
+        put_bytes(&mut expected, &BigInt::from(n).to_signed_bytes_be());
+        assert_eq!(buf, expected, "{n}");
+    }
+}

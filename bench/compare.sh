@@ -6,6 +6,7 @@
 #   my-batch    mariadb --batch --quick                       (MariaDB's raw export)
 #   ds-avro     datasync apply --dry-run, format: avro        (extract + encode, no upload)
 #   ds-ndjson   datasync apply --dry-run, format: ndjson
+#   ds-avro-2r  datasync, format: avro, chunk_bytes: 64MiB, table_parallelism: 2
 #   sling       sling run … --tgt-object file://…csv          (if `sling` is in bench/.venv)
 #   dlt         dlt pipeline to local parquet files           (if `dlt` is in bench/.venv)
 # printing wall time, CPU (user+sys), peak RSS and output bytes per case (median over rounds),
@@ -38,9 +39,10 @@ fi
 
 bench_table "$ROWS"
 
-manifest() { # manifest ENGINE FORMAT
-  bench_manifest "$WORK/$1-$2.yaml" "$1" "$2"
-  echo "$WORK/$1-$2.yaml"
+manifest() { # manifest ENGINE FORMAT [EXTRA_DEFAULTS]
+  local file="$WORK/$1-$2${3:+-extra}.yaml"
+  bench_manifest "$file" "$1" "$2" "${3:-}"
+  echo "$file"
 }
 
 # run NAME COMMAND…: one measured run; appends "name wall cpu rss_kb bytes" to $WORK/results.
@@ -65,6 +67,8 @@ cases() {
     for format in avro ndjson; do
       run "ds-$engine-$format" "$DS -c $(manifest $engine $format) apply --dry-run --format json 1>&2 2>/dev/null"
     done
+    # The same table in chunks of 64 MiB on disk, read by 2 readers under one snapshot.
+    run "ds-$engine-avro-2r" "$DS -c $(manifest $engine avro "  chunk_bytes: 64MiB\n  table_parallelism: 2\n") apply --dry-run --format json 1>&2 2>/dev/null"
   done
   if [ -x "$SLING" ]; then
     run pg-sling "SLING_THREADS=1 $SLING run --src-conn 'postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable' --src-stream bench_cmp.t --tgt-object 'file://$WORK/out.pg-sling/t.csv'"
@@ -99,5 +103,15 @@ for name, (wall, cpu, rss, size) in med.items():
     b = base(name)
     ratio = wall / b[0] if b and b[0] else float("nan")
     print(f"{name:<14}{wall:>8.2f}{cpu:>8.2f}{rss/1024:>8.1f}{size/1e6:>9.1f}{size/rows:>7.0f}{ratio:>7.2f}")
+print()
+for engine in ("pg", "my"):
+    for peer in ("sling", "dlt", "binary" if engine == "pg" else "batch"):
+        if f"{engine}-{peer}" not in med:
+            continue
+        names = [n for n in med if n.startswith(f"ds-{engine}-")]
+        if peer in ("sling", "dlt"):
+            names.append("pg-binary" if engine == "pg" else "my-batch")
+        for name in names:
+            print(f"{engine}-{peer} / {name}: {med[f'{engine}-{peer}'][0] / med[name][0]:.2f}x")
 PY
 bench_drop

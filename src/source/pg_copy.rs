@@ -25,7 +25,7 @@ use tokio::sync::mpsc::Sender;
 
 use super::guarded::Guarded;
 use super::{ExtractStats, SourceError, postgres};
-use crate::schema::{Codec, ColumnMapping, Decoded, RawEncoding, RawRow, RowSink, Val};
+use crate::schema::{Codec, ColumnMapping, RawEncoding, RawRow, RowSink, Val};
 
 const SIGNATURE: &[u8; 11] = b"PGCOPY\n\xff\r\n\0";
 
@@ -60,8 +60,11 @@ impl Guarded<Postgres> {
                     data,
                     fields,
                 };
-                sink.push_raw(raw, |index| decode(data, fields[index], &codecs[index]))
-                    .map_err(SourceError::TooManyBadValues)?;
+                sink.push_raw(raw, |index| match raw.field(index) {
+                    None => Ok(Val::Null),
+                    Some(bytes) => postgres::decode_binary(bytes, &codecs[index]),
+                })
+                .map_err(SourceError::TooManyBadValues)?;
                 full.extend(sink.full_chunk());
                 Ok(())
             })?;
@@ -81,13 +84,6 @@ impl Guarded<Postgres> {
 
 /// One field of a tuple: its byte range in the tuple's data, `None` for NULL.
 type Field = Option<(usize, usize)>;
-
-fn decode<'a>(data: &'a [u8], field: Field, codec: &'a Codec) -> Decoded<'a> {
-    match field {
-        None => Ok(Val::Null),
-        Some((start, end)) => postgres::decode_binary(&data[start..end], codec),
-    }
-}
 
 fn protocol(message: impl Into<String>) -> SourceError {
     SourceError::Invalid(format!(

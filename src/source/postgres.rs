@@ -398,8 +398,9 @@ pub(crate) fn be_i64(bytes: &[u8]) -> Option<i64> {
 }
 
 const PG_EPOCH_DAYS_FROM_CE: i32 = 730_120; // 2000-01-01
-/// 2000-01-01 (PostgreSQL's epoch for binary dates) in days since 1970-01-01.
-pub(crate) const PG_EPOCH_UNIX_DAYS: i64 = 10_957;
+/// 2000-01-01 (PostgreSQL's epoch for binary dates) in days since 1970-01-01 (day 719,163
+/// of the common era).
+pub(crate) const PG_EPOCH_UNIX_DAYS: i64 = PG_EPOCH_DAYS_FROM_CE as i64 - 719_163;
 /// 2000-01-01T00:00:00Z in microseconds since the Unix epoch.
 pub(crate) const PG_EPOCH_UNIX_MICROS: i64 = 946_684_800_000_000;
 

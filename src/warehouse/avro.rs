@@ -94,6 +94,10 @@ pub fn avro_schema(fields: &[WarehouseField]) -> serde_json::Value {
     json!({"type": "record", "name": "Row", "fields": fields})
 }
 
+/// Days from 0001-01-01 (day 1 of the common era, as chrono counts) to 1970-01-01, the epoch
+/// of Avro's `date`.
+const UNIX_DAYS_FROM_CE: i64 = 719_163;
+
 /// Avro `long`/`int`: zig-zag, then base-128 varint.
 fn put_long(buf: &mut Vec<u8>, n: i64) {
     let mut z = ((n << 1) ^ (n >> 63)) as u64;
@@ -135,7 +139,7 @@ fn time_micros(time: NaiveTime) -> i64 {
 
 fn epoch_micros(moment: NaiveDateTime) -> Result<i64, Bad<'static>> {
     check_year(moment.date())?;
-    let days = i64::from(moment.date().num_days_from_ce() - 719_163);
+    let days = i64::from(moment.date().num_days_from_ce()) - UNIX_DAYS_FROM_CE;
     Ok(days * 86_400_000_000 + time_micros(moment.time()))
 }
 
@@ -267,10 +271,10 @@ pub fn write_avro_scalar(
         }
         (Val::Decimal(text), T::Numeric | T::BigNumeric) => {
             check_decimal_fits(text, target.bq_type, target.precision, target.scale)
-                .and_then(|()| put_decimal(buf, text, decimal_scale(target)))
+                .and_then(|()| put_decimal(buf, text, target.decimal_bounds().1))
         }
         (Val::Date(date), T::Date) => check_year(*date).map(|()| {
-            put_long(buf, i64::from(date.num_days_from_ce() - 719_163));
+            put_long(buf, i64::from(date.num_days_from_ce()) - UNIX_DAYS_FROM_CE);
         }),
         (Val::Timestamp(moment) | Val::DateTime(moment), T::Timestamp) => {
             epoch_micros(*moment).map(|micros| put_long(buf, micros))
@@ -298,15 +302,6 @@ pub fn write_avro_scalar(
     result
 }
 
-fn decimal_scale(target: Target) -> u32 {
-    match (target.bq_type, target.precision, target.scale) {
-        (_, Some(_), Some(s)) => s,
-        (_, Some(_), None) => 0,
-        (BqType::Numeric, ..) => 9,
-        _ => 38,
-    }
-}
-
 /// The conversions the fast paths leave out, through the NDJSON writer's text.
 fn via_json(
     buf: &mut Vec<u8>,
@@ -326,7 +321,7 @@ fn via_json(
         (T::String, Some(text)) => put_bytes(buf, text.as_bytes()),
         (T::Int64, Some(text)) => put_long(buf, text.parse().map_err(|_| malformed(text))?),
         (T::Numeric | T::BigNumeric, Some(text)) => {
-            put_decimal(buf, text, decimal_scale(target))?;
+            put_decimal(buf, text, target.decimal_bounds().1)?;
         }
         (T::Float64, None) => {
             let f = json.as_f64().ok_or_else(|| malformed("this number"))?;
@@ -342,7 +337,7 @@ fn via_json(
         (T::Date, Some(text)) => {
             let date = NaiveDate::parse_from_str(text, "%Y-%m-%d").map_err(|_| malformed(text))?;
             check_year(date)?;
-            put_long(buf, i64::from(date.num_days_from_ce() - 719_163));
+            put_long(buf, i64::from(date.num_days_from_ce()) - UNIX_DAYS_FROM_CE);
         }
         (T::Timestamp | T::Datetime, Some(text)) => {
             let moment = parse_moment(text).ok_or_else(|| malformed(text))?;

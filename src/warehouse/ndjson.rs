@@ -207,12 +207,13 @@ pub(crate) fn check_decimal_fits(
     scale: Option<u32>,
 ) -> Result<(), Bad<'static>> {
     let (int_digits, frac_digits) = decimal_digits(text);
-    let (max_int, max_frac) = match (bq_type, precision, scale) {
-        (_, Some(p), Some(s)) => (p.saturating_sub(s) as usize, s as usize),
-        (_, Some(p), None) => (p as usize, 0),
-        (BqType::Numeric, ..) => (29, 9),
-        _ => (38, 38),
+    let target = Target {
+        bq_type,
+        precision,
+        scale,
     };
+    let (max_int, max_frac) = target.decimal_bounds();
+    let (max_int, max_frac) = (max_int as usize, max_frac as usize);
     if int_digits > max_int || frac_digits > max_frac {
         return Err(Bad::new(
             BadKind::OutOfRange,
@@ -243,6 +244,18 @@ impl Target {
             bq_type: field.bq_type,
             precision: field.precision,
             scale: field.scale,
+        }
+    }
+
+    /// The most integer and fraction digits of a NUMERIC/BIGNUMERIC target: `(p - s, s)` of
+    /// `NUMERIC(p,s)`, `(29, 9)` for NUMERIC, `(38, 38)` for BIGNUMERIC; the fraction digits
+    /// are also the scale its Avro decimals are written at.
+    pub fn decimal_bounds(self) -> (u32, u32) {
+        match (self.bq_type, self.precision, self.scale) {
+            (_, Some(p), Some(s)) => (p.saturating_sub(s), s),
+            (_, Some(p), None) => (p, 0),
+            (BqType::Numeric, ..) => (29, 9),
+            _ => (38, 38),
         }
     }
 }

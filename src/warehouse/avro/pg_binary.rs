@@ -17,7 +17,9 @@
 
 use chrono::NaiveDate;
 
-use super::{Target, f32_as_double, put_bytes, put_civil_text, put_long, put_unscaled};
+use super::{
+    Target, UNIX_DAYS_FROM_CE, f32_as_double, put_bytes, put_civil_text, put_long, put_unscaled,
+};
 use crate::schema::{BqType, Codec, FieldMode};
 use crate::source::{PG_EPOCH_UNIX_DAYS, PG_EPOCH_UNIX_MICROS, PgNumeric, be_i64};
 
@@ -28,8 +30,6 @@ const DAY_MICROS: i64 = 86_400_000_000;
 /// 0001-01-01T00:00:00 and 9999-12-31T23:59:59.999999 in microseconds since the Unix epoch.
 const MIN_MICROS: i64 = MIN_DAY * DAY_MICROS;
 const MAX_MICROS: i64 = (MAX_DAY + 1) * DAY_MICROS - 1;
-/// Days from 0001-01-01 (day 1 of the common era, as chrono counts) to 1970-01-01.
-const UNIX_DAYS_FROM_CE: i64 = 719_163;
 
 /// How one column's non-NULL values are written directly.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -75,13 +75,7 @@ impl Direct {
             (Codec::Timestamp | Codec::DateTime, T::Datetime) => Self::Datetime,
             (Codec::Time, T::Time) => Self::Time,
             (Codec::Decimal, T::Numeric | T::BigNumeric) => {
-                // The same bounds as `check_decimal_fits` and `decimal_scale`.
-                let (int, scale) = match (target.bq_type, target.precision, target.scale) {
-                    (_, Some(p), Some(s)) => (p.saturating_sub(s), s),
-                    (_, Some(p), None) => (p, 0),
-                    (T::Numeric, ..) => (29, 9),
-                    _ => (38, 38),
-                };
+                let (int, scale) = target.decimal_bounds();
                 let digits = int.checked_add(scale).filter(|&digits| digits <= 38)?;
                 Self::Decimal { scale, digits }
             }
